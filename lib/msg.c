@@ -1,0 +1,116 @@
+#include "msg.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int msg_level = 2;
+static const char *prog = "lorapipe";
+static void (*cleanup)(void);
+
+static int err_vset(struct err *err, int code, const char *fmt, va_list ap)
+{
+	if (!err)
+		return -1;
+	int saved = errno;
+	vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+	size_t n = strlen(err->msg);
+	if (code == EXIT_RUNTIME && n > 0 && err->msg[n - 1] == ':')
+		snprintf(err->msg + n, sizeof err->msg - n, " %s", strerror(saved));
+	err->code = code;
+	return -1;
+}
+
+int err_set(struct err *err, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	err_vset(err, EXIT_USAGE, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+int err_sys(struct err *err, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	err_vset(err, EXIT_RUNTIME, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+int err_wrap(struct err *err, const char *fmt, ...)
+{
+	if (!err)
+		return -1;
+	char ctx[512], old[sizeof err->msg];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(ctx, sizeof ctx, fmt, ap);
+	va_end(ap);
+	memcpy(old, err->msg, sizeof old);
+	snprintf(err->msg, sizeof err->msg, "%s: %s", ctx, old);
+	return -1;
+}
+
+void msg_init(const char *argv0)
+{
+	if (!argv0)
+		return;
+	const char *slash = strrchr(argv0, '/');
+	prog = slash ? slash + 1 : argv0;
+}
+
+const char *msg_prog(void) { return prog; }
+
+void msg_atexit(void (*fn)(void)) { cleanup = fn; }
+
+static void vprint(int level, const char *kind, const char *fmt, va_list ap)
+{
+	if (msg_level < level)
+		return;
+	fprintf(stderr, "%s: %s", prog, kind);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+}
+
+void msg_error(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vprint(1, "", fmt, ap);
+	va_end(ap);
+}
+
+void msg_warn(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vprint(2, "warning: ", fmt, ap);
+	va_end(ap);
+}
+
+void msg_info(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vprint(4, "", fmt, ap);
+	va_end(ap);
+}
+
+_Noreturn void msg_die(int status, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vprint(1, "", fmt, ap);
+	va_end(ap);
+	if (cleanup)
+		cleanup();
+	exit(status);
+}
+
+_Noreturn void msg_die_err(const struct err *err)
+{
+	msg_die(err->code ? err->code : EXIT_USAGE, "%s", err->msg);
+}

@@ -1,0 +1,55 @@
+/* msg: errors as values in the library, messages and exit statuses in the tools.
+ *
+ * The rule, stated once: a lib/ function that can fail takes `struct err *err`
+ * as its last argument, returns -1 (or NULL) on failure and leaves a one-line
+ * message in err->msg, without a trailing newline and without the tool's name.
+ * lib/ never prints and never exits. Callers add context in front with
+ * err_wrap(), so a message reads from the outside in:
+ *     "train.jsonl:12: key \"train\": span [4,9) ends inside a UTF-8 character"
+ * Only bin/ prints, through msg_error()/msg_die(), which prefix the tool's name.
+ */
+#ifndef LORAPIPE_MSG_H
+#define LORAPIPE_MSG_H
+
+#include <stdarg.h>
+
+/* Exit statuses shared by every tool. */
+enum {
+	EXIT_OK = 0,
+	EXIT_RUNTIME = 1, /* the input was fine, something else failed (I/O, memory) */
+	EXIT_USAGE = 2,   /* bad command line or bad input data */
+};
+
+struct err {
+	char msg[1024];
+	int code; /* EXIT_USAGE for bad input (the default), EXIT_RUNTIME otherwise */
+};
+
+/* Sets err->msg from a printf format; code becomes EXIT_USAGE. Returns -1.
+ * A NULL err is allowed and ignored. */
+int err_set(struct err *err, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* As err_set, with code EXIT_RUNTIME: for failures that are not the input's fault.
+ * When fmt ends in ':' the text of errno is appended. */
+int err_sys(struct err *err, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* Prepends "<context>: " to the message already in err. Returns -1. */
+int err_wrap(struct err *err, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Tool side. msg_init() records the tool's name (basename of argv[0]). */
+void msg_init(const char *argv0);
+const char *msg_prog(void);
+/* Display level: 0 silent, 1 errors, 2 warnings and results (default), 3 progress, 4 info. */
+extern int msg_level;
+void msg_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void msg_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void msg_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Prints "prog: <err->msg>" and exits with err->code. Runs the cleanup
+ * installed with msg_atexit() first (so partial outputs are removed). */
+_Noreturn void msg_die_err(const struct err *err);
+_Noreturn void msg_die(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* One cleanup hook run before msg_die exits (outfile uses it to remove temporaries). */
+void msg_atexit(void (*fn)(void));
+
+#endif

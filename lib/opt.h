@@ -1,0 +1,76 @@
+/* opt: the one command-line parser of every tool.
+ *
+ * A tool describes its options once, in a table; the same table parses argv,
+ * checks numbers and prints --help, so the help cannot disagree with the parser.
+ * Long options take "--name=value" or "--name value"; short ones "-x value" or
+ * "-xvalue"; flags may be bundled ("-qv"). "--" ends the options. Numbers are
+ * checked (whole string, range); sizes take K/M/G suffixes (powers of 1024).
+ *
+ *   static const struct opt opts[] = {
+ *       {"model", 'm', OPT_STRING, "M", "model folder or GGUF file"},
+ *       {"max-len", 0, OPT_INT, "N", "longest sequence in tokens", .min = 1},
+ *       {"stats", 0, OPT_FLAG, NULL, "print statistics on stderr"},
+ *       {0},
+ *   };
+ *   struct opt_result r;
+ *   if (opt_parse(opts, argc, argv, &r, &err) < 0) msg_die_err(&err);
+ *   const char *model = opt_str(&r, "model", NULL);
+ */
+#ifndef LORAPIPE_OPT_H
+#define LORAPIPE_OPT_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "msg.h"
+
+enum opt_type {
+	OPT_FLAG,   /* no value; counts occurrences */
+	OPT_STRING,
+	OPT_INT,    /* int64, checked against [min, max] when min < max */
+	OPT_SIZE,   /* int64 with optional K/M/G suffix */
+	OPT_FLOAT,  /* double, checked against [fmin, fmax] when fmin < fmax */
+	OPT_CHOICE, /* one of the '|'-separated words in .choices */
+};
+
+struct opt {
+	const char *name;   /* long name without "--"; NULL ends the table */
+	char shortname;     /* 0 for none */
+	enum opt_type type;
+	const char *arg;    /* name of the value in --help ("N", "FILE"); NULL for flags */
+	const char *help;   /* one line */
+	int64_t min, max;
+	double fmin, fmax;
+	const char *choices; /* OPT_CHOICE: "truncate|drop|error" */
+	int repeat;          /* may be given more than once (the values are kept in order) */
+};
+
+#define OPT_MAX_SEEN 64
+#define OPT_MAX_ARGS 256
+
+struct opt_result {
+	const struct opt *table;
+	int nseen;
+	struct {
+		const struct opt *opt;
+		const char *value; /* NULL for flags */
+	} seen[OPT_MAX_SEEN];
+	int nargs;                       /* operands left after the options */
+	const char *args[OPT_MAX_ARGS];
+};
+
+/* Parses argv[1..argc). Returns 0, or -1 with err set (code EXIT_USAGE). */
+int opt_parse(const struct opt *table, int argc, char **argv, struct opt_result *r, struct err *err);
+
+/* Lookups by long name; the last occurrence wins. The name must be in the table. */
+int opt_flag(const struct opt_result *r, const char *name);           /* occurrences */
+const char *opt_str(const struct opt_result *r, const char *name, const char *def);
+int64_t opt_int(const struct opt_result *r, const char *name, int64_t def); /* OPT_INT and OPT_SIZE */
+double opt_float(const struct opt_result *r, const char *name, double def);
+/* For repeatable options: the i-th value, or NULL past the last. */
+const char *opt_str_at(const struct opt_result *r, const char *name, int i);
+
+/* Writes "usage: <usage>\n\n<about>\n\noptions:\n" and one aligned line per option. */
+void opt_help(const struct opt *table, const char *usage, const char *about, FILE *f);
+
+#endif

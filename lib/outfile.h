@@ -1,0 +1,33 @@
+/* outfile: output files that appear whole or not at all.
+ *
+ * outfile_open("out.tok.zst") creates a temporary file beside the target (same
+ * folder, so the rename is atomic); outfile_commit() flushes, fsyncs and renames
+ * it into place; outfile_abort() (or a tool dying through msg_die) removes it.
+ * The path "-" (or NULL) means standard output, written directly.
+ */
+#ifndef LORAPIPE_OUTFILE_H
+#define LORAPIPE_OUTFILE_H
+
+#include <stdio.h>
+
+#include "msg.h"
+
+struct outfile {
+	FILE *f;            /* write here */
+	char *path;         /* the final name, NULL for standard output */
+	char *tmp;          /* the temporary name while open */
+	int seekable;       /* f can be rewound (a regular file) */
+};
+
+/* Opens; returns NULL with err set. Refuses to write binary data to a
+ * terminal when binary is set and the output is standard output. */
+struct outfile *outfile_open(const char *path, int binary, struct err *err);
+/* Flushes, fsyncs, renames into place and frees. Returns 0 or -1 (temp removed). */
+int outfile_commit(struct outfile *o, struct err *err);
+/* Removes the temporary file and frees. NULL is allowed. */
+void outfile_abort(struct outfile *o);
+/* Removes every outfile still open: installed with msg_atexit, and safe to call
+ * from a signal handler's exit path. */
+void outfile_abort_all(void);
+
+#endif

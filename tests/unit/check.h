@@ -1,0 +1,49 @@
+/* check: the unit-test harness. Each test program runs its cases with RUN(fn);
+ * a case reports "ok - name" or "not ok - name: why" on stdout, which tests/run
+ * counts. CHECK records a failure and goes on; the program exits 1 if any failed.
+ *
+ *   static void test_roundtrip(void) { CHECK(x == 1, "x is %d", x); }
+ *   int main(void) { RUN(test_roundtrip); return check_done(); }
+ */
+#ifndef LORAPIPE_CHECK_H
+#define LORAPIPE_CHECK_H
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static int check_failed_cases;
+static int check_case_failed;
+static const char *check_case_name;
+
+#define CHECK(cond, ...)                                                         \
+	do {                                                                     \
+		if (!(cond)) {                                                   \
+			if (!check_case_failed)                                  \
+				printf("not ok - %s: ", check_case_name);        \
+			else                                                     \
+				printf("    also: ");                            \
+			printf("%s:%d: ", __FILE__, __LINE__);                   \
+			printf(__VA_ARGS__);                                     \
+			printf("\n");                                            \
+			check_case_failed = 1;                                   \
+		}                                                                \
+	} while (0)
+
+#define RUN(fn)                                                                  \
+	do {                                                                     \
+		check_case_name = #fn;                                           \
+		check_case_failed = 0;                                           \
+		fn();                                                            \
+		if (check_case_failed)                                           \
+			check_failed_cases++;                                    \
+		else                                                             \
+			printf("ok - %s\n", #fn);                                \
+		fflush(stdout);                                                  \
+	} while (0)
+
+/* A case that cannot run here says so; it is counted as skipped, never passed. */
+#define SKIP(fn, reason) printf("skip - %s: %s\n", #fn, reason)
+
+static inline int check_done(void) { return check_failed_cases ? 1 : 0; }
+
+#endif
