@@ -8,7 +8,7 @@
 CC      ?= cc
 PREFIX  ?= /usr/local
 OPT     ?= -O2 -g
-WARN     = -Wall -Wextra -Werror -Wno-unused-parameter
+WARN     = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 CSTD     = -std=c11 -D_GNU_SOURCE
 CPPFLAGS += -Ilib
 
@@ -62,8 +62,10 @@ FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ     := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 BENCH_SRC:= $(wildcard tests/bench/bench_*.c)
 BENCH    := $(BENCH_SRC:tests/bench/%.c=build/bench/%)
+REF_SRC  := $(wildcard tests/ref/*.c)
+REF      := $(REF_SRC:tests/ref/%.c=build/ref/%)
 
-.PHONY: all test unit asan fuzz bench demo install clean
+.PHONY: all test unit asan fuzz ref bench demo install clean
 .SUFFIXES:
 .DELETE_ON_ERROR:
 
@@ -103,9 +105,18 @@ build/fuzz/lib/%.o: lib/%.c $(wildcard lib/*.h)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(CPPFLAGS) $(CSTD) -g -O1 -fsanitize=fuzzer-no-link,address,undefined $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -c -o $@ $<
 
-build/fuzz/%: tests/fuzz/%.c $(LIB_SRC:lib/%.c=build/fuzz/lib/%.o)
+build/fuzz/liblorapipe.a: $(LIB_SRC:lib/%.c=build/fuzz/lib/%.o)
+	@rm -f $@
+	ar rcs $@ $^
+
+build/fuzz/%: tests/fuzz/%.c build/fuzz/liblorapipe.a
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(CPPFLAGS) $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $^ $(LDFLAGS) $(LDLIBS)
+	$(FUZZ_CC) $(CPPFLAGS) $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< build/fuzz/liblorapipe.a $(LDFLAGS) $(LDLIBS)
+
+# Helper programs of the reference tests (our side of a comparison).
+build/ref/%: tests/ref/%.c build/liblorapipe.a
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< build/liblorapipe.a $(LDFLAGS) $(LDLIBS)
 
 build/bench/%: tests/bench/%.c build/liblorapipe.a
 	@mkdir -p $(@D)
@@ -114,11 +125,12 @@ build/bench/%: tests/bench/%.c build/liblorapipe.a
 unit: $(UNIT)
 asan: $(ASAN_UNIT)
 fuzz: $(FUZZ)
+ref: $(REF)
 bench: all $(BENCH)
 	tests/bench/run
 
 # The whole suite: unit, sanitizer, command-line, reference and fuzz tests.
-test: all $(UNIT) $(ASAN_UNIT) $(FUZZ)
+test: all $(UNIT) $(ASAN_UNIT) $(FUZZ) $(REF)
 	tests/run
 
 demo: all

@@ -2,7 +2,10 @@
  *
  * Ownership follows jq's rule: jv functions consume their arguments and
  * return new references. jsonl_next() hands the caller a new reference.
- * Blank lines are skipped (and counted in line numbers).
+ * Lines may be of any length. Blank and white-space-only lines are skipped
+ * (and counted in line numbers); a CRLF ending and a UTF-8 byte-order mark at
+ * the top are accepted. A line with a NUL byte or bytes that are not UTF-8 is
+ * refused (jq would turn them into U+FFFD and move every byte offset after).
  */
 #ifndef LORAPIPE_JSONL_H
 #define LORAPIPE_JSONL_H
@@ -15,21 +18,32 @@
 
 struct jsonl_reader;
 
-/* path "-" or NULL: standard input. The name is used in messages ("<stdin>"). */
+/* path "-" or NULL: standard input. The name is used in messages ("<stdin>").
+ * jsonl_from_file does not take f over: jsonl_close leaves it open. It returns
+ * NULL only when out of memory; name NULL means "<stdin>". */
 struct jsonl_reader *jsonl_open(const char *path, struct err *err);
 struct jsonl_reader *jsonl_from_file(FILE *f, const char *name);
 void jsonl_close(struct jsonl_reader *r);
 /* Reads the next record: 1 and *out set, 0 at the end, -1 with err set to
- * "NAME:LINE: <what is wrong>" (not JSON, not an object, more than one value). */
+ * "NAME:LINE: <what is wrong>":
+ *   "not valid JSON: <jq's message> at column N", "expected an object, got array",
+ *   "more than one JSON value on the line", "NUL byte at column N",
+ *   "not valid UTF-8 at column N" (code EXIT_USAGE), or "read error: <errno>"
+ *   (EXIT_RUNTIME). After a bad line the next call reads on (for --skip-bad). */
 int jsonl_next(struct jsonl_reader *r, jv *out, struct err *err);
-/* The line number of the record last returned (1-based) and the source name. */
+/* The line number of the record (or bad line) last returned, 1-based, and the
+ * source name. */
 long jsonl_line(const struct jsonl_reader *r);
 const char *jsonl_name(const struct jsonl_reader *r);
-/* Sets err to "NAME:LINE: <fmt...>" for the record last returned. Returns -1. */
+/* Sets err to "NAME:LINE: <fmt...>" for the record last returned. Returns -1.
+ * err->msg may be one of the arguments: jsonl_errf(r, err, "%s", err->msg). */
 int jsonl_errf(const struct jsonl_reader *r, struct err *err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
-/* Writes v (consumed) as one compact line. Returns 0 or -1 (err_sys). */
+/* Writes v (consumed) as one compact line, text kept as UTF-8 (no \u escapes),
+ * keys in their order. Returns 0, or -1 with err "write error: <errno>" (the
+ * caller adds the file name) or, for an invalid v, "cannot write an invalid
+ * JSON value". Buffered: a late error shows at fflush/outfile_commit. */
 int jsonl_write(FILE *f, jv v, struct err *err);
 
 #endif

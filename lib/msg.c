@@ -50,7 +50,10 @@ int err_wrap(struct err *err, const char *fmt, ...)
 	vsnprintf(ctx, sizeof ctx, fmt, ap);
 	va_end(ap);
 	memcpy(old, err->msg, sizeof old);
-	snprintf(err->msg, sizeof err->msg, "%s: %s", ctx, old);
+	/* A message too long for err->msg is cut at its end; the return value is
+	 * looked at only so that gcc's -Wformat-truncation accepts the cut. */
+	if (snprintf(err->msg, sizeof err->msg, "%s: %s", ctx, old) >= (int)sizeof err->msg)
+		err->msg[sizeof err->msg - 1] = '\0';
 	return -1;
 }
 

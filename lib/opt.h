@@ -5,6 +5,10 @@
  * Long options take "--name=value" or "--name value"; short ones "-x value" or
  * "-xvalue"; flags may be bundled ("-qv"). "--" ends the options. Numbers are
  * checked (whole string, range); sizes take K/M/G suffixes (powers of 1024).
+ * Options and operands may be mixed; a value is always the next argument, even
+ * when it starts with '-' (so "--seed -1" works). A non-repeat option given
+ * twice is not an error: the last one wins, so scripts can override defaults.
+ * opt_man() writes the same table as a man page's OPTIONS entries.
  *
  *   static const struct opt opts[] = {
  *       {"model", 'm', OPT_STRING, "M", "model folder or GGUF file"},
@@ -27,9 +31,9 @@
 enum opt_type {
 	OPT_FLAG,   /* no value; counts occurrences */
 	OPT_STRING,
-	OPT_INT,    /* int64, checked against [min, max] when min < max */
-	OPT_SIZE,   /* int64 with optional K/M/G suffix */
-	OPT_FLOAT,  /* double, checked against [fmin, fmax] when fmin < fmax */
+	OPT_INT,    /* int64, checked against min/max (see struct opt) */
+	OPT_SIZE,   /* int64 >= 0 with optional K/M/G/T suffix (KB, KiB too), checked like OPT_INT */
+	OPT_FLOAT,  /* finite double, checked against fmin/fmax */
 	OPT_CHOICE, /* one of the '|'-separated words in .choices */
 };
 
@@ -39,10 +43,14 @@ struct opt {
 	enum opt_type type;
 	const char *arg;    /* name of the value in --help ("N", "FILE"); NULL for flags */
 	const char *help;   /* one line */
+	/* Range: none when min and max are both 0; otherwise value >= min, and
+	 * value <= max as well when max > min (so ".min = 1" alone means "at least 1").
+	 * fmin/fmax work the same way for OPT_FLOAT. */
 	int64_t min, max;
 	double fmin, fmax;
 	const char *choices; /* OPT_CHOICE: "truncate|drop|error" */
 	int repeat;          /* may be given more than once (the values are kept in order) */
+	int hidden;          /* parsed, but left out of opt_help and opt_man (e.g. "help-man") */
 };
 
 #define OPT_MAX_SEEN 64
@@ -62,7 +70,10 @@ struct opt_result {
 /* Parses argv[1..argc). Returns 0, or -1 with err set (code EXIT_USAGE). */
 int opt_parse(const struct opt *table, int argc, char **argv, struct opt_result *r, struct err *err);
 
-/* Lookups by long name; the last occurrence wins. The name must be in the table. */
+/* Lookups by long name; the last occurrence wins. The name must be in the table:
+ * a name that is not aborts the program (a typo in a tool, caught by its first test),
+ * and so does opt_int on an option that is not OPT_INT/OPT_SIZE or opt_float on
+ * one that is not OPT_FLOAT/OPT_INT. opt_str works on every option with a value. */
 int opt_flag(const struct opt_result *r, const char *name);           /* occurrences */
 const char *opt_str(const struct opt_result *r, const char *name, const char *def);
 int64_t opt_int(const struct opt_result *r, const char *name, int64_t def); /* OPT_INT and OPT_SIZE */
@@ -70,7 +81,12 @@ double opt_float(const struct opt_result *r, const char *name, double def);
 /* For repeatable options: the i-th value, or NULL past the last. */
 const char *opt_str_at(const struct opt_result *r, const char *name, int i);
 
-/* Writes "usage: <usage>\n\n<about>\n\noptions:\n" and one aligned line per option. */
+/* Writes "usage: <usage>\n\n<about>\n\noptions:\n" and one aligned line per option:
+ *   "  -m, --model M          model folder or GGUF file"
+ * about may be NULL. */
 void opt_help(const struct opt *table, const char *usage, const char *about, FILE *f);
+/* Writes one troff ".TP" entry per option, for the OPTIONS section of a man page
+ * (a tool prints it for a hidden --help-man; tests check man/ against it). */
+void opt_man(const struct opt *table, FILE *f);
 
 #endif

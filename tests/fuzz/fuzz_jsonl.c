@@ -1,0 +1,71 @@
+/* fuzz_jsonl: any bytes through the JSON Lines reader, reading on past bad
+ * lines as --skip-bad does. Every record read is written back with
+ * jsonl_write; reading that output again must give every line back byte for
+ * byte (the writer's output is always valid JSON Lines, and stable). */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jsonl.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (size == 0)
+		return 0; /* fmemopen refuses an empty buffer */
+	FILE *in = fmemopen((void *)data, size, "r");
+	if (!in)
+		return 0;
+	struct jsonl_reader *r = jsonl_from_file(in, "fuzz");
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *out = open_memstream(&buf, &len);
+	struct err err;
+	long nrec = 0, last = 0;
+	jv v;
+	int rc;
+	while ((rc = jsonl_next(r, &v, &err)) != 0) {
+		/* Line numbers only grow, and every message says where. */
+		if (jsonl_line(r) <= last)
+			abort();
+		last = jsonl_line(r);
+		if (rc < 0) {
+			char where[32];
+			snprintf(where, sizeof where, "fuzz:%ld: ", last);
+			if (strncmp(err.msg, where, strlen(where)) != 0)
+				abort();
+			continue;
+		}
+		if (jsonl_write(out, v, &err) < 0)
+			abort();
+		nrec++;
+	}
+	jsonl_close(r);
+	fclose(in);
+	fclose(out);
+
+	if (len) {
+		FILE *again = fmemopen(buf, len, "r");
+		struct jsonl_reader *r2 = jsonl_from_file(again, "again");
+		const char *line = buf;
+		long n2 = 0;
+		while ((rc = jsonl_next(r2, &v, &err)) != 0) {
+			if (rc < 0)
+				abort(); /* what jsonl_write wrote does not read back */
+			jv s = jv_dump_string(v, 0);
+			const char *nl = strchr(line, '\n');
+			size_t k = (size_t)jv_string_length_bytes(jv_copy(s));
+			if (!nl || (size_t)(nl - line) != k || memcmp(line, jv_string_value(s), k) != 0)
+				abort(); /* written twice, it came out different */
+			jv_free(s);
+			line = nl + 1;
+			n2++;
+		}
+		if (n2 != nrec)
+			abort();
+		jsonl_close(r2);
+		fclose(again);
+	}
+	free(buf);
+	return 0;
+}
