@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jv.h>
+
 #include "msg.h"
 
 struct tokenizer;
@@ -24,6 +26,12 @@ struct tokenizer;
 struct tokenizer *tokenizer_load(const char *path, struct err *err);
 /* From the text of a tokenizer.json already in memory. name is for messages. */
 struct tokenizer *tokenizer_from_json(const char *json, size_t len, const char *name, struct err *err);
+/* From a parsed tokenizer.json object (jq's jv; consumed). For converters that
+ * describe another format (GGUF metadata) as the equivalent tokenizer.json. */
+struct tokenizer *tokenizer_from_jv(jv config, const char *name, struct err *err);
+/* A GGUF file's tokenizer (lib/tokenizer_gguf.c); tokenizer_load() calls it
+ * for *.gguf paths and for folders holding a single .gguf and no tokenizer.json. */
+struct tokenizer *tokenizer_load_gguf(const char *path, struct err *err);
 void tokenizer_free(struct tokenizer *tk);
 
 /* One encoding: ids[i] covers text bytes [offsets[i][0], offsets[i][1]). */
@@ -36,8 +44,10 @@ struct tok_encoding {
 /* Encodes len bytes of text, appending to out (which the caller zeroes once
  * and frees with tok_encoding_free). add_special: run the post-processor (e.g.
  * prepend BOS) as `add_special_tokens=True` does; tok passes 0. Special-token
- * strings in the text become their ids. Invalid UTF-8 is encoded as its
- * bytes (documented in the .c file). Returns 0 or -1. */
+ * strings in the text become their ids. Invalid UTF-8: each maximal invalid
+ * subsequence is encoded as U+FFFD, with offsets on its original bytes
+ * (lib/tokenizer_encode.c). Safe to call from several threads at once.
+ * Returns 0 or -1. */
 int tokenizer_encode(const struct tokenizer *tk, const char *text, size_t len, int add_special,
 		     struct tok_encoding *out, struct err *err);
 void tok_encoding_free(struct tok_encoding *e);
@@ -57,6 +67,10 @@ int64_t tokenizer_id(const struct tokenizer *tk, const char *token);
 int tokenizer_is_special(const struct tokenizer *tk, uint32_t id);
 /* The BOS id from the post-processor or tokenizer_config.json / GGUF, or -1. */
 int64_t tokenizer_bos_id(const struct tokenizer *tk);
+/* True when encoding with add_special would put the BOS first: the BOS is then a
+ * sequence-start token only (Llama 3.1, Gemma), not a turn marker (SmolLM2's
+ * <|im_start|>), and a second one in a sequence is a doubling. */
+int tokenizer_adds_bos(const struct tokenizer *tk);
 /* A 64-bit fingerprint of everything that decides the encoding (vocabulary,
  * merges, added tokens, normalizer, pre-tokenizer): equal fingerprints, equal ids. */
 uint64_t tokenizer_fingerprint(const struct tokenizer *tk);
