@@ -80,7 +80,7 @@ int jsonl_errf(const struct jsonl_reader *r, struct err *err, const char *fmt, .
  * no overlongs, no surrogates, nothing above U+10FFFF), or -1. jq would
  * silently turn such bytes into U+FFFD, which would move every byte offset
  * after them; a record is refused instead. */
-static long jsonl_bad_utf8(const unsigned char *s, size_t n)
+static long bad_utf8_at(const unsigned char *s, size_t n)
 {
 	size_t i = 0;
 	while (i < n) {
@@ -123,7 +123,7 @@ static long jsonl_bad_utf8(const unsigned char *s, size_t n)
  * separator between values" without freeing it (newer jq frees it). Such a
  * line is refused here, with jq's own message, before jq sees it. Returns the
  * offset of the offending string's closing quote, where jq reports it, or -1. */
-static long jsonl_string_without_separator(const char *s, size_t n)
+static long missing_separator_at(const char *s, size_t n)
 {
 	long depth = 0;
 	char prev = 0; /* last byte outside strings that is not white space */
@@ -173,19 +173,32 @@ static void jsonl_jq_message(jv v, char *out, size_t size)
 	jv_free(msg);
 }
 
+long jsonl_unsafe_at(const char *s, size_t n, const char **why)
+{
+	const char *nul = memchr(s, '\0', n);
+	if (nul) {
+		*why = "NUL byte";
+		return (long)(nul - s);
+	}
+	long at = bad_utf8_at((const unsigned char *)s, n);
+	if (at >= 0) {
+		*why = "not valid UTF-8";
+		return at;
+	}
+	at = missing_separator_at(s, n);
+	if (at >= 0)
+		*why = "not valid JSON: Expected separator between values";
+	return at;
+}
+
 static int jsonl_parse_line(struct jsonl_reader *r, char *line, size_t len, jv *out, struct err *err)
 {
-	if (memchr(line, '\0', len))
-		return jsonl_errf(r, err, "NUL byte at column %zu",
-				  (size_t)((char *)memchr(line, '\0', len) - line) + 1);
-	long bad = jsonl_bad_utf8((const unsigned char *)line, len);
-	if (bad >= 0)
-		return jsonl_errf(r, err, "not valid UTF-8 at column %ld", bad + 1);
 	if (len > INT_MAX)
 		return jsonl_errf(r, err, "line too long (%zu bytes)", len);
-	long sep = jsonl_string_without_separator(line, len);
-	if (sep >= 0)
-		return jsonl_errf(r, err, "not valid JSON: Expected separator between values at column %ld", sep + 1);
+	const char *why;
+	long at = jsonl_unsafe_at(line, len, &why);
+	if (at >= 0)
+		return jsonl_errf(r, err, "%s at column %ld", why, at + 1);
 	jv v = jv_parse_sized(line, (int)len);
 	if (!jv_is_valid(v)) {
 		char why[512];

@@ -40,6 +40,13 @@ const char *jsonl_name(const struct jsonl_reader *r);
 int jsonl_errf(const struct jsonl_reader *r, struct err *err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/* The first byte of s[0..n) that jq must not be given, or -1: a NUL byte; bytes
+ * that are not UTF-8 (jq would turn them into U+FFFD, moving every byte offset
+ * after them); or a value that follows another with no separator, on which jq
+ * 1.6 (Debian's libjq) leaks the string. *why says which. Every JSON text this
+ * project parses goes through it first. */
+long jsonl_unsafe_at(const char *s, size_t n, const char **why);
+
 /* Writes v (consumed) as one compact line, text kept as UTF-8 (no \u escapes),
  * keys in their order. Returns 0, or -1 with err "write error: <errno>" (the
  * caller adds the file name) or, for an invalid v, "cannot write an invalid

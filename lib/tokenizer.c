@@ -18,6 +18,7 @@
  * and merges) as canonical JSON (sorted keys). The decoder is left out: it
  * does not change ids.
  */
+#include "jsonl.h"
 #include "tokenizer_impl.h"
 
 #include <dirent.h>
@@ -705,7 +706,7 @@ static int parse_decoder(struct loader *L, jv d, const char *path)
 /* ---- the model ---- */
 
 /* GPT-2's byte-to-unicode map, inverted: code point -> byte, -1 if none. */
-static void bytelevel_inverse(int16_t inv[0x144])
+void tk_bytelevel_inverse(int16_t inv[0x144])
 {
 	for (int i = 0; i < 0x144; i++)
 		inv[i] = -1;
@@ -910,7 +911,7 @@ static int build_raw_vocab(struct tokenizer *tk, struct err *err)
 {
 	struct tk_bpe *b = &tk->bpe;
 	int16_t inv[0x144];
-	bytelevel_inverse(inv);
+	tk_bytelevel_inverse(inv);
 	char *buf = NULL;
 	size_t cap = 0;
 	for (size_t e = 0; e < b->vocab.n; e++) {
@@ -1396,55 +1397,32 @@ fail:
 	return NULL;
 }
 
-/* jq 1.6 (Debian's libjq) leaks a string that follows another value with no
- * separator ('{"a" "b"}'); such text is refused before jq sees it. Returns the
- * offset of that string, or -1. */
-static long string_without_separator(const char *s, size_t n)
+/* Parses a whole JSON file; the checks jq leaves out come first. */
+static int parse_json(const char *json, size_t len, const char *name, jv *out, struct err *err)
 {
-	char prev = 0; /* the last byte outside strings that is not white space */
-	for (size_t i = 0; i < n; i++) {
-		char c = s[i];
-		if (c == '"') {
-			size_t j = i + 1;
-			while (j < n && s[j] != '"')
-				j += s[j] == '\\' ? 2 : 1;
-			if (j >= n)
-				return -1;
-			if (prev && !strchr("{[,:", prev))
-				return (long)i;
-			prev = '"';
-			i = j;
-		} else if (c != ' ' && c != '\t' && c != '\r' && c != '\n') {
-			prev = c;
-		}
-	}
-	return -1;
-}
-
-struct tokenizer *tokenizer_from_json(const char *json, size_t len, const char *name, struct err *err)
-{
-	if (len > INT32_MAX) {
-		err_set(err, "%s: file too large", name);
-		return NULL;
-	}
-	const char *nul = memchr(json, 0, len);
-	if (nul) {
-		err_set(err, "%s: bad JSON: NUL byte at byte %ld", name, (long)(nul - json));
-		return NULL;
-	}
-	long sep = string_without_separator(json, len);
-	if (sep >= 0) {
-		err_set(err, "%s: bad JSON: expected a separator between values at byte %ld", name, sep);
-		return NULL;
-	}
+	if (len > INT32_MAX)
+		return err_set(err, "%s: file too large", name);
+	const char *why;
+	long at = jsonl_unsafe_at(json, len, &why);
+	if (at >= 0)
+		return err_set(err, "%s: bad JSON: %s at byte %ld", name, why, at);
 	jv v = jv_parse_sized(json, (int)len);
 	if (!jv_is_valid(v)) {
 		jv msg = jv_invalid_get_msg(v);
 		err_set(err, "%s: bad JSON: %s", name,
 			jv_get_kind(msg) == JV_KIND_STRING ? jv_string_value(msg) : "parse error");
 		jv_free(msg);
-		return NULL;
+		return -1;
 	}
+	*out = v;
+	return 0;
+}
+
+struct tokenizer *tokenizer_from_json(const char *json, size_t len, const char *name, struct err *err)
+{
+	jv v;
+	if (parse_json(json, len, name, &v, err) < 0)
+		return NULL;
 	return tokenizer_from_jv(v, name, err);
 }
 
@@ -1500,8 +1478,11 @@ static void bos_from_config(struct tokenizer *tk, const char *dir)
 	struct err e;
 	if (read_file(path, &buf, &len, &e) < 0)
 		return;
-	jv v = len < INT32_MAX ? jv_parse_sized(buf, (int)len) : jv_invalid();
+	jv v;
+	int bad = parse_json(buf, len, path, &v, &e);
 	free(buf);
+	if (bad)
+		return; /* the config only adds the BOS; tokenizer.json decides the rest */
 	jv bos = jfield(v, "bos_token");
 	if (jv_get_kind(bos) == JV_KIND_OBJECT) {
 		jv c = jfield(bos, "content");

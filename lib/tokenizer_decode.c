@@ -98,25 +98,10 @@ static int tl_lossy(struct tlist *t, const char *s, size_t n)
 	return tl_bytes(t, s + run, n - run);
 }
 
-/* The inverse of GPT-2's byte-to-unicode map: code point -> byte, -1 if none. */
-static void bytelevel_inverse(int16_t inv[0x144])
-{
-	for (int i = 0; i < 0x144; i++)
-		inv[i] = -1;
-	int next = 0;
-	for (int b = 0; b < 256; b++) {
-		int printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-		if (printable)
-			inv[b] = (int16_t)b;
-		else
-			inv[0x100 + next++] = (int16_t)b;
-	}
-}
-
 static int dec_bytelevel(const struct tlist *in, struct tlist *out)
 {
 	int16_t inv[0x144];
-	bytelevel_inverse(inv);
+	tk_bytelevel_inverse(inv);
 	struct tlist raw = { 0 };
 	for (size_t i = 0; i < in->n; i++) {
 		const char *s = in->buf + in->off[i];

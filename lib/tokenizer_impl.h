@@ -296,6 +296,8 @@ int tk_encoding_push(struct tok_encoding *out, uint32_t id, uint32_t start, uint
 /* UTF-8 helpers (tokenizer_encode.c). */
 /* Length of the valid UTF-8 sequence at s (n bytes left), or 0 if invalid there;
  * *bad is then the length of the maximal invalid subpart (>= 1). */
+/* GPT-2's byte-to-unicode map, inverted: code point -> byte, -1 if none. */
+void tk_bytelevel_inverse(int16_t inv[0x144]);
 size_t tk_utf8_valid(const unsigned char *s, size_t n, size_t *bad);
 size_t tk_utf8_put(char *dst, uint32_t cp);
 uint32_t tk_utf8_get(const char *s, size_t *len); /* s is valid UTF-8 */
