@@ -167,6 +167,8 @@ static void encode_text(const struct settings *s)
 			    tokenizer_encode(tk, lr.text, lr.len, 0, &enc, &err) < 0)
 				rc = jsonl_errf(in, &err, "%s", err.msg);
 		}
+		if (rc < 0 && interrupted)
+			break; /* the read was cut short by the signal */
 		if (rc < 0) {
 			if (!s->skip_bad)
 				msg_die_err(&err);
@@ -249,6 +251,8 @@ static void show_stream(const struct settings *s)
 	struct tokstream_record rec;
 	int rc;
 	while (!interrupted && (rc = tokstream_next(r, &rec, &err)) != 0) {
+		if (rc < 0 && interrupted)
+			break;
 		die_if(rc < 0, &err);
 		st.records_in++;
 		labels_stats_add(&st, rec.ids, rec.labels, rec.n, bos);

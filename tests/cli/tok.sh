@@ -170,4 +170,13 @@ if L=$(fixture llama3); then
 	expect wrong-tokenizer 2 "$TOK" --model "$L" --decode "$T/a.tok.zst" && stderr_has wrong-tokenizer 'different tokenizer' &&
 		ok "decoding with another tokenizer is refused" || unreported wrong-tokenizer
 fi
+# SIGINT while reading: exit 130 and no output file, not even a temporary.
+mkdir -p "$T/sig"
+( cat "$T/a.jsonl"; sleep 3; cat "$T/a.jsonl" ) | "$TOK" --model "$M" -o "$T/sig/out.tok.zst" 2>"$T/sig.err" &
+pid=$!
+sleep 1.5
+kill -INT $pid
+wait $pid; rc=$?
+if [ "$rc" -eq 130 ] && grep -q 'interrupted' "$T/sig.err" && [ -z "$(ls -A "$T/sig")" ]; then ok "SIGINT: exit 130, no output left"
+else notok sigint "status $rc, folder: $(ls -A "$T/sig"), stderr: $(head -c 200 "$T/sig.err")"; fi
 finish
