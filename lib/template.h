@@ -1,0 +1,74 @@
+/* template: Jinja2 chat templates, rendered exactly as transformers'
+ * apply_chat_template renders them, with the origin of every output byte.
+ *
+ * The environment is transformers': trim_blocks and lstrip_blocks on, its
+ * raise_exception(), tojson (ensure_ascii off, sort_keys off), strftime_now(),
+ * the {% generation %} extension, loop controls. Templates are untrusted: no
+ * file or network access, bounded output, step and recursion limits; anything
+ * unsupported is an error naming the template line.
+ *
+ * Provenance: every value under ctx.messages[i] carries its origin (message i
+ * and the key it hangs from). Filters, methods, slicing and concatenation keep
+ * the origin of each byte they copy; turning a value into text (printing it,
+ * tojson, string) gives every byte produced the value's origin, so
+ * `tool_call.arguments | tojson` is wholly TMPL_MSG_TOOL_CALLS, braces included.
+ * Bytes the template makes itself (its text, literals) are TMPL_LITERAL.
+ */
+#ifndef LORAPIPE_TEMPLATE_H
+#define LORAPIPE_TEMPLATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jv.h>
+
+#include "msg.h"
+
+struct tmpl;
+
+/* Parses a template; name is used in messages ("chat_template:12: ..."). */
+struct tmpl *tmpl_compile(const char *src, size_t len, const char *name, struct err *err);
+void tmpl_free(struct tmpl *t);
+
+struct tmpl_limits {
+	size_t max_output;  /* bytes; 0 = 16 MiB */
+	uint64_t max_steps; /* evaluation steps; 0 = 10 million */
+	int max_depth;      /* macro/call recursion; 0 = 64 */
+};
+
+enum tmpl_origin {
+	TMPL_LITERAL = 0,    /* the template's own text and literals */
+	TMPL_MSG_CONTENT,    /* messages[i].content (string, or text parts of a list) */
+	TMPL_MSG_TOOL_CALLS, /* anything under messages[i].tool_calls */
+	TMPL_MSG_OTHER,      /* any other key of messages[i] (role, name, reasoning_content ...) */
+	TMPL_INPUT,          /* any other context variable (tools, bos_token, eos_token ...) */
+};
+
+/* A run of output bytes [start, end) of one origin; msg is the message index
+ * for TMPL_MSG_*, else -1. Runs cover the output in order, without gaps. */
+struct tmpl_run {
+	uint32_t start, end;
+	int32_t msg;
+	enum tmpl_origin origin;
+	const char *var; /* TMPL_INPUT: the top-level variable name ("eos_token"), else NULL */
+};
+
+struct tmpl_output {
+	char *text;
+	size_t len;
+	struct tmpl_run *runs;
+	size_t nruns;
+	uint32_t (*gen)[2]; /* output ranges inside {% generation %} blocks */
+	size_t ngen;
+};
+
+/* Renders t with the context ctx (a jv object, consumed): messages, tools,
+ * add_generation_prompt, bos_token, eos_token and any extra variables.
+ * lim may be NULL for the defaults. Returns 0, or -1 with err set: an exception
+ * the template raised ("template raised: <its message>"), an unsupported
+ * construct or a limit ("chat_template:LINE: ..."). */
+int tmpl_render(const struct tmpl *t, jv ctx, const struct tmpl_limits *lim, struct tmpl_output *out,
+		struct err *err);
+void tmpl_output_free(struct tmpl_output *o);
+
+#endif
