@@ -1602,6 +1602,12 @@ int tokenizer_is_special(const struct tokenizer *tk, uint32_t id)
 	return id < tk->vocab_size && tk->id_special[id];
 }
 
+int tokenizer_is_added(const struct tokenizer *tk, uint32_t id)
+{
+	uint64_t idx;
+	return tk_u64map_get(&tk->added_by_id, id, &idx);
+}
+
 int64_t tokenizer_bos_id(const struct tokenizer *tk) { return tk->bos_id; }
 
 int tokenizer_adds_bos(const struct tokenizer *tk)

@@ -65,6 +65,8 @@ const char *tokenizer_token(const struct tokenizer *tk, uint32_t id);
 int64_t tokenizer_id(const struct tokenizer *tk, const char *token);
 /* True for added tokens marked special. */
 int tokenizer_is_special(const struct tokenizer *tk, uint32_t id);
+/* True for added tokens, special or not. */
+int tokenizer_is_added(const struct tokenizer *tk, uint32_t id);
 /* The BOS id from the post-processor or tokenizer_config.json / GGUF, or -1. */
 int64_t tokenizer_bos_id(const struct tokenizer *tk);
 /* True when encoding with add_special would put the BOS first: the BOS is then a

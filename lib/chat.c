@@ -1,0 +1,1330 @@
+#include "chat.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jq.h>
+
+#include "gguf.h"
+#include "jsonl.h"
+#include "tokenizer.h"
+
+#define CHAT_MAX_FILE (64u << 20) /* a template or config larger than this is not one */
+
+/* ---------------------------------------------------------------- jv helpers */
+
+static jv obj_get(jv o, const char *key) { return jv_object_get(jv_copy(o), jv_string(key)); }
+
+static int obj_has(jv o, const char *key)
+{
+	return jv_object_has(jv_copy(o), jv_string(key));
+}
+
+static jv msg_new(const char *role, jv content)
+{
+	return JV_OBJECT(jv_string("role"), jv_string(role), jv_string("content"), content);
+}
+
+/* ------------------------------------------------------------- input forms */
+
+int chat_input_parse(const char *name)
+{
+	static const char *names[] = {"auto", "openai", "alpaca", "sharegpt"};
+	for (int i = 0; i < 4; i++)
+		if (!strcmp(name, names[i]))
+			return i;
+	return -1;
+}
+
+int chat_key_consumed(const char *key)
+{
+	static const char *keys[] = {"messages", "tools", "conversations", "instruction", "input", "output", "system"};
+	for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
+		if (!strcmp(key, keys[i]))
+			return 1;
+	return 0;
+}
+
+/* Alpaca: system?, user = instruction (+ "\n" + input when non-empty, as
+ * LLaMA-Factory joins them), assistant = output. */
+static jv from_alpaca(jv rec, struct err *err)
+{
+	jv ins = obj_get(rec, "instruction"), in = obj_get(rec, "input"), out = obj_get(rec, "output"),
+	   sys = obj_get(rec, "system");
+	jv res = jv_invalid();
+	if (jv_get_kind(ins) != JV_KIND_STRING) {
+		err_set(err, "alpaca record: \"instruction\" must be a string");
+		goto done;
+	}
+	if (jv_get_kind(in) != JV_KIND_STRING && jv_get_kind(in) != JV_KIND_NULL && jv_is_valid(in)) {
+		err_set(err, "alpaca record: \"input\" must be a string");
+		goto done;
+	}
+	if (jv_get_kind(out) != JV_KIND_STRING && jv_get_kind(out) != JV_KIND_NULL && jv_is_valid(out)) {
+		err_set(err, "alpaca record: \"output\" must be a string");
+		goto done;
+	}
+	jv msgs = jv_array();
+	if (jv_get_kind(sys) == JV_KIND_STRING && jv_string_length_bytes(jv_copy(sys)) > 0)
+		msgs = jv_array_append(msgs, msg_new("system", jv_copy(sys)));
+	jv user = jv_copy(ins);
+	if (jv_get_kind(in) == JV_KIND_STRING && jv_string_length_bytes(jv_copy(in)) > 0)
+		user = jv_string_concat(jv_string_concat(user, jv_string("\n")), jv_copy(in));
+	msgs = jv_array_append(msgs, msg_new("user", user));
+	if (jv_get_kind(out) == JV_KIND_STRING)
+		msgs = jv_array_append(msgs, msg_new("assistant", jv_copy(out)));
+	res = JV_OBJECT(jv_string("messages"), msgs);
+done:
+	jv_free(ins), jv_free(in), jv_free(out), jv_free(sys);
+	return res;
+}
+
+/* ShareGPT as LLaMA-Factory reads it: human/user, gpt/assistant, system,
+ * observation/tool (tool results), function_call (a JSON {"name","arguments"}
+ * or a list of them, becoming the assistant's tool_calls). A "system" key
+ * gives the system prompt; "tools" may be an array or JSON text of one. */
+static jv from_sharegpt(jv rec, struct err *err)
+{
+	jv conv = obj_get(rec, "conversations");
+	if (jv_get_kind(conv) != JV_KIND_ARRAY) {
+		jv_free(conv);
+		return err_set(err, "sharegpt record: \"conversations\" must be an array"), jv_invalid();
+	}
+	jv msgs = jv_array();
+	jv sys = obj_get(rec, "system");
+	if (jv_get_kind(sys) == JV_KIND_STRING && jv_string_length_bytes(jv_copy(sys)) > 0)
+		msgs = jv_array_append(msgs, msg_new("system", jv_copy(sys)));
+	jv_free(sys);
+	int n = jv_array_length(jv_copy(conv));
+	for (int i = 0; i < n; i++) {
+		jv t = jv_array_get(jv_copy(conv), i);
+		jv from = obj_get(t, "from"), value = obj_get(t, "value");
+		const char *role = NULL;
+		int is_call = 0;
+		if (jv_get_kind(from) == JV_KIND_STRING) {
+			const char *f = jv_string_value(from);
+			if (!strcmp(f, "human") || !strcmp(f, "user"))
+				role = "user";
+			else if (!strcmp(f, "gpt") || !strcmp(f, "assistant"))
+				role = "assistant";
+			else if (!strcmp(f, "system"))
+				role = "system";
+			else if (!strcmp(f, "tool") || !strcmp(f, "observation") || !strcmp(f, "function_response"))
+				role = "tool";
+			else if (!strcmp(f, "function_call"))
+				role = "assistant", is_call = 1;
+		}
+		if (jv_get_kind(t) != JV_KIND_OBJECT || !role || jv_get_kind(value) != JV_KIND_STRING) {
+			if (jv_get_kind(from) == JV_KIND_STRING && !role)
+				err_set(err, "sharegpt turn %d: unknown \"from\": \"%s\" (human, gpt, system, tool, "
+					     "function_call, observation)", i, jv_string_value(from));
+			else
+				err_set(err, "sharegpt turn %d: expected {\"from\": string, \"value\": string}", i);
+			jv_free(from), jv_free(value), jv_free(t), jv_free(msgs), jv_free(conv);
+			return jv_invalid();
+		}
+		jv m;
+		if (is_call) {
+			const char *s = jv_string_value(value);
+			jv calls = jv_parse_sized(s, jv_string_length_bytes(jv_copy(value)));
+			if (jv_get_kind(calls) == JV_KIND_OBJECT)
+				calls = JV_ARRAY(calls);
+			if (jv_get_kind(calls) != JV_KIND_ARRAY) {
+				jv_free(calls), jv_free(from), jv_free(value), jv_free(t), jv_free(msgs), jv_free(conv);
+				return err_set(err, "sharegpt turn %d: function_call value is not a JSON object or array", i),
+				       jv_invalid();
+			}
+			jv tc = jv_array();
+			jv_array_foreach(calls, k, c) {
+				tc = jv_array_append(tc, JV_OBJECT(jv_string("type"), jv_string("function"),
+								   jv_string("function"), c));
+				(void)k;
+			}
+			jv_free(calls);
+			m = JV_OBJECT(jv_string("role"), jv_string("assistant"), jv_string("content"), jv_null(),
+				      jv_string("tool_calls"), tc);
+		} else {
+			m = msg_new(role, jv_copy(value));
+		}
+		msgs = jv_array_append(msgs, m);
+		jv_free(from), jv_free(value), jv_free(t);
+	}
+	jv_free(conv);
+	jv res = JV_OBJECT(jv_string("messages"), msgs);
+	jv tools = obj_get(rec, "tools");
+	if (jv_get_kind(tools) == JV_KIND_STRING) {
+		jv parsed = jv_parse_sized(jv_string_value(tools), jv_string_length_bytes(jv_copy(tools)));
+		jv_free(tools);
+		tools = parsed;
+		if (jv_get_kind(tools) != JV_KIND_ARRAY) {
+			jv_free(tools), jv_free(res);
+			return err_set(err, "sharegpt record: \"tools\" text is not a JSON array"), jv_invalid();
+		}
+	}
+	if (jv_get_kind(tools) == JV_KIND_ARRAY)
+		res = jv_object_set(res, jv_string("tools"), tools);
+	else
+		jv_free(tools);
+	return res;
+}
+
+jv chat_to_messages(jv rec, enum chat_input fmt, struct err *err)
+{
+	if (jv_get_kind(rec) != JV_KIND_OBJECT) {
+		jv_free(rec);
+		return err_set(err, "expected an object"), jv_invalid();
+	}
+	if (fmt == CHAT_INPUT_AUTO) {
+		fmt = obj_has(rec, "messages")	    ? CHAT_INPUT_OPENAI
+		      : obj_has(rec, "conversations") ? CHAT_INPUT_SHAREGPT
+		      : obj_has(rec, "instruction")   ? CHAT_INPUT_ALPACA
+						      : CHAT_INPUT_AUTO;
+		if (fmt == CHAT_INPUT_AUTO) {
+			jv_free(rec);
+			return err_set(err, "no \"messages\", \"conversations\" or \"instruction\": not an OpenAI, "
+					    "ShareGPT or Alpaca record (map it with --jq)"),
+			       jv_invalid();
+		}
+	}
+	jv res;
+	if (fmt == CHAT_INPUT_ALPACA) {
+		res = from_alpaca(rec, err);
+	} else if (fmt == CHAT_INPUT_SHAREGPT) {
+		res = from_sharegpt(rec, err);
+	} else {
+		jv msgs = obj_get(rec, "messages");
+		if (jv_get_kind(msgs) != JV_KIND_ARRAY) {
+			jv_free(msgs);
+			res = jv_invalid();
+			err_set(err, "\"messages\" must be an array");
+		} else {
+			res = JV_OBJECT(jv_string("messages"), msgs);
+			jv tools = obj_get(rec, "tools");
+			if (jv_get_kind(tools) == JV_KIND_ARRAY)
+				res = jv_object_set(res, jv_string("tools"), tools);
+			else if (jv_get_kind(tools) != JV_KIND_NULL && jv_get_kind(tools) != JV_KIND_INVALID) {
+				jv_free(tools), jv_free(res);
+				res = jv_invalid();
+				err_set(err, "\"tools\" must be an array");
+			} else
+				jv_free(tools);
+		}
+	}
+	jv_free(rec);
+	return res;
+}
+
+/* -------------------------------------------------------------- validation */
+
+/* Content that is only white space counts as empty: templates trim it to
+ * nothing, and an answer of nothing teaches nothing. */
+static int blank(jv s)
+{
+	const char *p = jv_string_value(s);
+	for (int i = 0, n = jv_string_length_bytes(jv_copy(s)); i < n; i++)
+		if (!p[i] || !strchr(" \t\r\n", p[i]))
+			return 0;
+	return 1;
+}
+
+static int content_ok(jv c)
+{
+	if (jv_get_kind(c) == JV_KIND_STRING)
+		return !blank(c);
+	if (jv_get_kind(c) != JV_KIND_ARRAY || jv_array_length(jv_copy(c)) == 0)
+		return 0;
+	/* OpenAI content parts: each an object with a "type". */
+	int ok = 1;
+	jv_array_foreach(c, i, p) {
+		if (jv_get_kind(p) != JV_KIND_OBJECT || !obj_has(p, "type"))
+			ok = 0;
+		jv_free(p);
+		(void)i;
+	}
+	return ok;
+}
+
+/* The function object of a tool call: tc.function, or tc itself for the flat
+ * {"name","arguments"} form some datasets use. New reference or invalid. */
+static jv call_function(jv tc)
+{
+	if (obj_has(tc, "function"))
+		return obj_get(tc, "function");
+	return jv_copy(tc);
+}
+
+static int check_tool_calls(jv calls, int mi, struct err *err)
+{
+	if (jv_get_kind(calls) != JV_KIND_ARRAY || jv_array_length(jv_copy(calls)) == 0)
+		return err_set(err, "message %d: \"tool_calls\" must be a non-empty array", mi);
+	int rc = 0;
+	jv_array_foreach(calls, j, tc) {
+		jv f = jv_get_kind(tc) == JV_KIND_OBJECT ? call_function(tc) : jv_invalid();
+		jv name = jv_get_kind(f) == JV_KIND_OBJECT ? obj_get(f, "name") : jv_invalid();
+		jv args = jv_get_kind(f) == JV_KIND_OBJECT ? obj_get(f, "arguments") : jv_invalid();
+		jv type = jv_get_kind(tc) == JV_KIND_OBJECT ? obj_get(tc, "type") : jv_invalid();
+		jv_kind ak = jv_get_kind(args);
+		if (rc == 0) {
+			if (jv_get_kind(tc) != JV_KIND_OBJECT || jv_get_kind(f) != JV_KIND_OBJECT)
+				rc = err_set(err, "message %d: tool call %d: expected {\"type\": \"function\", \"function\": "
+						  "{\"name\", \"arguments\"}}", mi, j);
+			else if (jv_get_kind(name) != JV_KIND_STRING || jv_string_length_bytes(jv_copy(name)) == 0)
+				rc = err_set(err, "message %d: tool call %d: \"function.name\" must be a non-empty string",
+					     mi, j);
+			else if (ak != JV_KIND_OBJECT && ak != JV_KIND_STRING)
+				rc = err_set(err, "message %d: tool call %d: \"function.arguments\" must be an object or "
+						  "JSON text", mi, j);
+			else if (jv_get_kind(type) != JV_KIND_NULL && jv_get_kind(type) != JV_KIND_INVALID &&
+				 (jv_get_kind(type) != JV_KIND_STRING || strcmp(jv_string_value(type), "function")))
+				rc = err_set(err, "message %d: tool call %d: \"type\" must be \"function\"", mi, j);
+		}
+		jv_free(f), jv_free(name), jv_free(args), jv_free(type), jv_free(tc);
+	}
+	return rc;
+}
+
+int chat_validate(jv messages, struct err *err)
+{
+	if (jv_get_kind(messages) != JV_KIND_ARRAY)
+		return err_set(err, "\"messages\" must be an array");
+	int n = jv_array_length(jv_copy(messages));
+	if (n == 0)
+		return err_set(err, "\"messages\" is empty");
+	int seen_turn = 0, rc = 0;
+	int call_open = 0; /* a tool call awaits results */
+	for (int i = 0; i < n && rc == 0; i++) {
+		jv m = jv_array_get(jv_copy(messages), i);
+		if (jv_get_kind(m) != JV_KIND_OBJECT) {
+			jv_free(m);
+			return err_set(err, "message %d: expected an object", i);
+		}
+		jv role = obj_get(m, "role"), content = obj_get(m, "content"), calls = obj_get(m, "tool_calls");
+		int has_calls = jv_get_kind(calls) != JV_KIND_NULL && jv_get_kind(calls) != JV_KIND_INVALID;
+		const char *r = jv_get_kind(role) == JV_KIND_STRING ? jv_string_value(role) : NULL;
+		if (!r)
+			rc = err_set(err, "message %d: \"role\" must be a string", i);
+		else if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant") && strcmp(r, "tool"))
+			rc = err_set(err, "message %d: unknown role \"%s\" (system, user, assistant, tool)", i, r);
+		else if (!strcmp(r, "assistant") && !seen_turn)
+			rc = err_set(err, "message %d: the first message after the system prompt is the assistant's; "
+					  "a conversation starts with the user", i);
+		else if (has_calls && strcmp(r, "assistant"))
+			rc = err_set(err, "message %d: only assistant messages carry tool_calls (role \"%s\")", i, r);
+		else if (has_calls && check_tool_calls(calls, i, err) < 0)
+			rc = -1;
+		else if (!content_ok(content) &&
+			 !(has_calls && (jv_get_kind(content) == JV_KIND_NULL || jv_get_kind(content) == JV_KIND_INVALID ||
+					 (jv_get_kind(content) == JV_KIND_STRING))))
+			rc = err_set(err, "message %d: %s content%s", i,
+				     jv_get_kind(content) == JV_KIND_STRING || jv_get_kind(content) == JV_KIND_NULL ||
+						     !jv_is_valid(content)
+					     ? "empty"
+					     : "bad",
+				     jv_get_kind(content) == JV_KIND_STRING || jv_get_kind(content) == JV_KIND_NULL ||
+						     !jv_is_valid(content)
+					     ? " (white space only counts as empty; null is allowed beside tool_calls)"
+					     : ": expected a string or an array of content parts");
+		else if (!strcmp(r, "tool") && !call_open)
+			rc = err_set(err, "message %d: a tool result without a preceding assistant tool call", i);
+		if (rc == 0 && r) {
+			if (strcmp(r, "system"))
+				seen_turn = 1;
+			if (!strcmp(r, "assistant"))
+				call_open = has_calls;
+			else if (!strcmp(r, "user"))
+				call_open = 0;
+		}
+		jv_free(role), jv_free(content), jv_free(calls), jv_free(m);
+	}
+	return rc;
+}
+
+/* ------------------------------------------------------ tool-call arguments */
+
+/* Parses JSON text safely (the project's rule: jsonl_unsafe_at first). */
+static jv parse_json(const char *s, size_t n)
+{
+	const char *why;
+	if (jsonl_unsafe_at(s, n, &why) >= 0)
+		return jv_invalid_with_msg(jv_string(why));
+	return jv_parse_sized(s, (int)n);
+}
+
+/* Serializes v (consumed) as Python's json.dumps does by default, which is
+ * what both transformers' tojson and most datasets' JSON text look like:
+ * ", " and ": " separators, non-ASCII kept. */
+static jv dump_py(jv v);
+
+static void dump_str(jv s, jv *out)
+{
+	jv d = jv_dump_string(s, 0); /* jq's escaping, non-ASCII kept */
+	*out = jv_string_concat(*out, d);
+}
+
+static void dump_rec(jv v, jv *out)
+{
+	switch (jv_get_kind(v)) {
+	case JV_KIND_ARRAY: {
+		*out = jv_string_append_str(*out, "[");
+		jv_array_foreach(v, i, e) {
+			if (i)
+				*out = jv_string_append_str(*out, ", ");
+			dump_rec(e, out);
+		}
+		*out = jv_string_append_str(*out, "]");
+		jv_free(v);
+		break;
+	}
+	case JV_KIND_OBJECT: {
+		*out = jv_string_append_str(*out, "{");
+		int first = 1;
+		jv_object_foreach(v, k, e) {
+			if (!first)
+				*out = jv_string_append_str(*out, ", ");
+			first = 0;
+			dump_str(k, out);
+			*out = jv_string_append_str(*out, ": ");
+			dump_rec(e, out);
+		}
+		*out = jv_string_append_str(*out, "}");
+		jv_free(v);
+		break;
+	}
+	default:
+		dump_str(v, out);
+	}
+}
+
+static jv dump_py(jv v)
+{
+	jv out = jv_string("");
+	dump_rec(v, &out);
+	return out;
+}
+
+jv chat_args_normalize(jv messages, enum chat_args mode, struct err *err)
+{
+	int n = jv_array_length(jv_copy(messages));
+	for (int i = 0; i < n; i++) {
+		jv m = jv_array_get(jv_copy(messages), i);
+		jv calls = jv_get_kind(m) == JV_KIND_OBJECT ? obj_get(m, "tool_calls") : jv_invalid();
+		if (jv_get_kind(calls) != JV_KIND_ARRAY) {
+			jv_free(calls), jv_free(m);
+			continue;
+		}
+		int nc = jv_array_length(jv_copy(calls));
+		for (int j = 0; j < nc; j++) {
+			jv tc = jv_array_get(jv_copy(calls), j);
+			int nested = obj_has(tc, "function");
+			jv f = call_function(tc);
+			jv args = obj_get(f, "arguments");
+			if (mode == CHAT_ARGS_OBJECT && jv_get_kind(args) == JV_KIND_STRING) {
+				jv v = parse_json(jv_string_value(args), jv_string_length_bytes(jv_copy(args)));
+				jv_free(args);
+				if (!jv_is_valid(v)) {
+					jv msg = jv_invalid_get_msg(v);
+					err_set(err, "message %d: tool call %d: \"arguments\" is not JSON text: %s", i, j,
+						jv_get_kind(msg) == JV_KIND_STRING ? jv_string_value(msg) : "?");
+					jv_free(msg), jv_free(f), jv_free(tc), jv_free(calls), jv_free(m), jv_free(messages);
+					return jv_invalid();
+				}
+				args = v;
+			} else if (mode == CHAT_ARGS_STRING && jv_get_kind(args) != JV_KIND_STRING) {
+				args = dump_py(args);
+			}
+			f = jv_object_set(f, jv_string("arguments"), args);
+			tc = nested ? jv_object_set(tc, jv_string("function"), f) : (jv_free(tc), f);
+			calls = jv_array_set(calls, j, tc);
+		}
+		m = jv_object_set(m, jv_string("tool_calls"), calls);
+		messages = jv_array_set(messages, i, m);
+	}
+	return messages;
+}
+
+/* The end of the JSON value that starts at s[i] ('{' or '['), or 0. */
+static size_t json_value_end(const char *s, size_t len, size_t i)
+{
+	int depth = 0, in_str = 0;
+	for (size_t k = i; k < len; k++) {
+		char c = s[k];
+		if (in_str) {
+			if (c == '\\')
+				k++;
+			else if (c == '"')
+				in_str = 0;
+		} else if (c == '"') {
+			in_str = 1;
+		} else if (c == '{' || c == '[') {
+			if (++depth > 256)
+				return 0;
+		} else if (c == '}' || c == ']') {
+			if (--depth == 0)
+				return k + 1;
+		}
+	}
+	return 0;
+}
+
+int chat_json_find(const char *text, size_t len, jv want)
+{
+	for (size_t i = 0; i < len; i++) {
+		if (text[i] != '{' && text[i] != '[')
+			continue;
+		size_t end = json_value_end(text, len, i);
+		if (!end)
+			continue;
+		jv v = parse_json(text + i, end - i);
+		int eq = jv_is_valid(v) && jv_equal(jv_copy(v), jv_copy(want));
+		jv_free(v);
+		if (eq)
+			return 1;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------- model */
+
+struct chat_model {
+	struct tmpl *tmpl;     /* the template, or the "default" of a list */
+	struct tmpl *tool_use; /* the "tool_use" one of a list, used when tools are given */
+	jv tokens;             /* the special tokens map */
+	struct chat_markers mk;
+	char **mk_store;
+	enum chat_args args, args_tool_use;
+	int agp, agp_tool_use; /* the template honors add_generation_prompt */
+	int args_json, args_json_tool_use; /* the probe saw the template print arguments as JSON */
+};
+
+static char *read_file(const char *path, size_t *len, struct err *err)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return err_set(err, "%s: cannot open: %s", path, strerror(errno)), NULL;
+	struct stat st;
+	if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size > CHAT_MAX_FILE) {
+		fclose(f);
+		return err_set(err, "%s: not a regular file of at most %u bytes", path, CHAT_MAX_FILE), NULL;
+	}
+	char *buf = malloc((size_t)st.st_size + 1);
+	if (!buf) {
+		fclose(f);
+		return err_sys(err, "out of memory"), NULL;
+	}
+	size_t n = fread(buf, 1, (size_t)st.st_size, f);
+	int bad = ferror(f);
+	fclose(f);
+	if (bad)
+		return free(buf), err_sys(err, "%s: read error:", path), NULL;
+	buf[n] = 0;
+	*len = n;
+	return buf;
+}
+
+/* A token value of tokenizer_config.json: a string or an AddedToken object. */
+static jv token_string(jv v)
+{
+	if (jv_get_kind(v) == JV_KIND_OBJECT) {
+		jv c = obj_get(v, "content");
+		jv_free(v);
+		v = c;
+	}
+	if (jv_get_kind(v) == JV_KIND_STRING && jv_string_length_bytes(jv_copy(v)) > 0)
+		return v;
+	jv_free(v);
+	return jv_invalid();
+}
+
+static const char *const token_attrs[] = {"bos_token", "eos_token", "unk_token", "sep_token",
+					  "pad_token", "cls_token", "mask_token"};
+
+/* special_tokens_map as transformers 4.57 builds it: the seven attributes set
+ * to a non-empty string, additional_special_tokens when non-empty, then the
+ * extra_special_tokens' names. */
+static jv config_tokens(jv cfg)
+{
+	jv map = jv_object();
+	for (size_t i = 0; i < sizeof token_attrs / sizeof *token_attrs; i++) {
+		jv s = token_string(obj_get(cfg, token_attrs[i]));
+		if (jv_is_valid(s))
+			map = jv_object_set(map, jv_string(token_attrs[i]), s);
+		else
+			jv_free(s);
+	}
+	jv add = obj_get(cfg, "additional_special_tokens");
+	if (jv_get_kind(add) == JV_KIND_ARRAY && jv_array_length(jv_copy(add)) > 0) {
+		jv list = jv_array();
+		jv_array_foreach(add, i, t) {
+			jv s = token_string(t);
+			if (jv_is_valid(s))
+				list = jv_array_append(list, s);
+			else
+				jv_free(s);
+			(void)i;
+		}
+		map = jv_object_set(map, jv_string("additional_special_tokens"), list);
+	}
+	jv_free(add);
+	jv extra = obj_get(cfg, "extra_special_tokens");
+	if (jv_get_kind(extra) == JV_KIND_OBJECT) {
+		jv_object_foreach(extra, k, t) {
+			jv s = token_string(t);
+			if (jv_is_valid(s))
+				map = jv_object_set(map, k, s);
+			else
+				jv_free(s), jv_free(k);
+		}
+	}
+	jv_free(extra);
+	return map;
+}
+
+static int compile_into(struct tmpl **t, const char *src, size_t len, const char *name, struct err *err)
+{
+	*t = tmpl_compile(src, len, name, err);
+	return *t ? 0 : -1;
+}
+
+/* Loads a Hugging Face folder's template(s) and tokens map. */
+static int load_folder(struct chat_model *m, const char *dir, int want_template, struct err *err)
+{
+	char path[4096];
+	size_t len;
+	snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+	char *text = read_file(path, &len, err);
+	jv cfg = jv_object();
+	int have_cfg = text != NULL;
+	if (text) {
+		jv_free(cfg);
+		cfg = parse_json(text, len);
+		free(text);
+		if (jv_get_kind(cfg) != JV_KIND_OBJECT) {
+			jv_free(cfg);
+			return err_set(err, "%s: not a JSON object", path);
+		}
+	}
+	m->tokens = config_tokens(cfg);
+	int rc = 0;
+	if (want_template) {
+		/* transformers reads chat_template.jinja over the config's chat_template. */
+		char jpath[4096];
+		snprintf(jpath, sizeof jpath, "%s/chat_template.jinja", dir);
+		struct err e2 = {0};
+		char *src = access(jpath, R_OK) == 0 ? read_file(jpath, &len, &e2) : NULL;
+		jv ct = obj_get(cfg, "chat_template");
+		if (src) {
+			rc = compile_into(&m->tmpl, src, len, "chat_template.jinja", err);
+			free(src);
+		} else if (jv_get_kind(ct) == JV_KIND_STRING) {
+			rc = compile_into(&m->tmpl, jv_string_value(ct), jv_string_length_bytes(jv_copy(ct)),
+					  "chat_template", err);
+		} else if (jv_get_kind(ct) == JV_KIND_ARRAY) {
+			jv_array_foreach(ct, i, e) {
+				jv name = obj_get(e, "name"), src2 = obj_get(e, "template");
+				if (rc == 0 && jv_get_kind(name) == JV_KIND_STRING && jv_get_kind(src2) == JV_KIND_STRING) {
+					const char *nm = jv_string_value(name);
+					struct tmpl **slot = !strcmp(nm, "default")    ? &m->tmpl
+							     : !strcmp(nm, "tool_use") ? &m->tool_use
+										       : NULL;
+					if (slot && !*slot)
+						rc = compile_into(slot, jv_string_value(src2),
+								  jv_string_length_bytes(jv_copy(src2)), nm, err);
+				}
+				jv_free(name), jv_free(src2), jv_free(e);
+				(void)i;
+			}
+			if (rc == 0 && !m->tmpl && !m->tool_use)
+				rc = err_set(err, "%s: chat_template lists no \"default\" or \"tool_use\" template", path);
+		} else if (!have_cfg) {
+			rc = err_set(err, "%s: no tokenizer_config.json or chat_template.jinja (or name a --template)", dir);
+		} else {
+			rc = err_set(err, "%s: no chat_template (name one with --template, e.g. --template chatml)", path);
+		}
+		jv_free(ct);
+	}
+	jv_free(cfg);
+	return rc;
+}
+
+static int load_gguf(struct chat_model *m, const char *file, int want_template, struct err *err)
+{
+	struct gguf *g = gguf_open(file, err);
+	if (!g)
+		return -1;
+	static const char *const keys[] = {"bos_token_id", "eos_token_id", "unknown_token_id", "seperator_token_id",
+					   "padding_token_id", "cls_token_id", "mask_token_id"};
+	m->tokens = jv_object();
+	char key[128];
+	for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
+		snprintf(key, sizeof key, "tokenizer.ggml.%s", keys[i]);
+		uint32_t id;
+		struct err e2 = {0};
+		if (gguf_find_key(g, key) < 0 || gguf_get_u32(g, key, &id, &e2) < 0)
+			continue;
+		size_t len;
+		const char *s = gguf_get_arr_str(g, "tokenizer.ggml.tokens", id, &len);
+		if (s && len)
+			m->tokens = jv_object_set(m->tokens, jv_string(token_attrs[i]), jv_string_sized(s, (int)len));
+	}
+	int rc = 0;
+	if (want_template) {
+		const char *src;
+		size_t len;
+		if (gguf_find_key(g, "tokenizer.chat_template") < 0)
+			rc = err_set(err, "%s: no tokenizer.chat_template (name one with --template, e.g. --template chatml)",
+				     file);
+		else if (gguf_get_str(g, "tokenizer.chat_template", &src, &len, err) < 0)
+			rc = -1;
+		else
+			rc = compile_into(&m->tmpl, src, len, "tokenizer.chat_template", err);
+	}
+	gguf_close(g);
+	return rc;
+}
+
+static int is_gguf(const char *path)
+{
+	size_t n = strlen(path);
+	return n > 5 && !strcmp(path + n - 5, ".gguf");
+}
+
+/* The end-of-turn candidates: every special added token and eos_token first,
+ * then the other added tokens (see struct chat_markers). */
+static int load_markers(struct chat_model *m, const char *model, struct err *err)
+{
+	struct tokenizer *tk = tokenizer_load(model, err);
+	if (!tk)
+		return -1;
+	uint32_t nv = tokenizer_vocab_size(tk);
+	size_t cap = 16;
+	m->mk_store = malloc(cap * sizeof *m->mk_store);
+	int rc = m->mk_store ? 0 : err_sys(err, "out of memory");
+	jv eos = obj_get(m->tokens, "eos_token");
+	for (int tier = 0; tier < 2 && rc == 0; tier++) {
+		for (uint32_t id = 0; id <= nv && rc == 0; id++) {
+			const char *s = NULL;
+			if (id < nv && tokenizer_is_added(tk, id) && tokenizer_is_special(tk, id) == !tier)
+				s = tokenizer_token(tk, id);
+			else if (id == nv && tier == 0 && jv_get_kind(eos) == JV_KIND_STRING)
+				s = jv_string_value(eos);
+			if (!s || !*s)
+				continue;
+			if (m->mk.n == cap) {
+				char **p = realloc(m->mk_store, (cap *= 2) * sizeof *p);
+				if (!p) {
+					rc = err_sys(err, "out of memory");
+					break;
+				}
+				m->mk_store = p;
+			}
+			if (!(m->mk_store[m->mk.n++] = strdup(s)))
+				rc = err_sys(err, "out of memory");
+		}
+		if (tier == 0)
+			m->mk.nfirst = m->mk.n;
+	}
+	jv_free(eos);
+	tokenizer_free(tk);
+	if (rc < 0)
+		return -1;
+	m->mk.s = (const char **)m->mk_store;
+	m->mk.len = malloc((m->mk.n + 1) * sizeof *m->mk.len);
+	if (!m->mk.len)
+		return err_sys(err, "out of memory");
+	for (size_t i = 0; i < m->mk.n; i++)
+		m->mk.len[i] = strlen(m->mk.s[i]);
+	return 0;
+}
+
+/* The tool list of the probe conversations. */
+static jv probe_tools(void)
+{
+	return JV_ARRAY(JV_OBJECT(
+		jv_string("type"), jv_string("function"), jv_string("function"),
+		JV_OBJECT(jv_string("name"), jv_string("probe_fn"), jv_string("description"), jv_string("probe"),
+			  jv_string("parameters"),
+			  JV_OBJECT(jv_string("type"), jv_string("object"), jv_string("properties"), jv_object()))));
+}
+
+/* Which argument form a template wants, found by rendering a probe
+ * conversation with the arguments as an object: if the output holds them as
+ * JSON, the template serializes them itself (| tojson), so it wants objects.
+ * Otherwise the arguments as JSON text: if that text shows up, it wants
+ * strings (an object would have been printed as a Python dict). A template
+ * that prints neither gets objects, the form transformers documents. */
+static void probe_args(const struct tmpl *t, jv tokens, enum chat_args *mode, int *json)
+{
+	jv want = JV_OBJECT(jv_string("probe_key"), jv_string("probe value"));
+	*mode = CHAT_ARGS_OBJECT;
+	*json = 0;
+	/* Content null first, then "": some templates print tool calls only
+	 * beside null content (DeepSeek V3), others fail on null. */
+	for (int pass = 0; pass < 4; pass++) {
+		jv args = pass % 2 == 0 ? jv_copy(want) : dump_py(jv_copy(want));
+		jv call = JV_OBJECT(jv_string("id"), jv_string("call12345"), jv_string("type"), jv_string("function"),
+				    jv_string("function"),
+				    JV_OBJECT(jv_string("name"), jv_string("probe_fn"), jv_string("arguments"), args));
+		jv msgs = JV_ARRAY(msg_new("user", jv_string("probe")),
+				   JV_OBJECT(jv_string("role"), jv_string("assistant"), jv_string("content"),
+					     pass < 2 ? jv_null() : jv_string(""),
+					     jv_string("tool_calls"), JV_ARRAY(call)));
+		jv tools = probe_tools();
+		jv ctx = jv_object_merge(JV_OBJECT(jv_string("messages"), msgs, jv_string("tools"), tools,
+						   jv_string("documents"), jv_null(), jv_string("add_generation_prompt"),
+						   jv_false()),
+					 jv_copy(tokens));
+		struct tmpl_output out = {0};
+		struct err e = {0};
+		if (tmpl_render(t, ctx, NULL, &out, &e) == 0 && chat_json_find(out.text, out.len, want)) {
+			*mode = pass % 2 == 0 ? CHAT_ARGS_OBJECT : CHAT_ARGS_STRING;
+			*json = 1;
+			tmpl_output_free(&out);
+			break;
+		}
+		tmpl_output_free(&out);
+	}
+	jv_free(want);
+}
+
+/* Whether a template writes a generation prompt: one user message rendered
+ * with add_generation_prompt must differ from the same without it. Only then
+ * does the prompt rendering before a turn say where the turn's body starts (a
+ * template that ignores the flag would put the assistant header in the span).
+ * Tried with a tool list first, then without, since some templates iterate
+ * tools whenever it is defined. */
+static int probe_agp(const struct tmpl *t, jv tokens)
+{
+	for (int with_tools = 1; with_tools >= 0; with_tools--) {
+		struct tmpl_output o[2] = {{0}};
+		int ok = 1;
+		for (int k = 0; k < 2; k++) {
+			jv ctx = jv_object_merge(
+				JV_OBJECT(jv_string("messages"), JV_ARRAY(msg_new("user", jv_string("probe"))),
+					  jv_string("tools"), with_tools ? probe_tools() : jv_null(), jv_string("documents"),
+					  jv_null(), jv_string("add_generation_prompt"), k ? jv_true() : jv_false()),
+				jv_copy(tokens));
+			struct err e = {0};
+			if (tmpl_render(t, ctx, NULL, &o[k], &e) < 0)
+				ok = 0;
+		}
+		int differ = ok && (o[0].len != o[1].len || memcmp(o[0].text, o[1].text, o[0].len));
+		tmpl_output_free(&o[0]);
+		tmpl_output_free(&o[1]);
+		if (ok)
+			return differ;
+	}
+	return 0;
+}
+
+struct chat_model *chat_model_load(const char *model, const char *template, struct err *err)
+{
+	struct chat_model *m = calloc(1, sizeof *m);
+	if (!m)
+		return err_sys(err, "out of memory"), NULL;
+	m->tokens = jv_invalid();
+	int rc;
+	struct stat st;
+	if (stat(model, &st) < 0)
+		rc = err_set(err, "%s: no such model folder or file", model);
+	else if (S_ISDIR(st.st_mode))
+		rc = load_folder(m, model, !template, err);
+	else if (is_gguf(model))
+		rc = load_gguf(m, model, !template, err);
+	else
+		rc = err_set(err, "%s: not a model folder or a .gguf file", model);
+	if (rc == 0 && template) {
+		const char *src = chat_builtin_template(template);
+		if (src) {
+			rc = compile_into(&m->tmpl, src, strlen(src), template, err);
+		} else if (strchr(template, '/') || strchr(template, '.')) {
+			size_t len;
+			char *text = read_file(template, &len, err);
+			rc = text ? compile_into(&m->tmpl, text, len, template, err) : -1;
+			free(text);
+		} else {
+			rc = err_set(err, "--template %s: no such file, and not a built-in name (chatml, llama3, gemma, "
+					  "mistral, alpaca)", template);
+		}
+	}
+	if (rc == 0)
+		rc = load_markers(m, model, err);
+	if (rc < 0) {
+		chat_model_free(m);
+		return NULL;
+	}
+	if (m->tmpl) {
+		probe_args(m->tmpl, m->tokens, &m->args, &m->args_json);
+		m->agp = probe_agp(m->tmpl, m->tokens);
+	}
+	if (m->tool_use) {
+		probe_args(m->tool_use, m->tokens, &m->args_tool_use, &m->args_json_tool_use);
+		m->agp_tool_use = probe_agp(m->tool_use, m->tokens);
+	}
+	return m;
+}
+
+void chat_model_free(struct chat_model *m)
+{
+	if (!m)
+		return;
+	tmpl_free(m->tmpl);
+	tmpl_free(m->tool_use);
+	jv_free(m->tokens);
+	for (size_t i = 0; i < m->mk.n; i++)
+		free(m->mk_store[i]);
+	free(m->mk_store);
+	free(m->mk.len);
+	free(m);
+}
+
+jv chat_model_tokens(const struct chat_model *m) { return jv_copy(m->tokens); }
+enum chat_args chat_model_args(const struct chat_model *m) { return m->tmpl ? m->args : m->args_tool_use; }
+
+/* ------------------------------------------------------------------- spans */
+
+static int cmp_span(const void *a, const void *b)
+{
+	const long *x = a, *y = b;
+	return x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : (x[1] > y[1]) - (x[1] < y[1]);
+}
+
+/* Appends the learned span of message i to sp (pairs), or returns -1. */
+static int message_span(const struct tmpl_output *out, long i, long body, int agp, const struct chat_markers *mk,
+			long *sp, size_t *nsp, struct err *err)
+{
+	size_t first = SIZE_MAX, last = 0; /* run indexes */
+	for (size_t r = 0; r < out->nruns; r++) {
+		const struct tmpl_run *run = &out->runs[r];
+		if (run->msg == i && (run->origin == TMPL_MSG_CONTENT || run->origin == TMPL_MSG_TOOL_CALLS) &&
+		    run->end > run->start) {
+			if (first == SIZE_MAX)
+				first = r;
+			last = r;
+		}
+	}
+	if (first == SIZE_MAX)
+		return err_set(err, "message %ld: the template does not print the assistant's content", i);
+	/* The body: from where the generation prompt ends (when the bytes up to
+	 * the first content byte are template text or this message's own), so a
+	 * tool call's wrapper (<tool_call>{"name": ...) is learned too. */
+	long start = out->runs[first].start;
+	if (body >= 0 && body <= start) {
+		int clean = 1;
+		for (size_t r = 0; r < first; r++) {
+			const struct tmpl_run *run = &out->runs[r];
+			if ((long)run->end > body && run->msg >= 0 && run->msg != i)
+				clean = 0;
+			/* Without a generation prompt the rendering before the turn
+			 * stops before its header; a header prints the role. */
+			if (!agp && (long)run->end > body && run->msg == i && run->origin == TMPL_MSG_OTHER)
+				clean = 0;
+		}
+		if (clean)
+			start = body;
+	}
+	/* Inside a {% generation %} block, the block says where the turn starts. */
+	for (size_t g = 0; g < out->ngen; g++)
+		if (out->gen[g][0] <= out->runs[first].start && out->runs[first].start < out->gen[g][1] &&
+		    start < (long)out->gen[g][0])
+			start = out->gen[g][0];
+	/* Between first and last, another message's bytes split the span. */
+	long s0 = start;
+	for (size_t r = first; r <= last; r++) {
+		const struct tmpl_run *run = &out->runs[r];
+		if (run->msg >= 0 && run->msg != i) {
+			if ((long)run->start > s0) {
+				sp[2 * *nsp] = s0, sp[2 * *nsp + 1] = run->start;
+				++*nsp;
+			}
+			s0 = -1;
+		} else if (s0 < 0 && run->msg == i &&
+			   (run->origin == TMPL_MSG_CONTENT || run->origin == TMPL_MSG_TOOL_CALLS)) {
+			s0 = run->start;
+		}
+	}
+	long end = out->runs[last].end;
+	/* The closer: template text after the last learned byte, up to and
+	 * including the first end-of-turn marker that begins in it. */
+	size_t cend = end;
+	for (size_t r = last + 1; r < out->nruns; r++) {
+		const struct tmpl_run *run = &out->runs[r];
+		if (run->origin != TMPL_LITERAL && run->origin != TMPL_INPUT)
+			break;
+		cend = run->end;
+	}
+	long mend = -1;
+	for (int tier = 0; tier < 2 && mend < 0; tier++) {
+		size_t k0 = tier ? mk->nfirst : 0, k1 = tier ? mk->n : mk->nfirst;
+		for (size_t p = end; p < cend && mend < 0; p++) {
+			size_t best = 0;
+			for (size_t k = k0; k < k1; k++)
+				if (mk->len[k] > best && p + mk->len[k] <= out->len &&
+				    !memcmp(out->text + p, mk->s[k], mk->len[k]))
+					best = mk->len[k];
+			if (best)
+				mend = (long)(p + best);
+		}
+	}
+	if (mend < 0)
+		return err_set(err, "message %ld: no end-of-turn marker (an added token) in the template text "
+				    "after the assistant's turn", i);
+	if (s0 >= 0) {
+		sp[2 * *nsp] = s0, sp[2 * *nsp + 1] = mend;
+		++*nsp;
+	}
+	return 0;
+}
+
+int chat_spans(const struct tmpl_output *out, const unsigned char *trained, const long *body_start, int agp,
+	       size_t nmsg, const struct chat_markers *mk, jv *spans, struct err *err)
+{
+	size_t cap = 0;
+	for (size_t r = 0; r < out->nruns; r++)
+		cap += 1;
+	cap = 2 * (cap + nmsg + 1);
+	long *sp = malloc(cap * 2 * sizeof *sp);
+	if (!sp)
+		return err_sys(err, "out of memory");
+	size_t nsp = 0;
+	for (size_t i = 0; i < nmsg; i++) {
+		if (trained[i] && message_span(out, (long)i, body_start ? body_start[i] : -1, agp, mk, sp, &nsp, err) < 0) {
+			free(sp);
+			return -1;
+		}
+	}
+	qsort(sp, nsp, 2 * sizeof *sp, cmp_span);
+	size_t n = 0;
+	for (size_t k = 0; k < nsp; k++) {
+		if (n && sp[2 * k] <= sp[2 * (n - 1) + 1]) {
+			if (sp[2 * k + 1] > sp[2 * (n - 1) + 1])
+				sp[2 * (n - 1) + 1] = sp[2 * k + 1];
+		} else {
+			sp[2 * n] = sp[2 * k], sp[2 * n + 1] = sp[2 * k + 1];
+			n++;
+		}
+	}
+	/* {% generation %} blocks mark what transformers' assistant mask learns:
+	 * every learned byte must lie in one. */
+	if (out->ngen) {
+		for (size_t k = 0; k < n; k++) {
+			long a = sp[2 * k], b = sp[2 * k + 1];
+			while (a < b) {
+				long next = -1;
+				for (size_t g = 0; g < out->ngen; g++)
+					if ((long)out->gen[g][0] <= a && a < (long)out->gen[g][1])
+						next = out->gen[g][1];
+				if (next < 0) {
+					free(sp);
+					return err_set(err, "learned byte %ld lies outside the template's {%% generation %%} "
+							    "blocks: the template and its generation marks disagree", a);
+				}
+				a = next;
+			}
+		}
+	}
+	jv arr = jv_array();
+	for (size_t k = 0; k < n; k++)
+		arr = jv_array_append(arr, JV_ARRAY(jv_number(sp[2 * k]), jv_number(sp[2 * k + 1])));
+	free(sp);
+	*spans = arr;
+	return 0;
+}
+
+/* ------------------------------------------------------------- one record */
+
+static jv render_ctx(jv msgs, jv tools, int agp, jv tokens, jv vars)
+{
+	/* apply_chat_template: {**special_tokens_map, **kwargs}, then messages,
+	 * tools (None when absent), documents (None), add_generation_prompt. */
+	jv ctx = jv_object_merge(tokens, vars);
+	ctx = jv_object_set(ctx, jv_string("messages"), msgs);
+	ctx = jv_object_set(ctx, jv_string("tools"), tools);
+	ctx = jv_object_set(ctx, jv_string("documents"), jv_null());
+	ctx = jv_object_set(ctx, jv_string("add_generation_prompt"), agp ? jv_true() : jv_false());
+	return ctx;
+}
+
+static int render(const struct tmpl *t, jv ctx, struct tmpl_output *out, struct err *err)
+{
+	memset(out, 0, sizeof *out);
+	if (tmpl_render(t, ctx, NULL, out, err) < 0) {
+		tmpl_output_free(out);
+		return -1;
+	}
+	return 0;
+}
+
+/* Checks that each tool call's arguments, as printed, parse back to the value given. */
+static int check_args_roundtrip(const struct tmpl_output *out, jv msgs, struct err *err)
+{
+	int n = jv_array_length(jv_copy(msgs)), rc = 0;
+	for (int i = 0; i < n && rc == 0; i++) {
+		jv m = jv_array_get(jv_copy(msgs), i);
+		jv calls = obj_get(m, "tool_calls");
+		long a = -1, b = -1;
+		for (size_t r = 0; r < out->nruns; r++)
+			if (out->runs[r].msg == i && out->runs[r].origin == TMPL_MSG_TOOL_CALLS) {
+				if (a < 0)
+					a = out->runs[r].start;
+				b = out->runs[r].end;
+			}
+		if (jv_get_kind(calls) == JV_KIND_ARRAY && a >= 0) {
+			jv_array_foreach(calls, j, tc) {
+				jv f = call_function(tc);
+				jv args = obj_get(f, "arguments");
+				if (jv_get_kind(args) == JV_KIND_STRING) {
+					jv v = parse_json(jv_string_value(args), jv_string_length_bytes(jv_copy(args)));
+					jv_free(args);
+					args = v;
+				}
+				if (rc == 0 && !chat_json_find(out->text + a, (size_t)(b - a), args))
+					rc = err_set(err, "message %d: tool call %d: the arguments the template printed do not "
+							  "parse back to the same JSON value", i, j);
+				jv_free(args), jv_free(f), jv_free(tc);
+			}
+		}
+		jv_free(calls), jv_free(m);
+	}
+	return rc;
+}
+
+int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv rec, jv *out, struct err *err)
+{
+	jv pass = jv_object();
+	if (jv_get_kind(rec) == JV_KIND_OBJECT) {
+		jv_object_foreach(rec, k, v) {
+			if (chat_key_consumed(jv_string_value(k)))
+				jv_free(k), jv_free(v);
+			else
+				pass = jv_object_set(pass, k, v);
+		}
+	}
+	jv conv = chat_to_messages(rec, o->input, err);
+	if (!jv_is_valid(conv)) {
+		jv_free(pass);
+		return -1;
+	}
+	jv msgs = obj_get(conv, "messages");
+	jv tools = obj_has(conv, "tools") ? obj_get(conv, "tools") : jv_copy(o->tools);
+	jv_free(conv);
+	jv expected = jv_invalid();
+	int rc = 0;
+	struct tmpl_output ro = {0};
+	unsigned char *trained = NULL;
+	long *body = NULL;
+	if (chat_validate(msgs, err) < 0)
+		goto fail;
+	/* --system: only when the record has no system prompt. */
+	jv m0 = jv_array_get(jv_copy(msgs), 0);
+	jv r0 = obj_get(m0, "role");
+	if (o->system && strcmp(jv_string_value(r0), "system")) {
+		jv sys = JV_ARRAY(msg_new("system", jv_string(o->system)));
+		msgs = jv_array_concat(sys, msgs);
+	}
+	jv_free(r0), jv_free(m0);
+	int n = jv_array_length(jv_copy(msgs));
+	if (o->add_generation_prompt) {
+		jv last = jv_array_get(jv_copy(msgs), n - 1);
+		jv role = obj_get(last, "role");
+		if (!strcmp(jv_string_value(role), "assistant")) {
+			expected = last;
+			msgs = jv_array_slice(msgs, 0, --n);
+		} else {
+			jv_free(last);
+		}
+		jv_free(role);
+	}
+	const struct tmpl *t = m->tmpl;
+	enum chat_args mode = m->args;
+	int json = m->args_json, agp = m->agp;
+	if ((jv_get_kind(tools) != JV_KIND_NULL && m->tool_use) || !t)
+		t = m->tool_use, mode = m->args_tool_use, json = m->args_json_tool_use, agp = m->agp_tool_use;
+	msgs = chat_args_normalize(msgs, mode, err);
+	if (!jv_is_valid(msgs))
+		goto fail;
+	trained = calloc((size_t)n + 1, 1);
+	body = malloc(((size_t)n + 1) * sizeof *body);
+	if (!trained || !body) {
+		err_sys(err, "out of memory");
+		goto fail;
+	}
+	int last_asst = -1;
+	for (int i = 0; i < n; i++) {
+		jv mi = jv_array_get(jv_copy(msgs), i);
+		jv role = obj_get(mi, "role");
+		if (!strcmp(jv_string_value(role), "assistant"))
+			trained[i] = 1, last_asst = i;
+		body[i] = -1;
+		jv_free(role), jv_free(mi);
+	}
+	if (o->add_generation_prompt)
+		memset(trained, 0, (size_t)n);
+	else if (last_asst < 0) {
+		err_set(err, "no assistant message to learn (for prompts, use --add-generation-prompt)");
+		goto fail;
+	} else if (o->train_last)
+		for (int i = 0; i < last_asst; i++)
+			trained[i] = 0;
+	if (render(t, render_ctx(jv_copy(msgs), jv_copy(tools), o->add_generation_prompt, jv_copy(m->tokens),
+				 jv_copy(o->vars)),
+		   &ro, err) < 0)
+		goto fail;
+	if (json && check_args_roundtrip(&ro, msgs, err) < 0)
+		goto fail;
+	/* Where each learned turn's body begins: the end of the rendering of the
+	 * messages before it with the generation prompt, when that is a prefix. */
+	for (int i = 0; i < n; i++) {
+		if (!trained[i])
+			continue;
+		struct tmpl_output po;
+		struct err e2 = {0};
+		jv ctx = render_ctx(jv_array_slice(jv_copy(msgs), 0, i), jv_copy(tools), 1, jv_copy(m->tokens),
+				    jv_copy(o->vars));
+		if (render(t, ctx, &po, &e2) == 0) {
+			if (po.len <= ro.len && !memcmp(po.text, ro.text, po.len))
+				body[i] = (long)po.len;
+			tmpl_output_free(&po);
+		}
+	}
+	jv spans;
+	if (chat_spans(&ro, trained, body, agp, (size_t)n, &m->mk, &spans, err) < 0)
+		goto fail;
+	jv res = JV_OBJECT(jv_string("text"), jv_string_sized(ro.text, (int)ro.len), jv_string("train"), spans);
+	if (jv_is_valid(expected))
+		res = jv_object_set(res, jv_string("expected"), expected);
+	else
+		jv_free(expected);
+	*out = jv_object_merge(res, pass);
+	goto done;
+fail:
+	rc = -1;
+	jv_free(pass), jv_free(expected);
+done:
+	tmpl_output_free(&ro);
+	free(trained), free(body);
+	jv_free(msgs), jv_free(tools);
+	return rc;
+}
+
+/* ------------------------------------------------------------ tool options */
+
+jv chat_var_add(jv vars, const char *arg, struct err *err)
+{
+	const char *eq = strchr(arg, '=');
+	if (!eq || eq == arg) {
+		jv_free(vars);
+		return err_set(err, "--var %s: expected NAME=JSON", arg), jv_invalid();
+	}
+	jv name = jv_string_sized(arg, (int)(eq - arg));
+	static const char *const reserved[] = {"messages", "tools", "documents", "add_generation_prompt"};
+	for (size_t i = 0; i < sizeof reserved / sizeof *reserved; i++)
+		if (!strcmp(jv_string_value(name), reserved[i])) {
+			jv_free(name), jv_free(vars);
+			return err_set(err, "--var %s: %s is set by ds-fmt itself", arg, reserved[i]), jv_invalid();
+		}
+	jv v = parse_json(eq + 1, strlen(eq + 1));
+	if (!jv_is_valid(v)) {
+		jv msg = jv_invalid_get_msg(v);
+		err_set(err, "--var %s: the value is not JSON (%s); a string needs quotes: NAME='\"text\"'", arg,
+			jv_get_kind(msg) == JV_KIND_STRING ? jv_string_value(msg) : "?");
+		jv_free(msg), jv_free(name), jv_free(vars);
+		return jv_invalid();
+	}
+	return jv_object_set(vars, name, v);
+}
+
+jv chat_tools_load(const char *path, struct err *err)
+{
+	size_t len;
+	char *text = read_file(path, &len, err);
+	if (!text)
+		return jv_invalid();
+	jv v = parse_json(text, len);
+	free(text);
+	if (jv_get_kind(v) != JV_KIND_ARRAY) {
+		jv_free(v);
+		return err_set(err, "--tools %s: expected a JSON array of tools", path), jv_invalid();
+	}
+	return v;
+}
+
+/* ---------------------------------------------------------------------- jq */
+
+struct chat_jq {
+	jq_state *jq;
+	char msg[512];
+	const char *filter;
+};
+
+static void jq_err_cb(void *data, jv msg)
+{
+	struct chat_jq *q = data;
+	if (!q->msg[0]) {
+		if (jv_get_kind(msg) == JV_KIND_STRING)
+			snprintf(q->msg, sizeof q->msg, "%s", jv_string_value(msg));
+		else
+			snprintf(q->msg, sizeof q->msg, "jq error");
+	}
+	jv_free(msg);
+}
+
+struct chat_jq *chat_jq_new(const char *filter, struct err *err)
+{
+	struct chat_jq *q = calloc(1, sizeof *q);
+	if (!q || !(q->jq = jq_init())) {
+		free(q);
+		return err_sys(err, "out of memory"), NULL;
+	}
+	q->filter = filter;
+	jq_set_error_cb(q->jq, jq_err_cb, q);
+	if (!jq_compile(q->jq, filter)) {
+		err_set(err, "--jq: cannot compile '%s': %s", filter, q->msg[0] ? q->msg : "syntax error");
+		chat_jq_free(q);
+		return NULL;
+	}
+	return q;
+}
+
+void chat_jq_free(struct chat_jq *q)
+{
+	if (!q)
+		return;
+	jq_teardown(&q->jq);
+	free(q);
+}
+
+jv chat_jq_run(struct chat_jq *q, jv rec, struct err *err)
+{
+	q->msg[0] = 0;
+	jq_start(q->jq, rec, 0);
+	jv res = jv_array();
+	for (;;) {
+		jv v = jq_next(q->jq);
+		if (!jv_is_valid(v)) {
+			jv msg = jv_invalid_get_msg(v);
+			if (jv_get_kind(msg) == JV_KIND_NULL) {
+				jv_free(msg);
+				break;
+			}
+			jv_free(res);
+			if (jv_get_kind(msg) == JV_KIND_STRING)
+				err_set(err, "--jq '%s': %s", q->filter, jv_string_value(msg));
+			else
+				err_set(err, "--jq '%s': error", q->filter);
+			jv_free(msg);
+			return jv_invalid();
+		}
+		if (jv_get_kind(v) != JV_KIND_OBJECT) {
+			err_set(err, "--jq '%s' gave %s, not an object", q->filter, jv_kind_name(jv_get_kind(v)));
+			jv_free(v), jv_free(res);
+			return jv_invalid();
+		}
+		res = jv_array_append(res, v);
+	}
+	return res;
+}

@@ -1,0 +1,146 @@
+/* chat: conversations turned into format-2 records with the model's own chat
+ * template, and the byte spans the model must learn.
+ *
+ * One record goes through these steps, each usable alone (the tests do):
+ *   chat_to_messages   OpenAI, Alpaca or ShareGPT record -> {"messages","tools"}
+ *   chat_validate      roles, order, content, tool calls (errors name the message)
+ *   chat_args_normalize tool-call arguments as the template wants them (object or JSON text)
+ *   tmpl_render        the context transformers' apply_chat_template would build
+ *   chat_spans         train spans from the provenance of every output byte
+ * chat_format_record() runs them all with a chat_model and chat_opts.
+ *
+ * Ownership follows jq's rule: functions consume the jv arguments they are
+ * given and return new references. Errors are left in err without a record
+ * position; the caller prefixes "FILE:LINE: ".
+ */
+#ifndef LORAPIPE_CHAT_H
+#define LORAPIPE_CHAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jv.h>
+
+#include "msg.h"
+#include "template.h"
+
+enum chat_input {
+	CHAT_INPUT_AUTO = 0, /* per record: "messages", "conversations", or "instruction" */
+	CHAT_INPUT_OPENAI,
+	CHAT_INPUT_ALPACA,
+	CHAT_INPUT_SHAREGPT,
+};
+
+/* "auto|openai|alpaca|sharegpt" -> enum; -1 for anything else. */
+int chat_input_parse(const char *name);
+
+/* Maps a record (consumed) to {"messages":[...]} plus "tools" when the record
+ * has tools, and "system" when an Alpaca/ShareGPT record has one (already put
+ * first in messages). Invalid with err set when the record is not of the form. */
+jv chat_to_messages(jv rec, enum chat_input fmt, struct err *err);
+
+/* The keys of an input record that are not passed through to the output. */
+int chat_key_consumed(const char *key);
+
+/* Checks messages (not consumed): an array of objects with a known role
+ * (system, user, assistant, tool), a first non-system message that is not the
+ * assistant's, non-empty content (null allowed beside tool_calls), tool calls
+ * of the OpenAI shape on assistant messages only, and tool messages only after
+ * a tool call. Returns 0 or -1 ("message 3: ...", 0-based). */
+int chat_validate(jv messages, struct err *err);
+
+/* How a template wants tool_calls[].function.arguments. */
+enum chat_args {
+	CHAT_ARGS_OBJECT = 0, /* a JSON value: the template serializes it (| tojson) */
+	CHAT_ARGS_STRING,     /* JSON text: the template prints it as it is */
+};
+
+/* Every tool call's arguments (and a flat {"name","arguments"} tool call's)
+ * turned into mode: JSON text is parsed into its value for OBJECT; a value
+ * is serialized compactly for STRING. messages is consumed. Invalid with err
+ * set when a string is not JSON ("message 2: tool call 0: arguments ..."). */
+jv chat_args_normalize(jv messages, enum chat_args mode, struct err *err);
+
+/* The first complete JSON value found in text[0..len) that equals want (not
+ * consumed): 1 when found, 0 when not. Used to check that the arguments the
+ * template printed parse back to the same value. */
+int chat_json_find(const char *text, size_t len, jv want);
+
+/* A model's template and tokens: the template (a Hugging Face folder's
+ * chat_template.jinja or tokenizer_config.json chat_template, a GGUF's
+ * tokenizer.chat_template, a .jinja file or a built-in name), the special
+ * tokens map transformers passes to templates, and the tokenizer's special
+ * token strings (the end-of-turn candidates). */
+struct chat_model;
+
+/* model: folder or .gguf; template: NULL, a file or a built-in name.
+ * Returns NULL with err set. */
+struct chat_model *chat_model_load(const char *model, const char *template, struct err *err);
+void chat_model_free(struct chat_model *m);
+/* The built-in template of a name ("chatml", "llama3", "gemma", "mistral",
+ * "alpaca"), or NULL. */
+const char *chat_builtin_template(const char *name);
+/* The special tokens map (bos_token, eos_token, ... as strings), a new reference. */
+jv chat_model_tokens(const struct chat_model *m);
+/* The argument mode the model's template expects (probed once at load). */
+enum chat_args chat_model_args(const struct chat_model *m);
+
+struct chat_opts {
+	const char *system;        /* default system prompt, or NULL */
+	jv tools;                  /* default tool list, or jv_null() (owned by the caller) */
+	jv vars;                   /* extra template variables, an object (owned by the caller) */
+	int add_generation_prompt; /* render a prompt: last assistant message becomes "expected" */
+	int train_last;            /* learn only the last assistant message */
+	enum chat_input input;
+};
+
+/* Formats one record (consumed) into a format-2 record in *out:
+ * {"text","train",["expected"], other keys of the input}. Returns 0 or -1. */
+int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv rec, jv *out,
+		       struct err *err);
+
+/* End-of-turn markers: strings of which the first one to begin in a turn's
+ * closing template text ends the learned span. The first nfirst (special
+ * tokens and eos_token) are looked for first; the rest (other added tokens)
+ * only where none of those closes the turn: DeepSeek V3 ends a tool-call turn
+ * with <｜tool▁call▁end｜>, an added token not marked special. */
+struct chat_markers {
+	const char **s;
+	size_t *len;
+	size_t n, nfirst;
+};
+
+/* The train spans of a rendering. trained[i] is set for each message i to
+ * learn (nmsg messages); body_start[i] is where message i's turn body begins
+ * (the length of the rendering of the messages before it with the generation
+ * prompt, when that is a prefix of this one), or -1 when unknown; agp says
+ * whether the template honors add_generation_prompt (if not, a body start
+ * with the message's role after it is a header and is not used). For each
+ * trained message: the bytes from the start of its body (when only template
+ * text and the message's own bytes lie between) or else from its first
+ * content/tool_calls byte, to its last content/tool_calls byte, then the
+ * template text after it up to and including the first marker that begins
+ * there. Spans start no earlier than the {% generation %} block holding the
+ * first content byte; adjacent spans are merged, and every learned byte must
+ * lie in a generation block when the template has them.
+ * *spans is a new array of [start,end] pairs. Returns 0 or -1. */
+int chat_spans(const struct tmpl_output *out, const unsigned char *trained, const long *body_start, int agp,
+	       size_t nmsg, const struct chat_markers *mk, jv *spans, struct err *err);
+
+/* Adds one --var NAME=JSON to vars (an object, consumed; returned). The
+ * names transformers passes itself (messages, tools, documents,
+ * add_generation_prompt) are refused. Invalid with err set. */
+jv chat_var_add(jv vars, const char *arg, struct err *err);
+/* Reads a --tools FILE: a JSON array of tool schemas. Invalid with err set. */
+jv chat_tools_load(const char *path, struct err *err);
+
+/* A user's jq filter that maps any record to the messages form. */
+struct chat_jq;
+/* Compiles filter; NULL with err "--jq: cannot compile FILTER: <jq's message>". */
+struct chat_jq *chat_jq_new(const char *filter, struct err *err);
+void chat_jq_free(struct chat_jq *q);
+/* Runs the filter on rec (consumed): a new array of the results (each must be
+ * an object), or invalid with err set. */
+jv chat_jq_run(struct chat_jq *q, jv rec, struct err *err);
+
+#endif

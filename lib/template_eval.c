@@ -1,0 +1,2634 @@
+/* template_eval: runs a parsed template with Jinja2 3.1's semantics under
+ * transformers' ImmutableSandboxedEnvironment: Python values, Jinja's default
+ * Undefined, the built-in filters and tests chat templates use, Python's str
+ * and dict methods (mutating methods are refused, as the sandbox does).
+ *
+ * Refused with an error rather than rendered differently: recursive for
+ * loops, loop.changed, cycler/joiner/lipsum, str.format specs, %-formats
+ * other than %s %r %d %i, the filters groupby, slice, striptags, urlize,
+ * urlencode, wordwrap, xmlattr, pprint, filesizeformat, random.
+ * Known differences: range() is a list (prints as one), dict.items() and
+ * friends print as lists; JSON numbers come through libjq 1.6, which cannot
+ * tell 1.0 from 1 (a whole number is an int) and keeps 53 bits. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <utf8proc.h>
+
+#include "template_impl.h"
+
+struct frame {
+	struct frame *parent;
+	const char **names;
+	struct tp_val *vals;
+	uint32_t n, cap;
+};
+
+struct tp_macro {
+	const struct tp_stmt *def; /* names, defaults, body */
+	struct frame *closure;
+	struct tp_val caller;      /* the caller of a call block, or undefined */
+	const char *name;
+};
+
+enum fn_id { F_RANGE, F_NAMESPACE, F_DICT, F_RAISE, F_STRFTIME, F_METHOD, F_CYCLE };
+struct tp_func {
+	int id;
+	const char *name;
+	struct tp_val self; /* F_METHOD */
+};
+
+struct tp_loop {
+	struct tp_list *items;
+	uint32_t i;
+};
+
+struct rt {
+	struct tp_arena a;
+	const struct tmpl *t;
+	struct tp_sb *out, *main;
+	struct frame *root;
+	uint64_t steps, max_steps;
+	size_t max_out;
+	int depth, max_depth;
+	uint32_t (*gen)[2];
+	size_t ngen, gcap;
+};
+
+_Noreturn static void rt_err(struct rt *r, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void rt_err(struct rt *r, int line, const char *fmt, ...)
+{
+	char buf[900];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	tp_fail(&r->a, EXIT_USAGE, "%s:%d: %s", r->t->name, line, buf);
+}
+
+static void step(struct rt *r, int line)
+{
+	if (++r->steps > r->max_steps)
+		rt_err(r, line, "template took more than %llu steps", (unsigned long long)r->max_steps);
+}
+
+/* Work that is not one step: n steps' worth, so that the step limit also
+ * bounds time spent scanning long lists and strings. */
+static void charge(struct rt *r, int line, uint64_t n)
+{
+	r->steps += n;
+	step(r, line);
+}
+
+static struct tp_sb sb_new(struct rt *r)
+{
+	struct tp_sb b = { 0 };
+	b.max = r->max_out;
+	return b;
+}
+
+static struct tp_val str_val(struct rt *r, const char *s, struct tp_org o)
+{
+	return tp_mk_str(tp_str_lit(&r->a, s, strlen(s), o));
+}
+
+/* ---- frames ---- */
+
+static struct frame *frame_new(struct rt *r, struct frame *parent)
+{
+	struct frame *f = tp_alloc(&r->a, sizeof *f);
+	f->parent = parent;
+	return f;
+}
+
+static void frame_set(struct rt *r, struct frame *f, const char *name, struct tp_val v)
+{
+	for (uint32_t i = 0; i < f->n; i++)
+		if (!strcmp(f->names[i], name)) {
+			f->vals[i] = v;
+			return;
+		}
+	if (f->n == f->cap) {
+		uint32_t cap = f->cap ? f->cap * 2 : 8;
+		f->names = tp_realloc(&r->a, f->names, f->n * sizeof *f->names, cap * sizeof *f->names);
+		f->vals = tp_realloc(&r->a, f->vals, f->n * sizeof *f->vals, cap * sizeof *f->vals);
+		f->cap = cap;
+	}
+	f->names[f->n] = name;
+	f->vals[f->n] = v;
+	f->n++;
+}
+
+static struct tp_val *frame_get(struct frame *f, const char *name)
+{
+	for (; f; f = f->parent)
+		for (uint32_t i = f->n; i-- > 0;)
+			if (!strcmp(f->names[i], name))
+				return &f->vals[i];
+	return NULL;
+}
+
+static struct tp_val mk_func(struct rt *r, int id, const char *name, struct tp_val self)
+{
+	struct tp_val v = { .type = TP_FUNC, .o = tp_literal };
+	v.u.fn = tp_alloc(&r->a, sizeof *v.u.fn);
+	v.u.fn->id = id;
+	v.u.fn->name = name;
+	v.u.fn->self = self;
+	return v;
+}
+
+static struct tp_val lookup(struct rt *r, struct frame *f, const char *name)
+{
+	struct tp_val *v = frame_get(f, name);
+	if (v)
+		return *v;
+	static const struct {
+		const char *name;
+		int id;
+	} builtins[] = { { "range", F_RANGE },		 { "namespace", F_NAMESPACE },	 { "dict", F_DICT },
+			 { "raise_exception", F_RAISE }, { "strftime_now", F_STRFTIME } };
+	for (size_t i = 0; i < sizeof builtins / sizeof *builtins; i++)
+		if (!strcmp(builtins[i].name, name))
+			return mk_func(r, builtins[i].id, builtins[i].name, tp_mk_none());
+	return tp_mk_undef(name);
+}
+
+/* ---- UTF-8 ---- */
+
+static uint32_t u8_dec(const char *s, uint32_t n, uint32_t *i)
+{
+	utf8proc_int32_t cp;
+	utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s + *i, n - *i, &cp);
+	if (k <= 0) {
+		(*i)++;
+		return 0xfffd;
+	}
+	*i += (uint32_t)k;
+	return (uint32_t)cp;
+}
+
+/* Byte offsets of each character and the end: off[0..ncp]. */
+static uint32_t *cp_offsets(struct rt *r, struct tp_str s, uint32_t *ncp)
+{
+	uint32_t *off = tp_alloc(&r->a, ((size_t)s.len + 1) * sizeof *off), n = 0, i = 0;
+	while (i < s.len) {
+		off[n++] = i;
+		u8_dec(s.s, s.len, &i);
+	}
+	off[n] = s.len;
+	*ncp = n;
+	return off;
+}
+
+static uint32_t cp_len(struct tp_str s)
+{
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < s.len; i++)
+		if (((unsigned char)s.s[i] & 0xc0) != 0x80)
+			n++;
+	return n;
+}
+
+static int py_space(uint32_t c)
+{
+	return (c >= 9 && c <= 13) || c == ' ' || (c >= 0x1c && c <= 0x1f) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+	       (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f ||
+	       c == 0x3000;
+}
+
+/* ---- conversions ---- */
+
+static struct tp_str to_str(struct rt *r, struct tp_val v)
+{
+	if (v.type == TP_STR)
+		return v.u.s;
+	struct tp_sb b = sb_new(r);
+	tp_str_of(&r->a, &b, v);
+	return tp_sb_done(&b);
+}
+
+static int is_num(struct tp_val v) { return v.type == TP_BOOL || v.type == TP_INT || v.type == TP_FLOAT; }
+static double num_f(struct tp_val v) { return v.type == TP_FLOAT ? v.u.f : v.type == TP_INT ? (double)v.u.i : v.u.b; }
+static int64_t num_i(struct tp_val v) { return v.type == TP_INT ? v.u.i : v.type == TP_BOOL ? v.u.b : (int64_t)v.u.f; }
+
+static const char *tname(struct tp_val v) { return tp_type_name(v); }
+
+static void check_defined(struct rt *r, int line, struct tp_val v)
+{
+	if (v.type == TP_UNDEF)
+		rt_err(r, line, "'%s' is undefined", v.u.undef ? v.u.undef : "value");
+}
+
+/* Items of an iterable: list items, dict keys, characters of a string. */
+static struct tp_list *iter_list(struct rt *r, int line, struct tp_val v)
+{
+	static struct tp_list empty;
+	switch (v.type) {
+	case TP_UNDEF: return &empty;
+	case TP_LIST: return v.u.l;
+	case TP_DICT: {
+		struct tp_val l = tp_mk_list(&r->a, v.u.d->n, 0);
+		for (uint32_t i = 0; i < v.u.d->n; i++)
+			l.u.l->v[i] = v.u.d->k[i];
+		return l.u.l;
+	}
+	case TP_STR: {
+		uint32_t n, *off = cp_offsets(r, v.u.s, &n);
+		struct tp_val l = tp_mk_list(&r->a, n, 0);
+		for (uint32_t i = 0; i < n; i++) {
+			struct tp_sb b = sb_new(r);
+			tp_sb_sub(&r->a, &b, v.u.s, off[i], off[i + 1]);
+			l.u.l->v[i] = tp_mk_str(tp_sb_done(&b));
+		}
+		return l.u.l;
+	}
+	default: rt_err(r, line, "'%s' object is not iterable", tname(v));
+	}
+}
+
+/* ---- arithmetic and comparison ---- */
+
+static int cmp_at(struct rt *r, int line, struct tp_val a, struct tp_val b, int depth);
+static int cmp_vals(struct rt *r, int line, struct tp_val a, struct tp_val b) { return cmp_at(r, line, a, b, 0); }
+
+static int cmp_at(struct rt *r, int line, struct tp_val a, struct tp_val b, int depth)
+{
+	if (depth > 500)
+		rt_err(r, line, "values nested too deep to compare");
+	if (is_num(a) && is_num(b)) {
+		if (a.type != TP_FLOAT && b.type != TP_FLOAT) {
+			int64_t x = num_i(a), y = num_i(b);
+			return (x > y) - (x < y);
+		}
+		double x = num_f(a), y = num_f(b);
+		return (x > y) - (x < y);
+	}
+	if (a.type == TP_STR && b.type == TP_STR) {
+		uint32_t n = a.u.s.len < b.u.s.len ? a.u.s.len : b.u.s.len;
+		int c = memcmp(a.u.s.s, b.u.s.s, n);
+		if (c)
+			return c < 0 ? -1 : 1;
+		return (a.u.s.len > b.u.s.len) - (a.u.s.len < b.u.s.len);
+	}
+	if (a.type == TP_LIST && b.type == TP_LIST) {
+		for (uint32_t i = 0; i < a.u.l->n && i < b.u.l->n; i++) {
+			step(r, line);
+			if (!tp_equal(a.u.l->v[i], b.u.l->v[i]))
+				return cmp_at(r, line, a.u.l->v[i], b.u.l->v[i], depth + 1);
+		}
+		return (a.u.l->n > b.u.l->n) - (a.u.l->n < b.u.l->n);
+	}
+	check_defined(r, line, a);
+	check_defined(r, line, b);
+	rt_err(r, line, "'<' not supported between instances of '%s' and '%s'", tname(a), tname(b));
+}
+
+static int contains(struct rt *r, int line, struct tp_val hay, struct tp_val needle)
+{
+	switch (hay.type) {
+	case TP_STR:
+		if (needle.type != TP_STR)
+			rt_err(r, line, "'in <string>' requires string as left operand, not %s", tname(needle));
+		charge(r, line, hay.u.s.len / 64);
+		return needle.u.s.len == 0 || memmem(hay.u.s.s, hay.u.s.len, needle.u.s.s, needle.u.s.len) != NULL;
+	case TP_LIST:
+		charge(r, line, hay.u.l->n);
+		for (uint32_t i = 0; i < hay.u.l->n; i++)
+			if (tp_equal(hay.u.l->v[i], needle))
+				return 1;
+		return 0;
+	case TP_DICT:
+	case TP_NS: charge(r, line, hay.u.d->n); return tp_dict_get(hay.u.d, needle) != NULL;
+	case TP_UNDEF: return 0; /* Undefined iterates as empty */
+	default: rt_err(r, line, "argument of type '%s' is not iterable", tname(hay));
+	}
+}
+
+static struct tp_val concat_str(struct rt *r, struct tp_str a, struct tp_str b)
+{
+	struct tp_sb s = sb_new(r);
+	tp_sb_str(&r->a, &s, a);
+	tp_sb_str(&r->a, &s, b);
+	return tp_mk_str(tp_sb_done(&s));
+}
+
+/* Python's printf-style str % args, for the format filter and the % operator:
+ * %s %r %d %i and %%; anything else is refused rather than rendered wrong. */
+static struct tp_val py_percent(struct rt *r, int line, struct tp_str f0, const struct tp_val *av, uint32_t an,
+			       int lenient)
+{
+	struct tp_sb o = sb_new(r);
+	uint32_t i = 0, ai = 0;
+	while (i < f0.len) {
+		const char *pc = memchr(f0.s + i, '%', f0.len - i);
+		uint32_t e = pc ? (uint32_t)(pc - f0.s) : f0.len;
+		tp_sb_sub(&r->a, &o, f0, i, e);
+		if (!pc)
+			break;
+		if (e + 1 >= f0.len)
+			rt_err(r, line, "incomplete format");
+		char c = f0.s[e + 1];
+		if (c == '%') {
+			tp_sb_sub(&r->a, &o, f0, e, e + 1);
+		} else if (c == 's' || c == 'r' || c == 'd' || c == 'i') {
+			if (ai >= an)
+				rt_err(r, line, "not enough arguments for format string");
+			struct tp_val x1 = av[ai++];
+			if (c == 's')
+				tp_str_of(&r->a, &o, x1);
+			else if (c == 'r')
+				tp_repr_of(&r->a, &o, x1);
+			else {
+				if (!is_num(x1))
+					rt_err(r, line, "%%%c format: a real number is required, not %s", c, tname(x1));
+				char buf[32];
+				snprintf(buf, sizeof buf, "%lld",
+					 (long long)(x1.type == TP_FLOAT ? (int64_t)trunc(x1.u.f) : num_i(x1)));
+				tp_sb_put(&r->a, &o, buf, strlen(buf), x1.o);
+			}
+		} else
+			rt_err(r, line, "the %%%c conversion of str %% args is not supported", c);
+		i = e + 2;
+	}
+	if (ai < an && !lenient)
+		rt_err(r, line, "not all arguments converted during string formatting");
+	return tp_mk_str(tp_sb_done(&o));
+}
+
+static struct tp_val arith(struct rt *r, int line, int op, struct tp_val a, struct tp_val b)
+{
+	if (op == OP_ADD && a.type == TP_STR && b.type == TP_STR)
+		return concat_str(r, a.u.s, b.u.s);
+	if (op == OP_MOD && a.type == TP_STR) {
+		if (b.type == TP_LIST && b.u.l->tuple)
+			return py_percent(r, line, a.u.s, b.u.l->v, b.u.l->n, 0);
+		if (b.type == TP_DICT || b.type == TP_UNDEF)
+			rt_err(r, line, "str %% %s is not supported", tname(b));
+		/* Python takes a list (it has __getitem__) as a mapping: one
+		 * argument, and no complaint when the format uses none */
+		return py_percent(r, line, a.u.s, &b, 1, b.type == TP_LIST);
+	}
+	if (op == OP_ADD && a.type == TP_LIST && b.type == TP_LIST) {
+		struct tp_val l = tp_mk_list(&r->a, a.u.l->n + b.u.l->n, a.u.l->tuple);
+		memcpy(l.u.l->v, a.u.l->v, a.u.l->n * sizeof(struct tp_val));
+		memcpy(l.u.l->v + a.u.l->n, b.u.l->v, b.u.l->n * sizeof(struct tp_val));
+		return l;
+	}
+	if (op == OP_MUL && ((a.type == TP_STR && (b.type == TP_INT || b.type == TP_BOOL)) ||
+			     (b.type == TP_STR && (a.type == TP_INT || a.type == TP_BOOL)))) {
+		struct tp_str s = a.type == TP_STR ? a.u.s : b.u.s;
+		int64_t n = a.type == TP_STR ? num_i(b) : num_i(a);
+		struct tp_sb o = sb_new(r);
+		for (int64_t i = 0; i < n; i++) {
+			step(r, line);
+			tp_sb_str(&r->a, &o, s);
+		}
+		return tp_mk_str(tp_sb_done(&o));
+	}
+	if (op == OP_MUL && ((a.type == TP_LIST && (b.type == TP_INT || b.type == TP_BOOL)) ||
+			     (b.type == TP_LIST && (a.type == TP_INT || a.type == TP_BOOL)))) {
+		struct tp_list *l = a.type == TP_LIST ? a.u.l : b.u.l;
+		int64_t n = a.type == TP_LIST ? num_i(b) : num_i(a);
+		if (n < 0)
+			n = 0;
+		if (l->n && (uint64_t)n * l->n > r->max_out)
+			rt_err(r, line, "list too long");
+		struct tp_val o = tp_mk_list(&r->a, (uint32_t)(n * l->n), l->tuple);
+		for (int64_t i = 0; i < n; i++) {
+			step(r, line);
+			memcpy(o.u.l->v + i * l->n, l->v, l->n * sizeof *l->v);
+		}
+		return o;
+	}
+	if (!is_num(a) || !is_num(b)) {
+		check_defined(r, line, a);
+		check_defined(r, line, b);
+		static const char *ops[] = { "+", "-", "*", "/", "//", "%", "**" };
+		rt_err(r, line, "unsupported operand type(s) for %s: '%s' and '%s'", ops[op], tname(a), tname(b));
+	}
+	if (op == OP_DIV) {
+		if (num_f(b) == 0)
+			rt_err(r, line, "division by zero");
+		return tp_mk_float(num_f(a) / num_f(b));
+	}
+	if (a.type != TP_FLOAT && b.type != TP_FLOAT) {
+		int64_t x = num_i(a), y = num_i(b), z;
+		switch (op) {
+		case OP_ADD:
+			if (__builtin_add_overflow(x, y, &z))
+				goto big;
+			return tp_mk_int(z);
+		case OP_SUB:
+			if (__builtin_sub_overflow(x, y, &z))
+				goto big;
+			return tp_mk_int(z);
+		case OP_MUL:
+			if (__builtin_mul_overflow(x, y, &z))
+				goto big;
+			return tp_mk_int(z);
+		case OP_FDIV:
+		case OP_MOD:
+			if (y == 0)
+				rt_err(r, line, "integer division or modulo by zero");
+			if (x == INT64_MIN && y == -1)
+				goto big;
+			z = x / y;
+			if ((x % y != 0) && ((x < 0) != (y < 0)))
+				z--;
+			return op == OP_FDIV ? tp_mk_int(z) : tp_mk_int(x - z * y);
+		case OP_POW:
+			if (y < 0)
+				return tp_mk_float(pow((double)x, (double)y));
+			z = 1;
+			for (int64_t i = 0; i < y; i++) {
+				if (__builtin_mul_overflow(z, x, &z))
+					goto big;
+				if (z == 0 || z == 1)
+					break;
+			}
+			if (z == -1 && (y & 1) == 0)
+				z = 1;
+			return tp_mk_int(z);
+		}
+	big:
+		rt_err(r, line, "integer too large");
+	}
+	double x = num_f(a), y = num_f(b);
+	switch (op) {
+	case OP_ADD: return tp_mk_float(x + y);
+	case OP_SUB: return tp_mk_float(x - y);
+	case OP_MUL: return tp_mk_float(x * y);
+	case OP_FDIV:
+	case OP_MOD: {
+		if (y == 0)
+			rt_err(r, line, "float division by zero");
+		/* Python's float_divmod */
+		double m = fmod(x, y), d = (x - m) / y;
+		if (m != 0 && ((m < 0) != (y < 0))) {
+			m += y;
+			d -= 1.0;
+		}
+		if (op == OP_MOD)
+			return tp_mk_float(m);
+		double fd = floor(d);
+		if (d - fd > 0.5)
+			fd += 1.0;
+		return tp_mk_float(fd);
+	}
+	default: return tp_mk_float(pow(x, y));
+	}
+}
+
+/* ---- slicing and indexing ---- */
+
+static void slice_ix(int64_t n, int has_lo, int64_t lo, int has_hi, int64_t hi, int64_t st, int64_t *plo, int64_t *phi)
+{
+	if (st > 0) {
+		lo = !has_lo ? 0 : lo < 0 ? (lo + n < 0 ? 0 : lo + n) : (lo > n ? n : lo);
+		hi = !has_hi ? n : hi < 0 ? (hi + n < 0 ? 0 : hi + n) : (hi > n ? n : hi);
+	} else {
+		lo = !has_lo ? n - 1 : lo < 0 ? (lo + n < 0 ? -1 : lo + n) : (lo >= n ? n - 1 : lo);
+		hi = !has_hi ? -1 : hi < 0 ? (hi + n < 0 ? -1 : hi + n) : (hi >= n ? n - 1 : hi);
+	}
+	*plo = lo;
+	*phi = hi;
+}
+
+static struct tp_val do_slice(struct rt *r, int line, struct tp_val v, struct tp_val lo, struct tp_val hi, struct tp_val st)
+{
+	int64_t step_ = 1, a, b;
+	if (st.type != TP_NONE && st.type != TP_UNDEF) {
+		if (st.type != TP_INT)
+			rt_err(r, line, "slice indices must be integers");
+		step_ = st.u.i;
+		if (step_ == 0)
+			rt_err(r, line, "slice step cannot be zero");
+	}
+	int hl = lo.type != TP_NONE && lo.type != TP_UNDEF, hh = hi.type != TP_NONE && hi.type != TP_UNDEF;
+	if ((hl && lo.type != TP_INT && lo.type != TP_BOOL) || (hh && hi.type != TP_INT && hi.type != TP_BOOL))
+		rt_err(r, line, "slice indices must be integers or None");
+	if (v.type == TP_LIST) {
+		int64_t n = v.u.l->n;
+		slice_ix(n, hl, hl ? num_i(lo) : 0, hh, hh ? num_i(hi) : 0, step_, &a, &b);
+		uint32_t cnt = 0;
+		for (int64_t i = a; step_ > 0 ? i < b : i > b; i += step_)
+			cnt++;
+		struct tp_val l = tp_mk_list(&r->a, cnt, v.u.l->tuple);
+		l.o = v.o;
+		cnt = 0;
+		for (int64_t i = a; step_ > 0 ? i < b : i > b; i += step_)
+			l.u.l->v[cnt++] = v.u.l->v[i];
+		return l;
+	}
+	if (v.type == TP_STR) {
+		uint32_t n, *off = cp_offsets(r, v.u.s, &n);
+		slice_ix(n, hl, hl ? num_i(lo) : 0, hh, hh ? num_i(hi) : 0, step_, &a, &b);
+		struct tp_sb o = sb_new(r);
+		if (step_ == 1) {
+			if (b > a)
+				tp_sb_sub(&r->a, &o, v.u.s, off[a], off[b]);
+		} else
+			for (int64_t i = a; step_ > 0 ? i < b : i > b; i += step_)
+				tp_sb_sub(&r->a, &o, v.u.s, off[i], off[i + 1]);
+		return tp_mk_str(tp_sb_done(&o));
+	}
+	check_defined(r, line, v);
+	/* Jinja compiles a slice to a plain Python subscript: no Undefined here */
+	rt_err(r, line, "'%s' object is not subscriptable", tname(v));
+}
+
+static const char *dict_methods[] = { "items", "keys", "values", "get", "pop", "update", "copy", "setdefault", "clear",
+				      "popitem", NULL };
+static const char *str_methods[] = { "strip",	   "lstrip",	 "rstrip",     "split",	  "rsplit",  "startswith",
+				     "endswith",   "replace",	 "upper",      "lower",	  "title",   "capitalize",
+				     "find",	   "rfind",	 "count",      "format",  "join",    "splitlines",
+				     "isdigit",	   "isalpha",	 "isalnum",    "isspace", "islower", "isupper",
+				     "index",	   "rindex",	 "removeprefix", "removesuffix", "swapcase", "casefold",
+				     "center", "ljust", "rjust", "zfill", "partition", "rpartition", "encode", NULL };
+static const char *list_methods[] = { "append", "extend", "insert", "pop", "remove", "clear", "sort",
+				      "reverse", "index", "count", "copy", NULL };
+
+static int in_names(const char **names, const char *n)
+{
+	for (; *names; names++)
+		if (!strcmp(*names, n))
+			return 1;
+	return 0;
+}
+
+static struct tp_val loop_attr(struct rt *r, int line, struct tp_loop *lp, const char *name);
+
+static struct tp_val get_item(struct rt *r, int line, struct tp_val v, struct tp_val k)
+{
+	switch (v.type) {
+	case TP_LIST:
+		if (k.type == TP_INT || k.type == TP_BOOL) {
+			int64_t i = num_i(k);
+			if (i < 0)
+				i += v.u.l->n;
+			if (i < 0 || i >= v.u.l->n)
+				return tp_mk_undef("list index");
+			return v.u.l->v[i];
+		}
+		return tp_mk_undef("list index");
+	case TP_DICT:
+	case TP_NS: {
+		struct tp_val *p = tp_dict_get(v.u.d, k);
+		if (p)
+			return *p;
+		if (k.type == TP_STR && v.type == TP_DICT) {
+			char *nm = tp_strndup(&r->a, k.u.s.s, k.u.s.len);
+			if (in_names(dict_methods, nm))
+				return mk_func(r, F_METHOD, nm, v);
+		}
+		return tp_mk_undef(k.type == TP_STR ? tp_strndup(&r->a, k.u.s.s, k.u.s.len) : "key");
+	}
+	case TP_STR:
+		if (k.type == TP_INT || k.type == TP_BOOL) {
+			uint32_t n, *off = cp_offsets(r, v.u.s, &n);
+			int64_t i = num_i(k);
+			if (i < 0)
+				i += n;
+			if (i < 0 || i >= n)
+				return tp_mk_undef("string index");
+			struct tp_sb o = sb_new(r);
+			tp_sb_sub(&r->a, &o, v.u.s, off[i], off[i + 1]);
+			return tp_mk_str(tp_sb_done(&o));
+		}
+		return tp_mk_undef("string index");
+	case TP_LOOP:
+		if (k.type == TP_STR)
+			return loop_attr(r, line, v.u.loop, tp_strndup(&r->a, k.u.s.s, k.u.s.len));
+		return tp_mk_undef("loop");
+	case TP_UNDEF: rt_err(r, line, "'%s' is undefined", v.u.undef ? v.u.undef : "value");
+	default: return tp_mk_undef("item");
+	}
+}
+
+static struct tp_val get_attr(struct rt *r, int line, struct tp_val v, const char *name)
+{
+	switch (v.type) {
+	case TP_DICT:
+		/* Jinja tries the attribute first: d.items is the method. */
+		if (in_names(dict_methods, name))
+			return mk_func(r, F_METHOD, name, v);
+		{
+			struct tp_val *p = tp_dict_gets(v.u.d, name, strlen(name));
+			return p ? *p : tp_mk_undef(name);
+		}
+	case TP_NS: {
+		struct tp_val *p = tp_dict_gets(v.u.d, name, strlen(name));
+		return p ? *p : tp_mk_undef(name);
+	}
+	case TP_STR:
+		if (in_names(str_methods, name))
+			return mk_func(r, F_METHOD, name, v);
+		return tp_mk_undef(name);
+	case TP_LIST:
+		if (in_names(list_methods, name))
+			return mk_func(r, F_METHOD, name, v);
+		return tp_mk_undef(name);
+	case TP_LOOP: return loop_attr(r, line, v.u.loop, name);
+	case TP_UNDEF: rt_err(r, line, "'%s' is undefined", v.u.undef ? v.u.undef : "value");
+	default: return tp_mk_undef(name);
+	}
+}
+
+static struct tp_val loop_attr(struct rt *r, int line, struct tp_loop *lp, const char *name)
+{
+	int64_t i = lp->i, n = lp->items->n;
+	if (!strcmp(name, "index"))
+		return tp_mk_int(i + 1);
+	if (!strcmp(name, "index0"))
+		return tp_mk_int(i);
+	if (!strcmp(name, "revindex"))
+		return tp_mk_int(n - i);
+	if (!strcmp(name, "revindex0"))
+		return tp_mk_int(n - i - 1);
+	if (!strcmp(name, "first"))
+		return tp_mk_bool(i == 0);
+	if (!strcmp(name, "last"))
+		return tp_mk_bool(i == n - 1);
+	if (!strcmp(name, "length"))
+		return tp_mk_int(n);
+	if (!strcmp(name, "depth"))
+		return tp_mk_int(1);
+	if (!strcmp(name, "depth0"))
+		return tp_mk_int(0);
+	if (!strcmp(name, "previtem"))
+		return i > 0 ? lp->items->v[i - 1] : tp_mk_undef("previtem");
+	if (!strcmp(name, "nextitem"))
+		return i + 1 < n ? lp->items->v[i + 1] : tp_mk_undef("nextitem");
+	if (!strcmp(name, "cycle")) {
+		struct tp_val self = { .type = TP_LOOP, .o = tp_literal, .u.loop = lp };
+		return mk_func(r, F_CYCLE, "cycle", self);
+	}
+	return tp_mk_undef(name);
+}
+
+/* ---- arguments ---- */
+
+struct args {
+	struct tp_val *v;
+	const char **kw;
+	uint32_t n;
+	uint32_t used; /* bitmask of arguments taken, to refuse unknown ones */
+};
+
+/* Positional argument pos (-1: keyword only) or keyword name. */
+static int arg(struct args *a, int pos, const char *name, struct tp_val *out)
+{
+	int p = 0;
+	for (uint32_t i = 0; i < a->n; i++) {
+		if (a->kw[i]) {
+			if (name && !strcmp(a->kw[i], name)) {
+				*out = a->v[i];
+				a->used |= 1u << (i < 31 ? i : 31);
+				return 1;
+			}
+		} else if (p++ == pos) {
+			*out = a->v[i];
+			a->used |= 1u << (i < 31 ? i : 31);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static void args_done(struct rt *r, int line, struct args *a, const char *what)
+{
+	for (uint32_t i = 0; i < a->n && i < 31; i++)
+		if (!(a->used & (1u << i))) {
+			if (a->kw[i])
+				rt_err(r, line, "%s got an unexpected keyword argument '%s'", what, a->kw[i]);
+			rt_err(r, line, "%s got too many arguments", what);
+		}
+}
+
+static struct tp_val eval(struct rt *r, struct frame *f, const struct tp_node *n);
+
+static void eval_args(struct rt *r, struct frame *f, const struct tp_node *n, uint32_t from, struct args *a)
+{
+	a->n = n->nargs > from ? n->nargs - from : 0;
+	a->v = tp_alloc(&r->a, (a->n + 1) * sizeof *a->v);
+	a->kw = n->kw ? n->kw + from : NULL;
+	a->used = 0;
+	if (!a->kw)
+		a->kw = tp_alloc(&r->a, (a->n + 1) * sizeof *a->kw);
+	for (uint32_t i = 0; i < a->n; i++)
+		a->v[i] = eval(r, f, n->args[from + i]);
+	if (a->n > 31)
+		rt_err(r, n->line, "too many arguments");
+}
+
+static struct tp_str need_str(struct rt *r, int line, struct tp_val v, const char *what)
+{
+	if (v.type != TP_STR)
+		rt_err(r, line, "%s must be a string, not %s", what, tname(v));
+	return v.u.s;
+}
+
+/* ---- string operations (keeping origins) ---- */
+
+static int in_chars(uint32_t c, const struct tp_str *chars)
+{
+	if (!chars)
+		return py_space(c);
+	uint32_t i = 0;
+	while (i < chars->len)
+		if (u8_dec(chars->s, chars->len, &i) == c)
+			return 1;
+	return 0;
+}
+
+static struct tp_val str_strip(struct rt *r, struct tp_str s, const struct tp_str *chars, int left, int right)
+{
+	uint32_t n, *off = cp_offsets(r, s, &n), lo = 0, hi = n;
+	if (left)
+		while (lo < hi) {
+			uint32_t i = off[lo];
+			if (!in_chars(u8_dec(s.s, s.len, &i), chars))
+				break;
+			lo++;
+		}
+	if (right)
+		while (hi > lo) {
+			uint32_t i = off[hi - 1];
+			if (!in_chars(u8_dec(s.s, s.len, &i), chars))
+				break;
+			hi--;
+		}
+	struct tp_sb o = sb_new(r);
+	tp_sb_sub(&r->a, &o, s, off[lo], off[hi]);
+	return tp_mk_str(tp_sb_done(&o));
+}
+
+static struct tp_val substr(struct rt *r, struct tp_str s, uint32_t a, uint32_t b)
+{
+	struct tp_sb o = sb_new(r);
+	tp_sb_sub(&r->a, &o, s, a, b);
+	return tp_mk_str(tp_sb_done(&o));
+}
+
+static void list_push(struct rt *r, struct tp_val *l, struct tp_val v, uint32_t *cap)
+{
+	if (l->u.l->n == *cap) {
+		uint32_t c = *cap ? *cap * 2 : 8;
+		l->u.l->v = tp_realloc(&r->a, l->u.l->v, l->u.l->n * sizeof(struct tp_val), c * sizeof(struct tp_val));
+		*cap = c;
+	}
+	l->u.l->v[l->u.l->n++] = v;
+}
+
+static struct tp_val str_split(struct rt *r, int line, struct tp_str s, struct tp_val sep, int64_t maxsplit)
+{
+	struct tp_val l = tp_mk_list(&r->a, 0, 0);
+	uint32_t cap = 0;
+	if (sep.type == TP_NONE || sep.type == TP_UNDEF) {
+		uint32_t i = 0;
+		for (;;) {
+			uint32_t j;
+			while (i < s.len) {
+				j = i;
+				if (!py_space(u8_dec(s.s, s.len, &j)))
+					break;
+				i = j;
+			}
+			if (i >= s.len)
+				break;
+			if (maxsplit >= 0 && (int64_t)l.u.l->n >= maxsplit) {
+				/* the rest as it is, trailing white space included */
+				list_push(r, &l, substr(r, s, i, s.len), &cap);
+				break;
+			}
+			uint32_t st = i;
+			while (i < s.len) {
+				j = i;
+				if (py_space(u8_dec(s.s, s.len, &j)))
+					break;
+				i = j;
+			}
+			list_push(r, &l, substr(r, s, st, i), &cap);
+			step(r, line);
+		}
+		return l;
+	}
+	struct tp_str d = need_str(r, line, sep, "separator");
+	if (d.len == 0)
+		rt_err(r, line, "empty separator");
+	uint32_t i = 0;
+	for (;;) {
+		const char *p = NULL;
+		if (maxsplit < 0 || (int64_t)l.u.l->n < maxsplit)
+			p = memmem(s.s + i, s.len - i, d.s, d.len);
+		if (!p) {
+			list_push(r, &l, substr(r, s, i, s.len), &cap);
+			break;
+		}
+		uint32_t at = (uint32_t)(p - s.s);
+		list_push(r, &l, substr(r, s, i, at), &cap);
+		i = at + d.len;
+		step(r, line);
+	}
+	return l;
+}
+
+static struct tp_val str_replace(struct rt *r, int line, struct tp_str s, struct tp_str old, struct tp_str new_,
+				 int64_t count)
+{
+	struct tp_sb o = sb_new(r);
+	if (old.len == 0) {
+		/* Python inserts the replacement between every character. */
+		uint32_t n, *off = cp_offsets(r, s, &n);
+		for (uint32_t i = 0; i <= n; i++) {
+			if (count < 0 || (int64_t)i < count)
+				tp_sb_str(&r->a, &o, new_);
+			if (i < n)
+				tp_sb_sub(&r->a, &o, s, off[i], off[i + 1]);
+			step(r, line);
+		}
+		return tp_mk_str(tp_sb_done(&o));
+	}
+	uint32_t i = 0;
+	int64_t done = 0;
+	for (;;) {
+		const char *p = count < 0 || done < count ? memmem(s.s + i, s.len - i, old.s, old.len) : NULL;
+		if (!p) {
+			tp_sb_sub(&r->a, &o, s, i, s.len);
+			break;
+		}
+		uint32_t at = (uint32_t)(p - s.s);
+		tp_sb_sub(&r->a, &o, s, i, at);
+		tp_sb_str(&r->a, &o, new_);
+		i = at + old.len;
+		done++;
+		step(r, line);
+	}
+	return tp_mk_str(tp_sb_done(&o));
+}
+
+/* mode: 'u' upper, 'l' lower, 'c' capitalize, 't' str.title, 'j' Jinja's title filter, 's' swapcase */
+static struct tp_val str_case(struct rt *r, struct tp_str s, int mode)
+{
+	struct tp_sb o = sb_new(r);
+	uint32_t i = 0;
+	int word = 0, first = 1;
+	while (i < s.len) {
+		uint32_t at = i;
+		uint32_t c = u8_dec(s.s, s.len, &i), m = c;
+		switch (mode) {
+		case 'u': m = (uint32_t)utf8proc_toupper((utf8proc_int32_t)c); break;
+		case 'l': m = (uint32_t)utf8proc_tolower((utf8proc_int32_t)c); break;
+		case 'c': m = (uint32_t)(first ? utf8proc_totitle((utf8proc_int32_t)c) : utf8proc_tolower((utf8proc_int32_t)c)); break;
+		case 's':
+			m = (uint32_t)(utf8proc_isupper((utf8proc_int32_t)c) ? utf8proc_tolower((utf8proc_int32_t)c)
+									   : utf8proc_toupper((utf8proc_int32_t)c));
+			break;
+		case 't': {
+			utf8proc_category_t k = utf8proc_category((utf8proc_int32_t)c);
+			int cased = k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT;
+			m = (uint32_t)(word ? utf8proc_tolower((utf8proc_int32_t)c) : utf8proc_totitle((utf8proc_int32_t)c));
+			word = cased;
+			break;
+		}
+		case 'j': {
+			int delim = py_space(c) || c == '-' || c == '(' || c == '{' || c == '[' || c == '<';
+			m = (uint32_t)(word ? utf8proc_tolower((utf8proc_int32_t)c) : utf8proc_toupper((utf8proc_int32_t)c));
+			word = !delim;
+			break;
+		}
+		}
+		first = 0;
+		uint8_t buf[8];
+		utf8proc_ssize_t k = utf8proc_encode_char((utf8proc_int32_t)m, buf);
+		if (c == 0xfffd && m == c) /* keep a bad byte as it was */
+			tp_sb_sub(&r->a, &o, s, at, i);
+		else
+			tp_sb_put(&r->a, &o, (const char *)buf, (size_t)k, tp_str_org(s, at));
+	}
+	return tp_mk_str(tp_sb_done(&o));
+}
+
+static int64_t str_find(struct tp_str s, struct tp_str sub, int rev)
+{
+	/* returns a character index, as Python does */
+	const char *p = NULL;
+	if (!rev)
+		p = memmem(s.s, s.len, sub.s, sub.len);
+	else
+		for (uint32_t i = s.len + 1; i-- > 0;)
+			if (i + sub.len <= s.len && memcmp(s.s + i, sub.s, sub.len) == 0) {
+				p = s.s + i;
+				break;
+			}
+	if (!p)
+		return -1;
+	struct tp_str pre = { s.s, (uint32_t)(p - s.s), 0, NULL };
+	return cp_len(pre);
+}
+
+static int affix(struct rt *r, int line, struct tp_str s, struct tp_val a, int end)
+{
+	if (a.type == TP_LIST) {
+		for (uint32_t i = 0; i < a.u.l->n; i++)
+			if (affix(r, line, s, a.u.l->v[i], end))
+				return 1;
+		return 0;
+	}
+	struct tp_str x = need_str(r, line, a, end ? "endswith's argument" : "startswith's argument");
+	if (x.len > s.len)
+		return 0;
+	return memcmp(end ? s.s + s.len - x.len : s.s, x.s, x.len) == 0;
+}
+
+static struct tp_val str_join(struct rt *r, int line, struct tp_str sep, struct tp_list *l)
+{
+	struct tp_sb o = sb_new(r);
+	for (uint32_t i = 0; i < l->n; i++) {
+		if (i)
+			tp_sb_str(&r->a, &o, sep);
+		struct tp_val v = l->v[i];
+		if (v.type == TP_STR)
+			tp_sb_str(&r->a, &o, v.u.s);
+		else
+			tp_str_of(&r->a, &o, v);
+		step(r, line);
+	}
+	return tp_mk_str(tp_sb_done(&o));
+}
+
+/* str.format with {} {0} {name} fields and no format specs. */
+static struct tp_val str_format(struct rt *r, int line, struct tp_str s, struct args *a)
+{
+	struct tp_sb o = sb_new(r);
+	uint32_t i = 0, auto_ix = 0;
+	a->used = ~0u;
+	while (i < s.len) {
+		char c = s.s[i];
+		if ((c == '{' || c == '}') && i + 1 < s.len && s.s[i + 1] == c) {
+			tp_sb_sub(&r->a, &o, s, i, i + 1);
+			i += 2;
+			continue;
+		}
+		if (c == '}')
+			rt_err(r, line, "single '}' encountered in format string");
+		if (c != '{') {
+			uint32_t j = i;
+			while (j < s.len && s.s[j] != '{' && s.s[j] != '}')
+				j++;
+			tp_sb_sub(&r->a, &o, s, i, j);
+			i = j;
+			continue;
+		}
+		const char *e = memchr(s.s + i, '}', s.len - i);
+		if (!e)
+			rt_err(r, line, "single '{' encountered in format string");
+		uint32_t fs = i + 1, fe = (uint32_t)(e - s.s);
+		for (uint32_t q = fs; q < fe; q++)
+			if (s.s[q] == ':' || s.s[q] == '!' || s.s[q] == '.' || s.s[q] == '[')
+				rt_err(r, line, "format specs and conversions in str.format are not supported");
+		struct tp_val v = tp_mk_undef("format");
+		int found = 0;
+		if (fe == fs) {
+			found = arg(a, (int)auto_ix++, NULL, &v);
+		} else if (s.s[fs] >= '0' && s.s[fs] <= '9') {
+			found = arg(a, atoi(tp_strndup(&r->a, s.s + fs, fe - fs)), NULL, &v);
+		} else
+			found = arg(a, -1, tp_strndup(&r->a, s.s + fs, fe - fs), &v);
+		if (!found)
+			rt_err(r, line, "str.format: missing argument for field %d", (int)auto_ix);
+		if (v.type == TP_STR)
+			tp_sb_str(&r->a, &o, v.u.s);
+		else
+			tp_str_of(&r->a, &o, v);
+		i = fe + 1;
+	}
+	return tp_mk_str(tp_sb_done(&o));
+}
+
+static int64_t int_arg(struct rt *r, int line, struct tp_val v, const char *what)
+{
+	if (v.type != TP_INT && v.type != TP_BOOL)
+		rt_err(r, line, "%s must be an integer, not %s", what, tname(v));
+	return num_i(v);
+}
+
+static struct tp_val call_str_method(struct rt *r, int line, struct tp_str s, const char *m, struct args *a)
+{
+	struct tp_val x, y;
+	if (!strcmp(m, "strip") || !strcmp(m, "lstrip") || !strcmp(m, "rstrip")) {
+		struct tp_str chars, *cp = NULL;
+		if (arg(a, 0, "chars", &x) && x.type != TP_NONE) {
+			chars = need_str(r, line, x, "strip's argument");
+			cp = &chars;
+		}
+		args_done(r, line, a, m);
+		return str_strip(r, s, cp, m[0] != 'r', m[0] != 'l');
+	}
+	if (!strcmp(m, "split")) {
+		struct tp_val sep = tp_mk_none();
+		int64_t max = -1;
+		arg(a, 0, "sep", &sep);
+		if (arg(a, 1, "maxsplit", &x))
+			max = int_arg(r, line, x, "maxsplit");
+		args_done(r, line, a, m);
+		return str_split(r, line, s, sep, max);
+	}
+	if (!strcmp(m, "rsplit")) {
+		struct tp_val sep = tp_mk_none();
+		arg(a, 0, "sep", &sep);
+		if (arg(a, 1, "maxsplit", &x) && int_arg(r, line, x, "maxsplit") >= 0) {
+			/* rsplit with a limit splits from the right */
+			int64_t max = int_arg(r, line, x, "maxsplit");
+			if (sep.type != TP_STR)
+				rt_err(r, line, "rsplit with maxsplit needs a separator here");
+			struct tp_str d = sep.u.s;
+			if (d.len == 0)
+				rt_err(r, line, "empty separator");
+			struct tp_val parts[64];
+			uint32_t np = 0, end = s.len;
+			while (np < max && np < 62) {
+				int64_t at = -1;
+				for (uint32_t i = end + 1; i-- > 0;)
+					if (i + d.len <= end && memcmp(s.s + i, d.s, d.len) == 0) {
+						at = i;
+						break;
+					}
+				if (at < 0)
+					break;
+				parts[np++] = substr(r, s, (uint32_t)at + d.len, end);
+				end = (uint32_t)at;
+			}
+			parts[np++] = substr(r, s, 0, end);
+			struct tp_val l = tp_mk_list(&r->a, np, 0);
+			for (uint32_t i = 0; i < np; i++)
+				l.u.l->v[i] = parts[np - 1 - i];
+			args_done(r, line, a, m);
+			return l;
+		}
+		args_done(r, line, a, m);
+		return str_split(r, line, s, sep, -1);
+	}
+	if (!strcmp(m, "splitlines")) {
+		args_done(r, line, a, m);
+		struct tp_val l = tp_mk_list(&r->a, 0, 0);
+		uint32_t cap = 0, i = 0, st = 0;
+		while (i < s.len) {
+			if (s.s[i] == '\n' || s.s[i] == '\r') {
+				list_push(r, &l, substr(r, s, st, i), &cap);
+				if (s.s[i] == '\r' && i + 1 < s.len && s.s[i + 1] == '\n')
+					i++;
+				st = ++i;
+			} else
+				i++;
+		}
+		if (st < s.len)
+			list_push(r, &l, substr(r, s, st, s.len), &cap);
+		return l;
+	}
+	if (!strcmp(m, "startswith") || !strcmp(m, "endswith")) {
+		if (!arg(a, 0, NULL, &x))
+			rt_err(r, line, "%s takes an argument", m);
+		args_done(r, line, a, m);
+		return tp_mk_bool(affix(r, line, s, x, m[0] == 'e'));
+	}
+	if (!strcmp(m, "removeprefix") || !strcmp(m, "removesuffix")) {
+		if (!arg(a, 0, NULL, &x))
+			rt_err(r, line, "%s takes an argument", m);
+		args_done(r, line, a, m);
+		struct tp_str p = need_str(r, line, x, m);
+		if (!affix(r, line, s, x, m[6] == 's'))
+			return tp_mk_str(s);
+		return m[6] == 's' ? substr(r, s, 0, s.len - p.len) : substr(r, s, p.len, s.len);
+	}
+	if (!strcmp(m, "replace")) {
+		int64_t count = -1;
+		if (!arg(a, 0, NULL, &x) || !arg(a, 1, NULL, &y))
+			rt_err(r, line, "replace takes two arguments");
+		struct tp_val c;
+		if (arg(a, 2, "count", &c))
+			count = int_arg(r, line, c, "count");
+		args_done(r, line, a, m);
+		return str_replace(r, line, s, need_str(r, line, x, "replace's argument"),
+				   need_str(r, line, y, "replace's argument"), count);
+	}
+	if (!strcmp(m, "upper") || !strcmp(m, "lower") || !strcmp(m, "title") || !strcmp(m, "capitalize") ||
+	    !strcmp(m, "swapcase") || !strcmp(m, "casefold")) {
+		args_done(r, line, a, m);
+		int mode = !strcmp(m, "upper") ? 'u' : !strcmp(m, "lower") || !strcmp(m, "casefold") ? 'l'
+			 : !strcmp(m, "title") ? 't' : !strcmp(m, "capitalize") ? 'c' : 's';
+		return str_case(r, s, mode);
+	}
+	if (!strcmp(m, "find") || !strcmp(m, "rfind") || !strcmp(m, "index") || !strcmp(m, "rindex")) {
+		if (!arg(a, 0, NULL, &x))
+			rt_err(r, line, "%s takes an argument", m);
+		args_done(r, line, a, m);
+		int64_t at = str_find(s, need_str(r, line, x, m), m[0] == 'r');
+		if (at < 0 && (!strcmp(m, "index") || !strcmp(m, "rindex")))
+			rt_err(r, line, "substring not found");
+		return tp_mk_int(at);
+	}
+	if (!strcmp(m, "count")) {
+		if (!arg(a, 0, NULL, &x))
+			rt_err(r, line, "count takes an argument");
+		args_done(r, line, a, m);
+		struct tp_str sub = need_str(r, line, x, "count's argument");
+		if (sub.len == 0)
+			return tp_mk_int(cp_len(s) + 1);
+		int64_t n = 0;
+		for (uint32_t i = 0; i + sub.len <= s.len;) {
+			const char *p = memmem(s.s + i, s.len - i, sub.s, sub.len);
+			if (!p)
+				break;
+			n++;
+			i = (uint32_t)(p - s.s) + sub.len;
+		}
+		return tp_mk_int(n);
+	}
+	if (!strcmp(m, "format"))
+		return str_format(r, line, s, a);
+	if (!strcmp(m, "join")) {
+		if (!arg(a, 0, NULL, &x))
+			rt_err(r, line, "join takes an argument");
+		args_done(r, line, a, m);
+		struct tp_list *l = iter_list(r, line, x);
+		for (uint32_t i = 0; i < l->n; i++)
+			if (l->v[i].type != TP_STR)
+				rt_err(r, line, "sequence item %u: expected str instance, %s found", i, tname(l->v[i]));
+		return str_join(r, line, s, l);
+	}
+	if (!strncmp(m, "is", 2)) {
+		args_done(r, line, a, m);
+		uint32_t i = 0;
+		int ok = s.len > 0, has_cased = 0;
+		while (i < s.len) {
+			utf8proc_int32_t c = (utf8proc_int32_t)u8_dec(s.s, s.len, &i);
+			utf8proc_category_t k = utf8proc_category(c);
+			int alpha = k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO;
+			int digit = k == UTF8PROC_CATEGORY_ND;
+			if (!strcmp(m, "isdigit"))
+				ok &= digit;
+			else if (!strcmp(m, "isalpha"))
+				ok &= alpha;
+			else if (!strcmp(m, "isalnum"))
+				ok &= alpha || digit || k == UTF8PROC_CATEGORY_NL || k == UTF8PROC_CATEGORY_NO;
+			else if (!strcmp(m, "isspace"))
+				ok &= py_space((uint32_t)c);
+			else if (!strcmp(m, "islower")) {
+				if (k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LT)
+					ok = 0;
+				has_cased |= k == UTF8PROC_CATEGORY_LL;
+			} else if (!strcmp(m, "isupper")) {
+				if (k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT)
+					ok = 0;
+				has_cased |= k == UTF8PROC_CATEGORY_LU;
+			}
+		}
+		if (!strcmp(m, "islower") || !strcmp(m, "isupper"))
+			ok = ok && has_cased;
+		return tp_mk_bool(ok);
+	}
+	rt_err(r, line, "str.%s is not supported", m);
+}
+
+static struct tp_val call_method(struct rt *r, int line, struct tp_func *fn, struct args *a)
+{
+	struct tp_val self = fn->self, x;
+	const char *m = fn->name;
+	if (self.type == TP_STR)
+		return call_str_method(r, line, self.u.s, m, a);
+	if (self.type == TP_DICT) {
+		struct tp_dict *d = self.u.d;
+		if (!strcmp(m, "items") || !strcmp(m, "keys") || !strcmp(m, "values")) {
+			args_done(r, line, a, m);
+			struct tp_val l = tp_mk_list(&r->a, d->n, 0);
+			for (uint32_t i = 0; i < d->n; i++) {
+				if (m[0] == 'k')
+					l.u.l->v[i] = d->k[i];
+				else if (m[0] == 'v')
+					l.u.l->v[i] = d->v[i];
+				else {
+					struct tp_val t = tp_mk_list(&r->a, 2, 1);
+					t.o = self.o;
+					t.u.l->v[0] = d->k[i];
+					t.u.l->v[1] = d->v[i];
+					l.u.l->v[i] = t;
+				}
+			}
+			l.o = self.o;
+			return l;
+		}
+		if (!strcmp(m, "get")) {
+			struct tp_val def = tp_mk_none();
+			if (!arg(a, 0, NULL, &x))
+				rt_err(r, line, "get takes a key");
+			arg(a, 1, NULL, &def);
+			args_done(r, line, a, m);
+			struct tp_val *p = tp_dict_get(d, x);
+			return p ? *p : def;
+		}
+		if (!strcmp(m, "copy")) {
+			struct tp_val c = tp_mk_dict(&r->a);
+			for (uint32_t i = 0; i < d->n; i++)
+				tp_dict_set(&r->a, c.u.d, d->k[i], d->v[i]);
+			c.o = self.o;
+			return c;
+		}
+	}
+	if (self.type == TP_LIST) {
+		struct tp_list *l = self.u.l;
+		if (!strcmp(m, "index") || !strcmp(m, "count")) {
+			if (!arg(a, 0, NULL, &x))
+				rt_err(r, line, "%s takes an argument", m);
+			args_done(r, line, a, m);
+			int64_t c = 0;
+			for (uint32_t i = 0; i < l->n; i++)
+				if (tp_equal(l->v[i], x)) {
+					if (m[0] == 'i')
+						return tp_mk_int(i);
+					c++;
+				}
+			if (m[0] == 'i')
+				rt_err(r, line, "value is not in list");
+			return tp_mk_int(c);
+		}
+		if (!strcmp(m, "copy"))
+			return self;
+	}
+	if (self.type == TP_LOOP && fn->id == F_CYCLE) {
+		if (a->n == 0)
+			rt_err(r, line, "no items for cycling given");
+		a->used = ~0u;
+		return a->v[self.u.loop->i % a->n];
+	}
+	/* What is left mutates a list or dict: the immutable sandbox refuses it. */
+	rt_err(r, line, "access to attribute '%s' of '%s' object is unsafe", m, tname(self));
+}
+
+/* ---- macros ---- */
+
+static int exec_body(struct rt *r, struct frame *f, const struct tp_stmt *s);
+
+static struct tp_val call_macro(struct rt *r, int line, struct tp_macro *m, struct args *a, struct tp_val caller)
+{
+	if (++r->depth > r->max_depth)
+		rt_err(r, line, "macro calls nested more than %d deep", r->max_depth);
+	struct frame *f = frame_new(r, m->closure);
+	const struct tp_stmt *d = m->def;
+	uint32_t npos = 0;
+	for (uint32_t i = 0; i < a->n; i++)
+		if (!a->kw[i])
+			npos++;
+	struct tp_val varargs = tp_mk_list(&r->a, npos > d->nnames ? npos - d->nnames : 0, 1);
+	uint32_t vi = 0, pi = 0;
+	for (uint32_t i = 0; i < a->n; i++)
+		if (!a->kw[i]) {
+			if (pi >= d->nnames)
+				varargs.u.l->v[vi++] = a->v[i];
+			pi++;
+		}
+	struct tp_val kwargs = tp_mk_dict(&r->a);
+	for (uint32_t i = 0; i < a->n; i++) {
+		if (!a->kw[i])
+			continue;
+		uint32_t k;
+		for (k = 0; k < d->nnames; k++)
+			if (!strcmp(d->names[k], a->kw[i]))
+				break;
+		if (k == d->nnames)
+			tp_dict_set(&r->a, kwargs.u.d, str_val(r, a->kw[i], tp_literal), a->v[i]);
+	}
+	for (uint32_t k = 0; k < d->nnames; k++) {
+		struct tp_val v;
+		if (!arg(a, (int)k, d->names[k], &v)) {
+			if (d->defaults[k])
+				v = eval(r, f, d->defaults[k]);
+			else
+				v = tp_mk_undef(d->names[k]);
+		}
+		frame_set(r, f, d->names[k], v);
+	}
+	frame_set(r, f, "varargs", varargs);
+	frame_set(r, f, "kwargs", kwargs);
+	if (caller.type != TP_UNDEF)
+		frame_set(r, f, "caller", caller);
+	struct tp_sb *save = r->out, b = sb_new(r);
+	r->out = &b;
+	exec_body(r, f, d->body);
+	r->out = save;
+	r->depth--;
+	return tp_mk_str(tp_sb_done(&b));
+}
+
+static struct tp_val call_value(struct rt *r, struct frame *f, int line, struct tp_val fv, struct args *a,
+				struct tp_val caller)
+{
+	if (fv.type == TP_MACRO)
+		return call_macro(r, line, fv.u.m, a, caller);
+	if (fv.type == TP_UNDEF)
+		rt_err(r, line, "'%s' is undefined", fv.u.undef ? fv.u.undef : "value");
+	if (fv.type != TP_FUNC)
+		rt_err(r, line, "'%s' object is not callable", tname(fv));
+	struct tp_func *fn = fv.u.fn;
+	struct tp_val x;
+	switch (fn->id) {
+	case F_METHOD:
+	case F_CYCLE: return call_method(r, line, fn, a);
+	case F_RAISE: {
+		struct tp_str s = arg(a, 0, "message", &x) ? to_str(r, x) : (struct tp_str){ "", 0, 0, NULL };
+		tp_fail(&r->a, EXIT_USAGE, "template raised: %.*s", (int)(s.len > 900 ? 900 : s.len), s.s);
+	}
+	case F_STRFTIME: {
+		if (!arg(a, 0, "format", &x) || x.type != TP_STR)
+			rt_err(r, line, "strftime_now takes a format string");
+		args_done(r, line, a, "strftime_now");
+		char fmt[256], buf[512];
+		snprintf(fmt, sizeof fmt, "%.*s", (int)x.u.s.len, x.u.s.s);
+		time_t now = time(NULL);
+		struct tm tm;
+		localtime_r(&now, &tm);
+		size_t n = strftime(buf, sizeof buf, fmt, &tm);
+		return tp_mk_str(tp_str_lit(&r->a, buf, n, tp_literal));
+	}
+	case F_RANGE: {
+		int64_t lo = 0, hi, st = 1;
+		if (a->n == 1)
+			hi = int_arg(r, line, a->v[0], "range's argument");
+		else if (a->n == 2 || a->n == 3) {
+			lo = int_arg(r, line, a->v[0], "range's argument");
+			hi = int_arg(r, line, a->v[1], "range's argument");
+			if (a->n == 3)
+				st = int_arg(r, line, a->v[2], "range's argument");
+		} else
+			rt_err(r, line, "range expects 1 to 3 arguments");
+		a->used = ~0u;
+		if (st == 0)
+			rt_err(r, line, "range() arg 3 must not be zero");
+		int64_t n = st > 0 ? (hi > lo ? (hi - lo + st - 1) / st : 0) : (lo > hi ? (lo - hi - st - 1) / -st : 0);
+		/* The sandbox's limit. */
+		if (n > 100000)
+			rt_err(r, line, "Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
+		struct tp_val l = tp_mk_list(&r->a, (uint32_t)n, 0);
+		for (int64_t i = 0; i < n; i++)
+			l.u.l->v[i] = tp_mk_int(lo + i * st);
+		return l;
+	}
+	case F_NAMESPACE:
+	case F_DICT: {
+		struct tp_val d = tp_mk_dict(&r->a);
+		if (fn->id == F_NAMESPACE)
+			d.type = TP_NS;
+		for (uint32_t i = 0; i < a->n; i++) {
+			if (a->kw[i])
+				tp_dict_set(&r->a, d.u.d, str_val(r, a->kw[i], tp_literal), a->v[i]);
+			else if (a->v[i].type == TP_DICT || a->v[i].type == TP_NS) {
+				for (uint32_t k = 0; k < a->v[i].u.d->n; k++)
+					tp_dict_set(&r->a, d.u.d, a->v[i].u.d->k[k], a->v[i].u.d->v[k]);
+			} else
+				rt_err(r, line, "%s() takes keyword arguments or a dict", fn->name);
+		}
+		a->used = ~0u;
+		return d;
+	}
+	}
+	(void)f;
+	rt_err(r, line, "cannot call this");
+}
+
+/* ---- tests ---- */
+
+static int run_test(struct rt *r, int line, const char *name, struct tp_val v, struct args *a)
+{
+	struct tp_val x;
+	int has = arg(a, 0, NULL, &x);
+	a->used = ~0u;
+#define IS(n) (!strcmp(name, n))
+	if (IS("defined"))
+		return v.type != TP_UNDEF;
+	if (IS("undefined"))
+		return v.type == TP_UNDEF;
+	if (IS("none"))
+		return v.type == TP_NONE;
+	if (IS("string"))
+		return v.type == TP_STR;
+	if (IS("mapping"))
+		return v.type == TP_DICT;
+	if (IS("iterable"))
+		return v.type == TP_STR || v.type == TP_LIST || v.type == TP_DICT || v.type == TP_UNDEF;
+	if (IS("sequence"))
+		return v.type == TP_STR || v.type == TP_LIST || v.type == TP_DICT;
+	if (IS("number"))
+		return is_num(v);
+	if (IS("integer"))
+		return v.type == TP_INT;
+	if (IS("float"))
+		return v.type == TP_FLOAT;
+	if (IS("boolean"))
+		return v.type == TP_BOOL;
+	if (IS("true"))
+		return v.type == TP_BOOL && v.u.b;
+	if (IS("false"))
+		return v.type == TP_BOOL && !v.u.b;
+	if (IS("callable"))
+		return v.type == TP_MACRO || v.type == TP_FUNC;
+	if (IS("escaped"))
+		return 0;
+	if (IS("lower") || IS("upper")) {
+		/* str(value).islower() / .isupper() */
+		struct args none = { NULL, NULL, 0, 0 };
+		return call_str_method(r, line, to_str(r, v), IS("lower") ? "islower" : "isupper", &none).u.b;
+	}
+	if (IS("odd") || IS("even") || IS("divisibleby")) {
+		/* value % 2 == 1, value % 2 == 0, value % num == 0, with Python's % */
+		if (IS("divisibleby") && !has)
+			rt_err(r, line, "divisibleby needs an argument");
+		struct tp_val m = arith(r, line, OP_MOD, v, IS("divisibleby") ? x : tp_mk_int(2));
+		return tp_equal(m, tp_mk_int(IS("odd") ? 1 : 0));
+	}
+	static const char *const binary[] = { "equalto", "eq", "==", "sameas", "ne", "!=", "in", "lt", "lessthan", "<",
+					      "le", "<=", "gt", "greaterthan", ">", "ge", ">=", NULL };
+	if (!in_names((const char **)binary, name))
+		rt_err(r, line, "no test named '%s'", name);
+	if (!has)
+		rt_err(r, line, "test '%s' needs an argument", name);
+	if (IS("equalto") || IS("eq") || IS("==") || IS("sameas"))
+		return IS("sameas") ? (v.type == x.type && tp_equal(v, x)) : tp_equal(v, x);
+	if (IS("ne") || IS("!="))
+		return !tp_equal(v, x);
+	if (IS("in"))
+		return contains(r, line, x, v);
+	if (IS("lt") || IS("lessthan") || IS("<"))
+		return cmp_vals(r, line, v, x) < 0;
+	if (IS("le") || IS("<="))
+		return cmp_vals(r, line, v, x) <= 0;
+	if (IS("gt") || IS("greaterthan") || IS(">"))
+		return cmp_vals(r, line, v, x) > 0;
+	if (IS("ge") || IS(">="))
+		return cmp_vals(r, line, v, x) >= 0;
+#undef IS
+	rt_err(r, line, "no test named '%s'", name);
+}
+
+/* ---- filters ---- */
+
+static struct tp_val apply_filter(struct rt *r, struct frame *f, int line, const char *name, struct tp_val v,
+				  struct args *a);
+
+/* Jinja's attribute paths for map/sort/...: "a.b.0". */
+static struct tp_val attr_path(struct rt *r, int line, struct tp_val v, struct tp_str path)
+{
+	uint32_t i = 0;
+	while (i <= path.len) {
+		const char *dot = memchr(path.s + i, '.', path.len - i);
+		uint32_t e = dot ? (uint32_t)(dot - path.s) : path.len;
+		char *part = tp_strndup(&r->a, path.s + i, e - i);
+		char *end;
+		long ix = strtol(part, &end, 10);
+		if (*part && !*end)
+			v = get_item(r, line, v, tp_mk_int(ix));
+		else if (v.type == TP_UNDEF)
+			return v;
+		else {
+			struct tp_val k = tp_mk_str(tp_str_lit(&r->a, part, e - i, tp_literal));
+			v = v.type == TP_DICT || v.type == TP_NS ? get_item(r, line, v, k) : get_attr(r, line, v, part);
+		}
+		if (!dot)
+			break;
+		i = e + 1;
+	}
+	return v;
+}
+
+static struct tp_val ensure_list(struct rt *r, int line, struct tp_val v)
+{
+	struct tp_list *l = iter_list(r, line, v);
+	struct tp_val out = tp_mk_list(&r->a, l->n, 0);
+	if (l->n) /* an empty list may have no storage: memcpy from NULL is undefined */
+		memcpy(out.u.l->v, l->v, l->n * sizeof(struct tp_val));
+	out.o = v.o;
+	return out;
+}
+
+struct sort_ctx {
+	struct rt *r;
+	int line, ci, rev;
+	struct tp_val *keys;
+};
+
+static struct tp_val sort_key(struct rt *r, struct tp_val v, int ci)
+{
+	if (ci && v.type == TP_STR)
+		return str_case(r, v.u.s, 'l');
+	return v;
+}
+
+/* A stable merge sort: Python's sort is stable and qsort is not. */
+static void msort(struct sort_ctx *c, uint32_t *ix, uint32_t *tmp, uint32_t n)
+{
+	if (n < 2)
+		return;
+	uint32_t h = n / 2;
+	msort(c, ix, tmp, h);
+	msort(c, ix + h, tmp, n - h);
+	uint32_t i = 0, j = h, k = 0;
+	while (i < h && j < n) {
+		int cmp = cmp_vals(c->r, c->line, c->keys[ix[j]], c->keys[ix[i]]);
+		if (c->rev)
+			cmp = -cmp;
+		if (cmp < 0)
+			tmp[k++] = ix[j++];
+		else
+			tmp[k++] = ix[i++];
+	}
+	while (i < h)
+		tmp[k++] = ix[i++];
+	while (j < n)
+		tmp[k++] = ix[j++];
+	memcpy(ix, tmp, n * sizeof *ix);
+}
+
+static struct tp_val sorted(struct rt *r, int line, struct tp_list *l, struct tp_val *keys, int rev, int tuple_o)
+{
+	uint32_t *ix = tp_alloc(&r->a, (l->n + 1) * sizeof *ix), *tmp = tp_alloc(&r->a, (l->n + 1) * sizeof *tmp);
+	for (uint32_t i = 0; i < l->n; i++)
+		ix[i] = i;
+	charge(r, line, (uint64_t)l->n * 4);
+	struct sort_ctx c = { r, line, 0, rev, keys };
+	msort(&c, ix, tmp, l->n);
+	struct tp_val out = tp_mk_list(&r->a, l->n, 0);
+	for (uint32_t i = 0; i < l->n; i++)
+		out.u.l->v[i] = l->v[ix[i]];
+	(void)tuple_o;
+	return out;
+}
+
+static int truthy_arg(struct args *a, int pos, const char *name, int def)
+{
+	struct tp_val x;
+	return arg(a, pos, name, &x) ? tp_truthy(x) : def;
+}
+
+static struct tp_val html_escape(struct rt *r, struct tp_str s)
+{
+	struct tp_sb o = sb_new(r);
+	for (uint32_t i = 0; i < s.len; i++) {
+		const char *e = NULL;
+		switch (s.s[i]) {
+		case '&': e = "&amp;"; break;
+		case '<': e = "&lt;"; break;
+		case '>': e = "&gt;"; break;
+		case '"': e = "&#34;"; break;
+		case '\'': e = "&#39;"; break;
+		}
+		if (e)
+			tp_sb_put(&r->a, &o, e, strlen(e), tp_str_org(s, i));
+		else
+			tp_sb_sub(&r->a, &o, s, i, i + 1);
+	}
+	return tp_mk_str(tp_sb_done(&o));
+}
+
+static struct tp_val to_json(struct rt *r, int line, struct tp_val v, struct args *a)
+{
+	struct json_opts jo = { NULL, ", ", ": ", 0, 0 };
+	struct tp_val x;
+	if (arg(a, 0, "indent", &x) && x.type != TP_NONE) {
+		if (x.type == TP_STR)
+			jo.indent = tp_strndup(&r->a, x.u.s.s, x.u.s.len);
+		else {
+			int64_t n = int_arg(r, line, x, "indent");
+			if (n > 64)
+				n = 64;
+			char *sp = tp_alloc(&r->a, (size_t)(n > 0 ? n : 0) + 1);
+			memset(sp, ' ', (size_t)(n > 0 ? n : 0));
+			jo.indent = sp;
+		}
+		jo.item_sep = ",";
+	}
+	if (arg(a, 1, "ensure_ascii", &x))
+		jo.ensure_ascii = tp_truthy(x);
+	if (arg(a, 2, "separators", &x) && x.type != TP_NONE) {
+		if (x.type != TP_LIST || x.u.l->n != 2 || x.u.l->v[0].type != TP_STR || x.u.l->v[1].type != TP_STR)
+			rt_err(r, line, "tojson: separators must be a pair of strings");
+		jo.item_sep = tp_strndup(&r->a, x.u.l->v[0].u.s.s, x.u.l->v[0].u.s.len);
+		jo.key_sep = tp_strndup(&r->a, x.u.l->v[1].u.s.s, x.u.l->v[1].u.s.len);
+	}
+	if (arg(a, 3, "sort_keys", &x))
+		jo.sort_keys = tp_truthy(x);
+	args_done(r, line, a, "tojson");
+	struct tp_sb o = sb_new(r);
+	const char *why = NULL;
+	if (tp_json_of(&r->a, &o, v, &jo, 0, &why) < 0)
+		rt_err(r, line, "tojson: %s", why);
+	return tp_mk_str(tp_sb_done(&o));
+}
+
+static struct tp_val to_int(struct rt *r, struct tp_val v, struct tp_val def, int64_t base)
+{
+	if (v.type == TP_INT)
+		return v;
+	if (v.type == TP_BOOL)
+		return tp_mk_int(v.u.b);
+	if (v.type == TP_FLOAT)
+		return isfinite(v.u.f) && fabs(v.u.f) < 9.2e18 ? tp_mk_int((int64_t)v.u.f) : def;
+	if (v.type == TP_STR) {
+		char *s = tp_strndup(&r->a, v.u.s.s, v.u.s.len), *e;
+		while (*s == ' ' || *s == '\t' || *s == '\n')
+			s++;
+		if (*s) {
+			char *t = s;
+			for (char *q = t; *q; q++)
+				if (*q == '_')
+					goto flt;
+			long long i = strtoll(s, &e, (int)base);
+			while (*e == ' ' || *e == '\t' || *e == '\n')
+				e++;
+			if (!*e && e != s)
+				return tp_mk_int(i);
+		flt:;
+			double d = strtod(s, &e);
+			while (*e == ' ' || *e == '\t' || *e == '\n')
+				e++;
+			if (!*e && e != s && isfinite(d) && fabs(d) < 9.2e18)
+				return tp_mk_int((int64_t)d);
+		}
+	}
+	return def;
+}
+
+static struct tp_val apply_filter(struct rt *r, struct frame *f, int line, const char *name, struct tp_val v,
+				  struct args *a)
+{
+	struct tp_val x, y;
+#define IS(n) (!strcmp(name, n))
+	if (IS("safe")) {
+		args_done(r, line, a, name);
+		return v;
+	}
+	if (IS("default") || IS("d")) {
+		struct tp_val def = tp_mk_str((struct tp_str){ "", 0, 0, NULL });
+		arg(a, 0, "default_value", &def);
+		int boolean = truthy_arg(a, 1, "boolean", 0);
+		args_done(r, line, a, name);
+		if (v.type == TP_UNDEF || (boolean && !tp_truthy(v)))
+			return def;
+		return v;
+	}
+	if (IS("tojson"))
+		return to_json(r, line, v, a);
+	if (IS("length") || IS("count")) {
+		args_done(r, line, a, name);
+		switch (v.type) {
+		case TP_UNDEF: return tp_mk_int(0);
+		case TP_STR: charge(r, line, v.u.s.len / 64); return tp_mk_int(cp_len(v.u.s));
+		case TP_LIST: return tp_mk_int(v.u.l->n);
+		case TP_DICT:
+		case TP_NS: return tp_mk_int(v.u.d->n);
+		default: rt_err(r, line, "object of type '%s' has no len()", tname(v));
+		}
+	}
+	if (IS("string")) {
+		args_done(r, line, a, name);
+		return tp_mk_str(to_str(r, v));
+	}
+	if (IS("trim")) {
+		struct tp_str chars, *cp = NULL;
+		if (arg(a, 0, "chars", &x) && x.type != TP_NONE) {
+			chars = need_str(r, line, x, "trim's argument");
+			cp = &chars;
+		}
+		args_done(r, line, a, name);
+		return str_strip(r, to_str(r, v), cp, 1, 1);
+	}
+	if (IS("upper") || IS("lower") || IS("capitalize") || IS("title")) {
+		args_done(r, line, a, name);
+		return str_case(r, to_str(r, v), IS("upper") ? 'u' : IS("lower") ? 'l' : IS("title") ? 'j' : 'c');
+	}
+	if (IS("replace")) {
+		int64_t count = -1;
+		if (!arg(a, 0, "old", &x) || !arg(a, 1, "new", &y))
+			rt_err(r, line, "replace takes two arguments");
+		struct tp_val c;
+		if (arg(a, 2, "count", &c) && c.type != TP_NONE)
+			count = int_arg(r, line, c, "count");
+		args_done(r, line, a, name);
+		return str_replace(r, line, to_str(r, v), to_str(r, x), to_str(r, y), count);
+	}
+	if (IS("first") || IS("last")) {
+		args_done(r, line, a, name);
+		struct tp_list *l = iter_list(r, line, v);
+		if (!l->n)
+			return tp_mk_undef(name);
+		return IS("first") ? l->v[0] : l->v[l->n - 1];
+	}
+	if (IS("join")) {
+		struct tp_val sep = tp_mk_str((struct tp_str){ "", 0, 0, NULL });
+		arg(a, 0, "d", &sep);
+		struct tp_list *l = iter_list(r, line, v);
+		if (arg(a, 1, "attribute", &x)) {
+			struct tp_val m = tp_mk_list(&r->a, l->n, 0);
+			for (uint32_t i = 0; i < l->n; i++)
+				m.u.l->v[i] = attr_path(r, line, l->v[i], to_str(r, x));
+			l = m.u.l;
+		}
+		args_done(r, line, a, name);
+		return str_join(r, line, to_str(r, sep), l);
+	}
+	if (IS("list")) {
+		args_done(r, line, a, name);
+		return ensure_list(r, line, v);
+	}
+	if (IS("int")) {
+		struct tp_val def = tp_mk_int(0);
+		int64_t base = 10;
+		arg(a, 0, "default", &def);
+		if (arg(a, 1, "base", &x))
+			base = int_arg(r, line, x, "base");
+		args_done(r, line, a, name);
+		check_defined(r, line, v);
+		if (base < 0 || base == 1 || base > 36)
+			rt_err(r, line, "int() base must be >= 2 and <= 36, or 0");
+		return to_int(r, v, def, base);
+	}
+	if (IS("float")) {
+		struct tp_val def = tp_mk_float(0);
+		arg(a, 0, "default", &def);
+		args_done(r, line, a, name);
+		check_defined(r, line, v);
+		if (is_num(v))
+			return tp_mk_float(num_f(v));
+		if (v.type == TP_STR) {
+			char *s = tp_strndup(&r->a, v.u.s.s, v.u.s.len), *e;
+			double d = strtod(s, &e);
+			while (*e == ' ' || *e == '\t' || *e == '\n')
+				e++;
+			if (e != s && !*e)
+				return tp_mk_float(d);
+		}
+		return def;
+	}
+	if (IS("abs")) {
+		args_done(r, line, a, name);
+		if (v.type == TP_INT) {
+			if (v.u.i == INT64_MIN)
+				rt_err(r, line, "integer too large");
+			return tp_mk_int(v.u.i < 0 ? -v.u.i : v.u.i);
+		}
+		if (v.type == TP_BOOL)
+			return tp_mk_int(v.u.b);
+		if (v.type == TP_FLOAT)
+			return tp_mk_float(fabs(v.u.f));
+		rt_err(r, line, "bad operand type for abs(): '%s'", tname(v));
+	}
+	if (IS("round")) {
+		int64_t prec = 0;
+		struct tp_str method = { "common", 6, 0, NULL };
+		if (arg(a, 0, "precision", &x))
+			prec = int_arg(r, line, x, "precision");
+		if (arg(a, 1, "method", &x))
+			method = need_str(r, line, x, "method");
+		args_done(r, line, a, name);
+		if (!is_num(v))
+			rt_err(r, line, "round: '%s' is not a number", tname(v));
+		if (prec > 15)
+			prec = 15;
+		if (prec < -15)
+			prec = -15;
+		double p = pow(10, (double)prec), d = num_f(v) * p, res;
+		if (method.len == 6 && !memcmp(method.s, "common", 6)) {
+			if (v.type != TP_FLOAT && prec >= 0)
+				return tp_mk_int(num_i(v));
+			res = nearbyint(d); /* Python's round: half to even */
+		} else if (method.len == 4 && !memcmp(method.s, "ceil", 4))
+			res = ceil(d);
+		else if (method.len == 5 && !memcmp(method.s, "floor", 5))
+			res = floor(d);
+		else
+			rt_err(r, line, "method must be common, ceil or floor");
+		return tp_mk_float(res / p);
+	}
+	if (IS("reverse")) {
+		args_done(r, line, a, name);
+		if (v.type == TP_STR) {
+			uint32_t n, *off = cp_offsets(r, v.u.s, &n);
+			struct tp_sb o = sb_new(r);
+			for (uint32_t i = n; i-- > 0;)
+				tp_sb_sub(&r->a, &o, v.u.s, off[i], off[i + 1]);
+			return tp_mk_str(tp_sb_done(&o));
+		}
+		struct tp_list *l = iter_list(r, line, v);
+		struct tp_val out = tp_mk_list(&r->a, l->n, 0);
+		for (uint32_t i = 0; i < l->n; i++)
+			out.u.l->v[i] = l->v[l->n - 1 - i];
+		return out;
+	}
+	if (IS("items")) {
+		args_done(r, line, a, name);
+		if (v.type == TP_UNDEF)
+			return tp_mk_list(&r->a, 0, 0);
+		if (v.type != TP_DICT && v.type != TP_NS)
+			rt_err(r, line, "items: can only be applied to a mapping, not %s", tname(v));
+		struct tp_func fn = { F_METHOD, "items", v };
+		if (v.type == TP_NS)
+			fn.self.type = TP_DICT;
+		struct args none = { NULL, NULL, 0, 0 };
+		return call_method(r, line, &fn, &none);
+	}
+	if (IS("dictsort")) {
+		int ci = !truthy_arg(a, 0, "case_sensitive", 0);
+		struct tp_val by = str_val(r, "key", tp_literal);
+		arg(a, 1, "by", &by);
+		int rev = truthy_arg(a, 2, "reverse", 0);
+		args_done(r, line, a, name);
+		if (v.type != TP_DICT)
+			rt_err(r, line, "dictsort: expected a mapping, got %s", tname(v));
+		int byv = by.type == TP_STR && by.u.s.len == 5 && !memcmp(by.u.s.s, "value", 5);
+		struct tp_func fn = { F_METHOD, "items", v };
+		struct args none = { NULL, NULL, 0, 0 };
+		struct tp_val items = call_method(r, line, &fn, &none);
+		struct tp_val *keys = tp_alloc(&r->a, (items.u.l->n + 1) * sizeof *keys);
+		for (uint32_t i = 0; i < items.u.l->n; i++)
+			keys[i] = sort_key(r, items.u.l->v[i].u.l->v[byv], ci);
+		return sorted(r, line, items.u.l, keys, rev, 1);
+	}
+	if (IS("sort")) {
+		int rev = truthy_arg(a, 0, "reverse", 0), ci = !truthy_arg(a, 1, "case_sensitive", 0);
+		int has_attr = arg(a, 2, "attribute", &x);
+		args_done(r, line, a, name);
+		struct tp_list *l = iter_list(r, line, v);
+		struct tp_val *keys = tp_alloc(&r->a, (l->n + 1) * sizeof *keys);
+		for (uint32_t i = 0; i < l->n; i++)
+			keys[i] = sort_key(r, has_attr ? attr_path(r, line, l->v[i], to_str(r, x)) : l->v[i], ci);
+		return sorted(r, line, l, keys, rev, 0);
+	}
+	if (IS("unique")) {
+		int ci = !truthy_arg(a, 0, "case_sensitive", 0);
+		int has_attr = arg(a, 1, "attribute", &x);
+		args_done(r, line, a, name);
+		struct tp_list *l = iter_list(r, line, v);
+		struct tp_val out = tp_mk_list(&r->a, 0, 0), seen = tp_mk_list(&r->a, 0, 0);
+		uint32_t cap = 0, scap = 0;
+		for (uint32_t i = 0; i < l->n; i++) {
+			struct tp_val k = sort_key(r, has_attr ? attr_path(r, line, l->v[i], to_str(r, x)) : l->v[i], ci);
+			int dup = 0;
+			charge(r, line, seen.u.l->n);
+			for (uint32_t j = 0; j < seen.u.l->n && !dup; j++)
+				dup = tp_equal(seen.u.l->v[j], k);
+			if (dup)
+				continue;
+			list_push(r, &seen, k, &scap);
+			list_push(r, &out, l->v[i], &cap);
+		}
+		return out;
+	}
+	if (IS("map")) {
+		/* map/select/reject iterate only a true value: none | map(...) is empty */
+		struct tp_list *l = tp_truthy(v) ? iter_list(r, line, v) : tp_mk_list(&r->a, 0, 0).u.l;
+		struct tp_val out = tp_mk_list(&r->a, l->n, 0);
+		if (arg(a, -1, "attribute", &x)) {
+			struct tp_val def = tp_mk_undef("default");
+			int has_def = arg(a, -1, "default", &def);
+			args_done(r, line, a, name);
+			for (uint32_t i = 0; i < l->n; i++) {
+				struct tp_val e = attr_path(r, line, l->v[i], to_str(r, x));
+				out.u.l->v[i] = e.type == TP_UNDEF && has_def ? def : e;
+			}
+			return out;
+		}
+		if (!arg(a, 0, NULL, &x) || x.type != TP_STR)
+			rt_err(r, line, "map: expected a filter name or attribute=");
+		const char *fname = tp_strndup(&r->a, x.u.s.s, x.u.s.len);
+		struct args rest = { a->v + 1, a->kw + 1, a->n - 1, 0 };
+		for (uint32_t i = 0; i < l->n; i++) {
+			rest.used = 0;
+			out.u.l->v[i] = apply_filter(r, f, line, fname, l->v[i], &rest);
+		}
+		a->used = ~0u;
+		return out;
+	}
+	if (IS("select") || IS("reject") || IS("selectattr") || IS("rejectattr")) {
+		int attr = IS("selectattr") || IS("rejectattr"), want = name[0] == 's';
+		struct tp_list *l = tp_truthy(v) ? iter_list(r, line, v) : tp_mk_list(&r->a, 0, 0).u.l;
+		struct tp_val path, tname_;
+		uint32_t from = 0;
+		if (attr) {
+			if (!arg(a, 0, NULL, &path))
+				rt_err(r, line, "%s needs an attribute", name);
+			from = 1;
+		}
+		int has_test = a->n > from && arg(a, (int)from, NULL, &tname_);
+		if (has_test && tname_.type != TP_STR)
+			rt_err(r, line, "%s: the test name must be a string", name);
+		const char *test = has_test ? tp_strndup(&r->a, tname_.u.s.s, tname_.u.s.len) : NULL;
+		struct args rest = { a->v + from + 1, a->kw + from + 1, a->n > from + 1 ? a->n - from - 1 : 0, 0 };
+		struct tp_val out = tp_mk_list(&r->a, 0, 0);
+		uint32_t cap = 0;
+		for (uint32_t i = 0; i < l->n; i++) {
+			struct tp_val e = attr ? attr_path(r, line, l->v[i], to_str(r, path)) : l->v[i];
+			rest.used = 0;
+			int ok = test ? run_test(r, line, test, e, &rest) : tp_truthy(e);
+			step(r, line);
+			if (ok == want)
+				list_push(r, &out, l->v[i], &cap);
+		}
+		a->used = ~0u;
+		return out;
+	}
+	if (IS("sum")) {
+		struct tp_val start = tp_mk_int(0);
+		int has_attr = arg(a, 0, "attribute", &x);
+		arg(a, 1, "start", &start);
+		args_done(r, line, a, name);
+		struct tp_list *l = iter_list(r, line, v);
+		struct tp_val acc = start;
+		for (uint32_t i = 0; i < l->n; i++)
+			acc = arith(r, line, OP_ADD, acc, has_attr ? attr_path(r, line, l->v[i], to_str(r, x)) : l->v[i]);
+		return acc;
+	}
+	if (IS("min") || IS("max")) {
+		int ci = !truthy_arg(a, 0, "case_sensitive", 0);
+		int has_attr = arg(a, 1, "attribute", &x);
+		args_done(r, line, a, name);
+		struct tp_list *l = iter_list(r, line, v);
+		if (!l->n)
+			return tp_mk_undef(name);
+		uint32_t best = 0;
+		struct tp_val bk = sort_key(r, has_attr ? attr_path(r, line, l->v[0], to_str(r, x)) : l->v[0], ci);
+		for (uint32_t i = 1; i < l->n; i++) {
+			struct tp_val k = sort_key(r, has_attr ? attr_path(r, line, l->v[i], to_str(r, x)) : l->v[i], ci);
+			int c = cmp_vals(r, line, k, bk);
+			if (IS("min") ? c < 0 : c > 0) {
+				best = i;
+				bk = k;
+			}
+		}
+		return l->v[best];
+	}
+	if (IS("indent")) {
+		struct tp_val w = tp_mk_int(4);
+		arg(a, 0, "width", &w);
+		int first = truthy_arg(a, 1, "first", 0), blank = truthy_arg(a, 2, "blank", 0);
+		args_done(r, line, a, name);
+		struct tp_str ind;
+		if (w.type == TP_STR)
+			ind = w.u.s;
+		else {
+			int64_t n = int_arg(r, line, w, "width");
+			if (n > 256)
+				n = 256;
+			char *sp = tp_alloc(&r->a, (size_t)(n > 0 ? n : 0) + 1);
+			memset(sp, ' ', (size_t)(n > 0 ? n : 0));
+			ind = tp_str_lit(&r->a, sp, (size_t)(n > 0 ? n : 0), tp_literal);
+		}
+		if (v.type != TP_STR)
+			rt_err(r, line, "indent: unsupported operand type(s) for +=: '%s' and 'str'", tname(v));
+		struct tp_str s = v.u.s;
+		struct tp_sb o = sb_new(r);
+		if (first)
+			tp_sb_str(&r->a, &o, ind);
+		uint32_t i = 0, ln = 0;
+		while (i <= s.len) {
+			const char *nl = memchr(s.s + i, '\n', s.len - i);
+			uint32_t e = nl ? (uint32_t)(nl - s.s) : s.len;
+			/* Jinja indents (s + "\n").splitlines(): the pieces of s.split("\n") */
+			if (ln > 0) {
+				tp_sb_sub(&r->a, &o, s, i - 1, i);
+				if (blank || e > i)
+					tp_sb_str(&r->a, &o, ind);
+			}
+			tp_sb_sub(&r->a, &o, s, i, e);
+			if (!nl)
+				break;
+			i = e + 1;
+			ln++;
+			step(r, line);
+		}
+		return tp_mk_str(tp_sb_done(&o));
+	}
+	if (IS("wordcount")) {
+		args_done(r, line, a, name);
+		struct tp_str s = to_str(r, v);
+		int64_t n = 0;
+		int in = 0;
+		uint32_t i = 0;
+		while (i < s.len) {
+			utf8proc_int32_t c = (utf8proc_int32_t)u8_dec(s.s, s.len, &i);
+			utf8proc_category_t k = utf8proc_category(c);
+			int w = c == '_' || (k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO) ||
+				(k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO) || k == UTF8PROC_CATEGORY_MN ||
+				k == UTF8PROC_CATEGORY_MC;
+			if (w && !in)
+				n++;
+			in = w;
+		}
+		return tp_mk_int(n);
+	}
+	if (IS("escape") || IS("e") || IS("forceescape")) {
+		args_done(r, line, a, name);
+		return html_escape(r, to_str(r, v));
+	}
+	if (IS("attr")) {
+		if (!arg(a, 0, "name", &x) || x.type != TP_STR)
+			rt_err(r, line, "attr needs a name");
+		args_done(r, line, a, name);
+		if (v.type == TP_DICT || v.type == TP_NS)
+			return tp_mk_undef("attr"); /* attr() does getattr only, never the item */
+		return get_attr(r, line, v, tp_strndup(&r->a, x.u.s.s, x.u.s.len));
+	}
+	if (IS("batch")) {
+		if (!arg(a, 0, "linecount", &x))
+			rt_err(r, line, "batch needs a size");
+		int64_t n = int_arg(r, line, x, "linecount");
+		struct tp_val fill;
+		int has_fill = arg(a, 1, "fill_with", &fill) && fill.type != TP_NONE;
+		args_done(r, line, a, name);
+		if (n <= 0)
+			rt_err(r, line, "batch: size must be positive");
+		struct tp_list *l = iter_list(r, line, v);
+		uint32_t nb = (uint32_t)((l->n + n - 1) / n);
+		struct tp_val out = tp_mk_list(&r->a, nb, 0);
+		for (uint32_t b = 0; b < nb; b++) {
+			uint32_t lo = (uint32_t)(b * n), hi = lo + (uint32_t)n;
+			if (hi > l->n && !has_fill)
+				hi = l->n;
+			struct tp_val t = tp_mk_list(&r->a, hi - lo, 0);
+			for (uint32_t i = lo; i < hi; i++)
+				t.u.l->v[i - lo] = i < l->n ? l->v[i] : fill;
+			out.u.l->v[b] = t;
+		}
+		return out;
+	}
+	if (IS("truncate")) {
+		int64_t len = 255, leeway = 5;
+		struct tp_val end = str_val(r, "...", tp_literal);
+		if (arg(a, 0, "length", &x))
+			len = int_arg(r, line, x, "length");
+		int kill = truthy_arg(a, 1, "killwords", 0);
+		arg(a, 2, "end", &end);
+		if (arg(a, 3, "leeway", &x) && x.type != TP_NONE)
+			leeway = int_arg(r, line, x, "leeway");
+		args_done(r, line, a, name);
+		struct tp_str s = to_str(r, v), e = to_str(r, end);
+		uint32_t n, *off = cp_offsets(r, s, &n), en = cp_len(e);
+		if (len < (int64_t)en)
+			rt_err(r, line, "expected length >= %u, got %lld", en, (long long)len);
+		if (leeway < 0)
+			rt_err(r, line, "expected leeway >= 0");
+		if ((int64_t)n <= len + leeway)
+			return tp_mk_str(s);
+		uint32_t cut = (uint32_t)(len - en);
+		struct tp_sb o = sb_new(r);
+		if (kill)
+			tp_sb_sub(&r->a, &o, s, 0, off[cut]);
+		else {
+			/* drop the last (partial) word: rsplit(" ", 1)[0] */
+			uint32_t hi = off[cut], sp = hi;
+			while (sp > 0 && s.s[sp - 1] != ' ')
+				sp--;
+			tp_sb_sub(&r->a, &o, s, 0, sp > 0 ? sp - 1 : hi);
+		}
+		tp_sb_str(&r->a, &o, e);
+		return tp_mk_str(tp_sb_done(&o));
+	}
+	if (IS("format")) {
+		for (uint32_t i = 0; i < a->n; i++)
+			if (a->kw[i])
+				rt_err(r, line, "format: keyword arguments are not supported");
+		a->used = ~0u;
+		return py_percent(r, line, to_str(r, v), a->v, a->n, 0);
+	}
+	if (IS("center")) {
+		int64_t w = 80;
+		if (arg(a, 0, "width", &x))
+			w = int_arg(r, line, x, "width");
+		args_done(r, line, a, name);
+		struct tp_str s = to_str(r, v);
+		int64_t n = cp_len(s);
+		if (w > 4096)
+			w = 4096;
+		if (w <= n)
+			return tp_mk_str(s);
+		int64_t pad = w - n, left = pad / 2 + (pad & w & 1);
+		struct tp_sb o = sb_new(r);
+		for (int64_t i = 0; i < left; i++)
+			tp_sb_put(&r->a, &o, " ", 1, tp_literal);
+		tp_sb_str(&r->a, &o, s);
+		for (int64_t i = 0; i < pad - left; i++)
+			tp_sb_put(&r->a, &o, " ", 1, tp_literal);
+		return tp_mk_str(tp_sb_done(&o));
+	}
+#undef IS
+	(void)f;
+	rt_err(r, line, "unknown filter '%s'", name);
+}
+
+/* ---- expressions ---- */
+
+static struct tp_val eval_filter(struct rt *r, struct frame *f, const struct tp_node *n, struct tp_val v)
+{
+	struct args a;
+	eval_args(r, f, n, 0, &a);
+	return apply_filter(r, f, n->line, n->name, v, &a);
+}
+
+static struct tp_val eval(struct rt *r, struct frame *f, const struct tp_node *n)
+{
+	step(r, n->line);
+	switch (n->kind) {
+	case N_LIT: return n->lit;
+	case N_NAME: return lookup(r, f, n->name);
+	case N_LIST:
+	case N_TUPLE: {
+		struct tp_val l = tp_mk_list(&r->a, n->nargs, n->kind == N_TUPLE);
+		for (uint32_t i = 0; i < n->nargs; i++)
+			l.u.l->v[i] = eval(r, f, n->args[i]);
+		return l;
+	}
+	case N_DICT: {
+		struct tp_val d = tp_mk_dict(&r->a);
+		for (uint32_t i = 0; i + 1 < n->nargs; i += 2) {
+			struct tp_val k = eval(r, f, n->args[i]);
+			if (k.type == TP_LIST && !k.u.l->tuple)
+				rt_err(r, n->line, "unhashable type: 'list'");
+			if (k.type == TP_DICT)
+				rt_err(r, n->line, "unhashable type: 'dict'");
+			tp_dict_set(&r->a, d.u.d, k, eval(r, f, n->args[i + 1]));
+		}
+		return d;
+	}
+	case N_ATTR: return get_attr(r, n->line, eval(r, f, n->a), n->name);
+	case N_SUB: {
+		struct tp_val v = eval(r, f, n->a);
+		struct tp_val k = eval(r, f, n->b);
+		return get_item(r, n->line, v, k);
+	}
+	case N_SLICE: {
+		struct tp_val v = eval(r, f, n->a);
+		struct tp_val lo = n->b ? eval(r, f, n->b) : tp_mk_none(), hi = n->c ? eval(r, f, n->c) : tp_mk_none();
+		struct tp_val st = n->args[0] ? eval(r, f, n->args[0]) : tp_mk_none();
+		return do_slice(r, n->line, v, lo, hi, st);
+	}
+	case N_CALL: {
+		struct tp_val fv = eval(r, f, n->a);
+		struct args a;
+		eval_args(r, f, n, 0, &a);
+		struct tp_val v = call_value(r, f, n->line, fv, &a, tp_mk_undef("caller"));
+		args_done(r, n->line, &a, "call");
+		return v;
+	}
+	case N_FILTER: return eval_filter(r, f, n, eval(r, f, n->a));
+	case N_TEST: {
+		struct tp_val v = eval(r, f, n->a);
+		struct args a;
+		eval_args(r, f, n, 0, &a);
+		int ok = run_test(r, n->line, n->name, v, &a);
+		return tp_mk_bool(n->neg ? !ok : ok);
+	}
+	case N_NEG:
+	case N_POS: {
+		struct tp_val v = eval(r, f, n->a);
+		if (!is_num(v)) {
+			check_defined(r, n->line, v);
+			rt_err(r, n->line, "bad operand type for unary %c: '%s'", n->kind == N_NEG ? '-' : '+', tname(v));
+		}
+		if (n->kind == N_POS)
+			return v.type == TP_BOOL ? tp_mk_int(v.u.b) : v;
+		if (v.type == TP_FLOAT)
+			return tp_mk_float(-v.u.f);
+		if (num_i(v) == INT64_MIN)
+			rt_err(r, n->line, "integer too large");
+		return tp_mk_int(-num_i(v));
+	}
+	case N_NOT: return tp_mk_bool(!tp_truthy(eval(r, f, n->a)));
+	case N_AND: {
+		struct tp_val a = eval(r, f, n->a);
+		return tp_truthy(a) ? eval(r, f, n->b) : a;
+	}
+	case N_OR: {
+		struct tp_val a = eval(r, f, n->a);
+		return tp_truthy(a) ? a : eval(r, f, n->b);
+	}
+	case N_BIN: {
+		struct tp_val a = eval(r, f, n->a), b = eval(r, f, n->b);
+		return arith(r, n->line, n->op, a, b);
+	}
+	case N_CONCAT: {
+		struct tp_val a = eval(r, f, n->a), b = eval(r, f, n->b);
+		return concat_str(r, to_str(r, a), to_str(r, b));
+	}
+	case N_CMP: {
+		struct tp_val left = eval(r, f, n->args[0]);
+		for (uint32_t i = 1; i < n->nargs; i++) {
+			struct tp_val right = eval(r, f, n->args[i]);
+			int ok;
+			switch (n->cmps[i - 1]) {
+			case C_EQ:
+			case C_NE:
+				if (left.type == TP_LIST && right.type == TP_LIST)
+					charge(r, n->line, left.u.l->n);
+				if (left.type == TP_STR && right.type == TP_STR)
+					charge(r, n->line, left.u.s.len / 64);
+				ok = tp_equal(left, right) == (n->cmps[i - 1] == C_EQ);
+				break;
+			case C_LT: ok = cmp_vals(r, n->line, left, right) < 0; break;
+			case C_LE: ok = cmp_vals(r, n->line, left, right) <= 0; break;
+			case C_GT: ok = cmp_vals(r, n->line, left, right) > 0; break;
+			case C_GE: ok = cmp_vals(r, n->line, left, right) >= 0; break;
+			case C_IN: ok = contains(r, n->line, right, left); break;
+			default: ok = !contains(r, n->line, right, left); break;
+			}
+			if (!ok)
+				return tp_mk_bool(0);
+			left = right;
+		}
+		return tp_mk_bool(1);
+	}
+	case N_COND:
+		if (tp_truthy(eval(r, f, n->b)))
+			return eval(r, f, n->a);
+		return n->c ? eval(r, f, n->c) : tp_mk_undef("else");
+	}
+	rt_err(r, n->line, "cannot evaluate this expression");
+}
+
+/* ---- statements ---- */
+
+enum { FLOW_NEXT, FLOW_BREAK, FLOW_CONTINUE };
+
+static void emit(struct rt *r, struct tp_val v)
+{
+	if (v.type == TP_STR)
+		tp_sb_str(&r->a, r->out, v.u.s);
+	else
+		tp_str_of(&r->a, r->out, v);
+}
+
+static void assign(struct rt *r, struct frame *f, int line, const struct tp_node *t, struct tp_val v)
+{
+	if (t->kind == N_NAME) {
+		frame_set(r, f, t->name, v);
+		return;
+	}
+	if (t->kind == N_TUPLE) {
+		struct tp_list *l = iter_list(r, line, v);
+		if (l->n != t->nargs)
+			rt_err(r, line, "cannot unpack %u values into %u names", l->n, t->nargs);
+		for (uint32_t i = 0; i < t->nargs; i++)
+			assign(r, f, line, t->args[i], l->v[i]);
+		return;
+	}
+	if (t->kind == N_ATTR) {
+		struct tp_val ns = eval(r, f, t->a);
+		if (ns.type != TP_NS)
+			rt_err(r, line, "cannot assign attribute on non-namespace object");
+		tp_dict_set(&r->a, ns.u.d, str_val(r, t->name, tp_literal), v);
+		return;
+	}
+	rt_err(r, line, "cannot assign to this");
+}
+
+static struct tp_val capture(struct rt *r, struct frame *f, const struct tp_stmt *body)
+{
+	struct tp_sb *save = r->out, b = sb_new(r);
+	r->out = &b;
+	exec_body(r, f, body);
+	r->out = save;
+	return tp_mk_str(tp_sb_done(&b));
+}
+
+/* The placeholder N_LIT at the bottom of a filter chain gets the captured text. */
+static struct tp_val filter_chain(struct rt *r, struct frame *f, const struct tp_node *n, struct tp_val v)
+{
+	if (n->kind != N_FILTER && n->kind != N_TEST)
+		return v;
+	struct tp_val in = filter_chain(r, f, n->a, v);
+	if (n->kind == N_TEST) {
+		struct args a;
+		eval_args(r, f, n, 0, &a);
+		int ok = run_test(r, n->line, n->name, in, &a);
+		return tp_mk_bool(n->neg ? !ok : ok);
+	}
+	return eval_filter(r, f, n, in);
+}
+
+static int exec_for(struct rt *r, struct frame *f, const struct tp_stmt *s)
+{
+	struct tp_val it = eval(r, f, s->e);
+	struct tp_list *src = iter_list(r, s->line, it);
+	struct frame *lf = frame_new(r, f);
+	struct tp_list *items = src;
+	if (s->cond) {
+		/* the filter sees each item bound; loop.length counts what passed */
+		struct tp_val kept = tp_mk_list(&r->a, 0, 0);
+		uint32_t cap = 0;
+		for (uint32_t i = 0; i < src->n; i++) {
+			if (s->nnames == 1)
+				frame_set(r, lf, s->names[0], src->v[i]);
+			else
+				assign(r, lf, s->line, s->target, src->v[i]);
+			if (tp_truthy(eval(r, lf, s->cond)))
+				list_push(r, &kept, src->v[i], &cap);
+		}
+		items = kept.u.l;
+	}
+	struct tp_loop *lp = tp_alloc(&r->a, sizeof *lp);
+	lp->items = items;
+	struct tp_val lv = { .type = TP_LOOP, .o = tp_literal, .u.loop = lp };
+	for (uint32_t i = 0; i < items->n; i++) {
+		step(r, s->line);
+		lp->i = i;
+		lf->n = 0; /* each iteration starts clean, as Jinja's loop scope does */
+		frame_set(r, lf, "loop", lv);
+		if (s->nnames == 1)
+			frame_set(r, lf, s->names[0], items->v[i]);
+		else
+			assign(r, lf, s->line, s->target, items->v[i]);
+		int flow = exec_body(r, lf, s->body);
+		if (flow == FLOW_BREAK)
+			break;
+	}
+	if (items->n == 0 && s->orelse)
+		return exec_body(r, f, s->orelse);
+	return FLOW_NEXT;
+}
+
+static int exec_body(struct rt *r, struct frame *f, const struct tp_stmt *s)
+{
+	for (; s; s = s->next) {
+		step(r, s->line);
+		switch (s->kind) {
+		case S_TEXT: tp_sb_str(&r->a, r->out, s->text); break;
+		case S_OUT: emit(r, eval(r, f, s->e)); break;
+		case S_IF: {
+			int flow = exec_body(r, f, tp_truthy(eval(r, f, s->cond)) ? s->body : s->orelse);
+			if (flow != FLOW_NEXT)
+				return flow;
+			break;
+		}
+		case S_FOR: exec_for(r, f, s); break;
+		case S_SET: assign(r, f, s->line, s->target, eval(r, f, s->e)); break;
+		case S_SETBLOCK: {
+			struct tp_val v = capture(r, frame_new(r, f), s->body);
+			if (s->e)
+				v = filter_chain(r, f, s->e, v);
+			frame_set(r, f, s->name, v);
+			break;
+		}
+		case S_MACRO: {
+			struct tp_val m = { .type = TP_MACRO, .o = tp_literal };
+			m.u.m = tp_alloc(&r->a, sizeof *m.u.m);
+			m.u.m->def = s;
+			m.u.m->closure = f;
+			m.u.m->name = s->name;
+			m.u.m->caller = tp_mk_undef("caller");
+			frame_set(r, f, s->name, m);
+			break;
+		}
+		case S_CALLBLOCK: {
+			struct tp_val caller = { .type = TP_MACRO, .o = tp_literal };
+			caller.u.m = tp_alloc(&r->a, sizeof *caller.u.m);
+			caller.u.m->def = s; /* its names/defaults are the caller's parameters */
+			caller.u.m->closure = f;
+			caller.u.m->name = "caller";
+			caller.u.m->caller = tp_mk_undef("caller");
+			struct tp_val fv = eval(r, f, s->e->a);
+			struct args a;
+			eval_args(r, f, s->e, 0, &a);
+			if (fv.type != TP_MACRO)
+				rt_err(r, s->line, "call block needs a macro");
+			emit(r, call_macro(r, s->line, fv.u.m, &a, caller));
+			break;
+		}
+		case S_FILTERBLOCK: emit(r, filter_chain(r, f, s->e, capture(r, f, s->body))); break;
+		case S_WITH: {
+			/* Jinja evaluates the values in the outer scope */
+			struct frame *wf = frame_new(r, f);
+			for (uint32_t i = 0; i < s->nnames; i++)
+				frame_set(r, wf, s->names[i], eval(r, f, s->defaults[i]));
+			int flow = exec_body(r, wf, s->body);
+			if (flow != FLOW_NEXT)
+				return flow;
+			break;
+		}
+		case S_BREAK: return FLOW_BREAK;
+		case S_CONTINUE: return FLOW_CONTINUE;
+		case S_GEN: {
+			/* AssistantTracker: the range of the body's text in the output.
+			 * Only text written straight to the output has an offset there. */
+			uint32_t start = r->out->len;
+			int flow = exec_body(r, f, s->body);
+			if (r->out == r->main) {
+				if (r->ngen == r->gcap) {
+					size_t cap = r->gcap ? r->gcap * 2 : 8;
+					r->gen = tp_realloc(&r->a, r->gen, r->ngen * sizeof *r->gen, cap * sizeof *r->gen);
+					r->gcap = cap;
+				}
+				r->gen[r->ngen][0] = start;
+				r->gen[r->ngen][1] = r->out->len;
+				r->ngen++;
+			}
+			if (flow != FLOW_NEXT)
+				return flow;
+			break;
+		}
+		}
+	}
+	return FLOW_NEXT;
+}
+
+/* ---- public API ---- */
+
+struct tmpl *tmpl_compile(const char *src, size_t len, const char *name, struct err *err)
+{
+	if (!name)
+		name = "template";
+	size_t nl = strlen(name);
+	/* the name lives behind the struct, so that nothing here can unwind */
+	struct tmpl *t = calloc(1, sizeof *t + nl + 1);
+	if (!t) {
+		err_sys(err, "out of memory");
+		return NULL;
+	}
+	memcpy((char *)(t + 1), name, nl + 1);
+	t->name = (const char *)(t + 1);
+	if (tp_parse(t, src, len, err) < 0) {
+		tp_arena_free(&t->arena);
+		free(t);
+		return NULL;
+	}
+	return t;
+}
+
+void tmpl_free(struct tmpl *t)
+{
+	if (!t)
+		return;
+	tp_arena_free(&t->arena);
+	free(t);
+}
+
+static int origin_of_key(const char *k)
+{
+	if (!strcmp(k, "content"))
+		return TMPL_MSG_CONTENT;
+	if (!strcmp(k, "tool_calls"))
+		return TMPL_MSG_TOOL_CALLS;
+	return TMPL_MSG_OTHER;
+}
+
+/* messages: each message's values get their own origin by key. */
+static struct tp_val messages_from_jv(struct rt *r, jv msgs, struct tp_org listo)
+{
+	if (jv_get_kind(msgs) != JV_KIND_ARRAY)
+		return tp_from_jv(&r->a, msgs, listo);
+	int n = jv_array_length(jv_copy(msgs));
+	struct tp_val l = tp_mk_list(&r->a, (uint32_t)n, 0);
+	l.o = listo;
+	for (int i = 0; i < n; i++) {
+		jv m = jv_array_get(jv_copy(msgs), i);
+		struct tp_org mo = { i, TMPL_MSG_OTHER, NULL };
+		if (jv_get_kind(m) != JV_KIND_OBJECT) {
+			l.u.l->v[i] = tp_from_jv(&r->a, m, mo);
+			continue;
+		}
+		struct tp_val d = tp_mk_dict(&r->a);
+		d.o = mo;
+		jv keys = jv_keys_unsorted(jv_copy(m));
+		int nk = jv_array_length(jv_copy(keys));
+		for (int k = 0; k < nk; k++) {
+			jv key = jv_array_get(jv_copy(keys), k);
+			const char *ks = jv_string_value(key);
+			struct tp_org o = { i, (uint8_t)origin_of_key(ks), NULL };
+			struct tp_val kv = tp_mk_str(tp_str_lit(&r->a, ks, (size_t)jv_string_length_bytes(jv_copy(key)), mo));
+			struct tp_val vv = tp_from_jv(&r->a, jv_object_get(jv_copy(m), key), o);
+			tp_dict_set(&r->a, d.u.d, kv, vv);
+		}
+		jv_free(keys);
+		jv_free(m);
+		l.u.l->v[i] = d;
+	}
+	jv_free(msgs);
+	return l;
+}
+
+int tmpl_render(const struct tmpl *t, jv ctx, const struct tmpl_limits *lim, struct tmpl_output *out,
+		struct err *err)
+{
+	memset(out, 0, sizeof *out);
+	if (jv_get_kind(ctx) != JV_KIND_OBJECT) {
+		jv_free(ctx);
+		return err_set(err, "%s: the context must be a JSON object", t->name);
+	}
+	struct rt r = { .t = t };
+	r.max_out = lim && lim->max_output ? lim->max_output : (size_t)16 << 20;
+	r.max_steps = lim && lim->max_steps ? lim->max_steps : 10000000;
+	r.max_depth = lim && lim->max_depth ? lim->max_depth : 64;
+	if (r.max_depth > 1000)
+		r.max_depth = 1000; /* each level costs C stack */
+	if (r.max_out > UINT32_MAX - 64)
+		r.max_out = UINT32_MAX - 64;
+	r.a.cap = ((size_t)64 << 20) + 16 * r.max_out;
+	r.a.err = err;
+	jmp_buf jb;
+	r.a.fail = &jb;
+	/* Everything below that can fail unwinds to here; the context jv is
+	 * consumed up front so that nothing jq owns is live across a failure. */
+	volatile int ok = 0;
+	struct tp_sb main_out = { 0 };
+	if (setjmp(jb) == 0) {
+		r.root = frame_new(&r, NULL);
+		jv keys = jv_keys_unsorted(jv_copy(ctx));
+		int nk = jv_array_length(jv_copy(keys));
+		struct tp_val *vals = tp_alloc(&r.a, ((size_t)nk + 1) * sizeof *vals);
+		const char **names = tp_alloc(&r.a, ((size_t)nk + 1) * sizeof *names);
+		for (int k = 0; k < nk; k++) {
+			jv key = jv_array_get(jv_copy(keys), k);
+			names[k] = tp_strndup(&r.a, jv_string_value(key), strlen(jv_string_value(key)));
+			jv val = jv_object_get(jv_copy(ctx), key);
+			struct tp_org o = { -1, TMPL_INPUT, names[k] };
+			vals[k] = !strcmp(names[k], "messages") ? messages_from_jv(&r, val, o) : tp_from_jv(&r.a, val, o);
+		}
+		jv_free(keys);
+		jv_free(ctx);
+		ctx = jv_null();
+		for (int k = 0; k < nk; k++)
+			frame_set(&r, r.root, names[k], vals[k]);
+		main_out.max = r.max_out;
+		r.out = r.main = &main_out;
+		struct frame *top = frame_new(&r, r.root);
+		exec_body(&r, top, t->body);
+		ok = 1;
+	}
+	jv_free(ctx);
+	if (!ok) {
+		tp_arena_free(&r.a);
+		return -1;
+	}
+	/* Copy out of the arena: text, runs (with the variable names they point
+	 * to stored after them in the same block), generation ranges. */
+	size_t names_len = 0;
+	for (uint32_t i = 0; i < main_out.nruns; i++)
+		if (main_out.runs[i].o.var)
+			names_len += strlen(main_out.runs[i].o.var) + 1;
+	out->text = malloc((size_t)main_out.len + 1);
+	out->runs = malloc((main_out.nruns + 1) * sizeof *out->runs + names_len);
+	out->gen = malloc((r.ngen + 1) * sizeof *out->gen);
+	if (!out->text || !out->runs || !out->gen) {
+		free(out->text);
+		free(out->runs);
+		free(out->gen);
+		memset(out, 0, sizeof *out);
+		tp_arena_free(&r.a);
+		return err_sys(err, "out of memory");
+	}
+	if (main_out.len)
+		memcpy(out->text, main_out.s, main_out.len);
+	out->text[main_out.len] = 0;
+	out->len = main_out.len;
+	char *names = (char *)(out->runs + main_out.nruns + 1);
+	uint32_t start = 0;
+	size_t nr = 0;
+	for (uint32_t i = 0; i < main_out.nruns; i++) {
+		const struct tp_orun *ru = &main_out.runs[i];
+		if (ru->end == start)
+			continue;
+		struct tmpl_run *o = &out->runs[nr++];
+		o->start = start;
+		o->end = ru->end;
+		o->origin = (enum tmpl_origin)ru->o.kind;
+		o->msg = ru->o.kind == TMPL_MSG_CONTENT || ru->o.kind == TMPL_MSG_TOOL_CALLS || ru->o.kind == TMPL_MSG_OTHER
+				 ? ru->o.msg
+				 : -1;
+		o->var = NULL;
+		if (ru->o.kind == TMPL_INPUT && ru->o.var) {
+			size_t n = strlen(ru->o.var) + 1;
+			memcpy(names, ru->o.var, n);
+			o->var = names;
+			names += n;
+		}
+		start = ru->end;
+	}
+	out->nruns = nr;
+	for (size_t i = 0; i < r.ngen; i++) {
+		out->gen[i][0] = r.gen[i][0];
+		out->gen[i][1] = r.gen[i][1];
+	}
+	out->ngen = r.ngen;
+	tp_arena_free(&r.a);
+	return 0;
+}
+
+void tmpl_output_free(struct tmpl_output *o)
+{
+	if (!o)
+		return;
+	free(o->text);
+	free(o->runs);
+	free(o->gen);
+	memset(o, 0, sizeof *o);
+}

@@ -1,0 +1,184 @@
+/* template_impl: the template engine's private parts, shared by lib/template*.c only.
+ *
+ * The files:
+ *   template_parse.c  lexer (trim_blocks, lstrip_blocks, whitespace control) and parser
+ *   template_value.c  the arena, strings with per-byte origins, values, str()/repr()/json
+ *   template_eval.c   the evaluator, filters, tests, methods, the public API
+ *
+ * Memory: everything a compile makes lives in the template's arena, everything
+ * a render makes in the render's arena; both are freed whole. Errors unwind
+ * with longjmp to the public entry point, which is safe because nothing
+ * outside the arena is held across a call that may fail.
+ */
+#ifndef LORAPIPE_TEMPLATE_IMPL_H
+#define LORAPIPE_TEMPLATE_IMPL_H
+
+#include <setjmp.h>
+#include <stdint.h>
+
+#include "template.h"
+
+/* ---- arena ---- */
+struct tp_arena {
+	struct tp_block *head;
+	size_t used, cap;   /* bytes handed out in all; the cap (0 = none) */
+	jmp_buf *fail;      /* where to go when the cap is hit or malloc fails */
+	struct err *err;
+};
+void *tp_alloc(struct tp_arena *a, size_t n);
+void *tp_realloc(struct tp_arena *a, void *p, size_t old, size_t n);
+char *tp_strndup(struct tp_arena *a, const char *s, size_t n);
+void tp_arena_free(struct tp_arena *a);
+_Noreturn void tp_fail(struct tp_arena *a, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* ---- strings with origins ---- */
+struct tp_org {
+	int32_t msg;
+	uint8_t kind;    /* enum tmpl_origin */
+	const char *var; /* TMPL_INPUT only */
+};
+/* The bytes before end (and after the previous run's end) have origin o. */
+struct tp_orun {
+	uint32_t end;
+	struct tp_org o;
+};
+struct tp_str {
+	const char *s;
+	uint32_t len, nruns;
+	const struct tp_orun *runs;
+};
+/* A growing string; the output and every capture are one. */
+struct tp_sb {
+	char *s;
+	uint32_t len, cap;
+	struct tp_orun *runs;
+	uint32_t nruns, rcap;
+	size_t max; /* bytes; beyond it the render fails */
+};
+extern const struct tp_org tp_literal;
+int tp_org_eq(struct tp_org a, struct tp_org b);
+void tp_sb_put(struct tp_arena *a, struct tp_sb *b, const char *s, size_t n, struct tp_org o);
+void tp_sb_str(struct tp_arena *a, struct tp_sb *b, struct tp_str s);
+/* Appends s[from, to) keeping its origins. */
+void tp_sb_sub(struct tp_arena *a, struct tp_sb *b, struct tp_str s, uint32_t from, uint32_t to);
+struct tp_str tp_sb_done(struct tp_sb *b);
+struct tp_str tp_str_lit(struct tp_arena *a, const char *s, size_t n, struct tp_org o);
+/* The origin of byte i of s. */
+struct tp_org tp_str_org(struct tp_str s, uint32_t i);
+
+/* ---- values ---- */
+enum tp_type {
+	TP_UNDEF,
+	TP_NONE,
+	TP_BOOL,
+	TP_INT,
+	TP_FLOAT,
+	TP_STR,
+	TP_LIST,  /* lists and tuples */
+	TP_DICT,
+	TP_NS,    /* namespace(): a dict whose attributes can be set */
+	TP_MACRO, /* macros and caller */
+	TP_FUNC,  /* a global function or a bound method */
+	TP_LOOP,
+};
+struct tp_val;
+struct tp_list {
+	struct tp_val *v;
+	uint32_t n;
+	uint8_t tuple;
+};
+struct tp_dict {
+	struct tp_val *k, *v;
+	uint32_t n, cap;
+};
+struct tp_val {
+	uint8_t type;
+	struct tp_org o; /* the origin of the value's text when it is turned into text */
+	union {
+		int b;
+		int64_t i;
+		double f;
+		struct tp_str s;
+		struct tp_list *l;
+		struct tp_dict *d;
+		struct tp_macro *m;
+		struct tp_func *fn;
+		struct tp_loop *loop;
+		const char *undef; /* the name, for messages */
+	} u;
+};
+struct tp_val tp_mk_str(struct tp_str s);
+struct tp_val tp_mk_int(int64_t i);
+struct tp_val tp_mk_bool(int b);
+struct tp_val tp_mk_none(void);
+struct tp_val tp_mk_undef(const char *name);
+struct tp_val tp_mk_float(double f);
+struct tp_val tp_mk_list(struct tp_arena *a, uint32_t n, int tuple);
+struct tp_val tp_mk_dict(struct tp_arena *a);
+struct tp_val *tp_dict_get(const struct tp_dict *d, struct tp_val k);
+struct tp_val *tp_dict_gets(const struct tp_dict *d, const char *k, size_t n);
+void tp_dict_set(struct tp_arena *a, struct tp_dict *d, struct tp_val k, struct tp_val v);
+int tp_truthy(struct tp_val v);
+int tp_equal(struct tp_val a, struct tp_val b);
+const char *tp_type_name(struct tp_val v);
+/* str(v) and repr(v) into b; the text of a non-string takes the origin of
+ * the value that made it, element by element. */
+void tp_str_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v);
+void tp_repr_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v);
+struct json_opts {
+	const char *indent; /* NULL: none */
+	const char *item_sep, *key_sep;
+	int sort_keys, ensure_ascii;
+};
+/* json.dumps; returns -1 (with *why) for a value JSON cannot hold. */
+int tp_json_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v, const struct json_opts *jo, int depth,
+	       const char **why);
+void tp_float_repr(char *buf, size_t n, double f);
+/* jv (consumed) -> value with origin o. */
+struct tp_val tp_from_jv(struct tp_arena *a, jv v, struct tp_org o);
+
+/* ---- syntax tree ---- */
+enum tp_nk {
+	N_LIT, N_NAME, N_LIST, N_TUPLE, N_DICT, N_ATTR, N_SUB, N_SLICE, N_CALL, N_FILTER, N_TEST,
+	N_NEG, N_POS, N_NOT, N_AND, N_OR, N_BIN, N_CMP, N_COND, N_CONCAT,
+};
+enum tp_op { OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_FDIV, OP_MOD, OP_POW };
+enum tp_cmp { C_EQ, C_NE, C_LT, C_LE, C_GT, C_GE, C_IN, C_NOTIN };
+struct tp_node {
+	uint8_t kind, op, neg; /* neg: `is not` */
+	uint16_t depth;            /* of the subtree: evaluation recurses this deep */
+	int line;
+	struct tp_node *a, *b, *c; /* operands; N_SLICE: a[b:c:d] with d in args[0] */
+	struct tp_node **args;     /* call/filter/test arguments; list items; dict keys then values */
+	const char **kw;           /* keyword argument names, NULL for positional */
+	uint32_t nargs;
+	uint8_t *cmps;             /* N_CMP: the operators between args */
+	const char *name;          /* N_NAME, N_ATTR, N_FILTER, N_TEST */
+	struct tp_val lit;
+};
+enum tp_sk {
+	S_TEXT, S_OUT, S_IF, S_FOR, S_SET, S_SETBLOCK, S_MACRO, S_CALLBLOCK, S_FILTERBLOCK, S_BREAK,
+	S_CONTINUE, S_GEN, S_WITH,
+};
+struct tp_stmt {
+	uint8_t kind;
+	int line;
+	struct tp_stmt *next;
+	struct tp_node *e, *cond;       /* S_OUT/S_SET/S_IF/S_FOR iterable, S_FOR filter */
+	struct tp_node *target;         /* S_SET: N_NAME, N_TUPLE or N_ATTR */
+	const char **names;             /* S_FOR targets, S_MACRO/S_CALLBLOCK parameters */
+	struct tp_node **defaults;      /* parameter defaults (NULL where none) */
+	uint32_t nnames;
+	const char *name;               /* S_MACRO, S_SETBLOCK */
+	struct tp_stmt *body, *orelse;
+	struct tp_str text;             /* S_TEXT */
+};
+struct tmpl {
+	struct tp_arena arena;
+	struct tp_stmt *body;
+	const char *name;
+};
+/* Parses into t (its arena set up); returns -1 with err set. */
+int tp_parse(struct tmpl *t, const char *src, size_t len, struct err *err);
+
+#endif

@@ -1,0 +1,88 @@
+"""ds-fmt against transformers' apply_chat_template: records per second, same
+conversations and template, same run, printed as a ratio (target: ds-fmt >= 50x).
+
+The conversations are tests/ref/make_conversations.py's for each template (those
+both transformers and ds-fmt accept), repeated to BENCH_DSFMT_RECORDS records (default 20000).
+ds-fmt runs as one process over the whole file (start-up included, output to a
+file); transformers renders the same records one apply_chat_template call each
+(tokenize=False, the template compiled once and cached by transformers, as a
+training script does), text only — no spans, no JSON — so the ratio is a lower
+bound of ds-fmt's advantage. Also printed: ds-fmt's start-up (one record, mostly
+loading tokenizer.json) and the rate without it.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "ref"))
+import dsfmt_common as C  # noqa: E402
+from make_conversations import conversations  # noqa: E402
+
+N = int(os.environ.get("BENCH_DSFMT_RECORDS", "20000"))
+TEMPLATES = os.environ.get("BENCH_DSFMT_TEMPLATES", "qwen2_5,llama3_2,gemma3,mistral_nemo,smollm2").split(",")
+
+
+def main():
+    if not os.access(C.DSFMT, os.X_OK):
+        print(f"bench_dsfmt: {C.DSFMT} not built")
+        return 0
+    tmp = tempfile.mkdtemp(prefix="bench-dsfmt-")
+    for entry in C.manifest():
+        if entry["name"] not in TEMPLATES:
+            continue
+        t = C.Template(entry, tmp)
+        if t.skip:
+            print(f"{t.name:14s} skipped: {t.skip}")
+            continue
+        base = [r for r in conversations(t.features) if t.render(r["messages"], r.get("tools"))[0] == "ok"]
+        # only what ds-fmt accepts too (it refuses records with nothing to learn, empty content ...)
+        probe = os.path.join(tmp, t.name + ".probe.jsonl")
+        with open(probe, "w", encoding="utf-8") as f:
+            for r in base:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        p = subprocess.run(t.dsfmt_cmd("--skip-bad", probe), capture_output=True)
+        took = {json.loads(x).get("id") for x in p.stdout.decode().splitlines() if x.strip()}
+        base = [r for r in base if r["id"] in took]
+        if not base:
+            print(f"{t.name:14s} ds-fmt accepts none of the conversations ({p.returncode}): {p.stderr.decode(errors='replace')[:200]}")
+            continue
+        recs = [dict(base[i % len(base)], id=i) for i in range(N)]
+        inp = os.path.join(tmp, t.name + ".jsonl")
+        with open(inp, "w", encoding="utf-8") as f:
+            for r in recs:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        out = os.path.join(tmp, t.name + ".out.jsonl")
+        t0 = time.perf_counter()
+        p = subprocess.run(t.dsfmt_cmd("-o", out, inp), capture_output=True)
+        ours = time.perf_counter() - t0
+        if p.returncode != 0:
+            print(f"{t.name:14s} ds-fmt failed ({p.returncode}): {p.stderr.decode(errors='replace')[:300]}")
+            continue
+        one = os.path.join(tmp, t.name + ".one.jsonl")
+        with open(one, "w", encoding="utf-8") as f:
+            f.write(json.dumps(recs[0], ensure_ascii=False) + "\n")
+        t0 = time.perf_counter()
+        subprocess.run(t.dsfmt_cmd("-o", out + ".one", one), capture_output=True)
+        startup = time.perf_counter() - t0
+        msgs = [(t.normalize(r["messages"]), r.get("tools")) for r in recs]
+        t.hf.apply_chat_template(msgs[0][0], tools=msgs[0][1], tokenize=False)  # compile once
+        t0 = time.perf_counter()
+        for m, tools in msgs:
+            t.hf.apply_chat_template(m, tools=tools, tokenize=False)
+        theirs = time.perf_counter() - t0
+        print(f"{t.name:14s} ds-fmt {N / ours:10.0f} records/s ({ours:.2f} s)   "
+              f"apply_chat_template {N / theirs:8.0f} records/s ({theirs:.2f} s)   "
+              f"ratio {theirs / ours:6.1f}x (target >= 50x)   "
+              f"[ds-fmt start-up {startup:.2f} s; without it {N / max(ours - startup, 1e-9):.0f} records/s, "
+              f"ratio {theirs / max(ours - startup, 1e-9):.1f}x]", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# ds-fmt as a user runs it: each input form, the options, the learned spans of
+# real templates (assistant content + end-of-turn marker, nothing else), the
+# hand-off to tok, and every kind of bad input (clear message with the line,
+# exit 2, no output file left behind).
+. "$(dirname "$0")/lib.sh"
+DS=$BIN/ds-fmt
+TOK=$BIN/tok
+[ -x "$DS" ] || { skip ds-fmt "bin/ds-fmt is not built (lib/template missing?)"; finish; }
+Q=$(fixture qwen2_5) || { skip ds-fmt "fixture qwen2_5 not found under $FIXTURES"; finish; }
+
+# --help names every option, and the man page documents each of them, with
+# the same descriptions opt_man makes from the option table.
+if expect help 0 "$DS" --help; then
+	opts=$(grep -oE -- '--[a-z][a-z-]+' "$T/out" | sort -u)
+	missing=$(for o in $opts; do grep -q -- "$(echo "$o" | sed 's/-/\\\\-/g')" "$ROOT/man/ds-fmt.1" || echo "$o"; done)
+	if [ -z "$opts" ]; then notok help "no options in --help"
+	elif [ -n "$missing" ]; then notok help "man/ds-fmt.1 lacks: $missing"
+	else ok "help lists $(echo $opts | wc -w) options, all in man/ds-fmt.1"; fi
+fi
+if expect help-man 0 "$DS" --help-man; then
+	if python3 - "$T/out" "$ROOT/man/ds-fmt.1" <<'PY'; then ok "man/ds-fmt.1 OPTIONS is what opt_man writes"; else notok help-man "regenerate: bin/ds-fmt --help-man"; fi
+import sys
+gen, man = open(sys.argv[1]).read(), open(sys.argv[2]).read()
+sys.exit(0 if gen.strip() in man else 1)
+PY
+fi
+
+# spans_are NAME FILE MARKER: every record's spans are exactly its assistant
+# messages' contents, each followed by MARKER (the checker rebuilds the
+# conversation from the input file given as $4).
+spans_are() {
+	python3 - "$2" "$3" "$4" "${5:-all}" <<'PY'
+import json, sys
+out, marker, inp, which = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+outs = [json.loads(l) for l in open(out, encoding="utf-8")]
+ins = [json.loads(l) for l in open(inp, encoding="utf-8")]
+assert len(outs) == len(ins), (len(outs), len(ins))
+for o, i in zip(outs, ins):
+    text = o["text"].encode()
+    got = [text[a:b].decode() for a, b in o["train"]]
+    want = [m["content"] + marker for m in i["messages"] if m["role"] == "assistant"]
+    if which == "last":
+        want = want[-1:]
+    assert got == want, (got, want)
+    for a, b in o["train"]:
+        assert 0 <= a < b <= len(text)
+PY
+}
+
+cat > "$T/chat.jsonl" <<'J'
+{"messages":[{"role":"system","content":"You are a bank assistant."},{"role":"user","content":"Is my access active?"},{"role":"assistant","content":"Let me check that for you."}],"id":1}
+{"messages":[{"role":"user","content":"Мой доступ активен?"},{"role":"assistant","content":"Сейчас проверю 🔍"},{"role":"user","content":"Спасибо"},{"role":"assistant","content":"Пожалуйста!"}],"id":2}
+{"messages":[{"role":"user","content":"What is an account balance?"},{"role":"assistant","content":"The money in the account right now."}],"id":3,"meta":{"src":"x"}}
+J
+
+# Spans on the real templates: content + end-of-turn marker, nothing else.
+for fx in qwen2_5:'<|im_end|>' llama3_1:'<|eot_id|>' gemma3:'<end_of_turn>'; do
+	name=${fx%%:*} marker=${fx#*:}
+	M=$(fixture "$name") || { skip "spans-$name" "fixture $name missing"; continue; }
+	if expect "spans-$name" 0 "$DS" --model "$M" "$T/chat.jsonl"; then
+		if spans_are "spans-$name" "$T/out" "$marker" "$T/chat.jsonl" 2>"$T/py.err"; then ok "spans on $name: assistant content + $marker"
+		else notok "spans-$name" "$(tail -c 400 "$T/py.err")"; fi
+	fi
+	if expect "last-$name" 0 "$DS" --model "$M" --train-turns last "$T/chat.jsonl"; then
+		spans_are "last-$name" "$T/out" "$marker" "$T/chat.jsonl" last 2>"$T/py.err" && ok "--train-turns last on $name" ||
+			notok "last-$name" "$(tail -c 400 "$T/py.err")"
+	fi
+done
+
+# Other keys pass through; the input's own keys are gone.
+if expect passthrough 0 "$DS" --model "$Q" "$T/chat.jsonl"; then
+	[ "$(jq -c '[.id, .meta, has("messages")]' "$T/out" | tr '\n' ' ')" = '[1,null,false] [2,null,false] [3,{"src":"x"},false] ' ] &&
+		ok "other keys pass through" || notok passthrough "$(jq -c '[.id,.meta]' "$T/out" | tr '\n' ' ')"
+fi
+
+# Alpaca and ShareGPT give the same text as the messages they stand for.
+printf '%s\n' '{"instruction":"Translate to English","input":"кот","output":"cat"}' > "$T/alpaca.jsonl"
+printf '%s\n' '{"messages":[{"role":"user","content":"Translate to English\nкот"},{"role":"assistant","content":"cat"}]}' > "$T/alpaca-as.jsonl"
+"$DS" --model "$Q" "$T/alpaca-as.jsonl" > "$T/want" 2>/dev/null
+if expect alpaca 0 "$DS" --model "$Q" "$T/alpaca.jsonl"; then
+	cmp -s "$T/out" "$T/want" && ok "alpaca record = its messages" || notok alpaca "$(head -c 300 "$T/out")"
+fi
+expect alpaca-forced 0 "$DS" --model "$Q" --input-format alpaca "$T/alpaca.jsonl" && cmp -s "$T/out" "$T/want" &&
+	ok "--input-format alpaca" || unreported alpaca-forced
+expect wrong-format 2 "$DS" --model "$Q" --input-format sharegpt "$T/alpaca.jsonl" && stderr_has wrong-format 'alpaca\.jsonl:1: .*conversations' &&
+	ok "a forced format that does not fit is an error" || unreported wrong-format
+printf '%s\n' '{"system":"Be brief.","conversations":[{"from":"human","value":"Hi"},{"from":"gpt","value":"Hello!"}],"id":9}' > "$T/sharegpt.jsonl"
+printf '%s\n' '{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello!"}],"id":9}' > "$T/sharegpt-as.jsonl"
+"$DS" --model "$Q" "$T/sharegpt-as.jsonl" > "$T/want" 2>/dev/null
+if expect sharegpt 0 "$DS" --model "$Q" "$T/sharegpt.jsonl"; then
+	cmp -s "$T/out" "$T/want" && ok "sharegpt record = its messages" || notok sharegpt "$(head -c 300 "$T/out")"
+fi
+
+# --jq maps any shape; a filter that does not compile is named.
+printf '%s\n' '{"q":"Is my access active?","a":"Let me check."}' > "$T/qa.jsonl"
+if expect jq 0 "$DS" --model "$Q" --jq '{messages:[{role:"user",content:.q},{role:"assistant",content:.a}]}' "$T/qa.jsonl"; then
+	jq -e '.text | contains("Is my access active?")' "$T/out" >/dev/null && ok "--jq maps a record" || notok jq "$(head -c 300 "$T/out")"
+fi
+expect jq-bad 2 "$DS" --model "$Q" --jq '{messages:[' "$T/qa.jsonl" && stderr_has jq-bad "--jq: cannot compile '\{messages:\['" &&
+	ok "--jq compile error names the filter" || unreported jq-bad
+expect jq-not-object 2 "$DS" --model "$Q" --jq '.q' "$T/qa.jsonl" && stderr_has jq-not-object 'qa\.jsonl:1: .*not an object' &&
+	ok "--jq giving a non-object names the line" || unreported jq-not-object
+
+# --system fills in a missing system prompt only.
+if expect system 0 "$DS" --model "$Q" --system "DEFAULT PROMPT" "$T/chat.jsonl"; then
+	[ "$(jq -c '.text | contains("DEFAULT PROMPT")' "$T/out" | tr '\n' ' ')" = 'false true true ' ] &&
+		ok "--system only where a record has none" || notok system "$(jq -c '.text | contains("DEFAULT PROMPT")' "$T/out" | tr '\n' ' ')"
+fi
+
+# --tools gives a default tool list; tool calls as object or JSON text render
+# the same, and the learned span holds the whole <tool_call> block.
+cat > "$T/tools.json" <<'J'
+[{"type":"function","function":{"name":"check_access","description":"Check the user's access","parameters":{"type":"object","properties":{"user":{"type":"string"}}}}}]
+J
+printf '%s\n' '{"messages":[{"role":"user","content":"Is my access active?"},{"role":"assistant","content":null,"tool_calls":[{"type":"function","function":{"name":"check_access","arguments":{"user":"Иван"}}}]},{"role":"tool","content":"active"},{"role":"assistant","content":"Yes, it is active."}]}' > "$T/call-obj.jsonl"
+printf '%s\n' '{"messages":[{"role":"user","content":"Is my access active?"},{"role":"assistant","content":null,"tool_calls":[{"type":"function","function":{"name":"check_access","arguments":"{\"user\": \"Иван\"}"}}]},{"role":"tool","content":"active"},{"role":"assistant","content":"Yes, it is active."}]}' > "$T/call-str.jsonl"
+if expect tools 0 "$DS" --model "$Q" --tools "$T/tools.json" "$T/call-obj.jsonl"; then
+	cp "$T/out" "$T/call-obj.out"
+	python3 - "$T/out" <<'PY' 2>"$T/py.err" && ok "--tools and a tool call: tools in the prompt, call learned whole" || notok tools "$(tail -c 400 "$T/py.err")"
+import json, sys
+o = json.loads(open(sys.argv[1], encoding="utf-8").read())
+t = o["text"].encode()
+assert b"check_access" in t[:t.index(b"<|im_start|>user")], "tools in the system prompt"
+spans = [t[a:b].decode() for a, b in o["train"]]
+assert spans[0].startswith("<tool_call>\n") and spans[0].endswith("</tool_call><|im_end|>"), spans
+assert json.loads(spans[0].split("\n")[1])["arguments"] == {"user": "Иван"}, spans
+assert spans[1] == "Yes, it is active.<|im_end|>", spans
+PY
+fi
+if expect tools-str 0 "$DS" --model "$Q" --tools "$T/tools.json" "$T/call-str.jsonl"; then
+	cmp -s "$T/out" "$T/call-obj.out" && ok "arguments as JSON text = as an object" || notok tools-str "outputs differ"
+fi
+
+# --add-generation-prompt: the final answer becomes "expected", nothing is learned.
+if expect agp 0 "$DS" --model "$Q" --add-generation-prompt "$T/chat.jsonl"; then
+	python3 - "$T/out" <<'PY' 2>"$T/py.err" && ok "--add-generation-prompt: prompt, expected, no spans" || notok agp "$(tail -c 400 "$T/py.err")"
+import json, sys
+for l in open(sys.argv[1], encoding="utf-8"):
+    o = json.loads(l)
+    assert o["train"] == [] and o["expected"]["role"] == "assistant", o
+    assert o["text"].endswith("<|im_start|>assistant\n"), o["text"][-40:]
+    assert o["expected"]["content"] not in o["text"], o
+PY
+fi
+
+# --var passes template variables (Qwen3's enable_thinking).
+if Q3=$(fixture qwen3); then
+	if expect var 0 "$DS" --model "$Q3" --add-generation-prompt --var enable_thinking=false "$T/chat.jsonl"; then
+		jq -e '.text | endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")' "$T/out" >/dev/null 2>&1 && head -1 "$T/out" | jq -e . >/dev/null &&
+			ok "--var enable_thinking=false reaches the template" || notok var "$(head -c 300 "$T/out")"
+	fi
+fi
+expect var-bad 2 "$DS" --model "$Q" --var enable_thinking=nope "$T/chat.jsonl" && stderr_has var-bad 'enable_thinking=nope' &&
+	ok "--var with a value that is not JSON" || unreported var-bad
+
+# Built-in templates and a template file.
+if L=$(fixture llama3_1); then
+	if expect builtin-llama3 0 "$DS" --model "$L" --template llama3 "$T/chat.jsonl"; then
+		spans_are builtin-llama3 "$T/out" '<|eot_id|>' "$T/chat.jsonl" 2>"$T/py.err" && ok "built-in llama3 template" ||
+			notok builtin-llama3 "$(tail -c 300 "$T/py.err")"
+	fi
+fi
+if G=$(fixture gemma3); then
+	if expect builtin-gemma 0 "$DS" --model "$G" --template gemma "$T/chat.jsonl"; then
+		spans_are builtin-gemma "$T/out" '<end_of_turn>' "$T/chat.jsonl" 2>"$T/py.err" && ok "built-in gemma template" ||
+			notok builtin-gemma "$(tail -c 300 "$T/py.err")"
+	fi
+fi
+expect builtin-chatml 0 "$DS" --model "$Q" --template chatml "$T/chat.jsonl" && spans_are builtin-chatml "$T/out" '<|im_end|>' "$T/chat.jsonl" &&
+	ok "built-in chatml template" || unreported builtin-chatml
+printf '%s' "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|im_end|>{% endfor %}" > "$T/mine.jinja"
+expect template-file 0 "$DS" --model "$Q" --template "$T/mine.jinja" "$T/chat.jsonl" &&
+	[ "$(head -1 "$T/out" | jq -r .text)" = "system: You are a bank assistant.<|im_end|>user: Is my access active?<|im_end|>assistant: Let me check that for you.<|im_end|>" ] &&
+	spans_are template-file "$T/out" '<|im_end|>' "$T/chat.jsonl" &&
+	ok "--template FILE (it ignores add_generation_prompt: no header is learned)" || unreported template-file
+expect template-unknown 2 "$DS" --model "$Q" --template vicuna "$T/chat.jsonl" && stderr_has template-unknown 'vicuna' &&
+	ok "unknown built-in template" || unreported template-unknown
+
+# A list of named templates: "tool_use" when tools are given, else "default";
+# chat_template.jinja in the folder wins over tokenizer_config.json.
+mkdir -p "$T/multi"; cp "$Q/tokenizer.json" "$T/multi/"
+python3 - "$Q/tokenizer_config.json" "$T/multi/tokenizer_config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["chat_template"] = [{"name": "default", "template": "D:{% for m in messages %}{{ m.content }}<|im_end|>{% endfor %}"},
+                      {"name": "tool_use", "template": "T:{% for m in messages %}{{ m.content }}<|im_end|>{% endfor %}"}]
+json.dump(c, open(sys.argv[2], "w"))
+PY
+printf '%s\n' '{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":"a"}]}' \
+	'{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":"a"}],"tools":[]}' > "$T/two.jsonl"
+expect template-list 0 "$DS" --model "$T/multi" "$T/two.jsonl" &&
+	[ "$(jq -r .text "$T/out" | tr '\n' ' ')" = 'D:u<|im_end|>a<|im_end|> T:u<|im_end|>a<|im_end|> ' ] &&
+	ok "template list: default, or tool_use with tools" || unreported template-list
+printf '%s' 'J:{% for m in messages %}{{ m.content }}<|im_end|>{% endfor %}' > "$T/multi/chat_template.jinja"
+expect template-jinja 0 "$DS" --model "$T/multi" "$T/two.jsonl" && [ "$(head -1 "$T/out" | jq -r .text)" = 'J:u<|im_end|>a<|im_end|>' ] &&
+	ok "chat_template.jinja wins" || unreported template-jinja
+
+# {% generation %} blocks: spans that agree pass, spans that do not are an error.
+printf '%s' "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}{{ m.content }}<|im_end|>{% endgeneration %}{% else %}{{ m.content }}<|im_end|>{% endif %}{% endfor %}" > "$T/gen.jinja"
+expect generation 0 "$DS" --model "$Q" --template "$T/gen.jinja" "$T/chat.jsonl" && spans_are generation "$T/out" '<|im_end|>' "$T/chat.jsonl" &&
+	ok "{% generation %} blocks that agree" || unreported generation
+printf '%s' "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}<|im_end|>{% else %}{{ m.content }}<|im_end|>{% endif %}{% endfor %}" > "$T/gen2.jinja"
+expect generation-disagree 2 "$DS" --model "$Q" --template "$T/gen2.jinja" "$T/chat.jsonl" && stderr_has generation-disagree 'chat\.jsonl:1: .*generation' &&
+	ok "{% generation %} blocks that disagree are an error" || unreported generation-disagree
+
+# Piping into tok: accepted, and the end-of-turn token is learned.
+if "$DS" --model "$Q" "$T/chat.jsonl" 2>"$T/err" | "$TOK" --model "$Q" --jsonl > "$T/tok.out" 2>>"$T/err"; then
+	python3 - "$T/tok.out" <<'PY' 2>"$T/py.err" && ok "tok takes ds-fmt's output; <|im_end|> is learned" || notok tok "$(tail -c 300 "$T/py.err")"
+import json, sys
+for l in open(sys.argv[1]):
+    o = json.loads(l)
+    learned = [i for i, lab in zip(o["ids"], o["labels"]) if lab != -100]
+    assert learned and learned[-1] == 151645, learned[-5:]
+    assert 151644 not in learned, "<|im_start|> is never learned"
+PY
+else notok tok "pipeline failed: $(head -c 300 "$T/err")"; fi
+
+# Bad input: a clear message with the line, exit 2, and no output file.
+bad() { # bad NAME CONTENT PATTERN [OPTIONS...]
+	local name=$1 content=$2 pat=$3; shift 3
+	printf '%b' "$content" > "$T/bad.jsonl"
+	rm -f "$T/bad.out"
+	if expect "$name" 2 "$DS" --model "$Q" "$@" -o "$T/bad.out" "$T/bad.jsonl" && stderr_has "$name" "$pat"; then
+		if [ -e "$T/bad.out" ] || ls -a "$T" | grep -q '^\.bad\.out'; then notok "$name" "an output file was left behind"
+		else ok "bad input: $name"; fi
+	fi
+}
+good='{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}\n'
+bad not-json "$good{\"messages\":\n" 'bad\.jsonl:2: '
+bad unknown-role "$good$good{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}\n" 'bad\.jsonl:3: message 0: unknown role "robot"'
+bad assistant-first '{"messages":[{"role":"system","content":"s"},{"role":"assistant","content":"a"}]}\n' 'bad\.jsonl:1: message 1: .*assistant'
+bad empty-content '{"messages":[{"role":"user","content":""},{"role":"assistant","content":"a"}]}\n' 'bad\.jsonl:1: message 0: empty content'
+bad blank-content '{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":" \\n"}]}\n' 'bad\.jsonl:1: message 1: empty content'
+bad null-content '{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":null}]}\n' 'bad\.jsonl:1: message 1: empty content'
+bad orphan-tool '{"messages":[{"role":"user","content":"u"},{"role":"tool","content":"r"},{"role":"assistant","content":"a"}]}\n' 'bad\.jsonl:1: message 1: a tool result without a preceding'
+bad bad-tool-calls '{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":null,"tool_calls":[{"function":{"arguments":{}}}]}]}\n' 'bad\.jsonl:1: message 1: tool call 0: "function.name"'
+bad bad-arguments '{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":null,"tool_calls":[{"type":"function","function":{"name":"f","arguments":"{oops"}}]}]}\n' 'bad\.jsonl:1: message 1: tool call 0: "arguments" is not JSON'
+bad no-assistant '{"messages":[{"role":"user","content":"u"}]}\n' 'bad\.jsonl:1: no assistant message'
+bad unknown-shape '{"prompt":"u"}\n' 'bad\.jsonl:1: .*--jq'
+printf '%s' "{{ raise_exception('only user turns, please') }}" > "$T/raise.jinja"
+bad template-raised "$good" "bad\.jsonl:1: .*only user turns, please" --template "$T/raise.jinja"
+
+# --skip-bad goes on past bad records and counts them.
+printf '%b' "$good{oops\n{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}\n$good" > "$T/skip.jsonl"
+expect skip-bad 0 "$DS" --model "$Q" --skip-bad "$T/skip.jsonl" && [ "$(wc -l < "$T/out")" -eq 2 ] &&
+	stderr_has skip-bad '2 bad records were skipped' && ok "--skip-bad skips and counts" || unreported skip-bad
+
+# Usage errors.
+expect no-model 2 "$DS" "$T/chat.jsonl" && stderr_has no-model '--model is required' && ok "--model is required" || unreported no-model
+expect missing-model 2 "$DS" --model "$T/nowhere" "$T/chat.jsonl" && stderr_has missing-model 'nowhere' && ok "a missing model is named" || unreported missing-model
+expect bad-choice 2 "$DS" --model "$Q" --train-turns some && stderr_has bad-choice 'all\|last' && ok "bad choice" || unreported bad-choice
+expect missing-tools 2 "$DS" --model "$Q" --tools "$T/none.json" "$T/chat.jsonl" && stderr_has missing-tools 'none\.json' && ok "a missing --tools file is named" || unreported missing-tools
+finish

@@ -1,0 +1,51 @@
+/* fuzz_template: any bytes as a chat template, compiled and rendered with a
+ * small fixed conversation under tight limits. Compiling either fails with a
+ * message or gives a template; rendering either fails with a message or gives
+ * an output whose runs tile it exactly and whose generation ranges lie
+ * inside it. No crash, no leak, no hang. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "template.h"
+
+static const char CTX[] =
+	"{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"},"
+	" {\"role\": \"user\", \"content\": \"  Hi \\u00e9 <tool_response>\\n\"},"
+	" {\"role\": \"assistant\", \"content\": \"<think>\\nx\\n</think>\\n\\nok\", \"tool_calls\": [{\"type\": \"function\","
+	" \"function\": {\"name\": \"f\", \"arguments\": {\"a\": [1, 2.5, null, true], \"b\": \"s\"}}}]},"
+	" {\"role\": \"tool\", \"content\": \"{\\\"r\\\": 1}\"}],"
+	" \"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": {\"type\": \"object\"}}}],"
+	" \"add_generation_prompt\": true, \"bos_token\": \"<s>\", \"eos_token\": \"</s>\"}";
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct err err;
+	err.msg[0] = 0;
+	struct tmpl *t = tmpl_compile((const char *)data, size, "chat_template", &err);
+	if (!t) {
+		if (!err.msg[0])
+			abort(); /* a failure always says why */
+		return 0;
+	}
+	struct tmpl_limits lim = { .max_output = 1 << 16, .max_steps = 200000, .max_depth = 16 };
+	struct tmpl_output out;
+	err.msg[0] = 0;
+	if (tmpl_render(t, jv_parse(CTX), &lim, &out, &err) == 0) {
+		uint32_t at = 0;
+		for (size_t i = 0; i < out.nruns; i++) {
+			if (out.runs[i].start != at || out.runs[i].end <= at)
+				abort();
+			at = out.runs[i].end;
+		}
+		if (at != out.len || out.len > lim.max_output)
+			abort();
+		for (size_t i = 0; i < out.ngen; i++)
+			if (out.gen[i][0] > out.gen[i][1] || out.gen[i][1] > out.len)
+				abort();
+		tmpl_output_free(&out);
+	} else if (!err.msg[0])
+		abort();
+	tmpl_free(t);
+	return 0;
+}

@@ -1,0 +1,204 @@
+"""Conversations for the ds-fmt reference test (tests/ref/test_dsfmt_hf.py) and bench.
+
+conversations(features) returns a deterministic list of records in the OpenAI
+form ds-fmt reads, {"id": ..., "messages": [...], "tools": [...]}, chosen for a
+template by its features in tests/ref/templates/manifest.json: every template gets
+the plain ones (with and without system prompt, single and multi-turn, Unicode,
+Russian, emoji, whitespace-only and template-looking content, long messages);
+templates with tool support also get tool lists, tool calls (arguments as an
+object and as a JSON string, single and parallel calls) and tool results. Some
+records are meant to be rejected by some templates (roles that do not alternate,
+an assistant first, a tool call where the template allows one only); the test
+expects ds-fmt to fail exactly where transformers raises. Tool-call arguments
+come in both forms (object and JSON string) for every template; the test hands
+transformers the form the template is written for (manifest args_expect), which
+is what ds-fmt must normalize to.
+
+  python3 tests/ref/make_conversations.py [TEMPLATE_NAME]   # JSON Lines on stdout
+"""
+import json
+import os
+import sys
+
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "check_access",
+        "description": "Check whether the user's access is active.",
+        "parameters": {"type": "object", "properties": {
+            "user_id": {"type": "string", "description": "The user's id"}},
+            "required": ["user_id"]}}},
+    {"type": "function", "function": {
+        "name": "get_weather",
+        "description": "Погода в городе (weather in a city) 🌦",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city"]}}},
+]
+
+LONG = " ".join(f"Sentence {i}: the quick brown fox jumps over the lazy dog; съешь же ещё этих мягких французских булок." for i in range(60))
+
+SYSTEMS = [
+    None,
+    "You are a bank assistant.",
+    "Ты — помощник банка. Отвечай кратко. 🏦",
+]
+
+# (user, assistant) pairs; the index picks them deterministically.
+PAIRS = [
+    ("Is my access active?", "Let me check your access."),
+    ("Мой доступ активен?", "Да, доступ активен до 2027 года."),
+    ("Привет", "Привет! Чем могу помочь?"),
+    ("What is an account balance?", "An account balance is the amount of money in an account at a given moment."),
+    ("emoji test 🙂👍🏽 👨‍👩‍👧", "Got them: 🙂👍🏽 👨‍👩‍👧 ✅"),
+    ("中文测试：你好，世界！", "你好！有什么可以帮你的？"),
+    ("مرحبا بالعالم", "أهلا وسهلا"),
+    ("Tabs\tand\nnewlines\r\nhere", "Line one\nLine two\n\nLine four"),
+    ("What does {{ x }} print in Jinja?", "It prints the value of x: {{ x }} and {% raw %}{% if %}{% endraw %} stays text."),
+    ("Say <|im_end|> and <|eot_id|> literally", "Sure: <|im_end|> <|eot_id|> <end_of_turn> </s> [INST] <|end|>"),
+    ("   ", "   "),
+    ("\n", "\n\n"),
+    ("  padded question  ", "  padded answer  "),
+    (LONG, LONG[::-1]),
+    ("Quote \"double\" and 'single' and back\\slash", "Escapes: \\n \\t \" ' \\\\"),
+    ("Ünïcödé ﬁ ligature Å and e\u0301 combining", "Nbsp\u00a0here and zero\u200bwidth"),
+]
+
+# Multi-turn conversations draw from pairs with visible text only, so that a refusal of
+# whitespace-only content (ds-fmt validation) does not cost the multi-turn coverage; the
+# whitespace-only pairs are covered by the single-turn conversations.
+SOLID = [p for p in PAIRS if p[0].strip() and p[1].strip()]
+
+
+def msg(role, content):
+    return {"role": role, "content": content}
+
+
+def call(i, name, args, as_string):
+    return {"id": f"call{i:05d}", "type": "function",
+            "function": {"name": name,
+                         "arguments": json.dumps(args, ensure_ascii=False) if as_string else args}}
+
+
+def plain():
+    out = []
+    n = 0
+    # single turn, every pair, rotating system prompts
+    for i, (u, a) in enumerate(PAIRS):
+        s = SYSTEMS[i % len(SYSTEMS)]
+        m = ([msg("system", s)] if s else []) + [msg("user", u), msg("assistant", a)]
+        out.append((f"single-{i}", m))
+        # and again with the next system prompt, so each pair is seen with and without one
+        s2 = SYSTEMS[(i + 1) % len(SYSTEMS)]
+        m = ([msg("system", s2)] if s2 else []) + [msg("user", u), msg("assistant", a)]
+        out.append((f"single-{i}-b", m))
+    # multi-turn: 2, 3 and 4 exchanges, with and without a system prompt
+    for turns in (2, 3, 4, 6):
+        for with_sys in (False, True):
+            m = [msg("system", SYSTEMS[1 + turns % 2])] if with_sys else []
+            for t in range(turns):
+                u, a = SOLID[(n * 3 + t * 5) % len(SOLID)]
+                m += [msg("user", u), msg("assistant", a)]
+            n += 1
+            out.append((f"multi-{turns}{'-sys' if with_sys else ''}", m))
+    # conversations ending with a user turn (a prompt), with and without system
+    out.append(("prompt-only", [msg("user", "Мой доступ активен?")]))
+    out.append(("prompt-only-sys", [msg("system", SYSTEMS[1]), msg("user", "Is my access active?")]))
+    out.append(("prompt-after-turn", [msg("user", "Привет"), msg("assistant", "Здравствуйте!"), msg("user", "Как дела?")]))
+    # empty-ish
+    out.append(("empty-assistant", [msg("user", "Say nothing."), msg("assistant", "")]))
+    out.append(("empty-system", [msg("system", ""), msg("user", "Hi"), msg("assistant", "Hello!")]))
+    out.append(("whitespace-system", [msg("system", "  \n "), msg("user", "Hi"), msg("assistant", "Hello!")]))
+    out.append(("newline-edges", [msg("user", "\nleading and trailing\n"), msg("assistant", "\n\nanswer\n\n")]))
+    # <think> blocks in assistant content (Qwen3 splits them off)
+    out.append(("think-content", [msg("user", "2+2?"), msg("assistant", "<think>\nsimple sum\n</think>\n\n4")]))
+    out.append(("think-multi", [msg("user", "2+2?"), msg("assistant", "<think>add</think>4"),
+                                msg("user", "3+3?"), msg("assistant", "<think>\nadd again\n</think>\n6")]))
+    # rejected by templates that require alternation
+    out.append(("bad-two-users", [msg("user", "one"), msg("user", "two"), msg("assistant", "three")]))
+    out.append(("bad-assistant-first", [msg("assistant", "I speak first."), msg("user", "ok")]))
+    out.append(("system-only", [msg("system", "Only a system prompt.")]))
+    return out
+
+
+def with_tools(features):
+    out = []
+    args_forms = ["object", "string"]
+    single = features.get("single_tool_call", False)
+    content_none = features.get("tool_call_content_none", False)
+    for form in args_forms:
+        as_str = form == "string"
+        c = None if content_none else ""
+        tc1 = call(1, "check_access", {"user_id": "u-42"}, as_str)
+        tc2 = call(2, "get_weather", {"city": "Москва", "unit": "celsius"}, as_str)
+        base_sys = [msg("system", "You are a bank assistant.")]
+        # tool call then result then final answer
+        m = [msg("user", "Is my access active?"),
+             {"role": "assistant", "content": c, "tool_calls": [tc1]},
+             {"role": "tool", "tool_call_id": tc1["id"], "name": "check_access", "content": "{\"active\": true, \"until\": \"2027-01-01\"}"},
+             msg("assistant", "Yes, your access is active until 2027-01-01.")]
+        out.append((f"tool-roundtrip-{form}", m, True))
+        out.append((f"tool-roundtrip-sys-{form}", base_sys + m, True))
+        # the tool call is the last (trained) turn
+        out.append((f"tool-call-last-{form}", [msg("user", "Мой доступ активен?"),
+                                                {"role": "assistant", "content": c, "tool_calls": [tc1]}], True))
+        # parallel calls (rejected where one call at a time is allowed)
+        out.append((f"tool-parallel-{form}", [msg("user", "Check my access and the weather in Moscow."),
+                                               {"role": "assistant", "content": c, "tool_calls": [tc1, tc2]},
+                                               {"role": "tool", "tool_call_id": tc1["id"], "name": "check_access", "content": "active"},
+                                               {"role": "tool", "tool_call_id": tc2["id"], "name": "get_weather", "content": "−5 °C, снег ❄"},
+                                               msg("assistant", "Access is active; in Moscow it is −5 °C with snow.")], True))
+        # tools offered, no call (a general question)
+        out.append((f"tool-offered-unused-{form}", [msg("user", "What is an account balance?"),
+                                                    msg("assistant", "The amount of money in an account.")], True))
+        # two user turns, second one calls
+        out.append((f"tool-second-turn-{form}", [msg("user", "Привет"), msg("assistant", "Привет!"),
+                                                 msg("user", "Is my access active?"),
+                                                 {"role": "assistant", "content": c, "tool_calls": [tc1]},
+                                                 {"role": "tool", "tool_call_id": tc1["id"], "name": "check_access", "content": "inactive"},
+                                                 msg("assistant", "Your access is not active.")], True))
+        if not content_none:
+            # text alongside a tool call
+            out.append((f"tool-call-with-text-{form}", [msg("user", "Is my access active?"),
+                                                        {"role": "assistant", "content": "Let me check.", "tool_calls": [tc1]}], True))
+    # tool results without tools listed
+    out.append(("tool-no-tools-list", [msg("user", "Is my access active?"),
+                                       {"role": "assistant", "content": None if content_none else "",
+                                        "tool_calls": [call(3, "check_access", {"user_id": "u-7"}, args_forms[0] == "string")]},
+                                       {"role": "tool", "tool_call_id": "call00003", "name": "check_access", "content": "active"},
+                                       msg("assistant", "Active.")], False))
+    del single
+    return out
+
+
+def conversations(features):
+    recs = []
+    for name, m in plain():
+        recs.append({"id": name, "messages": m})
+        if features.get("tools"):
+            # the same plain conversation with a tool list offered
+            recs.append({"id": name + "+tools", "messages": m, "tools": TOOLS})
+    if features.get("tool_calls"):
+        for name, m, offer in with_tools(features):
+            r = {"id": name, "messages": m}
+            if offer and features.get("tools"):
+                r["tools"] = TOOLS
+            recs.append(r)
+    return recs
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "templates", "manifest.json")) as f:
+        man = json.load(f)
+    want = sys.argv[1] if len(sys.argv) > 1 else None
+    for t in man["templates"]:
+        if want and t["name"] != want:
+            continue
+        for r in conversations(t["features"]):
+            r = dict(r, template=t["name"])
+            print(json.dumps(r, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

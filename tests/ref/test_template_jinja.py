@@ -1,0 +1,308 @@
+#!/usr/bin/env python3
+"""test_template_jinja.py: lib/template against jinja2 as transformers sets it up.
+
+Engine-level checks (the full apply_chat_template comparison of ds-fmt is in
+tests/ref/test_dsfmt_*.py): each case is a template and a context, rendered by
+transformers' own _compile_jinja_template (jinja2 3.1, trim_blocks,
+lstrip_blocks, its tojson/raise_exception/strftime_now, loopcontrols,
+{% generation %}) and by build/ref/template_driver; the texts must be equal
+byte for byte, or both sides must fail. Our runs must cover our output.
+Cases: the small ones below, then every fixture chat template
+(/work/shared/fixtures/tokenizers/*/tokenizer_config.json, plus SmolLM2's
+ChatML) with a few conversations.
+Prints one "ok - ..." / "not ok - ..." line per group.
+"""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DRIVER = os.path.join(ROOT, "build", "ref", "template_driver")
+FIXTURES = os.environ.get("LORAPIPE_TOKENIZER_FIXTURES", "/work/shared/fixtures/tokenizers")
+SHOW = 5
+
+try:
+    from transformers.utils.chat_template_utils import _compile_jinja_template as compile_template
+except Exception:  # transformers missing: the same environment, built here
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def compile_template(src):
+        def raise_exception(message):
+            raise jinja2.exceptions.TemplateError(message)
+
+        def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+            return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+        env.filters["tojson"] = tojson
+        env.globals["raise_exception"] = raise_exception
+        return env.from_string(src)
+
+CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+          "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+          "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+M = {"messages": [{"role": "user", "content": "  Hello 'you'  "}, {"role": "assistant", "content": "Hi!\nthere"}]}
+
+CASES = [
+    ("{{ 'a' }}  {{ 'b' }}\n", {}),
+    ("x\n  {% if true %}\n  y\n  {% endif %}\nz\n", {}),
+    ("x  {%- if true -%}  y  {%- endif -%}  z", {}),
+    ("  {%+ if true %}a{% endif +%}\nb", {}),
+    ("a {# c #}\n  {#- c -#} b\n", {}),
+    ("{% raw %}{{ x }}{% endraw %}", {}),
+    ("{{ 1 }} {{ 1.0 }} {{ 2.5e-7 }} {{ 1e16 }} {{ 0.1 + 0.2 }} {{ 7 / 2 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ -7 % 3 }} {{ 2 ** 10 }} {{ 7.5 // 2 }} {{ -7.5 % 2 }}", {}),
+    ("{{ true }} {{ none }} {{ [1, 'a', none, true, 1.5] }} {{ {'a': 1, \"b'\": [2]} }} {{ (1,) }} {{ (1, 2) }}", {}),
+    ("{{ \"it's\" }} {{ ['it\\'s', 'a\"b', \"both'\\\"\", 'nl\\n\\t\\\\'] }}", {}),
+    ("{{ undefined_var }}|{{ undefined_var is defined }}|{{ x | default('d') }}|{{ '' | default('e', true) }}", {}),
+    ("{% for x in [1, 2, 3] %}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}{{ loop.first }}{{ loop.last }}{{ loop.length }}{{ loop.previtem }}{{ loop.nextitem }}{{ loop.cycle('a', 'b') }},{% endfor %}", {}),
+    ("{% for x in [] %}{{ x }}{% else %}empty{% endfor %}", {}),
+    ("{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}{% for k in d %}{{ k }}{% endfor %}", {"d": {"b": 1, "a": [1, 2]}}),
+    ("{% for x in range(10) if x is odd %}{{ x }}{% if x > 5 %}{% break %}{% endif %}{% endfor %}", {}),
+    ("{% for x in range(6) %}{% if x is even %}{% continue %}{% endif %}{{ x }}{% endfor %}", {}),
+    ("{% set ns = namespace(n=0) %}{% for x in range(4) %}{% set ns.n = ns.n + x %}{% set y = x %}{% endfor %}{{ ns.n }}{{ y }}", {}),
+    ("{% set x %}inner {{ 1 + 1 }}{% endset %}[{{ x }}]{% set a, b = 1, 2 %}{{ a }}{{ b }}", {}),
+    ("{% macro m(a, b='B', c=none) %}{{ a }}{{ b }}{{ c }}{{ varargs }}{{ kwargs }}{% endmacro %}{{ m(1) }}|{{ m(1, 2, 3) }}|{{ m(1, c=5) }}", {}),
+    ("{% macro m(x) %}<{{ caller(x) }}>{% endmacro %}{% call(y) m(3) %}got {{ y }}{% endcall %}", {}),
+    ("{% filter upper %}abc {{ 'd' }}{% endfilter %}", {}),
+    ("{{ '  ab c  ' | trim }}|{{ 'xxabxx' | trim('x') }}|{{ 'aBc dEF-ghi' | title }}|{{ 'aBC' | capitalize }}|{{ 'abc' | upper }}|{{ 'ÀÉ' | lower }}", {}),
+    ("{{ [3, 1, 2] | sort }}{{ [3, 1, 2] | sort(reverse=true) }}{{ ['b', 'A', 'a'] | sort }}{{ [{'n': 2}, {'n': 1}] | sort(attribute='n') }}", {}),
+    ("{{ [1, 2, 2, 3] | unique | list }}{{ [1, 2] | reverse | list }}{{ 'abc' | reverse }}{{ [1, 2, 3] | sum }}{{ [1, 5, 2] | max }}{{ [4, 1] | min }}", {}),
+    ("{{ [{'a': 1}, {'a': 2}] | map(attribute='a') | join(', ') }}|{{ ['a', 'b'] | map('upper') | list }}|{{ [1, 2, 3, 4] | select('odd') | list }}|{{ [1, 2, 3] | reject('equalto', 2) | list }}", {}),
+    ("{{ users | selectattr('active') | map(attribute='name') | list }}{{ users | rejectattr('active') | list | length }}{{ users | selectattr('name', 'equalto', 'b') | list }}", {"users": [{"name": "a", "active": True}, {"name": "b", "active": False}]}),
+    ("{{ d | dictsort }}{{ d | items | list }}{{ d | length }}{{ d.keys() | list }}{{ d.values() | list }}{{ d.get('b') }}{{ d.get('z', 0) }}", {"d": {"b": 1, "a": 2}}),
+    ("{{ x | tojson }}|{{ x | tojson(indent=2) }}|{{ 'é\"\\n' | tojson }}|{{ [] | tojson(indent=4) }}|{{ x | tojson(separators=(',', ':')) }}", {"x": {"a": [1, 2.5, None, True], "b": {}, "c": "ü"}}),
+    ("{{ 'a,b,,c'.split(',') }}{{ ' a  b '.split() }}{{ 'a b c'.split(' ', 1) }}{{ 'xhix'.strip('x') }}{{ '  l'.lstrip() }}{{ 'r  '.rstrip() }}|", {}),
+    ("{{ 'hello'.startswith('he') }}{{ 'hello'.endswith(('x', 'lo')) }}{{ 'aXa'.replace('a', 'bb') }}{{ 'abc'.upper() }}{{ 'abcb'.find('b') }}{{ 'abcb'.count('b') }}{{ '{} and {x}'.format(1, x=2) }}{{ 'hello world'.title() }}", {}),
+    ("{{ 'abcdef'[1:3] }}{{ 'abcdef'[::-1] }}{{ 'abcdef'[-2:] }}{{ [1,2,3,4][::2] }}{{ [1,2,3][-1] }}{{ 'héllo'[1] }}{{ 'héllo'[1:3] }}{{ [1,2,3][5] }}", {}),
+    ("{{ 1 if true else 2 }}{{ 'y' if false }}{{ 1 + 2 * 3 }}{{ (1 + 2) * 3 }}{{ 'a' ~ 1 ~ none }}{{ 'a' in 'abc' }}{{ 2 not in [1] }}{{ not true }}{{ 1 < 2 < 3 }}{{ 1 == 1.0 }}{{ 'a' + 'b' }}", {}),
+    ("{{ x is none }}{{ x is not none }}{{ 3 is divisibleby 3 }}{{ 'a' is string }}{{ {} is mapping }}{{ [] is iterable }}{{ 1 is number }}{{ 1 is integer }}{{ true is boolean }}{{ 'ab' is lower }}{{ 2 is even }}{{ x is sameas none }}", {"x": None}),
+    ("{{ 'a\nb\n\nc' | indent(2) }}|{{ 'a\nb' | indent(2, true) }}|{{ 'one two  three' | wordcount }}|{{ -3 | abs }}|{{ 2.567 | round(2) }}|{{ 2.5 | round }}|{{ 3 | round }}|{{ '12' | int + 1 }}|{{ 'x' | int }}|{{ '1.5' | float }}|{{ 1 | string }}", {}),
+    ("{{ [1, 2, 3, 4, 5] | batch(2) | list }}{{ 'hello world foo bar' | truncate(12) }}{{ 'x' * 3 }}{{ [0] * 2 }}{{ 'a' | first }}{{ [1, 2] | last }}{{ 'ab' | list }}", {}),
+    ("{{ raise_exception('boom ' + 'x') }}", {}),
+    ("line1\n{{ foo.bar }}", {}),
+    ("{{ x | nosuchfilter }}", {}),
+    ("{% for x in 1 %}{% endfor %}", {}),
+    ("{% if %}", {}),
+    ("{{ messages[0].content | trim }}{{ messages[1]['content'] }}{{ messages | length }}", M),
+    ("{% for m in messages %}{{ m.role }}{{ m.content.split('\\n') }}{{ m | tojson }}{% endfor %}", M),
+    ("{% set l = [] %}{{ l.append(1) }}", {}),
+    ("{% for x in [[1, 2], [3, 4]] %}{% for y in x %}{{ loop.index }}{{ y }}{% endfor %}{{ loop.index }}{% endfor %}", {}),
+    ("{% for x in range(3) %}{% if loop.first %}{% set z = 5 %}{% endif %}{{ z }}{% endfor %}|{{ z }}", {}),
+    ("{% set x = 1 %}{% if true %}{% set x = 2 %}{% endif %}{{ x }}{% macro f() %}{{ x }}{% endmacro %}{% set x = 3 %}{{ f() }}", {}),
+    ("{{ 10 / 4 }} {{ 1e300 * 1e10 }} {{ 3.0 }} {{ 100000000000000000.0 }} {{ 0.0001 }} {{ 0.00001 }} {{ 1/3 }}", {}),
+    ("{{ 'a' < 'b' }}{{ [1, 2] < [1, 3] }}{{ 1 < 'a' }}", {}),
+    ("{{ x.y }}{{ x['y'] is defined }}", {"x": {}}),
+    ("{% if x is defined and x.y is defined %}y{% else %}n{% endif %}", {}),
+    ("{{ [1, [2, {'k': 'v'}]] | string }}{{ none | string }}{{ '%s' }}", {}),
+    ("{% for i in range(2) %}\n  {{ i }}\n{% endfor %}\n", {}),
+    ("{%- for i in range(2) -%}\n  {{ i }}\n{%- endfor %}\nend\n\n", {}),
+    ("{{ '\\u00e9\\x41' }} {{ \"tab\\there\" }}", {}),
+    ("{% generation %}gen {{ 1 }}{% endgeneration %} after", {}),
+]
+
+MISTRAL_TOOLS = (
+    '{%- for tool in tools %}{%- set tool = tool.function %}{{- \'{"type": "function", "function": {\' }}'
+    '{%- for key, val in tool.items() if key != "return" %}{%- if val is string %}{{- \'"\' + key + \'": "\' + val + \'"\' }}'
+    '{%- else %}{{- \'"\' + key + \'": \' + val|tojson }}{%- endif %}{%- if not loop.last %}{{- ", " }}{%- endif %}{%- endfor %}'
+    '{{- "}}" }}{%- if not loop.last %}{{- ", " }}{%- else %}{{- "]" }}{%- endif %}{%- endfor %}')
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["a", "b"]}}, "required": ["city"]}}}]
+
+CASES += [
+    (MISTRAL_TOOLS, {"tools": TOOLS}),
+    ("{%- for message in messages | rejectattr('role', 'equalto', 'tool') | selectattr('tool_calls', 'undefined') %}{{ loop.index0 }}{{ message.role }}{% endfor %}", M),
+    ("{%- set content = m['content'] if m['content'] is string else m['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('\\n') %}[{{ content }}]", {"m": {"content": [{"type": "text", "text": "a"}, {"type": "image"}, {"type": "text", "text": "b"}]}}),
+    ("{{ m.content | default('', true) }}|{{ none | default('x') }}|{{ messages | selectattr('role', 'equalto', 'user') | list | length }}|{{ messages[-1].role }}|{{ messages[0].content[:4] }}", dict(M, m={"content": None})),
+    ("{{ 'é😀\"' | tojson(ensure_ascii=True) }}|{{ x | tojson(sort_keys=true) }}|{{ {'a': none} | tojson }}|{{ 1.0 | tojson }}|{{ [1e20, 1.5e-7] | tojson }}", {"x": {"b": 1, "a": {"d": 2, "c": 3}}}),
+    ("{{ 'ÉCOLE' | lower }}|{{ 'élan vital' | title }}|{{ 'abc' | center(9) }}|{{ 1 == true }}|{{ 0.5 | round }}|{{ 1.5 | round }}|{{ -0.0 }}|{{ [1, 2] | join }}", {}),
+    ("{% for a, b in [[1, 2], [3, 4]] %}{{ a }}{{ b }}{% endfor %}{{ 'a' 'b' }}{{ 1_000 }}{{ 'x'.join(['a', 'b']) }}{{ '%' }}{{ loop }}", {}),
+    ("{{ 3 // 0 }}", {}),
+    ("{% if true %}\n\n  x\n{% endif %}\n\t{# c #}\n\t{% if true %}y{% endif %}\n", {}),
+    ("{%- set ns = namespace(found=false) %}{%- for m in messages %}{%- if m.role == 'assistant' %}{%- set ns.found = true %}{%- endif %}{%- endfor %}{{ ns.found }}", M),
+    ("{% macro row(items) %}{% for i in items %}<{{ caller(i) }}>{% endfor %}{% endmacro %}{% call(x) row([1, 2]) %}{{ x * 10 }}{% endcall %}", {}),
+    ("{% for m in messages %}{% if not loop.first %}{{ loop.previtem.role }}>{% endif %}{{ m.role }}{% endfor %}", M),
+    ("{{ x is string and x | length > 3 }}{{ 'abc'.split() }}{{ '  a b  '.split(none, 1) }}{{ 'a-b-c'.rsplit('-', 1) }}{{ 'Hello'.lower().startswith('he') }}", {"x": "abcd"}),
+    ("{{ messages[0]['content'] }}{{ messages[0].get('content') }}{{ messages[0].get('missing', 'dflt') }}{{ 'content' in messages[0] }}{{ messages[0]['missing'] is defined }}", M),
+    ("{%- if tools is not none and tools | length > 0 %}{{ tools[0].function.parameters.properties | tojson }}{%- endif %}", {"tools": TOOLS}),
+    ("{{ '{{' }}{{ '}}' }}{{ '{%' }}", {}),
+    ("{% set x = {'k': [1, 'two', {'t': (1, 2)}], 'f': 0.25} %}{{ x }}|{{ x.k }}|{{ x['f'] * 4 }}", {}),
+    ("{{ tool_call.arguments | tojson }}{{ tool_call.arguments is mapping }}{{ tool_call.arguments is string }}", {"tool_call": {"name": "f", "arguments": {"q": "x\ny", "n": [1, 2]}}}),
+    ("{{ tool_call.arguments }}{% if tool_call.arguments is string %}S{% endif %}", {"tool_call": {"arguments": "{\"q\": 1}"}}),
+    ("{{ messages | map(attribute='role') | join(',') }}{{ messages | map(attribute='nope', default='?') | join(',') }}", M),
+    ("{{ 5 is divisibleby(2) }}{{ [] is sequence }}{{ 'A' is upper }}{{ x is callable }}{{ range is callable }}{{ 1 is in([1, 2]) }}{{ 3 is gt 2 }}", {"x": 1}),
+    ("{{ ['b', 'a'] | sort | first }}{{ {'b': 1, 'a': 2} | dictsort(by='value') }}{{ {'B': 1, 'a': 2} | dictsort }}{{ ['B', 'a', 'C'] | sort(case_sensitive=true) }}", {}),
+    ("{{ [1, 2, 3] | map('string') | join }}{{ ['1', '2'] | map('int') | sum }}{{ [1.5, 2] | sum }}{{ [] | sum }}{{ ['a', 'b'] | map('upper') | join('|') }}", {}),
+    ("{% set a = 'x' %}{% macro m() %}{{ a }}{% endmacro %}{% for i in [1] %}{% set a = 'y' %}{{ m() }}{{ a }}{% endfor %}{{ a }}", {}),
+    ("{{ 'abc' ~ 1 ~ 1.5 ~ true ~ [1] }}{{ 'ab' * 2 }}{{ 2 * 'ab' }}{{ 'a' + 1 }}", {}),
+    ("{{ 10 % 3 }}{{ 2 ** -1 }}{{ 2 ** 0.5 }}{{ 1e3 }}{{ 12345678901234567 }}{{ 1.0e15 }}{{ 123456789.123 }}{{ -1.5e-5 }}", {}),
+    ("{{ 'A\\tB' | wordcount }}{{ 'x' | indent(4, true, true) }}{{ 'a\\n\\nb\\n' | indent(2, blank=true) }}|{{ 'a\\n\\nb\\n' | indent(2) }}|", {}),
+    ("{{ 'a b c d e f' | truncate(5) }}|{{ 'abcdefghij klm' | truncate(9, true) }}|{{ 'short' | truncate(10) }}|{{ 'hello world' | truncate(9, false, '..', 0) }}", {}),
+    ("{{ -(3) }}{{ +2 }}{{ not none }}{{ none is none }}{{ [] == [] }}{{ {} == {} }}{{ (1, 2) == [1, 2] }}{{ 'a' != 'b' }}", {}),
+    ("{% for c in 'hé' %}{{ c }}.{% endfor %}{{ 'hé' | length }}{{ 'hé' | list }}{{ 'aXbX' | replace('X', '-', 1) }}", {}),
+    ("{{ x.y.z }}", {"x": {"y": None}}),
+    ("{{ x.y.z }}", {"x": {}}),
+    ("{% for x in none %}{% endfor %}", {}),
+    ("{{ undefined_thing | length }}{{ undefined_thing | list }}{% for x in undefined_thing %}{% endfor %}{{ undefined_thing ~ 'a' }}", {}),
+    ("{{ undefined_thing + 1 }}", {}),
+    ("{{ messages[0].content.strip() | trim | upper | lower | capitalize }}", M),
+    ("{% filter trim %}  {{ 'x' }}  {% endfilter %}|{% set y | upper %}ab{% endset %}{{ y }}", {}),
+    ("{{ '%s-%s' | format(1, 'a') }}", {}),
+    ("{%- for m in messages -%}\n  {%- if m.role == 'user' -%}\n    U:{{ m.content }}\n  {%- else -%}\n    A:{{ m.content }}\n  {%- endif -%}\n{%- endfor -%}\n", M),
+    ("{% for i in range(3) %}{{ loop.revindex0 }}{{ loop.depth }}{% endfor %}{{ range(2, 9, 3) | list }}{{ range(3, 0, -1) | list }}", {}),
+    ("{{ x }}", {"x": [1, "a'b", None, True, 2.5, {"k": "v"}]}),
+    ("{{ x }}", {"x": 0.1}),
+    ("{% set x = 1 %}{% for i in [1, 2] %}{{ x }}{% set x = 2 %}{{ x }}{% endfor %}{{ x }}", {}),
+    ("{% for i in [1, 2] %}{% if i == 2 %}{{ y }}{% endif %}{% set y = i %}{% endfor %}", {}),
+    ("{% set x = 1 %}{% macro m() %}{% set x = 5 %}{{ x }}{% endmacro %}{{ m() }}{{ x }}", {}),
+    ("{% macro m(a) %}{{ a }}{% if a > 0 %}{{ m(a - 1) }}{% endif %}{% endmacro %}{{ m(3) }}", {}),
+    ("{% set ns = namespace(a=1) %}{% macro m() %}{% set ns.a = ns.a + 1 %}{% endmacro %}{{ m() }}{{ m() }}{{ ns.a }}", {}),
+    ("{% for m in messages %}{{ m }}{% endfor %}{{ messages }}", {"messages": [{"role": "user", "content": "x", "n": 1.5}]}),
+    ("{{ 'é' | tojson }}{{ '\\u2028' | tojson }}{{ '\\x7f' | tojson }}{{ '\\x7f' }}{{ ['\\x7f', '\\x01', 'é', '\\u00a0', '\\u200b'] }}", {}),
+    ("{{ 'a'.find('b') }}{{ 'ab'.capitalize() }}{{ 7 is upper }}{{ 'A1' is upper }}{{ 2.0 is even }}{{ 3 is odd }}{{ none | map('upper') | list }}", {}),
+    ("{{ u | int }}", {}),
+    ("{{ [1, 2][1:] }}{{ 'abc'[5:] }}{{ n[1:] }}", {"n": 5}),
+    ("{{ '%s-%d' % ('a', 2.7) }}{{ 'x%%' % () }}{{ '%r' % 'q' }}{{ '%s' % none }}{{ '[%s]' % [1] }}{{ '%s %s' | format('a', 1) }}", {}),
+    ("{{ '%s' % (1, 2) }}", {}),
+    ("{% if false %}{{ x | nosuch }}{% endif %}ok", {}),
+    ("{% if false %}{{ x is nosuch }}{% endif %}ok", {}),
+    ("{% with a = 1, b = 'x' %}{{ a }}{{ b }}{% set c = 3 %}{% endwith %}{{ a }}{{ c }}", {}),
+    ("{% with %}{% set z = 1 %}{{ z }}{% endwith %}[{{ z }}]", {}),
+]
+
+CONVS = [
+    {"messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi there"}], "add_generation_prompt": False},
+    {"messages": [{"role": "system", "content": "  Be brief. "}, {"role": "user", "content": "What's 2+2?\n"}, {"role": "assistant", "content": " 4 "}, {"role": "user", "content": "Thanks"}], "add_generation_prompt": True},
+    {"messages": [{"role": "user", "content": "Weather in Paris?"},
+                  {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}}]},
+                  {"role": "tool", "content": "{\"temp\": 21}"},
+                  {"role": "assistant", "content": "It is 21°C."}],
+     "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}],
+     "add_generation_prompt": False},
+    {"messages": [{"role": "user", "content": "think"}, {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nanswer"}], "add_generation_prompt": False, "enable_thinking": False},
+    {"messages": [{"role": "user", "content": [{"type": "text", "text": " multi "}, {"type": "image"}]}], "add_generation_prompt": True},
+]
+
+
+def python_render(src, ctx):
+    try:
+        return ("ok", compile_template(src).render(**ctx))
+    except Exception as e:  # both sides must fail; messages differ
+        return ("error", "%s: %s" % (type(e).__name__, e))
+
+
+def fixture_templates():
+    out = []
+    for path in sorted(glob.glob(os.path.join(FIXTURES, "*", "tokenizer_config.json"))):
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+        t = cfg.get("chat_template")
+        if isinstance(t, list):
+            t = next((x["template"] for x in t if x.get("name") == "default"), None)
+        if isinstance(t, str):
+            out.append((os.path.basename(os.path.dirname(path)), t, cfg))
+    out.append(("smollm2_chatml", CHATML, {}))
+    return out
+
+
+def check_runs(res):
+    runs = res.get("runs", [])
+    at = 0
+    for r in runs:
+        if r[0] != at or r[1] <= r[0]:
+            return "runs do not tile the output at %d: %r" % (at, r)
+        at = r[1]
+    if at != len(res["text"].encode("utf-8")):
+        return "runs end at %d, output is %d bytes" % (at, len(res["text"].encode("utf-8")))
+    return None
+
+
+def run_group(name, cases):
+    lines = "".join(json.dumps({"template": t, "context": c}, ensure_ascii=False) + "\n" for t, c in cases)
+    p = subprocess.run([DRIVER], input=lines.encode("utf-8"), capture_output=True)
+    if p.returncode != 0:
+        print("not ok - %s: driver failed: %s" % (name, p.stderr.decode(errors="replace").strip()))
+        return False
+    got = [json.loads(l) for l in p.stdout.decode("utf-8").split("\n") if l]  # not splitlines: U+2028 is raw in the JSON
+    bad = []
+    for (t, c), g in zip(cases, got):
+        kind, want = python_render(t, c)
+        if kind == "error":
+            if "error" not in g:
+                bad.append("%r: jinja2 fails (%s), we rendered %r" % (t[:60], want, g.get("text", "")[:200]))
+            continue
+        if "error" in g:
+            bad.append("%r: we fail (%s), jinja2 renders %r" % (t[:60], g["error"], want[:200]))
+        elif g["text"] != want:
+            bad.append("%r:\n      ours  %r\n      jinja %r" % (t[:60], g["text"][:400], want[:400]))
+        elif check_runs(g):
+            bad.append("%r: %s" % (t[:60], check_runs(g)))
+    nerr = sum(1 for t, c in cases if python_render(t, c)[0] == "error")
+    if len(got) != len(cases):
+        bad.append("driver answered %d of %d cases" % (len(got), len(cases)))
+    if bad:
+        print("not ok - %s: %d of %d cases differ" % (name, len(bad), len(cases)))
+        for b in bad[:SHOW]:
+            print("    " + b)
+        return False
+    print("ok - %s (%d cases, %d of them errors on both sides)" % (name, len(cases), nerr))
+    return True
+
+
+GEN_TEMPLATE = ("{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' }}{% if m.role == 'assistant' %}"
+                "{% generation %}{{ m.content | trim }}{{ '<|im_end|>' }}{% endgeneration %}{% else %}"
+                "{{ m.content }}{{ '<|im_end|>' }}{% endif %}{{ '\\n' }}{% endfor %}")
+
+
+def check_generation():
+    """{% generation %} ranges against transformers' AssistantTracker (its
+    character offsets turned into byte offsets)."""
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except Exception:
+        print("skip - generation: transformers is not installed")
+        return True
+    msgs = [{"role": "user", "content": "Hé"}, {"role": "assistant", "content": " Yø there "},
+            {"role": "user", "content": "x"}, {"role": "assistant", "content": "done"}]
+    t = _compile_jinja_template(GEN_TEMPLATE)
+    blocks, idx = [], []
+    with t.environment.activate_tracker(blocks, idx):
+        for b in t.generate(messages=msgs):
+            blocks.append(b)
+    text = "".join(blocks)
+    want = [[len(text[:a].encode()), len(text[:b].encode())] for a, b in idx]
+    p = subprocess.run([DRIVER], input=(json.dumps({"template": GEN_TEMPLATE, "context": {"messages": msgs}}) + "\n").encode(),
+                       capture_output=True)
+    got = json.loads(p.stdout) if p.returncode == 0 and p.stdout else {"error": p.stderr.decode(errors="replace")}
+    if got.get("text") != text or got.get("gen") != want:
+        print("not ok - generation: ours %r %r, transformers %r %r" % (got.get("text"), got.get("gen"), text, want))
+        return False
+    print("ok - generation (%d ranges)" % len(want))
+    return True
+
+
+def main():
+    if not os.path.exists(DRIVER):
+        print("not ok - template_driver: %s is missing (make build/ref/template_driver)" % DRIVER)
+        return 1
+    ok = run_group("engine", CASES)
+    ok &= check_generation()
+    for name, src, cfg in fixture_templates():
+        cases = []
+        for conv in CONVS:
+            ctx = dict(conv)
+            ctx.setdefault("bos_token", cfg.get("bos_token") if isinstance(cfg.get("bos_token"), str) else "<s>")
+            ctx.setdefault("eos_token", cfg.get("eos_token") if isinstance(cfg.get("eos_token"), str) else "</s>")
+            ctx["date_string"] = "26 Jul 2024"  # strftime_now would differ by the clock
+            cases.append((src, ctx))
+        ok &= run_group("fixture " + name, cases)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+/* chat: input forms, validation, tool-call arguments, and span derivation from
+ * hand-made provenance (no template engine needed for any of these). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat.h"
+#include "check.h"
+
+static jv J(const char *s) { return jv_parse(s); }
+
+/* True when a equals the JSON text b; consumes a. */
+static int eq(jv a, const char *b)
+{
+	if (!jv_is_valid(a)) {
+		jv_free(a);
+		return 0;
+	}
+	return jv_equal(a, J(b));
+}
+
+static char *dump(jv v)
+{
+	static char buf[2048];
+	jv s = jv_dump_string(v, 0);
+	snprintf(buf, sizeof buf, "%s", jv_is_valid(s) ? jv_string_value(s) : "(invalid)");
+	jv_free(s);
+	return buf;
+}
+
+static void test_input_parse(void)
+{
+	CHECK(chat_input_parse("auto") == CHAT_INPUT_AUTO, "auto");
+	CHECK(chat_input_parse("sharegpt") == CHAT_INPUT_SHAREGPT, "sharegpt");
+	CHECK(chat_input_parse("csv") == -1, "csv");
+	CHECK(chat_key_consumed("instruction") && chat_key_consumed("messages") && !chat_key_consumed("id"), "keys");
+}
+
+static void test_openai(void)
+{
+	struct err err = {0};
+	jv r = chat_to_messages(J("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tools\":[],\"id\":3}"),
+				CHAT_INPUT_AUTO, &err);
+	CHECK(eq(jv_copy(r), "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tools\":[]}"), "%s", dump(jv_copy(r)));
+	jv_free(r);
+	r = chat_to_messages(J("{\"messages\":{}}"), CHAT_INPUT_AUTO, &err);
+	CHECK(!jv_is_valid(r) && strstr(err.msg, "must be an array"), "%s", err.msg);
+	jv_free(r);
+	r = chat_to_messages(J("{\"prompt\":1}"), CHAT_INPUT_AUTO, &err);
+	CHECK(!jv_is_valid(r) && strstr(err.msg, "--jq"), "%s", err.msg);
+	jv_free(r);
+}
+
+static void test_alpaca(void)
+{
+	struct err err = {0};
+	jv r = chat_to_messages(J("{\"instruction\":\"Translate\",\"input\":\"кот\",\"output\":\"cat\",\"system\":\"S\"}"),
+				CHAT_INPUT_AUTO, &err);
+	CHECK(eq(jv_copy(r), "{\"messages\":[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":"
+			     "\"Translate\\nкот\"},{\"role\":\"assistant\",\"content\":\"cat\"}]}"),
+	      "%s", dump(jv_copy(r)));
+	jv_free(r);
+	r = chat_to_messages(J("{\"instruction\":\"Hi\",\"input\":\"\",\"output\":\"Yo\"}"), CHAT_INPUT_ALPACA, &err);
+	CHECK(eq(jv_copy(r), "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"},{\"role\":\"assistant\",\"content\":"
+			     "\"Yo\"}]}"),
+	      "%s", dump(jv_copy(r)));
+	jv_free(r);
+	r = chat_to_messages(J("{\"instruction\":5}"), CHAT_INPUT_ALPACA, &err);
+	CHECK(!jv_is_valid(r) && strstr(err.msg, "instruction"), "%s", err.msg);
+	jv_free(r);
+}
+
+static void test_sharegpt(void)
+{
+	struct err err = {0};
+	jv r = chat_to_messages(
+		J("{\"system\":\"S\",\"tools\":\"[{\\\"name\\\":\\\"f\\\"}]\",\"conversations\":[{\"from\":\"human\",\"value\":\"q\"},"
+		  "{\"from\":\"function_call\",\"value\":\"{\\\"name\\\":\\\"f\\\",\\\"arguments\\\":{\\\"a\\\":1}}\"},"
+		  "{\"from\":\"observation\",\"value\":\"r\"},{\"from\":\"gpt\",\"value\":\"a\"}]}"),
+		CHAT_INPUT_AUTO, &err);
+	CHECK(eq(jv_copy(r), "{\"messages\":[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":\"q\"},"
+			     "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"type\":\"function\",\"function\":"
+			     "{\"name\":\"f\",\"arguments\":{\"a\":1}}}]},{\"role\":\"tool\",\"content\":\"r\"},"
+			     "{\"role\":\"assistant\",\"content\":\"a\"}],\"tools\":[{\"name\":\"f\"}]}"),
+	      "%s %s", dump(jv_copy(r)), err.msg);
+	jv_free(r);
+	r = chat_to_messages(J("{\"conversations\":[{\"from\":\"bot\",\"value\":\"q\"}]}"), CHAT_INPUT_AUTO, &err);
+	CHECK(!jv_is_valid(r) && strstr(err.msg, "turn 0: unknown \"from\": \"bot\""), "%s", err.msg);
+	jv_free(r);
+}
+
+/* validate: the message text of each kind of problem, with its index. */
+static void test_validate(void)
+{
+	static const struct {
+		const char *msgs, *want; /* want NULL: valid */
+	} cases[] = {
+		{"[{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\","
+		 "\"content\":\"a\"}]",
+		 NULL},
+		{"[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"u\"}]},{\"role\":\"assistant\",\"content\":"
+		 "null,\"tool_calls\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},"
+		 "{\"role\":\"tool\",\"content\":\"r\"},{\"role\":\"tool\",\"content\":\"r2\"}]",
+		 NULL},
+		{"[]", "empty"},
+		{"[{\"role\":\"robot\",\"content\":\"x\"}]", "message 0: unknown role \"robot\""},
+		{"[{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"assistant\",\"content\":\"a\"}]",
+		 "message 1: the first message after the system prompt is the assistant's"},
+		{"[{\"role\":\"user\",\"content\":\"\"}]", "message 0: empty content"},
+		{"[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\",\"content\":null}]", "message 1: empty content"},
+		{"[{\"role\":\"user\",\"content\":5}]", "message 0: bad content"},
+		{"[{\"role\":\"user\",\"content\":\" \\n\\t\"}]", "message 0: empty content (white space"},
+		{"[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"tool\",\"content\":\"r\"}]",
+		 "message 1: a tool result without a preceding assistant tool call"},
+		{"[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":{}}]",
+		 "message 1: \"tool_calls\" must be a non-empty array"},
+		{"[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"function\":"
+		 "{\"arguments\":{}}}]}]",
+		 "message 1: tool call 0: \"function.name\""},
+		{"[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"function\":"
+		 "{\"name\":\"f\",\"arguments\":[1]}}]}]",
+		 "message 1: tool call 0: \"function.arguments\""},
+		{"[{\"role\":\"user\",\"content\":\"u\",\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":{}}}]}]",
+		 "message 0: only assistant messages carry tool_calls"},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		struct err err = {0};
+		jv m = J(cases[i].msgs);
+		int rc = chat_validate(m, &err);
+		jv_free(m);
+		if (!cases[i].want)
+			CHECK(rc == 0, "case %zu: %s", i, err.msg);
+		else
+			CHECK(rc < 0 && strstr(err.msg, cases[i].want), "case %zu: rc %d, '%s'", i, rc, err.msg);
+	}
+}
+
+static void test_args(void)
+{
+	struct err err = {0};
+	const char *in = "[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":"
+			 "\"{\\\"city\\\": \\\"Москва\\\", \\\"n\\\": [1, 2]}\"}},{\"name\":\"g\",\"arguments\":{\"a\":{}}}]}]";
+	jv o = chat_args_normalize(J(in), CHAT_ARGS_OBJECT, &err);
+	CHECK(eq(jv_copy(o), "[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":"
+			     "{\"city\":\"Москва\",\"n\":[1,2]}}},{\"name\":\"g\",\"arguments\":{\"a\":{}}}]}]"),
+	      "%s", dump(jv_copy(o)));
+	jv s = chat_args_normalize(jv_copy(o), CHAT_ARGS_STRING, &err);
+	CHECK(eq(jv_copy(s), "[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":"
+			     "\"{\\\"city\\\": \\\"Москва\\\", \\\"n\\\": [1, 2]}\"}},{\"name\":\"g\",\"arguments\":"
+			     "\"{\\\"a\\\": {}}\"}]}]"),
+	      "%s", dump(jv_copy(s)));
+	/* and back again: the same value */
+	jv back = chat_args_normalize(s, CHAT_ARGS_OBJECT, &err);
+	CHECK(jv_equal(back, o), "round trip");
+	jv bad = chat_args_normalize(J("[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\","
+				       "\"arguments\":\"{oops\"}}]}]"),
+				     CHAT_ARGS_OBJECT, &err);
+	CHECK(!jv_is_valid(bad) && strstr(err.msg, "message 0: tool call 0: \"arguments\" is not JSON"), "%s", err.msg);
+	jv_free(bad);
+}
+
+static void test_json_find(void)
+{
+	const char *t = "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": [1, {\"b\": \"}\"}]}}</tool_call>";
+	jv want = J("{\"a\":[1,{\"b\":\"}\"}]}");
+	CHECK(chat_json_find(t, strlen(t), want) == 1, "nested value found");
+	jv other = J("{\"a\":[2]}");
+	CHECK(chat_json_find(t, strlen(t), other) == 0, "absent value not found");
+	jv one = J("{\"a\":1}");
+	CHECK(chat_json_find("{'a': 1}", 8, one) == 0, "a Python dict is not JSON");
+	jv_free(want), jv_free(other), jv_free(one);
+}
+
+static void test_vars(void)
+{
+	struct err err = {0};
+	jv v = chat_var_add(jv_object(), "enable_thinking=false", &err);
+	v = chat_var_add(v, "date_string=\"26 Jul 2024\"", &err);
+	CHECK(eq(jv_copy(v), "{\"enable_thinking\":false,\"date_string\":\"26 Jul 2024\"}"), "%s", dump(jv_copy(v)));
+	v = chat_var_add(v, "x=abc", &err);
+	CHECK(!jv_is_valid(v) && strstr(err.msg, "not JSON"), "%s", err.msg);
+	v = chat_var_add(jv_object(), "messages=[]", &err);
+	CHECK(!jv_is_valid(v) && strstr(err.msg, "set by ds-fmt"), "%s", err.msg);
+	v = chat_var_add(jv_object(), "noequals", &err);
+	CHECK(!jv_is_valid(v) && strstr(err.msg, "NAME=JSON"), "%s", err.msg);
+}
+
+static void test_builtins(void)
+{
+	const char *names[] = {"chatml", "llama3", "gemma", "mistral", "alpaca"};
+	for (int i = 0; i < 5; i++)
+		CHECK(chat_builtin_template(names[i]) != NULL, "%s", names[i]);
+	CHECK(chat_builtin_template("vicuna") == NULL, "unknown name");
+}
+
+/* A hand-made rendering with provenance, as the engine would give it for
+ * a ChatML conversation: user, assistant (content), tool call, tool, assistant. */
+struct fake {
+	char text[1024];
+	struct tmpl_run runs[64];
+	struct tmpl_output out;
+};
+
+static void fake_put(struct fake *f, const char *s, int msg, enum tmpl_origin o)
+{
+	size_t n = strlen(s), at = f->out.len;
+	memcpy(f->text + at, s, n);
+	f->runs[f->out.nruns++] = (struct tmpl_run){(uint32_t)at, (uint32_t)(at + n), msg, o, NULL};
+	f->out.len += n;
+	f->out.text = f->text;
+	f->out.runs = f->runs;
+}
+
+static const char *mk_s[] = {"<|im_start|>", "<|im_end|>", "<|endoftext|>"};
+static size_t mk_len[] = {12, 10, 13};
+static const struct chat_markers mk = {mk_s, mk_len, 3, 3};
+
+static void build_fake(struct fake *f)
+{
+	memset(f, 0, sizeof *f);
+	fake_put(f, "<|im_start|>", -1, TMPL_LITERAL);
+	fake_put(f, "user", 0, TMPL_MSG_OTHER);
+	fake_put(f, "\n", -1, TMPL_LITERAL);
+	fake_put(f, "hi", 0, TMPL_MSG_CONTENT);
+	fake_put(f, "<|im_end|>\n<|im_start|>assistant\n", -1, TMPL_LITERAL); /* body of 1 starts after this */
+	fake_put(f, "Sure", 1, TMPL_MSG_CONTENT);
+	fake_put(f, "\n<tool_call>\n{\"name\": \"", -1, TMPL_LITERAL);
+	fake_put(f, "f", 1, TMPL_MSG_TOOL_CALLS);
+	fake_put(f, "\", \"arguments\": ", -1, TMPL_LITERAL);
+	fake_put(f, "{\"a\": 1}", 1, TMPL_MSG_TOOL_CALLS);
+	fake_put(f, "}\n</tool_call>  <|im_end|>\n<|im_start|>tool\n", -1, TMPL_LITERAL);
+	fake_put(f, "ok", 2, TMPL_MSG_CONTENT);
+	fake_put(f, "<|im_end|>\n<|im_start|>assistant\n", -1, TMPL_LITERAL);
+	fake_put(f, "Done.", 3, TMPL_MSG_CONTENT);
+	fake_put(f, "<|im_end|>\n", -1, TMPL_LITERAL);
+}
+
+static const char *span_text(const struct fake *f, jv spans, int k, char *buf)
+{
+	jv p = jv_array_get(jv_copy(spans), k);
+	int a = (int)jv_number_value(jv_array_get(jv_copy(p), 0)), b = (int)jv_number_value(jv_array_get(p, 1));
+	memcpy(buf, f->text + a, (size_t)(b - a));
+	buf[b - a] = 0;
+	return buf;
+}
+
+static void test_spans(void)
+{
+	struct fake f;
+	build_fake(&f);
+	unsigned char trained[4] = {0, 1, 0, 1};
+	jv spans;
+	struct err err = {0};
+	char buf[512];
+	CHECK(chat_spans(&f.out, trained, NULL, 1, 4, &mk, &spans, &err) == 0, "%s", err.msg);
+	CHECK(jv_array_length(jv_copy(spans)) == 2, "%s", dump(jv_copy(spans)));
+	CHECK(!strcmp(span_text(&f, spans, 0, buf),
+		      "Sure\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>  <|im_end|>"),
+	      "[%s]", buf);
+	CHECK(!strcmp(span_text(&f, spans, 1, buf), "Done.<|im_end|>"), "[%s]", buf);
+	jv_free(spans);
+
+	/* --train-turns last */
+	trained[1] = 0;
+	CHECK(chat_spans(&f.out, trained, NULL, 1, 4, &mk, &spans, &err) == 0, "%s", err.msg);
+	CHECK(jv_array_length(jv_copy(spans)) == 1 && !strcmp(span_text(&f, spans, 0, buf), "Done.<|im_end|>"), "%s",
+	      dump(jv_copy(spans)));
+	jv_free(spans);
+}
+
+/* A tool-call-only turn: the body starts where the generation prompt ends, so
+ * the <tool_call> wrapper before the first tool_calls byte is learned too. */
+static void test_spans_body(void)
+{
+	struct fake f;
+	memset(&f, 0, sizeof f);
+	fake_put(&f, "<|im_start|>user\n", -1, TMPL_LITERAL);
+	fake_put(&f, "q", 0, TMPL_MSG_CONTENT);
+	fake_put(&f, "<|im_end|>\n<|im_start|>assistant\n<tool_call>\n{\"name\": \"", -1, TMPL_LITERAL);
+	long body = (long)strlen("<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n");
+	fake_put(&f, "f", 1, TMPL_MSG_TOOL_CALLS);
+	fake_put(&f, "\"}\n</tool_call><|im_end|>\n", -1, TMPL_LITERAL);
+	unsigned char trained[2] = {0, 1};
+	long bodies[2] = {-1, body};
+	jv spans;
+	struct err err = {0};
+	char buf[512];
+	CHECK(chat_spans(&f.out, trained, bodies, 1, 2, &mk, &spans, &err) == 0, "%s", err.msg);
+	CHECK(!strcmp(span_text(&f, spans, 0, buf), "<tool_call>\n{\"name\": \"f\"}\n</tool_call><|im_end|>"), "[%s]",
+	      buf);
+	jv_free(spans);
+	/* a template that ignores add_generation_prompt: the rendering before
+	 * the turn ends before its header, which prints the role: not learned */
+	memset(&f, 0, sizeof f);
+	fake_put(&f, "U: ", -1, TMPL_LITERAL);
+	fake_put(&f, "q", 0, TMPL_MSG_CONTENT);
+	fake_put(&f, "<|im_end|>", -1, TMPL_LITERAL);
+	bodies[1] = (long)f.out.len;
+	fake_put(&f, "assistant", 1, TMPL_MSG_OTHER);
+	fake_put(&f, ": ", -1, TMPL_LITERAL);
+	fake_put(&f, "a", 1, TMPL_MSG_CONTENT);
+	fake_put(&f, "<|im_end|>", -1, TMPL_LITERAL);
+	CHECK(chat_spans(&f.out, trained, bodies, 0, 2, &mk, &spans, &err) == 0, "%s", err.msg);
+	CHECK(!strcmp(span_text(&f, spans, 0, buf), "a<|im_end|>"), "[%s]", buf);
+	jv_free(spans);
+	/* without the body: only from the first tool_calls byte */
+	CHECK(chat_spans(&f.out, trained, NULL, 1, 2, &mk, &spans, &err) == 0, "%s", err.msg);
+	CHECK(!strcmp(span_text(&f, spans, 0, buf), "a<|im_end|>"), "[%s]", buf);
+	jv_free(spans);
+}
+
+/* Markers are looked for only in the closing text right after the content:
+ * a marker inside the content, or one far later, is never taken. */
+static void test_spans_no_marker(void)
+{
+	struct fake f;
+	memset(&f, 0, sizeof f);
+	fake_put(&f, "U: ", -1, TMPL_LITERAL);
+	fake_put(&f, "q", 0, TMPL_MSG_CONTENT);
+	fake_put(&f, "\nA: ", -1, TMPL_LITERAL);
+	fake_put(&f, "say <|im_end|> now", 1, TMPL_MSG_CONTENT);
+	fake_put(&f, "\n\n", -1, TMPL_LITERAL);
+	fake_put(&f, "next", 2, TMPL_MSG_CONTENT);
+	fake_put(&f, "<|im_end|>", -1, TMPL_LITERAL);
+	unsigned char trained[3] = {0, 1, 0};
+	jv spans = jv_invalid();
+	struct err err = {0};
+	CHECK(chat_spans(&f.out, trained, NULL, 1, 3, &mk, &spans, &err) < 0 && strstr(err.msg, "message 1: no end-of-turn"),
+	      "%s", err.msg);
+	jv_free(spans);
+}
+
+static void test_spans_generation(void)
+{
+	struct fake f;
+	build_fake(&f);
+	unsigned char trained[4] = {0, 1, 0, 1};
+	uint32_t gen[2][2];
+	/* generation blocks covering both turns with their closers: agree */
+	const char *t = f.text;
+	gen[0][0] = (uint32_t)(strstr(t, "Sure") - t);
+	gen[0][1] = (uint32_t)(strstr(t, "<|im_end|>\n<|im_start|>tool") - t + 10);
+	gen[1][0] = (uint32_t)(strstr(t, "Done.") - t);
+	gen[1][1] = (uint32_t)f.out.len;
+	f.out.gen = gen;
+	f.out.ngen = 2;
+	jv spans;
+	struct err err = {0};
+	CHECK(chat_spans(&f.out, trained, NULL, 1, 4, &mk, &spans, &err) == 0, "%s", err.msg);
+	jv_free(spans);
+	/* a block that stops before the end-of-turn marker: disagree */
+	gen[1][1] = gen[1][0] + 5;
+	spans = jv_invalid();
+	CHECK(chat_spans(&f.out, trained, NULL, 1, 4, &mk, &spans, &err) < 0 && strstr(err.msg, "generation"), "%s",
+	      err.msg);
+	jv_free(spans);
+}
+
+int main(void)
+{
+	RUN(test_input_parse);
+	RUN(test_openai);
+	RUN(test_alpaca);
+	RUN(test_sharegpt);
+	RUN(test_validate);
+	RUN(test_args);
+	RUN(test_json_find);
+	RUN(test_vars);
+	RUN(test_builtins);
+	RUN(test_spans);
+	RUN(test_spans_body);
+	RUN(test_spans_no_marker);
+	RUN(test_spans_generation);
+	return check_done();
+}

@@ -1,0 +1,241 @@
+/* test_template: lib/template — rendering (expectations checked against jinja2
+ * 3.1 with transformers' settings), whitespace control, provenance of output
+ * bytes, {% generation %} ranges, limits and error messages. */
+#include <string.h>
+
+#include "check.h"
+#include "jsonl.h"
+#include "template.h"
+
+/* Renders src with the JSON context ctx; returns 0 and fills out, or -1 with err. */
+static int render(const char *src, const char *ctx, const struct tmpl_limits *lim, struct tmpl_output *out,
+		  struct err *err)
+{
+	const char *why;
+	if (jsonl_unsafe_at(ctx, strlen(ctx), &why) >= 0)
+		return err_set(err, "bad test context: %s", why);
+	jv c = jv_parse(ctx);
+	if (!jv_is_valid(c)) {
+		jv_free(c);
+		return err_set(err, "bad test context");
+	}
+	struct tmpl *t = tmpl_compile(src, strlen(src), "chat_template", err);
+	if (!t) {
+		jv_free(c);
+		return -1;
+	}
+	int rc = tmpl_render(t, c, lim, out, err);
+	tmpl_free(t);
+	return rc;
+}
+
+/* Runs tile the output in order, without gaps or empty runs. */
+static int runs_tile(const struct tmpl_output *o)
+{
+	uint32_t at = 0;
+	for (size_t i = 0; i < o->nruns; i++) {
+		if (o->runs[i].start != at || o->runs[i].end <= at)
+			return 0;
+		at = o->runs[i].end;
+	}
+	return at == o->len;
+}
+
+static void expect(const char *src, const char *ctx, const char *want)
+{
+	struct tmpl_output o;
+	struct err err;
+	if (render(src, ctx, NULL, &o, &err) < 0) {
+		CHECK(0, "%s: %s", src, err.msg);
+		return;
+	}
+	CHECK(o.len == strlen(want) && memcmp(o.text, want, o.len) == 0, "%s:\n  got  [%s]\n  want [%s]", src, o.text,
+	      want);
+	CHECK(runs_tile(&o), "%s: runs do not tile the output", src);
+	tmpl_output_free(&o);
+}
+
+static void expect_err(const char *src, const char *ctx, const struct tmpl_limits *lim, const char *want)
+{
+	struct tmpl_output o;
+	struct err err;
+	if (render(src, ctx, lim, &o, &err) == 0) {
+		CHECK(0, "%s: rendered [%.80s], expected an error", src, o.text);
+		tmpl_output_free(&o);
+		return;
+	}
+	CHECK(strstr(err.msg, want) != NULL, "%s: error [%s], expected [%s]", src, err.msg, want);
+	CHECK(err.code == EXIT_USAGE, "%s: error code %d", src, err.code);
+}
+
+static const struct {
+	const char *src, *ctx, *want;
+} cases[] = {
+#include "test_template_cases.inc"
+};
+
+static void test_jinja_cases(void)
+{
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+		expect(cases[i].src, cases[i].ctx, cases[i].want);
+}
+
+static void test_whitespace(void)
+{
+	expect("a\n{% if true %}\nb\n{% endif %}\nc\n", "{}", "a\nb\nc");
+	expect("a {# comment #}\n  {#- c -#}  b", "{}", "a b");
+	expect("{% raw %}{{ x }}{% endraw %}", "{}", "{{ x }}");
+	expect("{{ 'a' }}\n\n", "{}", "a\n");
+	expect("a\r\nb", "{}", "a\nb");
+	expect("  {{ 'v' }}  {% if true %}x{% endif %}", "{}", "  v  x");
+}
+
+static const char *CHATML =
+	"{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+	"'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+static void test_chatml(void)
+{
+	expect(CHATML,
+	       "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Yo\"}],"
+	       " \"add_generation_prompt\": true}",
+	       "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nYo<|im_end|>\n<|im_start|>assistant\n");
+}
+
+/* The run holding byte offset at. */
+static const struct tmpl_run *run_at(const struct tmpl_output *o, uint32_t at)
+{
+	for (size_t i = 0; i < o->nruns; i++)
+		if (o->runs[i].start <= at && at < o->runs[i].end)
+			return &o->runs[i];
+	return NULL;
+}
+
+static void test_provenance(void)
+{
+	struct tmpl_output o;
+	struct err err;
+	const char *ctx = "{\"messages\": [{\"role\": \"user\", \"content\": \"  hi there \"},"
+			  " {\"role\": \"assistant\", \"content\": \"\", \"tool_calls\": [{\"function\": {\"name\": \"f\","
+			  " \"arguments\": {\"a\": 1}}}]}], \"eos_token\": \"</s>\"}";
+	int rc = render("[{{ messages[0].content | trim }}]{{ messages[1].tool_calls[0].function.arguments | tojson }}"
+			"{{ messages[0].role }}{{ eos_token }}",
+			ctx, NULL, &o, &err);
+	CHECK(rc == 0, "%s", err.msg);
+	if (rc)
+		return;
+	CHECK(strcmp(o.text, "[hi there]{\"a\": 1}user</s>") == 0, "got [%s]", o.text);
+	CHECK(runs_tile(&o), "runs do not tile");
+	/* "[" literal, "hi there" content of message 0 exactly, "]" literal */
+	CHECK(o.nruns >= 5, "%zu runs", o.nruns);
+	const struct tmpl_run *r = run_at(&o, 1);
+	CHECK(r && r->origin == TMPL_MSG_CONTENT && r->msg == 0 && r->start == 1 && r->end == 9, "trimmed content run");
+	r = run_at(&o, 0);
+	CHECK(r && r->origin == TMPL_LITERAL && r->end == 1, "literal [");
+	/* the whole JSON, braces included, is the tool call's */
+	r = run_at(&o, 10);
+	CHECK(r && r->origin == TMPL_MSG_TOOL_CALLS && r->msg == 1 && r->start == 10 && r->end == 18, "tojson run");
+	r = run_at(&o, 18);
+	CHECK(r && r->origin == TMPL_MSG_OTHER && r->msg == 0 && r->end == 22, "role run");
+	r = run_at(&o, 22);
+	CHECK(r && r->origin == TMPL_INPUT && r->var && strcmp(r->var, "eos_token") == 0 && r->end == 26, "eos run");
+	tmpl_output_free(&o);
+
+	/* replace: the new text takes the replacement's origin; join's separator its own */
+	rc = render("{{ messages[0].content.replace('hi', eos_token) }}|{{ ['x', messages[0].role] | join(eos_token) }}",
+		    ctx, NULL, &o, &err);
+	CHECK(rc == 0, "%s", err.msg);
+	if (rc)
+		return;
+	CHECK(strcmp(o.text, "  </s> there |x</s>user") == 0, "got [%s]", o.text);
+	r = run_at(&o, 0);
+	CHECK(r && r->origin == TMPL_MSG_CONTENT && r->end == 2, "content before the replacement");
+	r = run_at(&o, 2);
+	CHECK(r && r->origin == TMPL_INPUT && r->end == 6, "replacement");
+	r = run_at(&o, 6);
+	CHECK(r && r->origin == TMPL_MSG_CONTENT && r->end == 13, "content after");
+	r = run_at(&o, 15);
+	CHECK(r && r->origin == TMPL_INPUT && r->start == 15 && r->end == 19, "join separator");
+	r = run_at(&o, 19);
+	CHECK(r && r->origin == TMPL_MSG_OTHER && r->msg == 0, "joined role");
+	CHECK(runs_tile(&o), "runs do not tile");
+	tmpl_output_free(&o);
+
+	/* slicing and upper keep each byte's origin; ~ of a number gives it the number's */
+	rc = render("{{ (messages[0].content ~ '!')[2:] | upper }}", ctx, NULL, &o, &err);
+	CHECK(rc == 0, "%s", err.msg);
+	if (rc)
+		return;
+	CHECK(strcmp(o.text, "HI THERE !") == 0, "got [%s]", o.text);
+	r = run_at(&o, 0);
+	CHECK(r && r->origin == TMPL_MSG_CONTENT && r->end == 9, "sliced content");
+	r = run_at(&o, 9);
+	CHECK(r && r->origin == TMPL_LITERAL, "literal !");
+	tmpl_output_free(&o);
+}
+
+static void test_generation(void)
+{
+	struct tmpl_output o;
+	struct err err;
+	int rc = render("a{% generation %}bc{{ 'd' }}{% endgeneration %}e{% generation %}{% endgeneration %}", "{}", NULL,
+			&o, &err);
+	CHECK(rc == 0, "%s", err.msg);
+	if (rc)
+		return;
+	CHECK(strcmp(o.text, "abcde") == 0, "got [%s]", o.text);
+	CHECK(o.ngen == 2 && o.gen[0][0] == 1 && o.gen[0][1] == 4 && o.gen[1][0] == 5 && o.gen[1][1] == 5,
+	      "gen ranges: %zu", o.ngen);
+	tmpl_output_free(&o);
+}
+
+static void test_limits(void)
+{
+	struct tmpl_limits lim = { .max_output = 1000, .max_steps = 100000, .max_depth = 10 };
+	expect_err("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "{}", &lim, "nested more than 10 deep");
+	expect_err("{% for i in range(100000) %}xxxxxxxxxxxxxxxxxxx{% endfor %}", "{}", &lim, "output longer than 1000");
+	expect_err("{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}", "{}", &lim,
+		   "more than 100000 steps");
+	expect_err("{% set ns = namespace(s='xx') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+		   "{}", &lim, "longer than 1000");
+	expect_err("{{ range(1000000) | length }}", "{}", NULL, "Range too big");
+	/* the default limits also stop recursion */
+	expect_err("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "{}", NULL, "nested more than 64 deep");
+}
+
+static void test_errors(void)
+{
+	expect_err("line1\n{{ x | foo }}", "{}", NULL, "chat_template:2: unknown filter 'foo'");
+	expect_err("{{ 1 is foo }}", "{}", NULL, "chat_template:1: no test named 'foo'");
+	/* Jinja 3 looks filters and tests up when they run: an unknown one in a
+	 * branch never taken is no error */
+	expect("{% if false %}\n{{ x is foo }}{{ x | bar }}{% endif %}ok", "{}", "ok");
+	expect_err("a\nb\n{% if true %}", "{}", NULL, "chat_template:3: unexpected end of template");
+	expect_err("{{ raise_exception('boom') }}", "{}", NULL, "template raised: boom");
+	expect_err("{% include 'x.jinja' %}", "{}", NULL, "chat_template:1: 'include' is not allowed");
+	expect_err("\n\n{{ x.y }}", "{}", NULL, "chat_template:3: 'x' is undefined");
+	expect_err("{% set l = [] %}{{ l.append(1) }}", "{}", NULL, "unsafe");
+	expect_err("{{ 1 + 'a' }}", "{}", NULL, "unsupported operand");
+	expect_err("{% for x in 1 %}{% endfor %}", "{}", NULL, "not iterable");
+	expect_err("{{ 'a' ", "{}", NULL, "chat_template:1:");
+	expect_err("{% endif %}", "{}", NULL, "unexpected 'endif'");
+	struct err err;
+	struct tmpl *t = tmpl_compile("{{ x }}", 7, "chat_template", &err);
+	CHECK(t != NULL, "%s", err.msg);
+	struct tmpl_output o;
+	CHECK(tmpl_render(t, jv_array(), NULL, &o, &err) < 0, "a context that is not an object is refused");
+	tmpl_free(t);
+	tmpl_free(NULL);
+}
+
+int main(void)
+{
+	RUN(test_jinja_cases);
+	RUN(test_whitespace);
+	RUN(test_chatml);
+	RUN(test_provenance);
+	RUN(test_generation);
+	RUN(test_limits);
+	RUN(test_errors);
+	return check_done();
+}
