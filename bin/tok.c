@@ -7,7 +7,6 @@
  * file format in lib/tokstream.
  */
 #include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,15 +61,6 @@ struct settings {
 	int drop_empty, skip_bad, jsonl, offsets, explain, decode, stats, color, progress;
 };
 
-static volatile sig_atomic_t interrupted;
-static void on_signal(int sig) { interrupted = sig; }
-
-static void die_if(int failed, const struct err *err)
-{
-	if (failed)
-		msg_die_err(err);
-}
-
 /* A token stream starts with a zstd frame (regular or skippable); format 2 with
  * '{' or white space. The first byte tells them apart without reading further. */
 static int input_is_stream(const char *path)
@@ -94,7 +84,7 @@ static struct tokenizer *load_tokenizer(const struct settings *s, const char *wh
 		msg_die(EXIT_USAGE, "--model is required %s (try --help)", why);
 	struct err err = {0};
 	struct tokenizer *tk = tokenizer_load(s->model, &err);
-	die_if(!tk, &err);
+	msg_die_if(!tk, &err);
 	return tk;
 }
 
@@ -113,7 +103,7 @@ static void write_ids_line(FILE *f, const struct tok_encoding *e, const int32_t 
 		o = jv_object_set(o, jv_string("offsets"), offs);
 	}
 	struct err err = {0};
-	die_if(jsonl_write(f, o, &err) < 0, &err);
+	msg_die_if(jsonl_write(f, o, &err) < 0, &err);
 }
 
 static void warn_counts(const struct labels_stats *st, const struct settings *s)
@@ -139,14 +129,14 @@ static void encode_text(const struct settings *s)
 	struct err err = {0};
 	struct tokenizer *tk = load_tokenizer(s, "to encode text");
 	struct jsonl_reader *in = jsonl_open(s->input, &err);
-	die_if(!in, &err);
+	msg_die_if(!in, &err);
 	int binary = !s->jsonl && !s->explain;
 	struct outfile *out = outfile_open(s->output, binary, &err);
-	die_if(!out, &err);
+	msg_die_if(!out, &err);
 	struct tokstream_writer *w = NULL;
 	if (binary) {
 		w = tokstream_writer_new(out->f, tokenizer_vocab_size(tk), tokenizer_fingerprint(tk), &err);
-		die_if(!w, &err);
+		msg_die_if(!w, &err);
 	}
 	struct labels_stats st = {0};
 	struct progress prog;
@@ -157,7 +147,7 @@ static void encode_text(const struct settings *s)
 	struct labels_bos bos = {tokenizer_bos_id(tk), tokenizer_adds_bos(tk)};
 	jv rec = jv_invalid();
 	int rc;
-	while (!interrupted && (rc = jsonl_next(in, &rec, &err)) != 0) {
+	while (!msg_interrupted && (rc = jsonl_next(in, &rec, &err)) != 0) {
 		struct labels_record lr = {0};
 		if (rc < 0)
 			rec = jv_invalid(); /* a failed read leaves rec unset */
@@ -167,7 +157,7 @@ static void encode_text(const struct settings *s)
 			    tokenizer_encode(tk, lr.text, lr.len, 0, &enc, &err) < 0)
 				rc = jsonl_errf(in, &err, "%s", err.msg);
 		}
-		if (rc < 0 && interrupted)
+		if (rc < 0 && msg_interrupted)
 			break; /* the read was cut short by the signal */
 		if (rc < 0) {
 			if (!s->skip_bad)
@@ -187,17 +177,17 @@ static void encode_text(const struct settings *s)
 		uint64_t multi_bos = st.multi_bos;
 		int fate = labels_assign(&lr, &enc, labels, s->max_len, s->overflow, bos, &st, &err);
 		if (fate < 0)
-			die_if(jsonl_errf(in, &err, "%s", err.msg), &err);
+			msg_die_if(jsonl_errf(in, &err, "%s", err.msg), &err);
 		if (fate == LABELS_EMPTY && !s->drop_empty)
-			die_if(jsonl_errf(in, &err, "no token is learned (every label is -100): check the "
+			msg_die_if(jsonl_errf(in, &err, "no token is learned (every label is -100): check the "
 						  "\"train\" spans, or drop such records with --drop-empty"), &err);
 		if (st.multi_bos > multi_bos && !st.first_multi_bos_line)
 			st.first_multi_bos_line = jsonl_line(in);
 		if (fate == LABELS_KEEP) {
 			if (w)
-				die_if(tokstream_write(w, enc.ids, labels, (uint32_t)enc.n, &err) < 0, &err);
+				msg_die_if(tokstream_write(w, enc.ids, labels, (uint32_t)enc.n, &err) < 0, &err);
 			else if (s->explain)
-				die_if(labels_explain(out->f, tk, lr.text, &enc, labels, s->color, &err) < 0, &err);
+				msg_die_if(labels_explain(out->f, tk, lr.text, &enc, labels, s->color, &err) < 0, &err);
 			else
 				write_ids_line(out->f, &enc, labels, s->offsets);
 		}
@@ -206,12 +196,12 @@ static void encode_text(const struct settings *s)
 		progress_update(&prog, st.records_in, 0);
 	}
 	progress_end(&prog);
-	if (interrupted)
+	if (msg_interrupted)
 		msg_die(130, "interrupted: no output written");
 	jsonl_close(in);
 	if (w)
-		die_if(tokstream_writer_finish(w, &err) < 0, &err);
-	die_if(outfile_commit(out, &err) < 0, &err);
+		msg_die_if(tokstream_writer_finish(w, &err) < 0, &err);
+	msg_die_if(outfile_commit(out, &err) < 0, &err);
 	warn_counts(&st, s);
 	if (s->stats)
 		labels_stats_print(&st, 1, stderr);
@@ -233,7 +223,7 @@ static void show_stream(const struct settings *s)
 	if (s->explain || s->decode)
 		tk = load_tokenizer(s, s->decode ? "to decode" : "to explain");
 	struct tokstream_reader *r = tokstream_open(s->input, &err);
-	die_if(!r, &err);
+	msg_die_if(!r, &err);
 	const struct tokstream_info *info = tokstream_info(r);
 	if (tk && tokenizer_fingerprint(tk) != info->tokenizer_fp)
 		msg_die(EXIT_USAGE, "%s was made by a different tokenizer than %s's (fingerprint %016llx, not %016llx)",
@@ -242,7 +232,7 @@ static void show_stream(const struct settings *s)
 	struct outfile *out = NULL;
 	if (s->jsonl || s->explain || s->decode) {
 		out = outfile_open(s->output, 0, &err);
-		die_if(!out, &err);
+		msg_die_if(!out, &err);
 	}
 	struct labels_bos bos = {tk ? tokenizer_bos_id(tk) : -1, tk ? tokenizer_adds_bos(tk) : 0};
 	struct labels_stats st = {0};
@@ -250,33 +240,33 @@ static void show_stream(const struct settings *s)
 	progress_start(&prog, "records", info->n_records == TOKSTREAM_UNKNOWN ? 0 : info->n_records, s->progress);
 	struct tokstream_record rec;
 	int rc;
-	while (!interrupted && (rc = tokstream_next(r, &rec, &err)) != 0) {
-		if (rc < 0 && interrupted)
+	while (!msg_interrupted && (rc = tokstream_next(r, &rec, &err)) != 0) {
+		if (rc < 0 && msg_interrupted)
 			break;
-		die_if(rc < 0, &err);
+		msg_die_if(rc < 0, &err);
 		st.records_in++;
 		labels_stats_add(&st, rec.ids, rec.labels, rec.n, bos);
 		struct tok_encoding e = {.ids = (uint32_t *)rec.ids, .n = rec.n};
 		if (s->jsonl) {
 			write_ids_line(out->f, &e, rec.labels, 0);
 		} else if (s->explain) {
-			die_if(labels_explain(out->f, tk, NULL, &e, rec.labels, s->color, &err) < 0, &err);
+			msg_die_if(labels_explain(out->f, tk, NULL, &e, rec.labels, s->color, &err) < 0, &err);
 		} else if (s->decode) {
 			char *text;
 			size_t len;
-			die_if(tokenizer_decode(tk, rec.ids, rec.n, 0, &text, &len, &err) < 0, &err);
-			die_if(jsonl_write(out->f, JV_OBJECT(jv_string("text"), jv_string_sized(text, (int)len)), &err) < 0,
+			msg_die_if(tokenizer_decode(tk, rec.ids, rec.n, 0, &text, &len, &err) < 0, &err);
+			msg_die_if(jsonl_write(out->f, JV_OBJECT(jv_string("text"), jv_string_sized(text, (int)len)), &err) < 0,
 			       &err);
 			free(text);
 		}
 		progress_update(&prog, st.records, 0);
 	}
 	progress_end(&prog);
-	if (interrupted)
+	if (msg_interrupted)
 		msg_die(130, "interrupted: no output written");
 	tokstream_close(r);
 	if (out)
-		die_if(outfile_commit(out, &err) < 0, &err);
+		msg_die_if(outfile_commit(out, &err) < 0, &err);
 	if (s->stats)
 		labels_stats_print(&st, 1, stderr);
 	tokenizer_free(tk);
@@ -286,20 +276,10 @@ int main(int argc, char **argv)
 {
 	msg_init(argv[0]);
 	msg_atexit(outfile_abort_all);
-	struct err err = {0};
 	struct opt_result r;
-	if (opt_parse(opts, argc, argv, &r, &err) < 0) {
-		msg_error("%s (try --help)", err.msg);
-		return EXIT_USAGE;
-	}
-	if (opt_flag(&r, "help")) {
-		opt_help(opts, usage, about, stdout);
-		return fflush(stdout) == 0 ? EXIT_OK : EXIT_RUNTIME;
-	}
-	if (opt_flag(&r, "version")) {
-		printf("tok %s\n", TOK_VERSION);
-		return EXIT_OK;
-	}
+	int status = opt_start(opts, argc, argv, usage, about, TOK_VERSION, &r);
+	if (status >= 0)
+		return status;
 	if (r.nargs > 1)
 		msg_die(EXIT_USAGE, "one input file at most (got %d; try --help)", r.nargs);
 	const char *color = opt_str(&r, "color", "auto");
@@ -330,10 +310,7 @@ int main(int argc, char **argv)
 	s.color = !strcmp(color, "always") ||
 		  (!strcmp(color, "auto") && !strcmp(s.output, "-") && isatty(1) && getenv("NO_COLOR") == NULL);
 
-	struct sigaction sa = {.sa_handler = on_signal};
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	signal(SIGPIPE, SIG_IGN);
+	msg_catch_signals();
 
 	if (input_is_stream(s.input))
 		show_stream(&s);

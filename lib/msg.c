@@ -117,3 +117,22 @@ _Noreturn void msg_die_err(const struct err *err)
 {
 	msg_die(err->code ? err->code : EXIT_USAGE, "%s", err->msg);
 }
+
+void msg_die_if(int failed, const struct err *err)
+{
+	if (failed)
+		msg_die_err(err);
+}
+
+volatile sig_atomic_t msg_interrupted;
+
+static void on_signal(int sig) { msg_interrupted = sig; }
+
+void msg_catch_signals(void)
+{
+	struct sigaction sa = {.sa_handler = on_signal};
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+}

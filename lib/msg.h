@@ -11,6 +11,7 @@
 #ifndef LORAPIPE_MSG_H
 #define LORAPIPE_MSG_H
 
+#include <signal.h>
 #include <stdarg.h>
 
 /* Exit statuses shared by every tool. */
@@ -51,5 +52,13 @@ _Noreturn void msg_die_err(const struct err *err);
 _Noreturn void msg_die(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* One cleanup hook run before msg_die exits (outfile uses it to remove temporaries). */
 void msg_atexit(void (*fn)(void));
+/* msg_die_err(err) when failed is true: the one-line check after a lib call. */
+void msg_die_if(int failed, const struct err *err);
+
+/* SIGINT and SIGTERM set msg_interrupted (the signal's number) instead of
+ * killing the tool, so it can stop between records, remove its partial output
+ * and exit 130; SIGPIPE is ignored so a closed pipe is a write error. */
+extern volatile sig_atomic_t msg_interrupted;
+void msg_catch_signals(void);
 
 #endif

@@ -468,3 +468,30 @@ void opt_man(const struct opt *table, FILE *f)
 		fputc('\n', f);
 	}
 }
+
+static int opt_in_table(const struct opt *table, const char *name)
+{
+	for (const struct opt *o = table; o->name; o++)
+		if (!strcmp(o->name, name))
+			return 1;
+	return 0;
+}
+
+int opt_start(const struct opt *table, int argc, char **argv, const char *usage, const char *about,
+	      const char *version, struct opt_result *r)
+{
+	struct err err = {0};
+	if (opt_parse(table, argc, argv, r, &err) < 0) {
+		msg_error("%s (try --help)", err.msg);
+		return EXIT_USAGE;
+	}
+	if (opt_in_table(table, "help") && opt_flag(r, "help"))
+		opt_help(table, usage, about, stdout);
+	else if (opt_in_table(table, "help-man") && opt_flag(r, "help-man"))
+		opt_man(table, stdout);
+	else if (opt_in_table(table, "version") && opt_flag(r, "version"))
+		printf("%s %s\n", msg_prog(), version);
+	else
+		return -1;
+	return fflush(stdout) == 0 ? EXIT_OK : EXIT_RUNTIME;
+}

@@ -89,4 +89,11 @@ void opt_help(const struct opt *table, const char *usage, const char *about, FIL
  * (a tool prints it for a hidden --help-man; tests check man/ against it). */
 void opt_man(const struct opt *table, FILE *f);
 
+/* The start every tool shares: parses argv into r and answers --help,
+ * --help-man and --version (those the table has) on standard output; a parse
+ * error is printed with a hint to try --help. Returns -1 when the tool goes
+ * on, else the status it should exit with. */
+int opt_start(const struct opt *table, int argc, char **argv, const char *usage, const char *about,
+	      const char *version, struct opt_result *r);
+
 #endif

