@@ -6,7 +6,6 @@
  * Only wiring lives here: input forms, validation, rendering and spans in
  * lib/chat, the Jinja engine in lib/template.
  */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,14 +52,6 @@ static const char about[] =
 	"turn and its end-of-turn marker, found from where every rendered byte came from. Other keys\n"
 	"of the input pass through. Exit status: 0 done, 1 runtime failure, 2 bad usage or bad input.";
 
-static volatile sig_atomic_t interrupted;
-static void on_signal(int sig) { interrupted = sig; }
-
-static void die_if(int failed, const struct err *err)
-{
-	if (failed)
-		msg_die_err(err);
-}
 
 int main(int argc, char **argv)
 {
@@ -68,22 +59,9 @@ int main(int argc, char **argv)
 	msg_atexit(outfile_abort_all);
 	struct err err = {0};
 	struct opt_result r;
-	if (opt_parse(opts, argc, argv, &r, &err) < 0) {
-		msg_error("%s (try --help)", err.msg);
-		return EXIT_USAGE;
-	}
-	if (opt_flag(&r, "help")) {
-		opt_help(opts, usage, about, stdout);
-		return fflush(stdout) == 0 ? EXIT_OK : EXIT_RUNTIME;
-	}
-	if (opt_flag(&r, "help-man")) {
-		opt_man(opts, stdout);
-		return fflush(stdout) == 0 ? EXIT_OK : EXIT_RUNTIME;
-	}
-	if (opt_flag(&r, "version")) {
-		printf("ds-fmt %s\n", DSFMT_VERSION);
-		return EXIT_OK;
-	}
+	int status = opt_start(opts, argc, argv, usage, about, DSFMT_VERSION, &r);
+	if (status >= 0)
+		return status;
 	if (r.nargs > 1)
 		msg_die(EXIT_USAGE, "one input file at most (got %d; try --help)", r.nargs);
 	const char *model = opt_str(&r, "model", NULL);
@@ -104,35 +82,32 @@ int main(int argc, char **argv)
 	};
 	for (int i = 0; opt_str_at(&r, "var", i); i++) {
 		o.vars = chat_var_add(o.vars, opt_str_at(&r, "var", i), &err);
-		die_if(!jv_is_valid(o.vars), &err);
+		msg_die_if(!jv_is_valid(o.vars), &err);
 	}
 	if (opt_str(&r, "tools", NULL)) {
 		o.tools = chat_tools_load(opt_str(&r, "tools", NULL), &err);
-		die_if(!jv_is_valid(o.tools), &err);
+		msg_die_if(!jv_is_valid(o.tools), &err);
 	}
 	struct chat_jq *jq = NULL;
 	if (opt_str(&r, "jq", NULL)) {
 		jq = chat_jq_new(opt_str(&r, "jq", NULL), &err);
-		die_if(!jq, &err);
+		msg_die_if(!jq, &err);
 	}
 	struct chat_model *m = chat_model_load(model, opt_str(&r, "template", NULL), &err);
-	die_if(!m, &err);
+	msg_die_if(!m, &err);
 	struct jsonl_reader *in = jsonl_open(input, &err);
-	die_if(!in, &err);
+	msg_die_if(!in, &err);
 	struct outfile *out = outfile_open(opt_str(&r, "output", "-"), 0, &err);
-	die_if(!out, &err);
+	msg_die_if(!out, &err);
 
-	struct sigaction sa = {.sa_handler = on_signal};
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	signal(SIGPIPE, SIG_IGN);
+	msg_catch_signals();
 
 	struct progress prog;
 	progress_start(&prog, "records", 0, opt_flag(&r, "quiet") ? -1 : opt_flag(&r, "progress") ? 1 : 0);
 	unsigned long long done = 0, bad = 0;
 	jv rec;
 	int rc;
-	while (!interrupted && (rc = jsonl_next(in, &rec, &err)) != 0) {
+	while (!msg_interrupted && (rc = jsonl_next(in, &rec, &err)) != 0) {
 		jv recs = rc > 0 ? (jq ? chat_jq_run(jq, rec, &err) : JV_ARRAY(rec)) : jv_invalid();
 		if (rc > 0 && !jv_is_valid(recs))
 			rc = jsonl_errf(in, &err, "%s", err.msg);
@@ -154,12 +129,12 @@ int main(int argc, char **argv)
 		jv_free(recs);
 		if (rc > 0) {
 			jv_array_foreach(results, i, res) {
-				die_if(jsonl_write(out->f, res, &err) < 0, &err);
+				msg_die_if(jsonl_write(out->f, res, &err) < 0, &err);
 				(void)i;
 			}
 		}
 		jv_free(results);
-		if (rc < 0 && interrupted)
+		if (rc < 0 && msg_interrupted)
 			break;
 		if (rc < 0) {
 			if (!skip_bad)
@@ -171,10 +146,10 @@ int main(int argc, char **argv)
 		progress_update(&prog, ++done, 0);
 	}
 	progress_end(&prog);
-	if (interrupted)
+	if (msg_interrupted)
 		msg_die(130, "interrupted: no output written");
 	jsonl_close(in);
-	die_if(outfile_commit(out, &err) < 0, &err);
+	msg_die_if(outfile_commit(out, &err) < 0, &err);
 	if (bad)
 		msg_warn("%llu bad records were skipped", bad);
 	chat_model_free(m);

@@ -251,20 +251,144 @@ int jsonl_next(struct jsonl_reader *r, jv *out, struct err *err)
 	}
 }
 
+/* The writer: a record is serialized straight into a reused buffer, the same
+ * bytes jq 1.6's jv_dump_string(v, 0) gives (compact, keys in their order,
+ * UTF-8 kept rather than \u escapes, so byte offsets into text stay
+ * meaningful) at several times its speed, as it builds no jv strings. */
+struct obuf {
+	char *p;
+	size_t n, cap;
+	int oom;
+};
+
+static int ob_reserve(struct obuf *b, size_t more)
+{
+	if (b->n + more <= b->cap)
+		return 0;
+	size_t cap = b->cap ? b->cap : 1 << 16;
+	while (cap < b->n + more)
+		cap *= 2;
+	char *p = realloc(b->p, cap);
+	if (!p) {
+		b->oom = 1;
+		b->n = 0; /* keep going harmlessly; the caller reports it */
+		return -1;
+	}
+	b->p = p, b->cap = cap;
+	return 0;
+}
+
+static void ob_put(struct obuf *b, const char *s, size_t n)
+{
+	if (ob_reserve(b, n) < 0)
+		return;
+	memcpy(b->p + b->n, s, n);
+	b->n += n;
+}
+
+/* jq's string escaping: " and \ escaped, \b \t \r \n \f, other controls
+ * and DEL as \u00xx; everything else (UTF-8, valid in a jv string) as it is. */
+static void ob_string(struct obuf *b, const char *s, size_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+	ob_put(b, "\"", 1);
+	size_t i = 0;
+	while (i < n) {
+		size_t j = i;
+		while (j < n) {
+			unsigned char c = (unsigned char)s[j];
+			if (c < 0x20 || c == '"' || c == '\\' || c == 0x7f)
+				break;
+			j++;
+		}
+		ob_put(b, s + i, j - i);
+		if (j == n)
+			break;
+		unsigned char c = (unsigned char)s[j];
+		char e[6] = {'\\', 0};
+		size_t en = 2;
+		switch (c) {
+		case '"': e[1] = '"'; break;
+		case '\\': e[1] = '\\'; break;
+		case '\b': e[1] = 'b'; break;
+		case '\t': e[1] = 't'; break;
+		case '\r': e[1] = 'r'; break;
+		case '\n': e[1] = 'n'; break;
+		case '\f': e[1] = 'f'; break;
+		default:
+			e[1] = 'u', e[2] = '0', e[3] = '0', e[4] = hex[c >> 4], e[5] = hex[c & 15], en = 6;
+		}
+		ob_put(b, e, en);
+		i = j + 1;
+	}
+	ob_put(b, "\"", 1);
+}
+
+/* Consumes v. */
+static void ob_json(struct obuf *b, jv v)
+{
+	switch (jv_get_kind(v)) {
+	case JV_KIND_STRING:
+		ob_string(b, jv_string_value(v), (size_t)jv_string_length_bytes(jv_copy(v)));
+		break;
+	case JV_KIND_ARRAY:
+		ob_put(b, "[", 1);
+		jv_array_foreach(v, i, x) {
+			if (i)
+				ob_put(b, ",", 1);
+			ob_json(b, x);
+		}
+		ob_put(b, "]", 1);
+		break;
+	case JV_KIND_OBJECT: {
+		int first = 1;
+		ob_put(b, "{", 1);
+		jv_object_foreach(v, k, x) {
+			if (!first)
+				ob_put(b, ",", 1);
+			first = 0;
+			ob_string(b, jv_string_value(k), (size_t)jv_string_length_bytes(jv_copy(k)));
+			ob_put(b, ":", 1);
+			ob_json(b, x);
+			jv_free(k);
+		}
+		ob_put(b, "}", 1);
+		break;
+	}
+	case JV_KIND_NULL: ob_put(b, "null", 4); break;
+	case JV_KIND_TRUE: ob_put(b, "true", 4); break;
+	case JV_KIND_FALSE: ob_put(b, "false", 5); break;
+	default: {
+		double d = jv_get_kind(v) == JV_KIND_NUMBER ? jv_number_value(v) : 0;
+		if (d >= 1 && d < 1e9 && d == (double)(long)d) { /* span offsets: plain digits */
+			char t[16];
+			int k = snprintf(t, sizeof t, "%ld", (long)d);
+			ob_put(b, t, (size_t)k);
+			break;
+		}
+		/* anything else as jq prints it */
+		jv s = jv_dump_string(jv_copy(v), 0);
+		ob_put(b, jv_string_value(s), (size_t)jv_string_length_bytes(jv_copy(s)));
+		jv_free(s);
+	}
+	}
+	jv_free(v);
+}
+
 int jsonl_write(FILE *f, jv v, struct err *err)
 {
 	if (!jv_is_valid(v)) {
 		jv_free(v);
 		return err_set(err, "cannot write an invalid JSON value");
 	}
-	/* flags 0: compact, keys in their order, and no JV_PRINT_ASCII, so text
-	 * stays UTF-8 rather than \u escapes (byte offsets into it stay meaningful). */
-	jv s = jv_dump_string(v, 0);
-	const char *p = jv_string_value(s);
-	size_t n = (size_t)jv_string_length_bytes(jv_copy(s));
-	int ok = fwrite(p, 1, n, f) == n && putc('\n', f) != EOF;
-	jv_free(s);
-	if (!ok)
+	static _Thread_local struct obuf b;
+	b.n = 0;
+	b.oom = 0;
+	ob_json(&b, v);
+	ob_put(&b, "\n", 1);
+	if (b.oom)
+		return err_sys(err, "out of memory");
+	if (fwrite(b.p, 1, b.n, f) != b.n)
 		return err_sys(err, "write error:");
 	return 0;
 }

@@ -2498,17 +2498,16 @@ static struct tp_val messages_from_jv(struct rt *r, jv msgs, struct tp_org listo
 		}
 		struct tp_val d = tp_mk_dict(&r->a);
 		d.o = mo;
-		jv keys = jv_keys_unsorted(jv_copy(m));
-		int nk = jv_array_length(jv_copy(keys));
-		for (int k = 0; k < nk; k++) {
-			jv key = jv_array_get(jv_copy(keys), k);
+		tp_dict_reserve(&r->a, d.u.d, (uint32_t)jv_object_length(jv_copy(m)));
+		for (int it = jv_object_iter(m); jv_object_iter_valid(m, it); it = jv_object_iter_next(m, it)) {
+			jv key = jv_object_iter_key(m, it);
 			const char *ks = jv_string_value(key);
 			struct tp_org o = { i, (uint8_t)origin_of_key(ks), NULL };
 			struct tp_val kv = tp_mk_str(tp_str_lit(&r->a, ks, (size_t)jv_string_length_bytes(jv_copy(key)), mo));
-			struct tp_val vv = tp_from_jv(&r->a, jv_object_get(jv_copy(m), key), o);
-			tp_dict_set(&r->a, d.u.d, kv, vv);
+			jv_free(key);
+			struct tp_val vv = tp_from_jv(&r->a, jv_object_iter_value(m, it), o);
+			tp_dict_push(&r->a, d.u.d, kv, vv);
 		}
-		jv_free(keys);
 		jv_free(m);
 		l.u.l->v[i] = d;
 	}
@@ -2542,18 +2541,20 @@ int tmpl_render(const struct tmpl *t, jv ctx, const struct tmpl_limits *lim, str
 	struct tp_sb main_out = { 0 };
 	if (setjmp(jb) == 0) {
 		r.root = frame_new(&r, NULL);
-		jv keys = jv_keys_unsorted(jv_copy(ctx));
-		int nk = jv_array_length(jv_copy(keys));
+		int nk = jv_object_length(jv_copy(ctx));
 		struct tp_val *vals = tp_alloc(&r.a, ((size_t)nk + 1) * sizeof *vals);
 		const char **names = tp_alloc(&r.a, ((size_t)nk + 1) * sizeof *names);
-		for (int k = 0; k < nk; k++) {
-			jv key = jv_array_get(jv_copy(keys), k);
+		int k = 0;
+		for (int it = jv_object_iter(ctx); k < nk && jv_object_iter_valid(ctx, it);
+		     it = jv_object_iter_next(ctx, it), k++) {
+			jv key = jv_object_iter_key(ctx, it);
 			names[k] = tp_strndup(&r.a, jv_string_value(key), strlen(jv_string_value(key)));
-			jv val = jv_object_get(jv_copy(ctx), key);
+			jv_free(key);
+			jv val = jv_object_iter_value(ctx, it);
 			struct tp_org o = { -1, TMPL_INPUT, names[k] };
 			vals[k] = !strcmp(names[k], "messages") ? messages_from_jv(&r, val, o) : tp_from_jv(&r.a, val, o);
 		}
-		jv_free(keys);
+		nk = k;
 		jv_free(ctx);
 		ctx = jv_null();
 		for (int k = 0; k < nk; k++)

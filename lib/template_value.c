@@ -30,7 +30,22 @@ _Noreturn void tp_fail(struct tp_arena *a, int code, const char *fmt, ...)
 	longjmp(*a->fail, 1);
 }
 
+/* Standard blocks freed by one render are kept for the next (a few only):
+ * a render per record would otherwise malloc and free them every time. */
+static _Thread_local struct tp_block *spare;
+static _Thread_local int nspare;
+
+/* tp_alloc without the zeroing, for bytes about to be written. */
+static void *alloc_raw(struct tp_arena *a, size_t n);
+
 void *tp_alloc(struct tp_arena *a, size_t n)
+{
+	void *p = alloc_raw(a, n);
+	memset(p, 0, (n + 15) & ~(size_t)15);
+	return p;
+}
+
+static void *alloc_raw(struct tp_arena *a, size_t n)
 {
 	n = (n + 15) & ~(size_t)15;
 	if (n == 0)
@@ -40,7 +55,13 @@ void *tp_alloc(struct tp_arena *a, size_t n)
 	struct tp_block *b = a->head;
 	if (!b || b->size - b->used < n) {
 		size_t size = n > 65536 ? n : 65536;
-		b = malloc(sizeof *b + size);
+		if (size == 65536 && spare) {
+			b = spare;
+			spare = b->next;
+			nspare--;
+		} else {
+			b = malloc(sizeof *b + size);
+		}
 		if (!b)
 			tp_fail(a, EXIT_RUNTIME, "out of memory");
 		b->size = size;
@@ -58,7 +79,6 @@ void *tp_alloc(struct tp_arena *a, size_t n)
 	void *p = b->data + b->used;
 	b->used += n;
 	a->used += n;
-	memset(p, 0, n);
 	return p;
 }
 
@@ -83,7 +103,13 @@ void tp_arena_free(struct tp_arena *a)
 	struct tp_block *b = a->head;
 	while (b) {
 		struct tp_block *n = b->next;
-		free(b);
+		if (b->size == 65536 && nspare < 16) {
+			b->next = spare;
+			spare = b;
+			nspare++;
+		} else {
+			free(b);
+		}
 		b = n;
 	}
 	a->head = NULL;
@@ -172,9 +198,23 @@ struct tp_str tp_sb_done(struct tp_sb *b)
 
 struct tp_str tp_str_lit(struct tp_arena *a, const char *s, size_t n, struct tp_org o)
 {
-	struct tp_sb b = { 0 };
-	tp_sb_put(a, &b, s, n, o);
-	return tp_sb_done(&b);
+	/* What a tp_sb given s would hold: the bytes and one run (none when
+	 * empty), in one block sized to fit. */
+	struct tp_str r = { "", 0, 0, NULL };
+	if (n == 0)
+		return r;
+	if (n > UINT32_MAX - 16)
+		tp_fail(a, EXIT_USAGE, "string longer than 4 GiB");
+	size_t off = ((n + 1) + 15) & ~(size_t)15;
+	char *p = alloc_raw(a, off + sizeof(struct tp_orun));
+	memcpy(p, s, n);
+	p[n] = 0;
+	struct tp_orun *run = (struct tp_orun *)(p + off);
+	memset(run, 0, sizeof *run);
+	run->end = (uint32_t)n;
+	run->o = o;
+	r.s = p, r.len = (uint32_t)n, r.nruns = 1, r.runs = run;
+	return r;
 }
 
 struct tp_org tp_str_org(struct tp_str s, uint32_t i)
@@ -234,6 +274,15 @@ struct tp_val *tp_dict_gets(const struct tp_dict *d, const char *k, size_t n)
 	return NULL;
 }
 
+void tp_dict_reserve(struct tp_arena *a, struct tp_dict *d, uint32_t n)
+{
+	if (n <= d->cap)
+		return;
+	d->k = tp_realloc(a, d->k, d->n * sizeof *d->k, n * sizeof *d->k);
+	d->v = tp_realloc(a, d->v, d->n * sizeof *d->v, n * sizeof *d->v);
+	d->cap = n;
+}
+
 void tp_dict_set(struct tp_arena *a, struct tp_dict *d, struct tp_val k, struct tp_val v)
 {
 	struct tp_val *p = tp_dict_get(d, k);
@@ -241,6 +290,11 @@ void tp_dict_set(struct tp_arena *a, struct tp_dict *d, struct tp_val k, struct 
 		*p = v;
 		return;
 	}
+	tp_dict_push(a, d, k, v);
+}
+
+void tp_dict_push(struct tp_arena *a, struct tp_dict *d, struct tp_val k, struct tp_val v)
+{
 	if (d->n == d->cap) {
 		uint32_t cap = d->cap ? d->cap * 2 : 4;
 		d->k = tp_realloc(a, d->k, d->n * sizeof *d->k, cap * sizeof *d->k);
@@ -743,18 +797,17 @@ struct tp_val tp_from_jv(struct tp_arena *a, jv v, struct tp_org o)
 	}
 	case JV_KIND_OBJECT: {
 		r = tp_mk_dict(a);
-		/* jv_keys_unsorted gives the keys in the order they were
-		 * inserted, which is the document's: json.loads keeps that too. */
-		jv keys = jv_keys_unsorted(jv_copy(v));
-		int n = jv_array_length(jv_copy(keys));
-		for (int i = 0; i < n; i++) {
-			jv k = jv_array_get(jv_copy(keys), i);
+		tp_dict_reserve(a, r.u.d, (uint32_t)jv_object_length(jv_copy(v)));
+		/* jv's iteration order is insertion order, which is the
+		 * document's: json.loads keeps that too. */
+		for (int it = jv_object_iter(v); jv_object_iter_valid(v, it); it = jv_object_iter_next(v, it)) {
+			jv k = jv_object_iter_key(v, it);
 			struct tp_val kv = tp_mk_str(tp_str_lit(a, jv_string_value(k), (size_t)jv_string_length_bytes(jv_copy(k)), o));
 			kv.o = o;
-			struct tp_val vv = tp_from_jv(a, jv_object_get(jv_copy(v), k), o);
-			tp_dict_set(a, r.u.d, kv, vv);
+			jv_free(k);
+			struct tp_val vv = tp_from_jv(a, jv_object_iter_value(v, it), o);
+			tp_dict_push(a, r.u.d, kv, vv);
 		}
-		jv_free(keys);
 		break;
 	}
 	default: break;

@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -282,6 +283,78 @@ static void test_write_error(void)
 	fclose(f);
 }
 
+/* A random JSON value: every ASCII byte and multi-byte UTF-8 in strings,
+ * whole and fractional numbers, nesting. */
+static jv random_value(int depth)
+{
+	static const char *utf8[] = {"\xd0\x9f", "\xe4\xb8\xad", "\xf0\x9f\x99\x82", "\xe2\x96\x81"};
+	int kind = rand() % (depth > 3 ? 5 : 7);
+	switch (kind) {
+	case 0: return jv_null();
+	case 1: return rand() % 2 ? jv_true() : jv_false();
+	case 2: {
+		static const double nums[] = {0, 1, -1, 7, 42, 1e9, 1e9 - 1, 123456789012.0, 0.5, -2.25, 1e-7, 3e300};
+		return jv_number(rand() % 3 ? nums[rand() % 12] : (double)(rand() % 100000));
+	}
+	case 3:
+	case 4: {
+		char buf[64];
+		size_t n = 0;
+		int len = rand() % 12;
+		for (int i = 0; i < len; i++) {
+			if (rand() % 4 == 0) {
+				const char *u = utf8[rand() % 4];
+				memcpy(buf + n, u, strlen(u));
+				n += strlen(u);
+			} else {
+				buf[n++] = (char)(1 + rand() % 127);
+			}
+		}
+		return jv_string_sized(buf, (int)n);
+	}
+	case 5: {
+		jv a = jv_array();
+		for (int i = rand() % 4; i > 0; i--)
+			a = jv_array_append(a, random_value(depth + 1));
+		return a;
+	}
+	default: {
+		jv o = jv_object();
+		for (int i = rand() % 4; i > 0; i--) {
+			jv k = random_value(4);
+			if (jv_get_kind(k) != JV_KIND_STRING) {
+				jv_free(k);
+				k = jv_string("k");
+			}
+			o = jv_object_set(o, k, random_value(depth + 1));
+		}
+		return o;
+	}
+	}
+}
+
+/* jsonl_write writes what jq's own printer writes, byte for byte. */
+static void test_write_matches_jq(void)
+{
+	unsigned seed = (unsigned)time(NULL);
+	srand(seed);
+	for (int i = 0; i < 3000 && !check_case_failed; i++) {
+		jv v = random_value(0);
+		jv want = jv_dump_string(jv_copy(v), 0);
+		char *got = NULL;
+		size_t n = 0;
+		FILE *f = open_memstream(&got, &n);
+		struct err err = {0};
+		int rc = jsonl_write(f, v, &err);
+		fclose(f);
+		size_t wn = (size_t)jv_string_length_bytes(jv_copy(want));
+		CHECK(rc == 0 && n == wn + 1 && !memcmp(got, jv_string_value(want), wn) && got[wn] == '\n',
+		      "seed %u value %d: wrote '%.*s', jq writes '%s'", seed, i, (int)n, got, jv_string_value(want));
+		jv_free(want);
+		free(got);
+	}
+}
+
 int main(void)
 {
 	if (!mkdtemp(dir)) {
@@ -297,6 +370,7 @@ int main(void)
 	RUN(test_stdin_name_and_errf);
 	RUN(test_empty_inputs);
 	RUN(test_write);
+	RUN(test_write_matches_jq);
 	if (access("/dev/full", W_OK) == 0)
 		RUN(test_write_error);
 	else
