@@ -82,7 +82,7 @@ build/liblorapipe.a: $(LIB_OBJ)
 bin/%: bin/%.c build/liblorapipe.a
 	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< build/liblorapipe.a $(LDFLAGS) $(LDLIBS)
 
-build/tests/%: tests/unit/%.c tests/unit/check.h build/liblorapipe.a
+build/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h tests/unit/*.inc) build/liblorapipe.a
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Itests/unit $(CFLAGS) -o $@ $< build/liblorapipe.a $(LDFLAGS) $(LDLIBS)
 
@@ -95,7 +95,7 @@ build/asan/liblorapipe.a: $(ASAN_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-build/asan/tests/%: tests/unit/%.c tests/unit/check.h build/asan/liblorapipe.a
+build/asan/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h tests/unit/*.inc) build/asan/liblorapipe.a
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Itests/unit $(CFLAGS) $(ASAN_FLAGS) -O1 -o $@ $< build/asan/liblorapipe.a $(LDFLAGS) $(LDLIBS)
 
@@ -109,7 +109,7 @@ build/fuzz/liblorapipe.a: $(LIB_SRC:lib/%.c=build/fuzz/lib/%.o)
 	@rm -f $@
 	ar rcs $@ $^
 
-build/fuzz/%: tests/fuzz/%.c build/fuzz/liblorapipe.a
+build/fuzz/%: tests/fuzz/%.c $(wildcard tests/unit/*.h) build/fuzz/liblorapipe.a
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(CPPFLAGS) $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< build/fuzz/liblorapipe.a $(LDFLAGS) $(LDLIBS)
 

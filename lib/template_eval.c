@@ -62,12 +62,9 @@ struct rt {
 _Noreturn static void rt_err(struct rt *r, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void rt_err(struct rt *r, int line, const char *fmt, ...)
 {
-	char buf[900];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(buf, sizeof buf, fmt, ap);
-	va_end(ap);
-	tp_fail(&r->a, EXIT_USAGE, "%s:%d: %s", r->t->name, line, buf);
+	tp_fail_at(&r->a, r->t->name, line, fmt, ap);
 }
 
 static void step(struct rt *r, int line)

@@ -14,6 +14,7 @@
 #define LORAPIPE_TEMPLATE_IMPL_H
 
 #include <setjmp.h>
+#include <stdarg.h>
 #include <stdint.h>
 
 #include "template.h"
@@ -30,6 +31,8 @@ void *tp_realloc(struct tp_arena *a, void *p, size_t old, size_t n);
 char *tp_strndup(struct tp_arena *a, const char *s, size_t n);
 void tp_arena_free(struct tp_arena *a);
 _Noreturn void tp_fail(struct tp_arena *a, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* tp_fail with the template's position in front: "NAME:LINE: message". */
+_Noreturn void tp_fail_at(struct tp_arena *a, const char *name, int line, const char *fmt, va_list ap);
 
 /* ---- strings with origins ---- */
 struct tp_org {

@@ -34,12 +34,9 @@ struct parser {
 _Noreturn static void perr(struct parser *p, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void perr(struct parser *p, int line, const char *fmt, ...)
 {
-	char buf[900];
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(buf, sizeof buf, fmt, ap);
-	va_end(ap);
-	tp_fail(p->a, EXIT_USAGE, "%s:%d: %s", p->t->name, line, buf);
+	tp_fail_at(p->a, p->t->name, line, fmt, ap);
 }
 
 static struct tok *push(struct parser *p, int kind, int line)

@@ -30,6 +30,13 @@ _Noreturn void tp_fail(struct tp_arena *a, int code, const char *fmt, ...)
 	longjmp(*a->fail, 1);
 }
 
+_Noreturn void tp_fail_at(struct tp_arena *a, const char *name, int line, const char *fmt, va_list ap)
+{
+	char buf[900];
+	vsnprintf(buf, sizeof buf, fmt, ap);
+	tp_fail(a, EXIT_USAGE, "%s:%d: %s", name, line, buf);
+}
+
 /* Standard blocks freed by one render are kept for the next (a few only):
  * a render per record would otherwise malloc and free them every time. */
 static _Thread_local struct tp_block *spare;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "tokjson.h"
 #include "tokenizer.h"
 
 /* ---- helpers ---- */
@@ -18,44 +19,6 @@ static struct tokenizer *load(const char *json, struct err *err)
 	return tokenizer_from_json(json, strlen(json), "test", err);
 }
 
-/* Appends s to a growing buffer. */
-struct buf {
-	char *p;
-	size_t n, cap;
-};
-
-static void put(struct buf *b, const char *s)
-{
-	size_t k = strlen(s);
-	if (b->n + k + 1 > b->cap) {
-		b->cap = (b->n + k + 1) * 2;
-		b->p = realloc(b->p, b->cap);
-	}
-	memcpy(b->p + b->n, s, k + 1);
-	b->n += k;
-}
-
-/* The GPT-2 byte-level form of byte b, as UTF-8. */
-static void byte_char(int b, char out[4])
-{
-	int printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-	int cp = b;
-	if (!printable) {
-		int n = 0;
-		for (int k = 0; k < b; k++)
-			if (!((k >= 0x21 && k <= 0x7E) || (k >= 0xA1 && k <= 0xAC) || (k >= 0xAE && k <= 0xFF)))
-				n++;
-		cp = 0x100 + n;
-	}
-	if (cp < 0x80) {
-		out[0] = (char)cp;
-		out[1] = 0;
-	} else {
-		out[0] = (char)(0xC0 | cp >> 6);
-		out[1] = (char)(0x80 | (cp & 0x3F));
-		out[2] = 0;
-	}
-}
 
 /* A byte-level BPE tokenizer: ids 0..255 are the bytes, then `extra` tokens
  * (byte-level strings, JSON-escaped) with ids 256..; merges as given (a JSON
