@@ -596,13 +596,12 @@ static int load_folder(struct chat_model *m, const char *dir, int want_template,
 	char path[4096];
 	size_t len;
 	snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-	char *text = read_file(path, &len, err);
 	jv cfg = jv_object();
-	int have_cfg = text != NULL;
-	if (text) {
+	int have_cfg = access(path, F_OK) == 0;
+	if (have_cfg) {
 		jv_free(cfg);
-		cfg = parse_json(text, len);
-		free(text);
+		if (jsonl_load(path, CHAT_MAX_FILE, &cfg, err) < 0)
+			return -1;
 		if (jv_get_kind(cfg) != JV_KIND_OBJECT) {
 			jv_free(cfg);
 			return err_set(err, "%s: not a JSON object", path);
@@ -1240,12 +1239,9 @@ jv chat_var_add(jv vars, const char *arg, struct err *err)
 
 jv chat_tools_load(const char *path, struct err *err)
 {
-	size_t len;
-	char *text = read_file(path, &len, err);
-	if (!text)
+	jv v;
+	if (jsonl_load(path, CHAT_MAX_FILE, &v, err) < 0)
 		return jv_invalid();
-	jv v = parse_json(text, len);
-	free(text);
 	if (jv_get_kind(v) != JV_KIND_ARRAY) {
 		jv_free(v);
 		return err_set(err, "--tools %s: expected a JSON array of tools", path), jv_invalid();

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 struct jsonl_reader {
 	FILE *f;
@@ -373,6 +374,55 @@ static void ob_json(struct obuf *b, jv v)
 	}
 	}
 	jv_free(v);
+}
+
+int jsonl_parse(const char *s, size_t n, const char *name, jv *out, struct err *err)
+{
+	if (n > INT_MAX)
+		return err_set(err, "%s: bad JSON: more than %d bytes", name, INT_MAX);
+	const char *why;
+	long at = jsonl_unsafe_at(s, n, &why);
+	if (at >= 0)
+		return err_set(err, "%s: bad JSON: %s at byte %ld", name, why, at);
+	jv v = jv_parse_sized(s, (int)n);
+	if (!jv_is_valid(v)) {
+		jv msg = jv_invalid_get_msg(v);
+		err_set(err, "%s: bad JSON: %s", name,
+			jv_get_kind(msg) == JV_KIND_STRING ? jv_string_value(msg) : "parse error");
+		jv_free(msg);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+int jsonl_load(const char *path, size_t max, jv *out, struct err *err)
+{
+	if (!max)
+		max = (size_t)1 << 30;
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return err_set(err, "%s: cannot open: %s", path, strerror(errno));
+	struct stat st;
+	if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size > max) {
+		fclose(f);
+		return err_set(err, "%s: not a regular file of at most %zu bytes", path, max);
+	}
+	char *buf = malloc((size_t)st.st_size + 1);
+	if (!buf) {
+		fclose(f);
+		return err_sys(err, "out of memory");
+	}
+	size_t n = fread(buf, 1, (size_t)st.st_size, f);
+	int bad = ferror(f);
+	fclose(f);
+	if (bad) {
+		free(buf);
+		return err_sys(err, "%s: read error:", path);
+	}
+	int rc = jsonl_parse(buf, n, path, out, err);
+	free(buf);
+	return rc;
 }
 
 int jsonl_write(FILE *f, jv v, struct err *err)

@@ -47,6 +47,14 @@ int jsonl_errf(const struct jsonl_reader *r, struct err *err, const char *fmt, .
  * project parses goes through it first. */
 long jsonl_unsafe_at(const char *s, size_t n, const char **why);
 
+/* Parses one whole JSON text (a config file, a header): jsonl_unsafe_at first,
+ * then jq. Returns 0 with *out a new reference, or -1 with err
+ * "NAME: bad JSON: why". */
+int jsonl_parse(const char *s, size_t n, const char *name, jv *out, struct err *err);
+/* Reads and parses a whole JSON file of at most max bytes (0: 1 GiB). Errors
+ * name the path: "PATH: cannot open: ...", "PATH: bad JSON: ...". */
+int jsonl_load(const char *path, size_t max, jv *out, struct err *err);
+
 /* Writes v (consumed) as one compact line, text kept as UTF-8 (no \u escapes),
  * keys in their order. Returns 0, or -1 with err "write error: <errno>" (the
  * caller adds the file name) or, for an invalid v, "cannot write an invalid

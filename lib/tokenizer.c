@@ -1397,69 +1397,12 @@ fail:
 	return NULL;
 }
 
-/* Parses a whole JSON file; the checks jq leaves out come first. */
-static int parse_json(const char *json, size_t len, const char *name, jv *out, struct err *err)
-{
-	if (len > INT32_MAX)
-		return err_set(err, "%s: file too large", name);
-	const char *why;
-	long at = jsonl_unsafe_at(json, len, &why);
-	if (at >= 0)
-		return err_set(err, "%s: bad JSON: %s at byte %ld", name, why, at);
-	jv v = jv_parse_sized(json, (int)len);
-	if (!jv_is_valid(v)) {
-		jv msg = jv_invalid_get_msg(v);
-		err_set(err, "%s: bad JSON: %s", name,
-			jv_get_kind(msg) == JV_KIND_STRING ? jv_string_value(msg) : "parse error");
-		jv_free(msg);
-		return -1;
-	}
-	*out = v;
-	return 0;
-}
-
 struct tokenizer *tokenizer_from_json(const char *json, size_t len, const char *name, struct err *err)
 {
 	jv v;
-	if (parse_json(json, len, name, &v, err) < 0)
+	if (jsonl_parse(json, len, name, &v, err) < 0)
 		return NULL;
 	return tokenizer_from_jv(v, name, err);
-}
-
-static int read_file(const char *path, char **buf, size_t *len, struct err *err)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return err_sys(err, "%s:", path);
-	size_t cap = 1 << 16, n = 0;
-	char *b = malloc(cap);
-	while (b) {
-		if (n == cap) {
-			char *nb = realloc(b, cap * 2);
-			if (!nb) {
-				free(b);
-				b = NULL;
-				break;
-			}
-			b = nb;
-			cap *= 2;
-		}
-		size_t k = fread(b + n, 1, cap - n, f);
-		n += k;
-		if (k == 0)
-			break;
-	}
-	int bad = ferror(f);
-	fclose(f);
-	if (!b)
-		return err_sys(err, "out of memory");
-	if (bad) {
-		free(b);
-		return err_sys(err, "%s: read error", path);
-	}
-	*buf = b;
-	*len = n;
-	return 0;
 }
 
 static int ends_with(const char *s, const char *suf)
@@ -1473,15 +1416,9 @@ static void bos_from_config(struct tokenizer *tk, const char *dir)
 {
 	char path[4096];
 	snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-	char *buf;
-	size_t len;
 	struct err e;
-	if (read_file(path, &buf, &len, &e) < 0)
-		return;
 	jv v;
-	int bad = parse_json(buf, len, path, &v, &e);
-	free(buf);
-	if (bad)
+	if (jsonl_load(path, 0, &v, &e) < 0)
 		return; /* the config only adds the BOS; tokenizer.json decides the rest */
 	jv bos = jfield(v, "bos_token");
 	if (jv_get_kind(bos) == JV_KIND_OBJECT) {
@@ -1571,11 +1508,9 @@ struct tokenizer *tokenizer_load(const char *path, struct err *err)
 	if (is_gguf) {
 		tk = tokenizer_load_gguf(file, err);
 	} else {
-		char *buf;
-		size_t len;
-		if (read_file(file, &buf, &len, err) == 0) {
-			tk = tokenizer_from_json(buf, len, file, err);
-			free(buf);
+		jv v;
+		if (jsonl_load(file, 0, &v, err) == 0) {
+			tk = tokenizer_from_jv(v, file, err);
 			if (tk && tk->bos_id < 0)
 				bos_from_config(tk, dir);
 		}
