@@ -193,4 +193,16 @@ const struct gguf_tensor *gguf_tensor(const struct gguf *g, int64_t i);
 /* Index of a tensor by name, or -1. */
 int64_t gguf_find_tensor(const struct gguf *g, const char *name);
 
+
+/* ---- tensor data (lib/gguf_dequant.c) ---- */
+
+/* Converts elements [start, start + n) of tensor t (counted over all of its
+ * elements, ne[0] fastest) to fp32, exactly as ggml's dequantize_row_* does
+ * (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K,
+ * Q6_K). start and n must be multiples of the type's block size. Returns 0,
+ * or -1 with err "NAME: type IQ2_XS is not supported" (or a range error). */
+int gguf_dequantize(const struct gguf_tensor *t, int64_t start, int64_t n, float *out, struct err *err);
+/* Whether gguf_dequantize handles the type. */
+int gguf_can_dequantize(enum ggml_type type);
+
 #endif
