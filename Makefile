@@ -126,7 +126,7 @@ unit: $(UNIT)
 asan: $(ASAN_UNIT)
 fuzz: $(FUZZ)
 ref: $(REF)
-bench: all $(BENCH)
+bench: all $(BENCH) $(REF)
 	tests/bench/run
 
 # The whole suite: unit, sanitizer, command-line, reference and fuzz tests.

@@ -1,0 +1,658 @@
+/* backend_cpu: the reference implementation of lib/backend.h — fp32 on the
+ * CPU, matrix products through BLAS (cblas_sgemm, single-threaded, on
+ * slices of the work), the other loops in plain C, all spread over a few
+ * pthreads of ours. Every output element is computed by one thread in a fixed
+ * order: the same inputs and thread count give the same bits.
+ *
+ * Legend: n positions (rows of activations), d a row's width, w.rows × w.cols
+ * a weight (out × in). The backward of each op will sit beside its forward.
+ *
+ * The ops cannot report failure (backend.h returns void). The two that need
+ * scratch memory (matmul of a non-fp32 weight: a tile per thread, a few
+ * hundred KB; attention: 64 × n_keys floats per thread) fill their output
+ * with NaN when malloc fails, so the caller sees it in the logits.
+ */
+#include <cblas.h>
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "model.h"
+
+/* ---- threads ---- */
+
+static int cpu_threads = 1;
+
+static void blas_threads_set(int n)
+{
+#ifdef OPENBLAS_VERSION
+	openblas_set_num_threads(n);
+#else
+	(void)n;
+#endif
+}
+
+void backend_cpu_threads(int n)
+{
+	if (n <= 0) {
+		long c = sysconf(_SC_NPROCESSORS_ONLN);
+		n = c > 0 ? (int)c : 1;
+	}
+	if (n > 64)
+		n = 64;
+	cpu_threads = n;
+	/* Our threads split every product (by rows of the weight, by heads and
+	 * query blocks in attention) and BLAS runs single-threaded inside them:
+	 * no BLAS worker spins between calls while our loops want the cores
+	 * (measured: as fast as OpenBLAS's threads alone when the machine is
+	 * idle, faster when it is shared). */
+	blas_threads_set(1);
+}
+
+/* fn(ctx, lo, hi, tid) over [0, n) in nt contiguous chunks, chunk tid on
+ * thread tid; the caller's thread runs chunk 0. */
+typedef void par_fn(void *ctx, int64_t lo, int64_t hi, int tid);
+
+struct par_job {
+	par_fn *fn;
+	void *ctx;
+	int64_t lo, hi;
+	int tid;
+};
+
+static void *par_main(void *arg)
+{
+	struct par_job *j = arg;
+	j->fn(j->ctx, j->lo, j->hi, j->tid);
+	return NULL;
+}
+
+static void par_for_nt(int64_t n, int nt, par_fn *fn, void *ctx)
+{
+	if (nt > n)
+		nt = (int)n;
+	if (nt <= 1) {
+		if (n > 0)
+			fn(ctx, 0, n, 0);
+		return;
+	}
+	struct par_job job[64];
+	pthread_t tid[64];
+	int started[64] = {0};
+	for (int i = 0; i < nt; i++)
+		job[i] = (struct par_job){fn, ctx, n * i / nt, n * (i + 1) / nt, i};
+	for (int i = 1; i < nt; i++)
+		started[i] = pthread_create(&tid[i], NULL, par_main, &job[i]) == 0;
+	fn(ctx, job[0].lo, job[0].hi, 0);
+	for (int i = 1; i < nt; i++) {
+		if (started[i])
+			pthread_join(tid[i], NULL);
+		else
+			fn(ctx, job[i].lo, job[i].hi, i); /* no thread: run it here */
+	}
+}
+
+/* par_for_nt with as many threads as there are chunks of min_chunk items, at
+ * most cpu_threads: small work stays on the caller's thread. */
+static void par_for(int64_t n, int64_t min_chunk, par_fn *fn, void *ctx)
+{
+	int64_t nt = cpu_threads;
+	if (min_chunk < 1)
+		min_chunk = 1;
+	if (nt > n / min_chunk)
+		nt = n / min_chunk;
+	par_for_nt(n, (int)(nt < 1 ? 1 : nt), fn, ctx);
+}
+
+static void fill_nan(float *x, int64_t count)
+{
+	for (int64_t i = 0; i < count; i++)
+		x[i] = NAN;
+}
+
+/* ---- exp: the one transcendental of softmax, SiLU and GELU ----
+ * glibc's expf is one call per value; this one does 8 at a time with AVX2
+ * where the CPU has it. exp(x) = 2^k · e^r, k = round(x / ln 2), |r| <= ln 2 / 2,
+ * e^r by its Taylor polynomial of degree 7 (error below 1e-8 relative).
+ * Within 2 ulp of expf; below -87.3 it gives 0, above 88.7 it saturates at
+ * 2^127·e^(88.7 - 127 ln 2) (≈ FLT_MAX), never inf. */
+
+#define EXP_LO (-87.33f)
+#define EXP_HI 88.72f
+
+static float exp_one(float x)
+{
+	if (x < EXP_LO)
+		return 0;
+	if (x > EXP_HI)
+		x = EXP_HI;
+	float k = nearbyintf(x * 1.44269504088896341f);
+	float r = fmaf(k, -0.693145751953125f, x); /* ln 2 in two parts */
+	r = fmaf(k, -1.428606765330187e-06f, r);
+	float p = 1.0f / 5040;
+	p = fmaf(p, r, 1.0f / 720);
+	p = fmaf(p, r, 1.0f / 120);
+	p = fmaf(p, r, 1.0f / 24);
+	p = fmaf(p, r, 1.0f / 6);
+	p = fmaf(p, r, 0.5f);
+	p = fmaf(p, r, 1.0f);
+	p = fmaf(p, r, 1.0f);
+	return ldexpf(p, (int)k);
+}
+
+#define AVX2 __attribute__((target("avx2,fma")))
+
+AVX2 static inline __m256 exp8(__m256 v)
+{
+	const float c[8] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
+	__m256 under = _mm256_cmp_ps(v, _mm256_set1_ps(EXP_LO), _CMP_LT_OQ);
+	v = _mm256_min_ps(v, _mm256_set1_ps(EXP_HI));
+	__m256 k = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504088896341f)),
+				   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	__m256 r = _mm256_fmadd_ps(k, _mm256_set1_ps(-0.693145751953125f), v);
+	r = _mm256_fmadd_ps(k, _mm256_set1_ps(-1.428606765330187e-06f), r);
+	__m256 p = _mm256_set1_ps(c[0]);
+	for (int j = 1; j < 8; j++)
+		p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c[j]));
+	/* 2^k: k + 127 in the exponent field; k >= -126 here, and k = 128
+	 * (v near EXP_HI) is done as 2^127 · 2 */
+	__m256i ki = _mm256_cvtps_epi32(k);
+	__m256i big = _mm256_cmpgt_epi32(ki, _mm256_set1_epi32(127));
+	ki = _mm256_sub_epi32(ki, _mm256_and_si256(big, _mm256_set1_epi32(1)));
+	__m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ki, _mm256_set1_epi32(127)), 23));
+	p = _mm256_mul_ps(p, scale);
+	p = _mm256_add_ps(p, _mm256_and_ps(_mm256_castsi256_ps(big), p));
+	return _mm256_andnot_ps(under, p);
+}
+
+AVX2 static void exp_avx2(float *y, const float *x, int64_t n)
+{
+	int64_t i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(y + i, exp8(_mm256_loadu_ps(x + i)));
+	for (; i < n; i++)
+		y[i] = exp_one(x[i]);
+}
+
+AVX2 static float hsum8(__m256 v)
+{
+	__m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+	a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+	a = _mm_add_ss(a, _mm_movehdup_ps(a));
+	return _mm_cvtss_f32(a);
+}
+
+AVX2 static float hmax8(__m256 v)
+{
+	__m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+	a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+	a = _mm_max_ss(a, _mm_movehdup_ps(a));
+	return _mm_cvtss_f32(a);
+}
+
+/* x[n] = softmax(x[n]), n >= 1, 8 lanes at a time */
+AVX2 static void softmax_avx2(float *x, int64_t n)
+{
+	int64_t i;
+	__m256 vm = _mm256_set1_ps(-INFINITY);
+	for (i = 0; i + 8 <= n; i += 8)
+		vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
+	float mx = hmax8(vm);
+	for (; i < n; i++)
+		mx = x[i] > mx ? x[i] : mx;
+	__m256 vmx = _mm256_set1_ps(mx), vs = _mm256_setzero_ps();
+	for (i = 0; i + 8 <= n; i += 8) {
+		__m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmx));
+		_mm256_storeu_ps(x + i, e);
+		vs = _mm256_add_ps(vs, e);
+	}
+	float sum = hsum8(vs);
+	for (; i < n; i++) {
+		x[i] = exp_one(x[i] - mx);
+		sum += x[i];
+	}
+	__m256 inv = _mm256_set1_ps(1.0f / sum);
+	for (i = 0; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+	for (; i < n; i++)
+		x[i] *= 1.0f / sum;
+}
+
+static int have_avx2 = -1;
+
+/* y[n] = exp(x[n]); y may be x */
+static void exp_vec(float *y, const float *x, int64_t n)
+{
+	if (have_avx2 < 0)
+		have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+	if (have_avx2) {
+		exp_avx2(y, x, n);
+		return;
+	}
+	for (int64_t i = 0; i < n; i++)
+		y[i] = exp_one(x[i]);
+}
+
+/* x[n] = softmax(x[n]), n >= 1 */
+static void softmax_vec(float *x, int64_t n)
+{
+	if (have_avx2 < 0)
+		have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+	if (have_avx2) {
+		softmax_avx2(x, n);
+		return;
+	}
+	float mx = x[0];
+	for (int64_t i = 1; i < n; i++)
+		mx = x[i] > mx ? x[i] : mx;
+	for (int64_t i = 0; i < n; i++)
+		x[i] -= mx;
+	exp_vec(x, x, n);
+	float sum = 0;
+	for (int64_t i = 0; i < n; i++)
+		sum += x[i];
+	float inv = 1.0f / sum;
+	for (int64_t i = 0; i < n; i++)
+		x[i] *= inv;
+}
+
+/* ---- matmul: y[n × w.rows] = x[n × w.cols] · wᵀ (+ bias) ----
+ * Backward: dx = dy · w (the same tiles, sgemm NoTrans), and for a LoRA or a
+ * trained weight dw = dyᵀ · x; needs x. */
+
+/* Rows of a non-fp32 weight dequantized per tile: about this many bytes of
+ * fp32 per thread, so a tile stays in cache while sgemm packs it. */
+#define MATMUL_TILE_BYTES (256 * 1024)
+
+/* y[n × m] (row stride ldy) = x[n × cols] · w[m × cols]ᵀ, BLAS on this thread */
+static void mul_rows(float *y, const float *x, const float *w, int n, int64_t m, int64_t cols, int64_t ldy)
+{
+	if (n == 1)
+		cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)m, (int)cols, 1.0f, w, (int)cols, x, 1, 0.0f, y, 1);
+	else
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)m, (int)cols, 1.0f, x, (int)cols, w,
+			    (int)cols, 0.0f, y, (int)ldy);
+}
+
+struct qmatmul {
+	float *y;
+	const float *x;
+	const struct weight *w;
+	int n;
+	int64_t piece; /* rows per tile */
+	float *tiles;  /* one tile (piece × cols) per thread */
+};
+
+/* Tiles [lo, hi) of the weight: dequantize one, multiply it (BLAS on this
+ * thread only), go on. A tile's rows and shapes do not depend on the thread
+ * count, so neither do the results. */
+static void qmatmul_part(void *ctx, int64_t lo, int64_t hi, int tid)
+{
+	struct qmatmul *q = ctx;
+	const int64_t rows = q->w->rows, cols = q->w->cols;
+	float *tile = q->tiles + tid * q->piece * cols;
+	for (int64_t i = lo; i < hi; i++) {
+		int64_t r0 = i * q->piece;
+		int64_t m = rows - r0 < q->piece ? rows - r0 : q->piece;
+		weight_rows_f32(q->w, r0, m, tile);
+		mul_rows(q->y + r0, q->x, tile, q->n, m, cols, rows);
+	}
+}
+
+/* Slices [lo, hi) of `piece` rows of an fp32 weight, used in place. */
+static void f32_part(void *ctx, int64_t lo, int64_t hi, int tid)
+{
+	struct qmatmul *q = ctx;
+	const int64_t rows = q->w->rows, cols = q->w->cols;
+	for (int64_t i = lo; i < hi; i++) {
+		int64_t r0 = i * q->piece;
+		int64_t m = rows - r0 < q->piece ? rows - r0 : q->piece;
+		mul_rows(q->y + r0, q->x, q->w->f32 + r0 * cols, q->n, m, cols, rows);
+	}
+}
+
+static void cpu_matmul(float *y, const float *x, const struct weight *w, const float *bias, int n)
+{
+	const int64_t rows = w->rows, cols = w->cols;
+	if (n <= 0 || rows <= 0)
+		return;
+	if (w->fmt == WFMT_F32) {
+		/* in place: each thread one slice of rows (columns of y) */
+		int64_t nt = rows / 64 < cpu_threads ? rows / 64 : cpu_threads;
+		if (nt < 1)
+			nt = 1;
+		int64_t per = ((rows + nt - 1) / nt + 15) / 16 * 16;
+		struct qmatmul q = {y, x, w, n, per, NULL};
+		par_for_nt((rows + per - 1) / per, (int)nt, f32_part, &q);
+	} else {
+		/* tiles of `piece` rows, the threads taking contiguous runs of them */
+		int64_t piece = MATMUL_TILE_BYTES / (cols * 4);
+		piece = piece < 8 ? 8 : piece / 8 * 8;
+		if (piece > rows)
+			piece = rows;
+		int64_t n_tiles = (rows + piece - 1) / piece;
+		int nt = cpu_threads < n_tiles ? cpu_threads : (int)n_tiles;
+		float *tiles = malloc((size_t)(nt * piece * cols) * sizeof *tiles);
+		if (!tiles) {
+			fill_nan(y, (int64_t)n * rows);
+			return;
+		}
+		struct qmatmul q = {y, x, w, n, piece, tiles};
+		par_for_nt(n_tiles, nt, qmatmul_part, &q);
+		free(tiles);
+	}
+	if (bias)
+		for (int t = 0; t < n; t++) {
+			float *yt = y + (int64_t)t * rows;
+			for (int64_t i = 0; i < rows; i++)
+				yt[i] += bias[i];
+		}
+}
+
+/* ---- rmsnorm: y[rows × dim] = x / sqrt(mean(x²) + eps) * (w or 1 + w) ----
+ * The sum of squares is accumulated in double and the mean rounded to fp32,
+ * so it is the correctly rounded fp32 mean (torch's fp32 reduction is within
+ * an ulp or two of it). Backward: needs x and w (1/rms is recomputed). */
+
+struct rmsnorm_job {
+	float *y;
+	const float *x, *w;
+	int dim, plus_one;
+	float eps;
+};
+
+static void rmsnorm_part(void *ctx, int64_t lo, int64_t hi, int tid)
+{
+	struct rmsnorm_job *j = ctx;
+	const int d = j->dim;
+	for (int64_t r = lo; r < hi; r++) {
+		const float *x = j->x + r * d;
+		float *y = j->y + r * d;
+		double ss = 0;
+		for (int i = 0; i < d; i++)
+			ss += (double)x[i] * x[i];
+		float mean = (float)(ss / d);
+		float inv = 1.0f / sqrtf(mean + j->eps);
+		if (j->plus_one)
+			for (int i = 0; i < d; i++)
+				y[i] = (x[i] * inv) * (1.0f + j->w[i]);
+		else
+			for (int i = 0; i < d; i++)
+				y[i] = j->w[i] * (x[i] * inv);
+	}
+}
+
+static void cpu_rmsnorm(float *y, const float *x, const float *w, int rows, int dim, float eps, int plus_one)
+{
+	struct rmsnorm_job j = {y, x, w, dim, plus_one, eps};
+	par_for(rows, 1 + 16384 / (dim > 0 ? dim : 1), rmsnorm_part, &j);
+}
+
+/* ---- rope: x[n × n_heads × head_dim] rotated in place ----
+ * out_i = x_i·cos - x_{i+h}·sin, out_{i+h} = x_{i+h}·cos + x_i·sin (h =
+ * head_dim/2). Backward: the same rotation by -angle; needs only pos. */
+
+struct rope_job {
+	float *x;
+	const int32_t *pos;
+	const float *inv_freq;
+	int n_heads, head_dim;
+};
+
+static void rope_part(void *ctx, int64_t lo, int64_t hi, int tid)
+{
+	struct rope_job *j = ctx;
+	const int half = j->head_dim / 2;
+	float cs[512], sn[512]; /* head_dim/2 <= 512 */
+	for (int64_t t = lo; t < hi; t++) {
+		/* transformers: freqs = inv_freq * position in fp32, then cos, sin */
+		float p = (float)j->pos[t];
+		for (int i = 0; i < half; i++) {
+			float f = j->inv_freq[i] * p;
+			cs[i] = cosf(f);
+			sn[i] = sinf(f);
+		}
+		float *row = j->x + t * j->n_heads * j->head_dim;
+		for (int h = 0; h < j->n_heads; h++) {
+			float *a = row + h * j->head_dim, *b = a + half;
+			for (int i = 0; i < half; i++) {
+				float x1 = a[i], x2 = b[i];
+				a[i] = x1 * cs[i] - x2 * sn[i];
+				b[i] = x2 * cs[i] + x1 * sn[i];
+			}
+		}
+	}
+}
+
+static void cpu_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq)
+{
+	if (head_dim / 2 > 512) {
+		fill_nan(x, (int64_t)n * n_heads * head_dim);
+		return;
+	}
+	struct rope_job j = {x, pos, inv_freq, n_heads, head_dim};
+	par_for(n, 1 + 8192 / (n_heads * head_dim + 1), rope_part, &j);
+}
+
+/* ---- attention ----
+ * Work items are (head, block of qb query rows); each is done by one thread:
+ * S = scale · Q·Kᵀ over the keys any row of the block may see (sgemm), then
+ * softcap, mask and softmax per row, then out = P·V (sgemm). BLAS runs
+ * single-threaded inside the items (the threads are ours here), so every
+ * output depends only on its item: the same bits at any thread count.
+ * Backward: recomputes P per item from q, k (as flash attention does) and
+ * needs q, k, v, out; dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P∘(dP - rowsum(dO∘O)). */
+
+struct attn_args {
+	float *out;
+	const float *q, *k, *v;
+	const int32_t *q_pos;
+	int n, n_keys, n_heads, group, head_dim, window, qb, n_blocks, nt;
+	float scale, softcap;
+	float *s;    /* scratch: threads × qb × n_keys */
+	int64_t s_per_thread;
+};
+
+/* Rows t of S (m × nk, first key klo): mask, softcap, softmax in place. */
+static void attn_softmax(float *s, const int32_t *pos, int m, int nk, int64_t klo, int window, float softcap)
+{
+	for (int t = 0; t < m; t++, s += nk) {
+		/* visible keys: columns [a, b] */
+		int64_t p = pos[t];
+		int64_t a = 0, b = p - klo;
+		if (window > 0 && p - window + 1 - klo > a)
+			a = p - window + 1 - klo;
+		if (b > nk - 1)
+			b = nk - 1;
+		if (a > b) { /* nothing visible: only with a bad q_pos */
+			for (int c = 0; c < nk; c++)
+				s[c] = NAN;
+			continue;
+		}
+		if (softcap > 0)
+			for (int64_t c = a; c <= b; c++)
+				s[c] = softcap * tanhf(s[c] / softcap);
+		softmax_vec(s + a, b - a + 1);
+		memset(s, 0, (size_t)a * sizeof *s);
+		memset(s + b + 1, 0, (size_t)(nk - 1 - b) * sizeof *s);
+	}
+}
+
+/* Thread tid takes items tid, tid + nt, ...: early query blocks (few keys)
+ * and late ones (many) alternate, so the threads get similar work. */
+static void attn_thread(void *ctx, int64_t lo, int64_t hi, int tid)
+{
+	struct attn_args *A = ctx;
+	const int hd = A->head_dim, qs = A->n_heads * hd, ks = A->n_heads / A->group * hd;
+	const int64_t items = (int64_t)A->n_heads * A->n_blocks;
+	float *s = A->s + A->s_per_thread * tid;
+	for (int64_t it = tid; it < items; it += A->nt) {
+		int h = (int)(it % A->n_heads), g = h / A->group;
+		int t0 = (int)(it / A->n_heads) * A->qb;
+		int m = A->n - t0 < A->qb ? A->n - t0 : A->qb;
+		/* keys any row of the block can see: [klo, khi] */
+		int64_t klo = INT64_MAX, khi = -1;
+		for (int t = t0; t < t0 + m; t++) {
+			int64_t p = A->q_pos[t];
+			int64_t a = A->window > 0 ? p - A->window + 1 : 0;
+			if (a < 0)
+				a = 0;
+			if (a < klo)
+				klo = a;
+			if (p > khi)
+				khi = p;
+		}
+		if (khi > A->n_keys - 1)
+			khi = A->n_keys - 1;
+		if (klo > khi)
+			klo = khi = 0;
+		int nk = (int)(khi - klo + 1);
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nk, hd, A->scale,
+			    A->q + (int64_t)t0 * qs + h * hd, qs, A->k + klo * ks + g * hd, ks, 0.0f, s, nk);
+		attn_softmax(s, A->q_pos + t0, m, nk, klo, A->window, A->softcap);
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, hd, nk, 1.0f, s, nk,
+			    A->v + klo * ks + g * hd, ks, 0.0f, A->out + (int64_t)t0 * qs + h * hd, qs);
+	}
+}
+
+/* Query rows per work item. */
+#define ATTN_QB 64
+
+static void cpu_attention(float *out, const float *q, const float *k, const float *v, int n, int n_keys,
+			  const int32_t *q_pos, int n_heads, int n_kv_heads, int head_dim, float scale, int window,
+			  float softcap)
+{
+	if (n <= 0)
+		return;
+	int qb = n < ATTN_QB ? n : ATTN_QB;
+	int n_blocks = (n + qb - 1) / qb;
+	int64_t items = (int64_t)n_heads * n_blocks;
+	int nt = cpu_threads < items ? cpu_threads : (int)items;
+	int64_t per = (int64_t)qb * n_keys;
+	float *s = malloc((size_t)(nt * per) * sizeof *s);
+	if (!s) {
+		fill_nan(out, (int64_t)n * n_heads * head_dim);
+		return;
+	}
+	struct attn_args A = {out, q, k, v, q_pos, n, n_keys, n_heads, n_heads / n_kv_heads, head_dim, window,
+			      qb, n_blocks, nt, scale, softcap, s, per};
+	par_for_nt(nt, nt, attn_thread, &A);
+	free(s);
+}
+
+/* ---- glu: h[count] = act(gate) * up ----
+ * Backward: needs gate and up (act' from gate). */
+
+struct glu_job {
+	float *h;
+	const float *gate, *up;
+	int act;
+};
+
+static void glu_part(void *ctx, int64_t lo, int64_t hi, int tid)
+{
+	struct glu_job *j = ctx;
+	/* SiLU: x / (1 + e^-x), as torch. GELU: torch's tanh formula,
+	 * 0.5·x·(1 + tanh(u)) with u = √(2/π)·(x + 0.044715·x³), and
+	 * tanh(u) = ±(1 - E) / (1 + E), E = e^(-2|u|), within 2 ulp of tanhf. */
+	const float beta = (float)(M_SQRT2 * M_2_SQRTPI * 0.5), kappa = 0.044715f;
+	float e[256];
+	for (int64_t i0 = lo; i0 < hi; i0 += 256) {
+		int m = hi - i0 < 256 ? (int)(hi - i0) : 256;
+		const float *g = j->gate + i0, *u = j->up + i0;
+		float *h = j->h + i0;
+		if (j->act == ACT_GELU_TANH) {
+			float uu[256];
+			for (int i = 0; i < m; i++) {
+				uu[i] = beta * (g[i] + kappa * (g[i] * g[i] * g[i]));
+				e[i] = -2.0f * fabsf(uu[i]);
+			}
+			exp_vec(e, e, m);
+			for (int i = 0; i < m; i++) {
+				float t = copysignf((1.0f - e[i]) / (1.0f + e[i]), uu[i]);
+				h[i] = 0.5f * g[i] * (1.0f + t) * u[i];
+			}
+		} else {
+			for (int i = 0; i < m; i++)
+				e[i] = -g[i];
+			exp_vec(e, e, m);
+			for (int i = 0; i < m; i++)
+				h[i] = g[i] / (1.0f + e[i]) * u[i];
+		}
+	}
+}
+
+static void cpu_glu(float *h, const float *gate, const float *up, int64_t count, int act)
+{
+	struct glu_job j = {h, gate, up, act};
+	par_for(count, 32768, glu_part, &j);
+}
+
+/* ---- embed: x[n × e.cols] = e[tok[t]] · scale ----
+ * Frozen: no backward. */
+
+static void cpu_embed(float *x, const struct weight *e, const int32_t *tok, int n, float scale)
+{
+	const int64_t d = e->cols;
+	for (int t = 0; t < n; t++) {
+		float *row = x + (int64_t)t * d;
+		if (e->fmt == WFMT_F32)
+			memcpy(row, e->f32 + (int64_t)tok[t] * d, (size_t)d * sizeof *row);
+		else
+			weight_rows_f32(e, tok[t], 1, row);
+		if (scale != 1.0f)
+			for (int64_t i = 0; i < d; i++)
+				row[i] *= scale;
+	}
+}
+
+/* ---- elementwise ---- */
+
+struct ew_job {
+	float *y;
+	const float *x;
+	float cap;
+};
+
+static void add_part(void *ctx, int64_t lo, int64_t hi, int tid)
+{
+	struct ew_job *j = ctx;
+	for (int64_t i = lo; i < hi; i++)
+		j->y[i] += j->x[i];
+}
+
+static void cpu_add(float *y, const float *x, int64_t count)
+{
+	struct ew_job j = {y, x, 0};
+	par_for(count, 262144, add_part, &j);
+}
+
+static void softcap_part(void *ctx, int64_t lo, int64_t hi, int tid)
+{
+	struct ew_job *j = ctx;
+	for (int64_t i = lo; i < hi; i++)
+		j->y[i] = j->cap * tanhf(j->y[i] / j->cap);
+}
+
+static void cpu_softcap(float *x, int64_t count, float cap)
+{
+	struct ew_job j = {x, NULL, cap};
+	par_for(count, 32768, softcap_part, &j);
+}
+
+const struct backend backend_cpu = {
+	.name = "cpu",
+	.matmul = cpu_matmul,
+	.rmsnorm = cpu_rmsnorm,
+	.rope = cpu_rope,
+	.attention = cpu_attention,
+	.glu = cpu_glu,
+	.embed = cpu_embed,
+	.add = cpu_add,
+	.softcap = cpu_softcap,
+};

@@ -1,0 +1,215 @@
+/* forward: the transformer forward pass of lib/model.h in fp32 on the cpu
+ * backend — Llama, Qwen2, Qwen3 and Gemma 3 text, in the order of operations of
+ * transformers' modeling_llama / qwen2 / qwen3 / gemma3 — plus the KV cache and
+ * RoPE's inverse frequencies.
+ *
+ * One decoder layer, x[n × dim] the residual stream:
+ *   h = norm(x); q, k, v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ (+ bias: Qwen2)
+ *   q, k = norm per head (Qwen3, Gemma 3); q, k = rope(q, k)
+ *   a = attention(q, K, V)·Woᵀ; a = norm(a) (Gemma 3); x += a
+ *   h = norm(x); f = (act(h·Wgateᵀ) * h·Wupᵀ)·Wdownᵀ; f = norm(f) (Gemma 3); x += f
+ * then logits = norm(x)·Eᵀ (or lm_head), softcapped when configured.
+ *
+ * For the backward pass (training issue): per layer it will keep x at the
+ * block's entry, q and k after RoPE, v, the attention output and gate/up
+ * before the GLU — the buffers of struct acts, one set per layer — or
+ * recompute them from x (gradient checkpointing).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "model.h"
+
+/* transformers' _compute_default_rope_parameters and the linear and llama3
+ * variants, step by step in fp32 as torch evaluates them (a python number
+ * against an fp32 tensor is an fp32 operation; `c / t` is reciprocal(t) * c). */
+void rope_inv_freq(const struct rope_config *rc, int head_dim, float *inv_freq)
+{
+	const int half = head_dim / 2;
+	const float base = (float)rc->theta;
+	for (int i = 0; i < half; i++) {
+		float e = (float)(2 * i) / (float)head_dim;
+		inv_freq[i] = 1.0f / powf(base, e);
+	}
+	if (rc->kind == ROPE_LINEAR) {
+		for (int i = 0; i < half; i++)
+			inv_freq[i] = inv_freq[i] / (float)rc->factor;
+	} else if (rc->kind == ROPE_LLAMA3) {
+		const float factor = (float)rc->factor;
+		const float lo = (float)rc->low_freq_factor, hi = (float)rc->high_freq_factor;
+		const double old = rc->original_max_pos;
+		const float low_wavelen = (float)(old / rc->low_freq_factor);
+		const float high_wavelen = (float)(old / rc->high_freq_factor);
+		const float two_pi = (float)(2 * M_PI);
+		for (int i = 0; i < half; i++) {
+			float f = inv_freq[i];
+			float wavelen = (1.0f / f) * two_pi;
+			float scaled = wavelen > low_wavelen ? f / factor : f;
+			float smooth = ((1.0f / wavelen) * (float)old - lo) / (hi - lo);
+			float smoothed = (1.0f - smooth) * scaled / factor + smooth * scaled;
+			int medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+			inv_freq[i] = medium ? smoothed : scaled;
+		}
+	}
+}
+
+struct kv_cache *kv_cache_new(const struct model_config *cfg, int max_seq, struct err *err)
+{
+	if (max_seq <= 0)
+		return err_set(err, "kv cache: max_seq %d is not positive", max_seq), NULL;
+	struct kv_cache *kv = calloc(1, sizeof *kv);
+	if (!kv)
+		return err_sys(err, "kv cache:"), NULL;
+	kv->max_seq = max_seq;
+	kv->n_layers = cfg->n_layers;
+	kv->kv_dim = cfg->n_kv_heads * cfg->head_dim;
+	size_t count = (size_t)kv->n_layers * (size_t)max_seq * (size_t)kv->kv_dim;
+	if (count == 0 || count > SIZE_MAX / 2 / sizeof(float)) {
+		err_set(err, "kv cache: size %d × %d × %d out of range", kv->n_layers, max_seq, kv->kv_dim);
+		free(kv);
+		return NULL;
+	}
+	kv->k = malloc(count * sizeof(float));
+	kv->v = malloc(count * sizeof(float));
+	if (!kv->k || !kv->v) {
+		err_sys(err, "kv cache of %zu MB:", count * 2 * sizeof(float) >> 20);
+		kv_cache_free(kv);
+		return NULL;
+	}
+	return kv;
+}
+
+void kv_cache_free(struct kv_cache *kv)
+{
+	if (!kv)
+		return;
+	free(kv->k);
+	free(kv->v);
+	free(kv);
+}
+
+/* Activations of one call, one allocation split into named buffers. */
+struct acts {
+	float *x;     /* n × dim: the residual stream */
+	float *h;     /* n × dim: normed input of a block, then its output */
+	float *q;     /* n × q_dim */
+	float *att;   /* n × q_dim: attention output before o */
+	float *k, *v; /* n × kv_dim: this call's keys and values when there is no cache */
+	float *gate;  /* n × ffn, then act(gate) * up */
+	float *up;    /* n × ffn */
+	int32_t *pos; /* n positions */
+	float *inv_global, *inv_local; /* head_dim / 2 each */
+	void *mem;
+};
+
+static int acts_alloc(struct acts *a, const struct model_config *c, int n, int own_kv, struct err *err)
+{
+	size_t nn = (size_t)n;
+	size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
+	size_t sizes[] = {nn * c->dim, nn * c->dim, nn * qd, nn * qd, own_kv ? nn * kvd : 0, own_kv ? nn * kvd : 0,
+			  nn * c->ffn, nn * c->ffn, nn, (size_t)c->head_dim / 2 + 1, (size_t)c->head_dim / 2 + 1};
+	size_t total = 0;
+	for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
+		total += (sizes[i] + 15) / 16 * 16; /* 64-byte aligned pieces */
+	float *m = aligned_alloc(64, total * sizeof(float));
+	if (!m)
+		return err_sys(err, "forward: %zu MB of activations:", total * sizeof(float) >> 20);
+	float **ptr[] = {&a->x, &a->h, &a->q, &a->att, &a->k, &a->v, &a->gate, &a->up, NULL,
+			 &a->inv_global, &a->inv_local};
+	size_t off = 0;
+	for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+		if (ptr[i])
+			*ptr[i] = m + off;
+		else
+			a->pos = (int32_t *)(m + off);
+		off += (sizes[i] + 15) / 16 * 16;
+	}
+	a->mem = m;
+	return 0;
+}
+
+int model_forward(const struct model *m, struct kv_cache *kv, const int32_t *tokens, int n, float *logits,
+		  int all_logits, struct err *err)
+{
+	const struct backend *be = &backend_cpu;
+	const struct model_config *c = &m->cfg;
+	const int dim = c->dim, hd = c->head_dim;
+	const int kvd = c->n_kv_heads * hd;
+	if (n <= 0)
+		return err_set(err, "forward: %d tokens", n);
+	for (int t = 0; t < n; t++)
+		if (tokens[t] < 0 || tokens[t] >= c->vocab)
+			return err_set(err, "forward: token %d (position %d) is outside the vocabulary of %d",
+				       (int)tokens[t], t, c->vocab);
+	const int p0 = kv ? kv->n : 0;
+	if (kv) {
+		if (kv->n_layers != c->n_layers || kv->kv_dim != kvd)
+			return err_set(err, "forward: the kv cache (%d layers × %d) is not this model's (%d × %d)",
+				       kv->n_layers, kv->kv_dim, c->n_layers, kvd);
+		if (n > kv->max_seq - kv->n)
+			return err_set(err, "forward: the kv cache is full (%d + %d positions, room for %d)",
+				       kv->n, n, kv->max_seq);
+	}
+	struct acts a = {0};
+	if (acts_alloc(&a, c, n, kv == NULL, err) < 0)
+		return -1;
+	for (int t = 0; t < n; t++)
+		a.pos[t] = p0 + t;
+	rope_inv_freq(&c->rope, hd, a.inv_global);
+	/* a sliding layer takes rope_local when one is configured (Gemma 3) */
+	rope_inv_freq(c->rope_local.theta > 0 ? &c->rope_local : &c->rope, hd, a.inv_local);
+
+	be->embed(a.x, &m->embed, tokens, n, c->embed_scale);
+	for (int l = 0; l < c->n_layers; l++) {
+		const struct layer_weights *L = &m->layers[l];
+		const int sliding = c->layer_sliding && c->layer_sliding[l] && c->sliding_window > 0;
+		float *K = kv ? kv->k + (size_t)l * kv->max_seq * kvd : a.k; /* keys of positions 0 .. p0 + n */
+		float *V = kv ? kv->v + (size_t)l * kv->max_seq * kvd : a.v;
+		float *k_new = K + (size_t)p0 * kvd, *v_new = V + (size_t)p0 * kvd;
+
+		/* attention block */
+		be->rmsnorm(a.h, a.x, L->attn_norm, n, dim, c->norm_eps, c->norm_plus_one);
+		be->matmul(a.q, a.h, &L->q, c->qkv_bias ? L->q_bias : NULL, n);
+		be->matmul(k_new, a.h, &L->k, c->qkv_bias ? L->k_bias : NULL, n);
+		be->matmul(v_new, a.h, &L->v, c->qkv_bias ? L->v_bias : NULL, n);
+		if (c->qk_norm) {
+			be->rmsnorm(a.q, a.q, L->q_norm, n * c->n_heads, hd, c->norm_eps, c->norm_plus_one);
+			be->rmsnorm(k_new, k_new, L->k_norm, n * c->n_kv_heads, hd, c->norm_eps, c->norm_plus_one);
+		}
+		const float *inv = sliding ? a.inv_local : a.inv_global;
+		be->rope(a.q, n, c->n_heads, hd, a.pos, inv);
+		be->rope(k_new, n, c->n_kv_heads, hd, a.pos, inv);
+		be->attention(a.att, a.q, K, V, n, p0 + n, a.pos, c->n_heads, c->n_kv_heads, hd, c->attn_scale,
+			      sliding ? c->sliding_window : 0, c->attn_softcap);
+		be->matmul(a.h, a.att, &L->o, NULL, n);
+		if (c->sandwich_norm)
+			be->rmsnorm(a.h, a.h, L->post_attn_norm, n, dim, c->norm_eps, c->norm_plus_one);
+		be->add(a.x, a.h, (int64_t)n * dim);
+
+		/* feed-forward block */
+		be->rmsnorm(a.h, a.x, L->ffn_norm, n, dim, c->norm_eps, c->norm_plus_one);
+		be->matmul(a.gate, a.h, &L->gate, NULL, n);
+		be->matmul(a.up, a.h, &L->up, NULL, n);
+		be->glu(a.gate, a.gate, a.up, (int64_t)n * c->ffn, c->act);
+		be->matmul(a.h, a.gate, &L->down, NULL, n);
+		if (c->sandwich_norm)
+			be->rmsnorm(a.h, a.h, L->post_ffn_norm, n, dim, c->norm_eps, c->norm_plus_one);
+		be->add(a.x, a.h, (int64_t)n * dim);
+	}
+
+	/* the final norm and the output projection, for all rows or the last */
+	int rows = all_logits ? n : 1;
+	const float *xin = a.x + (size_t)(n - rows) * dim;
+	be->rmsnorm(a.h, xin, m->final_norm, rows, dim, c->norm_eps, c->norm_plus_one);
+	const struct weight *out = c->tied_embeddings ? &m->embed : &m->lm_head;
+	be->matmul(logits, a.h, out, NULL, rows);
+	if (c->final_softcap > 0)
+		be->softcap(logits, (int64_t)rows * c->vocab, c->final_softcap);
+	if (kv)
+		kv->n += n;
+	free(a.mem);
+	return 0;
+}

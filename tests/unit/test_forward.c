@@ -1,0 +1,336 @@
+/* test_forward: model_forward on tiny models built here (no files), one per
+ * family: the KV-cache path fed in pieces gives the logits of one full pass
+ * (max |a - b| / max |b| below 1e-5, since sgemm of other shapes rounds
+ * differently), tokens out of the vocabulary and a full or foreign cache are
+ * errors, and a model whose blocks add nothing (o and down zero) gives
+ * norm(embedding)·Eᵀ, checked in double. Matching transformers is
+ * tests/ref/test_model_hf.py. Seed printed; LORAPIPE_SEED replays it. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend.h"
+#include "check.h"
+#include "model.h"
+
+static unsigned long long seed, rng_state;
+
+static double urand(void)
+{
+	rng_state += 0x9e3779b97f4a7c15ull;
+	unsigned long long z = rng_state;
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	z ^= z >> 31;
+	return (double)(z >> 11) / 9007199254740992.0;
+}
+
+static float *rnd(int64_t count, double scale, double center)
+{
+	float *x = malloc((size_t)count * sizeof *x);
+	for (int64_t i = 0; i < count; i++)
+		x[i] = (float)(center + (urand() * 2 - 1) * scale);
+	return x;
+}
+
+static void rnd_weight(struct weight *w, enum wfmt fmt, int rows, int cols, double scale)
+{
+	struct err err;
+	float *x = rnd((int64_t)rows * cols, scale, 0);
+	if (weight_from_f32(w, fmt, x, rows, cols, &err) < 0) {
+		printf("# weight_from_f32: %s\n", err.msg);
+		abort();
+	}
+	free(x);
+}
+
+/* A tiny model of the family: dim 32, 4 heads of 16 (q_dim 64 ≠ dim), 2 kv heads. */
+static struct model *tiny(enum model_arch arch, enum wfmt fmt)
+{
+	struct model *m = calloc(1, sizeof *m);
+	struct model_config *c = &m->cfg;
+	c->arch = arch;
+	c->vocab = 97;
+	c->dim = 32;
+	c->n_layers = 3;
+	c->n_heads = 4;
+	c->n_kv_heads = 2;
+	c->head_dim = 16;
+	c->ffn = 48;
+	c->norm_eps = 1e-6f;
+	c->act = ACT_SILU;
+	c->embed_scale = 1;
+	c->attn_scale = 0.25f;
+	c->rope = (struct rope_config){ROPE_DEFAULT, 10000, 1, 1, 1, 0};
+	c->rope_local = c->rope;
+	c->max_pos = 512;
+	c->bos_id = -1;
+	if (arch == ARCH_QWEN2)
+		c->qkv_bias = 1;
+	if (arch == ARCH_QWEN3)
+		c->qk_norm = 1;
+	if (arch == ARCH_LLAMA)
+		c->rope = (struct rope_config){ROPE_LLAMA3, 500000, 8, 1, 4, 64};
+	if (arch == ARCH_GEMMA3) {
+		c->norm_plus_one = 1;
+		c->act = ACT_GELU_TANH;
+		c->qk_norm = 1;
+		c->sandwich_norm = 1;
+		c->tied_embeddings = 1;
+		c->embed_scale = sqrtf(32);
+		c->attn_scale = 1 / sqrtf(24);
+		c->final_softcap = 30;
+		c->attn_softcap = 20;
+		c->sliding_window = 4;
+		c->layer_sliding = calloc(3, 1);
+		c->layer_sliding[0] = c->layer_sliding[1] = 1;
+		c->rope_local.theta = 10;
+	}
+	const int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+	enum wfmt efmt = fmt == WFMT_F32 ? WFMT_F32 : WFMT_BF16;
+	rnd_weight(&m->embed, efmt, c->vocab, c->dim, 1.0);
+	if (!c->tied_embeddings)
+		rnd_weight(&m->lm_head, efmt, c->vocab, c->dim, 0.3);
+	double norm_center = c->norm_plus_one ? 0 : 1;
+	m->final_norm = rnd(c->dim, 0.2, norm_center);
+	m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+	for (int l = 0; l < c->n_layers; l++) {
+		struct layer_weights *L = &m->layers[l];
+		L->attn_norm = rnd(c->dim, 0.2, norm_center);
+		L->ffn_norm = rnd(c->dim, 0.2, norm_center);
+		rnd_weight(&L->q, fmt, qd, c->dim, 0.3);
+		rnd_weight(&L->k, fmt, kvd, c->dim, 0.3);
+		rnd_weight(&L->v, fmt, kvd, c->dim, 0.3);
+		rnd_weight(&L->o, fmt, c->dim, qd, 0.3);
+		rnd_weight(&L->gate, fmt, c->ffn, c->dim, 0.3);
+		rnd_weight(&L->up, fmt, c->ffn, c->dim, 0.3);
+		rnd_weight(&L->down, fmt, c->dim, c->ffn, 0.3);
+		if (c->qkv_bias) {
+			L->q_bias = rnd(qd, 0.2, 0);
+			L->k_bias = rnd(kvd, 0.2, 0);
+			L->v_bias = rnd(kvd, 0.2, 0);
+		}
+		if (c->qk_norm) {
+			L->q_norm = rnd(c->head_dim, 0.2, norm_center);
+			L->k_norm = rnd(c->head_dim, 0.2, norm_center);
+		}
+		if (c->sandwich_norm) {
+			L->post_attn_norm = rnd(c->dim, 0.2, norm_center);
+			L->post_ffn_norm = rnd(c->dim, 0.2, norm_center);
+		}
+	}
+	return m;
+}
+
+static void tiny_free(struct model *m)
+{
+	weight_free(&m->embed);
+	if (!m->cfg.tied_embeddings)
+		weight_free(&m->lm_head);
+	free(m->final_norm);
+	for (int l = 0; l < m->cfg.n_layers; l++) {
+		struct layer_weights *L = &m->layers[l];
+		struct weight *w[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+		for (int i = 0; i < 7; i++)
+			weight_free(w[i]);
+		float *f[] = {L->attn_norm, L->ffn_norm, L->q_bias, L->k_bias, L->v_bias,
+			      L->q_norm, L->k_norm, L->post_attn_norm, L->post_ffn_norm};
+		for (int i = 0; i < 9; i++)
+			free(f[i]);
+	}
+	free(m->layers);
+	free(m->cfg.layer_sliding);
+	free(m);
+}
+
+static double rel_err(const float *a, const float *b, int64_t count)
+{
+	double md = 0, mb = 0;
+	for (int64_t i = 0; i < count; i++) {
+		double d = fabs((double)a[i] - b[i]);
+		if (!(d <= md))
+			md = d;
+		if (fabs(b[i]) > mb)
+			mb = fabs(b[i]);
+	}
+	return mb > 0 ? md / mb : md;
+}
+
+/* The full pass against the cache fed in pieces of 5, 1, 1, 7, 3 ... */
+static void check_cache(enum model_arch arch, enum wfmt fmt, int threads)
+{
+	struct err err;
+	struct model *m = tiny(arch, fmt);
+	const int n = 23, V = m->cfg.vocab;
+	int32_t tok[23];
+	for (int t = 0; t < n; t++)
+		tok[t] = (int32_t)(urand() * V);
+	backend_cpu_threads(threads);
+	float *full = malloc((size_t)n * V * sizeof *full), *part = malloc((size_t)n * V * sizeof *part);
+	float *last = malloc((size_t)V * sizeof *last);
+	int rc = model_forward(m, NULL, tok, n, full, 1, &err);
+	CHECK(rc == 0, "%s: full pass: %s", model_arch_name(arch), err.msg);
+	int finite = 1;
+	for (int64_t i = 0; i < (int64_t)n * V; i++)
+		finite &= isfinite(full[i]) != 0;
+	CHECK(finite, "%s: logits not finite", model_arch_name(arch));
+	/* only the last row */
+	rc = model_forward(m, NULL, tok, n, last, 0, &err);
+	CHECK(rc == 0 && rel_err(last, full + (n - 1) * V, V) < 1e-6, "%s: last-row logits differ",
+	      model_arch_name(arch));
+
+	struct kv_cache *kv = kv_cache_new(&m->cfg, 32, &err);
+	CHECK(kv != NULL, "kv_cache_new: %s", err.msg);
+	static const int pieces[] = {5, 1, 1, 7, 3, 1, 5};
+	int at = 0;
+	for (size_t i = 0; kv && i < sizeof pieces / sizeof *pieces && at < n; i++) {
+		int len = pieces[i] < n - at ? pieces[i] : n - at;
+		rc = model_forward(m, kv, tok + at, len, part + (int64_t)at * V, 1, &err);
+		CHECK(rc == 0, "%s: piece at %d: %s", model_arch_name(arch), at, err.msg);
+		at += len;
+	}
+	CHECK(kv && kv->n == n, "cache holds %d positions, want %d", kv ? kv->n : -1, n);
+	double e = rel_err(part, full, (int64_t)n * V);
+	CHECK(e < 1e-5, "seed %llu: %s %s threads %d: cache vs full pass: rel err %.3g", seed, model_arch_name(arch),
+	      wfmt_name(fmt), threads, e);
+	/* full: one more position does not fit */
+	if (kv) {
+		kv->n = kv->max_seq;
+		rc = model_forward(m, kv, tok, 1, last, 0, &err);
+		CHECK(rc < 0 && strstr(err.msg, "full"), "a full cache: rc %d, \"%s\"", rc, rc < 0 ? err.msg : "");
+	}
+	kv_cache_free(kv);
+	free(full);
+	free(part);
+	free(last);
+	tiny_free(m);
+}
+
+static void test_cache_llama(void) { check_cache(ARCH_LLAMA, WFMT_F32, 2); }
+static void test_cache_qwen2(void) { check_cache(ARCH_QWEN2, WFMT_F32, 1); }
+static void test_cache_qwen3(void) { check_cache(ARCH_QWEN3, WFMT_F32, 3); }
+static void test_cache_gemma3(void) { check_cache(ARCH_GEMMA3, WFMT_F32, 2); }
+static void test_cache_nf4(void) { check_cache(ARCH_LLAMA, WFMT_NF4, 2); }
+static void test_cache_int8_gemma3(void) { check_cache(ARCH_GEMMA3, WFMT_INT8, 2); }
+static void test_cache_bf16_qwen2(void) { check_cache(ARCH_QWEN2, WFMT_BF16, 2); }
+
+static void test_bad_tokens(void)
+{
+	struct err err;
+	struct model *m = tiny(ARCH_QWEN3, WFMT_F32);
+	float *logits = malloc((size_t)4 * m->cfg.vocab * sizeof *logits);
+	int32_t bad1[] = {1, 2, -1, 3}, bad2[] = {1, 97, 2, 3}, good[] = {0, 96, 5, 6};
+	int rc = model_forward(m, NULL, bad1, 4, logits, 1, &err);
+	CHECK(rc < 0 && strstr(err.msg, "-1"), "token -1: rc %d, \"%s\"", rc, rc < 0 ? err.msg : "");
+	rc = model_forward(m, NULL, bad2, 4, logits, 1, &err);
+	CHECK(rc < 0 && strstr(err.msg, "97"), "token 97 of 97: rc %d, \"%s\"", rc, rc < 0 ? err.msg : "");
+	rc = model_forward(m, NULL, good, 0, logits, 1, &err);
+	CHECK(rc < 0, "no tokens is an error");
+	rc = model_forward(m, NULL, good, 4, logits, 1, &err);
+	CHECK(rc == 0, "good tokens: %s", err.msg);
+	/* a cache of another shape */
+	struct model_config other = m->cfg;
+	other.n_kv_heads = 4;
+	struct kv_cache *kv = kv_cache_new(&other, 8, &err);
+	rc = model_forward(m, kv, good, 4, logits, 1, &err);
+	CHECK(rc < 0 && strstr(err.msg, "cache"), "foreign cache: rc %d", rc);
+	kv_cache_free(kv);
+	CHECK(kv_cache_new(&m->cfg, 0, &err) == NULL, "a cache of 0 positions");
+	free(logits);
+	tiny_free(m);
+}
+
+/* o and down zero: every block adds 0, so logits = norm(embed · scale) · Eᵀ. */
+static void check_identity(enum model_arch arch)
+{
+	struct err err;
+	struct model *m = tiny(arch, WFMT_F32);
+	const struct model_config *c = &m->cfg;
+	for (int l = 0; l < c->n_layers; l++) {
+		memset(m->layers[l].o.f32, 0, (size_t)c->dim * c->n_heads * c->head_dim * sizeof(float));
+		memset(m->layers[l].down.f32, 0, (size_t)c->dim * c->ffn * sizeof(float));
+	}
+	const int n = 6, V = c->vocab, D = c->dim;
+	int32_t tok[6] = {3, 1, 4, 1, 5, 9};
+	float *logits = malloc((size_t)n * V * sizeof *logits), *want = malloc((size_t)n * V * sizeof *want);
+	const float *E = m->embed.f32, *H = c->tied_embeddings ? E : m->lm_head.f32;
+	for (int t = 0; t < n; t++) {
+		double x[64], ss = 0;
+		for (int i = 0; i < D; i++) {
+			x[i] = (double)E[tok[t] * D + i] * c->embed_scale;
+			ss += x[i] * x[i];
+		}
+		double inv = 1 / sqrt(ss / D + c->norm_eps);
+		for (int i = 0; i < D; i++)
+			x[i] *= inv * (c->norm_plus_one ? 1.0 + m->final_norm[i] : m->final_norm[i]);
+		for (int r = 0; r < V; r++) {
+			double s = 0;
+			for (int i = 0; i < D; i++)
+				s += x[i] * H[r * D + i];
+			if (c->final_softcap > 0)
+				s = c->final_softcap * tanh(s / c->final_softcap);
+			want[t * V + r] = (float)s;
+		}
+	}
+	backend_cpu_threads(2);
+	int rc = model_forward(m, NULL, tok, n, logits, 1, &err);
+	CHECK(rc == 0, "%s", err.msg);
+	double e = rel_err(logits, want, (int64_t)n * V);
+	CHECK(e < 1e-5, "seed %llu: %s: rel err %.3g", seed, model_arch_name(arch), e);
+	free(logits);
+	free(want);
+	tiny_free(m);
+}
+
+static void test_identity_llama(void) { check_identity(ARCH_LLAMA); }
+static void test_identity_gemma3(void) { check_identity(ARCH_GEMMA3); }
+
+/* llama3 and linear scaling against the formulas in double */
+static void test_rope_scaling(void)
+{
+	float inv[32];
+	struct rope_config lin = {ROPE_LINEAR, 10000, 4, 0, 0, 0};
+	rope_inv_freq(&lin, 64, inv);
+	for (int i = 0; i < 32; i++) {
+		double w = 1 / pow(10000, 2.0 * i / 64) / 4;
+		CHECK(fabs(inv[i] - w) <= 4e-7 * w, "linear [%d] %.9g want %.9g", i, inv[i], w);
+	}
+	struct rope_config l3 = {ROPE_LLAMA3, 500000, 32, 1, 4, 8192};
+	rope_inv_freq(&l3, 64, inv);
+	int lows = 0, mids = 0, highs = 0;
+	for (int i = 0; i < 32; i++) {
+		double f = 1 / pow(500000, 2.0 * i / 64), wl = 2 * M_PI / f, w;
+		if (wl < 8192 / 4.0)
+			w = f, highs++;
+		else if (wl > 8192 / 1.0)
+			w = f / 32, lows++;
+		else {
+			double s = (8192 / wl - 1) / (4 - 1);
+			w = (1 - s) * f / 32 + s * f;
+			mids++;
+		}
+		CHECK(fabs(inv[i] - w) <= 4e-6 * w, "llama3 [%d] %.9g want %.9g", i, inv[i], w);
+	}
+	CHECK(lows && mids && highs, "llama3 cases: %d low, %d medium, %d high", lows, mids, highs);
+}
+
+int main(void)
+{
+	const char *s = getenv("LORAPIPE_SEED");
+	seed = s ? strtoull(s, NULL, 10) : (unsigned long long)time(NULL);
+	rng_state = seed;
+	printf("# seed %llu (LORAPIPE_SEED=%llu replays it)\n", seed, seed);
+	RUN(test_cache_llama);
+	RUN(test_cache_qwen2);
+	RUN(test_cache_qwen3);
+	RUN(test_cache_gemma3);
+	RUN(test_cache_nf4);
+	RUN(test_cache_int8_gemma3);
+	RUN(test_cache_bf16_qwen2);
+	RUN(test_bad_tokens);
+	RUN(test_identity_llama);
+	RUN(test_identity_gemma3);
+	RUN(test_rope_scaling);
+	return check_done();
+}
