@@ -36,11 +36,7 @@ static const struct opt opts[] = {
 	 .repeat = 1},
 	{"skip-bad", 0, OPT_FLAG, NULL, "skip and count bad records instead of stopping"},
 	{"output", 'o', OPT_STRING, "FILE", "write here (atomically) instead of standard output"},
-	{"progress", 0, OPT_FLAG, NULL, "show progress even when stderr is not a terminal"},
-	{"quiet", 'q', OPT_FLAG, NULL, "no progress and no warnings, only errors"},
-	{"help", 'h', OPT_FLAG, NULL, "show this help"},
-	{"version", 'V', OPT_FLAG, NULL, "show the version"},
-	{"help-man", 0, OPT_FLAG, NULL, "print the OPTIONS section of the man page", .hidden = 1},
+	OPT_COMMON_ROWS,
 	{0},
 };
 
@@ -67,8 +63,6 @@ int main(int argc, char **argv)
 	const char *model = opt_str(&r, "model", NULL);
 	if (!model)
 		msg_die(EXIT_USAGE, "--model is required (try --help)");
-	if (opt_flag(&r, "quiet"))
-		msg_level = 1;
 	const char *input = r.nargs ? r.args[0] : "-";
 	int skip_bad = opt_flag(&r, "skip-bad");
 
@@ -103,7 +97,7 @@ int main(int argc, char **argv)
 	msg_catch_signals();
 
 	struct progress prog;
-	progress_start(&prog, "records", 0, opt_flag(&r, "quiet") ? -1 : opt_flag(&r, "progress") ? 1 : 0);
+	progress_start(&prog, "records", 0, opt_progress(&r));
 	unsigned long long done = 0, bad = 0;
 	jv rec;
 	int rc;

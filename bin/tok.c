@@ -39,10 +39,7 @@ static const struct opt opts[] = {
 	{"stats", 0, OPT_FLAG, NULL, "print counts, learned share and a length histogram on stderr"},
 	{"color", 0, OPT_CHOICE, "WHEN", "colors for --explain: auto (default), always, never",
 	 .choices = "auto|always|never"},
-	{"progress", 0, OPT_FLAG, NULL, "show progress even when stderr is not a terminal"},
-	{"quiet", 'q', OPT_FLAG, NULL, "no progress and no warnings, only errors"},
-	{"help", 'h', OPT_FLAG, NULL, "show this help"},
-	{"version", 'V', OPT_FLAG, NULL, "show the version"},
+	OPT_COMMON_ROWS,
 	{0},
 };
 
@@ -299,10 +296,8 @@ int main(int argc, char **argv)
 		.explain = opt_flag(&r, "explain"),
 		.decode = opt_flag(&r, "decode"),
 		.stats = opt_flag(&r, "stats"),
-		.progress = opt_flag(&r, "quiet") ? -1 : opt_flag(&r, "progress") ? 1 : 0,
+		.progress = opt_progress(&r),
 	};
-	if (opt_flag(&r, "quiet"))
-		msg_level = 1;
 	if (s.jsonl + s.explain + s.decode > 1)
 		msg_die(EXIT_USAGE, "--jsonl, --explain and --decode exclude one another");
 	if (s.offsets && !s.jsonl)

@@ -491,7 +491,15 @@ int opt_start(const struct opt *table, int argc, char **argv, const char *usage,
 		opt_man(table, stdout);
 	else if (opt_in_table(table, "version") && opt_flag(r, "version"))
 		printf("%s %s\n", msg_prog(), version);
-	else
+	else {
+		if (opt_in_table(table, "quiet") && opt_flag(r, "quiet"))
+			msg_level = 1;
 		return -1;
+	}
 	return fflush(stdout) == 0 ? EXIT_OK : EXIT_RUNTIME;
+}
+
+int opt_progress(const struct opt_result *r)
+{
+	return opt_flag(r, "quiet") ? -1 : opt_flag(r, "progress") ? 1 : 0;
 }

@@ -89,11 +89,24 @@ void opt_help(const struct opt *table, const char *usage, const char *about, FIL
  * (a tool prints it for a hidden --help-man; tests check man/ against it). */
 void opt_man(const struct opt *table, FILE *f);
 
+/* The rows every tool's table ends with, before {0}: --progress, -q/--quiet,
+ * -h/--help, -V/--version and the hidden --help-man (the man page's OPTIONS). */
+#define OPT_COMMON_ROWS \
+	{"progress", 0, OPT_FLAG, NULL, "show progress even when stderr is not a terminal"}, \
+	{"quiet", 'q', OPT_FLAG, NULL, "no progress and no warnings, only errors"}, \
+	{"help", 'h', OPT_FLAG, NULL, "show this help"}, \
+	{"version", 'V', OPT_FLAG, NULL, "show the version"}, \
+	{"help-man", 0, OPT_FLAG, NULL, "print the OPTIONS section of the man page", .hidden = 1}
+
 /* The start every tool shares: parses argv into r and answers --help,
  * --help-man and --version (those the table has) on standard output; a parse
- * error is printed with a hint to try --help. Returns -1 when the tool goes
- * on, else the status it should exit with. */
+ * error is printed with a hint to try --help; --quiet lowers msg_level to
+ * errors only. Returns -1 when the tool goes on, else the status it should
+ * exit with. */
 int opt_start(const struct opt *table, int argc, char **argv, const char *usage, const char *about,
 	      const char *version, struct opt_result *r);
+
+/* progress_start's mode from --progress and --quiet: 1 always, -1 never, 0 on a terminal. */
+int opt_progress(const struct opt_result *r);
 
 #endif
