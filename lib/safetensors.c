@@ -786,7 +786,7 @@ static int parse_file(struct safetensors *st, const struct st_file *f, int keep_
 		rc = err_set(err, "%s: bad JSON: the number %.*s at byte %zu is not written as an integer", f->name,
 			     (int)(frac_len < 40 ? frac_len : 40), text + frac_at, frac_at);
 	if (rc == 0)
-		rc = check_coverage(st->t + first, st->n - first, f, data_start, err);
+		rc = check_coverage(st->n > first ? st->t + first : NULL, st->n - first, f, data_start, err); /* no tensors: st->t may be NULL */
 	return rc;
 }
 
@@ -1234,6 +1234,24 @@ int st_read_f32(const struct st_tensor *t, int64_t start, int64_t n, float *out,
 		return 0;
 	default:
 		return err_set(err, "%s: dtype %s is not a float type", t->name, st_dtype_name(t->dtype));
+	}
+}
+
+void st_release(const struct safetensors *st, const struct st_tensor *t)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	if (!st || !t || t->nbytes == 0 || page <= 0)
+		return;
+	uintptr_t p = (uintptr_t)t->data, mask = (uintptr_t)page - 1;
+	for (int i = 0; i < st->n_files; i++) {
+		const struct st_file *f = &st->files[i];
+		uintptr_t lo = (uintptr_t)f->map;
+		if (!f->map || p < lo || p - lo >= f->map_len || t->nbytes > f->map_len - (p - lo))
+			continue;
+		/* whole pages, outward: a neighbour's bytes are re-read if needed */
+		uintptr_t a = p & ~mask, b = (p + t->nbytes + mask) & ~mask;
+		madvise((void *)a, (size_t)(b - a), MADV_DONTNEED);
+		return;
 	}
 }
 

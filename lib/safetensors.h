@@ -75,6 +75,13 @@ const char *st_metadata(const struct safetensors *st, const char *key);
  * to fp32. -1 with err "NAME: dtype I64 is not a float type" otherwise. */
 int st_read_f32(const struct st_tensor *t, int64_t start, int64_t n, float *out, struct err *err);
 
+/* Drops the resident pages of t's bytes (the whole pages they touch) from a
+ * file that st maps, so that a loader that has converted t stops holding both
+ * copies: madvise(MADV_DONTNEED) on the read-only private mapping, whose pages
+ * are read again from the file if t is touched later. Does nothing for an
+ * image from st_open_mem, for a tensor st does not hold, or if madvise fails. */
+void st_release(const struct safetensors *st, const struct st_tensor *t);
+
 /* ---- writing ---- */
 
 struct st_out {
