@@ -103,7 +103,7 @@ build/asan/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h tests/unit/*.inc) b
 FUZZ_CC ?= clang
 build/fuzz/lib/%.o: lib/%.c $(wildcard lib/*.h)
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(CPPFLAGS) $(CSTD) -g -O1 -fsanitize=fuzzer-no-link,address,undefined $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -c -o $@ $<
+	$(FUZZ_CC) $(CPPFLAGS) $(CSTD) -g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -c -o $@ $<
 
 build/fuzz/liblorapipe.a: $(LIB_SRC:lib/%.c=build/fuzz/lib/%.o)
 	@rm -f $@
@@ -111,7 +111,7 @@ build/fuzz/liblorapipe.a: $(LIB_SRC:lib/%.c=build/fuzz/lib/%.o)
 
 build/fuzz/%: tests/fuzz/%.c $(wildcard tests/unit/*.h) build/fuzz/liblorapipe.a
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(CPPFLAGS) $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< build/fuzz/liblorapipe.a $(LDFLAGS) $(LDLIBS)
+	$(FUZZ_CC) $(CPPFLAGS) $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -o $@ $< build/fuzz/liblorapipe.a $(LDFLAGS) $(LDLIBS)
 
 # Helper programs of the reference tests (our side of a comparison).
 build/ref/%: tests/ref/%.c build/liblorapipe.a

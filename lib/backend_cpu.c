@@ -127,6 +127,8 @@ static void fill_nan(float *x, int64_t count)
 
 static float exp_one(float x)
 {
+	if (x != x) /* NaN in, NaN out (and no float-to-int conversion of it below) */
+		return x;
 	if (x < EXP_LO)
 		return 0;
 	if (x > EXP_HI)

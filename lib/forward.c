@@ -54,6 +54,9 @@ void rope_inv_freq(const struct rope_config *rc, int head_dim, float *inv_freq)
 			inv_freq[i] = medium ? smoothed : scaled;
 		}
 	}
+	if (rc->freq_factors)
+		for (int i = 0; i < half; i++)
+			inv_freq[i] = inv_freq[i] / rc->freq_factors[i];
 }
 
 struct kv_cache *kv_cache_new(const struct model_config *cfg, int max_seq, struct err *err)

@@ -992,3 +992,16 @@ int64_t gguf_find_tensor(const struct gguf *g, const char *name)
 	}
 	return -1;
 }
+
+void gguf_release_tensor(const struct gguf *g, const struct gguf_tensor *t)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	if (!g || !t || !g->map || t->nbytes == 0 || page <= 0)
+		return;
+	uintptr_t p = (uintptr_t)t->data, lo = (uintptr_t)g->map, mask = (uintptr_t)page - 1;
+	if (p < lo || p - lo >= g->map_len || t->nbytes > g->map_len - (p - lo))
+		return;
+	/* whole pages, outward: a neighbour's bytes are re-read if needed */
+	uintptr_t a = p & ~mask, b = (p + t->nbytes + mask) & ~mask;
+	madvise((void *)a, (size_t)(b - a), MADV_DONTNEED);
+}

@@ -192,6 +192,13 @@ int64_t gguf_n_tensors(const struct gguf *g);
 const struct gguf_tensor *gguf_tensor(const struct gguf *g, int64_t i);
 /* Index of a tensor by name, or -1. */
 int64_t gguf_find_tensor(const struct gguf *g, const char *name);
+/* Drops the resident pages of t's data (the whole pages it touches) when g
+ * maps a file, so that a loader that has converted t stops holding both
+ * copies: madvise(MADV_DONTNEED) on the read-only private mapping, whose pages
+ * are read again from the file if t->data is touched later. Does nothing for
+ * an image from gguf_open_mem, for a tensor outside the mapping, or if
+ * madvise fails. */
+void gguf_release_tensor(const struct gguf *g, const struct gguf_tensor *t);
 
 
 /* ---- tensor data (lib/gguf_dequant.c) ---- */

@@ -11,8 +11,9 @@
  * RoPE types other than default/linear/llama3) are refused, not ignored.
  *
  * Weights are read one tensor at a time into an fp32 scratch buffer and stored
- * in the requested format before the next one is read, so the peak memory is
- * the final model plus its largest tensor in fp32.
+ * in the requested format before the next one is read, and the file's pages
+ * of each tensor are dropped once it is read (st_release), so the peak memory
+ * is the final model plus its largest tensor in fp32 and in the file.
  */
 #include "jsonl.h"
 #include "model_impl.h"
@@ -114,6 +115,7 @@ struct model *model_new(struct model_config *cfg, const char *source, struct err
 	}
 	m->cfg = *cfg;
 	cfg->layer_sliding = NULL;
+	cfg->rope.freq_factors = cfg->rope_local.freq_factors = NULL;
 	return m;
 }
 
@@ -144,6 +146,8 @@ void model_config_free(struct model_config *cfg)
 		return;
 	free(cfg->layer_sliding);
 	cfg->layer_sliding = NULL;
+	free(cfg->rope.freq_factors); /* rope_local's, if any, is the same array */
+	cfg->rope.freq_factors = cfg->rope_local.freq_factors = NULL;
 }
 
 void model_free(struct model *m)
@@ -891,7 +895,9 @@ static const struct st_tensor *hf_tensor(struct hf *h, const char *name, int64_t
 
 static int hf_read(struct hf *h, const struct st_tensor *t, float *out, struct err *err)
 {
-	if (st_read_f32(t, 0, t->n_elems, out, err) < 0)
+	int rc = st_read_f32(t, 0, t->n_elems, out, err);
+	st_release(h->st, t); /* its mapped pages are not needed again */
+	if (rc < 0)
 		return err_wrap(err, "%s", t->file);
 	return 0;
 }

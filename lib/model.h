@@ -41,6 +41,11 @@ struct rope_config {
 	double low_freq_factor;  /* llama3 */
 	double high_freq_factor; /* llama3 */
 	int original_max_pos;    /* llama3: original_max_position_embeddings */
+	/* head_dim/2 divisors of the inverse frequencies, applied after kind's
+	 * scaling (GGUF's rope_freqs.weight: Llama 3.1+ carry their llama3 scaling
+	 * so); NULL: none. Owned by the model_config's global rope (freed by
+	 * model_config_free); rope_local may point to the same array. */
+	float *freq_factors;
 };
 
 struct model_config {
@@ -123,7 +128,8 @@ void model_size(const struct model *m, int64_t *n_params, size_t *bytes);
 /* ---- forward (lib/forward.c) ---- */
 
 /* The head_dim/2 inverse frequencies of a RoPE, computed as transformers'
- * ROPE_INIT_FUNCTIONS do (default, linear, llama3), in fp32. */
+ * ROPE_INIT_FUNCTIONS do (default, linear, llama3), in fp32, then divided by
+ * rc->freq_factors when there are some (as llama.cpp's rope does). */
 void rope_inv_freq(const struct rope_config *rc, int head_dim, float *inv_freq);
 
 /* Keys and values of the positions run so far, for generation. */

@@ -96,8 +96,8 @@ static int gguf_arch(const struct gguf *g, enum model_arch *arch, const char **n
 }
 
 /* rope.scaling.type "none" | "linear" (rope.scaling.factor, or the older
- * rope.scale_linear); Llama 3's scaling travels as a rope_freqs tensor of
- * per-frequency factors, which the forward pass cannot take. */
+ * rope.scale_linear). Llama 3's scaling travels as a tensor instead, read by
+ * gguf_rope_freqs. */
 static int gguf_rope(const struct gguf *g, const char *a, struct model_config *cfg, struct err *err)
 {
 	struct akey k;
@@ -124,9 +124,6 @@ static int gguf_rope(const struct gguf *g, const char *a, struct model_config *c
 			cfg->rope.factor = f;
 		}
 	}
-	if (gguf_find_tensor(g, "rope_freqs.weight") >= 0)
-		return err_set(err, "%s: tensor rope_freqs.weight (Llama 3 RoPE scaling factors) is not supported",
-			       gguf_name(g));
 	int rot;
 	if (kint(g, ak(&k, a, "rope.dimension_count"), 0, cfg->head_dim, &rot, err) < 0)
 		return -1;
@@ -134,6 +131,48 @@ static int gguf_rope(const struct gguf *g, const char *a, struct model_config *c
 		return err_set(err, "%s: key '%s': RoPE on %d of %d dimensions is not supported", gguf_name(g), k.buf, rot,
 			       cfg->head_dim);
 	cfg->rope_local = cfg->rope;
+	return 0;
+}
+
+/* rope_freqs.weight: head_dim/2 fp32 divisors of the inverse frequencies,
+ * which convert_hf_to_gguf.py computes from a "llama3" rope_scaling (1 for
+ * the high frequencies, factor for the low, 1 / ((1 - s) / factor + s)
+ * between) and llama.cpp's rope divides by; the llama architecture only, as
+ * in llama.cpp. Called once the sizes are checked (head_dim even, bounded). */
+static int gguf_rope_freqs(const struct gguf *g, struct model_config *cfg, struct err *err)
+{
+	static const char name[] = "rope_freqs.weight";
+	int64_t i = gguf_find_tensor(g, name);
+	if (i < 0)
+		return 0;
+	if (cfg->arch != ARCH_LLAMA)
+		return err_set(err, "%s: tensor %s: RoPE frequency factors are supported for llama only, not %s",
+			       gguf_name(g), name, model_arch_name(cfg->arch));
+	const struct gguf_tensor *t = gguf_tensor(g, i);
+	int64_t half = cfg->head_dim / 2;
+	if (t->n_dims != 1 || t->ne[0] != half)
+		return err_set(err, "%s: tensor %s: expected one dimension of %lld (head_dim / 2)", gguf_name(g), name,
+			       (long long)half);
+	if (!gguf_can_dequantize(t->type)) {
+		const char *tn = gguf_ggml_type_name(t->type);
+		return err_set(err, "%s: tensor %s: type %s is not supported", gguf_name(g), name, tn ? tn : "unknown");
+	}
+	float *f = malloc((size_t)half * sizeof *f);
+	if (!f)
+		return err_sys(err, "out of memory");
+	if (gguf_dequantize(t, 0, half, f, err) < 0) {
+		free(f);
+		return err_wrap(err, "%s", gguf_name(g));
+	}
+	for (int64_t j = 0; j < half; j++)
+		if (!(f[j] > 0) || !isfinite(f[j])) {
+			err_set(err, "%s: tensor %s: element %lld (%g) is not a positive number", gguf_name(g), name,
+				(long long)j, (double)f[j]);
+			free(f);
+			return -1;
+		}
+	cfg->rope.freq_factors = f;
+	cfg->rope_local.freq_factors = f; /* the same RoPE on every layer */
 	return 0;
 }
 
@@ -298,8 +337,8 @@ int model_gguf_config(const struct gguf *g, struct model_config *cfg, struct err
 	snprintf(keys.rope_theta, sizeof keys.rope_theta, "%s.rope.freq_base", a);
 	snprintf(keys.window, sizeof keys.window, "%s.attention.sliding_window", a);
 	if (gguf_sizes(g, a, cfg, err) < 0 || gguf_family(g, a, cfg, err) < 0 || gguf_rope(g, a, cfg, err) < 0 ||
-	    model_config_check(cfg, gguf_name(g), &keys, err) < 0 || gguf_sliding(g, a, cfg, err) < 0 ||
-	    gguf_special(g, cfg, err) < 0) {
+	    model_config_check(cfg, gguf_name(g), &keys, err) < 0 || gguf_rope_freqs(g, cfg, err) < 0 ||
+	    gguf_sliding(g, a, cfg, err) < 0 || gguf_special(g, cfg, err) < 0) {
 		model_config_free(cfg);
 		return -1;
 	}
@@ -348,7 +387,9 @@ static const struct gguf_tensor *gl_tensor(struct gl *l, const char *name, int64
 
 static int gl_read(struct gl *l, const struct gguf_tensor *t, float *out, int64_t n, struct err *err)
 {
-	if (gguf_dequantize(t, 0, n, out, err) < 0)
+	int rc = gguf_dequantize(t, 0, n, out, err);
+	gguf_release_tensor(l->g, t); /* its mapped pages are not needed again */
+	if (rc < 0)
 		return err_wrap(err, "%s", gguf_name(l->g));
 	return 0;
 }

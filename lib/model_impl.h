@@ -19,8 +19,8 @@ struct cfg_keys {
 int model_config_check(const struct model_config *cfg, const char *name, const struct cfg_keys *keys,
 		       struct err *err);
 
-/* A model with cfg (taken over, layer_sliding included: cfg is cleared) and
- * its layer array, every tensor empty. */
+/* A model with cfg (taken over, layer_sliding and rope.freq_factors included:
+ * cfg is cleared) and its layer array, every tensor empty. */
 struct model *model_new(struct model_config *cfg, const char *source, struct err *err);
 
 /* The load options with NULL made explicit (everything fp32), checked. */

