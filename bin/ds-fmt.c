@@ -4,13 +4,21 @@
  *   ds-fmt --model M < pairs.jsonl > text.jsonl
  *
  * Only wiring lives here: input forms, validation, rendering and spans in
- * lib/chat, the Jinja engine in lib/template.
+ * lib/chat, the Jinja engine in lib/template. Lines are read in order by
+ * the main thread (which also runs --jq), parsed and formatted in batches by
+ * one worker thread per CPU, and written, warned about or stopped at in input
+ * order by the main thread again, so the output is the same whatever the
+ * thread count.
  */
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "chat.h"
+#include "template.h"
 #include "jsonl.h"
 #include "msg.h"
 #include "opt.h"
@@ -48,6 +56,177 @@ static const char about[] =
 	"turn and its end-of-turn marker, found from where every rendered byte came from. Other keys\n"
 	"of the input pass through. Exit status: 0 done, 1 runtime failure, 2 bad usage or bad input.";
 
+
+#define BATCH 64      /* records handed to a worker at once */
+#define MAX_THREADS 16
+
+/* One input record: its results (after --jq) to format, then the records made. */
+struct item {
+	char *text;     /* the line, for the worker to parse (without --jq), or NULL */
+	size_t len;
+	jv recs;        /* else an array of records to format; consumed by the worker */
+	int rc;         /* 1: formatted; -1: bad record (err) */
+	long line;
+	struct err err;
+	jv results;     /* the format-2 records, all of the record's results */
+};
+
+struct batch {
+	struct item it[BATCH];
+	int n, done;
+	struct batch *next;       /* in the queue of batches no worker has taken */
+	struct batch *order_next; /* in the main thread's list of batches in flight */
+};
+
+struct pool {
+	pthread_mutex_t mu;
+	pthread_cond_t work, done;
+	struct batch *todo, *todo_tail;
+	int quit;
+	const char *name; /* the input's name, for messages */
+};
+
+struct worker {
+	pthread_t th;
+	struct pool *p;
+	struct chat_model *m; /* the thread's own copies of every shared jv */
+	struct chat_opts o;
+};
+
+/* Formats one record's results, all before any is written, so a skipped
+ * record leaves nothing behind. */
+static void format_item(struct worker *w, struct item *it)
+{
+	it->results = jv_array();
+	if (it->text) {
+		jv rec;
+		it->rc = jsonl_parse_record(w->p->name, it->line, it->text, it->len, &rec, &it->err);
+		it->recs = it->rc > 0 ? JV_ARRAY(rec) : jv_invalid();
+		free(it->text);
+		it->text = NULL;
+	}
+	if (it->rc < 0) {
+		jv_free(it->recs);
+		return;
+	}
+	jv_array_foreach(it->recs, i, one) {
+		jv res;
+		if (it->rc > 0 && chat_format_record(w->m, &w->o, one, &res, &it->err) < 0) {
+			char what[sizeof it->err.msg];
+			snprintf(what, sizeof what, "%s", it->err.msg);
+			it->rc = err_set(&it->err, "%s:%ld: %s", w->p->name, it->line, what);
+		} else if (it->rc > 0) {
+			it->results = jv_array_append(it->results, res);
+		} else {
+			jv_free(one);
+		}
+		(void)i;
+	}
+	jv_free(it->recs);
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct pool *p = w->p;
+	for (;;) {
+		pthread_mutex_lock(&p->mu);
+		while (!p->quit && !p->todo)
+			pthread_cond_wait(&p->work, &p->mu);
+		if (p->quit) {
+			pthread_mutex_unlock(&p->mu);
+			tmpl_thread_release();
+			return NULL;
+		}
+		struct batch *b = p->todo;
+		p->todo = b->next;
+		if (!p->todo)
+			p->todo_tail = NULL;
+		pthread_mutex_unlock(&p->mu);
+		for (int i = 0; i < b->n; i++)
+			format_item(w, &b->it[i]);
+		pthread_mutex_lock(&p->mu);
+		b->done = 1;
+		pthread_cond_broadcast(&p->done);
+		pthread_mutex_unlock(&p->mu);
+	}
+}
+
+static void pool_submit(struct pool *p, struct batch *b)
+{
+	pthread_mutex_lock(&p->mu);
+	b->next = NULL;
+	if (p->todo_tail)
+		p->todo_tail->next = b;
+	else
+		p->todo = b;
+	p->todo_tail = b;
+	pthread_cond_signal(&p->work);
+	pthread_mutex_unlock(&p->mu);
+}
+
+static void pool_wait(struct pool *p, struct batch *b)
+{
+	pthread_mutex_lock(&p->mu);
+	while (!b->done)
+		pthread_cond_wait(&p->done, &p->mu);
+	pthread_mutex_unlock(&p->mu);
+}
+
+/* Workers: one per CPU this process may run on. */
+static int thread_count(void)
+{
+	cpu_set_t set;
+	int n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+	return n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : n;
+}
+
+static void batch_free(struct batch *b)
+{
+	for (int i = 0; i < b->n; i++) {
+		free(b->it[i].text);
+		jv_free(b->it[i].results);
+	}
+	free(b);
+}
+
+/* Reads up to BATCH records into a new batch; *eof set at the end. Without
+ * --jq the workers parse the lines; jq's state is the main thread's. */
+static struct batch *read_batch(struct jsonl_reader *in, struct chat_jq *jq, int *eof)
+{
+	struct batch *b = calloc(1, sizeof *b);
+	if (!b)
+		msg_die(EXIT_RUNTIME, "out of memory");
+	while (b->n < BATCH && !msg_interrupted) {
+		struct item *it = &b->it[b->n];
+		const char *line;
+		size_t len;
+		int rc = jsonl_next_line(in, &line, &len, &it->err);
+		if (rc == 0) {
+			*eof = 1;
+			break;
+		}
+		it->line = jsonl_line(in);
+		it->recs = jv_invalid();
+		if (rc > 0 && !jq) {
+			if (!(it->text = malloc(len + 1)))
+				msg_die(EXIT_RUNTIME, "out of memory");
+			memcpy(it->text, line, len + 1);
+			it->len = len;
+		} else if (rc > 0) {
+			jv rec;
+			rc = jsonl_parse_record(jsonl_name(in), it->line, line, len, &rec, &it->err);
+			/* jq may keep references to what it gave; a worker gets copies of its own */
+			if (rc > 0)
+				it->recs = chat_jv_clone(chat_jq_run(jq, rec, &it->err));
+			if (rc > 0 && !jv_is_valid(it->recs))
+				rc = jsonl_errf(in, &it->err, "%s", it->err.msg);
+		}
+		it->rc = rc;
+		b->n++;
+	}
+	return b;
+}
 
 int main(int argc, char **argv)
 {
@@ -96,49 +275,97 @@ int main(int argc, char **argv)
 
 	msg_catch_signals();
 
+	/* The workers' copies are made here, before any thread runs: even
+	 * jv_copy of a shared value is a write. */
+	struct pool pool = {.name = jsonl_name(in)};
+	pthread_mutex_init(&pool.mu, NULL);
+	pthread_cond_init(&pool.work, NULL);
+	pthread_cond_init(&pool.done, NULL);
+	int nw = thread_count();
+	struct worker w[MAX_THREADS];
+	for (int i = 0; i < nw; i++) {
+		w[i] = (struct worker){.p = &pool, .o = o};
+		w[i].m = chat_model_for_thread(m, &err);
+		msg_die_if(!w[i].m, &err);
+		w[i].o.tools = chat_jv_clone(jv_copy(o.tools));
+		w[i].o.vars = chat_jv_clone(jv_copy(o.vars));
+	}
+	/* SIGINT and SIGTERM stay the main thread's, so that they interrupt its read. */
+	sigset_t sigs, old;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &sigs, &old);
+	for (int i = 0; i < nw; i++)
+		if (pthread_create(&w[i].th, NULL, worker_main, &w[i]) != 0)
+			msg_die(EXIT_RUNTIME, "cannot start a thread");
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+
 	struct progress prog;
 	progress_start(&prog, "records", 0, opt_progress(&r));
 	unsigned long long done = 0, bad = 0;
-	jv rec;
-	int rc;
-	while (!msg_interrupted && (rc = jsonl_next(in, &rec, &err)) != 0) {
-		jv recs = rc > 0 ? (jq ? chat_jq_run(jq, rec, &err) : JV_ARRAY(rec)) : jv_invalid();
-		if (rc > 0 && !jv_is_valid(recs))
-			rc = jsonl_errf(in, &err, "%s", err.msg);
-		/* All of a record's results are made before any is written, so a
-		 * skipped record leaves nothing behind. */
-		jv results = jv_array();
-		if (rc > 0) {
-			jv_array_foreach(recs, i, one) {
-				jv res;
-				if (rc > 0 && chat_format_record(m, &o, one, &res, &err) < 0)
-					rc = jsonl_errf(in, &err, "%s", err.msg);
-				else if (rc > 0)
-					results = jv_array_append(results, res);
-				else
-					jv_free(one);
-				(void)i;
+	struct batch *head = NULL, *tail = NULL; /* in flight, in input order */
+	int inflight = 0, eof = 0;
+	struct err stop = {0};
+	int stopping = 0; /* 1: die with stop; 2: interrupted */
+	while (!stopping) {
+		while (!eof && !msg_interrupted && inflight < 2 * nw + 1) {
+			struct batch *b = read_batch(in, jq, &eof);
+			if (!b->n) {
+				free(b);
+				break;
 			}
+			pool_submit(&pool, b);
+			if (tail)
+				tail->order_next = b;
+			else
+				head = b;
+			inflight++;
+			tail = b;
 		}
-		jv_free(recs);
-		if (rc > 0) {
-			jv_array_foreach(results, i, res) {
-				msg_die_if(jsonl_write(out->f, res, &err) < 0, &err);
-				(void)i;
-			}
-		}
-		jv_free(results);
-		if (rc < 0 && msg_interrupted)
+		if (!head)
 			break;
-		if (rc < 0) {
-			if (!skip_bad)
-				msg_die_err(&err);
-			msg_warn("skipped %s", err.msg);
-			bad++;
-			continue;
+		struct batch *b = head;
+		pool_wait(&pool, b);
+		for (int i = 0; i < b->n && !stopping; i++) {
+			struct item *it = &b->it[i];
+			if (it->rc > 0) {
+				jv_array_foreach(it->results, k, res) {
+					if (stopping)
+						jv_free(res);
+					else if (jsonl_write(out->f, res, &stop) < 0)
+						stopping = 1;
+					(void)k;
+				}
+				if (!stopping)
+					progress_update(&prog, ++done, 0);
+			} else if (msg_interrupted) {
+				stopping = 2;
+			} else if (!skip_bad) {
+				stop = it->err;
+				stopping = 1;
+			} else {
+				msg_warn("skipped %s", it->err.msg);
+				bad++;
+			}
 		}
-		progress_update(&prog, ++done, 0);
+		if (msg_interrupted)
+			stopping = 2;
+		head = b->order_next;
+		inflight--;
+		if (!head)
+			tail = NULL;
+		batch_free(b);
 	}
+	/* Stop the workers before anything exits. */
+	pthread_mutex_lock(&pool.mu);
+	pool.quit = 1;
+	pthread_cond_broadcast(&pool.work);
+	pthread_mutex_unlock(&pool.mu);
+	for (int i = 0; i < nw; i++)
+		pthread_join(w[i].th, NULL);
+	if (stopping == 1)
+		msg_die_err(&stop);
 	progress_end(&prog);
 	if (msg_interrupted)
 		msg_die(130, "interrupted: no output written");
@@ -146,6 +373,10 @@ int main(int argc, char **argv)
 	msg_die_if(outfile_commit(out, &err) < 0, &err);
 	if (bad)
 		msg_warn("%llu bad records were skipped", bad);
+	for (int i = 0; i < nw; i++) {
+		chat_model_free(w[i].m);
+		jv_free(w[i].o.tools), jv_free(w[i].o.vars);
+	}
 	chat_model_free(m);
 	chat_jq_free(jq);
 	jv_free(o.tools), jv_free(o.vars);

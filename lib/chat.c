@@ -491,6 +491,7 @@ int chat_json_find(const char *text, size_t len, jv want)
 /* ------------------------------------------------------------------- model */
 
 struct chat_model {
+	int borrowed;          /* a thread's copy: the templates and markers are the original's */
 	struct tmpl *tmpl;     /* the template, or the "default" of a list */
 	struct tmpl *tool_use; /* the "tool_use" one of a list, used when tools are given */
 	jv tokens;             /* the special tokens map */
@@ -501,15 +502,22 @@ struct chat_model {
 	int args_json, args_json_tool_use; /* the probe saw the template print arguments as JSON */
 };
 
+static char *read_file_max(const char *path, size_t max, size_t *len, struct err *err);
+
 static char *read_file(const char *path, size_t *len, struct err *err)
+{
+	return read_file_max(path, CHAT_MAX_FILE, len, err);
+}
+
+static char *read_file_max(const char *path, size_t max, size_t *len, struct err *err)
 {
 	FILE *f = fopen(path, "rb");
 	if (!f)
 		return err_set(err, "%s: cannot open: %s", path, strerror(errno)), NULL;
 	struct stat st;
-	if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size > CHAT_MAX_FILE) {
+	if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size > max) {
 		fclose(f);
-		return err_set(err, "%s: not a regular file of at most %u bytes", path, CHAT_MAX_FILE), NULL;
+		return err_set(err, "%s: not a regular file of at most %zu bytes", path, max), NULL;
 	}
 	char *buf = malloc((size_t)st.st_size + 1);
 	if (!buf) {
@@ -692,17 +700,226 @@ static int is_gguf(const char *path)
 	return n > 5 && !strcmp(path + n - 5, ".gguf");
 }
 
+/* Keeps s (a new string of n bytes) as marker number m->mk.n. */
+static int marker_add(struct chat_model *m, size_t *cap, const char *s, size_t n, struct err *err)
+{
+	if (m->mk.n == *cap) {
+		size_t c = *cap ? 2 * *cap : 16;
+		char **p = realloc(m->mk_store, c * sizeof *p);
+		if (!p)
+			return err_sys(err, "out of memory");
+		m->mk_store = p, *cap = c;
+	}
+	if (!(m->mk_store[m->mk.n] = strndup(s, n)))
+		return err_sys(err, "out of memory");
+	m->mk.n++;
+	return 0;
+}
+
+/* The length of the JSON string s[0..n) begins with ('"' first) up to and
+ * including its closing quote, or 0 when it does not end. */
+static size_t json_str_len(const char *s, size_t n)
+{
+	for (size_t i = 1; i < n;) {
+		const char *q = memchr(s + i, '"', n - i);
+		if (!q)
+			return 0;
+		size_t k = (size_t)(q - s), bs = 0;
+		while (s[k - 1 - bs] == '\\')
+			bs++;
+		if (bs % 2 == 0)
+			return k + 1;
+		i = k + 1;
+	}
+	return 0;
+}
+
+/* The length of the JSON value s[0..n) begins with, its syntax checked only
+ * as far as finding its end takes, or 0. Inside a container only quotes and
+ * brackets matter: the scan jumps from one to the next (a tokenizer.json is
+ * megabytes of vocabulary and merges to pass over). */
+static size_t json_skip(const char *s, size_t n)
+{
+	static const unsigned char structural[256] = {['"'] = 1, ['{'] = 1, ['}'] = 1, ['['] = 1, [']'] = 1};
+	if (n == 0 || s[0] == '}' || s[0] == ']')
+		return 0;
+	if (s[0] != '"' && s[0] != '{' && s[0] != '[') { /* a number, true, false or null */
+		if (!strchr("-0123456789tfn", s[0]) || !s[0])
+			return 0;
+		size_t i = 1;
+		while (i < n && s[i] && !strchr(",:]} \t\r\n", s[i]))
+			i++;
+		return i;
+	}
+	size_t depth = 0, i = 0;
+	for (;;) {
+		while (i < n && !structural[(unsigned char)s[i]])
+			i++;
+		if (i >= n)
+			return 0;
+		if (s[i] == '"') {
+			size_t k = json_str_len(s + i, n - i);
+			if (!k)
+				return 0;
+			i += k;
+		} else if (s[i] == '{' || s[i] == '[') {
+			depth++, i++;
+		} else if (depth-- == 0) {
+			return 0;
+		} else {
+			i++;
+		}
+		if (depth == 0)
+			return i;
+	}
+}
+
+static size_t json_ws(const char *s, size_t n, size_t i)
+{
+	while (i < n && strchr(" \t\r\n", s[i]) && s[i])
+		i++;
+	return i;
+}
+
+/* Finds the top-level "added_tokens" of a tokenizer.json text without parsing
+ * the rest (the vocabulary and merges are most of its megabytes): [*a, *b)
+ * is its value (the last one, as jq keeps the last of repeated keys), *a < 0
+ * when there is none. Returns -1 when the text is not a JSON object. */
+static int find_added_tokens(const char *s, size_t n, long *a, long *b)
+{
+	*a = *b = -1;
+	size_t i = json_ws(s, n, 0);
+	if (i >= n || s[i] != '{')
+		return -1;
+	i = json_ws(s, n, i + 1);
+	if (i < n && s[i] == '}')
+		return 0;
+	for (;;) {
+		size_t k = i < n && s[i] == '"' ? json_str_len(s + i, n - i) : 0;
+		if (!k)
+			return -1;
+		int hit = k == 14 && !memcmp(s + i, "\"added_tokens\"", 14);
+		if (!hit && memchr(s + i, '\\', k)) { /* an escaped key: ask jq what it says */
+			jv key = parse_json(s + i, k);
+			hit = jv_get_kind(key) == JV_KIND_STRING && !strcmp(jv_string_value(key), "added_tokens");
+			jv_free(key);
+		}
+		i = json_ws(s, n, i + k);
+		if (i >= n || s[i] != ':')
+			return -1;
+		i = json_ws(s, n, i + 1);
+		size_t v = json_skip(s + i, n - i);
+		if (!v)
+			return -1;
+		if (hit)
+			*a = (long)i, *b = (long)(i + v);
+		i = json_ws(s, n, i + v);
+		if (i < n && s[i] == '}')
+			return json_ws(s, n, i + 1) == n ? 0 : -1;
+		if (i >= n || s[i] != ',')
+			return -1;
+		i = json_ws(s, n, i + 1);
+	}
+}
+
+/* The markers from tokenizer.json's added_tokens alone, which say all the
+ * loaded tokenizer would: an added token is special when any entry with its
+ * content is. Returns 1 when done, 0 when the file is not of the simple form
+ * (the caller loads the tokenizer, which says what is wrong), or -1. */
+static int markers_from_json(struct chat_model *m, const char *path, struct err *err)
+{
+	size_t len;
+	struct err e2 = {0};
+	char *text = read_file_max(path, (size_t)1 << 30, &len, &e2);
+	long a, b;
+	if (!text || find_added_tokens(text, len, &a, &b) < 0) {
+		free(text);
+		return 0;
+	}
+	jv added = a >= 0 ? parse_json(text + a, (size_t)(b - a)) : jv_array();
+	free(text);
+	if (jv_get_kind(added) == JV_KIND_NULL)
+		added = (jv_free(added), jv_array());
+	int n = jv_get_kind(added) == JV_KIND_ARRAY ? jv_array_length(jv_copy(added)) : -1;
+	unsigned char *special = n >= 0 ? calloc((size_t)n + 1, 1) : NULL;
+	int ok = special != NULL;
+	jv contents = jv_array();
+	for (int i = 0; i < n && ok; i++) {
+		jv t = jv_array_get(jv_copy(added), i);
+		jv c = jv_get_kind(t) == JV_KIND_OBJECT ? obj_get(t, "content") : jv_invalid();
+		jv sp = jv_get_kind(t) == JV_KIND_OBJECT ? obj_get(t, "special") : jv_invalid();
+		jv_kind sk = jv_get_kind(sp);
+		ok = jv_get_kind(c) == JV_KIND_STRING &&
+		     (sk == JV_KIND_TRUE || sk == JV_KIND_FALSE || sk == JV_KIND_INVALID || sk == JV_KIND_NULL);
+		special[i] = sk == JV_KIND_TRUE;
+		contents = jv_array_append(contents, c);
+		jv_free(sp), jv_free(t);
+	}
+	jv_free(added);
+	if (!ok) {
+		free(special), jv_free(contents);
+		return 0;
+	}
+	/* Special: every content some special entry has, then eos_token. */
+	size_t cap = 0;
+	int rc = 0;
+	jv special_set = jv_object();
+	for (int i = 0; i < n; i++)
+		if (special[i])
+			special_set = jv_object_set(special_set, jv_array_get(jv_copy(contents), i), jv_true());
+	for (int tier = 0; tier < 2 && rc == 0; tier++) {
+		jv seen = jv_object();
+		for (int i = 0; i < n && rc == 0; i++) {
+			jv c = jv_array_get(jv_copy(contents), i);
+			int len_c = jv_string_length_bytes(jv_copy(c));
+			int is_special = jv_object_has(jv_copy(special_set), jv_copy(c));
+			if (len_c > 0 && *jv_string_value(c) && is_special == !tier &&
+			    !jv_object_has(jv_copy(seen), jv_copy(c))) {
+				rc = marker_add(m, &cap, jv_string_value(c), (size_t)len_c, err);
+				seen = jv_object_set(seen, jv_copy(c), jv_true());
+			}
+			jv_free(c);
+		}
+		jv_free(seen);
+		jv eos = obj_get(m->tokens, "eos_token");
+		if (tier == 0 && rc == 0 && jv_get_kind(eos) == JV_KIND_STRING && *jv_string_value(eos))
+			rc = marker_add(m, &cap, jv_string_value(eos), strlen(jv_string_value(eos)), err);
+		jv_free(eos);
+		if (tier == 0)
+			m->mk.nfirst = m->mk.n;
+	}
+	jv_free(special_set), jv_free(contents);
+	free(special);
+	return rc < 0 ? -1 : 1;
+}
+
+static int markers_lengths(struct chat_model *m, struct err *err);
+
 /* The end-of-turn candidates: every special added token and eos_token first,
  * then the other added tokens (see struct chat_markers). */
 static int load_markers(struct chat_model *m, const char *model, struct err *err)
 {
+	char path[4096];
+	struct stat st;
+	snprintf(path, sizeof path, "%s/tokenizer.json", model);
+	if (stat(model, &st) == 0 && S_ISDIR(st.st_mode) && stat(path, &st) == 0) {
+		int rc = markers_from_json(m, path, err);
+		if (rc < 0)
+			return -1;
+		if (rc > 0)
+			return markers_lengths(m, err);
+		for (size_t i = 0; i < m->mk.n; i++)
+			free(m->mk_store[i]);
+		free(m->mk_store);
+		m->mk_store = NULL;
+		m->mk.n = m->mk.nfirst = 0;
+	}
 	struct tokenizer *tk = tokenizer_load(model, err);
 	if (!tk)
 		return -1;
 	uint32_t nv = tokenizer_vocab_size(tk);
-	size_t cap = 16;
-	m->mk_store = malloc(cap * sizeof *m->mk_store);
-	int rc = m->mk_store ? 0 : err_sys(err, "out of memory");
+	size_t cap = 0;
+	int rc = 0;
 	jv eos = obj_get(m->tokens, "eos_token");
 	for (int tier = 0; tier < 2 && rc == 0; tier++) {
 		for (uint32_t id = 0; id <= nv && rc == 0; id++) {
@@ -711,18 +928,8 @@ static int load_markers(struct chat_model *m, const char *model, struct err *err
 				s = tokenizer_token(tk, id);
 			else if (id == nv && tier == 0 && jv_get_kind(eos) == JV_KIND_STRING)
 				s = jv_string_value(eos);
-			if (!s || !*s)
-				continue;
-			if (m->mk.n == cap) {
-				char **p = realloc(m->mk_store, (cap *= 2) * sizeof *p);
-				if (!p) {
-					rc = err_sys(err, "out of memory");
-					break;
-				}
-				m->mk_store = p;
-			}
-			if (!(m->mk_store[m->mk.n++] = strdup(s)))
-				rc = err_sys(err, "out of memory");
+			if (s && *s)
+				rc = marker_add(m, &cap, s, strlen(s), err);
 		}
 		if (tier == 0)
 			m->mk.nfirst = m->mk.n;
@@ -731,6 +938,11 @@ static int load_markers(struct chat_model *m, const char *model, struct err *err
 	tokenizer_free(tk);
 	if (rc < 0)
 		return -1;
+	return markers_lengths(m, err);
+}
+
+static int markers_lengths(struct chat_model *m, struct err *err)
+{
 	m->mk.s = (const char **)m->mk_store;
 	m->mk.len = malloc((m->mk.n + 1) * sizeof *m->mk.len);
 	if (!m->mk.len)
@@ -867,10 +1079,60 @@ struct chat_model *chat_model_load(const char *model, const char *template, stru
 	return m;
 }
 
+jv chat_jv_clone(jv v)
+{
+	switch (jv_get_kind(v)) {
+	case JV_KIND_STRING: {
+		jv c = jv_string_sized(jv_string_value(v), jv_string_length_bytes(jv_copy(v)));
+		jv_free(v);
+		return c;
+	}
+	case JV_KIND_NUMBER: {
+		jv c = jv_number(jv_number_value(v));
+		jv_free(v);
+		return c;
+	}
+	case JV_KIND_ARRAY: {
+		jv c = jv_array();
+		jv_array_foreach(v, i, e) {
+			c = jv_array_append(c, chat_jv_clone(e));
+			(void)i;
+		}
+		jv_free(v);
+		return c;
+	}
+	case JV_KIND_OBJECT: {
+		jv c = jv_object();
+		jv_object_foreach(v, k, e)
+			c = jv_object_set(c, chat_jv_clone(k), chat_jv_clone(e));
+		jv_free(v);
+		return c;
+	}
+	default:
+		return v; /* null, true, false and invalid hold no reference count */
+	}
+}
+
+struct chat_model *chat_model_for_thread(const struct chat_model *m, struct err *err)
+{
+	struct chat_model *c = malloc(sizeof *c);
+	if (!c)
+		return err_sys(err, "out of memory"), NULL;
+	*c = *m;
+	c->borrowed = 1;
+	c->tokens = chat_jv_clone(jv_copy(m->tokens));
+	return c;
+}
+
 void chat_model_free(struct chat_model *m)
 {
 	if (!m)
 		return;
+	if (m->borrowed) {
+		jv_free(m->tokens);
+		free(m);
+		return;
+	}
 	tmpl_free(m->tmpl);
 	tmpl_free(m->tool_use);
 	jv_free(m->tokens);
@@ -1048,16 +1310,6 @@ static jv render_ctx(jv msgs, jv tools, int agp, jv tokens, jv vars)
 	return ctx;
 }
 
-static int render(const struct tmpl *t, jv ctx, struct tmpl_output *out, struct err *err)
-{
-	memset(out, 0, sizeof *out);
-	if (tmpl_render(t, ctx, NULL, out, err) < 0) {
-		tmpl_output_free(out);
-		return -1;
-	}
-	return 0;
-}
-
 /* Checks that each tool call's arguments, as printed, parse back to the value given. */
 static int check_args_roundtrip(const struct tmpl_output *out, jv msgs, struct err *err)
 {
@@ -1114,6 +1366,7 @@ int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv
 	jv expected = jv_invalid();
 	int rc = 0;
 	struct tmpl_output ro = {0};
+	struct tmpl_ctx *cx = NULL;
 	unsigned char *trained = NULL;
 	long *body = NULL;
 	if (chat_validate(msgs, err) < 0)
@@ -1169,9 +1422,11 @@ int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv
 	} else if (o->train_last)
 		for (int i = 0; i < last_asst; i++)
 			trained[i] = 0;
-	if (render(t, render_ctx(jv_copy(msgs), jv_copy(tools), o->add_generation_prompt, jv_copy(m->tokens),
-				 jv_copy(o->vars)),
-		   &ro, err) < 0)
+	/* One conversion of the context serves the render and the prefix renders. */
+	cx = tmpl_ctx_new(render_ctx(jv_copy(msgs), jv_copy(tools), o->add_generation_prompt, jv_copy(m->tokens),
+				     jv_copy(o->vars)),
+			  err);
+	if (!cx || tmpl_render_ctx(t, cx, SIZE_MAX, -1, NULL, &ro, err) < 0)
 		goto fail;
 	if (json && check_args_roundtrip(&ro, msgs, err) < 0)
 		goto fail;
@@ -1182,9 +1437,7 @@ int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv
 			continue;
 		struct tmpl_output po;
 		struct err e2 = {0};
-		jv ctx = render_ctx(jv_array_slice(jv_copy(msgs), 0, i), jv_copy(tools), 1, jv_copy(m->tokens),
-				    jv_copy(o->vars));
-		if (render(t, ctx, &po, &e2) == 0) {
+		if (tmpl_render_ctx(t, cx, (size_t)i, 1, NULL, &po, &e2) == 0) {
 			if (po.len <= ro.len && !memcmp(po.text, ro.text, po.len))
 				body[i] = (long)po.len;
 			tmpl_output_free(&po);
@@ -1205,6 +1458,7 @@ fail:
 	jv_free(pass), jv_free(expected);
 done:
 	tmpl_output_free(&ro);
+	tmpl_ctx_free(cx);
 	free(trained), free(body);
 	jv_free(msgs), jv_free(tools);
 	return rc;

@@ -80,6 +80,13 @@ void chat_model_free(struct chat_model *m);
 /* The built-in template of a name ("chatml", "llama3", "gemma", "mistral",
  * "alpaca"), or NULL. */
 const char *chat_builtin_template(const char *name);
+/* jv's reference counts are not atomic: a thread formatting records needs
+ * its own copy of m (sharing the compiled templates and markers, which
+ * rendering only reads) and of every jv it shares (chat_opts' tools and
+ * vars). chat_model_free frees such a copy; the original must outlive it. */
+struct chat_model *chat_model_for_thread(const struct chat_model *m, struct err *err);
+/* A deep copy of v (consumed) with reference counts of its own. */
+jv chat_jv_clone(jv v);
 /* The special tokens map (bos_token, eos_token, ... as strings), a new reference. */
 jv chat_model_tokens(const struct chat_model *m);
 /* The argument mode the model's template expects (probed once at load). */

@@ -31,6 +31,13 @@ void jsonl_close(struct jsonl_reader *r);
  *   "not valid UTF-8 at column N" (code EXIT_USAGE), or "read error: <errno>"
  *   (EXIT_RUNTIME). After a bad line the next call reads on (for --skip-bad). */
 int jsonl_next(struct jsonl_reader *r, jv *out, struct err *err);
+/* jsonl_next in two halves, so that lines can be parsed on other threads:
+ * the next line that is not blank (CRLF and the top's byte-order mark taken
+ * off; *line valid until the next call), with 1, 0 or -1 as jsonl_next; then
+ * the record of such a line, with the same checks and errors as jsonl_next
+ * (name and lineno are jsonl_name and jsonl_line of the line). */
+int jsonl_next_line(struct jsonl_reader *r, const char **line, size_t *len, struct err *err);
+int jsonl_parse_record(const char *name, long lineno, const char *line, size_t len, jv *out, struct err *err);
 /* The line number of the record (or bad line) last returned, 1-based, and the
  * source name. */
 long jsonl_line(const struct jsonl_reader *r);

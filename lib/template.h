@@ -71,4 +71,18 @@ int tmpl_render(const struct tmpl *t, jv ctx, const struct tmpl_limits *lim, str
 		struct err *err);
 void tmpl_output_free(struct tmpl_output *o);
 
+/* Frees the blocks the calling thread keeps for its next renders: a thread
+ * that renders calls it before it ends. */
+void tmpl_thread_release(void);
+
+/* A context (consumed) converted once for several renders; NULL with err set. */
+struct tmpl_ctx;
+struct tmpl_ctx *tmpl_ctx_new(jv ctx, struct err *err);
+void tmpl_ctx_free(struct tmpl_ctx *c);
+/* tmpl_render with c: only its first nmsg messages (SIZE_MAX: all), and
+ * add_generation_prompt set to agp (-1: as in c, which must hold it as a
+ * boolean for agp to apply). The same output as tmpl_render of that context. */
+int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, int agp,
+		    const struct tmpl_limits *lim, struct tmpl_output *out, struct err *err);
+
 #endif

@@ -124,7 +124,7 @@ static struct tp_val *frame_get(struct frame *f, const char *name)
 {
 	for (; f; f = f->parent)
 		for (uint32_t i = f->n; i-- > 0;)
-			if (!strcmp(f->names[i], name))
+			if (f->names[i][0] == name[0] && !strcmp(f->names[i], name))
 				return &f->vals[i];
 	return NULL;
 }
@@ -553,7 +553,7 @@ static const char *list_methods[] = { "append", "extend", "insert", "pop", "remo
 static int in_names(const char **names, const char *n)
 {
 	for (; *names; names++)
-		if (!strcmp(*names, n))
+		if (**names == *n && !strcmp(*names, n)) /* most names differ in their first byte */
 			return 1;
 	return 0;
 }
@@ -2512,32 +2512,36 @@ static struct tp_val messages_from_jv(struct rt *r, jv msgs, struct tp_org listo
 	return l;
 }
 
-int tmpl_render(const struct tmpl *t, jv ctx, const struct tmpl_limits *lim, struct tmpl_output *out,
-		struct err *err)
+/* A context converted once for several renders (the prefix renders that
+ * find where each turn starts): the values live in its arena and renders
+ * share them, as no render changes a value in place (the immutable sandbox
+ * refuses every mutating method; only namespace() objects, which a render
+ * makes itself, take assignments). */
+struct tmpl_ctx {
+	struct tp_arena a;
+	uint32_t n;
+	const char **names;
+	struct tp_val *vals;
+};
+
+struct tmpl_ctx *tmpl_ctx_new(jv ctx, struct err *err)
 {
-	memset(out, 0, sizeof *out);
 	if (jv_get_kind(ctx) != JV_KIND_OBJECT) {
 		jv_free(ctx);
-		return err_set(err, "%s: the context must be a JSON object", t->name);
+		return err_set(err, "the context must be a JSON object"), NULL;
 	}
-	struct rt r = { .t = t };
-	r.max_out = lim && lim->max_output ? lim->max_output : (size_t)16 << 20;
-	r.max_steps = lim && lim->max_steps ? lim->max_steps : 10000000;
-	r.max_depth = lim && lim->max_depth ? lim->max_depth : 64;
-	if (r.max_depth > 1000)
-		r.max_depth = 1000; /* each level costs C stack */
-	if (r.max_out > UINT32_MAX - 64)
-		r.max_out = UINT32_MAX - 64;
-	r.a.cap = ((size_t)64 << 20) + 16 * r.max_out;
+	struct tmpl_ctx *c = calloc(1, sizeof *c);
+	if (!c) {
+		jv_free(ctx);
+		return err_sys(err, "out of memory"), NULL;
+	}
+	struct rt r = { .t = NULL };
+	r.a.cap = ((size_t)64 << 20) + 16 * ((size_t)16 << 20); /* a default render's own cap */
 	r.a.err = err;
 	jmp_buf jb;
 	r.a.fail = &jb;
-	/* Everything below that can fail unwinds to here; the context jv is
-	 * consumed up front so that nothing jq owns is live across a failure. */
 	volatile int ok = 0;
-	struct tp_sb main_out = { 0 };
 	if (setjmp(jb) == 0) {
-		r.root = frame_new(&r, NULL);
 		int nk = jv_object_length(jv_copy(ctx));
 		struct tp_val *vals = tp_alloc(&r.a, ((size_t)nk + 1) * sizeof *vals);
 		const char **names = tp_alloc(&r.a, ((size_t)nk + 1) * sizeof *names);
@@ -2551,18 +2555,82 @@ int tmpl_render(const struct tmpl *t, jv ctx, const struct tmpl_limits *lim, str
 			struct tp_org o = { -1, TMPL_INPUT, names[k] };
 			vals[k] = !strcmp(names[k], "messages") ? messages_from_jv(&r, val, o) : tp_from_jv(&r.a, val, o);
 		}
-		nk = k;
+		c->n = (uint32_t)k, c->names = names, c->vals = vals;
+		ok = 1;
+	}
+	jv_free(ctx);
+	c->a = r.a;
+	c->a.fail = NULL;
+	if (!ok) {
+		tmpl_ctx_free(c);
+		return NULL;
+	}
+	return c;
+}
+
+void tmpl_ctx_free(struct tmpl_ctx *c)
+{
+	if (!c)
+		return;
+	tp_arena_free(&c->a);
+	free(c);
+}
+
+int tmpl_render(const struct tmpl *t, jv ctx, const struct tmpl_limits *lim, struct tmpl_output *out,
+		struct err *err)
+{
+	memset(out, 0, sizeof *out);
+	if (jv_get_kind(ctx) != JV_KIND_OBJECT) {
 		jv_free(ctx);
-		ctx = jv_null();
-		for (int k = 0; k < nk; k++)
-			frame_set(&r, r.root, names[k], vals[k]);
+		return err_set(err, "%s: the context must be a JSON object", t->name);
+	}
+	struct tmpl_ctx *c = tmpl_ctx_new(ctx, err);
+	if (!c)
+		return -1;
+	int rc = tmpl_render_ctx(t, c, SIZE_MAX, -1, lim, out, err);
+	tmpl_ctx_free(c);
+	return rc;
+}
+
+int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, int agp,
+		    const struct tmpl_limits *lim, struct tmpl_output *out, struct err *err)
+{
+	memset(out, 0, sizeof *out);
+	struct rt r = { .t = t };
+	r.max_out = lim && lim->max_output ? lim->max_output : (size_t)16 << 20;
+	r.max_steps = lim && lim->max_steps ? lim->max_steps : 10000000;
+	r.max_depth = lim && lim->max_depth ? lim->max_depth : 64;
+	if (r.max_depth > 1000)
+		r.max_depth = 1000; /* each level costs C stack */
+	if (r.max_out > UINT32_MAX - 64)
+		r.max_out = UINT32_MAX - 64;
+	r.a.cap = ((size_t)64 << 20) + 16 * r.max_out;
+	r.a.err = err;
+	jmp_buf jb;
+	r.a.fail = &jb;
+	/* Everything below that can fail unwinds to here. */
+	volatile int ok = 0;
+	struct tp_sb main_out = { 0 };
+	if (setjmp(jb) == 0) {
+		r.root = frame_new(&r, NULL);
+		for (uint32_t k = 0; k < c->n; k++) {
+			struct tp_val v = c->vals[k];
+			if (!strcmp(c->names[k], "messages") && v.type == TP_LIST && nmsg < v.u.l->n) {
+				struct tp_val l = tp_mk_list(&r.a, (uint32_t)nmsg, v.u.l->tuple);
+				memcpy(l.u.l->v, v.u.l->v, nmsg * sizeof *l.u.l->v);
+				l.o = v.o;
+				v = l;
+			} else if (!strcmp(c->names[k], "add_generation_prompt") && agp >= 0 && v.type == TP_BOOL) {
+				v.u.b = agp;
+			}
+			frame_set(&r, r.root, c->names[k], v);
+		}
 		main_out.max = r.max_out;
 		r.out = r.main = &main_out;
 		struct frame *top = frame_new(&r, r.root);
 		exec_body(&r, top, t->body);
 		ok = 1;
 	}
-	jv_free(ctx);
 	if (!ok) {
 		tp_arena_free(&r.a);
 		return -1;

@@ -105,6 +105,16 @@ char *tp_strndup(struct tp_arena *a, const char *s, size_t n)
 	return p;
 }
 
+void tmpl_thread_release(void)
+{
+	while (spare) {
+		struct tp_block *b = spare;
+		spare = b->next;
+		free(b);
+	}
+	nspare = 0;
+}
+
 void tp_arena_free(struct tp_arena *a)
 {
 	struct tp_block *b = a->head;

@@ -7,8 +7,10 @@ ds-fmt runs as one process over the whole file (start-up included, output to a
 file); transformers renders the same records one apply_chat_template call each
 (tokenize=False, the template compiled once and cached by transformers, as a
 training script does), text only — no spans, no JSON — so the ratio is a lower
-bound of ds-fmt's advantage. Also printed: ds-fmt's start-up (one record, mostly
-loading tokenizer.json) and the rate without it.
+bound of ds-fmt's advantage. Also printed: ds-fmt's start-up (one record: the
+template, tokenizer_config.json and tokenizer.json's added tokens) and the rate
+without it. ds-fmt formats records on one worker thread per CPU it may run on
+(at most 16; the output is the same for any count); transformers uses one.
 """
 import json
 import os
@@ -31,6 +33,8 @@ def main():
     if not os.access(C.DSFMT, os.X_OK):
         print(f"bench_dsfmt: {C.DSFMT} not built")
         return 0
+    threads = min(len(os.sched_getaffinity(0)), 16)  # as ds-fmt counts them
+    print(f"threads: ds-fmt {threads} (one per CPU available), apply_chat_template 1")
     tmp = tempfile.mkdtemp(prefix="bench-dsfmt-")
     for entry in C.manifest():
         if entry["name"] not in TEMPLATES:

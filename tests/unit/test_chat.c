@@ -355,6 +355,24 @@ static void test_spans_generation(void)
 	jv_free(spans);
 }
 
+/* A clone equals its source, keys in the same order, and shares no reference
+ * count with it (what a worker thread relies on). */
+static void test_jv_clone(void)
+{
+	const char *text = "{\"b\": [1, -2.5, \"x\\u00e9\", null, true, false, {}], \"a\": {\"k\": \"v\"}}";
+	jv src = J(text);
+	jv c = chat_jv_clone(jv_copy(src));
+	char want[256];
+	snprintf(want, sizeof want, "%s", dump(jv_copy(src)));
+	CHECK(!strcmp(dump(jv_copy(c)), want), "clone %s", dump(jv_copy(c)));
+	jv sb = jv_object_get(jv_copy(src), jv_string("b")), cb = jv_object_get(jv_copy(c), jv_string("b"));
+	CHECK(jv_get_refcnt(sb) == 2 && jv_get_refcnt(cb) == 2, "shared reference counts: %d %d", jv_get_refcnt(sb),
+	      jv_get_refcnt(cb));
+	jv_free(sb), jv_free(cb);
+	jv_free(c);
+	CHECK(eq(src, text), "source changed");
+}
+
 int main(void)
 {
 	RUN(test_input_parse);
@@ -370,5 +388,6 @@ int main(void)
 	RUN(test_spans_body);
 	RUN(test_spans_no_marker);
 	RUN(test_spans_generation);
+	RUN(test_jv_clone);
 	return check_done();
 }

@@ -228,6 +228,71 @@ static void test_errors(void)
 	tmpl_free(NULL);
 }
 
+/* A test context through the project's JSON guard, as every parse goes. */
+static jv parse_ctx(const char *s)
+{
+	jv v;
+	struct err err;
+	return jsonl_parse(s, strlen(s), "test context", &v, &err) == 0 ? v : jv_object();
+}
+
+static int same_output(const struct tmpl_output *a, const struct tmpl_output *b)
+{
+	if (a->len != b->len || memcmp(a->text, b->text, a->len) || a->nruns != b->nruns || a->ngen != b->ngen)
+		return 0;
+	for (size_t i = 0; i < a->nruns; i++)
+		if (a->runs[i].start != b->runs[i].start || a->runs[i].end != b->runs[i].end ||
+		    a->runs[i].msg != b->runs[i].msg || a->runs[i].origin != b->runs[i].origin ||
+		    !a->runs[i].var != !b->runs[i].var || (a->runs[i].var && strcmp(a->runs[i].var, b->runs[i].var)))
+			return 0;
+	return 1;
+}
+
+/* A context converted once renders each prefix of its messages, with either
+ * add_generation_prompt, as a render of that prefix's own context does, and
+ * again the same (renders share its values: nothing may change them). */
+static void test_render_ctx(void)
+{
+	const char *src = "{% for m in messages %}<{{ m.role }}>{{ m.content | trim }}{{ eos_token }}{% endfor %}"
+			  "{% if add_generation_prompt %}<assistant>{% endif %}"
+			  "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% endfor %}"
+			  "{{ ns.n }}{{ messages | length }}{{ tools | tojson }}{{ (messages | last).role if messages }}";
+	const char *msgs[] = {"{\"role\": \"system\", \"content\": \"s\"}",
+			      "{\"role\": \"user\", \"content\": \" u \"}",
+			      "{\"role\": \"assistant\", \"content\": \"a\"}"};
+	struct err err;
+	struct tmpl *t = tmpl_compile(src, strlen(src), "chat_template", &err);
+	CHECK(t != NULL, "%s", err.msg);
+	if (!t)
+		return;
+	char ctx[1024];
+	snprintf(ctx, sizeof ctx, "{\"eos_token\": \"</s>\", \"messages\": [%s, %s, %s], \"tools\": [{\"k\": 1}], "
+		 "\"add_generation_prompt\": false}", msgs[0], msgs[1], msgs[2]);
+	struct tmpl_ctx *c = tmpl_ctx_new(parse_ctx(ctx), &err);
+	CHECK(c != NULL, "%s", err.msg);
+	for (int pass = 0; pass < 2 && c; pass++) {
+		for (int n = 0; n <= 3; n++) {
+			for (int agp = 0; agp < 2; agp++) {
+				snprintf(ctx, sizeof ctx, "{\"eos_token\": \"</s>\", \"messages\": [%s%s%s%s%s], "
+					 "\"tools\": [{\"k\": 1}], \"add_generation_prompt\": %s}",
+					 n > 0 ? msgs[0] : "", n > 1 ? ", " : "", n > 1 ? msgs[1] : "", n > 2 ? ", " : "",
+					 n > 2 ? msgs[2] : "", agp ? "true" : "false");
+				struct tmpl_output want, got;
+				int rc1 = tmpl_render(t, parse_ctx(ctx), NULL, &want, &err);
+				int rc2 = tmpl_render_ctx(t, c, (size_t)n, agp, NULL, &got, &err);
+				CHECK(rc1 == 0 && rc2 == 0, "%s", err.msg);
+				if (rc1 == 0 && rc2 == 0)
+					CHECK(same_output(&want, &got), "%d messages, agp %d: [%s] vs [%s]", n, agp, want.text,
+					      got.text);
+				tmpl_output_free(&want);
+				tmpl_output_free(&got);
+			}
+		}
+	}
+	tmpl_ctx_free(c);
+	tmpl_free(t);
+}
+
 int main(void)
 {
 	RUN(test_jinja_cases);
@@ -237,5 +302,6 @@ int main(void)
 	RUN(test_generation);
 	RUN(test_limits);
 	RUN(test_errors);
+	RUN(test_render_ctx);
 	return check_done();
 }
