@@ -33,16 +33,7 @@ static char *bytelevel_json(void)
 		"\"<|im_end|>\":{\"id\":\"<|im_end|>\",\"ids\":[263],\"tokens\":[\"<|im_end|>\"]}}}]},"
 		"\"decoder\":{\"type\":\"ByteLevel\"},"
 		"\"model\":{\"type\":\"BPE\",\"ignore_merges\":true,\"vocab\":{");
-	char num[32], ch[4];
-	for (int i = 0; i < 256; i++) {
-		byte_char(i, ch);
-		put(&b, i ? ",\"" : "\"");
-		if (ch[0] == '"' || ch[0] == '\\')
-			put(&b, "\\");
-		put(&b, ch);
-		snprintf(num, sizeof num, "\":%d", i);
-		put(&b, num);
-	}
+	put_byte_vocab(&b);
 	put(&b, ",\"th\":256,\"the\":257,\"\\u0120t\":258,\"\\u0120the\":259,\"in\":260,\"\\u0120th\":261},"
 		"\"merges\":[\"t h\",\"th e\",\"\\u0120 t\",\"\\u0120t h\",\"\\u0120th e\",\"i n\"]}}");
 	return b.p;

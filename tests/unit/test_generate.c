@@ -330,16 +330,8 @@ static struct tokenizer *bytelevel(void)
 		"\"model\":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":null,\"continuing_subword_prefix\":null,"
 		"\"end_of_word_suffix\":null,\"fuse_unk\":false,\"byte_fallback\":false,\"ignore_merges\":false,"
 		"\"vocab\":{");
-	char num[32], ch[4];
-	for (int i = 0; i < 256; i++) {
-		byte_char(i, ch);
-		put(&b, i ? ",\"" : "\"");
-		if (ch[0] == '"' || ch[0] == '\\')
-			put(&b, "\\");
-		put(&b, ch);
-		snprintf(num, sizeof num, "\":%d", i);
-		put(&b, num);
-	}
+	char num[32];
+	put_byte_vocab(&b);
 	put(&b, ",\"<eos>\":256");
 	for (int i = 0; WORDS[i]; i++) {
 		put(&b, ",\"");

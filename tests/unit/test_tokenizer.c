@@ -34,16 +34,8 @@ static char *bytelevel_json(const char *extra[], const char *merges, const char 
 	put(&b, ",\"decoder\":{\"type\":\"ByteLevel\",\"add_prefix_space\":true,\"trim_offsets\":true,\"use_regex\":true},"
 		"\"model\":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":null,\"continuing_subword_prefix\":null,"
 		"\"end_of_word_suffix\":null,\"fuse_unk\":false,\"byte_fallback\":false,\"ignore_merges\":false,\"vocab\":{");
-	char num[32], ch[4];
-	for (int i = 0; i < 256; i++) {
-		byte_char(i, ch);
-		put(&b, i ? ",\"" : "\"");
-		if (ch[0] == '"' || ch[0] == '\\')
-			put(&b, "\\");
-		put(&b, ch);
-		snprintf(num, sizeof num, "\":%d", i);
-		put(&b, num);
-	}
+	char num[32];
+	put_byte_vocab(&b);
 	for (int i = 0; extra && extra[i]; i++) {
 		put(&b, ",\"");
 		put(&b, extra[i]);

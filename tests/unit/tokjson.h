@@ -1,9 +1,11 @@
 /* tokjson: what tests need to write small tokenizer.json texts by hand: a
- * growing text buffer and GPT-2's byte-level form of a byte. Shared by the
- * tokenizer unit tests and the encode fuzzer. */
+ * growing text buffer, GPT-2's byte-level form of a byte and the 256 byte
+ * entries of a vocabulary. Shared by the tokenizer and generation unit tests
+ * and the encode fuzzer. */
 #ifndef LORAPIPE_TOKJSON_H
 #define LORAPIPE_TOKJSON_H
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,6 +47,21 @@ static inline void byte_char(int b, char out[4])
 		out[0] = (char)(0xC0 | cp >> 6);
 		out[1] = (char)(0x80 | (cp & 0x3F));
 		out[2] = 0;
+	}
+}
+
+/* The 256 byte-level vocabulary entries, "<byte b>":b, comma-separated. */
+static inline void put_byte_vocab(struct buf *b)
+{
+	char num[32], ch[4];
+	for (int i = 0; i < 256; i++) {
+		byte_char(i, ch);
+		put(b, i ? ",\"" : "\"");
+		if (ch[0] == '"' || ch[0] == '\\')
+			put(b, "\\");
+		put(b, ch);
+		snprintf(num, sizeof num, "\":%d", i);
+		put(b, num);
 	}
 }
 
