@@ -180,17 +180,24 @@ static void k4_scale_min(int j, const uint8_t *q, int *sc, int *mn)
 	}
 }
 
+/* The scales and mins of sub-blocks is and is + 1 of a Q4_K/Q5_K block. */
+static void k4_pair(int is, const uint8_t *scales, float d, float dmin, float *d1, float *m1, float *d2, float *m2)
+{
+	int sc, mn;
+	k4_scale_min(is, scales, &sc, &mn);
+	*d1 = d * (float)sc, *m1 = dmin * (float)mn;
+	k4_scale_min(is + 1, scales, &sc, &mn);
+	*d2 = d * (float)sc, *m2 = dmin * (float)mn;
+}
+
 static void dq_q4_k(const uint8_t *b, int64_t nb, float *y)
 {
 	for (int64_t i = 0; i < nb; i++, b += 144) {
 		float d = f16_at(b), dmin = f16_at(b + 2);
 		const uint8_t *scales = b + 4, *q = b + 16;
 		for (int is = 0; is < 8; is += 2, q += 32) {
-			int sc, mn;
-			k4_scale_min(is, scales, &sc, &mn);
-			float d1 = d * (float)sc, m1 = dmin * (float)mn;
-			k4_scale_min(is + 1, scales, &sc, &mn);
-			float d2 = d * (float)sc, m2 = dmin * (float)mn;
+			float d1, m1, d2, m2;
+			k4_pair(is, scales, d, dmin, &d1, &m1, &d2, &m2);
 			for (int l = 0; l < 32; l++)
 				*y++ = d1 * (float)(q[l] & 0x0f) - m1;
 			for (int l = 0; l < 32; l++)
@@ -206,11 +213,8 @@ static void dq_q5_k(const uint8_t *b, int64_t nb, float *y)
 		const uint8_t *scales = b + 4, *qh = b + 16, *ql = b + 48;
 		uint8_t u1 = 1, u2 = 2;
 		for (int is = 0; is < 8; is += 2, ql += 32, u1 = (uint8_t)(u1 << 2), u2 = (uint8_t)(u2 << 2)) {
-			int sc, mn;
-			k4_scale_min(is, scales, &sc, &mn);
-			float d1 = d * (float)sc, m1 = dmin * (float)mn;
-			k4_scale_min(is + 1, scales, &sc, &mn);
-			float d2 = d * (float)sc, m2 = dmin * (float)mn;
+			float d1, m1, d2, m2;
+			k4_pair(is, scales, d, dmin, &d1, &m1, &d2, &m2);
 			for (int l = 0; l < 32; l++)
 				*y++ = d1 * (float)((ql[l] & 0x0f) + (qh[l] & u1 ? 16 : 0)) - m1;
 			for (int l = 0; l < 32; l++)

@@ -10,6 +10,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 static int check_failed_cases;
 static int check_case_failed;
@@ -45,5 +46,33 @@ static const char *check_case_name;
 #define SKIP(fn, reason) printf("skip - %s: %s\n", #fn, reason)
 
 static inline int check_done(void) { return check_failed_cases ? 1 : 0; }
+
+/* Fresh random inputs: one splitmix64 stream, seeded from $LORAPIPE_SEED or
+ * the clock. check_seed_init() prints the seed so that a failure can be
+ * replayed, and returns it. */
+static inline unsigned long long *check_rng(void)
+{
+	static unsigned long long state;
+	return &state;
+}
+
+static inline unsigned long long check_seed_init(void)
+{
+	const char *s = getenv("LORAPIPE_SEED");
+	unsigned long long seed = s ? strtoull(s, NULL, 10) : (unsigned long long)time(NULL);
+	*check_rng() = seed;
+	printf("# seed %llu (LORAPIPE_SEED=%llu replays it)\n", seed, seed);
+	return seed;
+}
+
+/* Uniform in [0, 1). */
+static inline double check_urand(void)
+{
+	unsigned long long z = (*check_rng() += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	z ^= z >> 31;
+	return (double)(z >> 11) / 9007199254740992.0;
+}
 
 #endif

@@ -20,23 +20,13 @@
 
 #define TOL 1e-5
 
-static unsigned long long seed, rng_state;
-
-static double urand(void) /* [0, 1) */
-{
-	rng_state += 0x9e3779b97f4a7c15ull;
-	unsigned long long z = rng_state;
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	z ^= z >> 31;
-	return (double)(z >> 11) / 9007199254740992.0;
-}
+static unsigned long long seed;
 
 static float *rnd(int64_t count, double scale)
 {
 	float *x = malloc((size_t)count * sizeof *x);
 	for (int64_t i = 0; i < count; i++)
-		x[i] = (float)((urand() * 2 - 1) * scale);
+		x[i] = (float)((check_urand() * 2 - 1) * scale);
 	return x;
 }
 
@@ -427,10 +417,7 @@ static void test_add_softcap(void)
 
 int main(void)
 {
-	const char *s = getenv("LORAPIPE_SEED");
-	seed = s ? strtoull(s, NULL, 10) : (unsigned long long)time(NULL);
-	rng_state = seed;
-	printf("# seed %llu (LORAPIPE_SEED=%llu replays it)\n", seed, seed);
+	seed = check_seed_init();
 	RUN(test_matmul_f32);
 	RUN(test_matmul_bf16);
 	RUN(test_matmul_nf4);

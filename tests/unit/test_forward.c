@@ -14,23 +14,13 @@
 #include "check.h"
 #include "model.h"
 
-static unsigned long long seed, rng_state;
-
-static double urand(void)
-{
-	rng_state += 0x9e3779b97f4a7c15ull;
-	unsigned long long z = rng_state;
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	z ^= z >> 31;
-	return (double)(z >> 11) / 9007199254740992.0;
-}
+static unsigned long long seed;
 
 static float *rnd(int64_t count, double scale, double center)
 {
 	float *x = malloc((size_t)count * sizeof *x);
 	for (int64_t i = 0; i < count; i++)
-		x[i] = (float)(center + (urand() * 2 - 1) * scale);
+		x[i] = (float)(center + (check_urand() * 2 - 1) * scale);
 	return x;
 }
 
@@ -165,7 +155,7 @@ static void check_cache(enum model_arch arch, enum wfmt fmt, int threads)
 	const int n = 23, V = m->cfg.vocab;
 	int32_t tok[23];
 	for (int t = 0; t < n; t++)
-		tok[t] = (int32_t)(urand() * V);
+		tok[t] = (int32_t)(check_urand() * V);
 	backend_cpu_threads(threads);
 	float *full = malloc((size_t)n * V * sizeof *full), *part = malloc((size_t)n * V * sizeof *part);
 	float *last = malloc((size_t)V * sizeof *last);
@@ -317,10 +307,7 @@ static void test_rope_scaling(void)
 
 int main(void)
 {
-	const char *s = getenv("LORAPIPE_SEED");
-	seed = s ? strtoull(s, NULL, 10) : (unsigned long long)time(NULL);
-	rng_state = seed;
-	printf("# seed %llu (LORAPIPE_SEED=%llu replays it)\n", seed, seed);
+	seed = check_seed_init();
 	RUN(test_cache_llama);
 	RUN(test_cache_qwen2);
 	RUN(test_cache_qwen3);
