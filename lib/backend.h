@@ -50,8 +50,9 @@ struct backend {
 	/* x[n × e.cols] = rows tok[0..n) of e, times scale. */
 	void (*embed)(float *x, const struct weight *e, const int32_t *tok, int n, float scale);
 
-	/* y[count] += x[count] */
-	void (*add)(float *y, const float *x, int64_t count);
+	/* y[count] += alpha · x[count] (the product rounded, then the sum: torch's
+	 * y + x * alpha) */
+	void (*axpy)(float *y, const float *x, float alpha, int64_t count);
 
 	/* x[count] = cap * tanh(x / cap) */
 	void (*softcap)(float *x, int64_t count, float cap);

@@ -692,20 +692,24 @@ static void cpu_embed(float *x, const struct weight *e, const int32_t *tok, int 
 struct ew_job {
 	float *y;
 	const float *x;
-	float cap;
+	float cap; /* softcap's cap, axpy's alpha */
 };
 
-static void add_part(void *ctx, int64_t lo, int64_t hi, int tid)
+static void axpy_part(void *ctx, int64_t lo, int64_t hi, int tid)
 {
 	struct ew_job *j = ctx;
-	for (int64_t i = lo; i < hi; i++)
-		j->y[i] += j->x[i];
+	if (j->cap == 1)
+		for (int64_t i = lo; i < hi; i++)
+			j->y[i] += j->x[i];
+	else
+		for (int64_t i = lo; i < hi; i++)
+			j->y[i] += j->cap * j->x[i];
 }
 
-static void cpu_add(float *y, const float *x, int64_t count)
+static void cpu_axpy(float *y, const float *x, float alpha, int64_t count)
 {
-	struct ew_job j = {y, x, 0};
-	par_for(count, 262144, add_part, &j);
+	struct ew_job j = {y, x, alpha};
+	par_for(count, 262144, axpy_part, &j);
 }
 
 static void softcap_part(void *ctx, int64_t lo, int64_t hi, int tid)
@@ -729,6 +733,6 @@ const struct backend backend_cpu = {
 	.attention = cpu_attention,
 	.glu = cpu_glu,
 	.embed = cpu_embed,
-	.add = cpu_add,
+	.axpy = cpu_axpy,
 	.softcap = cpu_softcap,
 };

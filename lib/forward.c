@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "lora.h"
 #include "model.h"
 
 /* transformers' _compute_default_rope_parameters and the linear and llama3
@@ -103,24 +104,31 @@ struct acts {
 	float *k, *v; /* n × kv_dim: this call's keys and values when there is no cache */
 	float *gate;  /* n × ffn, then act(gate) * up */
 	float *up;    /* n × ffn */
+	float *lr;    /* n × rank: x·Aᵀ of a LoRA pair; NULL without an adapter */
+	float *ly;    /* n × max(dim, q_dim, ffn): its ·Bᵀ before scaling */
 	int32_t *pos; /* n positions */
 	float *inv_global, *inv_local; /* head_dim / 2 each */
 	void *mem;
 };
 
-static int acts_alloc(struct acts *a, const struct model_config *c, int n, int own_kv, struct err *err)
+static int acts_alloc(struct acts *a, const struct model_config *c, int rank, int n, int own_kv,
+		      struct err *err)
 {
 	size_t nn = (size_t)n;
 	size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
+	size_t widest = (size_t)c->dim > qd ? (size_t)c->dim : qd;
+	if ((size_t)c->ffn > widest)
+		widest = (size_t)c->ffn;
 	size_t sizes[] = {nn * c->dim, nn * c->dim, nn * qd, nn * qd, own_kv ? nn * kvd : 0, own_kv ? nn * kvd : 0,
-			  nn * c->ffn, nn * c->ffn, nn, (size_t)c->head_dim / 2 + 1, (size_t)c->head_dim / 2 + 1};
+			  nn * c->ffn, nn * c->ffn, nn * (size_t)rank, rank ? nn * widest : 0, nn,
+			  (size_t)c->head_dim / 2 + 1, (size_t)c->head_dim / 2 + 1};
 	size_t total = 0;
 	for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
 		total += (sizes[i] + 15) / 16 * 16; /* 64-byte aligned pieces */
 	float *m = aligned_alloc(64, total * sizeof(float));
 	if (!m)
 		return err_sys(err, "forward: %zu MB of activations:", total * sizeof(float) >> 20);
-	float **ptr[] = {&a->x, &a->h, &a->q, &a->att, &a->k, &a->v, &a->gate, &a->up, NULL,
+	float **ptr[] = {&a->x, &a->h, &a->q, &a->att, &a->k, &a->v, &a->gate, &a->up, &a->lr, &a->ly, NULL,
 			 &a->inv_global, &a->inv_local};
 	size_t off = 0;
 	for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
@@ -131,11 +139,30 @@ static int acts_alloc(struct acts *a, const struct model_config *c, int n, int o
 		off += (sizes[i] + 15) / 16 * 16;
 	}
 	a->mem = m;
+	if (!rank)
+		a->lr = a->ly = NULL;
 	return 0;
 }
 
-int model_forward(const struct model *m, struct kv_cache *kv, const int32_t *tokens, int n, float *logits,
-		  int all_logits, struct err *err)
+/* y[n × out] = x·Wᵀ (+ bias), plus scale·(x·Aᵀ)·Bᵀ when the adapter targets
+ * this projection (no dropout: inference). */
+static void project(const struct backend *be, struct acts *a, const struct lora *lo, int layer, int target,
+		    float *y, const float *x, const struct weight *w, const float *bias, int n)
+{
+	be->matmul(y, x, w, bias, n);
+	const struct lora_pair *p = lo ? &lo->pairs[layer][target] : NULL;
+	if (!p || !p->a)
+		return;
+	const int r = lo->cfg.rank;
+	struct weight wa = {.fmt = WFMT_F32, .rows = r, .cols = p->in, .f32 = p->a};
+	struct weight wb = {.fmt = WFMT_F32, .rows = p->out, .cols = r, .f32 = p->b};
+	be->matmul(a->lr, x, &wa, NULL, n);
+	be->matmul(a->ly, a->lr, &wb, NULL, n);
+	be->axpy(y, a->ly, lo->scale, (int64_t)n * p->out);
+}
+
+int model_forward(const struct model *m, const struct lora *lo, struct kv_cache *kv, const int32_t *tokens, int n,
+		  float *logits, int all_logits, struct err *err)
 {
 	const struct backend *be = &backend_cpu;
 	const struct model_config *c = &m->cfg;
@@ -157,7 +184,9 @@ int model_forward(const struct model *m, struct kv_cache *kv, const int32_t *tok
 				       kv->n, n, kv->max_seq);
 	}
 	struct acts a = {0};
-	if (acts_alloc(&a, c, n, kv == NULL, err) < 0)
+	if (lo && lo->n_layers != c->n_layers)
+		return err_set(err, "forward: the adapter has %d layers, the model %d", lo->n_layers, c->n_layers);
+	if (acts_alloc(&a, c, lo ? lo->cfg.rank : 0, n, kv == NULL, err) < 0)
 		return -1;
 	for (int t = 0; t < n; t++)
 		a.pos[t] = p0 + t;
@@ -175,9 +204,9 @@ int model_forward(const struct model *m, struct kv_cache *kv, const int32_t *tok
 
 		/* attention block */
 		be->rmsnorm(a.h, a.x, L->attn_norm, n, dim, c->norm_eps, c->norm_plus_one);
-		be->matmul(a.q, a.h, &L->q, c->qkv_bias ? L->q_bias : NULL, n);
-		be->matmul(k_new, a.h, &L->k, c->qkv_bias ? L->k_bias : NULL, n);
-		be->matmul(v_new, a.h, &L->v, c->qkv_bias ? L->v_bias : NULL, n);
+		project(be, &a, lo, l, LORA_Q, a.q, a.h, &L->q, c->qkv_bias ? L->q_bias : NULL, n);
+		project(be, &a, lo, l, LORA_K, k_new, a.h, &L->k, c->qkv_bias ? L->k_bias : NULL, n);
+		project(be, &a, lo, l, LORA_V, v_new, a.h, &L->v, c->qkv_bias ? L->v_bias : NULL, n);
 		if (c->qk_norm) {
 			be->rmsnorm(a.q, a.q, L->q_norm, n * c->n_heads, hd, c->norm_eps, c->norm_plus_one);
 			be->rmsnorm(k_new, k_new, L->k_norm, n * c->n_kv_heads, hd, c->norm_eps, c->norm_plus_one);
@@ -187,20 +216,20 @@ int model_forward(const struct model *m, struct kv_cache *kv, const int32_t *tok
 		be->rope(k_new, n, c->n_kv_heads, hd, a.pos, inv);
 		be->attention(a.att, a.q, K, V, n, p0 + n, a.pos, c->n_heads, c->n_kv_heads, hd, c->attn_scale,
 			      sliding ? c->sliding_window : 0, c->attn_softcap);
-		be->matmul(a.h, a.att, &L->o, NULL, n);
+		project(be, &a, lo, l, LORA_O, a.h, a.att, &L->o, NULL, n);
 		if (c->sandwich_norm)
 			be->rmsnorm(a.h, a.h, L->post_attn_norm, n, dim, c->norm_eps, c->norm_plus_one);
-		be->add(a.x, a.h, (int64_t)n * dim);
+		be->axpy(a.x, a.h, 1, (int64_t)n * dim);
 
 		/* feed-forward block */
 		be->rmsnorm(a.h, a.x, L->ffn_norm, n, dim, c->norm_eps, c->norm_plus_one);
-		be->matmul(a.gate, a.h, &L->gate, NULL, n);
-		be->matmul(a.up, a.h, &L->up, NULL, n);
+		project(be, &a, lo, l, LORA_GATE, a.gate, a.h, &L->gate, NULL, n);
+		project(be, &a, lo, l, LORA_UP, a.up, a.h, &L->up, NULL, n);
 		be->glu(a.gate, a.gate, a.up, (int64_t)n * c->ffn, c->act);
-		be->matmul(a.h, a.gate, &L->down, NULL, n);
+		project(be, &a, lo, l, LORA_DOWN, a.h, a.gate, &L->down, NULL, n);
 		if (c->sandwich_norm)
 			be->rmsnorm(a.h, a.h, L->post_ffn_norm, n, dim, c->norm_eps, c->norm_plus_one);
-		be->add(a.x, a.h, (int64_t)n * dim);
+		be->axpy(a.x, a.h, 1, (int64_t)n * dim);
 	}
 
 	/* the final norm and the output projection, for all rows or the last */

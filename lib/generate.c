@@ -4,13 +4,11 @@
  * longest prompt plus max_new, emptied between prompts): prefill of the whole
  * prompt in one forward call, then one call per new token.
  *
- * Random numbers: splitmix64 (Steele, Lea and Flood 2014) — a 64-bit state
- * advanced by the golden-ratio constant and mixed by two xor-shift-multiply
- * rounds; uniform doubles take the top 53 bits. The state of prompt i starts
- * at seed + i. A draw takes one number u in [0, 1) and walks the kept tokens,
- * from most to least likely (equal ones by id) when top-k or top-p kept a
- * subset, in id order when every token is kept, until the running sum of
- * probabilities passes u times their total.
+ * Random numbers: lib/rng.h; the state of prompt i starts at seed + i. A
+ * draw takes one number u in [0, 1) and walks the kept tokens, from most to
+ * least likely (equal ones by id) when top-k or top-p kept a subset, in id
+ * order when every token is kept, until the running sum of probabilities
+ * passes u times their total.
  *
  * Top-k keeps exactly k tokens, ties at the k-th logit going to the lower ids
  * (llama.cpp's rule; transformers would keep every tie).
@@ -30,17 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ------------------------------------------------------------ random numbers */
-
-static uint64_t splitmix64(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static double uniform01(uint64_t *s) { return (double)(splitmix64(s) >> 11) * 0x1.0p-53; }
+#include "rng.h"
 
 /* ------------------------------------------------------------------ sampling */
 
@@ -105,7 +93,7 @@ static void top_k(const float *logits, int vocab, int k, struct cand *c)
 /* Draws from c[0..n) (logit fields hold probabilities, not normalized). */
 static int32_t draw(const struct cand *c, int n, double total, uint64_t *rng)
 {
-	double u = uniform01(rng) * total, sum = 0;
+	double u = rng_uniform(rng) * total, sum = 0;
 	for (int i = 0; i < n; i++) {
 		sum += c[i].logit;
 		if (u < sum)
@@ -140,7 +128,7 @@ int32_t gen_sample(float *logits, int vocab, const struct gen_opts *o, uint64_t 
 		double total = 0;
 		for (int i = 0; i < vocab; i++)
 			total += logits[i] = (float)exp((double)(logits[i] - mx) * inv_t);
-		double u = uniform01(rng) * total, sum = 0;
+		double u = rng_uniform(rng) * total, sum = 0;
 		for (int i = 0; i < vocab; i++) {
 			sum += logits[i];
 			if (u < sum)
@@ -313,7 +301,7 @@ static int generate_one(const struct model *m, const struct tokenizer *tk, struc
 	uint64_t rng = o->seed + (uint64_t)idx;
 	res->stop = GEN_LENGTH;
 	kv->n = 0;
-	if (limit > 0 && model_forward(m, kv, prompt, len, logits, 0, err) < 0)
+	if (limit > 0 && model_forward(m, o->lora, kv, prompt, len, logits, 0, err) < 0)
 		goto out;
 	for (int t = 0; t < limit; t++) {
 		int32_t id = gen_sample(logits, m->cfg.vocab, o, &rng);
@@ -330,7 +318,7 @@ static int generate_one(const struct model *m, const struct tokenizer *tk, struc
 			res->stop = GEN_STOP_STRING;
 			break;
 		}
-		if (t + 1 < limit && model_forward(m, kv, &id, 1, logits, 0, err) < 0)
+		if (t + 1 < limit && model_forward(m, o->lora, kv, &id, 1, logits, 0, err) < 0)
 			goto out;
 	}
 	if (!s.text && tokenizer_decode(tk, (const uint32_t *)s.ids, 0, 0, &s.text, &s.len, err) < 0)

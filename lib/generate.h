@@ -18,6 +18,7 @@
 #include "tokenizer.h"
 
 struct gen_opts {
+	const struct lora *lora; /* adapter applied to the model; NULL: none */
 	int max_new;         /* tokens to generate at most per prompt */
 	float temperature;   /* 0: greedy */
 	int top_k;           /* 0: off */

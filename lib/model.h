@@ -143,12 +143,15 @@ struct kv_cache {
 struct kv_cache *kv_cache_new(const struct model_config *cfg, int max_seq, struct err *err);
 void kv_cache_free(struct kv_cache *kv);
 
+struct lora;
+
 /* Runs tokens[0..n) at positions kv->n .. kv->n + n - 1 and appends their keys
  * and values to kv (kv NULL: a fresh sequence at positions 0 .. n - 1, nothing
- * kept). logits receives n × vocab values when all_logits, else the last
- * position's vocab values. Returns 0, or -1 with err (a token out of the
- * vocabulary, the cache full, out of memory). */
-int model_forward(const struct model *m, struct kv_cache *kv, const int32_t *tokens, int n, float *logits,
-		  int all_logits, struct err *err);
+ * kept), with the LoRA adapter lo applied (NULL: the base model; lib/lora.h).
+ * logits receives n × vocab values when all_logits, else the last position's
+ * vocab values. Returns 0, or -1 with err (a token out of the vocabulary, the
+ * cache full, an adapter of another model, out of memory). */
+int model_forward(const struct model *m, const struct lora *lo, struct kv_cache *kv, const int32_t *tokens, int n,
+		  float *logits, int all_logits, struct err *err);
 
 #endif

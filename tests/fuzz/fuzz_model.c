@@ -108,7 +108,7 @@ static void run(struct model *m)
 	struct err e = {{0}, 0};
 	int32_t ids[3] = {0, m->cfg.vocab - 1, m->cfg.vocab / 2};
 	float *logits = malloc((size_t)m->cfg.vocab * sizeof *logits);
-	if (logits && model_forward(m, NULL, ids, 3, logits, 0, &e) < 0 && !e.msg[0])
+	if (logits && model_forward(m, NULL, NULL, ids, 3, logits, 0, &e) < 0 && !e.msg[0])
 		__builtin_trap();
 	free(logits);
 }

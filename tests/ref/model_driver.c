@@ -93,13 +93,13 @@ static int do_logits(const struct model *m, const struct opt_result *r, struct e
 		goto out;
 	}
 	if (!chunk) {
-		rc = model_forward(m, NULL, ids, n, logits, !last, err);
+		rc = model_forward(m, NULL, NULL, ids, n, logits, !last, err);
 	} else {
 		struct kv_cache *kv = kv_cache_new(&m->cfg, n, err);
 		rc = kv ? 0 : -1;
 		for (int at = 0; rc == 0 && at < n; at += chunk) {
 			int len = n - at < chunk ? n - at : chunk;
-			rc = model_forward(m, kv, ids + at, len, last ? logits : logits + (size_t)at * V, !last, err);
+			rc = model_forward(m, NULL, kv, ids + at, len, last ? logits : logits + (size_t)at * V, !last, err);
 		}
 		kv_cache_free(kv);
 	}
@@ -129,7 +129,7 @@ static int do_bench(const struct model *m, const struct opt_result *r, struct er
 	double best = 1e30;
 	for (int i = 0; i <= reps; i++) {
 		double t0 = now();
-		if (model_forward(m, NULL, ids, n, logits, 1, err) < 0)
+		if (model_forward(m, NULL, NULL, ids, n, logits, 1, err) < 0)
 			goto out;
 		double dt = now() - t0;
 		if (i > 0 && dt < best) /* the first run warms up */
@@ -139,14 +139,14 @@ static int do_bench(const struct model *m, const struct opt_result *r, struct er
 	int decode = (int)opt_int(r, "decode", 0);
 	if (decode) {
 		struct kv_cache *kv = kv_cache_new(&m->cfg, n + decode, err);
-		if (!kv || model_forward(m, kv, ids, n, logits, 0, err) < 0) {
+		if (!kv || model_forward(m, NULL, kv, ids, n, logits, 0, err) < 0) {
 			kv_cache_free(kv);
 			goto out;
 		}
 		double t0 = now();
 		for (int i = 0; i < decode; i++) {
 			int32_t next = (int32_t)((i * 31 + 7) % m->cfg.vocab);
-			if (model_forward(m, kv, &next, 1, logits, 0, err) < 0) {
+			if (model_forward(m, NULL, kv, &next, 1, logits, 0, err) < 0) {
 				kv_cache_free(kv);
 				goto out;
 			}
@@ -186,7 +186,7 @@ static int do_info(const struct model *m, double load_s, struct err *err)
 	float *logits = malloc((size_t)8 * m->cfg.vocab * sizeof *logits);
 	if (!logits)
 		return err_sys(err, "info:");
-	int rc = model_forward(m, NULL, ids, 8, logits, 1, err);
+	int rc = model_forward(m, NULL, NULL, ids, 8, logits, 1, err);
 	free(logits);
 	if (rc < 0)
 		return -1;

@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "rng.h"
+
 static int check_failed_cases;
 static int check_case_failed;
 static const char *check_case_name;
@@ -47,12 +49,12 @@ static const char *check_case_name;
 
 static inline int check_done(void) { return check_failed_cases ? 1 : 0; }
 
-/* Fresh random inputs: one splitmix64 stream, seeded from $LORAPIPE_SEED or
+/* Fresh random inputs: one lib/rng.h stream, seeded from $LORAPIPE_SEED or
  * the clock. check_seed_init() prints the seed so that a failure can be
  * replayed, and returns it. */
-static inline unsigned long long *check_rng(void)
+static inline uint64_t *check_rng(void)
 {
-	static unsigned long long state;
+	static uint64_t state;
 	return &state;
 }
 
@@ -66,13 +68,6 @@ static inline unsigned long long check_seed_init(void)
 }
 
 /* Uniform in [0, 1). */
-static inline double check_urand(void)
-{
-	unsigned long long z = (*check_rng() += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	z ^= z >> 31;
-	return (double)(z >> 11) / 9007199254740992.0;
-}
+static inline double check_urand(void) { return rng_uniform(check_rng()); }
 
 #endif

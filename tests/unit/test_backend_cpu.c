@@ -394,7 +394,7 @@ static void test_embed(void)
 	free(e);
 }
 
-static void test_add_softcap(void)
+static void test_axpy_softcap(void)
 {
 	const int64_t count = 300001;
 	float *y = rnd(count, 40.0), *x = rnd(count, 3.0);
@@ -402,9 +402,14 @@ static void test_add_softcap(void)
 	for (int64_t i = 0; i < count; i++)
 		want[i] = (double)y[i] + x[i];
 	backend_cpu_threads(2);
-	backend_cpu.add(y, x, count);
+	backend_cpu.axpy(y, x, 1, count);
 	double e = rel_err(y, want, count);
-	CHECK(e < 1e-7, "seed %llu: add: rel err %.3g", seed, e);
+	CHECK(e < 1e-7, "seed %llu: axpy with alpha 1: rel err %.3g", seed, e);
+	for (int64_t i = 0; i < count; i++)
+		want[i] = (double)y[i] + (double)(float)(-0.37f * x[i]);
+	backend_cpu.axpy(y, x, -0.37f, count);
+	e = rel_err(y, want, count);
+	CHECK(e < 1e-7, "seed %llu: axpy with alpha -0.37: rel err %.3g", seed, e);
 	for (int64_t i = 0; i < count; i++)
 		want[i] = 30.0 * tanh(y[i] / 30.0);
 	backend_cpu.softcap(y, count, 30.0f);
@@ -431,6 +436,6 @@ int main(void)
 	RUN(test_attention_cache);
 	RUN(test_glu);
 	RUN(test_embed);
-	RUN(test_add_softcap);
+	RUN(test_axpy_softcap);
 	return check_done();
 }

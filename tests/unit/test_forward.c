@@ -159,14 +159,14 @@ static void check_cache(enum model_arch arch, enum wfmt fmt, int threads)
 	backend_cpu_threads(threads);
 	float *full = malloc((size_t)n * V * sizeof *full), *part = malloc((size_t)n * V * sizeof *part);
 	float *last = malloc((size_t)V * sizeof *last);
-	int rc = model_forward(m, NULL, tok, n, full, 1, &err);
+	int rc = model_forward(m, NULL, NULL, tok, n, full, 1, &err);
 	CHECK(rc == 0, "%s: full pass: %s", model_arch_name(arch), err.msg);
 	int finite = 1;
 	for (int64_t i = 0; i < (int64_t)n * V; i++)
 		finite &= isfinite(full[i]) != 0;
 	CHECK(finite, "%s: logits not finite", model_arch_name(arch));
 	/* only the last row */
-	rc = model_forward(m, NULL, tok, n, last, 0, &err);
+	rc = model_forward(m, NULL, NULL, tok, n, last, 0, &err);
 	CHECK(rc == 0 && rel_err(last, full + (n - 1) * V, V) < 1e-6, "%s: last-row logits differ",
 	      model_arch_name(arch));
 
@@ -176,7 +176,7 @@ static void check_cache(enum model_arch arch, enum wfmt fmt, int threads)
 	int at = 0;
 	for (size_t i = 0; kv && i < sizeof pieces / sizeof *pieces && at < n; i++) {
 		int len = pieces[i] < n - at ? pieces[i] : n - at;
-		rc = model_forward(m, kv, tok + at, len, part + (int64_t)at * V, 1, &err);
+		rc = model_forward(m, NULL, kv, tok + at, len, part + (int64_t)at * V, 1, &err);
 		CHECK(rc == 0, "%s: piece at %d: %s", model_arch_name(arch), at, err.msg);
 		at += len;
 	}
@@ -187,7 +187,7 @@ static void check_cache(enum model_arch arch, enum wfmt fmt, int threads)
 	/* full: one more position does not fit */
 	if (kv) {
 		kv->n = kv->max_seq;
-		rc = model_forward(m, kv, tok, 1, last, 0, &err);
+		rc = model_forward(m, NULL, kv, tok, 1, last, 0, &err);
 		CHECK(rc < 0 && strstr(err.msg, "full"), "a full cache: rc %d, \"%s\"", rc, rc < 0 ? err.msg : "");
 	}
 	kv_cache_free(kv);
@@ -211,19 +211,19 @@ static void test_bad_tokens(void)
 	struct model *m = tiny(ARCH_QWEN3, WFMT_F32);
 	float *logits = malloc((size_t)4 * m->cfg.vocab * sizeof *logits);
 	int32_t bad1[] = {1, 2, -1, 3}, bad2[] = {1, 97, 2, 3}, good[] = {0, 96, 5, 6};
-	int rc = model_forward(m, NULL, bad1, 4, logits, 1, &err);
+	int rc = model_forward(m, NULL, NULL, bad1, 4, logits, 1, &err);
 	CHECK(rc < 0 && strstr(err.msg, "-1"), "token -1: rc %d, \"%s\"", rc, rc < 0 ? err.msg : "");
-	rc = model_forward(m, NULL, bad2, 4, logits, 1, &err);
+	rc = model_forward(m, NULL, NULL, bad2, 4, logits, 1, &err);
 	CHECK(rc < 0 && strstr(err.msg, "97"), "token 97 of 97: rc %d, \"%s\"", rc, rc < 0 ? err.msg : "");
-	rc = model_forward(m, NULL, good, 0, logits, 1, &err);
+	rc = model_forward(m, NULL, NULL, good, 0, logits, 1, &err);
 	CHECK(rc < 0, "no tokens is an error");
-	rc = model_forward(m, NULL, good, 4, logits, 1, &err);
+	rc = model_forward(m, NULL, NULL, good, 4, logits, 1, &err);
 	CHECK(rc == 0, "good tokens: %s", err.msg);
 	/* a cache of another shape */
 	struct model_config other = m->cfg;
 	other.n_kv_heads = 4;
 	struct kv_cache *kv = kv_cache_new(&other, 8, &err);
-	rc = model_forward(m, kv, good, 4, logits, 1, &err);
+	rc = model_forward(m, NULL, kv, good, 4, logits, 1, &err);
 	CHECK(rc < 0 && strstr(err.msg, "cache"), "foreign cache: rc %d", rc);
 	kv_cache_free(kv);
 	CHECK(kv_cache_new(&m->cfg, 0, &err) == NULL, "a cache of 0 positions");
@@ -264,7 +264,7 @@ static void check_identity(enum model_arch arch)
 		}
 	}
 	backend_cpu_threads(2);
-	int rc = model_forward(m, NULL, tok, n, logits, 1, &err);
+	int rc = model_forward(m, NULL, NULL, tok, n, logits, 1, &err);
 	CHECK(rc == 0, "%s", err.msg);
 	double e = rel_err(logits, want, (int64_t)n * V);
 	CHECK(e < 1e-5, "seed %llu: %s: rel err %.3g", seed, model_arch_name(arch), e);

@@ -278,8 +278,8 @@ struct kv_cache *kv_cache_new(const struct model_config *cfg, int max_seq, struc
 
 void kv_cache_free(struct kv_cache *kv) { free(kv); }
 
-int model_forward(const struct model *m, struct kv_cache *kv, const int32_t *tokens, int n, float *logits,
-		  int all_logits, struct err *err)
+int model_forward(const struct model *m, const struct lora *lo, struct kv_cache *kv, const int32_t *tokens, int n,
+		  float *logits, int all_logits, struct err *err)
 {
 	if (!kv || all_logits)
 		return err_set(err, "stand-in model: called without a cache or for all logits");

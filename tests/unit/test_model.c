@@ -1130,7 +1130,7 @@ static void test_gguf_rope_freqs(void)
 	if (m) {
 		int32_t ids[3] = {1, 5, 9};
 		float *logits = malloc((size_t)m->cfg.vocab * sizeof *logits);
-		CHECK(model_forward(m, NULL, ids, 3, logits, 0, &e) == 0, "forward: %s", e.msg);
+		CHECK(model_forward(m, NULL, NULL, ids, 3, logits, 0, &e) == 0, "forward: %s", e.msg);
 		free(logits);
 	}
 	model_free(m);
