@@ -70,6 +70,8 @@ struct lora *lora_new(const struct model_config *mc, const struct lora_config *l
 		return err_set(err, "lora: dropout %g is outside [0, 1)", lc->dropout), NULL;
 	if (!(lc->alpha > 0) || !isfinite(lc->alpha))
 		return err_set(err, "lora: alpha %g is not a positive number", lc->alpha), NULL;
+	if (mc->n_layers < 1)
+		return err_set(err, "lora: the model has %d layers", mc->n_layers), NULL;
 	struct lora *lo = calloc(1, sizeof *lo);
 	if (!lo)
 		return err_sys(err, "lora:"), NULL;
