@@ -345,49 +345,79 @@ static void softmax_vec(float *x, int64_t n)
  * fp32 per thread, so a tile stays in cache while sgemm packs it. */
 #define MATMUL_TILE_BYTES (256 * 1024)
 
-/* y[m] = w[m × cols] · x[cols], four rows at a time sharing each load of x.
- * A decoding step is this on every weight, limited by memory bandwidth: one
- * pass over w with eight-wide fused multiply-adds streams about 10% faster
- * than OpenBLAS's sgemv here, and the four rows keep the loads in flight. */
-AVX2 static void matvec_avx2(float *y, const float *x, const float *w, int64_t m, int64_t cols)
+/* Products with few rows of x: decoding steps (one row per sequence) and short
+ * prompts. They are limited by memory bandwidth, so each row of w is read
+ * once for up to MATMUL_SMALL_N rows of x: eight-wide fused multiply-adds, one
+ * accumulator per (row of w, row of x), summed across lanes at the end. Every
+ * output element is computed in the same order whatever n is, so a sequence
+ * decoded in a batch gets the same bits as decoded alone. With one row of x,
+ * four rows of w share each load of x (about 10% more bandwidth than
+ * OpenBLAS's sgemv here). */
+#define MATMUL_SMALL_N 32
+
+AVX2 static float dot_tail(__m256 acc, const float *w, const float *x, int64_t c, int64_t cols)
 {
-	int64_t r = 0;
-	for (; r + 4 <= m; r += 4) {
-		const float *w0 = w + r * cols, *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
-		__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-		int64_t c = 0;
-		for (; c + 8 <= cols; c += 8) {
-			__m256 xv = _mm256_loadu_ps(x + c);
-			a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + c), xv, a0);
-			a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + c), xv, a1);
-			a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + c), xv, a2);
-			a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + c), xv, a3);
+	float s = hsum8(acc);
+	for (; c < cols; c++)
+		s += w[c] * x[c];
+	return s;
+}
+
+/* y[t × ldy + r] = x[t] · w[r] for t < n, r < m */
+AVX2 static void matmul_small_avx2(float *y, const float *x, const float *w, int n, int64_t m, int64_t cols,
+				   int64_t ldy)
+{
+	const int64_t c8 = cols / 8 * 8;
+	if (n == 1) {
+		int64_t r = 0;
+		for (; r + 4 <= m; r += 4) {
+			const float *w0 = w + r * cols, *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
+			__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+			for (int64_t c = 0; c < c8; c += 8) {
+				__m256 xv = _mm256_loadu_ps(x + c);
+				a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + c), xv, a0);
+				a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + c), xv, a1);
+				a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + c), xv, a2);
+				a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + c), xv, a3);
+			}
+			y[r] = dot_tail(a0, w0, x, c8, cols);
+			y[r + 1] = dot_tail(a1, w1, x, c8, cols);
+			y[r + 2] = dot_tail(a2, w2, x, c8, cols);
+			y[r + 3] = dot_tail(a3, w3, x, c8, cols);
 		}
-		float s0 = hsum8(a0), s1 = hsum8(a1), s2 = hsum8(a2), s3 = hsum8(a3);
-		for (; c < cols; c++) {
-			s0 += w0[c] * x[c], s1 += w1[c] * x[c];
-			s2 += w2[c] * x[c], s3 += w3[c] * x[c];
+		for (; r < m; r++) {
+			const float *wr = w + r * cols;
+			__m256 a = _mm256_setzero_ps();
+			for (int64_t c = 0; c < c8; c += 8)
+				a = _mm256_fmadd_ps(_mm256_loadu_ps(wr + c), _mm256_loadu_ps(x + c), a);
+			y[r] = dot_tail(a, wr, x, c8, cols);
 		}
-		y[r] = s0, y[r + 1] = s1, y[r + 2] = s2, y[r + 3] = s3;
+		return;
 	}
-	for (; r < m; r++) {
-		const float *wr = w + r * cols;
-		__m256 a = _mm256_setzero_ps();
-		int64_t c = 0;
-		for (; c + 8 <= cols; c += 8)
-			a = _mm256_fmadd_ps(_mm256_loadu_ps(wr + c), _mm256_loadu_ps(x + c), a);
-		float s = hsum8(a);
-		for (; c < cols; c++)
-			s += wr[c] * x[c];
-		y[r] = s;
+	for (int t0 = 0; t0 < n; t0 += 8) {
+		const int nb = n - t0 < 8 ? n - t0 : 8;
+		const float *xb = x + (int64_t)t0 * cols;
+		for (int64_t r = 0; r < m; r++) {
+			const float *wr = w + r * cols;
+			__m256 a[8];
+			for (int t = 0; t < nb; t++)
+				a[t] = _mm256_setzero_ps();
+			for (int64_t c = 0; c < c8; c += 8) {
+				__m256 wv = _mm256_loadu_ps(wr + c);
+				for (int t = 0; t < nb; t++)
+					a[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xb + t * cols + c), a[t]);
+			}
+			for (int t = 0; t < nb; t++)
+				y[(int64_t)(t0 + t) * ldy + r] = dot_tail(a[t], wr, xb + t * cols, c8, cols);
+		}
 	}
 }
 
-/* y[n × m] (row stride ldy) = x[n × cols] · w[m × cols]ᵀ, BLAS on this thread */
+/* y[n × m] (row stride ldy) = x[n × cols] · w[m × cols]ᵀ on this thread */
 static void mul_rows(float *y, const float *x, const float *w, int n, int64_t m, int64_t cols, int64_t ldy)
 {
-	if (n == 1 && have_avx2 > 0)
-		matvec_avx2(y, x, w, m, cols);
+	if (n <= MATMUL_SMALL_N && have_avx2 > 0)
+		matmul_small_avx2(y, x, w, n, m, cols, ldy);
 	else if (n == 1)
 		cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)m, (int)cols, 1.0f, w, (int)cols, x, 1, 0.0f, y, 1);
 	else

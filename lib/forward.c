@@ -161,35 +161,58 @@ static void project(const struct backend *be, struct acts *a, const struct lora 
 	be->axpy(y, a->ly, lo->scale, (int64_t)n * p->out);
 }
 
-int model_forward(const struct model *m, const struct lora *lo, struct kv_cache *kv, const int32_t *tokens, int n,
-		  float *logits, int all_logits, struct err *err)
+/* The checks of a call: tokens in the vocabulary, caches of this model with
+ * room for what the call appends. */
+static int check_call(const struct model_config *c, struct kv_cache *const *kvs, int n_seq, const int32_t *tokens,
+		      int n, const struct lora *lo, struct err *err)
 {
-	const struct backend *be = &backend_cpu;
-	const struct model_config *c = &m->cfg;
-	const int dim = c->dim, hd = c->head_dim;
-	const int kvd = c->n_kv_heads * hd;
+	const int kvd = c->n_kv_heads * c->head_dim;
 	if (n <= 0)
 		return err_set(err, "forward: %d tokens", n);
 	for (int t = 0; t < n; t++)
 		if (tokens[t] < 0 || tokens[t] >= c->vocab)
 			return err_set(err, "forward: token %d (position %d) is outside the vocabulary of %d",
 				       (int)tokens[t], t, c->vocab);
-	const int p0 = kv ? kv->n : 0;
-	if (kv) {
+	for (int b = 0; b < n_seq; b++) {
+		const struct kv_cache *kv = kvs[b];
+		if (!kv)
+			continue;
 		if (kv->n_layers != c->n_layers || kv->kv_dim != kvd)
 			return err_set(err, "forward: the kv cache (%d layers × %d) is not this model's (%d × %d)",
 				       kv->n_layers, kv->kv_dim, c->n_layers, kvd);
-		if (n > kv->max_seq - kv->n)
+		int adds = n_seq == 1 ? n : 1;
+		if (adds > kv->max_seq - kv->n)
 			return err_set(err, "forward: the kv cache is full (%d + %d positions, room for %d)",
-				       kv->n, n, kv->max_seq);
+				       kv->n, adds, kv->max_seq);
+		for (int e = 0; e < b; e++)
+			if (kvs[e] == kv)
+				return err_set(err, "forward: sequences %d and %d share one kv cache", e, b);
 	}
-	struct acts a = {0};
 	if (lo && lo->n_layers != c->n_layers)
 		return err_set(err, "forward: the adapter has %d layers, the model %d", lo->n_layers, c->n_layers);
-	if (acts_alloc(&a, c, lo ? lo->cfg.rank : 0, n, kv == NULL, err) < 0)
+	return 0;
+}
+
+/* Rows tokens[0..n) are either n consecutive positions of one sequence
+ * (n_seq 1; kvs[0] its cache or NULL) or the next position of each of n
+ * sequences (n_seq = n > 1, each with its cache): the projections take all
+ * rows at once, attention runs per sequence. */
+static int forward(const struct model *m, const struct lora *lo, struct kv_cache *const *kvs, int n_seq,
+		   const int32_t *tokens, int n, float *logits, int all_logits, struct err *err)
+{
+	const struct backend *be = &backend_cpu;
+	const struct model_config *c = &m->cfg;
+	const int dim = c->dim, hd = c->head_dim;
+	const int qd = c->n_heads * hd, kvd = c->n_kv_heads * hd;
+	if (check_call(c, kvs, n_seq, tokens, n, lo, err) < 0)
+		return -1;
+	struct kv_cache *kv = n_seq == 1 ? kvs[0] : NULL; /* the one sequence's cache */
+	const int p0 = kv ? kv->n : 0;
+	struct acts a = {0};
+	if (acts_alloc(&a, c, lo ? lo->cfg.rank : 0, n, n_seq > 1 || kv == NULL, err) < 0)
 		return -1;
 	for (int t = 0; t < n; t++)
-		a.pos[t] = p0 + t;
+		a.pos[t] = n_seq == 1 ? p0 + t : kvs[t]->n;
 	rope_inv_freq(&c->rope, hd, a.inv_global);
 	/* a sliding layer takes rope_local when one is configured (Gemma 3) */
 	rope_inv_freq(c->rope_local.theta > 0 ? &c->rope_local : &c->rope, hd, a.inv_local);
@@ -198,8 +221,10 @@ int model_forward(const struct model *m, const struct lora *lo, struct kv_cache 
 	for (int l = 0; l < c->n_layers; l++) {
 		const struct layer_weights *L = &m->layers[l];
 		const int sliding = c->layer_sliding && c->layer_sliding[l] && c->sliding_window > 0;
-		float *K = kv ? kv->k + (size_t)l * kv->max_seq * kvd : a.k; /* keys of positions 0 .. p0 + n */
-		float *V = kv ? kv->v + (size_t)l * kv->max_seq * kvd : a.v;
+		const int window = sliding ? c->sliding_window : 0;
+		size_t layer_off = kv ? (size_t)l * kv->max_seq * kvd : 0;
+		float *K = kv ? kv->k + layer_off : a.k; /* keys of positions 0 .. p0 + n */
+		float *V = kv ? kv->v + layer_off : a.v;
 		float *k_new = K + (size_t)p0 * kvd, *v_new = V + (size_t)p0 * kvd;
 
 		/* attention block */
@@ -214,8 +239,20 @@ int model_forward(const struct model *m, const struct lora *lo, struct kv_cache 
 		const float *inv = sliding ? a.inv_local : a.inv_global;
 		be->rope(a.q, n, c->n_heads, hd, a.pos, inv);
 		be->rope(k_new, n, c->n_kv_heads, hd, a.pos, inv);
-		be->attention(a.att, a.q, K, V, n, p0 + n, a.pos, c->n_heads, c->n_kv_heads, hd, c->attn_scale,
-			      sliding ? c->sliding_window : 0, c->attn_softcap);
+		if (n_seq == 1) {
+			be->attention(a.att, a.q, K, V, n, p0 + n, a.pos, c->n_heads, c->n_kv_heads, hd, c->attn_scale,
+				      window, c->attn_softcap);
+		} else {
+			for (int b = 0; b < n; b++) {
+				struct kv_cache *sb = kvs[b];
+				float *Kb = sb->k + (size_t)l * sb->max_seq * kvd, *Vb = sb->v + (size_t)l * sb->max_seq * kvd;
+				memcpy(Kb + (size_t)sb->n * kvd, k_new + (size_t)b * kvd, (size_t)kvd * sizeof(float));
+				memcpy(Vb + (size_t)sb->n * kvd, v_new + (size_t)b * kvd, (size_t)kvd * sizeof(float));
+				be->attention(a.att + (size_t)b * qd, a.q + (size_t)b * qd, Kb, Vb, 1, sb->n + 1,
+					      &a.pos[b], c->n_heads, c->n_kv_heads, hd, c->attn_scale, window,
+					      c->attn_softcap);
+			}
+		}
 		project(be, &a, lo, l, LORA_O, a.h, a.att, &L->o, NULL, n);
 		if (c->sandwich_norm)
 			be->rmsnorm(a.h, a.h, L->post_attn_norm, n, dim, c->norm_eps, c->norm_plus_one);
@@ -242,6 +279,26 @@ int model_forward(const struct model *m, const struct lora *lo, struct kv_cache 
 		be->softcap(logits, (int64_t)rows * c->vocab, c->final_softcap);
 	if (kv)
 		kv->n += n;
+	else if (n_seq > 1)
+		for (int b = 0; b < n; b++)
+			kvs[b]->n++;
 	free(a.mem);
 	return 0;
+}
+
+int model_forward(const struct model *m, const struct lora *lo, struct kv_cache *kv, const int32_t *tokens, int n,
+		  float *logits, int all_logits, struct err *err)
+{
+	return forward(m, lo, &kv, 1, tokens, n, logits, all_logits, err);
+}
+
+int model_forward_batch(const struct model *m, const struct lora *lo, struct kv_cache *const *kvs,
+			const int32_t *tokens, int n_seq, float *logits, struct err *err)
+{
+	if (n_seq <= 0)
+		return err_set(err, "forward: %d sequences", n_seq);
+	for (int b = 0; b < n_seq; b++)
+		if (!kvs[b])
+			return err_set(err, "forward: sequence %d has no kv cache", b);
+	return forward(m, lo, kvs, n_seq, tokens, n_seq, logits, 1, err);
 }

@@ -1,8 +1,10 @@
 /* generate: text generation with a KV cache (see generate.h).
  *
- * Prompts run one after another, each with the one cache (sized for the
- * longest prompt plus max_new, emptied between prompts): prefill of the whole
- * prompt in one forward call, then one call per new token.
+ * Prompts run in groups of o->batch: each prompt of a group is prefilled
+ * alone (one forward call, its own cache sized for it plus max_new), then
+ * every decoding step runs the group's unfinished prompts in one call
+ * (model_forward_batch), which reads each weight once for all of them and
+ * gives each the bits it would get alone — the batch changes speed, not text.
  *
  * Random numbers: lib/rng.h; the state of prompt i starts at seed + i. A
  * draw takes one number u in [0, 1) and walks the kept tokens, from most to
@@ -292,47 +294,127 @@ static int room(const struct model *m, int len, const struct gen_opts *o)
 	return r;
 }
 
-static int generate_one(const struct model *m, const struct tokenizer *tk, struct kv_cache *kv, float *logits,
-			const int32_t *prompt, int len, int idx, const struct gen_opts *o, struct gen_result *res,
-			struct err *err)
+/* One prompt's generation in progress. */
+struct gen_seq {
+	struct stream s;
+	struct kv_cache *kv;
+	uint64_t rng;
+	int limit, made; /* tokens it may add, tokens sampled so far */
+	int done;
+	int32_t next;    /* the token to run next */
+	struct gen_result *res;
+};
+
+/* Samples seq's next token from its logits and streams it; marks it done at
+ * an end token, a stop string or its limit. */
+static int gen_step(const struct model *m, const struct gen_opts *o, struct gen_seq *q, float *logits,
+		    struct err *err)
 {
-	struct stream s = {.tk = tk, .o = o, .prompt = idx, .cut = SIZE_MAX};
-	int limit = room(m, len, o), rc = -1;
-	uint64_t rng = o->seed + (uint64_t)idx;
-	res->stop = GEN_LENGTH;
-	kv->n = 0;
-	if (limit > 0 && model_forward(m, o->lora, kv, prompt, len, logits, 0, err) < 0)
-		goto out;
-	for (int t = 0; t < limit; t++) {
-		int32_t id = gen_sample(logits, m->cfg.vocab, o, &rng);
-		if (is_end(&m->cfg, o, id)) {
-			res->stop = GEN_EOS;
-			break;
-		}
-		if (stream_push(&s, id, err) < 0)
-			goto out;
-		int found = stream_update(&s, err);
-		if (found < 0)
-			goto out;
-		if (found) {
-			res->stop = GEN_STOP_STRING;
-			break;
-		}
-		if (t + 1 < limit && model_forward(m, o->lora, kv, &id, 1, logits, 0, err) < 0)
-			goto out;
+	int32_t id = gen_sample(logits, m->cfg.vocab, o, &q->rng);
+	q->made++;
+	if (is_end(&m->cfg, o, id)) {
+		q->res->stop = GEN_EOS;
+		q->done = 1;
+		return 0;
 	}
-	if (!s.text && tokenizer_decode(tk, (const uint32_t *)s.ids, 0, 0, &s.text, &s.len, err) < 0)
-		goto out;
-	if (s.cut != SIZE_MAX)
-		s.len = s.cut;
-	s.text[s.len] = 0;
-	stream_emit(&s, s.len);
-	res->ids = s.ids, res->n_ids = s.n;
-	res->text = s.text, res->len = s.len;
+	if (stream_push(&q->s, id, err) < 0)
+		return -1;
+	int found = stream_update(&q->s, err);
+	if (found < 0)
+		return -1;
+	if (found) {
+		q->res->stop = GEN_STOP_STRING;
+		q->done = 1;
+	}
+	if (q->made >= q->limit)
+		q->done = 1;
+	q->next = id;
 	return 0;
+}
+
+/* The text of a finished sequence into its result. */
+static int gen_finish(const struct tokenizer *tk, struct gen_seq *q, struct err *err)
+{
+	struct stream *s = &q->s;
+	if (!s->text && tokenizer_decode(tk, (const uint32_t *)s->ids, 0, 0, &s->text, &s->len, err) < 0)
+		return -1;
+	if (s->cut != SIZE_MAX)
+		s->len = s->cut;
+	s->text[s->len] = 0;
+	stream_emit(s, s->len);
+	q->res->ids = s->ids, q->res->n_ids = s->n;
+	q->res->text = s->text, q->res->len = s->len;
+	s->ids = NULL, s->text = NULL;
+	return 0;
+}
+
+/* Prompts first .. first + n - 1, decoded together: each prefilled alone,
+ * then one step for all that are still going per forward call. */
+static int generate_group(const struct model *m, const struct tokenizer *tk, const int32_t *const *prompts,
+			  const int *lens, int first, int n, const struct gen_opts *o, struct gen_result *results,
+			  struct err *err)
+{
+	const int V = m->cfg.vocab;
+	struct gen_seq *q = calloc((size_t)n, sizeof *q);
+	struct kv_cache **kvs = calloc((size_t)n, sizeof *kvs);
+	int32_t *toks = calloc((size_t)n, sizeof *toks);
+	int *who = calloc((size_t)n, sizeof *who);
+	float *logits = malloc((size_t)n * V * sizeof *logits);
+	int rc = -1;
+	if (!q || !kvs || !toks || !who || !logits) {
+		err_sys(err, "out of memory");
+		goto out;
+	}
+	for (int b = 0; b < n; b++) {
+		int i = first + b;
+		q[b] = (struct gen_seq){.s = {.tk = tk, .o = o, .prompt = i, .cut = SIZE_MAX},
+					.rng = o->seed + (uint64_t)i, .limit = room(m, lens[i], o), .res = &results[i]};
+		q[b].res->stop = GEN_LENGTH;
+		if (q[b].limit <= 0) {
+			q[b].done = 1;
+			continue;
+		}
+		if (!(q[b].kv = kv_cache_new(&m->cfg, lens[i] + q[b].limit, err)) ||
+		    model_forward(m, o->lora, q[b].kv, prompts[i], lens[i], logits, 0, err) < 0 ||
+		    gen_step(m, o, &q[b], logits, err) < 0) {
+			err_wrap(err, "prompt %d", i);
+			goto out;
+		}
+	}
+	for (;;) {
+		int k = 0;
+		for (int b = 0; b < n; b++)
+			if (!q[b].done)
+				who[k] = b, kvs[k] = q[b].kv, toks[k] = q[b].next, k++;
+		if (!k)
+			break;
+		if (model_forward_batch(m, o->lora, kvs, toks, k, logits, err) < 0) {
+			err_wrap(err, "prompts %d .. %d", first, first + n - 1);
+			goto out;
+		}
+		for (int j = 0; j < k; j++)
+			if (gen_step(m, o, &q[who[j]], logits + (size_t)j * V, err) < 0) {
+				err_wrap(err, "prompt %d", first + who[j]);
+				goto out;
+			}
+	}
+	for (int b = 0; b < n; b++)
+		if (gen_finish(tk, &q[b], err) < 0) {
+			err_wrap(err, "prompt %d", first + b);
+			goto out;
+		}
+	rc = 0;
 out:
-	free(s.ids);
-	free(s.text);
+	for (int b = 0; q && b < n; b++) {
+		kv_cache_free(q[b].kv);
+		free(q[b].s.ids);
+		free(q[b].s.text);
+	}
+	free(q);
+	free(kvs);
+	free(toks);
+	free(who);
+	free(logits);
 	return rc;
 }
 
@@ -340,34 +422,22 @@ int generate(const struct model *m, const struct tokenizer *tk, const int32_t *c
 	     int n, const struct gen_opts *o, struct gen_result *results, struct err *err)
 {
 	memset(results, 0, (size_t)(n > 0 ? n : 0) * sizeof *results);
-	int max_seq = 1;
 	for (int i = 0; i < n; i++) {
 		if (lens[i] <= 0)
 			return err_set(err, "prompt %d: empty", i);
 		if (m->cfg.max_pos > 0 && lens[i] > m->cfg.max_pos)
 			return err_set(err, "prompt %d: %d tokens, more than the model's context of %d", i, lens[i],
 				       m->cfg.max_pos);
-		if (lens[i] + room(m, lens[i], o) > max_seq)
-			max_seq = lens[i] + room(m, lens[i], o);
 	}
-	if (n <= 0)
-		return 0;
-	float *logits = malloc((size_t)m->cfg.vocab * sizeof *logits);
-	if (!logits)
-		return err_sys(err, "out of memory");
-	struct kv_cache *kv = kv_cache_new(&m->cfg, max_seq, err);
-	int rc = kv ? 0 : -1;
-	for (int i = 0; i < n && rc == 0; i++)
-		if (generate_one(m, tk, kv, logits, prompts[i], lens[i], i, o, &results[i], err) < 0) {
-			err_wrap(err, "prompt %d", i);
-			rc = -1;
+	const int batch = o->batch > 1 ? o->batch : 1;
+	for (int first = 0; first < n; first += batch)
+		if (generate_group(m, tk, prompts, lens, first, n - first < batch ? n - first : batch, o, results,
+				   err) < 0) {
+			for (int i = 0; i < n; i++)
+				gen_result_free(&results[i]);
+			return -1;
 		}
-	if (rc < 0)
-		for (int i = 0; i < n; i++)
-			gen_result_free(&results[i]);
-	kv_cache_free(kv);
-	free(logits);
-	return rc;
+	return 0;
 }
 
 void gen_result_free(struct gen_result *r)

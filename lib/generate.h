@@ -1,6 +1,6 @@
 /* generate: text generation with a KV cache — greedy or sampled (temperature,
  * top-k, top-p, seed), stopping at end-of-sequence tokens or stop strings,
- * streaming decoded text, several prompts in one call.
+ * streaming decoded text, several prompts in one call, decoded in batches.
  *
  * Greedy picks the highest logit, the lowest id among equals (llama.cpp's and
  * torch.argmax's rule). Sampling applies, in this order, top-k, temperature,
@@ -20,6 +20,7 @@
 struct gen_opts {
 	const struct lora *lora; /* adapter applied to the model; NULL: none */
 	int max_new;         /* tokens to generate at most per prompt */
+	int batch;           /* prompts decoded together (0 or 1: one at a time) */
 	float temperature;   /* 0: greedy */
 	int top_k;           /* 0: off */
 	float top_p;         /* 1: off */

@@ -154,4 +154,12 @@ struct lora;
 int model_forward(const struct model *m, const struct lora *lo, struct kv_cache *kv, const int32_t *tokens, int n,
 		  float *logits, int all_logits, struct err *err);
 
+/* One decoding step of n_seq sequences at once: tokens[b] is appended to
+ * sequence b at position kvs[b]->n (each sequence its own cache, none
+ * shared); logits receives n_seq × vocab values. The projections read each
+ * weight once for all the sequences; every value is what model_forward gives
+ * the sequence alone, bit for bit. */
+int model_forward_batch(const struct model *m, const struct lora *lo, struct kv_cache *const *kvs,
+			const int32_t *tokens, int n_seq, float *logits, struct err *err);
+
 #endif

@@ -157,6 +157,19 @@ elif [ "$a2" != "$c1" ]; then notok seed "line 1 of seed 7 ($a2) is not line 0 o
 elif [ "$a1" = "[$HELLO,$HELLO,$HELLO,$HELLO,$HELLO,$HELLO,$HELLO,$HELLO]" ]; then notok seed "temperature 5 drew only the greedy token"
 else ok "same seed, same draws; line i uses seed + i"; fi
 
+# Batches: five conversations of different lengths decoded one at a time, three
+# and eight together give the same lines, sampled or greedy.
+for i in 1 2 3 4 5; do
+	printf '{"id":%d,"messages":[{"role":"user","content":"%s"}]}\n' "$i" "$(head -c $((i * 7)) /dev/zero | tr '\0' x)"
+done > "$T/five.jsonl"
+for b in 1 3 8; do
+	"$LE" --generate --model "$M" --max-new 6 --temperature 3 --top-k 50 --seed 5 --ids --batch "$b" "$T/five.jsonl" > "$T/b$b.jsonl" 2>"$T/err"
+	"$LE" --generate --model "$M" --max-new 6 --ids --batch "$b" "$T/five.jsonl" >> "$T/b$b.jsonl" 2>>"$T/err"
+done
+if [ "$(wc -l < "$T/b1.jsonl")" -ne 10 ]; then notok batch "one at a time: $(head -c 300 "$T/err")"
+elif ! cmp -s "$T/b1.jsonl" "$T/b3.jsonl" || ! cmp -s "$T/b1.jsonl" "$T/b8.jsonl"; then notok batch "--batch 3 or 8 changed the output"
+else ok "--batch 1, 3 and 8 write the same lines"; fi
+
 # -o writes atomically; bad input stops before generating, names the line,
 # exits 2 and leaves no file.
 if expect out-file 0 "$LE" --generate --model "$M" --max-new 1 -o "$T/o.jsonl" "$T/chat.jsonl"; then

@@ -118,6 +118,42 @@ out:
 	free(bias);
 }
 
+/* Rows decoded together get the bits they get alone (decoding in a batch
+ * changes no token): for every n the small-batch path handles, each row of
+ * y equals a product with that row of x alone. */
+static void test_matmul_rows_independent(void)
+{
+	const int rows = 45, cols = 83;
+	const int ns[] = {2, 5, 8, 9, 17, 32};
+	float *wf = rnd((int64_t)rows * cols, 0.5), *x = rnd((int64_t)32 * cols, 1.0);
+	float *y = malloc((size_t)32 * rows * sizeof *y), *y1 = malloc((size_t)rows * sizeof *y1);
+	const enum wfmt fmts[] = {WFMT_F32, WFMT_NF4};
+	for (size_t f = 0; f < 2; f++) {
+		struct weight w;
+		struct err err;
+		if (weight_from_f32(&w, fmts[f], wf, rows, cols, &err) < 0) {
+			CHECK(0, "weight_from_f32: %s", err.msg);
+			continue;
+		}
+		backend_cpu_threads(2);
+		for (size_t i = 0; i < sizeof ns / sizeof *ns; i++) {
+			backend_cpu.matmul(y, x, &w, NULL, ns[i]);
+			int same = 1;
+			for (int t = 0; t < ns[i] && same; t++) {
+				backend_cpu.matmul(y1, x + (int64_t)t * cols, &w, NULL, 1);
+				same = !memcmp(y1, y + (int64_t)t * rows, (size_t)rows * sizeof *y1);
+			}
+			CHECK(same, "%s n=%d: a row of the product differs from its product alone", wfmt_name(fmts[f]),
+			      ns[i]);
+		}
+		weight_free(&w);
+	}
+	free(wf);
+	free(x);
+	free(y);
+	free(y1);
+}
+
 static void test_matmul_f32(void)
 {
 	check_matmul(WFMT_F32, 7, 37, 29, 0);
@@ -424,6 +460,7 @@ int main(void)
 {
 	seed = check_seed_init();
 	RUN(test_matmul_f32);
+	RUN(test_matmul_rows_independent);
 	RUN(test_matmul_bf16);
 	RUN(test_matmul_nf4);
 	RUN(test_matmul_int8);

@@ -197,6 +197,62 @@ static void check_cache(enum model_arch arch, enum wfmt fmt, int threads)
 	tiny_free(m);
 }
 
+/* Decoding several sequences in one call (model_forward_batch) gives each the
+ * logits of decoding it alone, bit for bit: prompts of different lengths
+ * (one past Gemma's sliding window), then steps with a batch that shrinks. */
+static void check_batch(enum model_arch arch, enum wfmt fmt)
+{
+	struct err err;
+	struct model *m = tiny(arch, fmt);
+	const int V = m->cfg.vocab, S = 4, steps = 6;
+	const int lens[4] = {3, 9, 1, 14};
+	struct kv_cache *alone[4], *batch[4];
+	float *la = malloc((size_t)V * sizeof *la), *lb = malloc((size_t)S * V * sizeof *lb);
+	int32_t tok[4][32];
+	backend_cpu_threads(2);
+	int ok = 1;
+	for (int b = 0; b < S; b++) {
+		for (int t = 0; t < 32; t++)
+			tok[b][t] = (int32_t)(check_urand() * V);
+		alone[b] = kv_cache_new(&m->cfg, 32, &err);
+		batch[b] = kv_cache_new(&m->cfg, 32, &err);
+		ok &= model_forward(m, NULL, alone[b], tok[b], lens[b], la, 0, &err) == 0;
+		ok &= model_forward(m, NULL, batch[b], tok[b], lens[b], la, 0, &err) == 0;
+	}
+	CHECK(ok, "%s: prefill: %s", model_arch_name(arch), err.msg);
+	int same = 1;
+	for (int s = 0; s < steps && ok; s++) {
+		int n = s < 3 ? S : S - 1; /* the last sequence leaves the batch after 3 steps */
+		int32_t next[4];
+		for (int b = 0; b < n; b++)
+			next[b] = tok[b][lens[b] + s];
+		ok &= model_forward_batch(m, NULL, batch, next, n, lb, &err) == 0;
+		for (int b = 0; b < n && ok; b++) {
+			ok &= model_forward(m, NULL, alone[b], &next[b], 1, la, 0, &err) == 0;
+			same &= !memcmp(la, lb + (size_t)b * V, (size_t)V * sizeof *la);
+		}
+	}
+	CHECK(ok, "%s: decoding: %s", model_arch_name(arch), err.msg);
+	CHECK(same, "seed %llu: %s %s: a sequence decoded in a batch differs from it decoded alone", seed,
+	      model_arch_name(arch), wfmt_name(fmt));
+	/* one cache for two sequences is refused */
+	struct kv_cache *twice[2] = {batch[0], batch[0]};
+	int32_t two[2] = {1, 2};
+	CHECK(model_forward_batch(m, NULL, twice, two, 2, lb, &err) < 0 && strstr(err.msg, "share"),
+	      "a shared cache is not refused");
+	for (int b = 0; b < S; b++) {
+		kv_cache_free(alone[b]);
+		kv_cache_free(batch[b]);
+	}
+	free(la);
+	free(lb);
+	tiny_free(m);
+}
+
+static void test_batch_llama(void) { check_batch(ARCH_LLAMA, WFMT_F32); }
+static void test_batch_gemma3_nf4(void) { check_batch(ARCH_GEMMA3, WFMT_NF4); }
+static void test_batch_qwen3_bf16(void) { check_batch(ARCH_QWEN3, WFMT_BF16); }
+
 static void test_cache_llama(void) { check_cache(ARCH_LLAMA, WFMT_F32, 2); }
 static void test_cache_qwen2(void) { check_cache(ARCH_QWEN2, WFMT_F32, 1); }
 static void test_cache_qwen3(void) { check_cache(ARCH_QWEN3, WFMT_F32, 3); }
@@ -315,6 +371,9 @@ int main(void)
 	RUN(test_cache_nf4);
 	RUN(test_cache_int8_gemma3);
 	RUN(test_cache_bf16_qwen2);
+	RUN(test_batch_llama);
+	RUN(test_batch_gemma3_nf4);
+	RUN(test_batch_qwen3_bf16);
 	RUN(test_bad_tokens);
 	RUN(test_identity_llama);
 	RUN(test_identity_gemma3);

@@ -261,43 +261,68 @@ static void test_same_seed_same_draws(void)
  * logits when the script says -1. */
 #define FAKE_MAX 64
 static int32_t fake_script[4][FAKE_MAX];
-static int fake_step, fake_prompt, fake_calls, fake_vocab;
+static int fake_calls, fake_vocab, fake_max_batch;
 static uint64_t fake_rng;
+
+/* A cache of the stand-in model: where its sequence is in its script. */
+struct fake_kv {
+	struct kv_cache kv;
+	int prompt, step;
+};
 
 struct kv_cache *kv_cache_new(const struct model_config *cfg, int max_seq, struct err *err)
 {
-	struct kv_cache *kv = calloc(1, sizeof *kv);
-	if (!kv) {
+	struct fake_kv *f = calloc(1, sizeof *f);
+	if (!f) {
 		err_sys(err, "out of memory");
 		return NULL;
 	}
-	kv->max_seq = max_seq;
-	kv->n_layers = cfg->n_layers;
-	return kv;
+	f->kv.max_seq = max_seq;
+	f->kv.n_layers = cfg->n_layers;
+	return &f->kv;
 }
 
 void kv_cache_free(struct kv_cache *kv) { free(kv); }
 
-int model_forward(const struct model *m, const struct lora *lo, struct kv_cache *kv, const int32_t *tokens, int n,
-		  float *logits, int all_logits, struct err *err)
+static int fake_run(const struct model *m, struct kv_cache *kv, const int32_t *tokens, int n, float *logits,
+		    struct err *err)
 {
-	if (!kv || all_logits)
-		return err_set(err, "stand-in model: called without a cache or for all logits");
+	struct fake_kv *f = (struct fake_kv *)kv;
 	if (kv->n + n > kv->max_seq)
 		return err_set(err, "stand-in model: cache full (%d + %d > %d)", kv->n, n, kv->max_seq);
 	for (int i = 0; i < n; i++)
 		if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab)
 			return err_set(err, "stand-in model: token %d out of the vocabulary", tokens[i]);
 	if (kv->n == 0)
-		fake_prompt = tokens[0] & 3, fake_step = 0;
+		f->prompt = tokens[0] & 3, f->step = 0;
 	kv->n += n;
-	fake_calls++;
-	int32_t want = fake_step < FAKE_MAX ? fake_script[fake_prompt][fake_step] : 0;
-	fake_step++;
+	int32_t want = f->step < FAKE_MAX ? fake_script[f->prompt][f->step] : 0;
+	f->step++;
 	for (int i = 0; i < m->cfg.vocab; i++)
 		logits[i] = want < 0 ? (float)(rnd01(&fake_rng) * 4) : 0;
 	if (want >= 0)
 		logits[want] = 10;
+	return 0;
+}
+
+int model_forward(const struct model *m, const struct lora *lo, struct kv_cache *kv, const int32_t *tokens, int n,
+		  float *logits, int all_logits, struct err *err)
+{
+	if (!kv || all_logits)
+		return err_set(err, "stand-in model: called without a cache or for all logits");
+	fake_calls++;
+	return fake_run(m, kv, tokens, n, logits, err);
+}
+
+int model_forward_batch(const struct model *m, const struct lora *lo, struct kv_cache *const *kvs,
+			const int32_t *tokens, int n_seq, float *logits, struct err *err)
+{
+	fake_calls++;
+	if (n_seq > fake_max_batch)
+		fake_max_batch = n_seq;
+	for (int b = 0; b < n_seq; b++)
+		if (fake_run(m, kvs[b], tokens + b, 1, logits + (size_t)b * m->cfg.vocab, err) < 0)
+			return -1;
 	return 0;
 }
 
@@ -365,9 +390,9 @@ static const char *SP_JSON =
 
 /* What on_text received, per prompt. */
 struct streamed {
-	char text[4][512];
-	size_t len[4];
-	int calls[4];
+	char text[8][512];
+	size_t len[8];
+	int calls[8];
 	int bad_utf8;     /* a piece that began or ended inside a character */
 	const char *forbid; /* a string no piece may hold a prefix of at its end */
 };
@@ -703,6 +728,67 @@ static void test_prompts_and_seeds(void)
 	tokenizer_free(tk);
 }
 
+/* Prompts decoded in batches get what they get one at a time: ids, text,
+ * stop reason and streamed pieces (the stand-in's logits depend only on the
+ * prompt and the step), in fewer forward calls. */
+static void test_batches(void)
+{
+	struct tokenizer *tk = bytelevel();
+	CHECK(tk, "tokenizer");
+	if (!tk)
+		return;
+	struct model m;
+	fake_model(&m, 264, EOS);
+	struct err err = {0};
+	SCRIPT(0, 'h', 'i', EOS);
+	SCRIPT(1, 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k', 'l');
+	SCRIPT(2, EOS);
+	SCRIPT(3, 'x', 'y', 'S', 'T', 'O', 'P', 'z');
+	const char *stop[] = {"STOP"};
+	int32_t pr[5][3] = {{0, 1, 2}, {1, 1}, {2}, {3, 3, 3}, {1}};
+	const int32_t *ps[5] = {pr[0], pr[1], pr[2], pr[3], pr[4]};
+	int lens[5] = {3, 2, 1, 3, 1};
+	const int batches[] = {1, 3, 8};
+	struct gen_result r[3][5];
+	struct streamed st[3];
+	int calls[3];
+	for (int k = 0; k < 3; k++) {
+		struct gen_opts o = {.max_new = 9, .top_p = 1, .stop = stop, .n_stop = 1, .batch = batches[k]};
+		memset(&st[k], 0, sizeof st[k]);
+		o.on_text = on_text, o.ctx = &st[k];
+		fake_calls = 0, fake_max_batch = 0;
+		CHECK(generate(&m, tk, ps, lens, 5, &o, r[k], &err) == 0, "batch %d: %s", batches[k], err.msg);
+		calls[k] = fake_calls;
+		/* prompt 2 ends at its first token, before any decoding step */
+		const int together[] = {1, 2, 4};
+		CHECK(fake_max_batch == together[k], "batch %d: at most %d prompts decoded together, want %d",
+		      batches[k], fake_max_batch, together[k]);
+	}
+	for (int k = 1; k < 3; k++)
+		for (int i = 0; i < 5; i++) {
+			CHECK(r[k][i].n_ids == r[0][i].n_ids &&
+				      (!r[0][i].n_ids ||
+				       !memcmp(r[k][i].ids, r[0][i].ids, (size_t)r[0][i].n_ids * sizeof(int32_t))) &&
+				      r[k][i].stop == r[0][i].stop && r[k][i].len == r[0][i].len &&
+				      !memcmp(r[k][i].text, r[0][i].text, r[0][i].len),
+			      "batch %d, prompt %d: \"%s\" (stop %d), one at a time \"%s\" (stop %d)", batches[k], i,
+			      r[k][i].text, r[k][i].stop, r[0][i].text, r[0][i].stop);
+			CHECK(i > 3 || (st[k].len[i] == st[0].len[i] && !memcmp(st[k].text[i], st[0].text[i], st[0].len[i])),
+			      "batch %d, prompt %d: streamed text differs", batches[k], i);
+		}
+	CHECK(!strcmp(r[0][0].text, "hi") && r[0][0].stop == GEN_EOS && r[0][2].n_ids == 0 &&
+		      !strcmp(r[0][3].text, "xy") && r[0][3].stop == GEN_STOP_STRING &&
+		      r[0][1].stop == GEN_LENGTH && r[0][1].n_ids == 9,
+	      "one at a time: \"%s\" %d, %d ids, \"%s\" %d, %d/%d", r[0][0].text, r[0][0].stop, r[0][2].n_ids,
+	      r[0][3].text, r[0][3].stop, r[0][1].stop, r[0][1].n_ids);
+	CHECK(calls[1] < calls[0] && calls[2] < calls[1], "forward calls: %d, %d, %d for batches 1, 3, 8", calls[0],
+	      calls[1], calls[2]);
+	for (int k = 0; k < 3; k++)
+		for (int i = 0; i < 5; i++)
+			gen_result_free(&r[k][i]);
+	tokenizer_free(tk);
+}
+
 int main(void)
 {
 	const char *env = getenv("GEN_TEST_SEED");
@@ -718,5 +804,6 @@ int main(void)
 	RUN(test_utf8_hold_back);
 	RUN(test_sentencepiece_stream);
 	RUN(test_prompts_and_seeds);
+	RUN(test_batches);
 	return check_done();
 }
