@@ -13,10 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "chat.h"
+#include "adapter.h"
 #include "backend.h"
+#include "chat.h"
 #include "generate.h"
 #include "jsonl.h"
+#include "lora.h"
 #include "model.h"
 #include "msg.h"
 #include "opt.h"
@@ -50,6 +52,7 @@ static const struct opt opts[] = {
 	{"stop", 0, OPT_STRING, "STR", "end the completion before this text (repeatable)", .repeat = 1},
 	{"fmt", 0, OPT_CHOICE, "FMT", "how linear weights are held: f32 (default), bf16, nf4 or int8",
 	 .choices = "f32|bf16|nf4|int8"},
+	{"adapter", 'a', OPT_STRING, "DIR", "apply this LoRA adapter (a PEFT folder, as qlora-fit writes it)"},
 	{"batch", 'b', OPT_INT, "N", "conversations decoded together (default 8): faster, the same text", .min = 1,
 	 .max = 256},
 	{"threads", 0, OPT_INT, "N", "CPU threads (default 0: one per core)", .min = 0, .max = 1024},
@@ -225,6 +228,12 @@ static void run_generate(const struct opt_result *r, const char *input)
 	msg_die_if(!tk, &err);
 	struct model *m = model_load(model, &mo, &err);
 	msg_die_if(!m, &err);
+	struct lora *lo = NULL;
+	if (opt_str(r, "adapter", NULL)) {
+		lo = lora_load_peft(opt_str(r, "adapter", NULL), &m->cfg, NULL, &err);
+		msg_die_if(!lo, &err);
+		go.lora = lo;
+	}
 	struct outfile *out = outfile_open(opt_str(r, "output", "-"), 0, &err);
 	msg_die_if(!out, &err);
 
@@ -284,6 +293,7 @@ static void run_generate(const struct opt_result *r, const char *input)
 		free(items[i].ids);
 	}
 	free(items);
+	lora_free(lo);
 	model_free(m);
 	tokenizer_free(tk);
 	chat_model_free(cm);

@@ -774,6 +774,8 @@ struct lora *lora_load_peft(const char *dir, const struct model_config *mc, stru
 	if (path_join(cfile, sizeof cfile, dir, CONFIG_NAME) < 0 || path_join(wfile, sizeof wfile, dir, WEIGHTS_NAME) < 0)
 		return err_set(err, "%s: name too long", dir), NULL;
 	struct stat sb;
+	if (stat(dir, &sb) < 0 && (errno == ENOENT || errno == ENOTDIR)) /* a wrong path: bad input */
+		return err_set(err, "%s: no such adapter folder", dir), NULL;
 	if (stat(dir, &sb) < 0)
 		return err_sys(err, "%s:", dir), NULL;
 	if (!S_ISDIR(sb.st_mode))
@@ -793,10 +795,13 @@ struct lora *lora_load_peft(const char *dir, const struct model_config *mc, stru
 	if (check_config(root, cfile, &c, err) < 0)
 		goto fail;
 	if (stat(wfile, &sb) < 0) {
+		const int missing = errno == ENOENT;
 		char bin[PATH_CAP];
 		path_join(bin, sizeof bin, dir, "adapter_model.bin");
 		if (access(bin, F_OK) == 0)
 			err_set(err, "%s: missing; adapter_model.bin (a pickle) is not read: save it as safetensors", wfile);
+		else if (missing)
+			err_set(err, "%s: missing: the adapter folder has no weights", wfile);
 		else
 			err_sys(err, "%s:", wfile);
 		goto fail;

@@ -170,6 +170,27 @@ if [ "$(wc -l < "$T/b1.jsonl")" -ne 10 ]; then notok batch "one at a time: $(hea
 elif ! cmp -s "$T/b1.jsonl" "$T/b3.jsonl" || ! cmp -s "$T/b1.jsonl" "$T/b8.jsonl"; then notok batch "--batch 3 or 8 changed the output"
 else ok "--batch 1, 3 and 8 write the same lines"; fi
 
+# --adapter: a PEFT folder (random A and B on o and down, which the model
+# leaves at zero) changes the sampled completions; a missing folder or an
+# adapter of another shape is refused before anything is written.
+LD=$ROOT/build/ref/lora_driver
+if [ ! -x "$LD" ]; then notok adapter "build/ref/lora_driver is not built (make ref)"
+elif ! "$LD" save "$M" "$T/ad" --rank 4 --alpha 8 --targets o,down --seed 3 2>"$T/err"; then notok adapter "lora_driver: $(head -c 300 "$T/err")"
+else
+	with=$("$LE" --generate --model "$M" --adapter "$T/ad" --max-new 8 --temperature 2 --seed 1 --ids "$T/five.jsonl" 2>"$T/err" | jq -c .completion_ids)
+	without=$("$LE" --generate --model "$M" --max-new 8 --temperature 2 --seed 1 --ids "$T/five.jsonl" 2>>"$T/err" | jq -c .completion_ids)
+	if [ -z "$with" ] || [ -z "$without" ]; then notok adapter "no output: $(head -c 300 "$T/err")"
+	elif [ "$with" = "$without" ]; then notok adapter "the adapter changed no draw"
+	else ok "--adapter changes the completions"; fi
+	if expect adapter-missing 2 "$LE" --generate --model "$M" --adapter "$T/nowhere" -o "$T/am.jsonl" "$T/five.jsonl"; then
+		stderr_has adapter-missing nowhere && [ ! -e "$T/am.jsonl" ] && ok "a missing adapter: exit 2, no output"
+	fi
+	sed 's/"r": 4/"r": 5/' "$T/ad/adapter_config.json" > "$T/cfg" && mkdir -p "$T/ad5" && cp "$T/ad/adapter_model.safetensors" "$T/ad5/" && mv "$T/cfg" "$T/ad5/adapter_config.json"
+	if expect adapter-shape 2 "$LE" --generate --model "$M" --adapter "$T/ad5" "$T/five.jsonl"; then
+		stderr_has adapter-shape 'shape' && ok "an adapter whose shapes disagree with its rank: exit 2"
+	fi
+fi
+
 # -o writes atomically; bad input stops before generating, names the line,
 # exits 2 and leaves no file.
 if expect out-file 0 "$LE" --generate --model "$M" --max-new 1 -o "$T/o.jsonl" "$T/chat.jsonl"; then
