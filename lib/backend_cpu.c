@@ -1,11 +1,13 @@
-/* backend_cpu: the reference implementation of lib/backend.h — fp32 on the
- * CPU, matrix products through BLAS (cblas_sgemm, single-threaded, on
- * slices of the work), the other loops in plain C, all spread over a few
- * pthreads of ours (a pool kept between ops). Every output element is computed by one thread in a fixed
- * order: the same inputs and thread count give the same bits.
+/* backend_cpu: the reference implementation of lib/backend.h's forward ops —
+ * fp32 on the CPU, matrix products through BLAS (cblas_sgemm, single-threaded,
+ * on slices of the work) or our own small-n kernel, the other loops in plain
+ * C, all spread over a few pthreads of ours (a pool kept between ops). Every
+ * output element is computed by one thread in a fixed order: the same inputs
+ * and thread count give the same bits. The backward ops are in
+ * backend_cpu_grad.c, sharing the pool through backend_cpu_impl.h.
  *
  * Legend: n positions (rows of activations), d a row's width, w.rows × w.cols
- * a weight (out × in). The backward of each op will sit beside its forward.
+ * a weight (out × in).
  *
  * The ops cannot report failure (backend.h returns void). The two that need
  * scratch memory (matmul of a non-fp32 weight: a tile per thread, a few
@@ -24,11 +26,12 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "backend_cpu_impl.h"
 #include "model.h"
 
 /* ---- threads ---- */
 
-static int cpu_threads = 1;
+int cpu_threads = 1;
 
 static void blas_threads_set(int n)
 {
@@ -55,10 +58,6 @@ void backend_cpu_threads(int n)
 	 * idle, faster when it is shared). */
 	blas_threads_set(1);
 }
-
-/* fn(ctx, lo, hi, tid) over [0, n) in nt contiguous chunks, chunk tid on
- * thread tid; the caller's thread runs chunk 0. */
-typedef void par_fn(void *ctx, int64_t lo, int64_t hi, int tid);
 
 struct par_job {
 	par_fn *fn;
@@ -140,7 +139,7 @@ static int pool_grow(int want)
 	return pool.n_workers;
 }
 
-static void par_for_nt(int64_t n, int nt, par_fn *fn, void *ctx)
+void par_for_nt(int64_t n, int nt, par_fn *fn, void *ctx)
 {
 	if (nt > n)
 		nt = (int)n;
@@ -171,9 +170,7 @@ static void par_for_nt(int64_t n, int nt, par_fn *fn, void *ctx)
 	pthread_mutex_unlock(&pool.mu);
 }
 
-/* par_for_nt with as many threads as there are chunks of min_chunk items, at
- * most cpu_threads: small work stays on the caller's thread. */
-static void par_for(int64_t n, int64_t min_chunk, par_fn *fn, void *ctx)
+void par_for(int64_t n, int64_t min_chunk, par_fn *fn, void *ctx)
 {
 	int64_t nt = cpu_threads;
 	if (min_chunk < 1)
@@ -183,7 +180,7 @@ static void par_for(int64_t n, int64_t min_chunk, par_fn *fn, void *ctx)
 	par_for_nt(n, (int)(nt < 1 ? 1 : nt), fn, ctx);
 }
 
-static void fill_nan(float *x, int64_t count)
+void fill_nan(float *x, int64_t count)
 {
 	for (int64_t i = 0; i < count; i++)
 		x[i] = NAN;
@@ -301,8 +298,7 @@ AVX2 static void softmax_avx2(float *x, int64_t n)
 
 static int have_avx2 = -1;
 
-/* y[n] = exp(x[n]); y may be x */
-static void exp_vec(float *y, const float *x, int64_t n)
+void exp_vec(float *y, const float *x, int64_t n)
 {
 	if (have_avx2 < 0)
 		have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -314,8 +310,7 @@ static void exp_vec(float *y, const float *x, int64_t n)
 		y[i] = exp_one(x[i]);
 }
 
-/* x[n] = softmax(x[n]), n >= 1 */
-static void softmax_vec(float *x, int64_t n)
+void softmax_vec(float *x, int64_t n)
 {
 	if (have_avx2 < 0)
 		have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -599,7 +594,7 @@ static void cpu_rope(float *x, int n, int n_heads, int head_dim, const int32_t *
 struct attn_args {
 	float *out;
 	const float *q, *k, *v;
-	const int32_t *q_pos;
+	const int32_t *q_pos, *first_key;
 	int n, n_keys, n_heads, group, head_dim, window, qb, n_blocks, nt;
 	float scale, softcap;
 	float *s;    /* scratch: threads × qb × n_keys */
@@ -607,7 +602,8 @@ struct attn_args {
 };
 
 /* Rows t of S (m × nk, first key klo): mask, softcap, softmax in place. */
-static void attn_softmax(float *s, const int32_t *pos, int m, int nk, int64_t klo, int window, float softcap)
+static void attn_softmax(float *s, const int32_t *pos, const int32_t *first, int m, int nk, int64_t klo, int window,
+			 float softcap)
 {
 	for (int t = 0; t < m; t++, s += nk) {
 		/* visible keys: columns [a, b] */
@@ -615,6 +611,8 @@ static void attn_softmax(float *s, const int32_t *pos, int m, int nk, int64_t kl
 		int64_t a = 0, b = p - klo;
 		if (window > 0 && p - window + 1 - klo > a)
 			a = p - window + 1 - klo;
+		if (first && first[t] - klo > a)
+			a = first[t] - klo;
 		if (b > nk - 1)
 			b = nk - 1;
 		if (a > b) { /* nothing visible: only with a bad q_pos */
@@ -650,6 +648,8 @@ static void attn_thread(void *ctx, int64_t lo, int64_t hi, int tid)
 			int64_t a = A->window > 0 ? p - A->window + 1 : 0;
 			if (a < 0)
 				a = 0;
+			if (A->first_key && A->first_key[t] > a)
+				a = A->first_key[t];
 			if (a < klo)
 				klo = a;
 			if (p > khi)
@@ -662,7 +662,8 @@ static void attn_thread(void *ctx, int64_t lo, int64_t hi, int tid)
 		int nk = (int)(khi - klo + 1);
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nk, hd, A->scale,
 			    A->q + (int64_t)t0 * qs + h * hd, qs, A->k + klo * ks + g * hd, ks, 0.0f, s, nk);
-		attn_softmax(s, A->q_pos + t0, m, nk, klo, A->window, A->softcap);
+		attn_softmax(s, A->q_pos + t0, A->first_key ? A->first_key + t0 : NULL, m, nk, klo, A->window,
+			     A->softcap);
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, hd, nk, 1.0f, s, nk,
 			    A->v + klo * ks + g * hd, ks, 0.0f, A->out + (int64_t)t0 * qs + h * hd, qs);
 	}
@@ -672,8 +673,8 @@ static void attn_thread(void *ctx, int64_t lo, int64_t hi, int tid)
 #define ATTN_QB 64
 
 static void cpu_attention(float *out, const float *q, const float *k, const float *v, int n, int n_keys,
-			  const int32_t *q_pos, int n_heads, int n_kv_heads, int head_dim, float scale, int window,
-			  float softcap)
+			  const int32_t *q_pos, const int32_t *first_key, int n_heads, int n_kv_heads, int head_dim,
+			  float scale, int window, float softcap)
 {
 	if (n <= 0)
 		return;
@@ -687,8 +688,8 @@ static void cpu_attention(float *out, const float *q, const float *k, const floa
 		fill_nan(out, (int64_t)n * n_heads * head_dim);
 		return;
 	}
-	struct attn_args A = {out, q, k, v, q_pos, n, n_keys, n_heads, n_heads / n_kv_heads, head_dim, window,
-			      qb, n_blocks, nt, scale, softcap, s, per};
+	struct attn_args A = {out, q, k, v, q_pos, first_key, n, n_keys, n_heads, n_heads / n_kv_heads, head_dim,
+			      window, qb, n_blocks, nt, scale, softcap, s, per};
 	par_for_nt(nt, nt, attn_thread, &A);
 	free(s);
 }
@@ -807,4 +808,13 @@ const struct backend backend_cpu = {
 	.embed = cpu_embed,
 	.axpy = cpu_axpy,
 	.softcap = cpu_softcap,
+	.matmul_dx = cpu_matmul_dx,
+	.gemm = cpu_gemm,
+	.rmsnorm_dx = cpu_rmsnorm_dx,
+	.rope_dx = cpu_rope_dx,
+	.attention_dx = cpu_attention_dx,
+	.glu_dx = cpu_glu_dx,
+	.dropout = cpu_dropout,
+	.softcap_dx = cpu_softcap_dx,
+	.cross_entropy = cpu_cross_entropy,
 };

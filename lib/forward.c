@@ -240,8 +240,8 @@ static int forward(const struct model *m, const struct lora *lo, struct kv_cache
 		be->rope(a.q, n, c->n_heads, hd, a.pos, inv);
 		be->rope(k_new, n, c->n_kv_heads, hd, a.pos, inv);
 		if (n_seq == 1) {
-			be->attention(a.att, a.q, K, V, n, p0 + n, a.pos, c->n_heads, c->n_kv_heads, hd, c->attn_scale,
-				      window, c->attn_softcap);
+			be->attention(a.att, a.q, K, V, n, p0 + n, a.pos, NULL, c->n_heads, c->n_kv_heads, hd,
+				      c->attn_scale, window, c->attn_softcap);
 		} else {
 			for (int b = 0; b < n; b++) {
 				struct kv_cache *sb = kvs[b];
@@ -249,7 +249,7 @@ static int forward(const struct model *m, const struct lora *lo, struct kv_cache
 				memcpy(Kb + (size_t)sb->n * kvd, k_new + (size_t)b * kvd, (size_t)kvd * sizeof(float));
 				memcpy(Vb + (size_t)sb->n * kvd, v_new + (size_t)b * kvd, (size_t)kvd * sizeof(float));
 				be->attention(a.att + (size_t)b * qd, a.q + (size_t)b * qd, Kb, Vb, 1, sb->n + 1,
-					      &a.pos[b], c->n_heads, c->n_kv_heads, hd, c->attn_scale, window,
+					      &a.pos[b], NULL, c->n_heads, c->n_kv_heads, hd, c->attn_scale, window,
 					      c->attn_softcap);
 			}
 		}

@@ -318,7 +318,7 @@ static void check_attention(const struct attn_case *c)
 	float *out1 = malloc((size_t)c->n * qs * sizeof *out1);
 	for (size_t i = 0; i < sizeof thread_counts / sizeof *thread_counts; i++) {
 		backend_cpu_threads(thread_counts[i]);
-		backend_cpu.attention(out, q, k, v, c->n, c->n_keys, pos, c->n_heads, c->n_kv_heads, c->head_dim,
+		backend_cpu.attention(out, q, k, v, c->n, c->n_keys, pos, NULL, c->n_heads, c->n_kv_heads, c->head_dim,
 				      scale, c->window, c->softcap);
 		if (i == 0)
 			memcpy(out1, out, (size_t)c->n * qs * sizeof *out);
@@ -327,7 +327,7 @@ static void check_attention(const struct attn_case *c)
 			      c->what, thread_counts[i]);
 		double e = rel_err(out, want, (int64_t)c->n * qs);
 		CHECK(e < TOL, "seed %llu: %s, threads %d: rel err %.3g", seed, c->what, thread_counts[i], e);
-		backend_cpu.attention(out2, q, k, v, c->n, c->n_keys, pos, c->n_heads, c->n_kv_heads, c->head_dim,
+		backend_cpu.attention(out2, q, k, v, c->n, c->n_keys, pos, NULL, c->n_heads, c->n_kv_heads, c->head_dim,
 				      scale, c->window, c->softcap);
 		CHECK(!memcmp(out, out2, (size_t)c->n * qs * sizeof *out), "%s: two runs differ", c->what);
 	}
