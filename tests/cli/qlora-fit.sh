@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # qlora-fit as a user runs it, on tiny random llama models this test writes
 # (two layers, dim 16, vocabulary 64, F32 safetensors, no tokenizer files)
-# and token streams written by build/ref/fit_stream_driver (any vocabulary,
+# and token streams written by build/ref/tokstream_driver (any vocabulary,
 # fingerprint, lengths and labels). Checked: bad input (clear message naming
 # the file and field, exit 2, no output folder), the memory refusal (exit 1),
 # gradient accumulation (4 x 4 = 16 x 1), packing (= no packing), resume after
@@ -10,7 +10,18 @@
 # unless --force), --config, --init-adapter, the outputs' keys.
 . "$(dirname "$0")/lib.sh"
 QF=$BIN/qlora-fit
-SD=$ROOT/build/ref/fit_stream_driver
+TSD=$ROOT/build/ref/tokstream_driver
+# SD VOCAB FP OUT < records.txt: a token stream of one example a line, token
+# ids separated by spaces, "~ID" for a token that is not learned.
+SD() {
+	awk '{ ids = labs = ""
+	       for (i = 1; i <= NF; i++) {
+	           t = $i; l = t
+	           if (substr(t, 1, 1) == "~") { t = substr(t, 2); l = -100 }
+	           ids = ids (i > 1 ? "," : "") t; labs = labs (i > 1 ? "," : "") l
+	       }
+	       if (NF) print "{\"ids\":[" ids "],\"labels\":[" labs "]}" }' | "$TSD" "$@"
+}
 [ -x "$QF" ] || { skip qlora-fit "bin/qlora-fit is not built"; finish; }
 
 # --help names every option, and the man page documents each of them with the
@@ -38,7 +49,7 @@ expect bad-cuda 2 "$QF" --model x --data x --out "$T/u" --device cuda && stderr_
 expect bad-flag 2 "$QF" --model x --data x --out "$T/u" --no-such-flag && ok "an unknown flag: exit 2"
 [ ! -e "$T/u" ] && ok "usage errors leave no output folder" || notok usage-out "$T/u exists"
 
-[ -x "$SD" ] || { skip qlora-fit-runs "build/ref/fit_stream_driver is not built (make build/ref/fit_stream_driver)"; finish; }
+[ -x "$TSD" ] || { skip qlora-fit-runs "build/ref/tokstream_driver is not built (make build/ref/tokstream_driver)"; finish; }
 
 # make_model DIR [MAX_POS [HIDDEN LAYERS VOCAB]]: a tiny random llama; with
 # HIDDEN LAYERS VOCAB, config.json alone (for the memory estimate).
@@ -119,7 +130,7 @@ within() { python3 -c "import sys; sys.exit(0 if float('$1') <= float('$2') else
 M=$T/model
 make_model "$M" || { notok model "could not write the tiny model"; finish; }
 records 11 24 6 20 > "$T/r.txt"
-"$SD" 64 0 "$T/d.tok.zst" < "$T/r.txt" 2>"$T/err" || { notok driver "$(cat "$T/err")"; finish; }
+SD 64 0 "$T/d.tok.zst" < "$T/r.txt" 2>"$T/err" || { notok driver "$(cat "$T/err")"; finish; }
 FIT=("$QF" --model "$M" --data "$T/d.tok.zst" --quant none --threads 1 --seq-len 64)
 
 # A plain run: the adapter folder, training_args.json, log.jsonl, the
@@ -157,12 +168,12 @@ bad() { # NAME PATTERN ARGS...
 	fi
 }
 : > "$T/empty.txt"
-"$SD" 64 0 "$T/empty.tok.zst" < "$T/empty.txt"
+SD 64 0 "$T/empty.tok.zst" < "$T/empty.txt"
 bad empty-stream 'empty.tok.zst: the token stream holds no records' "${FIT[@]/$T\/d.tok.zst/$T/empty.tok.zst}"
-"$SD" 100 0 "$T/v100.tok.zst" < "$T/r.txt"
+SD 100 0 "$T/v100.tok.zst" < "$T/r.txt"
 bad vocab 'v100.tok.zst: header vocab_size 100 is larger than the model' "${FIT[@]/$T\/d.tok.zst/$T/v100.tok.zst}"
 { cat "$T/r.txt"; records 5 1 80 80; } > "$T/long.txt"
-"$SD" 64 0 "$T/long.tok.zst" < "$T/long.txt"
+SD 64 0 "$T/long.tok.zst" < "$T/long.txt"
 bad overflow 'long.tok.zst: record 25: 80 tokens, more than --seq-len 64' "${FIT[@]/$T\/d.tok.zst/$T/long.tok.zst}"
 bad val-both 'exclude' "${FIT[@]}" --val "$T/d.tok.zst" --val-split 0.1
 bad seq-ctx 'context' "${FIT[@]}" --seq-len 1000
@@ -175,7 +186,7 @@ Q=$(fixture qwen2_5) && {
 	cp "$M/config.json" "$M/model.safetensors" "$Q/tokenizer.json" "$Q/tokenizer_config.json" "$MT/"
 	bad tokenizer-fp 'd.tok.zst: header tokenizer_fp 0000000000000000 differs from the model' \
 		"$QF" --model "$MT" --data "$T/d.tok.zst" --quant none --seq-len 64
-	"$SD" 64 "model:$MT" "$T/qfp.tok.zst" < "$T/r.txt" 2>"$T/err"
+	SD 64 "model:$MT" "$T/qfp.tok.zst" < "$T/r.txt" 2>"$T/err"
 	expect tokenizer-ok 0 "$QF" --model "$MT" --data "$T/qfp.tok.zst" --quant none --seq-len 64 --max-steps 1 --out "$T/tokok" &&
 		! grep -q 'cannot be checked' "$T/err" && ok "the model's tokenizer fingerprint matches: runs, no note" || unreported tokenizer-ok
 } || skip tokenizer-fp "fixture qwen2_5 not found under $FIXTURES"
@@ -197,7 +208,7 @@ expect memory 1 "$QF" --model "$BIG" --data "$T/d.tok.zst" --quant bf16 --seq-le
 # Accumulation (DESIGN.md trap 5): 16 examples as 4 micro-batches of 4 rows or
 # 1 of 16 rows, one optimizer step: the same adapter within 1e-5, the same loss.
 records 21 16 4 30 > "$T/acc.txt"
-"$SD" 64 0 "$T/acc.tok.zst" < "$T/acc.txt"
+SD 64 0 "$T/acc.tok.zst" < "$T/acc.txt"
 ACC=("$QF" --model "$M" --data "$T/acc.tok.zst" --quant none --threads 1 --seq-len 64 --no-packing --max-steps 1 --lr 1e-2 -q)
 "${ACC[@]}" --batch 4 --grad-accum 4 --out "$T/acc4" 2>"$T/err" && "${ACC[@]}" --batch 16 --grad-accum 1 --out "$T/acc16" 2>>"$T/err" &&
 	"${ACC[@]}" --batch 1 --grad-accum 16 --out "$T/acc1" 2>>"$T/err"
@@ -217,11 +228,11 @@ fi
 # with very different learned counts gives the mean over all their tokens,
 # which is not the mean of the two examples' means.
 printf '%s\n' "~1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20" "~30 31" > "$T/w.txt"
-"$SD" 64 0 "$T/w.tok.zst" < "$T/w.txt"
+SD 64 0 "$T/w.tok.zst" < "$T/w.txt"
 WN=("$QF" --model "$M" --quant none --threads 1 --seq-len 64 --no-packing --no-shuffle --max-steps 1 --dropout 0 -q)
 "${WN[@]}" --data "$T/w.tok.zst" --batch 2 --out "$T/w2" 2>"$T/err"
 head -1 "$T/w.txt" > "$T/w1.txt"; tail -1 "$T/w.txt" > "$T/w2.txt"
-"$SD" 64 0 "$T/wa.tok.zst" < "$T/w1.txt"; "$SD" 64 0 "$T/wb.tok.zst" < "$T/w2.txt"
+SD 64 0 "$T/wa.tok.zst" < "$T/w1.txt"; SD 64 0 "$T/wb.tok.zst" < "$T/w2.txt"
 "${WN[@]}" --data "$T/wa.tok.zst" --out "$T/wa" 2>>"$T/err"; "${WN[@]}" --data "$T/wb.tok.zst" --out "$T/wb" 2>>"$T/err"
 if [ ! -s "$T/wb/log.jsonl" ]; then notok window-mean "a run failed: $(head -c 300 "$T/err")"
 else
@@ -254,7 +265,7 @@ fi
 # each epoch's Fisher-Yates shuffle with splitmix64, recomputed here in Python
 # from examples whose learned-token counts (1..12) name them.
 for i in $(seq 3 14); do seq -s ' ' 1 "$i" | sed 's/^1 2/~1 ~2/'; done > "$T/ord.txt"
-"$SD" 64 0 "$T/ord.tok.zst" < "$T/ord.txt"
+SD 64 0 "$T/ord.tok.zst" < "$T/ord.txt"
 if expect order 0 "$QF" --model "$M" --data "$T/ord.tok.zst" --quant none --threads 1 --seq-len 64 --no-packing --epochs 3 \
 	--val-split 0.25 --seed 7 --out "$T/ord" -q; then
 	python3 - "$T/ord/log.jsonl" <<'PY' && ok "data order: split and per-epoch shuffle as documented (seed 7, 3 epochs)" || notok order "see above"
@@ -345,7 +356,7 @@ ls "$T/ref" | grep -c '^checkpoint-' | grep -qx 2 && ok "the last two checkpoint
 # A real SIGKILL from outside, at whatever point the run has reached once
 # checkpoint-100 exists (inside a step, or while writing a checkpoint).
 records 31 200 20 120 > "$T/big.txt"
-"$SD" 64 0 "$T/big.tok.zst" < "$T/big.txt"
+SD 64 0 "$T/big.tok.zst" < "$T/big.txt"
 EXT=("$QF" --model "$M" --data "$T/big.tok.zst" --quant none --threads 1 --seq-len 128 --batch 2 --max-steps 300 --save-steps 20 -q)
 "${EXT[@]}" --out "$T/ext-ref" 2>"$T/err" || notok ext-kill "the reference run failed: $(head -c 300 "$T/err")"
 "${EXT[@]}" --out "$T/ext" 2>/dev/null &
@@ -405,7 +416,7 @@ else ok "SIGINT: exit 130, checkpoint-4 written whole"; fi
 expect resume-other 2 "${RES[@]}" --save-steps 0 --out "$T/int" --resume --lr 1e-3 &&
 	stderr_has resume-other 'checkpoint-4/state.json: --lr: 0.005 in the checkpoint, 0.001 now' && ok "resume with another --lr: refused, exit 2"
 records 99 24 6 20 > "$T/r2.txt"
-"$SD" 64 0 "$T/d2.tok.zst" < "$T/r2.txt"
+SD 64 0 "$T/d2.tok.zst" < "$T/r2.txt"
 expect resume-data 2 "${RES[@]/$T\/d.tok.zst/$T/d2.tok.zst}" --save-steps 0 --out "$T/int" --resume &&
 	stderr_has resume-data 'fingerprints.data' && ok "resume with other data: refused, exit 2"
 if expect resume-int 0 "${RES[@]}" --save-steps 0 --out "$T/int" --resume; then

@@ -19,26 +19,19 @@
 #include "half.h"
 #include "quant.h"
 
-static uint64_t rng_state;
 static uint64_t seed;
 
-static uint64_t rng_next(void)
-{
-	uint64_t x = rng_state;
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return rng_state = x;
-}
+/* check.h's seeded stream */
+static uint64_t next64(void) { return rng_next(check_rng()); }
 
-static float rng_uniform(void) /* [0, 1) */
+static float uniform01(void) /* [0, 1) */
 {
-	return (float)(rng_next() >> 40) / 16777216.0f;
+	return (float)(next64() >> 40) / 16777216.0f;
 }
 
 static float rng_normal(void)
 {
-	float u = rng_uniform() + 1e-7f, v = rng_uniform();
+	float u = uniform01() + 1e-7f, v = uniform01();
 	return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
 }
 
@@ -50,7 +43,7 @@ static float *random_matrix(int64_t n, int heavy)
 	for (int64_t i = 0; i < n; i++) {
 		float v = rng_normal();
 		if (heavy) /* a few large outliers, as in real weights */
-			v *= rng_uniform() < 0.01f ? 50.0f : 0.05f;
+			v *= uniform01() < 0.01f ? 50.0f : 0.05f;
 		x[i] = v;
 	}
 	return x;
@@ -195,7 +188,7 @@ static void check_nf4(const float *x, int64_t n, const char *what)
 	int64_t bad_range = -1;
 	float *part = malloc((size_t)(n + 1) * sizeof *part);
 	for (int k = 0; k < 200 && n > 0; k++) {
-		int64_t s = (int64_t)(rng_next() % (uint64_t)n), c = (int64_t)(rng_next() % (uint64_t)(n - s + 1));
+		int64_t s = (int64_t)(next64() % (uint64_t)n), c = (int64_t)(next64() % (uint64_t)(n - s + 1));
 		if (k < 4) { /* the edges */
 			s = k < 2 ? 0 : n - 1 - (k % 2);
 			c = s < 0 ? 0 : n - s;
@@ -435,10 +428,9 @@ static void test_ggml_errors(void)
 	CHECK(gguf_dequantize(&t, 32, 32, out, &err) == -1, "short data accepted");
 }
 
-int main(int argc, char **argv)
+int main(void)
 {
-	seed = argc > 1 ? strtoull(argv[1], NULL, 10) : 0x9e3779b97f4a7c15u;
-	rng_state = seed ? seed : 1;
+	seed = check_seed_init();
 	RUN(test_wfmt_names);
 	RUN(test_weight_f32);
 	RUN(test_weight_bf16);
