@@ -139,7 +139,11 @@ static double chi_square(const float *x, int n, const struct gen_opts *o, const 
 		if (t >= 0 && t < n)
 			count[t]++;
 	}
-	double stat = 0;
+	/* Tokens expected fewer than 5 times are pooled into one cell (the
+	 * statistic is only chi-square distributed when each cell expects a few:
+	 * one draw of a token expected 0.05 times would add 18 on its own). */
+	double stat = 0, e_pool = 0;
+	long n_pool = 0;
 	int dof = -1;
 	for (int i = 0; i < n; i++) {
 		if (p[i] == 0) {
@@ -148,8 +152,20 @@ static double chi_square(const float *x, int n, const struct gen_opts *o, const 
 			continue;
 		}
 		double e = p[i] * draws;
+		if (e < 5) {
+			e_pool += e, n_pool += count[i];
+			continue;
+		}
 		stat += (count[i] - e) * (count[i] - e) / e;
 		dof++;
+	}
+	if (e_pool >= 5) {
+		stat += (n_pool - e_pool) * (n_pool - e_pool) / e_pool;
+		dof++;
+	} else if (e_pool > 0) {
+		/* too rare even pooled: the pooled count must stay plausible (Poisson tail at ~1e-6) */
+		CHECK(n_pool <= 5 + 10 * e_pool + 6 * sqrt(e_pool + 1),
+		      "seed %" PRIu64 " %s: tokens expected %.2f times in all drawn %ld times", seed0, what, e_pool, n_pool);
 	}
 	/* Critical values of chi-square at p = 1e-6 for 1..15 degrees of freedom. */
 	static const double crit[] = {0, 23.93, 27.63, 30.66, 33.38, 35.89, 38.26, 40.52,
