@@ -5,7 +5,10 @@ prefill of a short chat prompt.
 
 Ours: lora-eval runs with --max-new SHORT and --max-new LONG; the decode
 rate is the difference in tokens over the difference in wall time (the load
-and the prefill cancel out), best of REPEAT runs each. llama.cpp: the prompt
+and the prefill cancel out), best of REPEAT runs each. That difference is
+noisy when loading the 540 MB file takes a varying time, so the rate of the
+decoding steps alone is printed too (build/ref/model_driver bench: the same
+model_forward calls timed inside one process, best of REPEAT). llama.cpp: the prompt
 is evaluated, then LONG - SHORT tokens are generated and timed. Printed:
 tokens/s of each and ours / llama.cpp (target >= 0.8).
 
@@ -56,6 +59,20 @@ def ours_rate(model):
     return (long[1] - short[1]) / (long[0] - short[0]), long[1]
 
 
+def decode_rate(model, n_prompt, n):
+    """Our decoding steps alone (model_driver bench: prefill, then n steps of
+    one token through model_forward, timed inside the process), best of REPEAT."""
+    driver = os.path.join(ROOT, "build", "ref", "model_driver")
+    best = 0
+    for _ in range(REPEAT):
+        p = subprocess.run([driver, "bench", model, "--n", str(n_prompt), "--reps", "1", "--decode", str(n),
+                            "--threads", str(THREADS)], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(p.stderr[-300:])
+        best = max(best, json.loads(p.stdout)["decode_tok_s"])
+    return best
+
+
 def llama_rate(model, prompt_ids, n):
     llm = ref.llama(model)
     best = 0
@@ -90,6 +107,9 @@ def main():
           f"{n - SHORT} tokens timed")
     print(f"  lora-eval {ours:7.1f} tokens/s   llama.cpp {theirs:7.1f} tokens/s   ratio {ours / theirs:.2f}x "
           f"(target >= 0.8x)")
+    steps = decode_rate(model, len(lines[0]["prompt_ids"]), n - SHORT)
+    print(f"  decoding steps alone (model_driver bench, no loading or sampling in the time): {steps:7.1f} tokens/s, "
+          f"ratio {steps / theirs:.2f}x")
     if busy:
         print(f"  (machine busy: load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
               f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']})")
