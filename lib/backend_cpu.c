@@ -545,6 +545,7 @@ struct rope_job {
 	const int32_t *pos;
 	const float *inv_freq;
 	int n_heads, head_dim;
+	float dir; /* 1: by +angle (forward), -1: by -angle (backward) */
 };
 
 static void rope_part(void *ctx, int64_t lo, int64_t hi, int tid)
@@ -558,7 +559,7 @@ static void rope_part(void *ctx, int64_t lo, int64_t hi, int tid)
 		for (int i = 0; i < half; i++) {
 			float f = j->inv_freq[i] * p;
 			cs[i] = cosf(f);
-			sn[i] = sinf(f);
+			sn[i] = j->dir * sinf(f); /* exact: the sign alone */
 		}
 		float *row = j->x + t * j->n_heads * j->head_dim;
 		for (int h = 0; h < j->n_heads; h++) {
@@ -572,14 +573,20 @@ static void rope_part(void *ctx, int64_t lo, int64_t hi, int tid)
 	}
 }
 
-static void cpu_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq)
+void cpu_rope_rotate(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq,
+		     float dir)
 {
 	if (head_dim / 2 > 512) {
 		fill_nan(x, (int64_t)n * n_heads * head_dim);
 		return;
 	}
-	struct rope_job j = {x, pos, inv_freq, n_heads, head_dim};
+	struct rope_job j = {x, pos, inv_freq, n_heads, head_dim, dir};
 	par_for(n, 1 + 8192 / (n_heads * head_dim + 1), rope_part, &j);
+}
+
+static void cpu_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq)
+{
+	cpu_rope_rotate(x, n, n_heads, head_dim, pos, inv_freq, 1);
 }
 
 /* ---- attention ----

@@ -254,45 +254,9 @@ void cpu_rmsnorm_dx(float *dx, const float *dy, const float *x, const float *w, 
  * dx_i = d_i·cos + d_{i+h}·sin, dx_{i+h} = d_{i+h}·cos - d_i·sin, with cos and
  * sin computed exactly as the forward computes them. */
 
-struct rope_dx_job {
-	float *x;
-	const int32_t *pos;
-	const float *inv_freq;
-	int n_heads, head_dim;
-};
-
-static void rope_dx_part(void *ctx, int64_t lo, int64_t hi, int tid)
-{
-	struct rope_dx_job *j = ctx;
-	const int half = j->head_dim / 2;
-	float cs[512], sn[512];
-	for (int64_t t = lo; t < hi; t++) {
-		float p = (float)j->pos[t];
-		for (int i = 0; i < half; i++) {
-			float f = j->inv_freq[i] * p;
-			cs[i] = cosf(f);
-			sn[i] = sinf(f);
-		}
-		float *row = j->x + t * j->n_heads * j->head_dim;
-		for (int h = 0; h < j->n_heads; h++) {
-			float *a = row + h * j->head_dim, *b = a + half;
-			for (int i = 0; i < half; i++) {
-				float d1 = a[i], d2 = b[i];
-				a[i] = d1 * cs[i] + d2 * sn[i];
-				b[i] = d2 * cs[i] - d1 * sn[i];
-			}
-		}
-	}
-}
-
 void cpu_rope_dx(float *dx, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq)
 {
-	if (head_dim / 2 > 512) {
-		fill_nan(dx, (int64_t)n * n_heads * head_dim);
-		return;
-	}
-	struct rope_dx_job j = {dx, pos, inv_freq, n_heads, head_dim};
-	par_for(n, 1 + 8192 / (n_heads * head_dim + 1), rope_dx_part, &j);
+	cpu_rope_rotate(dx, n, n_heads, head_dim, pos, inv_freq, -1);
 }
 
 /* ---- attention_dx ----

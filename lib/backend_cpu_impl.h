@@ -26,6 +26,11 @@ void exp_vec(float *y, const float *x, int64_t n);
 /* x[n] = softmax(x[n]), n >= 1 */
 void softmax_vec(float *x, int64_t n);
 
+/* x rotated in place by RoPE's angles (dir 1, the forward op) or by their
+ * negatives (dir -1: the transpose, rope's backward); the same cos and sin. */
+void cpu_rope_rotate(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq,
+		     float dir);
+
 /* The backward ops (lib/backend_cpu_grad.c), for the table in backend_cpu.c;
  * their contracts are in backend.h. */
 void cpu_matmul_dx(float *dx, const float *dy, const struct weight *w, int n, int accumulate);

@@ -8,6 +8,8 @@
 #ifndef LORAPIPE_CHECK_H
 #define LORAPIPE_CHECK_H
 
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -69,5 +71,19 @@ static inline unsigned long long check_seed_init(void)
 
 /* Uniform in [0, 1). */
 static inline double check_urand(void) { return rng_uniform(check_rng()); }
+
+/* max |a - b| / max |b| over count values (a NaN in a counts as infinite). */
+static inline double check_rel_err(const float *a, const float *b, int64_t count)
+{
+	double md = 0, mb = 0;
+	for (int64_t i = 0; i < count; i++) {
+		double d = fabs((double)a[i] - b[i]);
+		if (!(d <= md))
+			md = d;
+		if (fabs(b[i]) > mb)
+			mb = fabs(b[i]);
+	}
+	return mb > 0 ? md / mb : md;
+}
 
 #endif

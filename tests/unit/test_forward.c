@@ -17,19 +17,6 @@
 
 static unsigned long long seed;
 
-static double rel_err(const float *a, const float *b, int64_t count)
-{
-	double md = 0, mb = 0;
-	for (int64_t i = 0; i < count; i++) {
-		double d = fabs((double)a[i] - b[i]);
-		if (!(d <= md))
-			md = d;
-		if (fabs(b[i]) > mb)
-			mb = fabs(b[i]);
-	}
-	return mb > 0 ? md / mb : md;
-}
-
 /* The full pass against the cache fed in pieces of 5, 1, 1, 7, 3 ... */
 static void check_cache(enum model_arch arch, enum wfmt fmt, int threads)
 {
@@ -50,7 +37,7 @@ static void check_cache(enum model_arch arch, enum wfmt fmt, int threads)
 	CHECK(finite, "%s: logits not finite", model_arch_name(arch));
 	/* only the last row */
 	rc = model_forward(m, NULL, NULL, tok, n, last, 0, &err);
-	CHECK(rc == 0 && rel_err(last, full + (n - 1) * V, V) < 1e-6, "%s: last-row logits differ",
+	CHECK(rc == 0 && check_rel_err(last, full + (n - 1) * V, V) < 1e-6, "%s: last-row logits differ",
 	      model_arch_name(arch));
 
 	struct kv_cache *kv = kv_cache_new(&m->cfg, 32, &err);
@@ -64,7 +51,7 @@ static void check_cache(enum model_arch arch, enum wfmt fmt, int threads)
 		at += len;
 	}
 	CHECK(kv && kv->n == n, "cache holds %d positions, want %d", kv ? kv->n : -1, n);
-	double e = rel_err(part, full, (int64_t)n * V);
+	double e = check_rel_err(part, full, (int64_t)n * V);
 	CHECK(e < 1e-5, "seed %llu: %s %s threads %d: cache vs full pass: rel err %.3g", seed, model_arch_name(arch),
 	      wfmt_name(fmt), threads, e);
 	/* full: one more position does not fit */
@@ -205,7 +192,7 @@ static void check_identity(enum model_arch arch)
 	backend_cpu_threads(2);
 	int rc = model_forward(m, NULL, NULL, tok, n, logits, 1, &err);
 	CHECK(rc == 0, "%s", err.msg);
-	double e = rel_err(logits, want, (int64_t)n * V);
+	double e = check_rel_err(logits, want, (int64_t)n * V);
 	CHECK(e < 1e-5, "seed %llu: %s: rel err %.3g", seed, model_arch_name(arch), e);
 	free(logits);
 	free(want);

@@ -34,20 +34,6 @@
 
 static unsigned long long seed;
 
-/* max |a - b| / max |b| */
-static double rel_err(const float *a, const float *b, int64_t count)
-{
-	double md = 0, mb = 0;
-	for (int64_t i = 0; i < count; i++) {
-		double d = fabs((double)a[i] - b[i]);
-		if (!(d <= md))
-			md = d;
-		if (fabs(b[i]) > mb)
-			mb = fabs(b[i]);
-	}
-	return mb > 0 ? md / mb : md;
-}
-
 static struct lora *random_lora(const struct model *m, float dropout)
 {
 	struct err err = {0};
@@ -103,10 +89,10 @@ static void check_logits(enum model_arch arch, enum wfmt fmt)
 		      err.msg);
 	}
 	CHECK(!memcmp(a, b, (size_t)N_TOK * V * sizeof *a), "seed %llu: %s %s: train_logits differs from model_forward "
-	      "(rel err %.3g)", seed, model_arch_name(arch), wfmt_name(fmt), rel_err(a, b, (int64_t)N_TOK * V));
+	      "(rel err %.3g)", seed, model_arch_name(arch), wfmt_name(fmt), check_rel_err(a, b, (int64_t)N_TOK * V));
 	struct train_batch all = {N_TOK, tok, lab, N_EX, starts};
 	CHECK(train_logits(tr, &all, p, &err) == 0, "%s", err.msg);
-	double e = rel_err(p, b, (int64_t)N_TOK * V);
+	double e = check_rel_err(p, b, (int64_t)N_TOK * V);
 	CHECK(e < 1e-5, "seed %llu: %s: packed logits rel err %.3g", seed, model_arch_name(arch), e);
 	free(a), free(b), free(p);
 	trainer_free(tr);
@@ -167,7 +153,7 @@ static void check_packing(enum model_arch arch)
 	      (long long)n2, (long long)train_batch_learned(&all));
 	CHECK(fabs(l1 - l2) <= 1e-6 * fabs(l1), "seed %llu: %s: loss unpacked %.9g, packed %.9g", seed,
 	      model_arch_name(arch), l1, l2);
-	double eg = rel_err(lo->grads, g1, (int64_t)np), ee = rel_err(e2, e1, (int64_t)ne);
+	double eg = check_rel_err(lo->grads, g1, (int64_t)np), ee = check_rel_err(e2, e1, (int64_t)ne);
 	CHECK(eg < 1e-5 && ee < 1e-5, "seed %llu: %s: packed vs unpacked rel err grads %.3g, d_embed %.3g", seed,
 	      model_arch_name(arch), eg, ee);
 	free(g1), free(e1), free(e2);
@@ -203,7 +189,7 @@ static void check_checkpointing(enum model_arch arch)
 		double l1 = run(t1, m, lo, tok, lab, pack, 7, e1, &n1);
 		CHECK(l0 == l1 && !memcmp(g0, lo->grads, np * sizeof *g0) && !memcmp(e0, e1, ne * sizeof *e0),
 		      "seed %llu: %s pack %d: checkpointing changes the result (loss %.9g / %.9g, grads rel err %.3g)",
-		      seed, model_arch_name(arch), pack, l0, l1, rel_err(lo->grads, g0, (int64_t)np));
+		      seed, model_arch_name(arch), pack, l0, l1, check_rel_err(lo->grads, g0, (int64_t)np));
 	}
 	free(g0), free(e0), free(e1);
 	trainer_free(t0);
@@ -301,7 +287,7 @@ static void test_dropout_seed(void)
 	float scale = 1.0f / (float)n;
 	CHECK(train_step(tr, &all, scale / 2, 11, &res, NULL, &err) == 0, "%s", err.msg);
 	CHECK(train_step(tr, &all, scale / 2, 11, &res, NULL, &err) == 0, "%s", err.msg);
-	double e = rel_err(lo->grads, g, (int64_t)np);
+	double e = check_rel_err(lo->grads, g, (int64_t)np);
 	CHECK(e < 1e-6, "two half steps vs one: rel err %.3g", e);
 	free(g);
 	trainer_free(tr);
