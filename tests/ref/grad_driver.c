@@ -39,6 +39,7 @@
 #include "opt.h"
 #include "rng.h"
 #include "train.h"
+#include "procstat.h"
 
 static const struct opt opts[] = {
 	{"fmt", 0, OPT_CHOICE, "F", "format of the linear layers", .choices = "f32|bf16|nf4|int8"},
@@ -259,23 +260,6 @@ out:
 	free(a), free(b), free(p);
 	free(ex.tokens), free(ex.labels), free(ex.starts);
 	return rc;
-}
-
-/* A "VmHWM:" line of /proc/self/status, in kB; -1 if absent. */
-static long status_kb(const char *key)
-{
-	FILE *f = fopen("/proc/self/status", "r");
-	char line[256];
-	long v = -1;
-	size_t n = strlen(key);
-	while (f && fgets(line, sizeof line, f))
-		if (!strncmp(line, key, n)) {
-			v = strtol(line + n, NULL, 10);
-			break;
-		}
-	if (f)
-		fclose(f);
-	return v;
 }
 
 static int do_bench(const struct model *m, struct lora *lo, const struct opt_result *r, struct err *err)

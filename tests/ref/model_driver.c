@@ -29,6 +29,7 @@
 #include "backend.h"
 #include "model.h"
 #include "opt.h"
+#include "procstat.h"
 
 static const struct opt opts[] = {
 	{"fmt", 0, OPT_CHOICE, "F", "format of the linear layers", .choices = "f32|bf16|nf4|int8"},
@@ -161,23 +162,6 @@ out:
 	free(ids);
 	free(logits);
 	return rc;
-}
-
-/* A "VmHWM:" or "VmRSS:" line of /proc/self/status, in kB; -1 if absent. */
-static long status_kb(const char *key)
-{
-	FILE *f = fopen("/proc/self/status", "r");
-	char line[256];
-	long v = -1;
-	size_t n = strlen(key);
-	while (f && fgets(line, sizeof line, f))
-		if (!strncmp(line, key, n)) {
-			v = strtol(line + n, NULL, 10);
-			break;
-		}
-	if (f)
-		fclose(f);
-	return v;
 }
 
 static int do_info(const struct model *m, double load_s, struct err *err)

@@ -38,22 +38,11 @@ import time
 
 import numpy as np
 
+from tinymodels import failed, report, say
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DRIVER = os.path.join(ROOT, "build", "ref", "optim_driver")
 P_TOL = 1e-6
-_failed = [False]
-
-
-def say(line):
-    print(line, flush=True)
-
-
-def report(ok, name, why=""):
-    if ok:
-        say(f"ok - {name}")
-    else:
-        _failed[0] = True
-        say(f"not ok - {name}: {why}")
 
 
 def driver(args, data=b""):
@@ -277,7 +266,7 @@ def main():
     test_schedules(torch, tf)
     test_clip(torch, rng)
     say(f"# {time.time() - t0:.1f} s")
-    return 1 if _failed[0] else 0
+    return 1 if failed() else 0
 
 
 if __name__ == "__main__":
