@@ -700,20 +700,26 @@ static int is_gguf(const char *path)
 	return n > 5 && !strcmp(path + n - 5, ".gguf");
 }
 
+/* Appends a copy of s (n bytes) to the list v of *len strings. */
+static int strs_add(char ***v, size_t *len, size_t *cap, const char *s, size_t n, struct err *err)
+{
+	if (*len == *cap) {
+		size_t c = *cap ? 2 * *cap : 16;
+		char **p = realloc(*v, c * sizeof *p);
+		if (!p)
+			return err_sys(err, "out of memory");
+		*v = p, *cap = c;
+	}
+	if (!((*v)[*len] = strndup(s, n)))
+		return err_sys(err, "out of memory");
+	(*len)++;
+	return 0;
+}
+
 /* Keeps s (a new string of n bytes) as marker number m->mk.n. */
 static int marker_add(struct chat_model *m, size_t *cap, const char *s, size_t n, struct err *err)
 {
-	if (m->mk.n == *cap) {
-		size_t c = *cap ? 2 * *cap : 16;
-		char **p = realloc(m->mk_store, c * sizeof *p);
-		if (!p)
-			return err_sys(err, "out of memory");
-		m->mk_store = p, *cap = c;
-	}
-	if (!(m->mk_store[m->mk.n] = strndup(s, n)))
-		return err_sys(err, "out of memory");
-	m->mk.n++;
-	return 0;
+	return strs_add(&m->mk_store, &m->mk.n, cap, s, n, err);
 }
 
 /* The length of the JSON string s[0..n) begins with ('"' first) up to and
@@ -895,6 +901,43 @@ static int markers_from_json(struct chat_model *m, const char *path, struct err 
 
 static int markers_lengths(struct chat_model *m, struct err *err);
 
+/* A GGUF's added tokens, read without building its tokenizer: the special
+ * ones become markers at once, the others wait in rest for the second tier. */
+struct gguf_markers {
+	struct chat_model *m;
+	size_t cap;
+	char **rest;
+	size_t nrest, rest_cap;
+	struct err *err;
+};
+
+static int gguf_marker(void *arg, uint32_t id, const char *s, size_t n, int special)
+{
+	struct gguf_markers *g = arg;
+	(void)id;
+	if (n == 0 || !*s)
+		return 0;
+	return special ? marker_add(g->m, &g->cap, s, n, g->err) : strs_add(&g->rest, &g->nrest, &g->rest_cap, s, n, g->err);
+}
+
+static int markers_from_gguf(struct chat_model *m, const char *path, struct err *err)
+{
+	struct gguf_markers g = {.m = m, .err = err};
+	int rc = tokenizer_gguf_added(path, gguf_marker, &g, err);
+	jv eos = obj_get(m->tokens, "eos_token");
+	if (rc == 0 && jv_get_kind(eos) == JV_KIND_STRING && *jv_string_value(eos))
+		rc = marker_add(m, &g.cap, jv_string_value(eos), strlen(jv_string_value(eos)), err);
+	jv_free(eos);
+	m->mk.nfirst = m->mk.n;
+	for (size_t i = 0; i < g.nrest; i++) {
+		if (rc == 0)
+			rc = marker_add(m, &g.cap, g.rest[i], strlen(g.rest[i]), err);
+		free(g.rest[i]);
+	}
+	free(g.rest);
+	return rc < 0 ? -1 : markers_lengths(m, err);
+}
+
 /* The end-of-turn candidates: every special added token and eos_token first,
  * then the other added tokens (see struct chat_markers). */
 static int load_markers(struct chat_model *m, const char *model, struct err *err)
@@ -914,6 +957,8 @@ static int load_markers(struct chat_model *m, const char *model, struct err *err
 		m->mk_store = NULL;
 		m->mk.n = m->mk.nfirst = 0;
 	}
+	if (is_gguf(model))
+		return markers_from_gguf(m, model, err);
 	struct tokenizer *tk = tokenizer_load(model, err);
 	if (!tk)
 		return -1;

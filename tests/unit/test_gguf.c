@@ -757,6 +757,39 @@ static int encode_ids(struct tokenizer *tk, const char *text, uint32_t *ids, siz
 	return n;
 }
 
+/* tokenizer_gguf_added lists exactly the loaded tokenizer's added tokens:
+ * ids, texts and which are special. */
+struct added_walk {
+	const struct tokenizer *tk;
+	uint32_t next; /* the id after the last one seen */
+	int bad, n;
+};
+
+static int added_cb(void *arg, uint32_t id, const char *s, size_t n, int special)
+{
+	struct added_walk *w = arg;
+	for (; w->next < id; w->next++)
+		if (tokenizer_is_added(w->tk, w->next))
+			w->bad++; /* skipped an added token */
+	const char *t = tokenizer_token(w->tk, id);
+	if (!tokenizer_is_added(w->tk, id) || !t || strlen(t) != n || memcmp(t, s, n) ||
+	    !tokenizer_is_special(w->tk, id) != !special)
+		w->bad++;
+	w->next = id + 1, w->n++;
+	return 0;
+}
+
+static void check_added_walk(const char *path, const struct tokenizer *tk, int want_n)
+{
+	struct added_walk w = {tk, 0, 0, 0};
+	struct err e = {{0}, 0};
+	CHECK(tokenizer_gguf_added(path, added_cb, &w, &e) == 0, "tokenizer_gguf_added: %s", e.msg);
+	for (; w.next < tokenizer_vocab_size(tk); w.next++)
+		if (tokenizer_is_added(tk, w.next))
+			w.bad++;
+	CHECK(w.bad == 0 && w.n == want_n, "added tokens walked: %d, %d differ from the tokenizer's", w.n, w.bad);
+}
+
 static void test_tokenizer_gpt2(void)
 {
 	char path[] = "/tmp/test_gguf_tok_XXXXXX.gguf";
@@ -777,6 +810,7 @@ static void test_tokenizer_gpt2(void)
 		      ids[2]);
 		CHECK(tokenizer_vocab_size(tk) == BYTE_TOKENS + 7, "vocab size %u", tokenizer_vocab_size(tk));
 		CHECK(tokenizer_is_special(tk, 261) && !tokenizer_is_special(tk, 262), "control special, user-defined not");
+		check_added_walk(path, tk, 2);
 		char *text;
 		size_t len;
 		CHECK(tokenizer_decode(tk, want, 8, 1, &text, &len, &e) == 0, "decode: %s", e.msg);
@@ -873,6 +907,7 @@ static void test_tokenizer_spm(void)
 			CHECK(strcmp(text, "he he\xc3\xa9") == 0, "decoded '%s'", text);
 			free(text);
 		}
+		check_added_walk(path, tk, 3);
 		tokenizer_free(tk);
 	}
 	unlink(path);
