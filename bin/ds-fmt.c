@@ -60,7 +60,7 @@ static const char about[] =
 #define BATCH 64      /* records handed to a worker at once */
 #define MAX_THREADS 16
 
-/* One input record: its results (after --jq) to format, then the records made. */
+/* One input line: the records (after --jq) to format, then the lines made. */
 struct item {
 	char *text;     /* the line, for the worker to parse (without --jq), or NULL */
 	size_t len;
@@ -68,12 +68,14 @@ struct item {
 	int rc;         /* 1: formatted; -1: bad record (err) */
 	long line;
 	struct err err;
-	jv results;     /* the format-2 records, all of the record's results */
+	size_t out, out_end; /* its output lines: the batch's out[out, out_end) */
 };
 
 struct batch {
 	struct item it[BATCH];
 	int n, done;
+	char *out; /* the lines the worker wrote for the batch's records */
+	size_t out_len, out_cap;
 	struct batch *next;       /* in the queue of batches no worker has taken */
 	struct batch *order_next; /* in the main thread's list of batches in flight */
 };
@@ -91,20 +93,22 @@ struct worker {
 	struct pool *p;
 	struct chat_model *m; /* the thread's own copies of every shared jv */
 	struct chat_opts o;
+	struct jsonl_memo *memo; /* the tool list most records repeat, parsed once */
 };
 
-/* Formats one record's results, all before any is written, so a skipped
- * record leaves nothing behind. */
-static void format_item(struct worker *w, struct item *it)
+/* Formats one record's results into the batch's output, all before any is
+ * written, so a skipped record leaves nothing behind. The worker writes the
+ * lines itself: the values it made never reach another thread. */
+static void format_item(struct worker *w, struct batch *b, struct item *it)
 {
-	it->results = jv_array();
 	if (it->text) {
 		jv rec;
-		it->rc = jsonl_parse_record(w->p->name, it->line, it->text, it->len, &rec, &it->err);
+		it->rc = jsonl_parse_record_memo(w->p->name, it->line, it->text, it->len, w->memo, &rec, &it->err);
 		it->recs = it->rc > 0 ? JV_ARRAY(rec) : jv_invalid();
 		free(it->text);
 		it->text = NULL;
 	}
+	it->out = it->out_end = b->out_len;
 	if (it->rc < 0) {
 		jv_free(it->recs);
 		return;
@@ -116,13 +120,16 @@ static void format_item(struct worker *w, struct item *it)
 			snprintf(what, sizeof what, "%s", it->err.msg);
 			it->rc = err_set(&it->err, "%s:%ld: %s", w->p->name, it->line, what);
 		} else if (it->rc > 0) {
-			it->results = jv_array_append(it->results, res);
+			if (jsonl_format(res, &b->out, &it->out_end, &b->out_cap, &it->err) < 0)
+				it->rc = -1;
 		} else {
 			jv_free(one);
 		}
 		(void)i;
 	}
 	jv_free(it->recs);
+	if (it->rc > 0)
+		b->out_len = it->out_end;
 }
 
 static void *worker_main(void *arg)
@@ -144,7 +151,7 @@ static void *worker_main(void *arg)
 			p->todo_tail = NULL;
 		pthread_mutex_unlock(&p->mu);
 		for (int i = 0; i < b->n; i++)
-			format_item(w, &b->it[i]);
+			format_item(w, b, &b->it[i]);
 		pthread_mutex_lock(&p->mu);
 		b->done = 1;
 		pthread_cond_broadcast(&p->done);
@@ -183,10 +190,9 @@ static int thread_count(void)
 
 static void batch_free(struct batch *b)
 {
-	for (int i = 0; i < b->n; i++) {
+	for (int i = 0; i < b->n; i++)
 		free(b->it[i].text);
-		jv_free(b->it[i].results);
-	}
+	free(b->out);
 	free(b);
 }
 
@@ -287,6 +293,8 @@ int main(int argc, char **argv)
 		w[i] = (struct worker){.p = &pool, .o = o};
 		w[i].m = chat_model_for_thread(m, &err);
 		msg_die_if(!w[i].m, &err);
+		if (!(w[i].memo = jsonl_memo_new()))
+			msg_die(EXIT_RUNTIME, "out of memory");
 		w[i].o.tools = chat_jv_clone(jv_copy(o.tools));
 		w[i].o.vars = chat_jv_clone(jv_copy(o.vars));
 	}
@@ -330,15 +338,13 @@ int main(int argc, char **argv)
 		for (int i = 0; i < b->n && !stopping; i++) {
 			struct item *it = &b->it[i];
 			if (it->rc > 0) {
-				jv_array_foreach(it->results, k, res) {
-					if (stopping)
-						jv_free(res);
-					else if (jsonl_write(out->f, res, &stop) < 0)
-						stopping = 1;
-					(void)k;
-				}
-				if (!stopping)
+				size_t n = it->out_end - it->out;
+				if (fwrite(b->out + it->out, 1, n, out->f) != n) {
+					err_sys(&stop, "write error:");
+					stopping = 1;
+				} else {
 					progress_update(&prog, ++done, 0);
+				}
 			} else if (msg_interrupted) {
 				stopping = 2;
 			} else if (!skip_bad) {
@@ -375,6 +381,7 @@ int main(int argc, char **argv)
 		msg_warn("%llu bad records were skipped", bad);
 	for (int i = 0; i < nw; i++) {
 		chat_model_free(w[i].m);
+		jsonl_memo_free(w[i].memo);
 		jv_free(w[i].o.tools), jv_free(w[i].o.vars);
 	}
 	chat_model_free(m);

@@ -500,6 +500,7 @@ struct chat_model {
 	enum chat_args args, args_tool_use;
 	int agp, agp_tool_use; /* the template honors add_generation_prompt */
 	int args_json, args_json_tool_use; /* the probe saw the template print arguments as JSON */
+	struct tmpl_cache *cache; /* this model's own (each thread's copy has one): values records repeat */
 };
 
 static char *read_file_max(const char *path, size_t max, size_t *len, struct err *err);
@@ -1080,8 +1081,10 @@ static int probe_agp(const struct tmpl *t, jv tokens)
 struct chat_model *chat_model_load(const char *model, const char *template, struct err *err)
 {
 	struct chat_model *m = calloc(1, sizeof *m);
-	if (!m)
+	if (!m || !(m->cache = tmpl_cache_new())) {
+		free(m);
 		return err_sys(err, "out of memory"), NULL;
+	}
 	m->tokens = jv_invalid();
 	int rc;
 	struct stat st;
@@ -1166,6 +1169,11 @@ struct chat_model *chat_model_for_thread(const struct chat_model *m, struct err 
 	*c = *m;
 	c->borrowed = 1;
 	c->tokens = chat_jv_clone(jv_copy(m->tokens));
+	if (!(c->cache = tmpl_cache_new())) {
+		jv_free(c->tokens);
+		free(c);
+		return err_sys(err, "out of memory"), NULL;
+	}
 	return c;
 }
 
@@ -1173,6 +1181,7 @@ void chat_model_free(struct chat_model *m)
 {
 	if (!m)
 		return;
+	tmpl_cache_free(m->cache);
 	if (m->borrowed) {
 		jv_free(m->tokens);
 		free(m);
@@ -1468,9 +1477,9 @@ int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv
 		for (int i = 0; i < last_asst; i++)
 			trained[i] = 0;
 	/* One conversion of the context serves the render and the prefix renders. */
-	cx = tmpl_ctx_new(render_ctx(jv_copy(msgs), jv_copy(tools), o->add_generation_prompt, jv_copy(m->tokens),
+	cx = tmpl_ctx_new_cached(render_ctx(jv_copy(msgs), jv_copy(tools), o->add_generation_prompt, jv_copy(m->tokens),
 				     jv_copy(o->vars)),
-			  err);
+				 m->cache, err);
 	if (!cx || tmpl_render_ctx(t, cx, SIZE_MAX, -1, NULL, &ro, err) < 0)
 		goto fail;
 	if (json && check_args_roundtrip(&ro, msgs, err) < 0)

@@ -218,7 +218,85 @@ long jsonl_unsafe_at(const char *s, size_t n, const char **why)
 struct fastp {
 	const char *s, *end;
 	int depth;
+	struct jsonl_memo *memo; /* NULL: none */
 };
+
+/* The memo: for each of a few top-level keys, the text of its last long
+ * value and that value. A value's text is self-delimiting (an object, an
+ * array or a string), so a line holding the same bytes at that place holds
+ * the same value, parsed at the same depth: sharing it is exact. */
+#define MEMO_KEYS 8
+#define MEMO_MIN 256 /* shorter values are cheaper to parse than to compare */
+struct jsonl_memo {
+	struct memo_entry {
+		char *key, *text;
+		size_t klen, len;
+		jv v;
+	} e[MEMO_KEYS];
+	int n;
+	unsigned long long hits;
+};
+
+struct jsonl_memo *jsonl_memo_new(void) { return calloc(1, sizeof(struct jsonl_memo)); }
+
+void jsonl_memo_free(struct jsonl_memo *m)
+{
+	if (!m)
+		return;
+	for (int i = 0; i < m->n; i++) {
+		free(m->e[i].key), free(m->e[i].text);
+		jv_free(m->e[i].v);
+	}
+	free(m);
+}
+
+unsigned long long jsonl_memo_hits(const struct jsonl_memo *m) { return m ? m->hits : 0; }
+
+static struct memo_entry *memo_find(struct jsonl_memo *m, jv k)
+{
+	const char *ks = jv_string_value(k);
+	size_t kn = (size_t)jv_string_length_bytes(jv_copy(k));
+	for (int i = 0; i < m->n; i++)
+		if (m->e[i].klen == kn && !memcmp(m->e[i].key, ks, kn))
+			return &m->e[i];
+	if (m->n == MEMO_KEYS)
+		return NULL;
+	struct memo_entry *e = &m->e[m->n];
+	if (!(e->key = malloc(kn + 1)))
+		return NULL;
+	memcpy(e->key, ks, kn + 1);
+	e->klen = kn, e->text = NULL, e->len = 0, e->v = jv_null();
+	m->n++;
+	return e;
+}
+
+static jv fp_value(struct fastp *p);
+
+/* A top-level member's value, from the memo when its text is the same. */
+static jv fp_member(struct fastp *p, jv k)
+{
+	struct memo_entry *e = NULL;
+	if (p->memo && p->depth == 1 && p->s < p->end && (*p->s == '{' || *p->s == '[' || *p->s == '"'))
+		e = memo_find(p->memo, k);
+	if (e && e->len && (size_t)(p->end - p->s) >= e->len && !memcmp(p->s, e->text, e->len)) {
+		p->s += e->len;
+		p->memo->hits++;
+		return jv_copy(e->v);
+	}
+	const char *start = p->s;
+	jv v = fp_value(p);
+	size_t n = (size_t)(p->s - start);
+	if (e && jv_is_valid(v) && n >= MEMO_MIN) {
+		char *t = realloc(e->text, n);
+		if (t) {
+			memcpy(t, start, n);
+			e->text = t, e->len = n;
+			jv_free(e->v);
+			e->v = jv_copy(v);
+		}
+	}
+	return v;
+}
 
 #define FASTP_MAX_DEPTH 200 /* below jq's own limit, which jq reports */
 
@@ -325,8 +403,6 @@ give_up:
 	return res;
 }
 
-static jv fp_value(struct fastp *p);
-
 static jv fp_array(struct fastp *p)
 {
 	p->s++;
@@ -363,7 +439,8 @@ static jv fp_object(struct fastp *p)
 		fp_ws(p);
 		if (!fp_eat(p, ':'))
 			return jv_free(k), jv_free(o), jv_invalid();
-		jv v = fp_value(p);
+		fp_ws(p);
+		jv v = fp_member(p, k);
 		if (!jv_is_valid(v))
 			return jv_free(k), jv_free(o), v;
 		o = jv_object_set(o, k, v);
@@ -426,9 +503,9 @@ static jv fp_value(struct fastp *p)
 
 /* s[0..n), checked by jsonl_unsafe_at: its value, or invalid for jq to parse
  * (and to word the error). */
-static jv fast_parse(const char *s, size_t n)
+static jv fast_parse(const char *s, size_t n, struct jsonl_memo *memo)
 {
-	struct fastp p = {s, s + n, 0};
+	struct fastp p = {s, s + n, 0, memo};
 	jv v = fp_value(&p);
 	fp_ws(&p);
 	if (jv_is_valid(v) && p.s != p.end) {
@@ -456,13 +533,19 @@ static int line_errf(const char *name, long lineno, struct err *err, const char 
 
 int jsonl_parse_record(const char *name, long lineno, const char *line, size_t len, jv *out, struct err *err)
 {
+	return jsonl_parse_record_memo(name, lineno, line, len, NULL, out, err);
+}
+
+int jsonl_parse_record_memo(const char *name, long lineno, const char *line, size_t len, struct jsonl_memo *memo,
+			    jv *out, struct err *err)
+{
 	if (len > INT_MAX)
 		return line_errf(name, lineno, err, "line too long (%zu bytes)", len);
 	const char *why;
 	long at = jsonl_unsafe_at(line, len, &why);
 	if (at >= 0)
 		return line_errf(name, lineno, err, "%s at column %ld", why, at + 1);
-	jv v = fast_parse(line, len);
+	jv v = fast_parse(line, len, memo);
 	if (!jv_is_valid(v))
 		v = jv_parse_sized(line, (int)len);
 	if (!jv_is_valid(v)) {
@@ -699,20 +782,30 @@ int jsonl_load(const char *path, size_t max, jv *out, struct err *err)
 	return rc;
 }
 
-int jsonl_write(FILE *f, jv v, struct err *err)
+int jsonl_format(jv v, char **buf, size_t *len, size_t *cap, struct err *err)
 {
 	if (!jv_is_valid(v)) {
 		jv_free(v);
 		return err_set(err, "cannot write an invalid JSON value");
 	}
-	static _Thread_local struct obuf b;
-	b.n = 0;
-	b.oom = 0;
+	struct obuf b = {*buf, *len, *cap, 0};
 	ob_json(&b, v);
 	ob_put(&b, "\n", 1);
+	*buf = b.p, *cap = b.cap;
 	if (b.oom)
 		return err_sys(err, "out of memory");
-	if (fwrite(b.p, 1, b.n, f) != b.n)
+	*len = b.n;
+	return 0;
+}
+
+int jsonl_write(FILE *f, jv v, struct err *err)
+{
+	static _Thread_local char *buf;
+	static _Thread_local size_t cap;
+	size_t len = 0;
+	if (jsonl_format(v, &buf, &len, &cap, err) < 0)
+		return -1;
+	if (fwrite(buf, 1, len, f) != len)
 		return err_sys(err, "write error:");
 	return 0;
 }

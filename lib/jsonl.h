@@ -38,6 +38,18 @@ int jsonl_next(struct jsonl_reader *r, jv *out, struct err *err);
  * (name and lineno are jsonl_name and jsonl_line of the line). */
 int jsonl_next_line(struct jsonl_reader *r, const char **line, size_t *len, struct err *err);
 int jsonl_parse_record(const char *name, long lineno, const char *line, size_t len, jv *out, struct err *err);
+/* jsonl_parse_record remembering long top-level values from one record to the
+ * next: a member whose text (an object, array or string of 256 bytes or more)
+ * is byte for byte the last one seen under that key is not parsed again, its
+ * value is shared (the same jv, as jv_identical says) — the tool list every
+ * record of a data set repeats. The result is the same value either way. A
+ * memo belongs to one thread (jq's reference counts are not atomic). */
+struct jsonl_memo;
+struct jsonl_memo *jsonl_memo_new(void);
+void jsonl_memo_free(struct jsonl_memo *m);
+unsigned long long jsonl_memo_hits(const struct jsonl_memo *m);
+int jsonl_parse_record_memo(const char *name, long lineno, const char *line, size_t len, struct jsonl_memo *memo,
+			    jv *out, struct err *err);
 /* The line number of the record (or bad line) last returned, 1-based, and the
  * source name. */
 long jsonl_line(const struct jsonl_reader *r);
@@ -67,5 +79,9 @@ int jsonl_load(const char *path, size_t max, jv *out, struct err *err);
  * caller adds the file name) or, for an invalid v, "cannot write an invalid
  * JSON value". Buffered: a late error shows at fflush/outfile_commit. */
 int jsonl_write(FILE *f, jv v, struct err *err);
+/* jsonl_write into memory: the line (its newline included) is appended to
+ * *buf, a malloc'ed block of *cap bytes holding *len (all three updated; *buf
+ * may be NULL with *cap 0). On error *len is left as it was. */
+int jsonl_format(jv v, char **buf, size_t *len, size_t *cap, struct err *err);
 
 #endif

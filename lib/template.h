@@ -85,4 +85,18 @@ void tmpl_ctx_free(struct tmpl_ctx *c);
 int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, int agp,
 		    const struct tmpl_limits *lim, struct tmpl_output *out, struct err *err);
 
+/* Converted values one thread keeps from one context to the next: a
+ * variable (other than messages) whose jv is identical (jv_identical, the
+ * same reference) to one a recent context had under that name is not
+ * converted again, and tojson's text of it is made once. A data set's
+ * repeated tool list, read with jsonl_parse_record_memo, is such a value.
+ * The output is the same with or without a cache. A context made with a
+ * cache must be freed before the next one is made with it. */
+struct tmpl_cache;
+struct tmpl_cache *tmpl_cache_new(void);
+void tmpl_cache_free(struct tmpl_cache *c);
+struct tmpl_ctx *tmpl_ctx_new_cached(jv ctx, struct tmpl_cache *cache, struct err *err);
+/* Values used again, tojson texts used again (for tests and benchmarks). */
+void tmpl_cache_stats(const struct tmpl_cache *c, unsigned long long *hits, unsigned long long *json_hits);
+
 #endif

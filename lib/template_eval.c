@@ -57,6 +57,7 @@ struct rt {
 	int depth, max_depth;
 	uint32_t (*gen)[2];
 	size_t ngen, gcap;
+	struct tmpl_cache *cache; /* the context's, or NULL */
 };
 
 _Noreturn static void rt_err(struct rt *r, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -1618,11 +1619,17 @@ static struct tp_val to_json(struct rt *r, int line, struct tp_val v, struct arg
 	if (arg(a, 3, "sort_keys", &x))
 		jo.sort_keys = tp_truthy(x);
 	args_done(r, line, a, "tojson");
+	struct tp_str kept;
+	if (r->cache && tp_cache_json_get(r->cache, v, &jo, &kept))
+		return tp_mk_str(kept);
 	struct tp_sb o = sb_new(r);
 	const char *why = NULL;
 	if (tp_json_of(&r->a, &o, v, &jo, 0, &why) < 0)
 		rt_err(r, line, "tojson: %s", why);
-	return tp_mk_str(tp_sb_done(&o));
+	struct tp_str text = tp_sb_done(&o);
+	if (r->cache)
+		text = tp_cache_json_put(r->cache, v, &jo, text, r->a.fail, r->a.err);
+	return tp_mk_str(text);
 }
 
 static struct tp_val to_int(struct rt *r, struct tp_val v, struct tp_val def, int64_t base)
@@ -2519,18 +2526,21 @@ static struct tp_val messages_from_jv(struct rt *r, jv msgs, struct tp_org listo
  * makes itself, take assignments). */
 struct tmpl_ctx {
 	struct tp_arena a;
+	struct tmpl_cache *cache; /* where some of the values live, or NULL */
 	uint32_t n;
 	const char **names;
 	struct tp_val *vals;
 };
 
-struct tmpl_ctx *tmpl_ctx_new(jv ctx, struct err *err)
+struct tmpl_ctx *tmpl_ctx_new(jv ctx, struct err *err) { return tmpl_ctx_new_cached(ctx, NULL, err); }
+
+struct tmpl_ctx *tmpl_ctx_new_cached(jv ctx, struct tmpl_cache *cache, struct err *err)
 {
 	if (jv_get_kind(ctx) != JV_KIND_OBJECT) {
 		jv_free(ctx);
 		return err_set(err, "the context must be a JSON object"), NULL;
 	}
-	struct tmpl_ctx *c = calloc(1, sizeof *c);
+	struct tmpl_ctx *volatile c = calloc(1, sizeof *c); /* volatile: kept across setjmp */
 	if (!c) {
 		jv_free(ctx);
 		return err_sys(err, "out of memory"), NULL;
@@ -2541,6 +2551,8 @@ struct tmpl_ctx *tmpl_ctx_new(jv ctx, struct err *err)
 	jmp_buf jb;
 	r.a.fail = &jb;
 	volatile int ok = 0;
+	if (cache)
+		tp_cache_next(cache);
 	if (setjmp(jb) == 0) {
 		int nk = jv_object_length(jv_copy(ctx));
 		struct tp_val *vals = tp_alloc(&r.a, ((size_t)nk + 1) * sizeof *vals);
@@ -2553,14 +2565,20 @@ struct tmpl_ctx *tmpl_ctx_new(jv ctx, struct err *err)
 			jv_free(key);
 			jv val = jv_object_iter_value(ctx, it);
 			struct tp_org o = { -1, TMPL_INPUT, names[k] };
-			vals[k] = !strcmp(names[k], "messages") ? messages_from_jv(&r, val, o) : tp_from_jv(&r.a, val, o);
+			if (!strcmp(names[k], "messages"))
+				vals[k] = messages_from_jv(&r, val, o);
+			else if (!cache || !tp_cache_value(cache, names[k], val, &vals[k], &jb, err))
+				vals[k] = tp_from_jv(&r.a, val, o);
 		}
 		c->n = (uint32_t)k, c->names = names, c->vals = vals;
 		ok = 1;
+	} else if (cache) {
+		tp_cache_abandon(cache);
 	}
 	jv_free(ctx);
 	c->a = r.a;
 	c->a.fail = NULL;
+	c->cache = cache;
 	if (!ok) {
 		tmpl_ctx_free(c);
 		return NULL;
@@ -2611,6 +2629,7 @@ int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg,
 	/* Everything below that can fail unwinds to here. */
 	volatile int ok = 0;
 	struct tp_sb main_out = { 0 };
+	r.cache = c->cache;
 	if (setjmp(jb) == 0) {
 		r.root = frame_new(&r, NULL);
 		for (uint32_t k = 0; k < c->n; k++) {

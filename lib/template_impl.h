@@ -143,6 +143,24 @@ void tp_float_repr(char *buf, size_t n, double f);
 /* jv (consumed) -> value with origin o. */
 struct tp_val tp_from_jv(struct tp_arena *a, jv v, struct tp_org o);
 
+/* ---- values kept from one context to the next (template_cache.c) ---- */
+/* The next context is being made: slots the previous one used may go. */
+void tp_cache_next(struct tmpl_cache *c);
+/* Variable name's value for v (consumed on success): the value converted
+ * for the identical jv before, or converted now into a slot. Returns 1 with
+ * *out set, 0 when the cache does not take v (not an array or object; no
+ * slot free), v untouched. A failure longjmps to fail with err set; the
+ * caller then calls tp_cache_abandon. */
+int tp_cache_value(struct tmpl_cache *c, const char *name, jv v, struct tp_val *out, jmp_buf *fail, struct err *err);
+void tp_cache_abandon(struct tmpl_cache *c);
+/* tojson of a cached container (with the origin the cache gave it): the text
+ * made before with the same options (1, *out set), or 0. */
+int tp_cache_json_get(struct tmpl_cache *c, struct tp_val v, const struct json_opts *jo, struct tp_str *out);
+/* Keeps text as v's tojson with options jo when v is a cached container;
+ * returns the kept copy (or text itself). */
+struct tp_str tp_cache_json_put(struct tmpl_cache *c, struct tp_val v, const struct json_opts *jo, struct tp_str text,
+				jmp_buf *fail, struct err *err);
+
 /* ---- syntax tree ---- */
 enum tp_nk {
 	N_LIT, N_NAME, N_LIST, N_TUPLE, N_DICT, N_ATTR, N_SUB, N_SLICE, N_CALL, N_FILTER, N_TEST,

@@ -9,6 +9,30 @@
 
 #include "jsonl.h"
 
+/* jsonl_next, each line also parsed with a memo that earlier lines filled:
+ * the same result, value and message. */
+static int next_both(struct jsonl_reader *r, struct jsonl_memo *memo, jv *out, struct err *err)
+{
+	const char *line;
+	size_t len;
+	int rc = jsonl_next_line(r, &line, &len, err);
+	if (rc <= 0)
+		return rc;
+	struct err e2 = {0};
+	jv v2;
+	rc = jsonl_parse_record(jsonl_name(r), jsonl_line(r), line, len, out, err);
+	int rc2 = jsonl_parse_record_memo(jsonl_name(r), jsonl_line(r), line, len, memo, &v2, &e2);
+	if (rc != rc2 || (rc < 0 && strcmp(err->msg, e2.msg)))
+		abort();
+	if (rc > 0) { /* compared as text: jv_equal says nan != nan */
+		jv a = jv_dump_string(jv_copy(*out), 0), b = jv_dump_string(v2, 0);
+		if (strcmp(jv_string_value(a), jv_string_value(b)))
+			abort(); /* the memo changed a value */
+		jv_free(a), jv_free(b);
+	}
+	return rc;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (size == 0)
@@ -24,7 +48,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	long nrec = 0, last = 0;
 	jv v;
 	int rc;
-	while ((rc = jsonl_next(r, &v, &err)) != 0) {
+	struct jsonl_memo *memo = jsonl_memo_new();
+	while ((rc = next_both(r, memo, &v, &err)) != 0) {
 		/* Line numbers only grow, and every message says where. */
 		if (jsonl_line(r) <= last)
 			abort();
@@ -40,6 +65,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 		nrec++;
 	}
+	jsonl_memo_free(memo);
 	jsonl_close(r);
 	fclose(in);
 	fclose(out);

@@ -355,6 +355,122 @@ static void test_write_matches_jq(void)
 	}
 }
 
+/* A long value (>= 256 bytes of JSON) of kind k: 0 array, 1 object, 2 string. */
+static jv long_value(int k)
+{
+	for (;;) {
+		jv v = k == 0 ? jv_array() : k == 1 ? jv_object() : jv_string("");
+		for (int i = 0; i < 40; i++) {
+			if (k == 0)
+				v = jv_array_append(v, random_value(1));
+			else if (k == 1)
+				v = jv_object_set(v, jv_string_fmt("k%d", rand() % 60), random_value(1));
+			else
+				v = jv_string_concat(v, rand() % 8 ? jv_string("tool \"x\" ") : jv_string("\xd0\x9f\n"));
+		}
+		jv d = jv_dump_string(jv_copy(v), 0);
+		int n = jv_string_length_bytes(d);
+		if (n >= 300)
+			return v;
+		jv_free(v);
+	}
+}
+
+/* The memo gives the values a plain parse gives, shares a repeated long
+ * member's value (jv_identical) and never a value whose text differs, even
+ * by a last byte or where one text begins another. */
+static void test_parse_memo(void)
+{
+	unsigned seed = (unsigned)time(NULL);
+	srand(seed);
+	jv pool[6];
+	for (int i = 0; i < 6; i++)
+		pool[i] = long_value(i % 3);
+	struct jsonl_memo *memo = jsonl_memo_new();
+	jv last_tools = jv_invalid();
+	int shared = 0, repeats = 0;
+	static const char *const keys[] = {"tools", "messages", "meta", "id"};
+	for (int rec = 0; rec < 400 && !check_case_failed; rec++) {
+		/* a record of some of the keys, values from the pool, sometimes changed */
+		jv o = jv_object();
+		int pick[4];
+		for (int k = 0; k < 4; k++) {
+			pick[k] = rand() % 7; /* 6: a fresh value */
+			if (rand() % 3 == 0)
+				continue;
+			jv v = pick[k] < 6 ? jv_copy(pool[pick[k]]) : random_value(0);
+			if (pick[k] < 6 && rand() % 5 == 0) { /* one byte more at the end */
+				pick[k] = 6;
+				if (jv_get_kind(v) == JV_KIND_ARRAY)
+					v = jv_array_append(v, jv_number(1));
+				else if (jv_get_kind(v) == JV_KIND_OBJECT)
+					v = jv_object_set(v, jv_string("zz"), jv_null());
+				else
+					v = jv_string_concat(v, jv_string("!"));
+			}
+			o = jv_object_set(o, jv_string(keys[k]), v);
+		}
+		jv text = jv_dump_string(jv_copy(o), 0);
+		const char *line = jv_string_value(text);
+		size_t len = (size_t)jv_string_length_bytes(jv_copy(text));
+		jv plain, got;
+		struct err e = {0};
+		int a = jsonl_parse_record("t", rec + 1, line, len, &plain, &e);
+		int b = jsonl_parse_record_memo("t", rec + 1, line, len, memo, &got, &e);
+		CHECK(a == 1 && b == 1, "seed %u record %d: %s", seed, rec, e.msg);
+		if (a == 1 && b == 1) {
+			CHECK(jv_equal(jv_copy(plain), jv_copy(got)), "seed %u record %d: the memo changed the value", seed, rec);
+			jv t = jv_object_get(jv_copy(got), jv_string("tools"));
+			if (jv_is_valid(last_tools) && jv_get_kind(t) != JV_KIND_NULL && jv_get_kind(last_tools) != JV_KIND_NULL) {
+				int same = jv_equal(jv_copy(t), jv_copy(last_tools));
+				int ident = jv_identical(jv_copy(t), jv_copy(last_tools));
+				CHECK(!ident || same, "seed %u record %d: a different value shared", seed, rec);
+				repeats += same && pick[0] < 6;
+				shared += ident;
+			}
+			jv_free(last_tools);
+			last_tools = t;
+		}
+		if (a == 1)
+			jv_free(plain);
+		if (b == 1)
+			jv_free(got);
+		jv_free(text), jv_free(o);
+	}
+	/* lines jq parses (floats anywhere) do not use the memo: shared <= repeats */
+	CHECK(shared <= repeats, "seed %u: %d repeated tool lists, %d shared", seed, repeats, shared);
+	/* the tool list of ds-gen's lines, three times, then with one byte changed */
+	char tools[1024], line[1200];
+	int n = snprintf(tools, sizeof tools, "[");
+	for (int i = 0; i < 8; i++)
+		n += snprintf(tools + n, sizeof tools - (size_t)n, "%s{\"type\": \"function\", \"name\": \"f%d\", \"n\": %d}",
+			      i ? ", " : "", i, i);
+	snprintf(tools + n, sizeof tools - (size_t)n, "]");
+	jv first = jv_invalid();
+	unsigned long long hits0 = jsonl_memo_hits(memo);
+	for (int i = 0; i < 4; i++) {
+		if (i == 3)
+			tools[strlen(tools) - 3] = '9'; /* "n": 7 -> 9 */
+		snprintf(line, sizeof line, "{\"id\": %d, \"tools\": %s}", i, tools);
+		jv v;
+		struct err e = {0};
+		CHECK(jsonl_parse_record_memo("t", 1, line, strlen(line), memo, &v, &e) == 1, "%s", e.msg);
+		jv t = jv_object_get(v, jv_string("tools"));
+		if (i == 0)
+			first = t;
+		else {
+			CHECK(jv_identical(jv_copy(first), jv_copy(t)) == (i < 3), "line %d: shared %d", i, i < 3);
+			jv_free(t);
+		}
+	}
+	jv_free(first);
+	CHECK(jsonl_memo_hits(memo) == hits0 + 2, "hits %llu", jsonl_memo_hits(memo) - hits0);
+	jv_free(last_tools);
+	jsonl_memo_free(memo);
+	for (int i = 0; i < 6; i++)
+		jv_free(pool[i]);
+}
+
 int main(void)
 {
 	if (!mkdtemp(dir)) {
@@ -371,6 +487,7 @@ int main(void)
 	RUN(test_empty_inputs);
 	RUN(test_write);
 	RUN(test_write_matches_jq);
+	RUN(test_parse_memo);
 	if (access("/dev/full", W_OK) == 0)
 		RUN(test_write_error);
 	else

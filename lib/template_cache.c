@@ -1,0 +1,222 @@
+/* template_cache: converted context values a thread keeps from one context
+ * to the next, and what tojson made of them.
+ *
+ * A data set repeats the same tool list (and the model's special tokens come
+ * with every record): when a variable's jv is the very value a recent
+ * context had under that name (jv_identical: the same reference, as
+ * jsonl_parse_record_memo hands out), its converted value is used again.
+ * Values are immutable once made (the sandbox refuses in-place changes), so
+ * a container's tojson text depends only on the container, the origin its
+ * text takes and the options: that text is kept beside the value. Only
+ * containers this cache converted are looked up, never one a render made,
+ * whose memory a later render may reuse.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "template_impl.h"
+
+#define CACHE_SLOTS 16
+#define MEMO_MAX 256 /* tojson texts kept per value */
+
+struct memo_item {
+	const void *box; /* the tp_list or tp_dict */
+	struct json_opts jo; /* strings copied into the slot's arena */
+	struct tp_str text;
+};
+
+struct slot {
+	char *name; /* "" when free */
+	jv src;     /* held, so that identity keeps meaning the same value */
+	struct tp_arena a;
+	struct tp_val v;
+	const void **boxes; /* every container of v, sorted (in a) */
+	uint32_t nboxes;
+	struct memo_item *memo;
+	uint32_t nmemo;
+	uint64_t used; /* the context that last used it */
+};
+
+struct tmpl_cache {
+	struct slot s[CACHE_SLOTS];
+	uint64_t now;
+	unsigned long long hits, json_hits;
+};
+
+struct tmpl_cache *tmpl_cache_new(void) { return calloc(1, sizeof(struct tmpl_cache)); }
+
+static void slot_clear(struct slot *s)
+{
+	if (!s->name)
+		return;
+	free(s->name);
+	jv_free(s->src);
+	tp_arena_free(&s->a); /* boxes too */
+	free(s->memo);
+	memset(s, 0, sizeof *s);
+}
+
+void tmpl_cache_free(struct tmpl_cache *c)
+{
+	if (!c)
+		return;
+	for (int i = 0; i < CACHE_SLOTS; i++)
+		slot_clear(&c->s[i]);
+	free(c);
+}
+
+void tmpl_cache_stats(const struct tmpl_cache *c, unsigned long long *hits, unsigned long long *json_hits)
+{
+	*hits = c ? c->hits : 0;
+	*json_hits = c ? c->json_hits : 0;
+}
+
+void tp_cache_next(struct tmpl_cache *c) { c->now++; }
+
+static int cmp_ptr(const void *a, const void *b)
+{
+	const char *x = *(const char *const *)a, *y = *(const char *const *)b;
+	return x < y ? -1 : x > y;
+}
+
+static void count_boxes(struct tp_val v, uint32_t *n)
+{
+	if (v.type == TP_LIST) {
+		++*n;
+		for (uint32_t i = 0; i < v.u.l->n; i++)
+			count_boxes(v.u.l->v[i], n);
+	} else if (v.type == TP_DICT) {
+		++*n;
+		for (uint32_t i = 0; i < v.u.d->n; i++)
+			count_boxes(v.u.d->v[i], n);
+	}
+}
+
+static void list_boxes(struct tp_val v, const void **out, uint32_t *n)
+{
+	if (v.type == TP_LIST) {
+		out[(*n)++] = v.u.l;
+		for (uint32_t i = 0; i < v.u.l->n; i++)
+			list_boxes(v.u.l->v[i], out, n);
+	} else if (v.type == TP_DICT) {
+		out[(*n)++] = v.u.d;
+		for (uint32_t i = 0; i < v.u.d->n; i++)
+			list_boxes(v.u.d->v[i], out, n);
+	}
+}
+
+int tp_cache_value(struct tmpl_cache *c, const char *name, jv v, struct tp_val *out, jmp_buf *fail, struct err *err)
+{
+	jv_kind k = jv_get_kind(v);
+	if (k != JV_KIND_ARRAY && k != JV_KIND_OBJECT)
+		return 0;
+	struct slot *victim = NULL;
+	for (int i = 0; i < CACHE_SLOTS; i++) {
+		struct slot *s = &c->s[i];
+		if (s->name && !strcmp(s->name, name) && jv_identical(jv_copy(s->src), jv_copy(v))) {
+			s->used = c->now;
+			c->hits++;
+			*out = s->v;
+			jv_free(v);
+			return 1;
+		}
+		if (s->used != c->now && (!victim || !s->name || (victim->name && s->used < victim->used)))
+			victim = s;
+	}
+	if (!victim)
+		return 0;
+	slot_clear(victim);
+	if (!(victim->name = strdup(name)))
+		return 0;
+	victim->src = jv_copy(v);
+	victim->used = c->now;
+	victim->a.err = err;
+	victim->a.fail = fail; /* a failure here unwinds the context being made, which clears the slot */
+	struct tp_org o = {-1, TMPL_INPUT, victim->name};
+	victim->v = tp_from_jv(&victim->a, v, o);
+	uint32_t n = 0;
+	count_boxes(victim->v, &n);
+	victim->boxes = tp_alloc(&victim->a, (size_t)n * sizeof *victim->boxes);
+	victim->nboxes = 0;
+	list_boxes(victim->v, victim->boxes, &victim->nboxes);
+	qsort(victim->boxes, victim->nboxes, sizeof *victim->boxes, cmp_ptr);
+	victim->a.fail = NULL;
+	*out = victim->v;
+	return 1;
+}
+
+void tp_cache_abandon(struct tmpl_cache *c)
+{
+	/* A conversion that failed part way: drop every slot this context was making. */
+	for (int i = 0; i < CACHE_SLOTS; i++)
+		if (c->s[i].name && c->s[i].a.fail)
+			slot_clear(&c->s[i]);
+}
+
+static const void *box_of(struct tp_val v)
+{
+	return v.type == TP_LIST ? (const void *)v.u.l : v.type == TP_DICT ? (const void *)v.u.d : NULL;
+}
+
+/* The slot holding v's container with the origin the slot gave it (so that
+ * the text's origins are the slot's own), or NULL. */
+static struct slot *slot_of(struct tmpl_cache *c, struct tp_val v)
+{
+	const void *box = box_of(v);
+	if (!c || !box || v.o.kind != TMPL_INPUT || v.o.msg != -1 || !v.o.var)
+		return NULL;
+	for (int i = 0; i < CACHE_SLOTS; i++) {
+		struct slot *s = &c->s[i];
+		if (s->name && v.o.var == s->name && bsearch(&box, s->boxes, s->nboxes, sizeof *s->boxes, cmp_ptr))
+			return s;
+	}
+	return NULL;
+}
+
+static int str_eq(const char *a, const char *b) { return a == b || (a && b && !strcmp(a, b)); }
+
+static int opts_eq(const struct json_opts *a, const struct json_opts *b)
+{
+	return str_eq(a->indent, b->indent) && str_eq(a->item_sep, b->item_sep) && str_eq(a->key_sep, b->key_sep) &&
+	       a->sort_keys == b->sort_keys && a->ensure_ascii == b->ensure_ascii;
+}
+
+int tp_cache_json_get(struct tmpl_cache *c, struct tp_val v, const struct json_opts *jo, struct tp_str *out)
+{
+	struct slot *s = slot_of(c, v);
+	const void *box = box_of(v);
+	for (uint32_t i = 0; s && i < s->nmemo; i++) {
+		struct memo_item *m = &s->memo[i];
+		if (m->box == box && opts_eq(&m->jo, jo)) {
+			*out = m->text;
+			c->json_hits++;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static const char *keep(struct tp_arena *a, const char *s) { return s ? tp_strndup(a, s, strlen(s)) : NULL; }
+
+struct tp_str tp_cache_json_put(struct tmpl_cache *c, struct tp_val v, const struct json_opts *jo, struct tp_str text,
+				jmp_buf *fail, struct err *err)
+{
+	struct slot *s = slot_of(c, v);
+	if (!s || s->nmemo >= MEMO_MAX)
+		return text;
+	if (!s->memo && !(s->memo = malloc(MEMO_MAX * sizeof *s->memo)))
+		return text;
+	/* Copied into the slot's arena, origins and all; a failure there
+	 * (memory) unwinds the render, leaving the slot as it was. */
+	s->a.fail = fail, s->a.err = err;
+	struct memo_item m = {box_of(v), *jo, text};
+	m.jo.indent = keep(&s->a, jo->indent);
+	m.jo.item_sep = keep(&s->a, jo->item_sep);
+	m.jo.key_sep = keep(&s->a, jo->key_sep);
+	struct tp_sb b = {0};
+	tp_sb_str(&s->a, &b, text);
+	m.text = tp_sb_done(&b);
+	s->a.fail = NULL;
+	s->memo[s->nmemo++] = m;
+	return m.text;
+}

@@ -1,0 +1,141 @@
+/* test_template_cache: a context made with a cache renders exactly as one
+ * made without (text, origins of every byte, generation ranges), over a
+ * stream of contexts that repeat, change and alternate their tool lists;
+ * the cache is used (values and tojson texts kept) and never hands out a
+ * value for a jv that is not the very one it was made from. */
+#include <string.h>
+
+#include "check.h"
+#include "template.h"
+
+static const char *const templates[] = {
+	/* qwen2.5-like: each tool as JSON, the list again at the end */
+	"{%- if tools %}<tools>{% for t in tools %}\n{{ t | tojson }}{% endfor %}</tools>{% endif %}"
+	"{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{{ tools | tojson }}",
+	/* llama3.2-like: indented JSON, a variable holding the list, special tokens */
+	"{{ bos_token }}{% set ts = tools %}{% if ts is not none %}{% for t in ts %}{{ t | tojson(indent=4) }}\n\n"
+	"{% endfor %}{% endif %}{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}"
+	"{{ extra | tojson(sort_keys=true) }}{{ extra | tojson }}",
+	/* an element and a slice, the list's length, items */
+	"{% if tools %}{{ tools[0] | tojson }}{{ tools[1:] | tojson }}{{ tools | length }}"
+	"{% for k, v in tools[0].items() %}{{ k }}={{ v | tojson }};{% endfor %}{% endif %}"
+	"{% generation %}{{ messages[-1].content }}{% endgeneration %}",
+};
+
+static int same_output(const struct tmpl_output *a, const struct tmpl_output *b)
+{
+	if (a->len != b->len || memcmp(a->text, b->text, a->len) || a->nruns != b->nruns || a->ngen != b->ngen)
+		return 0;
+	for (size_t i = 0; i < a->nruns; i++) {
+		const struct tmpl_run *x = &a->runs[i], *y = &b->runs[i];
+		if (x->start != y->start || x->end != y->end || x->msg != y->msg || x->origin != y->origin ||
+		    (x->var == NULL) != (y->var == NULL) || (x->var && strcmp(x->var, y->var)))
+			return 0;
+	}
+	for (size_t i = 0; i < a->ngen; i++)
+		if (a->gen[i][0] != b->gen[i][0] || a->gen[i][1] != b->gen[i][1])
+			return 0;
+	return 1;
+}
+
+/* Tool list number k: k = 0..2 distinct lists, 3 = none. */
+static jv tool_list(int k)
+{
+	if (k == 3)
+		return jv_null();
+	jv l = jv_array();
+	for (int i = 0; i <= k + 1; i++) {
+		jv f = jv_object();
+		f = jv_object_set(f, jv_string("name"), jv_string_fmt("tool_%d_%d", k, i));
+		f = jv_object_set(f, jv_string("description"), jv_string("Погода \"в\" городе 🌦"));
+		f = jv_object_set(f, jv_string("required"), JV_ARRAY(jv_string("city"), jv_number(i)));
+		l = jv_array_append(l, f);
+	}
+	return l;
+}
+
+static void test_cache_same_output(void)
+{
+	unsigned long long seed = check_seed_init();
+	jv lists[4];
+	for (int k = 0; k < 4; k++)
+		lists[k] = tool_list(k);
+	jv extra = JV_OBJECT(jv_string("b"), jv_number(1), jv_string("a"), JV_ARRAY(jv_true(), jv_null()));
+	struct tmpl_cache *cache = tmpl_cache_new();
+	CHECK(cache != NULL, "tmpl_cache_new");
+	for (size_t ti = 0; ti < sizeof templates / sizeof *templates && cache; ti++) {
+		struct err err = {0};
+		struct tmpl *t = tmpl_compile(templates[ti], strlen(templates[ti]), "chat_template", &err);
+		CHECK(t, "template %zu: %s", ti, err.msg);
+		for (int rec = 0; t && rec < 60 && !check_case_failed; rec++) {
+			int k = (int)rng_below(check_rng(), 4);
+			jv tools = rng_below(check_rng(), 6) ? jv_copy(lists[k]) : tool_list(k); /* equal, not identical */
+			jv msgs = JV_ARRAY(JV_OBJECT(jv_string("role"), jv_string("user"), jv_string("content"),
+						     jv_string_fmt("question %d", rec)),
+					   JV_OBJECT(jv_string("role"), jv_string("assistant"), jv_string("content"),
+						     jv_string_fmt("answer %d", rec)));
+			jv ctx = JV_OBJECT(jv_string("bos_token"), jv_string("<s>"), jv_string("eos_token"), jv_string("</s>"),
+					   jv_string("extra"), jv_copy(extra), jv_string("messages"), msgs, jv_string("tools"),
+					   tools, jv_string("add_generation_prompt"), jv_false());
+			struct tmpl_ctx *plain = tmpl_ctx_new(jv_copy(ctx), &err);
+			struct tmpl_ctx *cached = tmpl_ctx_new_cached(ctx, cache, &err);
+			CHECK(plain && cached, "seed %llu: %s", seed, err.msg);
+			for (int agp = 0; plain && cached && agp < 2; agp++) {
+				struct tmpl_output a, b;
+				size_t nmsg = agp ? 1 : SIZE_MAX;
+				int ra = tmpl_render_ctx(t, plain, nmsg, agp, NULL, &a, &err);
+				int rb = tmpl_render_ctx(t, cached, nmsg, agp, NULL, &b, &err);
+				CHECK(ra == 0 && rb == 0, "template %zu: %s", ti, err.msg);
+				if (ra == 0 && rb == 0)
+					CHECK(same_output(&a, &b), "seed %llu template %zu record %d (tools %d): outputs differ:\n"
+					      "  plain  [%s]\n  cached [%s]", seed, ti, rec, k, a.text, b.text);
+				if (ra == 0)
+					tmpl_output_free(&a);
+				if (rb == 0)
+					tmpl_output_free(&b);
+			}
+			tmpl_ctx_free(plain);
+			tmpl_ctx_free(cached);
+		}
+		tmpl_free(t);
+	}
+	unsigned long long hits, json_hits;
+	tmpl_cache_stats(cache, &hits, &json_hits);
+	CHECK(hits > 50 && json_hits > 50, "the cache was not used: %llu values, %llu tojson texts", hits, json_hits);
+	tmpl_cache_free(cache);
+	for (int k = 0; k < 4; k++)
+		jv_free(lists[k]);
+	jv_free(extra);
+}
+
+/* A failure while a context is made leaves the cache usable. */
+static void test_cache_after_failure(void)
+{
+	struct tmpl_cache *cache = tmpl_cache_new();
+	struct err err = {0};
+	CHECK(!tmpl_ctx_new_cached(jv_array(), cache, &err), "a context that is not an object");
+	err = (struct err){0};
+	jv ctx = JV_OBJECT(jv_string("tools"), tool_list(0), jv_string("messages"), jv_array());
+	struct tmpl_ctx *c = tmpl_ctx_new_cached(ctx, cache, &err);
+	CHECK(c, "%s", err.msg);
+	const char *src = "{{ tools | tojson }}";
+	struct tmpl *t = tmpl_compile(src, strlen(src), "t", &err);
+	struct tmpl_output o;
+	int rc = t && c ? tmpl_render_ctx(t, c, SIZE_MAX, -1, NULL, &o, &err) : -1;
+	CHECK(rc == 0, "%s", err.msg);
+	if (rc == 0) {
+		CHECK(strstr(o.text, "\"tool_0_1\"") != NULL, "rendered %s", o.text);
+		tmpl_output_free(&o);
+	}
+	tmpl_free(t);
+	tmpl_ctx_free(c);
+	tmpl_cache_free(cache);
+}
+
+int main(void)
+{
+	RUN(test_cache_same_output);
+	RUN(test_cache_after_failure);
+	tmpl_thread_release();
+	return check_done();
+}
