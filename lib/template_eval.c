@@ -3,13 +3,19 @@
  * Undefined, the built-in filters and tests chat templates use, Python's str
  * and dict methods (mutating methods are refused, as the sandbox does).
  *
- * Refused with an error rather than rendered differently: recursive for
- * loops, loop.changed, cycler/joiner/lipsum, str.format specs, %-formats
- * other than %s %r %d %i, the filters groupby, slice, striptags, urlize,
+ * Loops as Jinja has them: loop.cycle(), loop.changed(), recursive for loops
+ * (loop(items), loop.depth; nested no deeper than macro calls may be), the
+ * globals cycler() and joiner(), the filters groupby (sorted, (grouper, list)
+ * tuples) and slice.
+ * Refused with an error rather than rendered differently: lipsum, str.format
+ * specs, %-formats other than %s %r %d %i, the filters striptags, urlize,
  * urlencode, wordwrap, xmlattr, pprint, filesizeformat, random.
  * Known differences: range() is a list (prints as one), dict.items() and
- * friends print as lists; JSON numbers come through libjq 1.6, which cannot
- * tell 1.0 from 1 (a whole number is an int) and keeps 53 bits. */
+ * friends print as lists, and so do the generators of map, select, slice and
+ * the like; cycler and joiner objects and bound methods print as <function>
+ * (Jinja prints an address); a groupby tuple is not equal to a plain tuple;
+ * JSON numbers come through libjq 1.6, which cannot tell 1.0 from 1 (a whole
+ * number is an int) and keeps 53 bits. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -35,16 +41,26 @@ struct tp_macro {
 	const char *name;
 };
 
-enum fn_id { F_RANGE, F_NAMESPACE, F_DICT, F_RAISE, F_STRFTIME, F_METHOD, F_CYCLE };
+enum fn_id { F_RANGE, F_NAMESPACE, F_DICT, F_RAISE, F_STRFTIME, F_METHOD, F_CYCLE, F_CHANGED, F_CYCLER, F_JOINER };
 struct tp_func {
 	int id;
 	const char *name;
 	struct tp_val self; /* F_METHOD */
+	/* F_CYCLER/F_JOINER: obj for the object cycler()/joiner() made (else the global function);
+	 * a cycler's items and position; a joiner's separator in self and whether it was called */
+	int obj, used;
+	struct tp_list *items;
+	uint32_t pos;
 };
 
 struct tp_loop {
 	struct tp_list *items;
 	uint32_t i;
+	/* for loop(...) of a recursive loop: the statement, the frame it runs in, its depth (1 = outermost) */
+	const struct tp_stmt *s;
+	struct frame *f;
+	int depth;
+	struct tp_val changed; /* the arguments of the last loop.changed(), a tuple; undefined before */
 };
 
 struct rt {
@@ -149,7 +165,8 @@ static struct tp_val lookup(struct rt *r, struct frame *f, const char *name)
 		const char *name;
 		int id;
 	} builtins[] = { { "range", F_RANGE },		 { "namespace", F_NAMESPACE },	 { "dict", F_DICT },
-			 { "raise_exception", F_RAISE }, { "strftime_now", F_STRFTIME } };
+			 { "raise_exception", F_RAISE }, { "strftime_now", F_STRFTIME }, { "cycler", F_CYCLER },
+			 { "joiner", F_JOINER } };
 	for (size_t i = 0; i < sizeof builtins / sizeof *builtins; i++)
 		if (!strcmp(builtins[i].name, name))
 			return mk_func(r, builtins[i].id, builtins[i].name, tp_mk_none());
@@ -560,6 +577,7 @@ static int in_names(const char **names, const char *n)
 }
 
 static struct tp_val loop_attr(struct rt *r, int line, struct tp_loop *lp, const char *name);
+static struct tp_val cycler_attr(struct rt *r, struct tp_val c, const char *name);
 
 static struct tp_val get_item(struct rt *r, int line, struct tp_val v, struct tp_val k)
 {
@@ -628,10 +646,16 @@ static struct tp_val get_attr(struct rt *r, int line, struct tp_val v, const cha
 			return mk_func(r, F_METHOD, name, v);
 		return tp_mk_undef(name);
 	case TP_LIST:
+		if (v.u.l->tuple == 2 && (!strcmp(name, "grouper") || !strcmp(name, "list")))
+			return v.u.l->v[name[0] == 'l']; /* groupby's (grouper, list) tuples */
 		if (in_names(list_methods, name))
 			return mk_func(r, F_METHOD, name, v);
 		return tp_mk_undef(name);
 	case TP_LOOP: return loop_attr(r, line, v.u.loop, name);
+	case TP_FUNC:
+		if (v.u.fn->id == F_CYCLER && v.u.fn->obj)
+			return cycler_attr(r, v, name);
+		return tp_mk_undef(name);
 	case TP_UNDEF: rt_err(r, line, "'%s' is undefined", v.u.undef ? v.u.undef : "value");
 	default: return tp_mk_undef(name);
 	}
@@ -655,9 +679,9 @@ static struct tp_val loop_attr(struct rt *r, int line, struct tp_loop *lp, const
 	if (!strcmp(name, "length"))
 		return tp_mk_int(n);
 	if (!strcmp(name, "depth"))
-		return tp_mk_int(1);
+		return tp_mk_int(lp->depth);
 	if (!strcmp(name, "depth0"))
-		return tp_mk_int(0);
+		return tp_mk_int(lp->depth - 1);
 	if (!strcmp(name, "previtem"))
 		return i > 0 ? lp->items->v[i - 1] : tp_mk_undef("previtem");
 	if (!strcmp(name, "nextitem"))
@@ -666,6 +690,28 @@ static struct tp_val loop_attr(struct rt *r, int line, struct tp_loop *lp, const
 		struct tp_val self = { .type = TP_LOOP, .o = tp_literal, .u.loop = lp };
 		return mk_func(r, F_CYCLE, "cycle", self);
 	}
+	if (!strcmp(name, "changed")) {
+		struct tp_val self = { .type = TP_LOOP, .o = tp_literal, .u.loop = lp };
+		return mk_func(r, F_CHANGED, "changed", self);
+	}
+	return tp_mk_undef(name);
+}
+
+/* Jinja's Cycler: c.current, c.items, c.pos; c.next() and c.reset() are bound methods. */
+static struct tp_val cycler_attr(struct rt *r, struct tp_val c, const char *name)
+{
+	struct tp_func *fn = c.u.fn;
+	if (!strcmp(name, "current"))
+		return fn->items->v[fn->pos];
+	if (!strcmp(name, "items")) {
+		struct tp_val l = tp_mk_list(&r->a, 0, 1);
+		l.u.l = fn->items;
+		return l;
+	}
+	if (!strcmp(name, "pos"))
+		return tp_mk_int(fn->pos);
+	if (!strcmp(name, "next") || !strcmp(name, "reset"))
+		return mk_func(r, F_METHOD, name[0] == 'n' ? "next" : "reset", c);
 	return tp_mk_undef(name);
 }
 
@@ -1194,6 +1240,26 @@ static struct tp_val call_str_method(struct rt *r, int line, struct tp_str s, co
 	rt_err(r, line, "str.%s is not supported", m);
 }
 
+/* loop.changed(*values): true when the values differ from the last call's (or on the first call). */
+static struct tp_val loop_changed(struct rt *r, int line, struct tp_loop *lp, struct args *a)
+{
+	struct tp_val t = tp_mk_list(&r->a, a->n, 1);
+	for (uint32_t i = 0; i < a->n; i++) {
+		if (a->kw[i])
+			rt_err(r, line, "changed() got an unexpected keyword argument '%s'", a->kw[i]);
+		t.u.l->v[i] = a->v[i];
+		if (a->v[i].type == TP_LIST)
+			charge(r, line, a->v[i].u.l->n);
+		else if (a->v[i].type == TP_DICT || a->v[i].type == TP_NS)
+			charge(r, line, a->v[i].u.d->n);
+	}
+	a->used = ~0u;
+	if (lp->changed.type == TP_LIST && tp_equal(lp->changed, t))
+		return tp_mk_bool(0);
+	lp->changed = t;
+	return tp_mk_bool(1);
+}
+
 static struct tp_val call_method(struct rt *r, int line, struct tp_func *fn, struct args *a)
 {
 	struct tp_val self = fn->self, x;
@@ -1264,6 +1330,19 @@ static struct tp_val call_method(struct rt *r, int line, struct tp_func *fn, str
 		a->used = ~0u;
 		return a->v[self.u.loop->i % a->n];
 	}
+	if (self.type == TP_LOOP && fn->id == F_CHANGED)
+		return loop_changed(r, line, self.u.loop, a);
+	if (self.type == TP_FUNC && self.u.fn->id == F_CYCLER && self.u.fn->obj) {
+		struct tp_func *c = self.u.fn;
+		args_done(r, line, a, m);
+		if (m[0] == 'r') {
+			c->pos = 0;
+			return tp_mk_none();
+		}
+		x = c->items->v[c->pos];
+		c->pos = (c->pos + 1) % c->items->n;
+		return x;
+	}
 	/* What is left mutates a list or dict: the immutable sandbox refuses it. */
 	rt_err(r, line, "access to attribute '%s' of '%s' object is unsafe", m, tname(self));
 }
@@ -1323,11 +1402,72 @@ static struct tp_val call_macro(struct rt *r, int line, struct tp_macro *m, stru
 	return tp_mk_str(tp_sb_done(&b));
 }
 
+static int exec_for(struct rt *r, struct frame *f, const struct tp_stmt *s, const struct tp_val *rec, int depth);
+
+/* loop(iterable) in a recursive for loop: the loop's body run over iterable, one level deeper, as text. */
+static struct tp_val loop_call(struct rt *r, int line, struct tp_loop *lp, struct args *a)
+{
+	struct tp_val it;
+	if (!lp->s || !lp->s->recursive)
+		rt_err(r, line, "The loop must be marked 'recursive' to be called recursively.");
+	if (!arg(a, 0, "iterable", &it))
+		rt_err(r, line, "loop() missing 1 required positional argument: 'iterable'");
+	args_done(r, line, a, "loop");
+	if (++r->depth > r->max_depth)
+		rt_err(r, line, "recursive loop calls nested more than %d deep", r->max_depth);
+	struct tp_sb *save = r->out, b = sb_new(r);
+	r->out = &b;
+	exec_for(r, lp->f, lp->s, &it, lp->depth + 1);
+	r->out = save;
+	r->depth--;
+	return tp_mk_str(tp_sb_done(&b));
+}
+
+/* cycler(*items) and joiner(sep=", ") make an object; joiner's is called for its separator. */
+static struct tp_val call_cycler_joiner(struct rt *r, int line, struct tp_func *fn, struct args *a)
+{
+	if (fn->obj) {
+		/* a joiner object: "" the first time, then its separator */
+		if (fn->id != F_JOINER)
+			rt_err(r, line, "'Cycler' object is not callable");
+		args_done(r, line, a, "joiner");
+		if (!fn->used) {
+			fn->used = 1;
+			return tp_mk_str((struct tp_str){ "", 0, 0, NULL });
+		}
+		return fn->self;
+	}
+	struct tp_val obj = mk_func(r, fn->id, fn->name, tp_mk_none());
+	struct tp_func *o = obj.u.fn;
+	if (fn->id == F_JOINER) {
+		o->self = str_val(r, ", ", tp_literal);
+		arg(a, 0, "sep", &o->self);
+		args_done(r, line, a, "joiner");
+		o->obj = 1;
+		return obj;
+	}
+	for (uint32_t i = 0; i < a->n; i++)
+		if (a->kw[i])
+			rt_err(r, line, "cycler() got an unexpected keyword argument '%s'", a->kw[i]);
+	if (a->n == 0)
+		rt_err(r, line, "at least one item has to be provided");
+	a->used = ~0u;
+	o->obj = 1;
+	o->items = tp_alloc(&r->a, sizeof *o->items);
+	o->items->n = a->n;
+	o->items->tuple = 1; /* c.items is the tuple of arguments */
+	o->items->v = tp_alloc(&r->a, a->n * sizeof *o->items->v);
+	memcpy(o->items->v, a->v, a->n * sizeof *o->items->v);
+	return obj;
+}
+
 static struct tp_val call_value(struct rt *r, struct frame *f, int line, struct tp_val fv, struct args *a,
 				struct tp_val caller)
 {
 	if (fv.type == TP_MACRO)
 		return call_macro(r, line, fv.u.m, a, caller);
+	if (fv.type == TP_LOOP)
+		return loop_call(r, line, fv.u.loop, a);
 	if (fv.type == TP_UNDEF)
 		rt_err(r, line, "'%s' is undefined", fv.u.undef ? fv.u.undef : "value");
 	if (fv.type != TP_FUNC)
@@ -1336,7 +1476,10 @@ static struct tp_val call_value(struct rt *r, struct frame *f, int line, struct 
 	struct tp_val x;
 	switch (fn->id) {
 	case F_METHOD:
-	case F_CYCLE: return call_method(r, line, fn, a);
+	case F_CYCLE:
+	case F_CHANGED: return call_method(r, line, fn, a);
+	case F_CYCLER:
+	case F_JOINER: return call_cycler_joiner(r, line, fn, a);
 	case F_RAISE: {
 		struct tp_str s = arg(a, 0, "message", &x) ? to_str(r, x) : (struct tp_str){ "", 0, 0, NULL };
 		tp_fail(&r->a, EXIT_USAGE, "template raised: %.*s", (int)(s.len > 900 ? 900 : s.len), s.s);
@@ -1433,7 +1576,8 @@ static int run_test(struct rt *r, int line, const char *name, struct tp_val v, s
 	if (IS("false"))
 		return v.type == TP_BOOL && !v.u.b;
 	if (IS("callable"))
-		return v.type == TP_MACRO || v.type == TP_FUNC;
+		return v.type == TP_MACRO || v.type == TP_LOOP ||
+		       (v.type == TP_FUNC && !(v.u.fn->id == F_CYCLER && v.u.fn->obj)); /* a Cycler has no __call__ */
 	if (IS("escaped"))
 		return 0;
 	if (IS("lower") || IS("upper")) {
@@ -1663,6 +1807,116 @@ static struct tp_val to_int(struct rt *r, struct tp_val v, struct tp_val def, in
 		}
 	}
 	return def;
+}
+
+/* Jinja's make_attrgetter: attribute is a path "a.b.0" (all-digit parts index) or any other
+ * key; def (if any) replaces an undefined value after each step. */
+static struct tp_val group_key(struct rt *r, int line, struct tp_val v, struct tp_val attr, const struct tp_val *def)
+{
+	if (attr.type != TP_STR) {
+		v = get_item(r, line, v, attr);
+		return def && v.type == TP_UNDEF ? *def : v;
+	}
+	struct tp_str path = attr.u.s;
+	uint32_t i = 0;
+	for (;;) {
+		const char *dot = memchr(path.s + i, '.', path.len - i);
+		uint32_t e = dot ? (uint32_t)(dot - path.s) : path.len, k = i;
+		while (k < e && path.s[k] >= '0' && path.s[k] <= '9')
+			k++;
+		char *part = tp_strndup(&r->a, path.s + i, e - i);
+		if (e > i && k == e)
+			v = get_item(r, line, v, tp_mk_int(strtoll(part, NULL, 10)));
+		else if (v.type == TP_DICT || v.type == TP_NS)
+			v = get_item(r, line, v, tp_mk_str(tp_str_lit(&r->a, part, e - i, tp_literal)));
+		else
+			v = get_attr(r, line, v, part);
+		if (def && v.type == TP_UNDEF)
+			v = *def;
+		if (!dot)
+			return v;
+		i = e + 1;
+	}
+}
+
+/* groupby(attribute, default=none, case_sensitive=false): the items sorted (stably) by the key,
+ * then (grouper, list) tuples of runs of equal keys; without case_sensitive, string keys compare
+ * lowercased and the grouper is the first item's own key. */
+static struct tp_val filter_groupby(struct rt *r, int line, struct tp_val v, struct args *a)
+{
+	struct tp_val attr, def = tp_mk_none();
+	if (!arg(a, 0, "attribute", &attr))
+		rt_err(r, line, "groupby() missing 1 required positional argument: 'attribute'");
+	arg(a, 1, "default", &def);
+	int cs = truthy_arg(a, 2, "case_sensitive", 0);
+	args_done(r, line, a, "groupby");
+	const struct tp_val *dp = def.type == TP_NONE ? NULL : &def;
+	struct tp_list *l = iter_list(r, line, v);
+	struct tp_val *keys = tp_alloc(&r->a, (l->n + 1) * sizeof *keys);
+	for (uint32_t i = 0; i < l->n; i++) {
+		step(r, line);
+		keys[i] = sort_key(r, group_key(r, line, l->v[i], attr, dp), !cs);
+	}
+	uint32_t *ix = tp_alloc(&r->a, (l->n + 1) * sizeof *ix), *tmp = tp_alloc(&r->a, (l->n + 1) * sizeof *tmp);
+	for (uint32_t i = 0; i < l->n; i++)
+		ix[i] = i;
+	charge(r, line, (uint64_t)l->n * 4);
+	struct sort_ctx c = { r, line, 0, 0, keys };
+	msort(&c, ix, tmp, l->n);
+	struct tp_val out = tp_mk_list(&r->a, 0, 0);
+	uint32_t cap = 0;
+	for (uint32_t i = 0, j; i < l->n; i = j) {
+		for (j = i + 1; j < l->n && tp_equal(keys[ix[j]], keys[ix[i]]); j++)
+			step(r, line);
+		struct tp_val g = tp_mk_list(&r->a, j - i, 0), t = tp_mk_list(&r->a, 2, 2);
+		for (uint32_t k = i; k < j; k++)
+			g.u.l->v[k - i] = l->v[ix[k]];
+		g.o = t.o = v.o;
+		t.u.l->v[0] = cs ? keys[ix[i]] : group_key(r, line, l->v[ix[i]], attr, dp);
+		t.u.l->v[1] = g;
+		list_push(r, &out, t, &cap);
+	}
+	out.o = v.o;
+	return out;
+}
+
+/* slice(slices, fill_with=none): slices lists of near-equal length, the first ones one longer;
+ * fill_with pads the shorter ones. */
+static struct tp_val filter_slice(struct rt *r, int line, struct tp_val v, struct args *a)
+{
+	struct tp_val x, fill;
+	if (!arg(a, 0, "slices", &x))
+		rt_err(r, line, "slice() missing 1 required positional argument: 'slices'");
+	int64_t n = int_arg(r, line, x, "slices");
+	int has_fill = arg(a, 1, "fill_with", &fill) && fill.type != TP_NONE;
+	args_done(r, line, a, "slice");
+	struct tp_list *l = iter_list(r, line, v);
+	if (n == 0)
+		rt_err(r, line, "integer division or modulo by zero");
+	struct tp_val out = tp_mk_list(&r->a, 0, 0);
+	out.o = v.o;
+	if (n < 0)
+		return out; /* range(slices) is empty */
+	charge(r, line, (uint64_t)n + l->n);
+	if (n > UINT32_MAX / 2)
+		rt_err(r, line, "slice: too many slices");
+	int64_t len = l->n, per = len / n, extra = len % n, off = 0;
+	uint32_t cap = 0;
+	for (int64_t k = 0; k < n; k++) {
+		int64_t lo = off + k * per;
+		if (k < extra)
+			off++;
+		int64_t hi = off + (k + 1) * per;
+		int pad = has_fill && k >= extra;
+		struct tp_val t = tp_mk_list(&r->a, (uint32_t)(hi - lo) + pad, 0);
+		for (int64_t i = lo; i < hi; i++)
+			t.u.l->v[i - lo] = l->v[i];
+		if (pad)
+			t.u.l->v[hi - lo] = fill;
+		t.o = v.o;
+		list_push(r, &out, t, &cap);
+	}
+	return out;
 }
 
 static struct tp_val apply_filter(struct rt *r, struct frame *f, int line, const char *name, struct tp_val v,
@@ -2126,6 +2380,10 @@ static struct tp_val apply_filter(struct rt *r, struct frame *f, int line, const
 			tp_sb_put(&r->a, &o, " ", 1, tp_literal);
 		return tp_mk_str(tp_sb_done(&o));
 	}
+	if (IS("groupby"))
+		return filter_groupby(r, line, v, a);
+	if (IS("slice"))
+		return filter_slice(r, line, v, a);
 #undef IS
 	(void)f;
 	rt_err(r, line, "unknown filter '%s'", name);
@@ -2320,9 +2578,9 @@ static struct tp_val filter_chain(struct rt *r, struct frame *f, const struct tp
 	return eval_filter(r, f, n, in);
 }
 
-static int exec_for(struct rt *r, struct frame *f, const struct tp_stmt *s)
+static int exec_for(struct rt *r, struct frame *f, const struct tp_stmt *s, const struct tp_val *rec, int depth)
 {
-	struct tp_val it = eval(r, f, s->e);
+	struct tp_val it = rec ? *rec : eval(r, f, s->e);
 	struct tp_list *src = iter_list(r, s->line, it);
 	struct frame *lf = frame_new(r, f);
 	struct tp_list *items = src;
@@ -2342,6 +2600,10 @@ static int exec_for(struct rt *r, struct frame *f, const struct tp_stmt *s)
 	}
 	struct tp_loop *lp = tp_alloc(&r->a, sizeof *lp);
 	lp->items = items;
+	lp->s = s;
+	lp->f = f;
+	lp->depth = depth;
+	lp->changed = tp_mk_undef("changed");
 	struct tp_val lv = { .type = TP_LOOP, .o = tp_literal, .u.loop = lp };
 	for (uint32_t i = 0; i < items->n; i++) {
 		step(r, s->line);
@@ -2374,7 +2636,7 @@ static int exec_body(struct rt *r, struct frame *f, const struct tp_stmt *s)
 				return flow;
 			break;
 		}
-		case S_FOR: exec_for(r, f, s); break;
+		case S_FOR: exec_for(r, f, s, NULL, 1); break;
 		case S_SET: assign(r, f, s->line, s->target, eval(r, f, s->e)); break;
 		case S_SETBLOCK: {
 			struct tp_val v = capture(r, frame_new(r, f), s->body);

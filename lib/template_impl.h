@@ -186,6 +186,7 @@ enum tp_sk {
 };
 struct tp_stmt {
 	uint8_t kind;
+	uint8_t recursive;              /* S_FOR: {% for ... recursive %} */
 	int line;
 	struct tp_stmt *next;
 	struct tp_node *e, *cond;       /* S_OUT/S_SET/S_IF/S_FOR iterable, S_FOR filter */

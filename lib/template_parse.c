@@ -954,8 +954,7 @@ static struct tp_stmt *parse_tag(struct parser *p, const char *name, int line)
 		s->e = parse_or(p);
 		if (accept_name(p, "if"))
 			s->cond = parse_expr(p);
-		if (accept_name(p, "recursive"))
-			perr(p, line, "recursive for loops are not supported");
+		s->recursive = accept_name(p, "recursive");
 		expect_block_end(p);
 		s->body = parse_body(p, "else endfor", &ended, line);
 		if (!strcmp(ended, "else")) {

@@ -175,6 +175,51 @@ CASES += [
     ("{% with %}{% set z = 1 %}{{ z }}{% endwith %}[{{ z }}]", {}),
 ]
 
+USERS = {"users": [{"name": "a", "city": "X"}, {"name": "b", "city": "y"}, {"name": "c", "city": "x"}, {"name": "d", "city": "Y"}, {"name": "e"}]}
+TREE = {"tree": [{"name": "a", "children": [{"name": "b", "children": [{"name": "c"}]}, {"name": "d"}]}, {"name": "e", "children": []}]}
+
+# loop.changed, loop.cycle, cycler, joiner, groupby, slice, recursive loops
+CASES += [
+    ("{% for x in [1, 1, 2, 2, 1] %}{{ loop.changed(x) }}{% endfor %}|{% for x in [1, 2] %}{{ loop.changed() }}{% endfor %}", {}),
+    ("{% for x in [1, 1, 2, 2, 1] %}{% if loop.changed(x, x > 1) %}{{ x }}{% endif %}{% endfor %}{% for x in [{'a': 1}, {'a': 1}, [2]] %}{{ loop.changed(x) }}{% endfor %}", {}),
+    ("{% for m in messages %}{% if loop.changed(m.role) %}[{{ m.role }}]{% endif %}{{ m.content }}{% endfor %}", {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}),
+    ("{% for x in range(5) %}{{ loop.cycle('a', 'b', 'c') }}{% endfor %}{% for x in [1] %}{{ loop.cycle(x, 2) }}{% endfor %}", {}),
+    ("{% for x in range(2) %}{{ loop.cycle() }}{% endfor %}", {}),
+    ("{% set c = cycler('odd', 'even') %}{% for x in range(5) %}{{ c.next() }}{{ c.current }}{% endfor %}{{ c.reset() }}{{ c.current }}{{ c.pos }}{{ c.items }}", {}),
+    ("{% set c = cycler(messages[0].content, 1) %}{{ c.next() }}{{ c.next() }}{{ c.next() }}{{ c.items | length }}", M),
+    ("{% set c = cycler() %}", {}),
+    ("{% set c = cycler(1) %}{{ c() }}", {}),
+    ("{% set j = joiner() %}{% for x in [1, 2, 3] %}{{ j() }}{{ x }}{% endfor %}{% set k = joiner(sep='-') %}{{ k() }}{{ k() }}{{ k() }}{% set n = joiner(none) %}{{ n() }}{{ n() }}", {}),
+    ("{% set j = joiner(eos_token) %}{% for m in messages %}{{ j() }}{{ m.content }}{% endfor %}", dict(M, eos_token="</s>")),
+    ("{{ cycler is callable }}{{ cycler(1) is callable }}{{ joiner(1) is callable }}{% for x in [1] %}{{ loop is callable }}{% endfor %}", {}),
+    ("{{ users | groupby('city') }}|{{ users | groupby('city', case_sensitive=true) }}", dict(USERS, users=USERS["users"][:4])),
+    ("{% for city, items in users | groupby('city', default='?') %}{{ city }}: {{ items | map(attribute='name') | join(', ') }};{% endfor %}", USERS),
+    ("{% for g in users | groupby(attribute='city', default='?', case_sensitive=false) %}{{ g.grouper }}={{ g.list | length }}/{{ g[0] }}/{{ g.list[0].name }};{% endfor %}", USERS),
+    ("{% for g in users | groupby('city') %}{{ g.grouper }};{% endfor %}", {"users": [{"name": "a"}, {"name": "b", "city": "y"}]}),
+    ("{% for g in users | groupby('a.b') %}{{ g.grouper }}{{ g.list | length }};{% endfor %}{{ users | groupby('a.z', 0) | length }}", {"users": [{"a": {"b": 2}}, {"a": {"b": 1}}, {"a": {"b": 2}}]}),
+    ("{% for g in rows | groupby(0) %}{{ g.grouper }}:{{ g.list }};{% endfor %}{% for g in rows | groupby('1') %}{{ g.grouper }};{% endfor %}{{ 'aAbB' | groupby(0) }}", {"rows": [[2, "a"], [1, "b"], [2, "c"]]}),
+    ("{{ [] | groupby('x') }}{{ undefined_thing | groupby('a') }}{{ [3, 1, 2] | groupby('x', default=0) }}{{ users | groupby('k') }}", {"users": [{"k": None}]}),
+    ("{{ users | groupby('k') }}", {"users": [{"k": 1}, {"k": "a"}]}),
+    ("{{ users | groupby('k') }}", {"users": [{"k": None}, {"k": None}]}),
+    ("{% for g in messages | groupby('role') %}{{ g.grouper }}:{{ g.list | map(attribute='content') | join }}|{% endfor %}", {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]}),
+    ("{{ [1, 2, 3, 4, 5, 6, 7] | slice(3) | list }}{{ [1, 2, 3, 4, 5, 6, 7] | slice(3, 'x') | list }}{{ [] | slice(2, 0) | list }}{{ 'abcde' | slice(2) | list }}{{ [1] | slice(-1) | list }}", {}),
+    ("{{ [1, 2, 3] | slice(5) | list }}{{ [1, 2, 3] | slice(5, fill_with=0) | list }}{{ none | slice(2) | list }}{% for col in [1, 2, 3, 4, 5] | slice(2) %}<{% for i in col %}{{ i }}{% endfor %}>{% endfor %}", {}),
+    ("{{ [1, 2] | slice(0) | list }}", {}),
+    ("{% for item in tree recursive %}{{ item.name }}{% if item.children %}({{ loop(item.children) }}){% endif %}{{ loop.depth }}{{ loop.depth0 }}{% endfor %}", TREE),
+    ("{% for item in tree if item.name != 'd' recursive %}{{ loop.index }}{{ item.name }}{% if item.children is defined %}[{{ loop(item.children) }}]{% endif %}{% else %}EMPTY{% endfor %}", TREE),
+    ("{% for x in [1, 2] recursive %}{{ x }}{% if x < 4 %}{{ loop([x + 2]) }}{% endif %}{% endfor %}", {}),
+    ("{% set y = 5 %}{% for x in [[1, [2]], 3] recursive %}{% set y = 7 %}{% if x is iterable %}{{ loop(x) }}{% else %}{{ x }}{{ y }}{% endif %}{% endfor %}{{ y }}", {}),
+    ("{% for a in [1, 2] %}{% for x in [[3], 4] recursive %}{% if x is iterable %}{{ loop(x) }}{% else %}{{ a }}{{ x }}{{ loop.depth }}{% endif %}{% endfor %}{% endfor %}", {}),
+    ("{% for x in [1, 1, 2] recursive %}{{ loop.changed(x) }}{% if x == 2 %}{{ loop([2, 2]) }}{% endif %}{% endfor %}", {}),
+    ("{% for x in [[1]] recursive %}{% if x is iterable %}{{ loop(x) }}{% else %}{{ loop.previtem }}{{ loop.length }}{{ x }}{% endif %}{% endfor %}", {}),
+    ("{% for m in [messages] recursive %}{% if m is mapping %}{{ m.role }}:{{ m.content }};{% else %}{{ loop(m) }}{% endif %}{% endfor %}", M),
+    ("{% for x in [1, 2] recursive %}{% if x is number %}{{ x }}{% break %}{% endif %}{% endfor %}", {}),
+    ("{% for x in [1] %}{{ loop([2]) }}{% endfor %}", {}),
+    ("{% for x in [1] recursive %}{{ loop() }}{% endfor %}", {}),
+    ("{% for x in [1] recursive %}{{ loop([], 2) }}{% endfor %}", {}),
+    ("{% for x in [1] recursive %}{{ loop([1]) }}{% endfor %}", {}),
+]
+
 CONVS = [
     {"messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi there"}], "add_generation_prompt": False},
     {"messages": [{"role": "system", "content": "  Be brief. "}, {"role": "user", "content": "What's 2+2?\n"}, {"role": "assistant", "content": " 4 "}, {"role": "user", "content": "Thanks"}], "add_generation_prompt": True},

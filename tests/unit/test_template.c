@@ -174,6 +174,80 @@ static void test_provenance(void)
 	tmpl_output_free(&o);
 }
 
+/* loop.changed, cycler, joiner, groupby, slice and recursive loops (expectations from jinja2 3.1.6),
+ * the origins of what they copy, and the limits in them. */
+static void test_loop_features(void)
+{
+	expect("{% for x in [1, 1, 2, 1] %}{{ loop.changed(x) }},{% endfor %}", "{}", "True,False,True,True,");
+	expect("{% set c = cycler('a', 'b') %}{{ c.next() }}{{ c.next() }}{{ c.next() }}{{ c.current }}{{ c.reset() }}"
+	       "{{ c.current }}",
+	       "{}", "ababNonea");
+	expect("{% set j = joiner('; ') %}{% for x in range(3) %}{{ j() }}{{ x }}{% endfor %}", "{}", "0; 1; 2");
+	const char *users = "{\"users\": [{\"name\": \"a\", \"city\": \"X\"}, {\"name\": \"b\", \"city\": \"y\"},"
+			    " {\"name\": \"c\", \"city\": \"x\"}, {\"name\": \"d\"}]}";
+	expect("{% for city, l in users | groupby('city', default='-') %}{{ city }}:"
+	       "{{ l | map(attribute='name') | join }} {% endfor %}",
+	       users, "-:d X:ac y:b ");
+	expect("{{ users | groupby('city', default='-', case_sensitive=true) | map(attribute='grouper') | list }}", users,
+	       "['-', 'X', 'x', 'y']");
+	expect("{{ [1, 2, 3, 4, 5] | slice(2) | list }}{{ [1, 2, 3, 4] | slice(3, 0) | list }}", "{}",
+	       "[[1, 2, 3], [4, 5]][[1, 2], [3, 0], [4, 0]]");
+	expect("{% for x in [1, [2, [3]], 4] recursive %}{% if x is iterable %}<{{ loop(x) }}>{% else %}{{ x }}@"
+	       "{{ loop.depth }}{% endif %}{% endfor %}",
+	       "{}", "1@1<2@2<3@3>>4@1");
+
+	struct tmpl_output o;
+	struct err err;
+	const char *ctx = "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"},"
+			  " {\"role\": \"assistant\", \"content\": \"yo\"}, {\"role\": \"user\", \"content\": \"ok\"}],"
+			  " \"eos_token\": \"</s>\"}";
+	/* the grouper is the first item's role; cycler and joiner give back what they were given;
+	 * the text loop() returns keeps its origins */
+	int rc = render("{% for g in messages | groupby('role') %}{{ g.grouper }}{% endfor %}"
+			"{% set c = cycler(messages[2].content, '-') %}{{ c.next() }}{{ c.next() }}"
+			"{% set j = joiner(eos_token) %}{{ j() }}{{ j() }}"
+			"{% for m in [messages] recursive %}{% if m is mapping %}{{ m.content }}"
+			"{% else %}{{ loop(m) }}{% endif %}{% endfor %}",
+			ctx, NULL, &o, &err);
+	CHECK(rc == 0, "%s", err.msg);
+	if (rc)
+		return;
+	CHECK(strcmp(o.text, "assistantuserok-</s>hiyook") == 0, "got [%s]", o.text);
+	CHECK(runs_tile(&o), "runs do not tile");
+	const struct tmpl_run *r = run_at(&o, 0);
+	CHECK(r && r->origin == TMPL_MSG_OTHER && r->msg == 1 && r->end == 9, "grouper of the assistant group");
+	r = run_at(&o, 9);
+	CHECK(r && r->origin == TMPL_MSG_OTHER && r->msg == 0 && r->end == 13, "grouper of the user group");
+	r = run_at(&o, 13);
+	CHECK(r && r->origin == TMPL_MSG_CONTENT && r->msg == 2 && r->end == 15, "cycler item");
+	r = run_at(&o, 15);
+	CHECK(r && r->origin == TMPL_LITERAL && r->end == 16, "cycler literal item");
+	r = run_at(&o, 16);
+	CHECK(r && r->origin == TMPL_INPUT && r->var && strcmp(r->var, "eos_token") == 0 && r->end == 20,
+	      "joiner separator");
+	r = run_at(&o, 20);
+	CHECK(r && r->origin == TMPL_MSG_CONTENT && r->msg == 0 && r->end == 22, "recursive loop output");
+	r = run_at(&o, 24);
+	CHECK(r && r->origin == TMPL_MSG_CONTENT && r->msg == 2 && r->end == 26, "recursive loop output, last");
+	tmpl_output_free(&o);
+
+	struct tmpl_limits lim = { .max_output = 1000, .max_steps = 100000, .max_depth = 10 };
+	expect_err("{% for x in [1] recursive %}{{ loop([x]) }}{% endfor %}", "{}", &lim, "nested more than 10 deep");
+	expect_err("{% for x in [1] recursive %}{{ loop([x]) }}{% endfor %}", "{}", NULL, "nested more than 64 deep");
+	expect_err("{% for x in range(300) recursive %}{% if loop.depth < 5 %}{{ loop(range(300)) }}{% endif %}"
+		   "{% endfor %}",
+		   "{}", &lim, "more than 100000 steps");
+	expect_err("{{ [1] | slice(100000000) | length }}", "{}", &lim, "more than 100000 steps");
+	expect_err("{{ range(90000) | groupby('x', default=1) | length }}", "{}", &lim, "more than 100000 steps");
+	expect_err("{% for x in [[1, 1, 1]] recursive %}{% if x is iterable %}{{ loop(x) }}{% else %}{{ 'x' * 400 }}"
+		   "{% endif %}{% endfor %}",
+		   "{}", &lim, "longer than 1000");
+	expect_err("{% for x in [1] %}{{ loop([1]) }}{% endfor %}", "{}", NULL, "must be marked 'recursive'");
+	expect_err("{{ cycler() }}", "{}", NULL, "at least one item");
+	expect_err("{{ [1] | slice(0) | list }}", "{}", NULL, "division or modulo by zero");
+	expect_err("{{ [{'a': 1}, {'a': 'b'}] | groupby('a') }}", "{}", NULL, "not supported between");
+}
+
 static void test_generation(void)
 {
 	struct tmpl_output o;
@@ -299,6 +373,7 @@ int main(void)
 	RUN(test_whitespace);
 	RUN(test_chatml);
 	RUN(test_provenance);
+	RUN(test_loop_features);
 	RUN(test_generation);
 	RUN(test_limits);
 	RUN(test_errors);
