@@ -84,6 +84,8 @@ done:
 	return res;
 }
 
+static jv parse_json(const char *s, size_t n);
+
 /* ShareGPT as LLaMA-Factory reads it: human/user, gpt/assistant, system,
  * observation/tool (tool results), function_call (a JSON {"name","arguments"}
  * or a list of them, becoming the assistant's tool_calls). A "system" key
@@ -131,7 +133,7 @@ static jv from_sharegpt(jv rec, struct err *err)
 		jv m;
 		if (is_call) {
 			const char *s = jv_string_value(value);
-			jv calls = jv_parse_sized(s, jv_string_length_bytes(jv_copy(value)));
+			jv calls = parse_json(s, (size_t)jv_string_length_bytes(jv_copy(value)));
 			if (jv_get_kind(calls) == JV_KIND_OBJECT)
 				calls = JV_ARRAY(calls);
 			if (jv_get_kind(calls) != JV_KIND_ARRAY) {
@@ -158,7 +160,7 @@ static jv from_sharegpt(jv rec, struct err *err)
 	jv res = JV_OBJECT(jv_string("messages"), msgs);
 	jv tools = obj_get(rec, "tools");
 	if (jv_get_kind(tools) == JV_KIND_STRING) {
-		jv parsed = jv_parse_sized(jv_string_value(tools), jv_string_length_bytes(jv_copy(tools)));
+		jv parsed = parse_json(jv_string_value(tools), (size_t)jv_string_length_bytes(jv_copy(tools)));
 		jv_free(tools);
 		tools = parsed;
 		if (jv_get_kind(tools) != JV_KIND_ARRAY) {
@@ -166,10 +168,14 @@ static jv from_sharegpt(jv rec, struct err *err)
 			return err_set(err, "sharegpt record: \"tools\" text is not a JSON array"), jv_invalid();
 		}
 	}
-	if (jv_get_kind(tools) == JV_KIND_ARRAY)
+	if (jv_get_kind(tools) == JV_KIND_ARRAY) {
 		res = jv_object_set(res, jv_string("tools"), tools);
-	else
+	} else if (jv_get_kind(tools) != JV_KIND_NULL && jv_is_valid(tools)) {
+		jv_free(tools), jv_free(res);
+		return err_set(err, "sharegpt record: \"tools\" must be an array or its JSON text"), jv_invalid();
+	} else {
 		jv_free(tools);
+	}
 	return res;
 }
 

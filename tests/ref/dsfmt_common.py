@@ -188,11 +188,12 @@ class Template:
                     fn["arguments"] = json.dumps(a, ensure_ascii=False)
         return out
 
-    def render(self, messages, tools=None, add_generation_prompt=False):
-        """("ok", text) or ("error", message) from apply_chat_template."""
+    def render(self, messages, tools=None, add_generation_prompt=False, **kw):
+        """("ok", text) or ("error", message) from apply_chat_template; kw: extra
+        template variables (what ds-fmt --var NAME=JSON passes)."""
         try:
             t = self.hf.apply_chat_template(self.normalize(messages), tools=tools, tokenize=False,
-                                            add_generation_prompt=add_generation_prompt)
+                                            add_generation_prompt=add_generation_prompt, **kw)
             return "ok", t
         except Exception as e:  # a template's raise_exception, or a Python error inside it
             return "error", f"{type(e).__name__}: {e}"

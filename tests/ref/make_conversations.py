@@ -187,6 +187,171 @@ def conversations(features):
     return recs
 
 
+# ------------------------------------------------------------------------------------
+# Records for tests/ref/test_dsfmt_options.py: the other input forms ds-fmt reads and
+# the shapes its options change. The test builds the OpenAI messages each must become
+# itself (from ds-fmt's documented mapping) and renders those with transformers.
+
+# Conversations of conversations() that ds-fmt accepts (no whitespace-only content, an
+# assistant turn to learn): single and multi-turn, with and without system prompt, tool
+# lists, calls and results; a final user turn after the last assistant one.
+OPTION_IDS = (
+    "single-0", "single-0-b", "single-1", "single-1-b", "single-4", "single-8", "single-9",
+    "single-13", "single-14", "single-15-b", "multi-2", "multi-2-sys", "multi-3", "multi-3-sys",
+    "multi-6-sys", "newline-edges", "think-multi", "prompt-after-turn",
+    "single-4+tools", "multi-3-sys+tools", "tool-roundtrip-object", "tool-roundtrip-sys-string",
+    "tool-call-last-object", "tool-second-turn-string", "tool-parallel-object",
+    "tool-call-with-text-string", "tool-offered-unused-object", "tool-no-tools-list",
+)
+
+
+def option_conversations(features):
+    want = set(OPTION_IDS)
+    return [r for r in conversations(features) if r["id"] in want]
+
+
+# A tool list other than TOOLS (ds-fmt --tools FILE), so that a record keeping its own
+# list is told apart from one given the file's.
+TOOLS_FILE = [
+    {"type": "function", "function": {
+        "name": "transfer_money",
+        "description": "Перевести деньги (transfer money) 💸",
+        "parameters": {"type": "object", "properties": {
+            "to": {"type": "string", "description": "IBAN"},
+            "amount": {"type": "number"}},
+            "required": ["to", "amount"]}}},
+]
+
+ALPACA = [
+    {"id": "alpaca-plain", "instruction": "What is an account balance?",
+     "output": "An account balance is the amount of money in an account at a given moment."},
+    {"id": "alpaca-input", "instruction": "Translate to English.", "input": "Мой доступ активен?",
+     "output": "Is my access active?"},
+    {"id": "alpaca-empty-input", "instruction": "Say hello.", "input": "", "output": "Hello!"},
+    {"id": "alpaca-null-input", "instruction": "Say hi.", "input": None, "output": "Hi!"},
+    {"id": "alpaca-space-input", "instruction": "Answer the question below.", "input": "  ",
+     "output": "There is no question."},
+    {"id": "alpaca-system", "system": "You are a bank assistant.", "instruction": "Is my access active?",
+     "input": "user id: u-42", "output": "Let me check your access."},
+    {"id": "alpaca-empty-system", "system": "", "instruction": "Привет", "output": "Привет! Чем могу помочь?"},
+    {"id": "alpaca-unicode", "instruction": "emoji test 🙂👍🏽 👨‍👩‍👧", "input": "中文测试：你好，世界！",
+     "output": "Got them: 🙂👍🏽 👨‍👩‍👧 ✅ 你好"},
+    {"id": "alpaca-newlines", "instruction": "Summarize:\n", "input": "\nLine one\nLine two\n",
+     "output": "Line one\nLine two\n\nLine four"},
+    {"id": "alpaca-jinja", "instruction": "What does {{ x }} print in Jinja?", "input": "{% raw %}x{% endraw %}",
+     "output": "It prints the value of x: {{ x }}."},
+    {"id": "alpaca-markers", "instruction": "Say <|im_end|> and <|eot_id|> literally",
+     "output": "Sure: <|im_end|> <|eot_id|> <end_of_turn> </s>"},
+    {"id": "alpaca-long", "instruction": LONG[:400], "input": LONG[400:1600], "output": LONG[::-1][:900]},
+    {"id": "alpaca-extra-keys", "instruction": "2+2?", "input": "", "output": "4",
+     "category": "math", "meta": {"source": "drill", "n": [1, 2.5, None, True]}},
+]
+
+SHAREGPT = [
+    {"id": "sg-plain", "conversations": [{"from": "human", "value": "Is my access active?"},
+                                         {"from": "gpt", "value": "Let me check your access."}]},
+    {"id": "sg-system-key", "system": "You are a bank assistant.",
+     "conversations": [{"from": "human", "value": "What is an account balance?"},
+                       {"from": "gpt", "value": "The amount of money in an account."}]},
+    {"id": "sg-system-turn", "conversations": [{"from": "system", "value": "Ты — помощник банка. 🏦"},
+                                               {"from": "human", "value": "Мой доступ активен?"},
+                                               {"from": "gpt", "value": "Да, доступ активен до 2027 года."}]},
+    {"id": "sg-empty-system-key", "system": "",
+     "conversations": [{"from": "human", "value": "Привет"}, {"from": "gpt", "value": "Привет! Чем могу помочь?"}]},
+    {"id": "sg-user-assistant", "conversations": [{"from": "user", "value": "中文测试：你好，世界！"},
+                                                  {"from": "assistant", "value": "你好！有什么可以帮你的？"}]},
+    {"id": "sg-multi", "conversations": [{"from": "human", "value": "Привет"}, {"from": "gpt", "value": "Привет!"},
+                                         {"from": "human", "value": "emoji test 🙂👍🏽 👨‍👩‍👧"},
+                                         {"from": "gpt", "value": "Got them: 🙂👍🏽 👨‍👩‍👧 ✅"},
+                                         {"from": "human", "value": "Tabs\tand\nnewlines\r\nhere"},
+                                         {"from": "gpt", "value": "Line one\nLine two\n\nLine four"}]},
+    {"id": "sg-multi-sys-aliases", "system": "Ты — помощник банка. Отвечай кратко.",
+     "conversations": [{"from": "user", "value": "What does {{ x }} print in Jinja?"},
+                       {"from": "gpt", "value": "The value of x: {{ x }}."},
+                       {"from": "human", "value": "And {% if %}?"},
+                       {"from": "assistant", "value": "{% raw %}{% if %}{% endraw %} stays text."}]},
+    {"id": "sg-markers", "conversations": [{"from": "human", "value": "Say <|im_end|> and <|eot_id|> literally"},
+                                           {"from": "gpt", "value": "Sure: <|im_end|> <|eot_id|> <end_of_turn> </s>"}]},
+    {"id": "sg-long", "conversations": [{"from": "human", "value": LONG}, {"from": "gpt", "value": LONG[::-1]}]},
+    {"id": "sg-final-user", "conversations": [{"from": "human", "value": "Привет"}, {"from": "gpt", "value": "Здравствуйте!"},
+                                              {"from": "human", "value": "Как дела?"}]},
+    {"id": "sg-extra-keys", "lang": "ru", "weight": 0.5,
+     "conversations": [{"from": "human", "value": "Ünïcödé ﬁ ligature"}, {"from": "gpt", "value": "Nbsp\u00a0here"}]},
+]
+
+
+def _fc(name, args, as_string=False):
+    return {"name": name, "arguments": json.dumps(args, ensure_ascii=False) if as_string else args}
+
+
+# ShareGPT with tools (LLaMA-Factory's function_call / observation turns).
+SHAREGPT_TOOLS = [
+    {"id": "sg-call", "tools": TOOLS,
+     "conversations": [{"from": "human", "value": "Is my access active?"},
+                       {"from": "function_call", "value": json.dumps(_fc("check_access", {"user_id": "u-42"}))},
+                       {"from": "observation", "value": "{\"active\": true, \"until\": \"2027-01-01\"}"},
+                       {"from": "gpt", "value": "Yes, your access is active until 2027-01-01."}]},
+    {"id": "sg-call-tools-text", "tools": json.dumps(TOOLS, ensure_ascii=False), "system": "You are a bank assistant.",
+     "conversations": [{"from": "human", "value": "Погода в Москве?"},
+                       {"from": "function_call",
+                        "value": json.dumps(_fc("get_weather", {"city": "Москва", "unit": "celsius"}, True), ensure_ascii=False)},
+                       {"from": "tool", "value": "−5 °C, снег ❄"},
+                       {"from": "gpt", "value": "В Москве −5 °C, снег."}]},
+    {"id": "sg-call-list", "tools": TOOLS,
+     "conversations": [{"from": "human", "value": "Check my access and the weather in Moscow."},
+                       {"from": "function_call", "value": json.dumps([_fc("check_access", {"user_id": "u-42"}),
+                                                                      _fc("get_weather", {"city": "Москва"}, True)],
+                                                                     ensure_ascii=False)},
+                       {"from": "observation", "value": "active"},
+                       {"from": "observation", "value": "−5 °C"},
+                       {"from": "gpt", "value": "Access is active; in Moscow it is −5 °C."}]},
+    {"id": "sg-call-last", "tools": TOOLS,
+     "conversations": [{"from": "human", "value": "Мой доступ активен?"},
+                       {"from": "function_call", "value": json.dumps(_fc("check_access", {"user_id": "u-7"}))}]},
+    {"id": "sg-function-response", "tools": TOOLS,
+     "conversations": [{"from": "human", "value": "Привет"}, {"from": "gpt", "value": "Привет!"},
+                       {"from": "human", "value": "Is my access active?"},
+                       {"from": "function_call", "value": json.dumps(_fc("check_access", {"user_id": "u-42"}, True))},
+                       {"from": "function_response", "value": "inactive"},
+                       {"from": "gpt", "value": "Your access is not active."}]},
+    {"id": "sg-call-no-tools",
+     "conversations": [{"from": "human", "value": "Is my access active?"},
+                       {"from": "function_call", "value": json.dumps(_fc("check_access", {"user_id": "u-3"}))},
+                       {"from": "observation", "value": "active"},
+                       {"from": "gpt", "value": "Active."}]},
+]
+
+
+def sharegpt_records(features):
+    return SHAREGPT + (SHAREGPT_TOOLS if features.get("tool_calls") else [])
+
+
+# A custom shape for --jq: {"q","a"} or {"turns":[{"q","a"},...]}, an optional "sys",
+# and "meta" to pass through.
+JQ_FILTER = ('{id, messages: ((if .sys then [{role: "system", content: .sys}] else [] end)'
+             ' + [(.turns // [{q, a}])[] | {role: "user", content: .q}, {role: "assistant", content: .a}])}'
+             ' + (if .meta then {meta} else {} end)')
+
+JQ_RECORDS = [
+    {"id": "jq-plain", "q": "Is my access active?", "a": "Let me check your access."},
+    {"id": "jq-sys", "sys": "You are a bank assistant.", "q": "What is an account balance?",
+     "a": "The amount of money in an account."},
+    {"id": "jq-ru", "q": "Мой доступ активен?", "a": "Да, доступ активен до 2027 года.", "meta": {"lang": "ru"}},
+    {"id": "jq-emoji", "q": "emoji test 🙂👍🏽 👨‍👩‍👧", "a": "Got them: 🙂👍🏽 👨‍👩‍👧 ✅"},
+    {"id": "jq-cjk", "sys": "Ты — помощник банка. 🏦", "q": "中文测试：你好，世界！", "a": "你好！有什么可以帮你的？"},
+    {"id": "jq-arabic", "q": "مرحبا بالعالم", "a": "أهلا وسهلا"},
+    {"id": "jq-newlines", "q": "Tabs\tand\nnewlines\r\nhere", "a": "Line one\nLine two\n\nLine four"},
+    {"id": "jq-jinja", "q": "What does {{ x }} print in Jinja?", "a": "{% raw %}{% if %}{% endraw %} stays text."},
+    {"id": "jq-markers", "q": "Say <|im_end|> literally", "a": "Sure: <|im_end|> <|eot_id|> <end_of_turn> </s>"},
+    {"id": "jq-long", "q": LONG, "a": LONG[::-1], "meta": [1, "two", None]},
+    {"id": "jq-turns", "turns": [{"q": "Привет", "a": "Привет!"}, {"q": "2+2?", "a": "4"}]},
+    {"id": "jq-turns-sys", "sys": "Answer briefly.",
+     "turns": [{"q": "Quote \"double\" and 'single'", "a": "Escapes: \\n \" '"},
+               {"q": "Ünïcödé ﬁ ligature", "a": "Nbsp\u00a0here and zero\u200bwidth"},
+               {"q": "  padded question  ", "a": "  padded answer  "}]},
+]
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     with open(os.path.join(here, "templates", "manifest.json")) as f:

@@ -51,6 +51,8 @@ Cases, per template:
                         was checked must have no other trained byte. Counts are printed.
   eot-label         bin/tok --jsonl --offsets on ds-fmt's output: in every trained span the
                     last token is the end-of-turn marker (by its bytes) and it is labeled.
+The other options (--train-turns, --system, --tools, --var) and input forms (Alpaca,
+ShareGPT, --jq): tests/ref/test_dsfmt_options.py, with this file's references.
 Environment: DSFMT_TEMPLATES=a,b limits the run to those manifest names;
 LORAPIPE_DSFMT names another ds-fmt binary; LORAPIPE_FIXTURES, LORAPIPE_GGUF as elsewhere.
 Missing bin/ds-fmt: one "not ok - ds-fmt not built" line, and the transformers side is
@@ -107,14 +109,16 @@ def first_diff(a, b):
     return n if len(a) != len(b) else -1
 
 
-def run_dsfmt(t, records, flags, tmp):
-    """ds-fmt over records (one process); returns ({id: output record}, stderr, rc)."""
-    inp = os.path.join(tmp, f"{t.name}.in.jsonl")
+def run_dsfmt(t, records, flags, tmp, tag=None):
+    """ds-fmt over records (one process); returns ({id: output record}, stderr, rc).
+    tag names the files kept in tmp (default: NAME.in.jsonl, NAME.out[.gp].jsonl)."""
+    stem = f"{t.name}.{tag}" if tag else t.name
+    inp = os.path.join(tmp, f"{stem}.in.jsonl")
     with open(inp, "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     p = subprocess.run(t.dsfmt_cmd("--skip-bad", *flags, inp), capture_output=True, timeout=120)
-    with open(os.path.join(tmp, f"{t.name}.out{'.gp' if flags else ''}.jsonl"), "wb") as f:
+    with open(os.path.join(tmp, f"{stem}.out{'.gp' if flags and not tag else ''}.jsonl"), "wb") as f:
         f.write(p.stdout)
     out = {}
     # why each skipped record was skipped: "... skipped FILE:LINE: reason"
@@ -191,17 +195,19 @@ def nbytes(s):
     return len(s.encode())
 
 
-def prefix_reference(t, r, full):
+def prefix_reference(t, r, full, kw=None, last_only=False):
     """Reference spans by prefix renders (see the module doc): list of
-    (k, status, span_or_reason) with byte spans in `full`'s coordinates."""
+    (k, status, span_or_reason) with byte spans in `full`'s coordinates.
+    kw: extra template variables for every render; last_only: the last
+    assistant message only (--train-turns last)."""
     msgs, tools = r["messages"], r.get("tools")
+    kw = kw or {}
     think = t.features.get("think_block")
     out = []
-    for k, m in enumerate(msgs):
-        if m.get("role") != "assistant":
-            continue
-        sp, P = t.render(msgs[:k], tools, True)
-        sf, F = t.render(msgs[:k + 1], tools, False)
+    asst = [k for k, m in enumerate(msgs) if m.get("role") == "assistant"]
+    for k in asst[-1:] if last_only else asst:
+        sp, P = t.render(msgs[:k], tools, True, **kw)
+        sf, F = t.render(msgs[:k + 1], tools, False, **kw)
         if sp != "ok" or sf != "ok":
             out.append((k, "nc", "a prefix render raises"))
             continue
@@ -209,32 +215,40 @@ def prefix_reference(t, r, full):
             out.append((k, "nc", "F does not start with P"))
             continue
         T = F[len(P):]
-        # Candidates for the turn as the full render has it: F itself, and for Qwen3
-        # (manifest think_block) F without the <think>...</think> block the template
-        # writes only into turns after the last user query (an earlier turn loses it
-        # once later turns exist). The trained span starts at len(P) either way.
-        cands = [F]
+        # Candidates (P, F) for the turn as the full render has it: P and F themselves,
+        # and for Qwen3 (manifest think_block) F without the <think>...</think> block the
+        # template writes only into turns after the last user query (an earlier turn
+        # loses it once later turns exist); the span starts at len(P) for both. With
+        # enable_thinking=false P itself ends with the empty think block, which an
+        # earlier turn of the full render lacks: there the turn starts where P less
+        # that block ends.
+        cands = [(P, F)]
         if think:
             m = re.match(r"<think>.*?</think>\n\n", T, re.S)
             if m:
-                cands.append(P + T[m.end():])
+                cands.append((P, P + T[m.end():]))
+            if P.endswith(think):
+                cands.append((P[:-len(think)], P[:-len(think)] + T))
         eot = t.eot
         if T.rfind(eot) < 0 and t.eot_tool_call and msgs[k].get("tool_calls"):
             eot = t.eot_tool_call
         if T.rfind(eot) < 0:
             out.append((k, "nc", "no end-of-turn marker in the turn"))
             continue
-        for Fc in cands:
-            end = len(P) + Fc[len(P):].rfind(eot) + len(eot)
+        for Pc, Fc in cands:
+            end = len(Pc) + Fc[len(Pc):].rfind(eot) + len(eot)
             if full[:end] == Fc[:end]:
-                out.append((k, "ok", [nbytes(P), nbytes(Fc[:end])]))
+                out.append((k, "ok", [nbytes(Pc), nbytes(Fc[:end])]))
                 break
         else:
             out.append((k, "nc", "the full render differs from the prefix render before the turn's end"))
     return out
 
 
-def check_spans_prefix(t, records, refs, got):
+def check_spans_prefix(t, records, refs, got, kw=None, last_only=False, known=None, known_out=None):
+    """known(record_id, k, reference_span, ds_spans, text_bytes): the description of a
+    known ds-fmt deviation that explains a disagreeing turn, or None; such turns are
+    counted in known_out {description: [ids]} instead of failing."""
     n_turns = n_checked = n_match = n_nc = n_missing = 0
     reasons = {}
     bad = []
@@ -242,7 +256,7 @@ def check_spans_prefix(t, records, refs, got):
         st, full = refs[r["id"]]
         if st != "ok":
             continue
-        ref = prefix_reference(t, r, full)
+        ref = prefix_reference(t, r, full, kw, last_only)
         n_turns += len(ref)
         if got is None:
             n_checked += sum(1 for x in ref if x[1] == "ok")
@@ -265,8 +279,12 @@ def check_spans_prefix(t, records, refs, got):
                 all_checked = False
                 continue
             n_checked += 1
+            kn = None if (v in ds or v[0] == v[1] or not known) else known(r["id"], k, v, ds, full.encode())
             if v in ds or (v[0] == v[1]):
                 n_match += 1
+            elif kn:
+                known_out.setdefault(kn, []).append(f"{r['id']}#{k}")
+                all_checked = False
             else:
                 problems.append(f"assistant message {k}: reference {v} = {full.encode()[v[0]:v[1]].decode('utf-8', 'replace')[:100]!r}")
         if all_checked and not problems and ds != merge([x[2] for x in ref if x[1] == "ok"]):
@@ -278,8 +296,10 @@ def check_spans_prefix(t, records, refs, got):
     return n_turns, n_checked, n_match, n_nc, n_missing, reasons, bad
 
 
-def check_spans_generation(t, records, refs, got):
-    """(a): transformers' assistant token mask vs tokens overlapping ds-fmt's spans."""
+def check_spans_generation(t, records, refs, got, kw=None, last_only=False):
+    """(a): transformers' assistant token mask vs tokens overlapping ds-fmt's spans.
+    kw: extra template variables; last_only: the mask's last run only (the last
+    assistant turn's {% generation %} block, for --train-turns last)."""
     n = n_match = n_missing = 0
     bad = []
     for r in records:
@@ -287,8 +307,14 @@ def check_spans_generation(t, records, refs, got):
         if st != "ok":
             continue
         enc = t.hf.apply_chat_template(t.normalize(r["messages"]), tools=r.get("tools"), tokenize=True,
-                                       return_dict=True, return_assistant_tokens_mask=True)
-        ids, mask = enc["input_ids"], enc["assistant_masks"]
+                                       return_dict=True, return_assistant_tokens_mask=True, **(kw or {}))
+        ids, mask = enc["input_ids"], list(enc["assistant_masks"])
+        if last_only and 1 in mask:
+            end = len(mask) - mask[::-1].index(1)
+            start = end
+            while start > 0 and mask[start - 1]:
+                start -= 1
+            mask = [1 if start <= i < end else 0 for i in range(len(mask))]
         e2 = t.hf(full, add_special_tokens=False, return_offsets_mapping=True)
         if e2["input_ids"] != ids:
             bad.append(f"{r['id']}: re-encoding the render gives other ids (test problem)")
