@@ -1404,6 +1404,33 @@ static int check_args_roundtrip(const struct tmpl_output *out, jv msgs, struct e
 	return rc;
 }
 
+/* When the generation prompt ends with text the turn lacks in the full
+ * rendering (Qwen3 with enable_thinking false prompts with an empty think
+ * block that earlier turns do not have): the turn's body starts at the last
+ * place where a statement of the prefix rendering po ended and which the
+ * full rendering ro still shares, if that place lies inside the generation
+ * prompt (past the rendering of the earlier messages alone, so no header of
+ * the turn is learned); else -1. */
+static long prompt_shared(const struct tmpl *t, const struct tmpl_ctx *cx, int i, const struct tmpl_output *po,
+			  const struct tmpl_output *ro)
+{
+	size_t same = 0;
+	while (same < po->len && same < ro->len && po->text[same] == ro->text[same])
+		same++;
+	long cut = -1;
+	for (size_t k = 0; k < po->ncuts && po->cuts[k] <= same; k++)
+		cut = (long)po->cuts[k];
+	if (cut < 0)
+		return -1;
+	struct tmpl_output p0;
+	struct err e2 = {0};
+	if (tmpl_render_ctx(t, cx, (size_t)i, 0, NULL, &p0, &e2) < 0)
+		return -1;
+	int inside = p0.len < (size_t)cut && !memcmp(p0.text, ro->text, p0.len);
+	tmpl_output_free(&p0);
+	return inside ? cut : -1;
+}
+
 int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv rec, jv *out, struct err *err)
 {
 	jv pass = jv_object();
@@ -1500,6 +1527,8 @@ int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv
 		if (tmpl_render_ctx(t, cx, (size_t)i, 1, NULL, &po, &e2) == 0) {
 			if (po.len <= ro.len && !memcmp(po.text, ro.text, po.len))
 				body[i] = (long)po.len;
+			else
+				body[i] = prompt_shared(t, cx, i, &po, &ro);
 			tmpl_output_free(&po);
 		}
 	}

@@ -60,6 +60,11 @@ struct tmpl_output {
 	size_t nruns;
 	uint32_t (*gen)[2]; /* output ranges inside {% generation %} blocks */
 	size_t ngen;
+	/* Output lengths, ascending, at which a statement of the template's body
+	 * that prints ({{ ... }} or template text, outside any capture) ended:
+	 * the places a rendering falls into its pieces. */
+	uint32_t *cuts;
+	size_t ncuts;
 };
 
 /* Renders t with the context ctx (a jv object, consumed): messages, tools,

@@ -73,6 +73,8 @@ struct rt {
 	int depth, max_depth;
 	uint32_t (*gen)[2];
 	size_t ngen, gcap;
+	uint32_t *cuts; /* see tmpl_output */
+	size_t ncuts, ccap;
 	struct tmpl_cache *cache; /* the context's, or NULL */
 };
 
@@ -2623,13 +2625,32 @@ static int exec_for(struct rt *r, struct frame *f, const struct tp_stmt *s, cons
 	return FLOW_NEXT;
 }
 
+/* Where a statement printing into the output ended (see tmpl_output.cuts). */
+static void cut(struct rt *r)
+{
+	if (r->out != r->main || (r->ncuts && r->cuts[r->ncuts - 1] == r->out->len))
+		return;
+	if (r->ncuts == r->ccap) {
+		size_t cap = r->ccap ? r->ccap * 2 : 64;
+		r->cuts = tp_realloc(&r->a, r->cuts, r->ncuts * sizeof *r->cuts, cap * sizeof *r->cuts);
+		r->ccap = cap;
+	}
+	r->cuts[r->ncuts++] = r->out->len;
+}
+
 static int exec_body(struct rt *r, struct frame *f, const struct tp_stmt *s)
 {
 	for (; s; s = s->next) {
 		step(r, s->line);
 		switch (s->kind) {
-		case S_TEXT: tp_sb_str(&r->a, r->out, s->text); break;
-		case S_OUT: emit(r, eval(r, f, s->e)); break;
+		case S_TEXT:
+			tp_sb_str(&r->a, r->out, s->text);
+			cut(r);
+			break;
+		case S_OUT:
+			emit(r, eval(r, f, s->e));
+			cut(r);
+			break;
 		case S_IF: {
 			int flow = exec_body(r, f, tp_truthy(eval(r, f, s->cond)) ? s->body : s->orelse);
 			if (flow != FLOW_NEXT)
@@ -2925,7 +2946,9 @@ int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg,
 	out->text = malloc((size_t)main_out.len + 1);
 	out->runs = malloc((main_out.nruns + 1) * sizeof *out->runs + names_len);
 	out->gen = malloc((r.ngen + 1) * sizeof *out->gen);
-	if (!out->text || !out->runs || !out->gen) {
+	out->cuts = malloc((r.ncuts + 1) * sizeof *out->cuts);
+	if (!out->text || !out->runs || !out->gen || !out->cuts) {
+		free(out->cuts);
 		free(out->text);
 		free(out->runs);
 		free(out->gen);
@@ -2966,6 +2989,9 @@ int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg,
 		out->gen[i][1] = r.gen[i][1];
 	}
 	out->ngen = r.ngen;
+	if (r.ncuts)
+		memcpy(out->cuts, r.cuts, r.ncuts * sizeof *out->cuts);
+	out->ncuts = r.ncuts;
 	tp_arena_free(&r.a);
 	return 0;
 }
@@ -2977,5 +3003,6 @@ void tmpl_output_free(struct tmpl_output *o)
 	free(o->text);
 	free(o->runs);
 	free(o->gen);
+	free(o->cuts);
 	memset(o, 0, sizeof *o);
 }

@@ -147,25 +147,10 @@ def passthrough(r):
     return {k: v for k, v in r.items() if k not in CONSUMED}
 
 
-def known_thinking_off(rid, k, ref, ds, text):
-    """Qwen3 with enable_thinking=false: the generation prompt ends with an empty think
-    block that the turns before the last one lack in the full render, so ds-fmt finds no
-    prefix render and starts the span at the message's first tool-call byte (its documented
-    fallback, man/ds-fmt.1 "Learned spans"): the <tool_call> wrapper before the call's name
-    is not learned in those turns. Matched exactly: ds-fmt's span ends where the reference's
-    does and starts after '<tool_call>\\n{"name": "'."""
-    for s, e in ds:
-        if e == ref[1] and s > ref[0] and text[ref[0]:s] == b'<tool_call>\n{"name": "':
-            return ("with enable_thinking=false a tool call in a turn before the last starts its span at the "
-                    "call's name, so <tool_call>\\n{\"name\": \" is not learned (the prefix render ends with "
-                    "an empty think block the full render lacks there)")
-    return None
-
-
 # ---------------------------------------------------------------------- one case
 
 def check(t, tmp, name, inputs, refrecs, flags, kw=None, last_only=False, agp=False, keep=None,
-          differ_from=None, known=None):
+          differ_from=None):
     """Runs ds-fmt once over inputs with flags and reports: the render against
     transformers on refrecs (same ids), the pass-through keys (keep: {id: keys},
     default the inputs' unconsumed keys), and the spans (or train == [] with agp).
@@ -214,12 +199,8 @@ def check(t, tmp, name, inputs, refrecs, flags, kw=None, last_only=False, agp=Fa
                  + (f", {n_missing} without ds-fmt output" if n_missing else ""),
                  f"{len(bad)} disagree" if bad else "no conversation to compare", bad[:H.SHOW])
         return
-    known_out = {}
     n_turns, n_checked, n_match, n_nc, n_missing, reasons, bad = H.check_spans_prefix(
-        t, refrecs, refs, got, kw, last_only, known, known_out)
-    for what, ids in sorted(known_out.items()):
-        H.say(f"skip - spans {name} {t.name}: {len(ids)} turns with a known ds-fmt deviation: {what}: "
-              f"{', '.join(ids[:6])}{' ...' if len(ids) > 6 else ''}")
+        t, refrecs, refs, got, kw, last_only)
     why = "; ".join(f"{v} {k}" for k, v in sorted(reasons.items()))
     H.report(not bad and n_checked > 0,
              f"spans {name} {t.name} (prefix renders{', last turn' if last_only else ''}): "
@@ -248,8 +229,7 @@ def run_template(t, tmp):
 
     kw, changes = VARS.get(t.name, UNREAD_VARS)
     vflags = [x for k, v in kw.items() for x in ("--var", f"{k}={json.dumps(v, ensure_ascii=False)}")]
-    check(t, tmp, "var", conv, conv, vflags, kw=kw, differ_from=(base, "render" in changes),
-          known=known_thinking_off if kw.get("enable_thinking") is False and f.get("think_block") else None)
+    check(t, tmp, "var", conv, conv, vflags, kw=kw, differ_from=(base, "render" in changes))
     gp = [dict(r, messages=C.gen_prompt_messages(r["messages"])) for r in conv]
     base_gp = {r["id"]: t.render(r["messages"], r.get("tools"), True) for r in gp}
     check(t, tmp, "var-genprompt", conv, gp, vflags + ["--add-generation-prompt"], kw=kw, agp=True,

@@ -367,6 +367,27 @@ static void test_render_ctx(void)
 	tmpl_free(t);
 }
 
+/* Cuts: where each printing statement of the body ended, not inside a
+ * capture or a macro, each place once. */
+static void test_cuts(void)
+{
+	struct tmpl_output o;
+	struct err err = {0};
+	const char *src = "a{{ 'b' }}{% if true %}c{{ '' }}{% endif %}{% set x %}zz{% endset %}"
+			  "{% macro m() %}q{{ 'r' }}{% endmacro %}{{ x }}{{ m() }}";
+	if (render(src, "{}", NULL, &o, &err) < 0) {
+		CHECK(0, "%s", err.msg);
+		return;
+	}
+	static const uint32_t want[] = {1, 2, 3, 5, 7};
+	int same = o.ncuts == sizeof want / sizeof *want;
+	for (size_t i = 0; same && i < o.ncuts; i++)
+		same = o.cuts[i] == want[i];
+	CHECK(same && !strcmp(o.text, "abczzqr"), "text %s, %zu cuts: %u %u %u ...", o.text, o.ncuts,
+	      o.ncuts ? o.cuts[0] : 0, o.ncuts > 1 ? o.cuts[1] : 0, o.ncuts > 2 ? o.cuts[2] : 0);
+	tmpl_output_free(&o);
+}
+
 int main(void)
 {
 	RUN(test_jinja_cases);
@@ -378,5 +399,6 @@ int main(void)
 	RUN(test_limits);
 	RUN(test_errors);
 	RUN(test_render_ctx);
+	RUN(test_cuts);
 	return check_done();
 }
