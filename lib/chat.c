@@ -1481,8 +1481,12 @@ int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv
 	const struct tmpl *t = m->tmpl;
 	enum chat_args mode = m->args;
 	int json = m->args_json, agp = m->agp;
-	if ((jv_get_kind(tools) != JV_KIND_NULL && m->tool_use) || !t)
+	if (jv_get_kind(tools) != JV_KIND_NULL && m->tool_use)
 		t = m->tool_use, mode = m->args_tool_use, json = m->args_json_tool_use, agp = m->agp_tool_use;
+	if (!t) { /* as transformers: a list without "default" serves only records with tools */
+		err_set(err, "the model's chat templates have no \"default\", only \"tool_use\" (for records with tools)");
+		goto fail;
+	}
 	msgs = chat_args_normalize(msgs, mode, err);
 	if (!jv_is_valid(msgs))
 		goto fail;

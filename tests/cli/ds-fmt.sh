@@ -192,6 +192,20 @@ printf '%s\n' '{"messages":[{"role":"user","content":"u"},{"role":"assistant","c
 expect template-list 0 "$DS" --model "$T/multi" "$T/two.jsonl" &&
 	[ "$(jq -r .text "$T/out" | tr '\n' ' ')" = 'D:u<|im_end|>a<|im_end|> T:u<|im_end|>a<|im_end|> ' ] &&
 	ok "template list: default, or tool_use with tools" || unreported template-list
+# Only "tool_use": records with tools use it, one without is refused (transformers raises there).
+mkdir -p "$T/tooluse"; cp "$Q/tokenizer.json" "$T/tooluse/"
+python3 - "$T/multi/tokenizer_config.json" "$T/tooluse/tokenizer_config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["chat_template"] = c["chat_template"][1:]
+json.dump(c, open(sys.argv[2], "w"))
+PY
+tail -1 "$T/two.jsonl" > "$T/tools-only.jsonl"
+expect template-tool-use 0 "$DS" --model "$T/tooluse" "$T/tools-only.jsonl" &&
+	[ "$(jq -r .text "$T/out")" = 'T:u<|im_end|>a<|im_end|>' ] &&
+	expect template-no-default 2 "$DS" --model "$T/tooluse" -o "$T/none.jsonl" "$T/two.jsonl" &&
+	stderr_has template-no-default 'two.jsonl:1: .*no "default", only "tool_use"' && [ ! -e "$T/none.jsonl" ] &&
+	ok "template list with only tool_use: records with tools, others refused" || unreported template-tool-use
 printf '%s' 'J:{% for m in messages %}{{ m.content }}<|im_end|>{% endfor %}' > "$T/multi/chat_template.jinja"
 expect template-jinja 0 "$DS" --model "$T/multi" "$T/two.jsonl" && [ "$(head -1 "$T/out" | jq -r .text)" = 'J:u<|im_end|>a<|im_end|>' ] &&
 	ok "chat_template.jinja wins" || unreported template-jinja
