@@ -252,14 +252,15 @@ void jsonl_memo_free(struct jsonl_memo *m)
 
 unsigned long long jsonl_memo_hits(const struct jsonl_memo *m) { return m ? m->hits : 0; }
 
-static struct memo_entry *memo_find(struct jsonl_memo *m, jv k)
+/* The entry for key k; a new one when add is set and there is room. */
+static struct memo_entry *memo_find(struct jsonl_memo *m, jv k, int add)
 {
 	const char *ks = jv_string_value(k);
 	size_t kn = (size_t)jv_string_length_bytes(jv_copy(k));
 	for (int i = 0; i < m->n; i++)
 		if (m->e[i].klen == kn && !memcmp(m->e[i].key, ks, kn))
 			return &m->e[i];
-	if (m->n == MEMO_KEYS)
+	if (!add || m->n == MEMO_KEYS)
 		return NULL;
 	struct memo_entry *e = &m->e[m->n];
 	if (!(e->key = malloc(kn + 1)))
@@ -275,9 +276,8 @@ static jv fp_value(struct fastp *p);
 /* A top-level member's value, from the memo when its text is the same. */
 static jv fp_member(struct fastp *p, jv k)
 {
-	struct memo_entry *e = NULL;
-	if (p->memo && p->depth == 1 && p->s < p->end && (*p->s == '{' || *p->s == '[' || *p->s == '"'))
-		e = memo_find(p->memo, k);
+	int memo = p->memo && p->depth == 1 && p->s < p->end && (*p->s == '{' || *p->s == '[' || *p->s == '"');
+	struct memo_entry *e = memo ? memo_find(p->memo, k, 0) : NULL;
 	if (e && e->len && (size_t)(p->end - p->s) >= e->len && !memcmp(p->s, e->text, e->len)) {
 		p->s += e->len;
 		p->memo->hits++;
@@ -286,7 +286,7 @@ static jv fp_member(struct fastp *p, jv k)
 	const char *start = p->s;
 	jv v = fp_value(p);
 	size_t n = (size_t)(p->s - start);
-	if (e && jv_is_valid(v) && n >= MEMO_MIN) {
+	if (memo && jv_is_valid(v) && n >= MEMO_MIN && (e || (e = memo_find(p->memo, k, 1)))) {
 		char *t = realloc(e->text, n);
 		if (t) {
 			memcpy(t, start, n);
