@@ -102,11 +102,24 @@ static const struct opt *find_opt(const char *name)
 
 /* --config FILE.json: its keys become options placed before argv's, so
  * that the command line's win (the last occurrence of an option counts). */
+/* Dies with "FILE:LINE: key "KEY": what", LINE where the key's value is. */
+static _Noreturn void config_die(const char *path, const char *text, size_t len, const char *key, const char *what)
+{
+	char q[300];
+	size_t a, b;
+	snprintf(q, sizeof q, "\"%s\"", key);
+	if (jsonl_locate(text, len, q, &a, &b) == 1)
+		msg_die(EXIT_USAGE, "%s:%ld: key \"%s\": %s", path, jsonl_line_at(text, a), key, what);
+	msg_die(EXIT_USAGE, "%s: key \"%s\": %s", path, key, what);
+}
+
 static char **with_config(const char *path, int argc, char **argv, int *new_argc, int *n_own)
 {
 	struct err err = {0};
 	jv cfg;
-	msg_die_if(jsonl_load(path, 1 << 20, &cfg, &err) < 0, &err);
+	char *text;
+	size_t len;
+	msg_die_if(jsonl_load_text(path, 1 << 20, &cfg, &text, &len, &err) < 0, &err);
 	if (jv_get_kind(cfg) != JV_KIND_OBJECT)
 		msg_die(EXIT_USAGE, "%s: expected a JSON object of option names", path);
 	int cap = argc + 2 * jv_object_length(jv_copy(cfg)) + 1, n = 0;
@@ -118,13 +131,13 @@ static char **with_config(const char *path, int argc, char **argv, int *new_argc
 		const char *key = jv_string_value(k);
 		const struct opt *o = find_opt(key);
 		if (!o || !strcmp(key, "config") || !strcmp(key, "help") || !strcmp(key, "version"))
-			msg_die(EXIT_USAGE, "%s: key \"%s\" is not an option of qlora-fit", path, key);
+			config_die(path, text, len, key, "not an option of qlora-fit");
 		char flag[128], val[512];
 		snprintf(flag, sizeof flag, "--%s", key);
 		jv_kind kind = jv_get_kind(v);
 		if (o->type == OPT_FLAG) {
 			if (kind != JV_KIND_TRUE && kind != JV_KIND_FALSE)
-				msg_die(EXIT_USAGE, "%s: key \"%s\": expected true or false", path, key);
+				config_die(path, text, len, key, "expected true or false");
 			if (kind == JV_KIND_TRUE)
 				av[n++] = strdup(flag);
 		} else {
@@ -140,14 +153,14 @@ static char **with_config(const char *path, int argc, char **argv, int *new_argc
 				val[0] = 0;
 				jv_array_foreach(v, i, t) {
 					if (jv_get_kind(t) != JV_KIND_STRING)
-						msg_die(EXIT_USAGE, "%s: key \"target\": expected names", path);
+						config_die(path, text, len, key, "expected names");
 					snprintf(val + strlen(val), sizeof val - strlen(val), "%s%s", i ? "," : "",
 						 jv_string_value(t));
 					jv_free(t);
 				}
 			} else {
-				msg_die(EXIT_USAGE, "%s: key \"%s\": expected a %s", path, key,
-					o->type == OPT_STRING || o->type == OPT_CHOICE ? "string" : "number");
+				config_die(path, text, len, key,
+					   o->type == OPT_STRING || o->type == OPT_CHOICE ? "expected a string" : "expected a number");
 			}
 			av[n++] = strdup(flag);
 			av[n++] = strdup(val);
@@ -156,6 +169,7 @@ static char **with_config(const char *path, int argc, char **argv, int *new_argc
 		jv_free(v);
 	}
 	jv_free(cfg);
+	free(text);
 	*n_own = n; /* av[1 .. n) are ours to free */
 	for (int i = 1; i < argc; i++)
 		av[n++] = argv[i];

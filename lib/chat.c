@@ -729,112 +729,6 @@ static int marker_add(struct chat_model *m, size_t *cap, const char *s, size_t n
 	return strs_add(&m->mk_store, &m->mk.n, cap, s, n, err);
 }
 
-/* The length of the JSON string s[0..n) begins with ('"' first) up to and
- * including its closing quote, or 0 when it does not end. */
-static size_t json_str_len(const char *s, size_t n)
-{
-	for (size_t i = 1; i < n;) {
-		const char *q = memchr(s + i, '"', n - i);
-		if (!q)
-			return 0;
-		size_t k = (size_t)(q - s), bs = 0;
-		while (s[k - 1 - bs] == '\\')
-			bs++;
-		if (bs % 2 == 0)
-			return k + 1;
-		i = k + 1;
-	}
-	return 0;
-}
-
-/* The length of the JSON value s[0..n) begins with, its syntax checked only
- * as far as finding its end takes, or 0. Inside a container only quotes and
- * brackets matter: the scan jumps from one to the next (a tokenizer.json is
- * megabytes of vocabulary and merges to pass over). */
-static size_t json_skip(const char *s, size_t n)
-{
-	static const unsigned char structural[256] = {['"'] = 1, ['{'] = 1, ['}'] = 1, ['['] = 1, [']'] = 1};
-	if (n == 0 || s[0] == '}' || s[0] == ']')
-		return 0;
-	if (s[0] != '"' && s[0] != '{' && s[0] != '[') { /* a number, true, false or null */
-		if (!strchr("-0123456789tfn", s[0]) || !s[0])
-			return 0;
-		size_t i = 1;
-		while (i < n && s[i] && !strchr(",:]} \t\r\n", s[i]))
-			i++;
-		return i;
-	}
-	size_t depth = 0, i = 0;
-	for (;;) {
-		while (i < n && !structural[(unsigned char)s[i]])
-			i++;
-		if (i >= n)
-			return 0;
-		if (s[i] == '"') {
-			size_t k = json_str_len(s + i, n - i);
-			if (!k)
-				return 0;
-			i += k;
-		} else if (s[i] == '{' || s[i] == '[') {
-			depth++, i++;
-		} else if (depth-- == 0) {
-			return 0;
-		} else {
-			i++;
-		}
-		if (depth == 0)
-			return i;
-	}
-}
-
-static size_t json_ws(const char *s, size_t n, size_t i)
-{
-	while (i < n && strchr(" \t\r\n", s[i]) && s[i])
-		i++;
-	return i;
-}
-
-/* Finds the top-level "added_tokens" of a tokenizer.json text without parsing
- * the rest (the vocabulary and merges are most of its megabytes): [*a, *b)
- * is its value (the last one, as jq keeps the last of repeated keys), *a < 0
- * when there is none. Returns -1 when the text is not a JSON object. */
-static int find_added_tokens(const char *s, size_t n, long *a, long *b)
-{
-	*a = *b = -1;
-	size_t i = json_ws(s, n, 0);
-	if (i >= n || s[i] != '{')
-		return -1;
-	i = json_ws(s, n, i + 1);
-	if (i < n && s[i] == '}')
-		return 0;
-	for (;;) {
-		size_t k = i < n && s[i] == '"' ? json_str_len(s + i, n - i) : 0;
-		if (!k)
-			return -1;
-		int hit = k == 14 && !memcmp(s + i, "\"added_tokens\"", 14);
-		if (!hit && memchr(s + i, '\\', k)) { /* an escaped key: ask jq what it says */
-			jv key = parse_json(s + i, k);
-			hit = jv_get_kind(key) == JV_KIND_STRING && !strcmp(jv_string_value(key), "added_tokens");
-			jv_free(key);
-		}
-		i = json_ws(s, n, i + k);
-		if (i >= n || s[i] != ':')
-			return -1;
-		i = json_ws(s, n, i + 1);
-		size_t v = json_skip(s + i, n - i);
-		if (!v)
-			return -1;
-		if (hit)
-			*a = (long)i, *b = (long)(i + v);
-		i = json_ws(s, n, i + v);
-		if (i < n && s[i] == '}')
-			return json_ws(s, n, i + 1) == n ? 0 : -1;
-		if (i >= n || s[i] != ',')
-			return -1;
-		i = json_ws(s, n, i + 1);
-	}
-}
-
 /* The markers from tokenizer.json's added_tokens alone, which say all the
  * loaded tokenizer would: an added token is special when any entry with its
  * content is. Returns 1 when done, 0 when the file is not of the simple form
@@ -844,12 +738,15 @@ static int markers_from_json(struct chat_model *m, const char *path, struct err 
 	size_t len;
 	struct err e2 = {0};
 	char *text = read_file_max(path, (size_t)1 << 30, &len, &e2);
-	long a, b;
-	if (!text || find_added_tokens(text, len, &a, &b) < 0) {
+	size_t a, b;
+	int found = text && jsonl_locate(text, len, "", &a, &b) == 1 && text[a] == '{'
+			    ? jsonl_locate(text, len, "added_tokens", &a, &b)
+			    : -1;
+	if (found < 0) {
 		free(text);
 		return 0;
 	}
-	jv added = a >= 0 ? parse_json(text + a, (size_t)(b - a)) : jv_array();
+	jv added = found ? parse_json(text + a, b - a) : jv_array();
 	free(text);
 	if (jv_get_kind(added) == JV_KIND_NULL)
 		added = (jv_free(added), jv_array());

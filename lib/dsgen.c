@@ -509,11 +509,13 @@ static int load_langs(struct dsgen_spec *s, jv list, struct err *err)
 struct dsgen_spec *dsgen_spec_load(const char *path, struct err *err)
 {
 	jv root;
-	if (jsonl_load(path, 16 << 20, &root, err) < 0)
+	char *text;
+	size_t len;
+	if (jsonl_load_text(path, 16 << 20, &root, &text, &len, err) < 0)
 		return NULL;
 	struct dsgen_spec *s = calloc(1, sizeof *s);
 	if (!s) {
-		jv_free(root);
+		jv_free(root), free(text);
 		return err_sys(err, "out of memory"), NULL;
 	}
 	s->path = strdup(path);
@@ -585,6 +587,9 @@ struct dsgen_spec *dsgen_spec_load(const char *path, struct err *err)
 		jv_free(c);
 	}
 	jv_free(root);
+	if (rc) /* "spec.json: intents[1].tool: ..." -> "spec.json:14: intents[1].tool: ..." */
+		jsonl_err_line(err, path, text, len);
+	free(text);
 	if (rc) {
 		dsgen_spec_free(s);
 		return NULL;

@@ -755,6 +755,13 @@ int jsonl_parse(const char *s, size_t n, const char *name, jv *out, struct err *
 
 int jsonl_load(const char *path, size_t max, jv *out, struct err *err)
 {
+	return jsonl_load_text(path, max, out, NULL, NULL, err);
+}
+
+int jsonl_load_text(const char *path, size_t max, jv *out, char **text, size_t *len, struct err *err)
+{
+	if (text)
+		*text = NULL;
 	if (!max)
 		max = (size_t)1 << 30;
 	FILE *f = fopen(path, "rb");
@@ -777,8 +784,12 @@ int jsonl_load(const char *path, size_t max, jv *out, struct err *err)
 		free(buf);
 		return err_sys(err, "%s: read error:", path);
 	}
+	buf[n] = 0;
 	int rc = jsonl_parse(buf, n, path, out, err);
-	free(buf);
+	if (rc == 0 && text)
+		*text = buf, *len = n;
+	else
+		free(buf);
 	return rc;
 }
 
@@ -808,4 +819,202 @@ int jsonl_write(FILE *f, jv v, struct err *err)
 	if (fwrite(buf, 1, len, f) != len)
 		return err_sys(err, "write error:");
 	return 0;
+}
+
+/* ---- finding a value in a JSON text without parsing the rest ---- */
+
+/* The length of the JSON string s[0..n) begins with ('"' first) up to and
+ * including its closing quote, or 0 when it does not end. */
+static size_t scan_string(const char *s, size_t n)
+{
+	for (size_t i = 1; i < n;) {
+		const char *q = memchr(s + i, '"', n - i);
+		if (!q)
+			return 0;
+		size_t k = (size_t)(q - s), bs = 0;
+		while (s[k - 1 - bs] == '\\')
+			bs++;
+		if (bs % 2 == 0)
+			return k + 1;
+		i = k + 1;
+	}
+	return 0;
+}
+
+/* The length of the JSON value s[0..n) begins with, its syntax checked only
+ * as far as finding its end takes, or 0. Inside a container only quotes and
+ * brackets matter: the scan jumps from one to the next (a tokenizer.json is
+ * megabytes of vocabulary and merges to pass over). */
+static size_t scan_value(const char *s, size_t n)
+{
+	static const unsigned char structural[256] = {['"'] = 1, ['{'] = 1, ['}'] = 1, ['['] = 1, [']'] = 1};
+	if (n == 0 || s[0] == '}' || s[0] == ']')
+		return 0;
+	if (s[0] != '"' && s[0] != '{' && s[0] != '[') { /* a number, true, false or null */
+		if (!strchr("-0123456789tfn", s[0]) || !s[0])
+			return 0;
+		size_t i = 1;
+		while (i < n && s[i] && !strchr(",:]} \t\r\n", s[i]))
+			i++;
+		return i;
+	}
+	size_t depth = 0, i = 0;
+	for (;;) {
+		while (i < n && !structural[(unsigned char)s[i]])
+			i++;
+		if (i >= n)
+			return 0;
+		if (s[i] == '"') {
+			size_t k = scan_string(s + i, n - i);
+			if (!k)
+				return 0;
+			i += k;
+		} else if (s[i] == '{' || s[i] == '[') {
+			depth++, i++;
+		} else if (depth-- == 0) {
+			return 0;
+		} else {
+			i++;
+		}
+		if (depth == 0)
+			return i;
+	}
+}
+
+static size_t scan_ws(const char *s, size_t n, size_t i)
+{
+	while (i < n && strchr(" \t\r\n", s[i]) && s[i])
+		i++;
+	return i;
+}
+
+/* Whether the JSON string text s[0..k) (quotes included) is key[0..kn). */
+static int key_is(const char *s, size_t k, const char *key, size_t kn)
+{
+	if (!memchr(s, '\\', k))
+		return k == kn + 2 && !memcmp(s + 1, key, kn);
+	jv v; /* an escaped key: ask jq what it says */
+	struct err e = {0};
+	if (jsonl_parse(s, k, "key", &v, &e) < 0)
+		return 0;
+	int is = jv_get_kind(v) == JV_KIND_STRING && (size_t)jv_string_length_bytes(jv_copy(v)) == kn &&
+		 !memcmp(jv_string_value(v), key, kn);
+	jv_free(v);
+	return is;
+}
+
+/* In the container at s[*i] ('{' or '['): the value of the last member named
+ * key (an object) or element number idx (an array; key NULL) into [*a, *b).
+ * Returns 1, 0 when there is none, -1 when the scan finds no valid container. */
+static int scan_in(const char *s, size_t n, size_t i, const char *key, size_t kn, long idx, size_t *a, size_t *b)
+{
+	int obj = s[i] == '{', found = 0;
+	if ((key != NULL) != obj)
+		return 0;
+	i = scan_ws(s, n, i + 1);
+	if (i < n && s[i] == (obj ? '}' : ']'))
+		return 0;
+	for (long at = 0;; at++) {
+		int hit = !obj && at == idx;
+		if (obj) {
+			size_t k = i < n && s[i] == '"' ? scan_string(s + i, n - i) : 0;
+			if (!k)
+				return -1;
+			hit = key_is(s + i, k, key, kn);
+			i = scan_ws(s, n, i + k);
+			if (i >= n || s[i] != ':')
+				return -1;
+			i = scan_ws(s, n, i + 1);
+		}
+		size_t v = scan_value(s + i, n - i);
+		if (!v)
+			return -1;
+		if (hit)
+			*a = i, *b = i + v, found = 1;
+		i = scan_ws(s, n, i + v);
+		if (i < n && s[i] == (obj ? '}' : ']'))
+			return found;
+		if (i >= n || s[i] != ',')
+			return -1;
+		i = scan_ws(s, n, i + 1);
+	}
+}
+
+int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b)
+{
+	size_t i = scan_ws(s, n, 0), v = i < n ? scan_value(s + i, n - i) : 0;
+	if (!v || scan_ws(s, n, i + v) != n)
+		return -1;
+	*a = i, *b = i + v;
+	const char *p = path;
+	while (*p) {
+		char key[256];
+		size_t kn = 0;
+		long idx = -1;
+		if (*p == '.')
+			p++;
+		if (*p == '[') {
+			char *e;
+			idx = strtol(p + 1, &e, 10);
+			if (e == p + 1 || *e != ']' || idx < 0)
+				return 0;
+			p = e + 1;
+		} else if (*p == '"') {
+			for (p++; *p && *p != '"' && kn < sizeof key; p++)
+				key[kn++] = *p;
+			if (*p++ != '"')
+				return 0;
+		} else {
+			for (; *p && *p != '.' && *p != '[' && kn < sizeof key; p++)
+				key[kn++] = *p;
+			if (!kn || kn == sizeof key)
+				return 0;
+		}
+		size_t na, nb;
+		int r = scan_in(s, n, *a, idx < 0 ? key : NULL, kn, idx, &na, &nb);
+		if (r <= 0)
+			return r;
+		*a = na, *b = nb;
+	}
+	return 1;
+}
+
+long jsonl_line_at(const char *s, size_t off)
+{
+	long line = 1;
+	for (const char *q = s; (q = memchr(q, '\n', (size_t)(s + off - q))) != NULL; q++)
+		line++;
+	return line;
+}
+
+void jsonl_err_line(struct err *err, const char *file, const char *s, size_t n)
+{
+	size_t fl = strlen(file);
+	if (strncmp(err->msg, file, fl) || strncmp(err->msg + fl, ": ", 2))
+		return;
+	const char *path = err->msg + fl + 2, *end = strstr(path, ": ");
+	if (!end || end == path || end - path >= 512 || memchr(path, ' ', (size_t)(end - path)))
+		return;
+	char p[512];
+	memcpy(p, path, (size_t)(end - path));
+	p[end - path] = 0;
+	/* the first part of the path must be there; the line is that of the deepest part found */
+	size_t a, b;
+	char first[512];
+	size_t k = strcspn(p, ".[");
+	memcpy(first, p, k);
+	first[k] = 0;
+	if (jsonl_locate(s, n, first, &a, &b) != 1)
+		return;
+	for (;;) {
+		if (jsonl_locate(s, n, p, &a, &b) == 1)
+			break;
+		char *cut = p + strlen(p);
+		while (cut > p && *cut != '.' && *cut != '[')
+			cut--;
+		*cut = 0;
+	}
+	char msg[sizeof err->msg];
+	snprintf(msg, sizeof msg, "%s:%ld: %s", file, jsonl_line_at(s, a), path);
+	snprintf(err->msg, sizeof err->msg, "%s", msg);
 }

@@ -73,6 +73,9 @@ int jsonl_parse(const char *s, size_t n, const char *name, jv *out, struct err *
 /* Reads and parses a whole JSON file of at most max bytes (0: 1 GiB). Errors
  * name the path: "PATH: cannot open: ...", "PATH: bad JSON: ...". */
 int jsonl_load(const char *path, size_t max, jv *out, struct err *err);
+/* jsonl_load also handing back the file's text (malloc'ed, NUL-terminated, *len
+ * bytes) when it parses, for messages that say where in it (jsonl_err_line). */
+int jsonl_load_text(const char *path, size_t max, jv *out, char **text, size_t *len, struct err *err);
 
 /* Writes v (consumed) as one compact line, text kept as UTF-8 (no \u escapes),
  * keys in their order. Returns 0, or -1 with err "write error: <errno>" (the
@@ -83,5 +86,20 @@ int jsonl_write(FILE *f, jv v, struct err *err);
  * *buf, a malloc'ed block of *cap bytes holding *len (all three updated; *buf
  * may be NULL with *cap 0). On error *len is left as it was. */
 int jsonl_format(jv v, char **buf, size_t *len, size_t *cap, struct err *err);
+
+/* Where the value at path lies in the JSON text s[0..n), found by scanning,
+ * without parsing the rest: path as messages write it, keys joined by '.',
+ * array indexes in brackets, a key in double quotes where it is not a plain
+ * name ("tools[2].function.name", "intents[0].\"colour\"", "" for the whole
+ * text). A repeated key means its last value, as jq keeps. Returns 1 with the
+ * value at s[*a, *b), 0 when the path names nothing there, -1 when the text
+ * is not JSON as far as the scan goes. */
+int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b);
+/* The 1-based line of byte off of s. */
+long jsonl_line_at(const char *s, size_t off);
+/* An error about a value of the JSON file text s[0..n), err->msg
+ * "FILE: PATH: what", becomes "FILE:LINE: PATH: what", LINE being where the
+ * deepest part of PATH found in s starts; any other message is left as it is. */
+void jsonl_err_line(struct err *err, const char *file, const char *s, size_t n);
 
 #endif

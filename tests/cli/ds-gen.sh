@@ -43,28 +43,35 @@ expect usage-none 2 "$DG" && stderr_has usage-none 'give --spec FILE or --reques
 expect usage-both 2 "$DG" --spec a --requests b && stderr_has usage-both 'one of them' && ok "both modes: exit 2"
 expect no-key-option 2 "$DG" --api-key sk-x --requests /dev/null && ok "there is no --api-key option (a key never goes in argv)"
 
-# Bad specs: the message names the file and the field; nothing is sent.
+# Bad specs: the message names the file, the line and the field; nothing is sent.
 start_server bad
-spec_err() { # spec_err NAME PATTERN JSON-EDIT (a jq program applied to the test spec)
-	local name=$1 pat=$2 edit=$3
+spec_err() { # spec_err NAME PATTERN JSON-EDIT TEXT: jq's EDIT applied to the test spec; the line named holds TEXT
+	local name=$1 pat=$2 edit=$3 text=$4
 	jq "$edit" "$ROOT/tests/ref/dsgen_test_spec.json" > "$T/$name.json"
-	if expect "$name" 2 "$DG" --spec "$T/$name.json" --base-url "$URL" && stderr_has "$name" "$T/$name.json: $pat"; then
-		[ "$(attempts bad)" -eq 0 ] && ok "bad spec ($name): $(sed 's/^ds-gen: //' "$T/err" | head -c 150)" \
-			|| notok "$name" "a request was sent"
+	if expect "$name" 2 "$DG" --spec "$T/$name.json" --base-url "$URL" &&
+		stderr_has "$name" "$T/$name.json:[0-9]+: $pat"; then
+		local line=$(sed -n "s|^ds-gen: $T/$name.json:\([0-9]*\): .*|\1|p" "$T/err" | head -1)
+		if ! sed -n "${line}p" "$T/$name.json" | grep -qF -- "$text"; then
+			notok "$name" "line $line is not where $text is: $(sed -n "${line}p" "$T/$name.json")"
+		elif [ "$(attempts bad)" -ne 0 ]; then
+			notok "$name" "a request was sent"
+		else
+			ok "bad spec ($name): $(sed 's/^ds-gen: //' "$T/err" | head -c 150)"
+		fi
 	fi
 }
-spec_err unknown-tool 'intents\[1\]\.tool: unknown tool "block_crd" \(tools: check_access, block_card\)' '.intents[1].tool = "block_crd"'
+spec_err unknown-tool 'intents\[1\]\.tool: unknown tool "block_crd" \(tools: check_access, block_card\)' '.intents[1].tool = "block_crd"' '"block_crd"'
 spec_err schema-type 'tools\[1\]\.function\.parameters\.properties\.card_last4\.type: unknown type "str"' \
-	'.tools[1].function.parameters.properties.card_last4.type = "str"'
-spec_err schema-required 'tools\[0\]\.function\.parameters\.required: must be an array' '.tools[0].function.parameters.required = "x"'
-spec_err schema-pattern 'tools\[1\]\.function\.parameters\.properties\.card_last4\.pattern: bad regular expression' '.tools[1].function.parameters.properties.card_last4.pattern = "(["'
+	'.tools[1].function.parameters.properties.card_last4.type = "str"' '"str"'
+spec_err schema-required 'tools\[0\]\.function\.parameters\.required: must be an array' '.tools[0].function.parameters.required = "x"' '"required": "x"'
+spec_err schema-pattern 'tools\[1\]\.function\.parameters\.properties\.card_last4\.pattern: bad regular expression' '.tools[1].function.parameters.properties.card_last4.pattern = "(["' '"pattern": "(["'
 spec_err example-args 'intents\[1\]\.examples\[0\]: arguments\.card_last4: longer than 4 characters' \
-	'.intents[1].examples[0].arguments.card_last4 = "77100"'
-spec_err unknown-key '"intnets": unknown key' '.intnets = []'
-spec_err dup-intent 'intents\[1\]\.name: "check_access" is used twice' '.intents[1].name = "check_access"'
-spec_err share 'negative_share: must be a number from 0' '.negative_share = 1.5'
-spec_err no-intents 'intents: must be a non-empty array' '.intents = []'
-spec_err langs 'languages\[1\]: "en" is listed twice' '.languages = ["en", "en"]'
+	'.intents[1].examples[0].arguments.card_last4 = "77100"' '{'
+spec_err unknown-key '"intnets": unknown key' '.intnets = []' '"intnets"'
+spec_err dup-intent 'intents\[1\]\.name: "check_access" is used twice' '.intents[1].name = "check_access"' '"name": "check_access"'
+spec_err share 'negative_share: must be a number from 0' '.negative_share = 1.5' '"negative_share": 1.5'
+spec_err no-intents 'intents: must be a non-empty array' '.intents = []' '"intents": []'
+spec_err langs 'languages\[1\]: "en" is listed twice' '.languages = ["en", "en"]' '"en"'
 printf '{\n "tools": [\n  {"type": "function",}\n ]\n}\n' > "$T/badjson.json"
 expect bad-json 2 "$DG" --spec "$T/badjson.json" --base-url "$URL" && stderr_has bad-json "badjson.json: bad JSON: .*line 3" \
 	&& ok "spec that is not JSON: file and line"

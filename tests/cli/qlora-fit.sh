@@ -177,8 +177,10 @@ SD 64 0 "$T/long.tok.zst" < "$T/long.txt"
 bad overflow 'long.tok.zst: record 25: 80 tokens, more than --seq-len 64' "${FIT[@]/$T\/d.tok.zst/$T/long.tok.zst}"
 bad val-both 'exclude' "${FIT[@]}" --val "$T/d.tok.zst" --val-split 0.1
 bad seq-ctx 'context' "${FIT[@]}" --seq-len 1000
-echo '{"lr": 0.001, "no-such": 1}' > "$T/badcfg.json"
-bad config-key 'badcfg.json: key "no-such"' "${FIT[@]}" --config "$T/badcfg.json"
+printf '{"lr": 0.001,\n "no-such": 1}\n' > "$T/badcfg.json"
+bad config-key 'badcfg.json:2: key "no-such": not an option' "${FIT[@]}" --config "$T/badcfg.json"
+printf '{\n "lr": 0.001,\n "rank": [4]\n}\n' > "$T/badcfg2.json"
+bad config-type 'badcfg2.json:3: key "rank": expected a number' "${FIT[@]}" --config "$T/badcfg2.json"
 # the stream's tokenizer is not the model's
 Q=$(fixture qwen2_5) && {
 	MT=$T/model-tok

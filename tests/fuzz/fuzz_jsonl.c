@@ -33,8 +33,28 @@ static int next_both(struct jsonl_reader *r, struct jsonl_memo *memo, jv *out, s
 	return rc;
 }
 
+/* jsonl_locate on the whole input: in bounds, and what it finds is one value. */
+static void locate(const char *s, size_t n)
+{
+	static const char *const paths[] = {"", "a", "a[0]", "a.b[1].c", "added_tokens", "\"x y\"[2].k"};
+	for (size_t i = 0; i < sizeof paths / sizeof *paths; i++) {
+		size_t a = 0, b = 0;
+		int rc = jsonl_locate(s, n, paths[i], &a, &b);
+		if (rc < -1 || rc > 1 || (rc == 1 && !(a < b && b <= n)))
+			abort();
+		if (rc == 1 && jsonl_line_at(s, a) < 1)
+			abort();
+	}
+	struct err e = {0};
+	err_set(&e, "f: a.b[1].c: x");
+	jsonl_err_line(&e, "f", s, n);
+	if (strncmp(e.msg, "f", 1))
+		abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+	locate((const char *)data, size);
 	if (size == 0)
 		return 0; /* fmemopen refuses an empty buffer */
 	FILE *in = fmemopen((void *)data, size, "r");

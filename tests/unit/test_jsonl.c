@@ -471,6 +471,52 @@ static void test_parse_memo(void)
 		jv_free(pool[i]);
 }
 
+/* jsonl_locate finds a path's value by scanning; jsonl_err_line puts its line in a message. */
+static void test_locate(void)
+{
+	const char *t = "{\n \"a\": {\"b\": [10, {\"c\": \"x\\\"y\"}, [1]]},\n \"a\": {\"b\": [20, {\"c\": 7}]},\n"
+			" \"k\\u0065y\": 3, \"odd key\": [true]\n}\n";
+	size_t n = strlen(t), a, b;
+	struct {
+		const char *path;
+		int rc;
+		const char *want;
+	} cases[] = {
+		{"", 1, NULL},
+		{"a.b[1].c", 1, "7"},           /* a repeated key: its last value, as jq keeps */
+		{"a.b[0]", 1, "20"},
+		{"key", 1, "3"},                /* an escaped key */
+		{"\"odd key\"[0]", 1, "true"},
+		{"a.b[2]", 0, NULL},
+		{"a.z", 0, NULL},
+		{"a[0]", 0, NULL},              /* an index into an object names nothing */
+		{"key.x", 0, NULL},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		int rc = jsonl_locate(t, n, cases[i].path, &a, &b);
+		CHECK(rc == cases[i].rc, "%s: %d", cases[i].path, rc);
+		if (rc == 1 && cases[i].want)
+			CHECK(b - a == strlen(cases[i].want) && !memcmp(t + a, cases[i].want, b - a), "%s: '%.*s'", cases[i].path,
+			      (int)(b - a), t + a);
+	}
+	CHECK(jsonl_locate("{\"a\": [1, }", 11, "a", &a, &b) == -1, "broken text");
+	CHECK(jsonl_locate("{\"a\": 1} x", 10, "a", &a, &b) == -1, "text after the value");
+	CHECK(jsonl_line_at(t, 0) == 1 && jsonl_line_at(t, 2) == 2 && jsonl_line_at(t, n) == 6, "lines");
+	struct err e = {0};
+	err_set(&e, "f.json: a.b[1].c: must be a string");
+	jsonl_err_line(&e, "f.json", t, n);
+	CHECK(!strcmp(e.msg, "f.json:3: a.b[1].c: must be a string"), "%s", e.msg);
+	err_set(&e, "f.json: a.b[9].c: missing");
+	jsonl_err_line(&e, "f.json", t, n); /* the deepest part found: a.b */
+	CHECK(!strcmp(e.msg, "f.json:3: a.b[9].c: missing"), "%s", e.msg);
+	err_set(&e, "f.json: nothing: here");
+	jsonl_err_line(&e, "f.json", t, n);
+	CHECK(!strcmp(e.msg, "f.json: nothing: here"), "%s", e.msg);
+	err_set(&e, "f.json: the spec must be an object");
+	jsonl_err_line(&e, "f.json", t, n);
+	CHECK(!strcmp(e.msg, "f.json: the spec must be an object"), "%s", e.msg);
+}
+
 int main(void)
 {
 	if (!mkdtemp(dir)) {
@@ -488,6 +534,7 @@ int main(void)
 	RUN(test_write);
 	RUN(test_write_matches_jq);
 	RUN(test_parse_memo);
+	RUN(test_locate);
 	if (access("/dev/full", W_OK) == 0)
 		RUN(test_write_error);
 	else
