@@ -54,6 +54,8 @@ static const struct opt opts[] = {
 	 "json_schema (spec mode default), json_object, json_object_schema (llama-cpp-python) or none",
 	 .choices = "json_schema|json_object|json_object_schema|none"},
 	{"seed", 0, OPT_INT, "S", "seed of the record and request ids (default 0)"},
+	{"force", 0, OPT_FLAG, NULL, "append to an output holding records this run would not make (another spec, "
+				     "seed or input)"},
 	{"count", 'n', OPT_INT, "N", "conversations to make (default: the spec's)", .min = 1, .max = 100000000},
 	{"per-request", 0, OPT_INT, "N", "utterances asked for in one request (default: the spec's, else 5)",
 	 .min = 1, .max = 50},
@@ -342,6 +344,13 @@ int main(int argc, char **argv)
 		msg_die_if(n < 0, &err);
 		if (cut)
 			msg_warn("%s: cut off a partial last line (%ld bytes) left by an interrupted run", out_path, cut);
+		/* Records another spec, seed or input made: refused before anything is asked. */
+		if (run.batch)
+			dsbatch_existing_done(run.batch);
+		long unknown = run.gen ? dsgen_get_counts(run.gen)->unknown_ids : dsbatch_get_counts(run.batch)->unknown_ids;
+		if (unknown && !opt_flag(&r, "force"))
+			msg_die(EXIT_USAGE, "%s: %ld of its %ld records have ids this run does not make (another spec, seed or "
+				"input?): write to another file, or give --force to add beside them", out_path, unknown, n);
 		if (!(run.out = fopen(out_path, "a")))
 			msg_die(EXIT_RUNTIME, "%s: cannot open for appending: %s", out_path, strerror(errno));
 	} else {

@@ -196,6 +196,8 @@ static void mark_present(struct dsbatch *b)
 	b->c.unknown_ids += (long)b->ids.n - found;
 }
 
+void dsbatch_existing_done(struct dsbatch *b) { mark_present(b); }
+
 int dsbatch_next(struct dsbatch *b, struct http_request *req)
 {
 	mark_present(b);

@@ -44,6 +44,8 @@ struct dsbatch *dsbatch_load(const char *path, const struct dsbatch_opts *o, str
 void dsbatch_free(struct dsbatch *b);
 /* A record of an earlier run (consumed): its id is not asked again. */
 void dsbatch_add_existing(struct dsbatch *b, jv rec);
+/* After the last dsbatch_add_existing: counts present and unknown ids. */
+void dsbatch_existing_done(struct dsbatch *b);
 /* As http_next: 1 with *req, 0 when nothing is left to send now. */
 int dsbatch_next(struct dsbatch *b, struct http_request *req);
 /* As dsgen_answer: *records the output line (0 or 1), *rejects what was

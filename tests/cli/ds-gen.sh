@@ -145,6 +145,17 @@ if expect bank 0 "$DG" "$ROOT/examples/bank/spec.json" --base-url "$URL" -n 40 -
 		[ "$(attempts bank)" = "$before" ] && [ "$(wc -l < "$T/bank.jsonl")" = 40 ] && ok "rerun of a complete set: no request, no record added" \
 			|| notok bank-rerun "$(( $(attempts bank) - before )) requests, $(wc -l < "$T/bank.jsonl") records"
 	fi
+	# another seed: the file's records are not this run's; refused before any request unless --force
+	before=$(attempts bank); sum=$(md5sum < "$T/bank.jsonl")
+	if expect bank-other-seed 2 "$DG" "$ROOT/examples/bank/spec.json" --base-url "$URL" -n 40 --seed 7 -o "$T/bank.jsonl" &&
+		stderr_has bank-other-seed 'bank.jsonl: 40 of its 40 records have ids this run does not make .*--force'; then
+		[ "$(attempts bank)" = "$before" ] && [ "$(md5sum < "$T/bank.jsonl")" = "$sum" ] &&
+			ok "resume into another run's output: refused, no request, file untouched" || notok bank-other-seed "requests or file changed"
+	fi
+	if expect bank-force 0 "$DG" "$ROOT/examples/bank/spec.json" --base-url "$URL" -n 4 --seed 7 --retry-base-ms 5 --force -o "$T/bank.jsonl"; then
+		[ "$(wc -l < "$T/bank.jsonl")" = 44 ] && [ "$(head -40 "$T/bank.jsonl" | md5sum)" = "$sum" ] &&
+			ok "--force: the other run's records kept, this run's added beside them" || notok bank-force "$(wc -l < "$T/bank.jsonl") lines"
+	fi
 fi
 # standard output works too (no resume there), and the endpoint from $OPENAI_BASE_URL
 if expect bank-stdout 0 env OPENAI_BASE_URL="$URL" "$DG" "$ROOT/examples/bank/spec.json" -n 6 --retry-base-ms 5; then
