@@ -209,8 +209,8 @@ static void test_spec_errors(void)
 	struct {
 		const char *edit, *msg;
 	} cases[] = {
-		{"{\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a\"}}],\"intents\":[{\"tool\":\"b\"}]}",
-		 "intents[0].tool: unknown tool \"b\" (tools: a)"},
+		{"{\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a\"}}],\n\"intents\":[\n{\"tool\":\n\"b\"}]}",
+		 "4: intents[0].tool: unknown tool \"b\" (tools: a)"}, /* the line of the value */
 		{"{\"tools\":[],\"intents\":[{\"tool\":\"b\"}]}", "tools: must be a non-empty array"},
 		{"{\"tools\":[{\"function\":{\"name\":\"a\",\"parameters\":{\"type\":\"object\",\"properties\":"
 		 "{\"x\":{\"type\":\"float\"}}}}}],\"intents\":[{\"tool\":\"a\"}]}",
@@ -229,7 +229,8 @@ static void test_spec_errors(void)
 		char *p = write_file("bad.json", cases[i].edit);
 		struct dsgen_spec *s = dsgen_spec_load(p, &e);
 		char want[600];
-		snprintf(want, sizeof want, "%s: %s", p, cases[i].msg);
+		/* "FILE:LINE: field: what"; the cases are one line but the first */
+		snprintf(want, sizeof want, "%s:%s%s", p, i ? "1: " : "", cases[i].msg);
 		CHECK(!s && !strncmp(e.msg, want, strlen(want)), "case %zu: \"%s\", expected \"%s...\"", i, e.msg, want);
 		dsgen_spec_free(s);
 	}
