@@ -2638,6 +2638,58 @@ static void cut(struct rt *r)
 	r->cuts[r->ncuts++] = r->out->len;
 }
 
+/* {{ a + b + c }} and {{ a ~ b ~ c }}: each operand's text printed in turn,
+ * not the strings Python builds one + at a time and then prints (the same
+ * bytes and origins, as runs of one origin merge either way). Operands are
+ * evaluated, stepped and converted in the order eval takes them; a chain of +
+ * meeting an operand that is not a string goes on as eval does from there. */
+static void emit_chain(struct rt *r, struct frame *f, const struct tp_node *n)
+{
+	int cat = n->kind == N_CONCAT;
+	uint32_t k = 0;
+	for (const struct tp_node *x = n; cat ? x->kind == N_CONCAT : (x->kind == N_BIN && x->op == OP_ADD); x = x->a)
+		k++;
+	const struct tp_node **ops = tp_alloc(&r->a, (size_t)k * sizeof *ops); /* innermost first */
+	const struct tp_node *x = n;
+	for (uint32_t i = k; i-- > 0; x = x->a)
+		ops[i] = x;
+	for (uint32_t i = k; i-- > 0;)
+		step(r, ops[i]->line); /* eval steps the outermost first */
+	struct tp_str *parts = tp_alloc(&r->a, ((size_t)k + 1) * sizeof *parts);
+	uint32_t np = 0;
+	struct tp_val acc = eval(r, f, ops[0]->a);
+	int plain = cat || acc.type == TP_STR;
+	for (uint32_t i = 0; i < k; i++) {
+		struct tp_val b = eval(r, f, ops[i]->b);
+		if (cat) {
+			if (i == 0)
+				parts[np++] = to_str(r, acc);
+			parts[np++] = to_str(r, b);
+			continue;
+		}
+		if (plain && b.type == TP_STR) {
+			if (i == 0)
+				parts[np++] = acc.u.s;
+			parts[np++] = b.u.s;
+			continue;
+		}
+		if (plain && i > 0) { /* the strings so far, joined as the + before would have */
+			struct tp_sb sb = sb_new(r);
+			for (uint32_t j = 0; j < np; j++)
+				tp_sb_str(&r->a, &sb, parts[j]);
+			acc = tp_mk_str(tp_sb_done(&sb));
+		}
+		plain = 0;
+		acc = arith(r, ops[i]->line, OP_ADD, acc, b);
+	}
+	if (!plain) {
+		emit(r, acc);
+		return;
+	}
+	for (uint32_t j = 0; j < np; j++)
+		tp_sb_str(&r->a, r->out, parts[j]);
+}
+
 static int exec_body(struct rt *r, struct frame *f, const struct tp_stmt *s)
 {
 	for (; s; s = s->next) {
@@ -2648,7 +2700,10 @@ static int exec_body(struct rt *r, struct frame *f, const struct tp_stmt *s)
 			cut(r);
 			break;
 		case S_OUT:
-			emit(r, eval(r, f, s->e));
+			if (s->e->kind == N_CONCAT || (s->e->kind == N_BIN && s->e->op == OP_ADD))
+				emit_chain(r, f, s->e);
+			else
+				emit(r, eval(r, f, s->e));
 			cut(r);
 			break;
 		case S_IF: {
