@@ -739,9 +739,10 @@ static int markers_from_json(struct chat_model *m, const char *path, struct err 
 	struct err e2 = {0};
 	char *text = read_file_max(path, (size_t)1 << 30, &len, &e2);
 	size_t a, b;
-	int found = text && jsonl_locate(text, len, "", &a, &b) == 1 && text[a] == '{'
-			    ? jsonl_locate(text, len, "added_tokens", &a, &b)
-			    : -1;
+	size_t at = 0;
+	while (text && at < len && strchr(" \t\r\n", text[at]))
+		at++;
+	int found = text && at < len && text[at] == '{' ? jsonl_locate(text, len, "added_tokens", &a, &b) : -1;
 	if (found < 0) {
 		free(text);
 		return 0;

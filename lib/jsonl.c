@@ -906,14 +906,17 @@ static int key_is(const char *s, size_t k, const char *key, size_t kn)
 /* In the container at s[*i] ('{' or '['): the value of the last member named
  * key (an object) or element number idx (an array; key NULL) into [*a, *b).
  * Returns 1, 0 when there is none, -1 when the scan finds no valid container. */
-static int scan_in(const char *s, size_t n, size_t i, const char *key, size_t kn, long idx, size_t *a, size_t *b)
+static int scan_in(const char *s, size_t n, size_t i, const char *key, size_t kn, long idx, size_t *a, size_t *b,
+		   size_t *end)
 {
 	int obj = s[i] == '{', found = 0;
 	if ((key != NULL) != obj)
 		return 0;
 	i = scan_ws(s, n, i + 1);
-	if (i < n && s[i] == (obj ? '}' : ']'))
+	if (i < n && s[i] == (obj ? '}' : ']')) {
+		*end = i + 1;
 		return 0;
+	}
 	for (long at = 0;; at++) {
 		int hit = !obj && at == idx;
 		if (obj) {
@@ -932,8 +935,10 @@ static int scan_in(const char *s, size_t n, size_t i, const char *key, size_t kn
 		if (hit)
 			*a = i, *b = i + v, found = 1;
 		i = scan_ws(s, n, i + v);
-		if (i < n && s[i] == (obj ? '}' : ']'))
+		if (i < n && s[i] == (obj ? '}' : ']')) {
+			*end = i + 1;
 			return found;
+		}
 		if (i >= n || s[i] != ',')
 			return -1;
 		i = scan_ws(s, n, i + 1);
@@ -942,10 +947,16 @@ static int scan_in(const char *s, size_t n, size_t i, const char *key, size_t kn
 
 int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b)
 {
-	size_t i = scan_ws(s, n, 0), v = i < n ? scan_value(s + i, n - i) : 0;
-	if (!v || scan_ws(s, n, i + v) != n)
-		return -1;
-	*a = i, *b = i + v;
+	size_t i = scan_ws(s, n, 0);
+	if (!*path) { /* the whole text: one value, then only white space */
+		size_t v = i < n ? scan_value(s + i, n - i) : 0;
+		if (!v || scan_ws(s, n, i + v) != n)
+			return -1;
+		*a = i, *b = i + v;
+		return 1;
+	}
+	*a = i, *b = n;
+	int top = 1;
 	const char *p = path;
 	while (*p) {
 		char key[256];
@@ -970,8 +981,18 @@ int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b
 			if (!kn || kn == sizeof key)
 				return 0;
 		}
-		size_t na, nb;
-		int r = scan_in(s, n, *a, idx < 0 ? key : NULL, kn, idx, &na, &nb);
+		size_t na, nb, end = 0;
+		if (*a >= n || (s[*a] != '{' && s[*a] != '[')) { /* a scalar names nothing inside */
+			if (!top)
+				return 0;
+			size_t v = *a < n ? scan_value(s + *a, n - *a) : 0;
+			return v && scan_ws(s, n, *a + v) == n ? 0 : -1;
+		}
+		int r = scan_in(s, n, *a, idx < 0 ? key : NULL, kn, idx, &na, &nb, &end);
+		/* the top-level value is scanned whole here: only white space may follow it */
+		if (top && r >= 0 && scan_ws(s, n, end) != n)
+			r = -1;
+		top = 0;
 		if (r <= 0)
 			return r;
 		*a = na, *b = nb;
