@@ -426,11 +426,14 @@ int q8_quantize(const float *x, int64_t rows, int64_t cols, struct q8 *q, struct
 	}
 	q->rows = rows;
 	q->cols = cols;
-	/* bitsandbytes' int8_vectorwise_quant: round-half-even(x * (127 / absmax));
-	 * a zero row has 127 / 0 = inf and 0 * inf = NaN, which torch turns into 0 */
+	/* bitsandbytes' int8_vectorwise_quant: round-half-even(x * (127.0 / absmax)),
+	 * where torch computes a number over a tensor as the tensor's reciprocal
+	 * times the number (two roundings; a single division decides some near
+	 * ties the other way). A zero row has 1 / 0 = inf and 0 * inf = NaN,
+	 * which torch turns into 0. */
 	for (int64_t r = 0; r < rows; r++) {
 		const float *xr = x + r * cols;
-		float m = absmax_of(xr, cols), k = 127.0f / m;
+		float m = absmax_of(xr, cols), k = (1.0f / m) * 127.0f;
 		q->scale[r] = m;
 		for (int64_t c = 0; c < cols; c++) {
 			float v = nearbyintf(xr[c] * k);

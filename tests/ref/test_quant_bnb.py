@@ -159,7 +159,14 @@ def check_int8(torch, F, tmp, rng):
     c = np.tile(np.arange(-127, 128, dtype=np.float32)[None, :] + np.float32(0.5), (3, 1))
     c[:, -1] = 127.0  # absmax 127: x * (127 / 127) keeps the .5 ties exact
     d = np.tile(np.array([127.0, -63.5, 62.5, 0.5, -0.5, 1.5, 2.5], np.float32), (2, 1))
-    for label, x in [("normal-zero-row", a), ("heavy", b), ("ties", c), ("ties-small", d)]:
+    # near ties under any absmax: x = (n + 0.5) * m / 127 and its float neighbours, where
+    # torch's 127.0 / m (the reciprocal times 127, two roundings) decides the code
+    m = rng.uniform(0.05, 2.0, 200).astype(np.float32)
+    n = rng.integers(-126, 126, (200, 63))
+    mid = ((n + 0.5) * m[:, None].astype(np.float64) / 127).astype(np.float32)
+    e = np.concatenate([mid, np.nextafter(mid, np.float32(np.inf)), np.nextafter(mid, np.float32(-np.inf))], axis=1)
+    e = np.concatenate([e, m[:, None]], axis=1).astype(np.float32)
+    for label, x in [("normal-zero-row", a), ("heavy", b), ("ties", c), ("ties-small", d), ("near-ties", e)]:
         inp, out = os.path.join(tmp, "x.f32"), os.path.join(tmp, "i8")
         x.tofile(inp)
         run_driver(["int8", str(x.shape[1]), inp, out])
