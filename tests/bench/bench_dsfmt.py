@@ -11,7 +11,9 @@ bound of ds-fmt's advantage. A second ratio is against the same work done in
 Python: each line parsed (json.loads), rendered, rendered again up to each
 assistant turn with the generation prompt (where the learned bytes start, as
 ds-fmt finds them) and written (json.dumps) — what a script producing ds-fmt's
-output with transformers has to do. Also printed: ds-fmt's start-up (one record: the
+output with transformers has to do. With qwen2_5 a second set is timed:
+examples/bank/train.jsonl, the pipeline's own data, whose records all carry the
+same four tools (as ds-gen writes them). Also printed: ds-fmt's start-up (one record: the
 template, tokenizer_config.json and tokenizer.json's added tokens) and the rate
 without it. ds-fmt formats records on one worker thread per CPU it may run on
 (at most 16; the output is the same for any count); transformers uses one.
@@ -30,7 +32,72 @@ import dsfmt_common as C  # noqa: E402
 from make_conversations import conversations  # noqa: E402
 
 N = int(os.environ.get("BENCH_DSFMT_RECORDS", "20000"))
+BANK = os.path.join(ROOT, "examples", "bank", "train.jsonl")
 TEMPLATES = os.environ.get("BENCH_DSFMT_TEMPLATES", "qwen2_5,llama3_2,gemma3,mistral_nemo,smollm2").split(",")
+
+
+def measure(t, label, base, tmp):
+    """Times ds-fmt and transformers on base (what both accept) repeated to N records."""
+    name = label.replace(" ", "-")
+    # only what ds-fmt accepts too (it refuses records with nothing to learn, empty content ...)
+    probe = os.path.join(tmp, name + ".probe.jsonl")
+    with open(probe, "w", encoding="utf-8") as f:
+        for r in base:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    p = subprocess.run(t.dsfmt_cmd("--skip-bad", probe), capture_output=True)
+    took = {json.loads(x).get("id") for x in p.stdout.decode().splitlines() if x.strip()}
+    base = [r for r in base if r["id"] in took]
+    if not base:
+        print(f"{label:14s} ds-fmt accepts none of the conversations ({p.returncode}): {p.stderr.decode(errors='replace')[:200]}")
+        return
+    recs = [dict(base[i % len(base)], id=i) for i in range(N)]
+    inp = os.path.join(tmp, name + ".jsonl")
+    with open(inp, "w", encoding="utf-8") as f:
+        for r in recs:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    out = os.path.join(tmp, name + ".out.jsonl")
+    t0 = time.perf_counter()
+    p = subprocess.run(t.dsfmt_cmd("-o", out, inp), capture_output=True)
+    ours = time.perf_counter() - t0
+    if p.returncode != 0:
+        print(f"{label:14s} ds-fmt failed ({p.returncode}): {p.stderr.decode(errors='replace')[:300]}")
+        return
+    one = os.path.join(tmp, name + ".one.jsonl")
+    with open(one, "w", encoding="utf-8") as f:
+        f.write(json.dumps(recs[0], ensure_ascii=False) + "\n")
+    t0 = time.perf_counter()
+    subprocess.run(t.dsfmt_cmd("-o", out + ".one", one), capture_output=True)
+    startup = time.perf_counter() - t0
+    msgs = [(t.normalize(r["messages"]), r.get("tools")) for r in recs]
+    t.hf.apply_chat_template(msgs[0][0], tools=msgs[0][1], tokenize=False)  # compile once
+    t0 = time.perf_counter()
+    for m, tools in msgs:
+        t.hf.apply_chat_template(m, tools=tools, tokenize=False)
+    theirs = time.perf_counter() - t0
+    lines = [json.dumps(r, ensure_ascii=False) for r in recs]
+    t0 = time.perf_counter()
+    for line in lines:
+        r = json.loads(line)
+        m = t.normalize(r["messages"])
+        tools = r.get("tools")
+        text = t.hf.apply_chat_template(m, tools=tools, tokenize=False)
+        starts = []
+        for k, x in enumerate(m):
+            if x.get("role") == "assistant":
+                try:  # as ds-fmt: a prefix the template refuses leaves the start unknown
+                    starts.append(len(t.hf.apply_chat_template(m[:k], tools=tools, tokenize=False,
+                                                               add_generation_prompt=True)))
+                except Exception:
+                    starts.append(-1)
+        json.dumps({"text": text, "train": starts, "id": r.get("id")}, ensure_ascii=False)
+    same_work = time.perf_counter() - t0
+    print(f"{label:14s} ds-fmt {N / ours:10.0f} records/s ({ours:.2f} s)   "
+          f"apply_chat_template {N / theirs:8.0f} records/s ({theirs:.2f} s)   "
+          f"ratio {theirs / ours:6.1f}x (target >= 50x)   "
+          f"[ds-fmt start-up {startup:.2f} s; without it {N / max(ours - startup, 1e-9):.0f} records/s, "
+          f"ratio {theirs / max(ours - startup, 1e-9):.1f}x]", flush=True)
+    print(f"{'':14s} the same work in Python (json.loads, render, a render per learned turn, json.dumps) "
+          f"{N / same_work:8.0f} records/s ({same_work:.2f} s)   ratio {same_work / ours:6.1f}x", flush=True)
 
 
 def main():
@@ -48,65 +115,11 @@ def main():
             print(f"{t.name:14s} skipped: {t.skip}")
             continue
         base = [r for r in conversations(t.features) if t.render(r["messages"], r.get("tools"))[0] == "ok"]
-        # only what ds-fmt accepts too (it refuses records with nothing to learn, empty content ...)
-        probe = os.path.join(tmp, t.name + ".probe.jsonl")
-        with open(probe, "w", encoding="utf-8") as f:
-            for r in base:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        p = subprocess.run(t.dsfmt_cmd("--skip-bad", probe), capture_output=True)
-        took = {json.loads(x).get("id") for x in p.stdout.decode().splitlines() if x.strip()}
-        base = [r for r in base if r["id"] in took]
-        if not base:
-            print(f"{t.name:14s} ds-fmt accepts none of the conversations ({p.returncode}): {p.stderr.decode(errors='replace')[:200]}")
-            continue
-        recs = [dict(base[i % len(base)], id=i) for i in range(N)]
-        inp = os.path.join(tmp, t.name + ".jsonl")
-        with open(inp, "w", encoding="utf-8") as f:
-            for r in recs:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        out = os.path.join(tmp, t.name + ".out.jsonl")
-        t0 = time.perf_counter()
-        p = subprocess.run(t.dsfmt_cmd("-o", out, inp), capture_output=True)
-        ours = time.perf_counter() - t0
-        if p.returncode != 0:
-            print(f"{t.name:14s} ds-fmt failed ({p.returncode}): {p.stderr.decode(errors='replace')[:300]}")
-            continue
-        one = os.path.join(tmp, t.name + ".one.jsonl")
-        with open(one, "w", encoding="utf-8") as f:
-            f.write(json.dumps(recs[0], ensure_ascii=False) + "\n")
-        t0 = time.perf_counter()
-        subprocess.run(t.dsfmt_cmd("-o", out + ".one", one), capture_output=True)
-        startup = time.perf_counter() - t0
-        msgs = [(t.normalize(r["messages"]), r.get("tools")) for r in recs]
-        t.hf.apply_chat_template(msgs[0][0], tools=msgs[0][1], tokenize=False)  # compile once
-        t0 = time.perf_counter()
-        for m, tools in msgs:
-            t.hf.apply_chat_template(m, tools=tools, tokenize=False)
-        theirs = time.perf_counter() - t0
-        lines = [json.dumps(r, ensure_ascii=False) for r in recs]
-        t0 = time.perf_counter()
-        for line in lines:
-            r = json.loads(line)
-            m = t.normalize(r["messages"])
-            tools = r.get("tools")
-            text = t.hf.apply_chat_template(m, tools=tools, tokenize=False)
-            starts = []
-            for k, x in enumerate(m):
-                if x.get("role") == "assistant":
-                    try:  # as ds-fmt: a prefix the template refuses leaves the start unknown
-                        starts.append(len(t.hf.apply_chat_template(m[:k], tools=tools, tokenize=False,
-                                                                   add_generation_prompt=True)))
-                    except Exception:
-                        starts.append(-1)
-            json.dumps({"text": text, "train": starts, "id": r.get("id")}, ensure_ascii=False)
-        same_work = time.perf_counter() - t0
-        print(f"{t.name:14s} ds-fmt {N / ours:10.0f} records/s ({ours:.2f} s)   "
-              f"apply_chat_template {N / theirs:8.0f} records/s ({theirs:.2f} s)   "
-              f"ratio {theirs / ours:6.1f}x (target >= 50x)   "
-              f"[ds-fmt start-up {startup:.2f} s; without it {N / max(ours - startup, 1e-9):.0f} records/s, "
-              f"ratio {theirs / max(ours - startup, 1e-9):.1f}x]", flush=True)
-        print(f"{'':14s} the same work in Python (json.loads, render, a render per learned turn, json.dumps) "
-              f"{N / same_work:8.0f} records/s ({same_work:.2f} s)   ratio {same_work / ours:6.1f}x", flush=True)
+        measure(t, t.name, base, tmp)
+        if t.name == "qwen2_5":  # the pipeline's own data: every record carries the same four tools
+            with open(BANK, encoding="utf-8") as f:
+                bank = [json.loads(x) for x in f if x.strip()]
+            measure(t, "qwen2_5 bank", bank, tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
