@@ -13,7 +13,9 @@ assistant turn with the generation prompt (where the learned bytes start, as
 ds-fmt finds them) and written (json.dumps) — what a script producing ds-fmt's
 output with transformers has to do. With qwen2_5 a second set is timed:
 examples/bank/train.jsonl, the pipeline's own data, whose records all carry the
-same four tools (as ds-gen writes them). Also printed: ds-fmt's start-up (one record: the
+same four tools (as ds-gen writes them), and conversations of 20 turns, where
+one prefix render per learned turn makes ds-fmt's work grow with the square
+of the number of turns. Also printed: ds-fmt's start-up (one record: the
 template, tokenizer_config.json and tokenizer.json's added tokens) and the rate
 without it. ds-fmt formats records on one worker thread per CPU it may run on
 (at most 16; the output is the same for any count); transformers uses one.
@@ -36,8 +38,21 @@ BANK = os.path.join(ROOT, "examples", "bank", "train.jsonl")
 TEMPLATES = os.environ.get("BENCH_DSFMT_TEMPLATES", "qwen2_5,llama3_2,gemma3,mistral_nemo,smollm2").split(",")
 
 
-def measure(t, label, base, tmp):
-    """Times ds-fmt and transformers on base (what both accept) repeated to N records."""
+def long_conversations(turns, count):
+    """count conversations of a system prompt and turns user/assistant pairs."""
+    out = []
+    for i in range(count):
+        m = [{"role": "system", "content": "You are the assistant of Example Bank."}]
+        for k in range(turns):
+            m.append({"role": "user", "content": f"Question {k} of conversation {i}: the balance of account {k * 7 + i}?"})
+            m.append({"role": "assistant", "content": f"Answer {k}: account {k * 7 + i} holds {k * 13 + i} euros."})
+        out.append({"id": i, "messages": m})
+    return out
+
+
+def measure(t, label, base, tmp, n=None):
+    """Times ds-fmt and transformers on base (what both accept) repeated to n records (default N)."""
+    N = n or globals()["N"]
     name = label.replace(" ", "-")
     # only what ds-fmt accepts too (it refuses records with nothing to learn, empty content ...)
     probe = os.path.join(tmp, name + ".probe.jsonl")
@@ -120,6 +135,9 @@ def main():
             with open(BANK, encoding="utf-8") as f:
                 bank = [json.loads(x) for x in f if x.strip()]
             measure(t, "qwen2_5 bank", bank, tmp)
+            # long conversations, every turn learned: one prefix render per turn makes ds-fmt's
+            # work grow with the square of the turns (--train-turns last avoids it)
+            measure(t, "qwen2_5 20 turns", long_conversations(20, 50), tmp, max(N // 10, 1))
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
