@@ -79,30 +79,17 @@ static int cmp_ptr(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static void count_boxes(struct tp_val v, uint32_t *n)
-{
-	if (v.type == TP_LIST) {
-		++*n;
-		for (uint32_t i = 0; i < v.u.l->n; i++)
-			count_boxes(v.u.l->v[i], n);
-	} else if (v.type == TP_DICT) {
-		++*n;
-		for (uint32_t i = 0; i < v.u.d->n; i++)
-			count_boxes(v.u.d->v[i], n);
-	}
-}
-
+/* Every container of v into out (NULL: only counted in *n). */
 static void list_boxes(struct tp_val v, const void **out, uint32_t *n)
 {
-	if (v.type == TP_LIST) {
-		out[(*n)++] = v.u.l;
-		for (uint32_t i = 0; i < v.u.l->n; i++)
-			list_boxes(v.u.l->v[i], out, n);
-	} else if (v.type == TP_DICT) {
-		out[(*n)++] = v.u.d;
-		for (uint32_t i = 0; i < v.u.d->n; i++)
-			list_boxes(v.u.d->v[i], out, n);
-	}
+	uint32_t k = v.type == TP_LIST ? v.u.l->n : v.type == TP_DICT ? v.u.d->n : 0;
+	if (v.type != TP_LIST && v.type != TP_DICT)
+		return;
+	if (out)
+		out[*n] = v.type == TP_LIST ? (const void *)v.u.l : (const void *)v.u.d;
+	++*n;
+	for (uint32_t i = 0; i < k; i++)
+		list_boxes(v.type == TP_LIST ? v.u.l->v[i] : v.u.d->v[i], out, n);
 }
 
 int tp_cache_value(struct tmpl_cache *c, const char *name, jv v, struct tp_val *out, jmp_buf *fail, struct err *err)
@@ -135,7 +122,7 @@ int tp_cache_value(struct tmpl_cache *c, const char *name, jv v, struct tp_val *
 	struct tp_org o = {-1, TMPL_INPUT, victim->name};
 	victim->v = tp_from_jv(&victim->a, v, o);
 	uint32_t n = 0;
-	count_boxes(victim->v, &n);
+	list_boxes(victim->v, NULL, &n);
 	victim->boxes = tp_alloc(&victim->a, (size_t)n * sizeof *victim->boxes);
 	victim->nboxes = 0;
 	list_boxes(victim->v, victim->boxes, &victim->nboxes);

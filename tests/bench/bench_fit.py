@@ -35,7 +35,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "ref"))
-from refcommon import find_gguf  # noqa: E402
+from refcommon import smollm2_fp32  # noqa: E402
 
 FIT = os.path.join(ROOT, "bin", "qlora-fit")
 TOKS = os.path.join(ROOT, "build", "ref", "tokstream_driver")
@@ -44,9 +44,6 @@ SEQ = int(os.environ.get("BENCH_SEQ", "512"))
 STEPS = int(os.environ.get("BENCH_STEPS", "6"))
 RANK, ALPHA = 16, 32
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-               num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5,
-               rope_theta=100000.0, tie_word_embeddings=True)
 
 
 def hwm_kb(pid="self"):
@@ -106,19 +103,7 @@ def torch_side(folder):
 def make_model(tmp):
     import torch
     import transformers as tf
-    gguf = find_gguf()
-    model = None
-    if gguf:
-        try:
-            model = tf.AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
-                                                            dtype=torch.float32)
-            what = f"SmolLM2-135M-Instruct ({os.path.basename(gguf)} dequantized to fp32)"
-        except Exception as ex:  # noqa: BLE001 - any failure falls back to the random model
-            print(f"# transformers cannot read {gguf}: {ex}; a random model of its config instead")
-    if model is None:
-        torch.manual_seed(0)
-        model = tf.LlamaForCausalLM(tf.LlamaConfig(**SMOLLM2)).to(torch.float32)
-        what = "random model of SmolLM2-135M's config"
+    model, what = smollm2_fp32(torch, tf)
     path = os.path.join(tmp, "model")
     model.save_pretrained(path, safe_serialization=True)
     return path, model.config.vocab_size, what

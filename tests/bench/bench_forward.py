@@ -23,34 +23,15 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "ref"))
-from refcommon import find_gguf  # noqa: E402
+from refcommon import smollm2_fp32  # noqa: E402
 
 DRIVER = os.path.join(ROOT, "build", "ref", "model_driver")
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 N = int(os.environ.get("BENCH_N", "512"))
 REPS = 3
 
-SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-               num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5,
-               rope_theta=100000.0, tie_word_embeddings=True)
-
-
 def make_model(tmp, torch, tf):
-    gguf = find_gguf()
-    if gguf:
-        try:
-            model = tf.AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
-                                                            torch_dtype=torch.float32)
-            what = f"SmolLM2-135M-Instruct ({os.path.basename(gguf)} dequantized to fp32)"
-        except Exception as ex:  # noqa: BLE001 - any failure falls back to the random model
-            print(f"# transformers cannot read {gguf}: {ex}; a random model of its config instead")
-            model = None
-    else:
-        model = None
-    if model is None:
-        torch.manual_seed(0)
-        model = tf.LlamaForCausalLM(tf.LlamaConfig(**SMOLLM2)).to(torch.float32)
-        what = "random model of SmolLM2-135M's config"
+    model, what = smollm2_fp32(torch, tf)
     model.config._attn_implementation = "sdpa"
     model.eval()
     path = os.path.join(tmp, "model")

