@@ -68,14 +68,13 @@ struct item {
 	int rc;         /* 1: formatted; -1: bad record (err) */
 	long line;
 	struct err err;
-	size_t out, out_end; /* its output lines: the batch's out[out, out_end) */
+	size_t out, out_end; /* its output lines: the batch's out.p[out, out_end) */
 };
 
 struct batch {
 	struct item it[BATCH];
 	int n, done;
-	char *out; /* the lines the worker wrote for the batch's records */
-	size_t out_len, out_cap;
+	struct jsonl_buf out; /* the lines the worker wrote for the batch's records */
 	struct batch *next;       /* in the queue of batches no worker has taken */
 	struct batch *order_next; /* in the main thread's list of batches in flight */
 };
@@ -108,28 +107,26 @@ static void format_item(struct worker *w, struct batch *b, struct item *it)
 		free(it->text);
 		it->text = NULL;
 	}
-	it->out = it->out_end = b->out_len;
+	it->out = it->out_end = b->out.n;
 	if (it->rc < 0) {
 		jv_free(it->recs);
 		return;
 	}
 	jv_array_foreach(it->recs, i, one) {
-		jv res;
-		if (it->rc > 0 && chat_format_record(w->m, &w->o, one, &res, &it->err) < 0) {
+		if (it->rc > 0 && chat_format_line(w->m, &w->o, one, &b->out, &it->err) < 0) {
 			char what[sizeof it->err.msg];
 			snprintf(what, sizeof what, "%s", it->err.msg);
 			it->rc = err_set(&it->err, "%s:%ld: %s", w->p->name, it->line, what);
-		} else if (it->rc > 0) {
-			if (jsonl_format(res, &b->out, &it->out_end, &b->out_cap, &it->err) < 0)
-				it->rc = -1;
-		} else {
+		} else if (it->rc <= 0) {
 			jv_free(one);
 		}
 		(void)i;
 	}
 	jv_free(it->recs);
 	if (it->rc > 0)
-		b->out_len = it->out_end;
+		it->out_end = b->out.n;
+	else /* the lines of the records --jq made before the bad one */
+		b->out.n = it->out;
 }
 
 static void *worker_main(void *arg)
@@ -143,6 +140,7 @@ static void *worker_main(void *arg)
 		if (p->quit) {
 			pthread_mutex_unlock(&p->mu);
 			tmpl_thread_release();
+			chat_thread_release();
 			return NULL;
 		}
 		struct batch *b = p->todo;
@@ -192,7 +190,7 @@ static void batch_free(struct batch *b)
 {
 	for (int i = 0; i < b->n; i++)
 		free(b->it[i].text);
-	free(b->out);
+	free(b->out.p);
 	free(b);
 }
 
@@ -339,7 +337,7 @@ int main(int argc, char **argv)
 			struct item *it = &b->it[i];
 			if (it->rc > 0) {
 				size_t n = it->out_end - it->out;
-				if (fwrite(b->out + it->out, 1, n, out->f) != n) {
+				if (fwrite(b->out.p + it->out, 1, n, out->f) != n) {
 					err_sys(&stop, "write error:");
 					stopping = 1;
 				} else {

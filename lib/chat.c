@@ -18,11 +18,34 @@
 
 /* ---------------------------------------------------------------- jv helpers */
 
-static jv obj_get(jv o, const char *key) { return jv_object_get(jv_copy(o), jv_string(key)); }
+/* The keys looked up, as jv strings made once per thread: jv_string(key)
+ * would allocate, check the UTF-8 and hash the key at every lookup. */
+#define KEYS_KEPT 32
+static _Thread_local jv keys_kept[KEYS_KEPT];
+static _Thread_local int nkeys_kept;
+
+static jv key_jv(const char *key)
+{
+	for (int i = 0; i < nkeys_kept; i++)
+		if (!strcmp(jv_string_value(keys_kept[i]), key))
+			return jv_copy(keys_kept[i]);
+	jv k = jv_string(key);
+	if (nkeys_kept < KEYS_KEPT)
+		keys_kept[nkeys_kept++] = jv_copy(k);
+	return k;
+}
+
+void chat_thread_release(void)
+{
+	while (nkeys_kept > 0)
+		jv_free(keys_kept[--nkeys_kept]);
+}
+
+static jv obj_get(jv o, const char *key) { return jv_object_get(jv_copy(o), key_jv(key)); }
 
 static int obj_has(jv o, const char *key)
 {
-	return jv_object_has(jv_copy(o), jv_string(key));
+	return jv_object_has(jv_copy(o), key_jv(key));
 }
 
 static jv msg_new(const char *role, jv content)
@@ -1329,20 +1352,36 @@ static long prompt_shared(const struct tmpl *t, const struct tmpl_ctx *cx, int i
 	return inside ? cut : -1;
 }
 
-int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv rec, jv *out, struct err *err)
+/* What one record formats into: the rendering, its spans, the expected
+ * answer (--add-generation-prompt) or invalid, and the record itself, whose
+ * other keys pass through. */
+struct formatted {
+	struct tmpl_output ro;
+	jv spans, expected, rec;
+};
+
+static void formatted_free(struct formatted *f)
 {
-	jv pass = jv_object();
-	if (jv_get_kind(rec) == JV_KIND_OBJECT) {
-		jv_object_foreach(rec, k, v) {
-			if (chat_key_consumed(jv_string_value(k)))
-				jv_free(k), jv_free(v);
-			else
-				pass = jv_object_set(pass, k, v);
-		}
-	}
+	tmpl_output_free(&f->ro);
+	jv_free(f->spans), jv_free(f->expected), jv_free(f->rec);
+}
+
+/* Whether an input key passes through: not one the conversion consumed,
+ * nor one of the output's own ("text", "train", "expected" when there is
+ * one), which the input's would otherwise overwrite. */
+static int passes(const char *key, const struct formatted *f)
+{
+	return !chat_key_consumed(key) && strcmp(key, "text") && strcmp(key, "train") &&
+	       !(jv_is_valid(f->expected) && !strcmp(key, "expected"));
+}
+
+static int format_record(const struct chat_model *m, const struct chat_opts *o, jv rec, struct formatted *f,
+			 struct err *err)
+{
+	*f = (struct formatted){.spans = jv_invalid(), .expected = jv_invalid(), .rec = jv_copy(rec)};
 	jv conv = chat_to_messages(rec, o->input, err);
 	if (!jv_is_valid(conv)) {
-		jv_free(pass);
+		formatted_free(f);
 		return -1;
 	}
 	jv msgs = obj_get(conv, "messages");
@@ -1434,25 +1473,76 @@ int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv
 			tmpl_output_free(&po);
 		}
 	}
-	jv spans;
-	if (chat_spans(&ro, trained, body, agp, (size_t)n, &m->mk, &spans, err) < 0)
+	if (chat_spans(&ro, trained, body, agp, (size_t)n, &m->mk, &f->spans, err) < 0)
 		goto fail;
-	jv res = JV_OBJECT(jv_string("text"), jv_string_sized(ro.text, (int)ro.len), jv_string("train"), spans);
-	if (jv_is_valid(expected))
-		res = jv_object_set(res, jv_string("expected"), expected);
-	else
-		jv_free(expected);
-	*out = jv_object_merge(res, pass);
+	f->ro = ro, f->expected = expected;
+	ro = (struct tmpl_output){0};
 	goto done;
 fail:
 	rc = -1;
-	jv_free(pass), jv_free(expected);
+	jv_free(expected);
+	formatted_free(f);
 done:
 	tmpl_output_free(&ro);
 	tmpl_ctx_free(cx);
 	free(trained), free(body);
 	jv_free(msgs), jv_free(tools);
 	return rc;
+}
+
+int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv rec, jv *out, struct err *err)
+{
+	struct formatted f;
+	if (format_record(m, o, rec, &f, err) < 0)
+		return -1;
+	jv res = JV_OBJECT(jv_string("text"), jv_string_sized(f.ro.text, (int)f.ro.len), jv_string("train"),
+			   jv_copy(f.spans));
+	if (jv_is_valid(f.expected))
+		res = jv_object_set(res, jv_string("expected"), jv_copy(f.expected));
+	jv_object_foreach(f.rec, k, v) {
+		if (passes(jv_string_value(k), &f))
+			res = jv_object_set(res, k, v);
+		else
+			jv_free(k), jv_free(v);
+	}
+	formatted_free(&f);
+	*out = res;
+	return 0;
+}
+
+int chat_format_line(const struct chat_model *m, const struct chat_opts *o, jv rec, struct jsonl_buf *b,
+		     struct err *err)
+{
+	struct formatted f;
+	if (format_record(m, o, rec, &f, err) < 0)
+		return -1;
+	size_t start = b->n;
+	jsonl_put(b, "{\"text\":", 8);
+	jsonl_put_string(b, f.ro.text, f.ro.len);
+	jsonl_put(b, ",\"train\":", 9);
+	jsonl_put_value(b, jv_copy(f.spans));
+	if (jv_is_valid(f.expected)) {
+		jsonl_put(b, ",\"expected\":", 12);
+		jsonl_put_value(b, jv_copy(f.expected));
+	}
+	jv_object_foreach(f.rec, k, v) {
+		if (passes(jv_string_value(k), &f)) {
+			jsonl_put(b, ",", 1);
+			jsonl_put_string(b, jv_string_value(k), (size_t)jv_string_length_bytes(jv_copy(k)));
+			jsonl_put(b, ":", 1);
+			jsonl_put_value(b, v);
+		} else {
+			jv_free(v);
+		}
+		jv_free(k);
+	}
+	jsonl_put(b, "}\n", 2);
+	formatted_free(&f);
+	if (b->oom) {
+		b->n = start;
+		return err_sys(err, "out of memory");
+	}
+	return 0;
 }
 
 /* ------------------------------------------------------------ tool options */

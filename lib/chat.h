@@ -24,6 +24,8 @@
 #include "msg.h"
 #include "template.h"
 
+struct jsonl_buf;
+
 enum chat_input {
 	CHAT_INPUT_AUTO = 0, /* per record: "messages", "conversations", or "instruction" */
 	CHAT_INPUT_OPENAI,
@@ -101,10 +103,20 @@ struct chat_opts {
 	enum chat_input input;
 };
 
+/* Frees what the calling thread keeps for its next records (the keys it
+ * looks up): a thread that formats records calls it before it ends. */
+void chat_thread_release(void);
+
 /* Formats one record (consumed) into a format-2 record in *out:
- * {"text","train",["expected"], other keys of the input}. Returns 0 or -1. */
+ * {"text","train",["expected"], other keys of the input}; an input key of
+ * the same name as one of the output's own is dropped. Returns 0 or -1. */
 int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv rec, jv *out,
 		       struct err *err);
+/* chat_format_record writing the record as a line (newline included) at
+ * the end of b, the bytes jsonl_format would write for it, without making
+ * the text a jv first. On error b is as it was. */
+int chat_format_line(const struct chat_model *m, const struct chat_opts *o, jv rec, struct jsonl_buf *b,
+		     struct err *err);
 
 /* End-of-turn markers: strings of which the first one to begin in a turn's
  * closing template text ends the learned span. The first nfirst (special

@@ -190,7 +190,8 @@ static void jsonl_jq_message(jv v, char *out, size_t size)
 	jv_free(msg);
 }
 
-long jsonl_unsafe_at(const char *s, size_t n, const char **why)
+/* jsonl_unsafe_at's checks of the bytes alone. */
+static long bad_bytes_at(const char *s, size_t n, const char **why)
 {
 	const char *nul = memchr(s, '\0', n);
 	if (nul) {
@@ -198,14 +199,24 @@ long jsonl_unsafe_at(const char *s, size_t n, const char **why)
 		return (long)(nul - s);
 	}
 	long at = bad_utf8_at((const unsigned char *)s, n);
-	if (at >= 0) {
+	if (at >= 0)
 		*why = "not valid UTF-8";
-		return at;
-	}
-	at = missing_separator_at(s, n);
+	return at;
+}
+
+/* jsonl_unsafe_at's check of the values' separators. */
+static long separator_missing_at(const char *s, size_t n, const char **why)
+{
+	long at = missing_separator_at(s, n);
 	if (at >= 0)
 		*why = "not valid JSON: Expected separator between values";
 	return at;
+}
+
+long jsonl_unsafe_at(const char *s, size_t n, const char **why)
+{
+	long at = bad_bytes_at(s, n, why);
+	return at >= 0 ? at : separator_missing_at(s, n, why);
 }
 
 /* A direct parser for the JSON that records are made of, several times
@@ -542,10 +553,14 @@ int jsonl_parse_record_memo(const char *name, long lineno, const char *line, siz
 	if (len > INT_MAX)
 		return line_errf(name, lineno, err, "line too long (%zu bytes)", len);
 	const char *why;
-	long at = jsonl_unsafe_at(line, len, &why);
+	long at = bad_bytes_at(line, len, &why);
 	if (at >= 0)
 		return line_errf(name, lineno, err, "%s at column %ld", why, at + 1);
+	/* The direct parser takes only valid JSON, so the separators need
+	 * checking only before jq is given the line. */
 	jv v = fast_parse(line, len, memo);
+	if (!jv_is_valid(v) && (at = separator_missing_at(line, len, &why)) >= 0)
+		return line_errf(name, lineno, err, "%s at column %ld", why, at + 1);
 	if (!jv_is_valid(v))
 		v = jv_parse_sized(line, (int)len);
 	if (!jv_is_valid(v)) {
@@ -613,14 +628,12 @@ int jsonl_next(struct jsonl_reader *r, jv *out, struct err *err)
  * bytes jq 1.6's jv_dump_string(v, 0) gives (compact, keys in their order,
  * UTF-8 kept rather than \u escapes, so byte offsets into text stay
  * meaningful) at several times its speed, as it builds no jv strings. */
-struct obuf {
-	char *p;
-	size_t n, cap;
-	int oom;
-};
-
-static int ob_reserve(struct obuf *b, size_t more)
+/* After a failure every put does nothing, and the block keeps what it held
+ * before: the caller reports it and drops the line it was writing. */
+static int ob_reserve(struct jsonl_buf *b, size_t more)
 {
+	if (b->oom)
+		return -1;
 	if (b->n + more <= b->cap)
 		return 0;
 	size_t cap = b->cap ? b->cap : 1 << 16;
@@ -629,14 +642,13 @@ static int ob_reserve(struct obuf *b, size_t more)
 	char *p = realloc(b->p, cap);
 	if (!p) {
 		b->oom = 1;
-		b->n = 0; /* keep going harmlessly; the caller reports it */
 		return -1;
 	}
 	b->p = p, b->cap = cap;
 	return 0;
 }
 
-static void ob_put(struct obuf *b, const char *s, size_t n)
+void jsonl_put(struct jsonl_buf *b, const char *s, size_t n)
 {
 	if (ob_reserve(b, n) < 0)
 		return;
@@ -644,89 +656,112 @@ static void ob_put(struct obuf *b, const char *s, size_t n)
 	b->n += n;
 }
 
-/* jq's string escaping: " and \ escaped, \b \t \r \n \f, other controls
- * and DEL as \u00xx; everything else (UTF-8, valid in a jv string) as it is. */
-static void ob_string(struct obuf *b, const char *s, size_t n)
+/* Whether none of the eight bytes of w needs escaping: no byte below 0x20,
+ * '"', '\\' or DEL (the tests of "Bit Twiddling Hacks", exact as yes/no). */
+static int word_plain(uint64_t w)
+{
+	const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
+#define HAS_ZERO_BYTE(v) (((v) - ones) & ~(v) & high)
+	return !(((w - ones * 0x20) & ~w & high) | HAS_ZERO_BYTE(w ^ (ones * '"')) | HAS_ZERO_BYTE(w ^ (ones * '\\')) |
+		 HAS_ZERO_BYTE(w ^ (ones * 0x7f)));
+#undef HAS_ZERO_BYTE
+}
+
+/* jq's string escaping: " and \\ escaped, \\b \\t \\r \\n \\f, other controls
+ * and DEL as \\u00xx; everything else (UTF-8, valid in a jv string) as it is.
+ * Written in blocks, each with room for its worst case (six bytes a byte). */
+void jsonl_put_string(struct jsonl_buf *b, const char *s, size_t n)
 {
 	static const char hex[] = "0123456789abcdef";
-	ob_put(b, "\"", 1);
-	size_t i = 0;
-	while (i < n) {
-		size_t j = i;
-		while (j < n) {
-			unsigned char c = (unsigned char)s[j];
-			if (c < 0x20 || c == '"' || c == '\\' || c == 0x7f)
-				break;
-			j++;
+	enum { BLOCK = 4096 };
+	jsonl_put(b, "\"", 1);
+	for (size_t i = 0; i < n;) {
+		size_t end = n - i > BLOCK ? i + BLOCK : n;
+		if (ob_reserve(b, 6 * (end - i)) < 0)
+			return;
+		char *o = b->p + b->n;
+		while (i < end) {
+			/* eight plain bytes at once; else the next eight one by one */
+			uint64_t w;
+			size_t stop = end;
+			if (i + 8 <= end) {
+				memcpy(&w, s + i, 8);
+				if (word_plain(w)) {
+					memcpy(o, &w, 8);
+					o += 8, i += 8;
+					continue;
+				}
+				stop = i + 8;
+			}
+			while (i < stop) {
+				unsigned char c = (unsigned char)s[i++];
+				if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) {
+					*o++ = (char)c;
+					continue;
+				}
+				*o++ = '\\';
+				switch (c) {
+				case '"': *o++ = '"'; break;
+				case '\\': *o++ = '\\'; break;
+				case '\b': *o++ = 'b'; break;
+				case '\t': *o++ = 't'; break;
+				case '\r': *o++ = 'r'; break;
+				case '\n': *o++ = 'n'; break;
+				case '\f': *o++ = 'f'; break;
+				default: *o++ = 'u', *o++ = '0', *o++ = '0', *o++ = hex[c >> 4], *o++ = hex[c & 15];
+				}
+			}
 		}
-		ob_put(b, s + i, j - i);
-		if (j == n)
-			break;
-		unsigned char c = (unsigned char)s[j];
-		char e[6] = {'\\', 0};
-		size_t en = 2;
-		switch (c) {
-		case '"': e[1] = '"'; break;
-		case '\\': e[1] = '\\'; break;
-		case '\b': e[1] = 'b'; break;
-		case '\t': e[1] = 't'; break;
-		case '\r': e[1] = 'r'; break;
-		case '\n': e[1] = 'n'; break;
-		case '\f': e[1] = 'f'; break;
-		default:
-			e[1] = 'u', e[2] = '0', e[3] = '0', e[4] = hex[c >> 4], e[5] = hex[c & 15], en = 6;
-		}
-		ob_put(b, e, en);
-		i = j + 1;
+		b->n = (size_t)(o - b->p);
 	}
-	ob_put(b, "\"", 1);
+	jsonl_put(b, "\"", 1);
 }
 
 /* Consumes v. */
-static void ob_json(struct obuf *b, jv v)
+void jsonl_put_value(struct jsonl_buf *b, jv v)
 {
 	switch (jv_get_kind(v)) {
 	case JV_KIND_STRING:
-		ob_string(b, jv_string_value(v), (size_t)jv_string_length_bytes(jv_copy(v)));
+		jsonl_put_string(b, jv_string_value(v), (size_t)jv_string_length_bytes(jv_copy(v)));
 		break;
 	case JV_KIND_ARRAY:
-		ob_put(b, "[", 1);
+		jsonl_put(b, "[", 1);
 		jv_array_foreach(v, i, x) {
 			if (i)
-				ob_put(b, ",", 1);
-			ob_json(b, x);
+				jsonl_put(b, ",", 1);
+			jsonl_put_value(b, x);
 		}
-		ob_put(b, "]", 1);
+		jsonl_put(b, "]", 1);
 		break;
 	case JV_KIND_OBJECT: {
 		int first = 1;
-		ob_put(b, "{", 1);
+		jsonl_put(b, "{", 1);
 		jv_object_foreach(v, k, x) {
 			if (!first)
-				ob_put(b, ",", 1);
+				jsonl_put(b, ",", 1);
 			first = 0;
-			ob_string(b, jv_string_value(k), (size_t)jv_string_length_bytes(jv_copy(k)));
-			ob_put(b, ":", 1);
-			ob_json(b, x);
+			jsonl_put_string(b, jv_string_value(k), (size_t)jv_string_length_bytes(jv_copy(k)));
+			jsonl_put(b, ":", 1);
+			jsonl_put_value(b, x);
 			jv_free(k);
 		}
-		ob_put(b, "}", 1);
+		jsonl_put(b, "}", 1);
 		break;
 	}
-	case JV_KIND_NULL: ob_put(b, "null", 4); break;
-	case JV_KIND_TRUE: ob_put(b, "true", 4); break;
-	case JV_KIND_FALSE: ob_put(b, "false", 5); break;
+	case JV_KIND_NULL: jsonl_put(b, "null", 4); break;
+	case JV_KIND_TRUE: jsonl_put(b, "true", 4); break;
+	case JV_KIND_FALSE: jsonl_put(b, "false", 5); break;
 	default: {
 		double d = jv_get_kind(v) == JV_KIND_NUMBER ? jv_number_value(v) : 0;
 		if (d >= 1 && d < 1e9 && d == (double)(long)d) { /* span offsets: plain digits */
 			char t[16];
 			int k = snprintf(t, sizeof t, "%ld", (long)d);
-			ob_put(b, t, (size_t)k);
+			jsonl_put(b, t, (size_t)k);
 			break;
 		}
 		/* anything else as jq prints it */
 		jv s = jv_dump_string(jv_copy(v), 0);
-		ob_put(b, jv_string_value(s), (size_t)jv_string_length_bytes(jv_copy(s)));
+		jsonl_put(b, jv_string_value(s), (size_t)jv_string_length_bytes(jv_copy(s)));
 		jv_free(s);
 	}
 	}
@@ -799,9 +834,9 @@ int jsonl_format(jv v, char **buf, size_t *len, size_t *cap, struct err *err)
 		jv_free(v);
 		return err_set(err, "cannot write an invalid JSON value");
 	}
-	struct obuf b = {*buf, *len, *cap, 0};
-	ob_json(&b, v);
-	ob_put(&b, "\n", 1);
+	struct jsonl_buf b = {*buf, *len, *cap, 0};
+	jsonl_put_value(&b, v);
+	jsonl_put(&b, "\n", 1);
 	*buf = b.p, *cap = b.cap;
 	if (b.oom)
 		return err_sys(err, "out of memory");

@@ -86,6 +86,18 @@ int jsonl_write(FILE *f, jv v, struct err *err);
  * *buf, a malloc'ed block of *cap bytes holding *len (all three updated; *buf
  * may be NULL with *cap 0). On error *len is left as it was. */
 int jsonl_format(jv v, char **buf, size_t *len, size_t *cap, struct err *err);
+/* The writer under both, for lines built a piece at a time: a malloc'ed
+ * block p of cap bytes holding n (p may be NULL with cap 0). Running out of
+ * memory sets oom, after which puts do nothing; the caller reports it and
+ * takes n back to where its line began. */
+struct jsonl_buf {
+	char *p;
+	size_t n, cap;
+	int oom;
+};
+void jsonl_put(struct jsonl_buf *b, const char *s, size_t n);        /* the bytes as they are */
+void jsonl_put_string(struct jsonl_buf *b, const char *s, size_t n); /* a JSON string of s (UTF-8) */
+void jsonl_put_value(struct jsonl_buf *b, jv v);                     /* v, consumed, as jsonl_write */
 
 /* Where the value at path lies in the JSON text s[0..n), found by scanning,
  * without parsing the rest: path as messages write it, keys joined by '.',

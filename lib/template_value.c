@@ -160,7 +160,10 @@ static void sb_grow(struct tp_arena *a, struct tp_sb *b, size_t n)
 		cap *= 2;
 	if (cap > UINT32_MAX - 16)
 		cap = UINT32_MAX - 16;
-	b->s = tp_realloc(a, b->s, b->len, cap);
+	char *grown = alloc_raw(a, cap); /* bytes past len are written before they are read */
+	if (b->len)
+		memcpy(grown, b->s, b->len);
+	b->s = grown;
 	b->cap = (uint32_t)cap;
 }
 

@@ -73,6 +73,18 @@ if expect passthrough 0 "$DS" --model "$Q" "$T/chat.jsonl"; then
 	[ "$(jq -c '[.id, .meta, has("messages")]' "$T/out" | tr '\n' ' ')" = '[1,null,false] [2,null,false] [3,{"src":"x"},false] ' ] &&
 		ok "other keys pass through" || notok passthrough "$(jq -c '[.id,.meta]' "$T/out" | tr '\n' ' ')"
 fi
+# An input key named as one of the output's own ("text", "train", and
+# "expected" when ds-fmt writes one) does not replace it; it is dropped.
+printf '%s\n' '{"text":"stale","train":[[0,1]],"expected":"kept","id":4,"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello!"}]}' > "$T/own-keys.jsonl"
+if expect own-keys 0 "$DS" --model "$Q" "$T/own-keys.jsonl"; then
+	[ "$(jq -c '[(.text | test("Hello!<\\|im_end\\|>")), (.train | length), .expected, .id, keys_unsorted]' "$T/out")" = \
+		'[true,1,"kept",4,["text","train","expected","id"]]' ] &&
+		ok "input text/train do not replace the output's" || notok own-keys "$(head -c 300 "$T/out")"
+fi
+if expect own-keys-agp 0 "$DS" --model "$Q" --add-generation-prompt "$T/own-keys.jsonl"; then
+	[ "$(jq -c '[.expected.content, .train, .id, keys_unsorted]' "$T/out")" = '["Hello!",[],4,["text","train","expected","id"]]' ] &&
+		ok "input expected does not replace --add-generation-prompt's" || notok own-keys-agp "$(head -c 300 "$T/out")"
+fi
 
 # Alpaca and ShareGPT give the same text as the messages they stand for.
 printf '%s\n' '{"instruction":"Translate to English","input":"кот","output":"cat"}' > "$T/alpaca.jsonl"

@@ -355,6 +355,44 @@ static void test_write_matches_jq(void)
 	}
 }
 
+/* jsonl_put_string on long strings (runs of plain bytes between bytes to
+ * escape, across its 8-byte words and 4096-byte blocks) writes what jq
+ * writes, after what the buffer already held. */
+static void test_put_string_matches_jq(void)
+{
+	unsigned seed = (unsigned)time(NULL);
+	srand(seed);
+	static const char *odd[] = {"\"", "\\", "\n", "\t", "\x01", "\x1f", "\x7f", "\xd0\x9f", "\xf0\x9f\x99\x82", "\b\f\r"};
+	char *s = malloc(20000), filler[10000];
+	memset(filler, 'x', sizeof filler);
+	struct jsonl_buf b = {0};
+	for (int i = 0; i < 300 && !check_case_failed && s; i++) {
+		size_t n = 0, want_n = (size_t)(rand() % (i < 100 ? 100 : 16000));
+		int plain = 1 + rand() % 40; /* mean run of plain bytes */
+		while (n < want_n) {
+			if (rand() % plain) {
+				s[n++] = (char)(' ' + rand() % 95);
+			} else {
+				const char *u = odd[rand() % 10];
+				memcpy(s + n, u, strlen(u));
+				n += strlen(u);
+			}
+		}
+		jv want = jv_dump_string(jv_string_sized(s, (int)n), 0);
+		size_t before = (size_t)(rand() % 3) * 5000; /* what the buffer held stays */
+		b.n = 0;
+		jsonl_put(&b, filler, before);
+		jsonl_put_string(&b, s, n);
+		size_t wn = (size_t)jv_string_length_bytes(jv_copy(want));
+		CHECK(!b.oom && b.n == before + wn && !memcmp(b.p, filler, before) &&
+			      !memcmp(b.p + before, jv_string_value(want), wn),
+		      "seed %u case %d: %zu bytes: wrote %zu bytes, jq %zu", seed, i, n, b.n - before, wn);
+		jv_free(want);
+	}
+	free(b.p);
+	free(s);
+}
+
 /* A long value (>= 256 bytes of JSON) of kind k: 0 array, 1 object, 2 string. */
 static jv long_value(int k)
 {
@@ -533,6 +571,7 @@ int main(void)
 	RUN(test_empty_inputs);
 	RUN(test_write);
 	RUN(test_write_matches_jq);
+	RUN(test_put_string_matches_jq);
 	RUN(test_parse_memo);
 	RUN(test_locate);
 	if (access("/dev/full", W_OK) == 0)
