@@ -107,7 +107,6 @@ done:
 	return res;
 }
 
-static jv parse_json(const char *s, size_t n);
 
 /* ShareGPT as LLaMA-Factory reads it: human/user, gpt/assistant, system,
  * observation/tool (tool results), function_call (a JSON {"name","arguments"}
@@ -156,7 +155,7 @@ static jv from_sharegpt(jv rec, struct err *err)
 		jv m;
 		if (is_call) {
 			const char *s = jv_string_value(value);
-			jv calls = parse_json(s, (size_t)jv_string_length_bytes(jv_copy(value)));
+			jv calls = jsonl_parse_value(s, (size_t)jv_string_length_bytes(jv_copy(value)));
 			if (jv_get_kind(calls) == JV_KIND_OBJECT)
 				calls = JV_ARRAY(calls);
 			if (jv_get_kind(calls) != JV_KIND_ARRAY) {
@@ -183,7 +182,7 @@ static jv from_sharegpt(jv rec, struct err *err)
 	jv res = JV_OBJECT(jv_string("messages"), msgs);
 	jv tools = obj_get(rec, "tools");
 	if (jv_get_kind(tools) == JV_KIND_STRING) {
-		jv parsed = parse_json(jv_string_value(tools), (size_t)jv_string_length_bytes(jv_copy(tools)));
+		jv parsed = jsonl_parse_value(jv_string_value(tools), (size_t)jv_string_length_bytes(jv_copy(tools)));
 		jv_free(tools);
 		tools = parsed;
 		if (jv_get_kind(tools) != JV_KIND_ARRAY) {
@@ -375,67 +374,6 @@ int chat_validate(jv messages, struct err *err)
 
 /* ------------------------------------------------------ tool-call arguments */
 
-/* Parses JSON text safely (the project's rule: jsonl_unsafe_at first). */
-static jv parse_json(const char *s, size_t n)
-{
-	const char *why;
-	if (jsonl_unsafe_at(s, n, &why) >= 0)
-		return jv_invalid_with_msg(jv_string(why));
-	return jv_parse_sized(s, (int)n);
-}
-
-/* Serializes v (consumed) as Python's json.dumps does by default, which is
- * what both transformers' tojson and most datasets' JSON text look like:
- * ", " and ": " separators, non-ASCII kept. */
-static jv dump_py(jv v);
-
-static void dump_str(jv s, jv *out)
-{
-	jv d = jv_dump_string(s, 0); /* jq's escaping, non-ASCII kept */
-	*out = jv_string_concat(*out, d);
-}
-
-static void dump_rec(jv v, jv *out)
-{
-	switch (jv_get_kind(v)) {
-	case JV_KIND_ARRAY: {
-		*out = jv_string_append_str(*out, "[");
-		jv_array_foreach(v, i, e) {
-			if (i)
-				*out = jv_string_append_str(*out, ", ");
-			dump_rec(e, out);
-		}
-		*out = jv_string_append_str(*out, "]");
-		jv_free(v);
-		break;
-	}
-	case JV_KIND_OBJECT: {
-		*out = jv_string_append_str(*out, "{");
-		int first = 1;
-		jv_object_foreach(v, k, e) {
-			if (!first)
-				*out = jv_string_append_str(*out, ", ");
-			first = 0;
-			dump_str(k, out);
-			*out = jv_string_append_str(*out, ": ");
-			dump_rec(e, out);
-		}
-		*out = jv_string_append_str(*out, "}");
-		jv_free(v);
-		break;
-	}
-	default:
-		dump_str(v, out);
-	}
-}
-
-static jv dump_py(jv v)
-{
-	jv out = jv_string("");
-	dump_rec(v, &out);
-	return out;
-}
-
 jv chat_args_normalize(jv messages, enum chat_args mode, struct err *err)
 {
 	int n = jv_array_length(jv_copy(messages));
@@ -453,7 +391,7 @@ jv chat_args_normalize(jv messages, enum chat_args mode, struct err *err)
 			jv f = call_function(tc);
 			jv args = obj_get(f, "arguments");
 			if (mode == CHAT_ARGS_OBJECT && jv_get_kind(args) == JV_KIND_STRING) {
-				jv v = parse_json(jv_string_value(args), jv_string_length_bytes(jv_copy(args)));
+				jv v = jsonl_parse_value(jv_string_value(args), jv_string_length_bytes(jv_copy(args)));
 				jv_free(args);
 				if (!jv_is_valid(v)) {
 					jv msg = jv_invalid_get_msg(v);
@@ -464,7 +402,15 @@ jv chat_args_normalize(jv messages, enum chat_args mode, struct err *err)
 				}
 				args = v;
 			} else if (mode == CHAT_ARGS_STRING && jv_get_kind(args) != JV_KIND_STRING) {
-				args = dump_py(args);
+				/* as a Python dataset would hold them: json.dumps, non-ASCII kept */
+				args = tmpl_tojson(args);
+				if (!jv_is_valid(args)) {
+					jv msg = jv_invalid_get_msg(args);
+					err_set(err, "message %d: tool call %d: \"arguments\" cannot be written as JSON: %s", i,
+						j, jv_get_kind(msg) == JV_KIND_STRING ? jv_string_value(msg) : "?");
+					jv_free(msg), jv_free(f), jv_free(tc), jv_free(calls), jv_free(m), jv_free(messages);
+					return jv_invalid();
+				}
 			}
 			f = jv_object_set(f, jv_string("arguments"), args);
 			tc = nested ? jv_object_set(tc, jv_string("function"), f) : (jv_free(tc), f);
@@ -508,7 +454,7 @@ int chat_json_find(const char *text, size_t len, jv want)
 		size_t end = json_value_end(text, len, i);
 		if (!end)
 			continue;
-		jv v = parse_json(text + i, end - i);
+		jv v = jsonl_parse_value(text + i, end - i);
 		int eq = jv_is_valid(v) && jv_equal(jv_copy(v), jv_copy(want));
 		jv_free(v);
 		if (eq)
@@ -770,7 +716,7 @@ static int markers_from_json(struct chat_model *m, const char *path, struct err 
 		free(text);
 		return 0;
 	}
-	jv added = found ? parse_json(text + a, b - a) : jv_array();
+	jv added = found ? jsonl_parse_value(text + a, b - a) : jv_array();
 	free(text);
 	if (jv_get_kind(added) == JV_KIND_NULL)
 		added = (jv_free(added), jv_array());
@@ -949,7 +895,7 @@ static void probe_args(const struct tmpl *t, jv tokens, enum chat_args *mode, in
 	/* Content null first, then "": some templates print tool calls only
 	 * beside null content (DeepSeek V3), others fail on null. */
 	for (int pass = 0; pass < 4; pass++) {
-		jv args = pass % 2 == 0 ? jv_copy(want) : dump_py(jv_copy(want));
+		jv args = pass % 2 == 0 ? jv_copy(want) : tmpl_tojson(jv_copy(want));
 		jv call = JV_OBJECT(jv_string("id"), jv_string("call12345"), jv_string("type"), jv_string("function"),
 				    jv_string("function"),
 				    JV_OBJECT(jv_string("name"), jv_string("probe_fn"), jv_string("arguments"), args));
@@ -1062,11 +1008,6 @@ jv chat_jv_clone(jv v)
 		jv_free(v);
 		return c;
 	}
-	case JV_KIND_NUMBER: {
-		jv c = jv_number(jv_number_value(v));
-		jv_free(v);
-		return c;
-	}
 	case JV_KIND_ARRAY: {
 		jv c = jv_array();
 		jv_array_foreach(v, i, e) {
@@ -1084,7 +1025,7 @@ jv chat_jv_clone(jv v)
 		return c;
 	}
 	default:
-		return v; /* null, true, false and invalid hold no reference count */
+		return v; /* numbers (their float mark kept), null, true, false and invalid hold no reference count */
 	}
 }
 
@@ -1310,7 +1251,7 @@ static int check_args_roundtrip(const struct tmpl_output *out, jv msgs, struct e
 				jv f = call_function(tc);
 				jv args = obj_get(f, "arguments");
 				if (jv_get_kind(args) == JV_KIND_STRING) {
-					jv v = parse_json(jv_string_value(args), jv_string_length_bytes(jv_copy(args)));
+					jv v = jsonl_parse_value(jv_string_value(args), jv_string_length_bytes(jv_copy(args)));
 					jv_free(args);
 					args = v;
 				}
@@ -1561,7 +1502,7 @@ jv chat_var_add(jv vars, const char *arg, struct err *err)
 			jv_free(name), jv_free(vars);
 			return err_set(err, "--var %s: %s is set by ds-fmt itself", arg, reserved[i]), jv_invalid();
 		}
-	jv v = parse_json(eq + 1, strlen(eq + 1));
+	jv v = jsonl_parse_value(eq + 1, strlen(eq + 1));
 	if (!jv_is_valid(v)) {
 		jv msg = jv_invalid_get_msg(v);
 		err_set(err, "--var %s: the value is not JSON (%s); a string needs quotes: NAME='\"text\"'", arg,

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -223,9 +224,13 @@ long jsonl_unsafe_at(const char *s, size_t n, const char **why)
  * faster than jq 1.6's byte-at-a-time one, building the same jv values with
  * the same calls jq's parser makes (jv_object_set in key order, so a
  * repeated key keeps its first place and its last value). It takes only what
- * it is sure to read exactly as jq does; anything else (numbers other than
- * short integers, \u escapes of surrogates or NUL, control bytes in strings,
- * deep nesting, every error) makes it give up, and jq parses the line. */
+ * it is sure to read exactly as jq does; anything else (integers of more
+ * than 15 digits, \u escapes of NUL or of a surrogate not in a pair, control
+ * bytes in strings, deep nesting, every error) makes it give up, and jq
+ * parses the line. It also marks the numbers json.loads would make floats
+ * (jsonl_number_is_float), which jq cannot. */
+#define JSONL_FLOAT_MARK 0x46 /* in a number's pad_: see jsonl_number_is_float */
+
 struct fastp {
 	const char *s, *end;
 	int depth;
@@ -381,16 +386,27 @@ static jv fp_string(struct fastp *p)
 			case 'r': enc[0] = '\r'; break;
 			case 't': enc[0] = '\t'; break;
 			case 'u':
-				if (p->end - q < 5 || fp_hex4(q + 1, &u) < 0 || u == 0 || (u >= 0xD800 && u <= 0xDFFF))
+				if (p->end - q < 5 || fp_hex4(q + 1, &u) < 0 || u == 0 || (u >= 0xDC00 && u <= 0xDFFF))
 					goto give_up;
 				q += 4;
+				if (u >= 0xD800 && u <= 0xDBFF) { /* only as the first of a pair */
+					unsigned lo;
+					if (p->end - q < 7 || q[1] != '\\' || q[2] != 'u' || fp_hex4(q + 3, &lo) < 0 ||
+					    lo < 0xDC00 || lo > 0xDFFF)
+						goto give_up;
+					q += 6;
+					u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
+				}
 				if (u < 0x80) {
 					enc[0] = (char)u;
 				} else if (u < 0x800) {
 					enc[0] = (char)(0xC0 | u >> 6), enc[1] = (char)(0x80 | (u & 63)), en = 2;
-				} else {
+				} else if (u < 0x10000) {
 					enc[0] = (char)(0xE0 | u >> 12), enc[1] = (char)(0x80 | (u >> 6 & 63));
 					enc[2] = (char)(0x80 | (u & 63)), en = 3;
+				} else {
+					enc[0] = (char)(0xF0 | u >> 18), enc[1] = (char)(0x80 | (u >> 12 & 63));
+					enc[2] = (char)(0x80 | (u >> 6 & 63)), enc[3] = (char)(0x80 | (u & 63)), en = 4;
 				}
 				break;
 			default: goto give_up;
@@ -464,22 +480,71 @@ static jv fp_object(struct fastp *p)
 	}
 }
 
-/* Integers of up to 15 digits: exact as doubles, printed back the same. */
+int jsonl_number_is_float(jv v)
+{
+	return jv_get_kind(v) == JV_KIND_NUMBER && v.pad_ == JSONL_FLOAT_MARK;
+}
+
+jv jsonl_float(double d)
+{
+	jv v = jv_number(d);
+	v.pad_ = JSONL_FLOAT_MARK;
+	return v;
+}
+
+static int is_digit(const char *q, const char *end) { return q < end && *q >= '0' && *q <= '9'; }
+
+/* Integers of up to 15 digits (exact as doubles, printed back the same) and
+ * numbers with a fraction or an exponent, which are marked as floats; the
+ * double is strtod's, correctly rounded as jq's own. "-0" and longer
+ * integers go to jq. */
 static jv fp_number(struct fastp *p)
 {
-	const char *q = p->s;
-	int neg = q < p->end && *q == '-';
+	const char *q = p->s, *end = p->end;
+	int neg = q < end && *q == '-';
 	q += neg;
 	long long v = 0;
 	int nd = 0;
-	while (q < p->end && *q >= '0' && *q <= '9' && nd < 16)
-		v = v * 10 + (*q++ - '0'), nd++;
-	if (nd == 0 || nd > 15 || (nd > 1 && p->s[neg] == '0') || (neg && v == 0))
+	for (; is_digit(q, end); q++, nd++)
+		if (nd < 16)
+			v = v * 10 + (*q - '0');
+	if (nd == 0 || (nd > 1 && p->s[neg] == '0'))
 		return jv_invalid();
-	if (q < p->end && (*q == '.' || *q == 'e' || *q == 'E' || (*q >= '0' && *q <= '9')))
+	int frac = q < end && *q == '.', exp = 0;
+	if (frac) {
+		if (!is_digit(++q, end))
+			return jv_invalid();
+		while (is_digit(q, end))
+			q++;
+	}
+	if (q < end && (*q == 'e' || *q == 'E')) {
+		exp = 1;
+		q += q + 1 < end && (q[1] == '+' || q[1] == '-') ? 2 : 1;
+		if (!is_digit(q, end))
+			return jv_invalid();
+		while (is_digit(q, end))
+			q++;
+	}
+	if (!frac && !exp) {
+		if (nd > 15 || (neg && v == 0) || is_digit(q, end))
+			return jv_invalid();
+		p->s = q;
+		return jv_number(neg ? -(double)v : (double)v);
+	}
+	char small[64];
+	size_t n = (size_t)(q - p->s);
+	char *buf = n < sizeof small ? small : malloc(n + 1);
+	if (!buf)
 		return jv_invalid();
+	memcpy(buf, p->s, n);
+	buf[n] = 0;
+	double d = strtod(buf, NULL);
+	if (buf != small)
+		free(buf);
+	if (!isfinite(d))
+		return jv_invalid(); /* jq's business: it clamps, json.loads gives inf */
 	p->s = q;
-	return jv_number(neg ? -(double)v : (double)v);
+	return jsonl_float(d);
 }
 
 static int fp_word(struct fastp *p, const char *w, size_t n)
@@ -768,15 +833,21 @@ void jsonl_put_value(struct jsonl_buf *b, jv v)
 	jv_free(v);
 }
 
-int jsonl_parse(const char *s, size_t n, const char *name, jv *out, struct err *err)
+jv jsonl_parse_value(const char *s, size_t n)
 {
 	if (n > INT_MAX)
-		return err_set(err, "%s: bad JSON: more than %d bytes", name, INT_MAX);
+		return jv_invalid_with_msg(jv_string_fmt("more than %d bytes", INT_MAX));
 	const char *why;
 	long at = jsonl_unsafe_at(s, n, &why);
 	if (at >= 0)
-		return err_set(err, "%s: bad JSON: %s at byte %ld", name, why, at);
-	jv v = jv_parse_sized(s, (int)n);
+		return jv_invalid_with_msg(jv_string_fmt("%s at byte %ld", why, at));
+	jv v = fast_parse(s, n, NULL);
+	return jv_is_valid(v) ? v : jv_parse_sized(s, (int)n);
+}
+
+int jsonl_parse(const char *s, size_t n, const char *name, jv *out, struct err *err)
+{
+	jv v = jsonl_parse_value(s, n);
 	if (!jv_is_valid(v)) {
 		jv msg = jv_invalid_get_msg(v);
 		err_set(err, "%s: bad JSON: %s", name,

@@ -59,6 +59,15 @@ const char *jsonl_name(const struct jsonl_reader *r);
 int jsonl_errf(const struct jsonl_reader *r, struct err *err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/* Whether the number v was written with a fraction or an exponent ("1.0",
+ * "2e3", "0.5"): a float to Python's json.loads, printed "1.0" by a
+ * template, where "1" is an int. libjq 1.6 keeps only the double; the
+ * parsers here mark such numbers in the jv's pad_ byte, which libjq neither
+ * reads nor clears, so the mark follows the value through jv_copy, arrays
+ * and objects (numbers jq computes are unmarked). jsonl_float makes one. */
+int jsonl_number_is_float(jv v);
+jv jsonl_float(double d);
+
 /* The first byte of s[0..n) that jq must not be given, or -1: a NUL byte; bytes
  * that are not UTF-8 (jq would turn them into U+FFFD, moving every byte offset
  * after them); or a value that follows another with no separator, on which jq
@@ -66,9 +75,13 @@ int jsonl_errf(const struct jsonl_reader *r, struct err *err, const char *fmt, .
  * project parses goes through it first. */
 long jsonl_unsafe_at(const char *s, size_t n, const char **why);
 
+/* One JSON text: jsonl_unsafe_at first, then the parser records go through
+ * (jq for what it does not take). The value, or invalid with a message
+ * (jq's, or "<why> at byte N"). */
+jv jsonl_parse_value(const char *s, size_t n);
 /* Parses one whole JSON text (a config file, a header): jsonl_unsafe_at first,
- * then jq. Returns 0 with *out a new reference, or -1 with err
- * "NAME: bad JSON: why". */
+ * then the parser records go through (jq for what it does not take). Returns
+ * 0 with *out a new reference, or -1 with err "NAME: bad JSON: why". */
 int jsonl_parse(const char *s, size_t n, const char *name, jv *out, struct err *err);
 /* Reads and parses a whole JSON file of at most max bytes (0: 1 GiB). Errors
  * name the path: "PATH: cannot open: ...", "PATH: bad JSON: ...". */

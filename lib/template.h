@@ -76,6 +76,11 @@ int tmpl_render(const struct tmpl *t, jv ctx, const struct tmpl_limits *lim, str
 		struct err *err);
 void tmpl_output_free(struct tmpl_output *o);
 
+/* v (consumed) as JSON text the way transformers' tojson filter writes it
+ * (json.dumps with ensure_ascii off: ", " and ": ", non-ASCII kept, floats
+ * as Python prints them), or invalid with a message. */
+jv tmpl_tojson(jv v);
+
 /* Frees the blocks the calling thread keeps for its next renders: a thread
  * that renders calls it before it ends. */
 void tmpl_thread_release(void);

@@ -2932,6 +2932,31 @@ void tmpl_ctx_free(struct tmpl_ctx *c)
 	free(c);
 }
 
+jv tmpl_tojson(jv v)
+{
+	struct err e = {0};
+	struct tp_arena a = { .err = &e };
+	jmp_buf jb;
+	a.fail = &jb;
+	jv res;
+	if (setjmp(jb) == 0) {
+		struct tp_val x = tp_from_jv(&a, v, tp_literal);
+		struct tp_sb o = { 0 };
+		struct json_opts jo = { NULL, ", ", ": ", 0, 0 };
+		const char *why = NULL;
+		if (tp_json_of(&a, &o, x, &jo, 0, &why) == 0) {
+			struct tp_str text = tp_sb_done(&o);
+			res = jv_string_sized(text.s, (int)text.len);
+		} else {
+			res = jv_invalid_with_msg(jv_string(why));
+		}
+	} else {
+		res = jv_invalid_with_msg(jv_string(e.msg));
+	}
+	tp_arena_free(&a);
+	return res;
+}
+
 int tmpl_render(const struct tmpl *t, jv ctx, const struct tmpl_limits *lim, struct tmpl_output *out,
 		struct err *err)
 {

@@ -8,6 +8,7 @@
 
 #include <utf8proc.h>
 
+#include "jsonl.h"
 #include "template_impl.h"
 
 /* ---- arena ---- */
@@ -788,8 +789,10 @@ int tp_json_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v, const struc
 	}
 }
 
-/* JSON has one number type; a whole number in int64 range is taken as int
- * (what json.loads gives for "1"). libjq cannot tell "1.0" from "1". */
+/* JSON has one number type; json.loads makes a float of "1.0" or "1e3" and
+ * an int of "1". libjq keeps only the double: a number the parser marked
+ * (jsonl_number_is_float) is a float, else a whole number in int64 range is
+ * an int. */
 struct tp_val tp_from_jv(struct tp_arena *a, jv v, struct tp_org o)
 {
 	struct tp_val r = tp_mk_none();
@@ -799,7 +802,7 @@ struct tp_val tp_from_jv(struct tp_arena *a, jv v, struct tp_org o)
 	case JV_KIND_FALSE: r = tp_mk_bool(0); break;
 	case JV_KIND_NUMBER: {
 		double d = jv_number_value(v);
-		if (d == floor(d) && fabs(d) < 9.2e18)
+		if (!jsonl_number_is_float(v) && d == floor(d) && fabs(d) < 9.2e18)
 			r = tp_mk_int((int64_t)d);
 		else
 			r = tp_mk_float(d);

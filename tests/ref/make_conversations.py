@@ -34,6 +34,15 @@ TOOLS = [
             "city": {"type": "string"},
             "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
             "required": ["city"]}}},
+    # numbers json.loads makes floats ("1.0", "2.5e-3"): templates print them as Python does
+    {"type": "function", "function": {
+        "name": "transfer",
+        "description": "Send money to a saved payee.",
+        "parameters": {"type": "object", "properties": {
+            "amount": {"type": "number", "minimum": 0.01, "default": 1.0},
+            "fee_rate": {"type": "number", "default": 2.5e-3},
+            "payee": {"type": "integer", "maximum": 1000}},
+            "required": ["amount", "payee"]}}},
 ]
 
 LONG = " ".join(f"Sentence {i}: the quick brown fox jumps over the lazy dog; съешь же ещё этих мягких французских булок." for i in range(60))
@@ -157,6 +166,14 @@ def with_tools(features):
                                                  {"role": "assistant", "content": c, "tool_calls": [tc1]},
                                                  {"role": "tool", "tool_call_id": tc1["id"], "name": "check_access", "content": "inactive"},
                                                  msg("assistant", "Your access is not active.")], True))
+        # float arguments: whole (100.0), small (1e-07), large (1e+16), negative zero
+        tc3 = call(4, "transfer", {"amount": 100.0, "fee_rate": 0.0025, "payee": 7, "tiny": 1e-7,
+                                   "cap": 1e16, "delta": -0.0, "rates": [1.5, 2.0, 3]}, as_str)
+        out.append((f"tool-float-args-{form}", [msg("user", "Send 100 euros to payee 7."),
+                                                {"role": "assistant", "content": c, "tool_calls": [tc3]},
+                                                {"role": "tool", "tool_call_id": tc3["id"], "name": "transfer",
+                                                 "content": "{\"sent\": 100.0, \"fee\": 0.25}"},
+                                                msg("assistant", "Sent 100.00 euros; the fee was 0.25.")], True))
         if not content_none:
             # text alongside a tool call
             out.append((f"tool-call-with-text-{form}", [msg("user", "Is my access active?"),

@@ -119,6 +119,9 @@ CASES += [
     ("{%- for message in messages | rejectattr('role', 'equalto', 'tool') | selectattr('tool_calls', 'undefined') %}{{ loop.index0 }}{{ message.role }}{% endfor %}", M),
     ("{%- set content = m['content'] if m['content'] is string else m['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('\\n') %}[{{ content }}]", {"m": {"content": [{"type": "text", "text": "a"}, {"type": "image"}, {"type": "text", "text": "b"}]}}),
     ("{{ m.content | default('', true) }}|{{ none | default('x') }}|{{ messages | selectattr('role', 'equalto', 'user') | list | length }}|{{ messages[-1].role }}|{{ messages[0].content[:4] }}", dict(M, m={"content": None})),
+    # numbers of the context written "100.0" or "1e16": floats, as json.loads makes them
+    ("{{ x }} {{ y }} {{ x | tojson }} {{ y | tojson }} {{ z }} {{ w }} {{ x == 100 }} {{ x is number }} {{ y[1] + 1 }} {{ x | int }} {{ n }}",
+     {"x": 100.0, "y": [1.5, 2.0, 3], "z": 1e16, "w": -0.0, "n": 7}),
     ("{{ 'é😀\"' | tojson(ensure_ascii=True) }}|{{ x | tojson(sort_keys=true) }}|{{ {'a': none} | tojson }}|{{ 1.0 | tojson }}|{{ [1e20, 1.5e-7] | tojson }}", {"x": {"b": 1, "a": {"d": 2, "c": 3}}}),
     ("{{ 'ÉCOLE' | lower }}|{{ 'élan vital' | title }}|{{ 'abc' | center(9) }}|{{ 1 == true }}|{{ 0.5 | round }}|{{ 1.5 | round }}|{{ -0.0 }}|{{ [1, 2] | join }}", {}),
     ("{% for a, b in [[1, 2], [3, 4]] %}{{ a }}{{ b }}{% endfor %}{{ 'a' 'b' }}{{ 1_000 }}{{ 'x'.join(['a', 'b']) }}{{ '%' }}{{ loop }}", {}),

@@ -1,5 +1,6 @@
 /* jsonl: records, blank lines, CRLF, and every kind of bad line with its exact line number. */
 #include <fcntl.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -83,6 +84,112 @@ static void test_values(void)
 	CHECK(r && jsonl_next(r, &v, &err) == 0, "end again");
 	CHECK(r && strcmp(jsonl_name(r), path) == 0, "name");
 	jsonl_close(r);
+}
+
+/* A random JSON number literal, valid or nearly so. */
+static void random_number(char *buf, size_t cap)
+{
+	static const char *const parts[] = {"-", "0", "1", "9", "25", "100", "007", ".", ".5", ".0", "e", "E",
+					    "e+", "e-", "3", "308", "400", "123456789012345678", " "};
+	size_t n = 0;
+	buf[0] = 0;
+	for (int k = 1 + (int)(check_urand() * 5); k > 0; k--) {
+		const char *p = parts[(int)(check_urand() * 19)];
+		if (n + strlen(p) + 1 >= cap)
+			break;
+		memcpy(buf + n, p, strlen(p) + 1);
+		n += strlen(p);
+	}
+	if (!n || check_urand() < 0.5) /* half of them well formed */
+		snprintf(buf, cap, "%s%d%s%s", check_urand() < 0.3 ? "-" : "", (int)(check_urand() * 1000),
+			 check_urand() < 0.6 ? ".25" : "", check_urand() < 0.4 ? "e-3" : "");
+}
+
+/* Whether s is a number as RFC 8259 writes one, with a fraction or an
+ * exponent (json.loads makes a float of it): a walk of its grammar. */
+static int json_float_literal(const char *s)
+{
+	int digits = 0, fancy = 0;
+	while (*s == ' ')
+		s++;
+	if (*s == '-')
+		s++;
+	if (*s == '0')
+		s++, digits = 1;
+	else
+		while (*s >= '0' && *s <= '9')
+			s++, digits++;
+	if (!digits)
+		return 0;
+	if (*s == '.') {
+		s++, fancy = 1;
+		if (!(*s >= '0' && *s <= '9'))
+			return 0;
+		while (*s >= '0' && *s <= '9')
+			s++;
+	}
+	if (*s == 'e' || *s == 'E') {
+		s++, fancy = 1;
+		if (*s == '+' || *s == '-')
+			s++;
+		if (!(*s >= '0' && *s <= '9'))
+			return 0;
+		while (*s >= '0' && *s <= '9')
+			s++;
+	}
+	while (*s == ' ')
+		s++;
+	return fancy && !*s;
+}
+
+/* Numbers and \u escapes read as jq reads them, and a number written with a
+ * fraction or an exponent marked as a float (json.loads's float), through
+ * copies, arrays, objects and the memo. */
+static void test_number_literals(void)
+{
+	check_seed_init();
+	struct jsonl_memo *memo = jsonl_memo_new();
+	for (int i = 0; i < 4000 && !check_case_failed; i++) {
+		char lit[64], line[160];
+		random_number(lit, sizeof lit);
+		snprintf(line, sizeof line, "{\"x\":[%s],\"s\":\"a\\u00e9\\ud83d\\ude00\\u20ac\"}", lit);
+		jv want = jv_parse(line);
+		jv got;
+		struct err err = {0};
+		int rc = jsonl_parse_record_memo("t", 1, line, strlen(line), i % 2 ? memo : NULL, &got, &err);
+		CHECK((rc == 1) == jv_is_valid(want), "%s: ours %d (%s), jq %s", line, rc, err.msg,
+		      jv_is_valid(want) ? "parses" : "refuses");
+		if (rc == 1 && jv_is_valid(want)) {
+			CHECK(jv_equal(jv_copy(got), jv_copy(want)), "%s: values differ", line);
+			jv x = jv_array_get(jv_object_get(jv_copy(got), jv_string("x")), 0);
+			/* a float json.loads would make is marked; jq's extensions (".5") are not */
+			int is_float = json_float_literal(lit) && isfinite(jv_number_value(x));
+			CHECK(jsonl_number_is_float(x) == is_float, "%s: marked %d", lit, jsonl_number_is_float(x));
+			jv_free(x);
+			jv_free(got);
+		}
+		jv_free(want);
+	}
+	jsonl_memo_free(memo);
+	/* a lone surrogate goes to jq, which refuses it, as before */
+	const char *lone = "{\"s\":\"\\ud83d x\"}";
+	jv a, b = jv_parse(lone);
+	struct err err = {0};
+	CHECK(!jv_is_valid(b) && jsonl_parse_record("t", 1, lone, strlen(lone), &a, &err) == -1 &&
+		      strstr(err.msg, "surrogate"), "lone surrogate: %s", err.msg);
+	jv_free(b);
+	/* the mark lasts through what the pipeline does to a record */
+	const char *doc = "{\"a\":[1.0,2],\"b\":{\"c\":1e2}}";
+	jv v = jsonl_parse_value(doc, strlen(doc));
+	jv arr = jv_array_append(jv_array(), jv_object_get(jv_copy(v), jv_string("a")));
+	jv one = jv_array_get(jv_array_get(jv_copy(arr), 0), 0), two = jv_array_get(jv_array_get(arr, 0), 1);
+	jv c = jv_object_get(jv_object_get(jv_object_set(jv_copy(v), jv_string("z"), jv_null()), jv_string("b")),
+			     jv_string("c"));
+	CHECK(jsonl_number_is_float(one) && !jsonl_number_is_float(two) && jsonl_number_is_float(c) &&
+		      jv_number_value(c) == 100,
+	      "marks after copies");
+	CHECK(!jsonl_number_is_float(jv_number(1.0)) && jsonl_number_is_float(jsonl_float(1.0)), "made numbers");
+	jv_free(v), jv_free(one), jv_free(two), jv_free(c);
 }
 
 /* One bad line among good ones: the message names the file and the line. */
@@ -425,8 +532,8 @@ static void test_parse_memo(void)
 	for (int i = 0; i < 6; i++)
 		pool[i] = long_value(i % 3);
 	struct jsonl_memo *memo = jsonl_memo_new();
-	jv last_tools = jv_invalid();
-	int shared = 0, repeats = 0;
+	jv last_long = jv_invalid(), last_text = jv_invalid(); /* the last long tool list */
+	int repeats = 0;
 	static const char *const keys[] = {"tools", "messages", "meta", "id"};
 	for (int rec = 0; rec < 400 && !check_case_failed; rec++) {
 		/* a record of some of the keys, values from the pool, sometimes changed */
@@ -458,16 +565,25 @@ static void test_parse_memo(void)
 		CHECK(a == 1 && b == 1, "seed %u record %d: %s", seed, rec, e.msg);
 		if (a == 1 && b == 1) {
 			CHECK(jv_equal(jv_copy(plain), jv_copy(got)), "seed %u record %d: the memo changed the value", seed, rec);
+			/* shared (the same jv) exactly when its text is that of the last long one */
 			jv t = jv_object_get(jv_copy(got), jv_string("tools"));
-			if (jv_is_valid(last_tools) && jv_get_kind(t) != JV_KIND_NULL && jv_get_kind(last_tools) != JV_KIND_NULL) {
-				int same = jv_equal(jv_copy(t), jv_copy(last_tools));
-				int ident = jv_identical(jv_copy(t), jv_copy(last_tools));
-				CHECK(!ident || same, "seed %u record %d: a different value shared", seed, rec);
-				repeats += same && pick[0] < 6;
-				shared += ident;
+			jv tt = jv_is_valid(t) ? jv_dump_string(jv_copy(t), 0) : jv_string("");
+			jv_kind k = jv_get_kind(t);
+			int is_long = (k == JV_KIND_ARRAY || k == JV_KIND_OBJECT || k == JV_KIND_STRING) &&
+				      jv_string_length_bytes(jv_copy(tt)) >= 256;
+			if (is_long && jv_is_valid(last_long)) {
+				int same_text = jv_equal(jv_copy(tt), jv_copy(last_text));
+				int ident = jv_identical(jv_copy(t), jv_copy(last_long));
+				CHECK(ident == same_text, "seed %u record %d: %s", seed, rec,
+				      ident ? "a different text shared" : "the same text not shared");
+				repeats += same_text;
 			}
-			jv_free(last_tools);
-			last_tools = t;
+			if (is_long) {
+				jv_free(last_long), jv_free(last_text);
+				last_long = t, last_text = tt;
+			} else {
+				jv_free(t), jv_free(tt);
+			}
 		}
 		if (a == 1)
 			jv_free(plain);
@@ -475,8 +591,7 @@ static void test_parse_memo(void)
 			jv_free(got);
 		jv_free(text), jv_free(o);
 	}
-	/* lines jq parses (floats anywhere) do not use the memo: shared <= repeats */
-	CHECK(shared <= repeats, "seed %u: %d repeated tool lists, %d shared", seed, repeats, shared);
+	CHECK(repeats > 0, "seed %u: no tool list repeated (the case is not exercised)", seed);
 	/* the tool list of ds-gen's lines, three times, then with one byte changed */
 	char tools[1024], line[1200];
 	int n = snprintf(tools, sizeof tools, "[");
@@ -503,7 +618,7 @@ static void test_parse_memo(void)
 	}
 	jv_free(first);
 	CHECK(jsonl_memo_hits(memo) == hits0 + 2, "hits %llu", jsonl_memo_hits(memo) - hits0);
-	jv_free(last_tools);
+	jv_free(last_long), jv_free(last_text);
 	jsonl_memo_free(memo);
 	for (int i = 0; i < 6; i++)
 		jv_free(pool[i]);
@@ -564,6 +679,7 @@ int main(void)
 	RUN(test_records_and_line_numbers);
 	RUN(test_values);
 	RUN(test_bad_lines);
+	RUN(test_number_literals);
 	RUN(test_skip_bad);
 	RUN(test_long_line);
 	RUN(test_open_errors);

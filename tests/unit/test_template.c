@@ -11,10 +11,7 @@
 static int render(const char *src, const char *ctx, const struct tmpl_limits *lim, struct tmpl_output *out,
 		  struct err *err)
 {
-	const char *why;
-	if (jsonl_unsafe_at(ctx, strlen(ctx), &why) >= 0)
-		return err_set(err, "bad test context: %s", why);
-	jv c = jv_parse(ctx);
+	jv c = jsonl_parse_value(ctx, strlen(ctx)); /* as ds-fmt reads records: "1.0" a float */
 	if (!jv_is_valid(c)) {
 		jv_free(c);
 		return err_set(err, "bad test context");
@@ -369,6 +366,26 @@ static void test_render_ctx(void)
 
 /* Cuts: where each printing statement of the body ended, not inside a
  * capture or a macro, each place once. */
+/* tmpl_tojson writes what Python's json.dumps(v, ensure_ascii=False) does
+ * for the values json.loads makes of the same text (the want strings are
+ * Python's). */
+static void test_tojson(void)
+{
+	static const struct {
+		const char *in, *want;
+	} cases[] = {
+		{"{\"a\":1.0,\"b\":[1,2.5e-3,\"\u00e9\\u007f\\n\"],\"c\":null,\"d\":1e16,\"e\":-0.0}",
+		 "{\"a\": 1.0, \"b\": [1, 0.0025, \"\u00e9\x7f\\n\"], \"c\": null, \"d\": 1e+16, \"e\": -0.0}"},
+		{"[true,false,{},[],\"\",1e-7,123456789012345]", "[true, false, {}, [], \"\", 1e-07, 123456789012345]"},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		jv s = tmpl_tojson(jsonl_parse_value(cases[i].in, strlen(cases[i].in)));
+		CHECK(jv_get_kind(s) == JV_KIND_STRING && !strcmp(jv_string_value(s), cases[i].want), "%s: got %s",
+		      cases[i].in, jv_get_kind(s) == JV_KIND_STRING ? jv_string_value(s) : "invalid");
+		jv_free(s);
+	}
+}
+
 static void test_cuts(void)
 {
 	struct tmpl_output o;
@@ -400,5 +417,6 @@ int main(void)
 	RUN(test_errors);
 	RUN(test_render_ctx);
 	RUN(test_cuts);
+	RUN(test_tojson);
 	return check_done();
 }
