@@ -191,8 +191,7 @@ static void jsonl_jq_message(jv v, char *out, size_t size)
 	jv_free(msg);
 }
 
-/* jsonl_unsafe_at's checks of the bytes alone. */
-static long bad_bytes_at(const char *s, size_t n, const char **why)
+long jsonl_unsafe_at(const char *s, size_t n, const char **why)
 {
 	const char *nul = memchr(s, '\0', n);
 	if (nul) {
@@ -200,24 +199,14 @@ static long bad_bytes_at(const char *s, size_t n, const char **why)
 		return (long)(nul - s);
 	}
 	long at = bad_utf8_at((const unsigned char *)s, n);
-	if (at >= 0)
+	if (at >= 0) {
 		*why = "not valid UTF-8";
-	return at;
-}
-
-/* jsonl_unsafe_at's check of the values' separators. */
-static long separator_missing_at(const char *s, size_t n, const char **why)
-{
-	long at = missing_separator_at(s, n);
+		return at;
+	}
+	at = missing_separator_at(s, n);
 	if (at >= 0)
 		*why = "not valid JSON: Expected separator between values";
 	return at;
-}
-
-long jsonl_unsafe_at(const char *s, size_t n, const char **why)
-{
-	long at = bad_bytes_at(s, n, why);
-	return at >= 0 ? at : separator_missing_at(s, n, why);
 }
 
 /* A direct parser for the JSON that records are made of, several times
@@ -348,6 +337,18 @@ static int fp_hex4(const char *s, unsigned *u)
 	return 0;
 }
 
+/* The jv string of s[0..n), or invalid when s is not UTF-8: jq checks it
+ * (replacing what is not), so the line's strings need no check of ours. */
+static jv fp_text(const char *s, size_t n)
+{
+	jv v = jv_string_sized(s, (int)n);
+	if ((size_t)jv_string_length_bytes(jv_copy(v)) != n || memcmp(jv_string_value(v), s, n)) {
+		jv_free(v);
+		return jv_invalid();
+	}
+	return v;
+}
+
 /* A string at p->s ('"'), or invalid when it is not of the simple kind. */
 static jv fp_string(struct fastp *p)
 {
@@ -356,7 +357,7 @@ static jv fp_string(struct fastp *p)
 		q++;
 	if (q < p->end && *q == '"') { /* no escapes: the common case */
 		p->s = q + 1;
-		return jv_string_sized(s, (int)(q - s));
+		return fp_text(s, (size_t)(q - s));
 	}
 	char small[256];
 	size_t cap = sizeof small, n = 0;
@@ -368,7 +369,7 @@ static jv fp_string(struct fastp *p)
 		size_t en = 1;
 		if (c == '"') {
 			p->s = q + 1;
-			res = jv_string_sized(buf, (int)n);
+			res = fp_text(buf, n);
 			break;
 		}
 		if (c < 0x20)
@@ -577,8 +578,8 @@ static jv fp_value(struct fastp *p)
 	}
 }
 
-/* s[0..n), checked by jsonl_unsafe_at: its value, or invalid for jq to parse
- * (and to word the error). */
+/* s[0..n): its value, or invalid for jq to parse (after jsonl_unsafe_at) and
+ * to word the error. */
 static jv fast_parse(const char *s, size_t n, struct jsonl_memo *memo)
 {
 	struct fastp p = {s, s + n, 0, memo};
@@ -617,17 +618,17 @@ int jsonl_parse_record_memo(const char *name, long lineno, const char *line, siz
 {
 	if (len > INT_MAX)
 		return line_errf(name, lineno, err, "line too long (%zu bytes)", len);
-	const char *why;
-	long at = bad_bytes_at(line, len, &why);
-	if (at >= 0)
-		return line_errf(name, lineno, err, "%s at column %ld", why, at + 1);
-	/* The direct parser takes only valid JSON, so the separators need
-	 * checking only before jq is given the line. */
+	/* The direct parser takes only valid JSON with UTF-8 strings (outside
+	 * them, only ASCII is JSON), so a line needs the checks of
+	 * jsonl_unsafe_at only when it is given to jq. */
 	jv v = fast_parse(line, len, memo);
-	if (!jv_is_valid(v) && (at = separator_missing_at(line, len, &why)) >= 0)
-		return line_errf(name, lineno, err, "%s at column %ld", why, at + 1);
-	if (!jv_is_valid(v))
+	if (!jv_is_valid(v)) {
+		const char *why;
+		long at = jsonl_unsafe_at(line, len, &why);
+		if (at >= 0)
+			return line_errf(name, lineno, err, "%s at column %ld", why, at + 1);
 		v = jv_parse_sized(line, (int)len);
+	}
 	if (!jv_is_valid(v)) {
 		char why[512];
 		jsonl_jq_message(v, why, sizeof why);

@@ -28,8 +28,13 @@ static int next_both(struct jsonl_reader *r, struct jsonl_memo *memo, jv *out, s
 		jv a = jv_dump_string(jv_copy(*out), 0), b = jv_dump_string(v2, 0);
 		if (strcmp(jv_string_value(a), jv_string_value(b)))
 			abort(); /* the memo changed a value */
-		/* jq's own parser reads the line to the same value (the direct
-		 * parser's numbers and \u escapes included) */
+		/* an accepted line is one jq may be given (no NUL, UTF-8 throughout:
+		 * the direct parser leaves those checks to what it reads), and jq's
+		 * own parser reads it to the same value (the direct parser's numbers
+		 * and \u escapes included) */
+		const char *why;
+		if (jsonl_unsafe_at(line, len, &why) >= 0)
+			abort();
 		jv j = jv_parse_sized(line, (int)len);
 		if (!jv_is_valid(j))
 			abort();
