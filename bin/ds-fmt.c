@@ -28,7 +28,7 @@
 #define DSFMT_VERSION "0.1.0"
 
 static const struct opt opts[] = {
-	{"model", 'm', OPT_STRING, "M", "model folder (tokenizer.json, tokenizer_config.json) or GGUF file"},
+	{"model", 'm', OPT_STRING, "M", "model folder (tokenizer.json, tokenizer_config.json; or a single .gguf) or GGUF file"},
 	{"template", 't', OPT_STRING, "FILE|NAME",
 	 "use this .jinja file or built-in template (chatml, llama3, gemma, mistral, alpaca)"},
 	{"input-format", 0, OPT_CHOICE, "FORMAT", "input records: auto (default), openai, alpaca or sharegpt",

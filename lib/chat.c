@@ -819,7 +819,9 @@ static int load_markers(struct chat_model *m, const char *model, struct err *err
 	char path[4096];
 	struct stat st;
 	snprintf(path, sizeof path, "%s/tokenizer.json", model);
-	if (stat(model, &st) == 0 && S_ISDIR(st.st_mode) && stat(path, &st) == 0) {
+	int dir = stat(model, &st) == 0 && S_ISDIR(st.st_mode);
+	int json = dir && stat(path, &st) == 0;
+	if (json) {
 		int rc = markers_from_json(m, path, err);
 		if (rc < 0)
 			return -1;
@@ -833,6 +835,13 @@ static int load_markers(struct chat_model *m, const char *model, struct err *err
 	}
 	if (is_gguf(model))
 		return markers_from_gguf(m, model, err);
+	int count;
+	char *gguf = dir && !json ? tokenizer_folder_gguf(model, &count) : NULL; /* as tokenizer_load finds it */
+	if (gguf) {
+		int rc = markers_from_gguf(m, gguf, err);
+		free(gguf);
+		return rc;
+	}
 	struct tokenizer *tk = tokenizer_load(model, err);
 	if (!tk)
 		return -1;
@@ -951,6 +960,19 @@ static int probe_agp(const struct tmpl *t, jv tokens)
 	return 0;
 }
 
+/* Whether folder dir holds any of the files of a Hugging Face model that ds-fmt reads. */
+static int hf_folder(const char *dir)
+{
+	static const char *const names[] = {"tokenizer_config.json", "chat_template.jinja", "tokenizer.json"};
+	char path[4096];
+	for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+		snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+		if (access(path, F_OK) == 0)
+			return 1;
+	}
+	return 0;
+}
+
 struct chat_model *chat_model_load(const char *model, const char *template, struct err *err)
 {
 	struct chat_model *m = calloc(1, sizeof *m);
@@ -959,10 +981,13 @@ struct chat_model *chat_model_load(const char *model, const char *template, stru
 		return err_sys(err, "out of memory"), NULL;
 	}
 	m->tokens = jv_invalid();
-	int rc;
+	int rc, count;
 	struct stat st;
+	char *gguf = NULL; /* a folder's only file of a model: a GGUF */
 	if (stat(model, &st) < 0)
 		rc = err_set(err, "%s: no such model folder or file", model);
+	else if (S_ISDIR(st.st_mode) && !hf_folder(model) && (gguf = tokenizer_folder_gguf(model, &count)))
+		rc = load_gguf(m, model = gguf, !template, err);
 	else if (S_ISDIR(st.st_mode))
 		rc = load_folder(m, model, !template, err);
 	else if (is_gguf(model))
@@ -985,6 +1010,7 @@ struct chat_model *chat_model_load(const char *model, const char *template, stru
 	}
 	if (rc == 0)
 		rc = load_markers(m, model, err);
+	free(gguf);
 	if (rc < 0) {
 		chat_model_free(m);
 		return NULL;

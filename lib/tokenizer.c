@@ -1432,6 +1432,31 @@ static void bos_from_config(struct tokenizer *tk, const char *dir)
 	jv_free(v);
 }
 
+char *tokenizer_folder_gguf(const char *dir, int *count)
+{
+	char *file = NULL;
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	*count = 0;
+	while (d && (de = readdir(d))) {
+		if (!ends_with(de->d_name, ".gguf"))
+			continue;
+		++*count;
+		free(file);
+		size_t m = strlen(dir) + strlen(de->d_name) + 2;
+		file = malloc(m);
+		if (file)
+			snprintf(file, m, "%s/%s", dir, de->d_name);
+	}
+	if (d)
+		closedir(d);
+	if (*count != 1) {
+		free(file);
+		return NULL;
+	}
+	return file;
+}
+
 struct tokenizer *tokenizer_load(const char *path, struct err *err)
 {
 	struct stat st;
@@ -1455,28 +1480,13 @@ struct tokenizer *tokenizer_load(const char *path, struct err *err)
 		if (stat(file, &st) < 0) {
 			/* No tokenizer.json: a folder holding one GGUF file will do. */
 			free(file);
-			file = NULL;
-			DIR *d = opendir(path);
-			int count = 0;
-			struct dirent *de;
-			while (d && (de = readdir(d))) {
-				if (!ends_with(de->d_name, ".gguf"))
-					continue;
-				count++;
-				free(file);
-				size_t m = strlen(path) + strlen(de->d_name) + 2;
-				file = malloc(m);
-				if (file)
-					snprintf(file, m, "%s/%s", path, de->d_name);
-			}
-			if (d)
-				closedir(d);
-			if (count == 1 && file) {
+			int count;
+			file = tokenizer_folder_gguf(path, &count);
+			if (file) {
 				struct tokenizer *tk = tokenizer_load_gguf(file, err);
 				free(file);
 				return tk;
 			}
-			free(file);
 			err_set(err, "%s: no tokenizer.json%s", path,
 				count > 1 ? " and more than one .gguf file" : " and no .gguf file");
 			return NULL;

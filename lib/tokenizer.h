@@ -24,6 +24,9 @@ struct tokenizer;
 /* path: a folder (tokenizer.json inside, or a single *.gguf), a tokenizer.json,
  * or a .gguf file. Returns NULL with err set. */
 struct tokenizer *tokenizer_load(const char *path, struct err *err);
+/* The path (malloc'ed) of the one *.gguf file in folder dir, or NULL when it
+ * holds none or several (*count says how many) or is not a folder. */
+char *tokenizer_folder_gguf(const char *dir, int *count);
 /* From the text of a tokenizer.json already in memory. name is for messages. */
 struct tokenizer *tokenizer_from_json(const char *json, size_t len, const char *name, struct err *err);
 /* From a parsed tokenizer.json object (jq's jv; consumed). For converters that

@@ -404,6 +404,18 @@ def main():
                 got = None
             else:
                 compare_renders(t, records, got, refs, "render")
+            if got is not None and str(t.model).endswith(".gguf") and not t.template_arg:
+                # a folder holding the GGUF alone is that GGUF (template and end-of-turn markers)
+                d = os.path.join(tmp, t.name + ".folder")
+                os.makedirs(d, exist_ok=True)
+                os.symlink(os.path.abspath(t.model), os.path.join(d, os.path.basename(t.model)))
+                p = subprocess.run([C.DSFMT, "--skip-bad", "--model", d, os.path.join(tmp, f"{t.name}.in.jsonl")],
+                                   capture_output=True, timeout=120)
+                with open(os.path.join(tmp, f"{t.name}.out.jsonl"), "rb") as f:
+                    want = f.read()
+                report(p.returncode == 0 and p.stdout == want and want,
+                       f"gguf-folder {t.name}: a folder holding only its GGUF gives the same output",
+                       f"exit {p.returncode}, {len(p.stdout)} bytes vs {len(want)}: {p.stderr.decode(errors='replace')[:300]}")
             got_gp, err, rc = run_dsfmt(t, records, ["--add-generation-prompt"], tmp)
             if rc != 0 and len(got_gp) <= 1:
                 report(False, f"render-genprompt {t.name}", f"ds-fmt exited {rc}: {err.strip()[:400]}")
