@@ -27,6 +27,10 @@
 
 #define DSFMT_VERSION "0.1.0"
 
+#define BATCH 64        /* records handed to a worker at once */
+#define MAX_THREADS 64
+#define DEFAULT_THREADS 16 /* most a default run uses */
+
 static const struct opt opts[] = {
 	{"model", 'm', OPT_STRING, "M", "model folder (tokenizer.json, tokenizer_config.json; or a single .gguf) or GGUF file"},
 	{"template", 't', OPT_STRING, "FILE|NAME",
@@ -43,6 +47,7 @@ static const struct opt opts[] = {
 	{"var", 0, OPT_STRING, "NAME=JSON", "an extra template variable (repeatable), e.g. enable_thinking=false",
 	 .repeat = 1},
 	{"skip-bad", 0, OPT_FLAG, NULL, "skip and count bad records instead of stopping"},
+	{"threads", 0, OPT_INT, "N", "worker threads (default 0: one per CPU, at most 16)", .min = 0, .max = MAX_THREADS},
 	{"output", 'o', OPT_STRING, "FILE", "write here (atomically) instead of standard output"},
 	OPT_COMMON_ROWS,
 	{0},
@@ -57,8 +62,6 @@ static const char about[] =
 	"of the input pass through. Exit status: 0 done, 1 runtime failure, 2 bad usage or bad input.";
 
 
-#define BATCH 64      /* records handed to a worker at once */
-#define MAX_THREADS 16
 
 /* One input line: the records (after --jq) to format, then the lines made. */
 struct item {
@@ -178,12 +181,14 @@ static void pool_wait(struct pool *p, struct batch *b)
 	pthread_mutex_unlock(&p->mu);
 }
 
-/* Workers: one per CPU this process may run on. */
-static int thread_count(void)
+/* Workers: as many as asked, else one per CPU this process may run on. */
+static int thread_count(int asked)
 {
+	if (asked > 0)
+		return asked;
 	cpu_set_t set;
 	int n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
-	return n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : n;
+	return n < 1 ? 1 : n > DEFAULT_THREADS ? DEFAULT_THREADS : n;
 }
 
 static void batch_free(struct batch *b)
@@ -285,7 +290,7 @@ int main(int argc, char **argv)
 	pthread_mutex_init(&pool.mu, NULL);
 	pthread_cond_init(&pool.work, NULL);
 	pthread_cond_init(&pool.done, NULL);
-	int nw = thread_count();
+	int nw = thread_count((int)opt_int(&r, "threads", 0));
 	struct worker w[MAX_THREADS];
 	for (int i = 0; i < nw; i++) {
 		w[i] = (struct worker){.p = &pool, .o = o};

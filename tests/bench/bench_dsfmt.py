@@ -19,6 +19,8 @@ of the number of turns. Also printed: ds-fmt's start-up (one record: the
 template, tokenizer_config.json and tokenizer.json's added tokens) and the rate
 without it. ds-fmt formats records on one worker thread per CPU it may run on
 (at most 16; the output is the same for any count); transformers uses one.
+A third line times ds-fmt with --threads 1: the ratio per thread, from which
+a machine with more cores can be judged.
 """
 import json
 import os
@@ -83,6 +85,9 @@ def measure(t, label, base, tmp, n=None):
     t0 = time.perf_counter()
     subprocess.run(t.dsfmt_cmd("-o", out + ".one", one), capture_output=True)
     startup = time.perf_counter() - t0
+    t0 = time.perf_counter()  # one worker thread: the same number of cores as transformers
+    subprocess.run(t.dsfmt_cmd("--threads", "1", "-o", out + ".t1", inp), capture_output=True)
+    ours1 = time.perf_counter() - t0
     msgs = [(t.normalize(r["messages"]), r.get("tools")) for r in recs]
     t.hf.apply_chat_template(msgs[0][0], tools=msgs[0][1], tokenize=False)  # compile once
     t0 = time.perf_counter()
@@ -113,6 +118,8 @@ def measure(t, label, base, tmp, n=None):
           f"ratio {theirs / max(ours - startup, 1e-9):.1f}x]", flush=True)
     print(f"{'':14s} the same work in Python (json.loads, render, a render per learned turn, json.dumps) "
           f"{N / same_work:8.0f} records/s ({same_work:.2f} s)   ratio {same_work / ours:6.1f}x", flush=True)
+    print(f"{'':14s} ds-fmt --threads 1 {N / ours1:8.0f} records/s ({ours1:.2f} s)   "
+          f"ratio per thread {theirs / ours1:6.1f}x (same work {same_work / ours1:.1f}x)", flush=True)
 
 
 def main():

@@ -267,6 +267,16 @@ bad unknown-shape '{"prompt":"u"}\n' 'bad\.jsonl:1: .*--jq'
 printf '%s' "{{ raise_exception('only user turns, please') }}" > "$T/raise.jinja"
 bad template-raised "$good" "bad\.jsonl:1: .*only user turns, please" --template "$T/raise.jinja"
 
+# The output does not depend on the number of worker threads (batches of 64
+# records: 300 records make several per thread).
+for i in $(seq 1 100); do cat "$T/chat.jsonl"; done > "$T/many.jsonl"
+"$DS" --model "$Q" "$T/many.jsonl" > "$T/want" 2>/dev/null
+for n in 1 3 7; do
+	expect "threads-$n" 0 "$DS" --model "$Q" --threads "$n" "$T/many.jsonl" && cmp -s "$T/out" "$T/want" &&
+		[ "$(wc -l < "$T/out")" -eq 300 ] && ok "--threads $n: the same output" || unreported "threads-$n"
+done
+expect threads-bad 2 "$DS" --model "$Q" --threads -1 "$T/many.jsonl" && ok "--threads -1 is refused" || unreported threads-bad
+
 # --skip-bad goes on past bad records and counts them.
 printf '%b' "$good{oops\n{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}\n$good" > "$T/skip.jsonl"
 expect skip-bad 0 "$DS" --model "$Q" --skip-bad "$T/skip.jsonl" && [ "$(wc -l < "$T/out")" -eq 2 ] &&
