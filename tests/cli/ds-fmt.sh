@@ -267,6 +267,14 @@ bad unknown-shape '{"prompt":"u"}\n' 'bad\.jsonl:1: .*--jq'
 printf '%s' "{{ raise_exception('only user turns, please') }}" > "$T/raise.jinja"
 bad template-raised "$good" "bad\.jsonl:1: .*only user turns, please" --template "$T/raise.jinja"
 
+# Numbers written 100.0 are floats to the template (json.loads's reading),
+# also after a --jq filter that passes them through.
+printf '%s\n' '{"m":[{"role":"user","content":"pay"},{"role":"assistant","content":null,"tool_calls":[{"type":"function","function":{"name":"pay","arguments":{"amount":100.0,"n":3}}}]}],"t":[{"type":"function","function":{"name":"pay","description":"Pay","parameters":{"type":"object","properties":{"amount":{"type":"number","default":1.0}}}}}]}' > "$T/floats.jsonl"
+if expect floats-jq 0 "$DS" --model "$Q" --jq '{messages: .m, tools: .t}' "$T/floats.jsonl"; then
+	jq -r .text "$T/out" | grep -q '"default": 1.0}' && jq -r .text "$T/out" | grep -q '{"amount": 100.0, "n": 3}' &&
+		ok "floats stay floats (100.0, through --jq)" || notok floats-jq "$(jq -r .text "$T/out" | grep -E 'default|amount')"
+fi
+
 # The output does not depend on the number of worker threads (batches of 64
 # records: 300 records make several per thread).
 for i in $(seq 1 100); do cat "$T/chat.jsonl"; done > "$T/many.jsonl"
