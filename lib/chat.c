@@ -107,7 +107,6 @@ done:
 	return res;
 }
 
-
 /* ShareGPT as LLaMA-Factory reads it: human/user, gpt/assistant, system,
  * observation/tool (tool results), function_call (a JSON {"name","arguments"}
  * or a list of them, becoming the assistant's tool_calls). A "system" key

@@ -192,10 +192,13 @@ static uint32_t u8_dec(const char *s, uint32_t n, uint32_t *i)
 /* Byte offsets of each character and the end: off[0..ncp]. */
 static uint32_t *cp_offsets(struct rt *r, struct tp_str s, uint32_t *ncp)
 {
-	uint32_t *off = tp_alloc(&r->a, ((size_t)s.len + 1) * sizeof *off), n = 0, i = 0;
+	uint32_t *off = tp_alloc_raw(&r->a, ((size_t)s.len + 1) * sizeof *off), n = 0, i = 0;
 	while (i < s.len) {
 		off[n++] = i;
-		u8_dec(s.s, s.len, &i);
+		if ((unsigned char)s.s[i] < 0x80) /* a character of its own, however the rest decodes */
+			i++;
+		else
+			u8_dec(s.s, s.len, &i);
 	}
 	off[n] = s.len;
 	*ncp = n;
@@ -792,25 +795,39 @@ static int in_chars(uint32_t c, const struct tp_str *chars)
 	return 0;
 }
 
+/* Byte offsets lo and hi of s stripped; the common case (ASCII at the right
+ * end) decodes only what is taken off. */
 static struct tp_val str_strip(struct rt *r, struct tp_str s, const struct tp_str *chars, int left, int right)
 {
-	uint32_t n, *off = cp_offsets(r, s, &n), lo = 0, hi = n;
+	uint32_t lo = 0, hi = s.len;
 	if (left)
 		while (lo < hi) {
-			uint32_t i = off[lo];
+			uint32_t i = lo;
 			if (!in_chars(u8_dec(s.s, s.len, &i), chars))
 				break;
-			lo++;
+			lo = i;
 		}
-	if (right)
-		while (hi > lo) {
-			uint32_t i = off[hi - 1];
-			if (!in_chars(u8_dec(s.s, s.len, &i), chars))
-				break;
-			hi--;
+	while (right && hi > lo) {
+		if ((unsigned char)s.s[hi - 1] >= 0x80) { /* where the last character starts: decode from lo */
+			struct tp_str rest = { s.s + lo, hi - lo, 0, NULL };
+			uint32_t n, *off = cp_offsets(r, rest, &n);
+			while (n > 0) {
+				uint32_t i = lo + off[n - 1];
+				if (!in_chars(u8_dec(s.s, s.len, &i), chars))
+					break;
+				n--;
+			}
+			hi = lo + off[n];
+			break;
 		}
+		if (!in_chars((unsigned char)s.s[hi - 1], chars))
+			break;
+		hi--;
+	}
+	if (lo == 0 && hi == s.len)
+		return tp_mk_str(s);
 	struct tp_sb o = sb_new(r);
-	tp_sb_sub(&r->a, &o, s, off[lo], off[hi]);
+	tp_sb_sub(&r->a, &o, s, lo, hi);
 	return tp_mk_str(tp_sb_done(&o));
 }
 

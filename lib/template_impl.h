@@ -27,6 +27,7 @@ struct tp_arena {
 	struct err *err;
 };
 void *tp_alloc(struct tp_arena *a, size_t n);
+void *tp_alloc_raw(struct tp_arena *a, size_t n); /* not zeroed: for blocks written before they are read */
 void *tp_realloc(struct tp_arena *a, void *p, size_t old, size_t n);
 char *tp_strndup(struct tp_arena *a, const char *s, size_t n);
 void tp_arena_free(struct tp_arena *a);

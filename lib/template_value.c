@@ -46,6 +46,8 @@ static _Thread_local int nspare;
 /* tp_alloc without the zeroing, for bytes about to be written. */
 static void *alloc_raw(struct tp_arena *a, size_t n);
 
+void *tp_alloc_raw(struct tp_arena *a, size_t n) { return alloc_raw(a, n); }
+
 void *tp_alloc(struct tp_arena *a, size_t n)
 {
 	void *p = alloc_raw(a, n);

@@ -119,6 +119,10 @@ CASES += [
     ("{%- for message in messages | rejectattr('role', 'equalto', 'tool') | selectattr('tool_calls', 'undefined') %}{{ loop.index0 }}{{ message.role }}{% endfor %}", M),
     ("{%- set content = m['content'] if m['content'] is string else m['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('\\n') %}[{{ content }}]", {"m": {"content": [{"type": "text", "text": "a"}, {"type": "image"}, {"type": "text", "text": "b"}]}}),
     ("{{ m.content | default('', true) }}|{{ none | default('x') }}|{{ messages | selectattr('role', 'equalto', 'user') | list | length }}|{{ messages[-1].role }}|{{ messages[0].content[:4] }}", dict(M, m={"content": None})),
+    # strip and trim: ASCII and other white space at either end, characters given, nothing left
+    ("{{ s1 | trim }}|{{ s2 | trim }}|{{ s3.strip() }}|{{ s3.lstrip() }}|{{ s3.rstrip() }}|{{ s4.strip('éa') }}|{{ s4 | trim('é') }}|[{{ s5 | trim }}]|{{ s6.rstrip('🙂') }}|{{ s6.lstrip('a🙂') }}|[{{ '' | trim }}]|{{ s2.rstrip() }}|{{ s7.strip() }}",
+     {"s1": "  hi  ", "s2": "\u3000\u00a0 привет\u2028\u3000", "s3": "\n\t x y \r\n", "s4": "éaébcaé", "s5": " \u3000 ",
+      "s6": "a🙂🙂", "s7": "\u00a0x\u00a0"}),
     # numbers of the context written "100.0" or "1e16": floats, as json.loads makes them
     ("{{ x }} {{ y }} {{ x | tojson }} {{ y | tojson }} {{ z }} {{ w }} {{ x == 100 }} {{ x is number }} {{ y[1] + 1 }} {{ x | int }} {{ n }}",
      {"x": 100.0, "y": [1.5, 2.0, 3], "z": 1e16, "w": -0.0, "n": 7}),
