@@ -715,26 +715,41 @@ static int markers_from_json(struct chat_model *m, const char *path, struct err 
 		free(text);
 		return 0;
 	}
-	jv added = found ? jsonl_parse_value(text + a, b - a) : jv_array();
-	free(text);
-	if (jv_get_kind(added) == JV_KIND_NULL)
-		added = (jv_free(added), jv_array());
-	int n = jv_get_kind(added) == JV_KIND_ARRAY ? jv_array_length(jv_copy(added)) : -1;
-	unsigned char *special = n >= 0 ? calloc((size_t)n + 1, 1) : NULL;
-	int ok = special != NULL;
+	/* Each entry's "content" and "special" alone are read: a tokenizer of
+	 * thousands of added tokens (Gemma 3's) would cost more to parse whole. */
+	const char *at_s = found ? text + a : "[]";
+	size_t at_n = found ? b - a : 2;
+	if (at_n == 4 && !memcmp(at_s, "null", 4))
+		at_s = "[]", at_n = 2;
+	int n = 0, ok = 1;
+	size_t cap_sp = 0, next = 0, ea, eb;
+	unsigned char *special = NULL;
 	jv contents = jv_array();
-	for (int i = 0; i < n && ok; i++) {
-		jv t = jv_array_get(jv_copy(added), i);
-		jv c = jv_get_kind(t) == JV_KIND_OBJECT ? obj_get(t, "content") : jv_invalid();
-		jv sp = jv_get_kind(t) == JV_KIND_OBJECT ? obj_get(t, "special") : jv_invalid();
-		jv_kind sk = jv_get_kind(sp);
-		ok = jv_get_kind(c) == JV_KIND_STRING &&
-		     (sk == JV_KIND_TRUE || sk == JV_KIND_FALSE || sk == JV_KIND_INVALID || sk == JV_KIND_NULL);
-		special[i] = sk == JV_KIND_TRUE;
+	int r;
+	while (ok && (r = jsonl_array_next(at_s, at_n, &next, &ea, &eb)) > 0) {
+		size_t ca, cb, sa, sb;
+		const char *e = at_s + ea;
+		int hc = e[0] == '{' ? jsonl_locate(e, eb - ea, "content", &ca, &cb) : -1;
+		int hs = e[0] == '{' ? jsonl_locate(e, eb - ea, "special", &sa, &sb) : -1;
+		jv c = hc > 0 && e[ca] == '"' ? jsonl_parse_value(e + ca, cb - ca) : jv_invalid();
+		int is_true = hs > 0 && sb - sa == 4 && !memcmp(e + sa, "true", 4);
+		ok = jv_get_kind(c) == JV_KIND_STRING && hs >= 0 &&
+		     (hs == 0 || is_true || (sb - sa == 5 && !memcmp(e + sa, "false", 5)) ||
+		      (sb - sa == 4 && !memcmp(e + sa, "null", 4)));
+		if (ok && (size_t)n == cap_sp) {
+			unsigned char *sp2 = realloc(special, cap_sp = cap_sp ? 2 * cap_sp : 256);
+			ok = sp2 != NULL;
+			special = sp2 ? sp2 : special;
+		}
+		if (!ok) {
+			jv_free(c);
+			break;
+		}
+		special[n++] = (unsigned char)is_true;
 		contents = jv_array_append(contents, c);
-		jv_free(sp), jv_free(t);
 	}
-	jv_free(added);
+	ok = ok && r == 0;
+	free(text);
 	if (!ok) {
 		free(special), jv_free(contents);
 		return 0;

@@ -716,7 +716,7 @@ static int ob_reserve(struct jsonl_buf *b, size_t more)
 
 void jsonl_put(struct jsonl_buf *b, const char *s, size_t n)
 {
-	if (ob_reserve(b, n) < 0)
+	if (n == 0 || ob_reserve(b, n) < 0) /* n 0: b->p may still be NULL */
 		return;
 	memcpy(b->p + b->n, s, n);
 	b->n += n;
@@ -1050,6 +1050,32 @@ static int scan_in(const char *s, size_t n, size_t i, const char *key, size_t kn
 			return -1;
 		i = scan_ws(s, n, i + 1);
 	}
+}
+
+int jsonl_array_next(const char *s, size_t n, size_t *at, size_t *a, size_t *b)
+{
+	size_t i = scan_ws(s, n, *at);
+	if (*at == 0) { /* the opening bracket */
+		if (i >= n || s[i] != '[')
+			return -1;
+		i = scan_ws(s, n, i + 1);
+		if (i < n && s[i] == ']')
+			return *at = n, scan_ws(s, n, i + 1) == n ? 0 : -1;
+	} else if (*at >= n) {
+		return 0;
+	}
+	size_t v = i < n ? scan_value(s + i, n - i) : 0;
+	if (!v)
+		return -1;
+	*a = i, *b = i + v;
+	i = scan_ws(s, n, i + v);
+	if (i < n && s[i] == ',')
+		*at = i + 1;
+	else if (i < n && s[i] == ']' && scan_ws(s, n, i + 1) == n)
+		*at = n;
+	else
+		return -1;
+	return 1;
 }
 
 int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b)

@@ -120,6 +120,11 @@ void jsonl_put_value(struct jsonl_buf *b, jv v);                     /* v, consu
  * value at s[*a, *b), 0 when the path names nothing there, -1 when the text
  * is not JSON as far as the scan goes. */
 int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b);
+/* The elements of the JSON array s[0..n) one by one, scanned as jsonl_locate
+ * scans: *at starts at 0; each call sets s[*a, *b) to the next element and
+ * returns 1, then 0 after the last, or -1 when the text is not an array as far
+ * as the scan goes (checked as the elements are reached). */
+int jsonl_array_next(const char *s, size_t n, size_t *at, size_t *a, size_t *b);
 /* The 1-based line of byte off of s. */
 long jsonl_line_at(const char *s, size_t off);
 /* An error about a value of the JSON file text s[0..n), err->msg

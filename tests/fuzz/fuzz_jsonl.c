@@ -58,6 +58,13 @@ static void locate(const char *s, size_t n)
 		if (rc == 1 && jsonl_line_at(s, a) < 1)
 			abort();
 	}
+	/* the elements of an array, each in bounds and after the last */
+	size_t at = 0, a = 0, b = 0, last = 0;
+	while (jsonl_array_next(s, n, &at, &a, &b) > 0) {
+		if (!(last <= a && a < b && b <= n))
+			abort();
+		last = b;
+	}
 	struct err e = {0};
 	err_set(&e, "f: a.b[1].c: x");
 	jsonl_err_line(&e, "f", s, n);

@@ -500,6 +500,47 @@ static void test_put_string_matches_jq(void)
 	free(s);
 }
 
+/* jsonl_array_next gives each element of random arrays (as jq prints them,
+ * and spaced out) as the text of the value jq has there; broken arrays end in
+ * -1. */
+static void test_array_next(void)
+{
+	unsigned seed = (unsigned)time(NULL);
+	srand(seed);
+	for (int i = 0; i < 500 && !check_case_failed; i++) {
+		jv arr = jv_array();
+		for (int k = rand() % 6; k > 0; k--)
+			arr = jv_array_append(arr, random_value(1));
+		jv text = jv_dump_string(jv_copy(arr), i % 2 ? JV_PRINT_PRETTY : 0);
+		const char *t = jv_string_value(text);
+		size_t n = (size_t)jv_string_length_bytes(jv_copy(text)), at = 0, a, b;
+		int r, k = 0;
+		while ((r = jsonl_array_next(t, n, &at, &a, &b)) > 0 && !check_case_failed) {
+			jv got = jsonl_parse_value(t + a, b - a);
+			CHECK(k < jv_array_length(jv_copy(arr)) && jv_equal(got, jv_array_get(jv_copy(arr), k)),
+			      "seed %u array %d element %d: '%.*s'", seed, i, k, (int)(b - a), t + a);
+			k++;
+		}
+		CHECK(r == 0 && k == jv_array_length(jv_copy(arr)), "seed %u array %d: %d of %d elements, then %d", seed, i,
+		      k, jv_array_length(jv_copy(arr)), r);
+		jv_free(text), jv_free(arr);
+	}
+	static const struct {
+		const char *s;
+		int n; /* elements before the end (0) or the error (-1) */
+		int end;
+	} cases[] = {{"[]", 0, 0},	   {" [ ] ", 0, 0},	{"[1, \"]\", [2]]", 3, 0}, {"[1,]", 1, -1},
+		     {"[1 2]", 0, -1},	   {"[", 0, -1},	{"{}", 0, -1},		    {"[1]x", 0, -1},
+		     {"[[1,2],{\"a\":[]}]", 2, 0}, {"[\"x\" ", 0, -1}};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		size_t at = 0, a, b, n = strlen(cases[i].s);
+		int r, k = 0;
+		while ((r = jsonl_array_next(cases[i].s, n, &at, &a, &b)) > 0)
+			k++;
+		CHECK(r == cases[i].end && k == cases[i].n, "%s: %d elements, then %d", cases[i].s, k, r);
+	}
+}
+
 /* A long value (>= 256 bytes of JSON) of kind k: 0 array, 1 object, 2 string. */
 static jv long_value(int k)
 {
@@ -690,6 +731,7 @@ int main(void)
 	RUN(test_put_string_matches_jq);
 	RUN(test_parse_memo);
 	RUN(test_locate);
+	RUN(test_array_next);
 	if (access("/dev/full", W_OK) == 0)
 		RUN(test_write_error);
 	else
