@@ -693,7 +693,8 @@ int jsonl_next(struct jsonl_reader *r, jv *out, struct err *err)
 /* The writer: a record is serialized straight into a reused buffer, the same
  * bytes jq 1.6's jv_dump_string(v, 0) gives (compact, keys in their order,
  * UTF-8 kept rather than \u escapes, so byte offsets into text stay
- * meaningful) at several times its speed, as it builds no jv strings. */
+ * meaningful; numbers read as floats keep a fraction) at several times its
+ * speed, as it builds no jv strings. */
 /* After a failure every put does nothing, and the block keeps what it held
  * before: the caller reports it and drops the line it was writing. */
 static int ob_reserve(struct jsonl_buf *b, size_t more)
@@ -819,15 +820,19 @@ void jsonl_put_value(struct jsonl_buf *b, jv v)
 	case JV_KIND_FALSE: jsonl_put(b, "false", 5); break;
 	default: {
 		double d = jv_get_kind(v) == JV_KIND_NUMBER ? jv_number_value(v) : 0;
-		if (d >= 1 && d < 1e9 && d == (double)(long)d) { /* span offsets: plain digits */
+		int is_float = jsonl_number_is_float(v);
+		if (!is_float && d >= 1 && d < 1e9 && d == (double)(long)d) { /* span offsets: plain digits */
 			char t[16];
 			int k = snprintf(t, sizeof t, "%ld", (long)d);
 			jsonl_put(b, t, (size_t)k);
 			break;
 		}
-		/* anything else as jq prints it */
+		/* anything else as jq prints it; a number read as a float stays one ("100.0", where jq writes 100) */
 		jv s = jv_dump_string(jv_copy(v), 0);
-		jsonl_put(b, jv_string_value(s), (size_t)jv_string_length_bytes(jv_copy(s)));
+		const char *t = jv_string_value(s);
+		jsonl_put(b, t, strlen(t));
+		if (is_float && isfinite(d) && !strpbrk(t, ".eE"))
+			jsonl_put(b, ".0", 2);
 		jv_free(s);
 	}
 	}

@@ -91,9 +91,12 @@ int jsonl_load(const char *path, size_t max, jv *out, struct err *err);
 int jsonl_load_text(const char *path, size_t max, jv *out, char **text, size_t *len, struct err *err);
 
 /* Writes v (consumed) as one compact line, text kept as UTF-8 (no \u escapes),
- * keys in their order. Returns 0, or -1 with err "write error: <errno>" (the
- * caller adds the file name) or, for an invalid v, "cannot write an invalid
- * JSON value". Buffered: a late error shows at fflush/outfile_commit. */
+ * keys in their order, as jq 1.6's jv_dump_string(v, 0) writes it, except that
+ * a number read as a float (jsonl_number_is_float) keeps a fraction: "100.0"
+ * where jq writes 100, so that the next reader sees a float too. Returns 0,
+ * or -1 with err "write error: <errno>" (the caller adds the file name) or,
+ * for an invalid v, "cannot write an invalid JSON value". Buffered: a late
+ * error shows at fflush/outfile_commit. */
 int jsonl_write(FILE *f, jv v, struct err *err);
 /* jsonl_write into memory: the line (its newline included) is appended to
  * *buf, a malloc'ed block of *cap bytes holding *len (all three updated; *buf

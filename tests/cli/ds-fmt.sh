@@ -275,6 +275,10 @@ if expect floats-jq 0 "$DS" --model "$Q" --jq '{messages: .m, tools: .t}' "$T/fl
 		ok "floats stay floats (100.0, through --jq)" || notok floats-jq "$(jq -r .text "$T/out" | grep -E 'default|amount')"
 fi
 
+printf '%s\n' '{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}],"meta":{"x":2.0,"y":3,"z":0.5}}' > "$T/float-meta.jsonl"
+expect float-meta 0 "$DS" --model "$Q" "$T/float-meta.jsonl" && grep -q '"meta":{"x":2.0,"y":3,"z":0.5}}$' "$T/out" &&
+	ok "a key passing through keeps its floats (2.0)" || unreported float-meta
+
 # The output does not depend on the number of worker threads (batches of 64
 # records: 300 records make several per thread).
 for i in $(seq 1 100); do cat "$T/chat.jsonl"; done > "$T/many.jsonl"

@@ -190,6 +190,14 @@ static void test_number_literals(void)
 	      "marks after copies");
 	CHECK(!jsonl_number_is_float(jv_number(1.0)) && jsonl_number_is_float(jsonl_float(1.0)), "made numbers");
 	jv_free(v), jv_free(one), jv_free(two), jv_free(c);
+	/* written back, a float stays one: "100.0", not jq's 100 */
+	const char *in = "{\"a\":100.0,\"b\":[2.0,1e2,-0.0,1.5,3,1E16,1e17,0.25e1],\"c\":7}";
+	const char *want = "{\"a\":100.0,\"b\":[2.0,100.0,-0.0,1.5,3,1e+16,1e+17,2.5],\"c\":7}\n";
+	char *buf = NULL;
+	size_t len = 0, cap = 0;
+	CHECK(jsonl_format(jsonl_parse_value(in, strlen(in)), &buf, &len, &cap, &err) == 0 && len == strlen(want) &&
+		      !memcmp(buf, want, len), "wrote %.*s", (int)len, buf ? buf : "");
+	free(buf);
 }
 
 /* One bad line among good ones: the message names the file and the line. */
