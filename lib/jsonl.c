@@ -9,6 +9,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <utf8proc.h>
+
 struct jsonl_reader {
 	FILE *f;
 	int own;      /* opened by jsonl_open, so closed by jsonl_close */
@@ -398,17 +400,7 @@ static jv fp_string(struct fastp *p)
 					q += 6;
 					u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
 				}
-				if (u < 0x80) {
-					enc[0] = (char)u;
-				} else if (u < 0x800) {
-					enc[0] = (char)(0xC0 | u >> 6), enc[1] = (char)(0x80 | (u & 63)), en = 2;
-				} else if (u < 0x10000) {
-					enc[0] = (char)(0xE0 | u >> 12), enc[1] = (char)(0x80 | (u >> 6 & 63));
-					enc[2] = (char)(0x80 | (u & 63)), en = 3;
-				} else {
-					enc[0] = (char)(0xF0 | u >> 18), enc[1] = (char)(0x80 | (u >> 12 & 63));
-					enc[2] = (char)(0x80 | (u >> 6 & 63)), enc[3] = (char)(0x80 | (u & 63)), en = 4;
-				}
+				en = (size_t)utf8proc_encode_char((utf8proc_int32_t)u, (utf8proc_uint8_t *)enc);
 				break;
 			default: goto give_up;
 			}
@@ -593,6 +585,22 @@ static jv fast_parse(const char *s, size_t n, struct jsonl_memo *memo)
 	return v;
 }
 
+/* s[0..n) (at most INT_MAX bytes) parsed: the direct parser takes only valid
+ * JSON with UTF-8 strings (outside them only ASCII is JSON), so the checks of
+ * jsonl_unsafe_at are needed only for text it leaves to jq. *at is where
+ * those checks failed (*why says what; the value is then invalid), or -1. */
+static jv parse_text(const char *s, size_t n, struct jsonl_memo *memo, const char **why, long *at)
+{
+	jv v = fast_parse(s, n, memo);
+	*at = -1;
+	if (jv_is_valid(v))
+		return v;
+	jv_free(v);
+	if ((*at = jsonl_unsafe_at(s, n, why)) >= 0)
+		return jv_invalid();
+	return jv_parse_sized(s, (int)n);
+}
+
 /* "NAME:LINE: <fmt...>" into err; returns -1. */
 static int line_errf(const char *name, long lineno, struct err *err, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
@@ -618,17 +626,11 @@ int jsonl_parse_record_memo(const char *name, long lineno, const char *line, siz
 {
 	if (len > INT_MAX)
 		return line_errf(name, lineno, err, "line too long (%zu bytes)", len);
-	/* The direct parser takes only valid JSON with UTF-8 strings (outside
-	 * them, only ASCII is JSON), so a line needs the checks of
-	 * jsonl_unsafe_at only when it is given to jq. */
-	jv v = fast_parse(line, len, memo);
-	if (!jv_is_valid(v)) {
-		const char *why;
-		long at = jsonl_unsafe_at(line, len, &why);
-		if (at >= 0)
-			return line_errf(name, lineno, err, "%s at column %ld", why, at + 1);
-		v = jv_parse_sized(line, (int)len);
-	}
+	const char *why;
+	long at;
+	jv v = parse_text(line, len, memo, &why, &at);
+	if (at >= 0)
+		return line_errf(name, lineno, err, "%s at column %ld", why, at + 1);
 	if (!jv_is_valid(v)) {
 		char why[512];
 		jsonl_jq_message(v, why, sizeof why);
@@ -844,11 +846,9 @@ jv jsonl_parse_value(const char *s, size_t n)
 	if (n > INT_MAX)
 		return jv_invalid_with_msg(jv_string_fmt("more than %d bytes", INT_MAX));
 	const char *why;
-	long at = jsonl_unsafe_at(s, n, &why);
-	if (at >= 0)
-		return jv_invalid_with_msg(jv_string_fmt("%s at byte %ld", why, at));
-	jv v = fast_parse(s, n, NULL);
-	return jv_is_valid(v) ? v : jv_parse_sized(s, (int)n);
+	long at;
+	jv v = parse_text(s, n, NULL, &why, &at);
+	return at >= 0 ? jv_invalid_with_msg(jv_string_fmt("%s at byte %ld", why, at)) : v;
 }
 
 int jsonl_parse(const char *s, size_t n, const char *name, jv *out, struct err *err)

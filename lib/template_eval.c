@@ -1754,9 +1754,12 @@ static struct tp_val html_escape(struct rt *r, struct tp_str s)
 	return tp_mk_str(tp_sb_done(&o));
 }
 
+/* transformers' tojson without arguments: json.dumps with ensure_ascii off. */
+static const struct json_opts tojson_defaults = { NULL, ", ", ": ", 0, 0 };
+
 static struct tp_val to_json(struct rt *r, int line, struct tp_val v, struct args *a)
 {
-	struct json_opts jo = { NULL, ", ", ": ", 0, 0 };
+	struct json_opts jo = tojson_defaults;
 	struct tp_val x;
 	if (arg(a, 0, "indent", &x) && x.type != TP_NONE) {
 		if (x.type == TP_STR)
@@ -2959,9 +2962,8 @@ jv tmpl_tojson(jv v)
 	if (setjmp(jb) == 0) {
 		struct tp_val x = tp_from_jv(&a, v, tp_literal);
 		struct tp_sb o = { 0 };
-		struct json_opts jo = { NULL, ", ", ": ", 0, 0 };
 		const char *why = NULL;
-		if (tp_json_of(&a, &o, x, &jo, 0, &why) == 0) {
+		if (tp_json_of(&a, &o, x, &tojson_defaults, 0, &why) == 0) {
 			struct tp_str text = tp_sb_done(&o);
 			res = jv_string_sized(text.s, (int)text.len);
 		} else {
