@@ -19,19 +19,25 @@
 /* ---------------------------------------------------------------- jv helpers */
 
 /* The keys looked up, as jv strings made once per thread: jv_string(key)
- * would allocate, check the UTF-8 and hash the key at every lookup. */
+ * would allocate, check the UTF-8 and hash the key at every lookup. Keys are
+ * string literals (or live as long as the thread), so most are found by
+ * their address. */
 #define KEYS_KEPT 32
 static _Thread_local jv keys_kept[KEYS_KEPT];
+static _Thread_local const char *keys_asked[KEYS_KEPT];
 static _Thread_local int nkeys_kept;
 
 static jv key_jv(const char *key)
 {
 	for (int i = 0; i < nkeys_kept; i++)
+		if (keys_asked[i] == key)
+			return jv_copy(keys_kept[i]);
+	for (int i = 0; i < nkeys_kept; i++)
 		if (!strcmp(jv_string_value(keys_kept[i]), key))
 			return jv_copy(keys_kept[i]);
 	jv k = jv_string(key);
 	if (nkeys_kept < KEYS_KEPT)
-		keys_kept[nkeys_kept++] = jv_copy(k);
+		keys_asked[nkeys_kept] = key, keys_kept[nkeys_kept++] = jv_copy(k);
 	return k;
 }
 

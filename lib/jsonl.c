@@ -211,6 +211,25 @@ long jsonl_unsafe_at(const char *s, size_t n, const char **why)
 	return at;
 }
 
+/* Bytes of w (eight bytes of text, the first in the lowest byte) that end
+ * a plain run of a JSON string: high bits set in those bytes. Only the
+ * lowest set byte is exact (a borrow can flag bytes above it), which is all
+ * the scanners need. word_stops_string: a quote, a backslash or a control
+ * byte, where the parser's plain run ends; word_special: those and DEL, which
+ * the writer escapes. */
+#define ONES 0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+#define HAS_ZERO_BYTE(v) (((v) - ONES) & ~(v) & HIGHS)
+static uint64_t word_stops_string(uint64_t w)
+{
+	return ((w - ONES * 0x20) & ~w & HIGHS) | HAS_ZERO_BYTE(w ^ (ONES * '"')) | HAS_ZERO_BYTE(w ^ (ONES * '\\'));
+}
+
+static uint64_t word_special(uint64_t w) { return word_stops_string(w) | HAS_ZERO_BYTE(w ^ (ONES * 0x7f)); }
+#undef HAS_ZERO_BYTE
+#undef HIGHS
+#undef ONES
+
 /* A direct parser for the JSON that records are made of, several times
  * faster than jq 1.6's byte-at-a-time one, building the same jv values with
  * the same calls jq's parser makes (jv_object_set in key order, so a
@@ -339,22 +358,76 @@ static int fp_hex4(const char *s, unsigned *u)
 	return 0;
 }
 
-/* The jv string of s[0..n), or invalid when s is not UTF-8: jq checks it
- * (replacing what is not), so the line's strings need no check of ours. */
+/* jv_string_sized checks the UTF-8 a byte at a time, through a function
+ * call per character: an eighth of ds-fmt's time. Text checked already
+ * (bad_utf8_at, eight ASCII bytes at a time) is copied into an empty string
+ * of that capacity instead, whose length is then set where libjq keeps it:
+ * in jq 1.6 and 1.7 a string's text follows a header ending in two 32-bit
+ * words, the length shifted left by one and the capacity. That is private to
+ * libjq, so the first use checks it on a string jq made, and on one made
+ * here against jq's (length, bytes, equality, hash); where it does not hold,
+ * jv_string_sized is used. */
+static int layout_checked(void)
+{
+	static int state; /* 0 unchecked, 1 holds, -1 does not */
+	int st = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
+	if (st)
+		return st > 0;
+	jv ref = jv_string_sized("lorapipe", 8);
+	const char *d = jv_string_value(ref);
+	uint32_t lh, cap;
+	memcpy(&lh, d - 8, 4), memcpy(&cap, d - 4, 4);
+	int ok = lh == 8u << 1 && cap == 8;
+	if (ok) {
+		jv t = jv_string_empty(8);
+		char *td = (char *)jv_string_value(t);
+		memcpy(td, "lorapipe", 9);
+		lh = 8u << 1;
+		memcpy(td - 8, &lh, 4);
+		ok = jv_string_length_bytes(jv_copy(t)) == 8 && jv_equal(jv_copy(t), jv_copy(ref)) &&
+		     jv_string_hash(jv_copy(t)) == jv_string_hash(jv_copy(ref));
+		jv_free(t);
+	}
+	jv_free(ref);
+	__atomic_store_n(&state, ok ? 1 : -1, __ATOMIC_RELEASE);
+	return ok;
+}
+
+/* The jv string of s[0..n), which is UTF-8 without NUL (checked). */
+static jv string_checked(const char *s, size_t n)
+{
+	if (n > INT_MAX / 2 || !layout_checked())
+		return jv_string_sized(s, (int)n);
+	jv v = jv_string_empty((int)n);
+	char *d = (char *)jv_string_value(v);
+	memcpy(d, s, n);
+	d[n] = 0;
+	uint32_t lh = (uint32_t)n << 1;
+	memcpy(d - 8, &lh, 4);
+	return v;
+}
+
+/* The jv string of s[0..n), or invalid when s is not UTF-8. */
 static jv fp_text(const char *s, size_t n)
 {
-	jv v = jv_string_sized(s, (int)n);
-	if ((size_t)jv_string_length_bytes(jv_copy(v)) != n || memcmp(jv_string_value(v), s, n)) {
-		jv_free(v);
+	if (bad_utf8_at((const unsigned char *)s, n) >= 0)
 		return jv_invalid();
-	}
-	return v;
+	return string_checked(s, n);
 }
 
 /* A string at p->s ('"'), or invalid when it is not of the simple kind. */
 static jv fp_string(struct fastp *p)
 {
 	const char *s = ++p->s, *q = s;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	for (uint64_t w, m; p->end - q >= 8; q += 8) { /* eight bytes at a time, as the writer */
+		memcpy(&w, q, 8);
+		if ((m = word_stops_string(w))) {
+			q += __builtin_ctzll(m) >> 3;
+			break;
+		}
+	}
+#endif
 	while (q < p->end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20)
 		q++;
 	if (q < p->end && *q == '"') { /* no escapes: the common case */
@@ -727,18 +800,10 @@ void jsonl_put(struct jsonl_buf *b, const char *s, size_t n)
 
 /* Whether none of the eight bytes of w needs escaping: no byte below 0x20,
  * '"', '\\' or DEL (the tests of "Bit Twiddling Hacks", exact as yes/no). */
-static int word_plain(uint64_t w)
-{
-	const uint64_t ones = 0x0101010101010101ull, high = 0x8080808080808080ull;
-#define HAS_ZERO_BYTE(v) (((v) - ones) & ~(v) & high)
-	return !(((w - ones * 0x20) & ~w & high) | HAS_ZERO_BYTE(w ^ (ones * '"')) | HAS_ZERO_BYTE(w ^ (ones * '\\')) |
-		 HAS_ZERO_BYTE(w ^ (ones * 0x7f)));
-#undef HAS_ZERO_BYTE
-}
-
 /* jq's string escaping: " and \\ escaped, \\b \\t \\r \\n \\f, other controls
  * and DEL as \\u00xx; everything else (UTF-8, valid in a jv string) as it is.
- * Written in blocks, each with room for its worst case (six bytes a byte). */
+ * Written in blocks, each with room for its worst case (six bytes a byte):
+ * eight bytes are stored at once and the output moves on past the plain ones. */
 void jsonl_put_string(struct jsonl_buf *b, const char *s, size_t n)
 {
 	static const char hex[] = "0123456789abcdef";
@@ -750,35 +815,35 @@ void jsonl_put_string(struct jsonl_buf *b, const char *s, size_t n)
 			return;
 		char *o = b->p + b->n;
 		while (i < end) {
-			/* eight plain bytes at once; else the next eight one by one */
-			uint64_t w;
-			size_t stop = end;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 			if (i + 8 <= end) {
+				uint64_t w;
 				memcpy(&w, s + i, 8);
-				if (word_plain(w)) {
-					memcpy(o, &w, 8);
+				memcpy(o, &w, 8);
+				uint64_t m = word_special(w);
+				if (!m) {
 					o += 8, i += 8;
 					continue;
 				}
-				stop = i + 8;
+				size_t k = (size_t)__builtin_ctzll(m) >> 3;
+				o += k, i += k;
 			}
-			while (i < stop) {
-				unsigned char c = (unsigned char)s[i++];
-				if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) {
-					*o++ = (char)c;
-					continue;
-				}
-				*o++ = '\\';
-				switch (c) {
-				case '"': *o++ = '"'; break;
-				case '\\': *o++ = '\\'; break;
-				case '\b': *o++ = 'b'; break;
-				case '\t': *o++ = 't'; break;
-				case '\r': *o++ = 'r'; break;
-				case '\n': *o++ = 'n'; break;
-				case '\f': *o++ = 'f'; break;
-				default: *o++ = 'u', *o++ = '0', *o++ = '0', *o++ = hex[c >> 4], *o++ = hex[c & 15];
-				}
+#endif
+			unsigned char c = (unsigned char)s[i++];
+			if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) {
+				*o++ = (char)c;
+				continue;
+			}
+			*o++ = '\\';
+			switch (c) {
+			case '"': *o++ = '"'; break;
+			case '\\': *o++ = '\\'; break;
+			case '\b': *o++ = 'b'; break;
+			case '\t': *o++ = 't'; break;
+			case '\r': *o++ = 'r'; break;
+			case '\n': *o++ = 'n'; break;
+			case '\f': *o++ = 'f'; break;
+			default: *o++ = 'u', *o++ = '0', *o++ = '0', *o++ = hex[c >> 4], *o++ = hex[c & 15];
 			}
 		}
 		b->n = (size_t)(o - b->p);

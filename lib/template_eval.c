@@ -2860,7 +2860,6 @@ static struct tp_val messages_from_jv(struct rt *r, jv msgs, struct tp_org listo
 		}
 		struct tp_val d = tp_mk_dict(&r->a);
 		d.o = mo;
-		tp_dict_reserve(&r->a, d.u.d, (uint32_t)jv_object_length(jv_copy(m)));
 		for (int it = jv_object_iter(m); jv_object_iter_valid(m, it); it = jv_object_iter_next(m, it)) {
 			jv key = jv_object_iter_key(m, it);
 			const char *ks = jv_string_value(key);

@@ -124,7 +124,6 @@ struct tp_val *tp_dict_gets(const struct tp_dict *d, const char *k, size_t n);
 void tp_dict_set(struct tp_arena *a, struct tp_dict *d, struct tp_val k, struct tp_val v);
 /* Appends a key known not to be in d (the keys of a jv object). */
 void tp_dict_push(struct tp_arena *a, struct tp_dict *d, struct tp_val k, struct tp_val v);
-void tp_dict_reserve(struct tp_arena *a, struct tp_dict *d, uint32_t n);
 int tp_truthy(struct tp_val v);
 int tp_equal(struct tp_val a, struct tp_val b);
 const char *tp_type_name(struct tp_val v);

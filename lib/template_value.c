@@ -297,15 +297,6 @@ struct tp_val *tp_dict_gets(const struct tp_dict *d, const char *k, size_t n)
 	return NULL;
 }
 
-void tp_dict_reserve(struct tp_arena *a, struct tp_dict *d, uint32_t n)
-{
-	if (n <= d->cap)
-		return;
-	d->k = tp_realloc(a, d->k, d->n * sizeof *d->k, n * sizeof *d->k);
-	d->v = tp_realloc(a, d->v, d->n * sizeof *d->v, n * sizeof *d->v);
-	d->cap = n;
-}
-
 void tp_dict_set(struct tp_arena *a, struct tp_dict *d, struct tp_val k, struct tp_val v)
 {
 	struct tp_val *p = tp_dict_get(d, k);
@@ -822,7 +813,6 @@ struct tp_val tp_from_jv(struct tp_arena *a, jv v, struct tp_org o)
 	}
 	case JV_KIND_OBJECT: {
 		r = tp_mk_dict(a);
-		tp_dict_reserve(a, r.u.d, (uint32_t)jv_object_length(jv_copy(v)));
 		/* jv's iteration order is insertion order, which is the
 		 * document's: json.loads keeps that too. */
 		for (int it = jv_object_iter(v); jv_object_iter_valid(v, it); it = jv_object_iter_next(v, it)) {

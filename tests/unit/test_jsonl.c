@@ -508,6 +508,58 @@ static void test_put_string_matches_jq(void)
 	free(s);
 }
 
+/* Strings the direct parser makes (copied, not built by jq, see
+ * string_checked in lib/jsonl.c) are jq's in every use: the same value,
+ * length, hash, use as an object key, and growth by appending. Random texts
+ * of plain bytes, escapes and 2-4 byte characters, as jq writes them and
+ * raw. Text that is not UTF-8 (overlongs, surrogates, past U+10FFFF, cut
+ * short) is refused, as jq would change it. */
+static void test_parsed_strings_are_jqs(void)
+{
+	static const char *pieces[] = {"a", "Zq", "lorapipe ", "\\\"", "\\\\", "\\n", "\\t", "\\u00e9", "\\ud83d\\ude00",
+				       "\\u0001", "\\/", "é", "Погода", "🌦", "\\u20ac", "\\u007f", "€", "\x7f", "x\\by\\fz\\r"};
+	unsigned seed = (unsigned)time(NULL);
+	srand(seed);
+	char *text = malloc(64 * 1024);
+	for (int i = 0; i < 2000 && !check_case_failed && text; i++) {
+		size_t n = 0, want = (size_t)(rand() % (i < 1000 ? 40 : 6000));
+		text[n++] = '"';
+		while (n < want + 1) {
+			const char *p = pieces[rand() % (sizeof pieces / sizeof *pieces)];
+			memcpy(text + n, p, strlen(p));
+			n += strlen(p);
+		}
+		text[n++] = '"';
+		jv ref = jv_parse_sized(text, (int)n);
+		jv got = jsonl_parse_value(text, n);
+		CHECK(jv_get_kind(got) == JV_KIND_STRING && jv_equal(jv_copy(got), jv_copy(ref)),
+		      "seed %u case %d: %.60s", seed, i, text);
+		if (jv_get_kind(got) != JV_KIND_STRING || jv_get_kind(ref) != JV_KIND_STRING) {
+			jv_free(got), jv_free(ref);
+			break;
+		}
+		CHECK(jv_string_length_bytes(jv_copy(got)) == jv_string_length_bytes(jv_copy(ref)) &&
+			      jv_string_hash(jv_copy(got)) == jv_string_hash(jv_copy(ref)),
+		      "seed %u case %d: length or hash differ", seed, i);
+		jv o = jv_object_set(jv_object(), jv_copy(got), jv_number(i));
+		jv at = jv_object_get(o, jv_copy(ref));
+		CHECK(jv_get_kind(at) == JV_KIND_NUMBER && jv_number_value(at) == i, "seed %u case %d: as a key", seed, i);
+		jv_free(at);
+		jv grown = jv_string_append_str(jv_string_append_str(jv_copy(got), "tail"), "€ and more text");
+		jv grown_ref = jv_string_append_str(jv_string_append_str(jv_copy(ref), "tail"), "€ and more text");
+		CHECK(jv_equal(grown, grown_ref), "seed %u case %d: appended", seed, i);
+		jv_free(got), jv_free(ref);
+	}
+	free(text);
+	static const char *bad[] = {"\"\xc0\x80\"", "\"a\xed\xa0\x80\"", "\"\xf4\x90\x80\x80\"", "\"\xf5\x80\x80\x80\"",
+				    "\"\xe2\x82\"", "\"\xff\"", "\"plain then \x80\"", "\"\xc3\""};
+	for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
+		jv v = jsonl_parse_value(bad[k], strlen(bad[k]));
+		CHECK(!jv_is_valid(v), "bad UTF-8 case %zu was read", k);
+		jv_free(v);
+	}
+}
+
 /* jsonl_array_next gives each element of random arrays (as jq prints them,
  * and spaced out) as the text of the value jq has there; broken arrays end in
  * -1. */
@@ -737,6 +789,7 @@ int main(void)
 	RUN(test_write);
 	RUN(test_write_matches_jq);
 	RUN(test_put_string_matches_jq);
+	RUN(test_parsed_strings_are_jqs);
 	RUN(test_parse_memo);
 	RUN(test_locate);
 	RUN(test_array_next);
