@@ -211,24 +211,31 @@ long jsonl_unsafe_at(const char *s, size_t n, const char **why)
 	return at;
 }
 
-/* Bytes of w (eight bytes of text, the first in the lowest byte) that end
- * a plain run of a JSON string: high bits set in those bytes. Only the
- * lowest set byte is exact (a borrow can flag bytes above it), which is all
- * the scanners need. word_stops_string: a quote, a backslash or a control
- * byte, where the parser's plain run ends; word_special: those and DEL, which
- * the writer escapes. */
+/* Eight bytes of text at a time, the first in the lowest byte of w. Each
+ * returns the bytes of w that it looks for as high bits set in them; only
+ * the lowest set byte is exact (a borrow can flag bytes above it), which is
+ * all the scanners need: they go to the first byte flagged (the zero-byte
+ * test of "Bit Twiddling Hacks"). */
 #define ONES 0x0101010101010101ull
 #define HIGHS 0x8080808080808080ull
-#define HAS_ZERO_BYTE(v) (((v) - ONES) & ~(v) & HIGHS)
-static uint64_t word_stops_string(uint64_t w)
+static uint64_t bytes_eq(uint64_t w, unsigned char c)
 {
-	return ((w - ONES * 0x20) & ~w & HIGHS) | HAS_ZERO_BYTE(w ^ (ONES * '"')) | HAS_ZERO_BYTE(w ^ (ONES * '\\'));
+	uint64_t v = w ^ (ONES * c);
+	return (v - ONES) & ~v & HIGHS;
 }
 
-static uint64_t word_special(uint64_t w) { return word_stops_string(w) | HAS_ZERO_BYTE(w ^ (ONES * 0x7f)); }
-#undef HAS_ZERO_BYTE
+/* A quote, a backslash or a control byte: where a plain run of a JSON string ends. */
+static uint64_t word_stops_string(uint64_t w)
+{
+	return ((w - ONES * 0x20) & ~w & HIGHS) | bytes_eq(w, '"') | bytes_eq(w, '\\');
+}
+
+/* Those and DEL: what jq escapes when it writes a string. */
+static uint64_t word_special(uint64_t w) { return word_stops_string(w) | bytes_eq(w, 0x7f); }
+
 #undef HIGHS
 #undef ONES
+#define WORDS_LE (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
 
 /* A direct parser for the JSON that records are made of, several times
  * faster than jq 1.6's byte-at-a-time one, building the same jv values with
@@ -419,7 +426,7 @@ static jv fp_text(const char *s, size_t n)
 static jv fp_string(struct fastp *p)
 {
 	const char *s = ++p->s, *q = s;
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#if WORDS_LE
 	for (uint64_t w, m; p->end - q >= 8; q += 8) { /* eight bytes at a time, as the writer */
 		memcpy(&w, q, 8);
 		if ((m = word_stops_string(w))) {
@@ -798,8 +805,6 @@ void jsonl_put(struct jsonl_buf *b, const char *s, size_t n)
 	b->n += n;
 }
 
-/* Whether none of the eight bytes of w needs escaping: no byte below 0x20,
- * '"', '\\' or DEL (the tests of "Bit Twiddling Hacks", exact as yes/no). */
 /* jq's string escaping: " and \\ escaped, \\b \\t \\r \\n \\f, other controls
  * and DEL as \\u00xx; everything else (UTF-8, valid in a jv string) as it is.
  * Written in blocks, each with room for its worst case (six bytes a byte):
@@ -815,7 +820,7 @@ void jsonl_put_string(struct jsonl_buf *b, const char *s, size_t n)
 			return;
 		char *o = b->p + b->n;
 		while (i < end) {
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#if WORDS_LE
 			if (i + 8 <= end) {
 				uint64_t w;
 				memcpy(&w, s + i, 8);
