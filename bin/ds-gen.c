@@ -356,7 +356,9 @@ int main(int argc, char **argv)
 	} else {
 		run.out = stdout;
 	}
-	setvbuf(run.out, NULL, _IOFBF, 1 << 20);
+	static char out_buf[1 << 20]; /* a megabyte between writes, as standard output has (msg_init) */
+	if (run.out != stdout)
+		setvbuf(run.out, out_buf, _IOFBF, sizeof out_buf);
 	if (opt_str(&r, "rejects", NULL)) {
 		run.rejects_name = opt_str(&r, "rejects", NULL);
 		if (!(run.rejects = fopen(run.rejects_name, "a")))

@@ -19,7 +19,10 @@ struct jsonl_reader {
 	size_t cap;
 	long lineno;  /* lines read so far */
 	long recline; /* line of the record (or bad line) last returned */
+	char *iobuf;  /* f's stdio buffer, freed after fclose */
 };
+
+#define READ_BUFFER (1 << 20)
 
 struct jsonl_reader *jsonl_from_file(FILE *f, const char *name)
 {
@@ -51,6 +54,10 @@ struct jsonl_reader *jsonl_open(const char *path, struct err *err)
 		return NULL;
 	}
 	r->own = !std;
+	/* One read a megabyte, not stdio's few KiB (glibc takes the size only
+	 * with a buffer); standard input has one from msg_init. */
+	if (!std && (r->iobuf = malloc(READ_BUFFER)))
+		setvbuf(f, r->iobuf, _IOFBF, READ_BUFFER);
 	return r;
 }
 
@@ -60,6 +67,7 @@ void jsonl_close(struct jsonl_reader *r)
 		return;
 	if (r->own)
 		fclose(r->f);
+	free(r->iobuf);
 	free(r->buf);
 	free(r->name);
 	free(r);

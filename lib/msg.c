@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int msg_level = 2;
 static const char *prog = "lorapipe";
@@ -59,6 +60,15 @@ int err_wrap(struct err *err, const char *fmt, ...)
 
 void msg_init(const char *argv0)
 {
+	/* Standard input and output carry bulk data: buffered by the megabyte,
+	 * not stdio's 4 KiB (a system call every few records). Set here, before
+	 * any read or write; glibc takes the size only with a buffer. A terminal
+	 * keeps its own. */
+	static char in_buf[1 << 20], out_buf[1 << 20];
+	if (!isatty(STDIN_FILENO))
+		setvbuf(stdin, in_buf, _IOFBF, sizeof in_buf);
+	if (!isatty(STDOUT_FILENO))
+		setvbuf(stdout, out_buf, _IOFBF, sizeof out_buf);
 	if (!argv0)
 		return;
 	const char *slash = strrchr(argv0, '/');

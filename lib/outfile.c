@@ -17,6 +17,7 @@ struct outfile_node {
 	struct outfile_node *next;
 	pid_t owner;             /* a forked child must not remove its parent's files */
 	volatile sig_atomic_t removed;
+	char *iobuf;             /* f's buffer (big_buffer), freed after fclose */
 };
 
 static struct outfile_node *volatile registry;
@@ -46,6 +47,7 @@ static void outfile_unregister(struct outfile_node *n)
 
 static void outfile_free(struct outfile_node *n)
 {
+	free(n->iobuf);
 	free(n->pub.path);
 	free(n->pub.tmp);
 	free(n);
@@ -61,6 +63,17 @@ void outfile_abort_all(void)
 			unlink(n->pub.tmp);
 			n->removed = 1;
 		}
+}
+
+/* stdio's buffer is a few KiB: a tool writing tens of megabytes would make
+ * a system call every few records. glibc takes the size only with a buffer,
+ * freed with the node, after fclose. Standard output has one from msg_init;
+ * a terminal keeps line buffering. */
+#define BIG_BUFFER (1 << 20)
+static void big_buffer(struct outfile_node *n)
+{
+	if (n->pub.f != stdout && !isatty(fileno(n->pub.f)) && (n->iobuf = malloc(BIG_BUFFER)))
+		setvbuf(n->pub.f, n->iobuf, _IOFBF, BIG_BUFFER);
 }
 
 /* "-", NULL, and targets that are not regular files (/dev/null, a FIFO, a
@@ -93,6 +106,7 @@ static struct outfile *outfile_open_direct(const char *path, int binary, struct 
 	}
 	struct stat st;
 	n->pub.seekable = fstat(fileno(n->pub.f), &st) == 0 && S_ISREG(st.st_mode);
+	big_buffer(n);
 	return &n->pub;
 }
 
@@ -175,6 +189,7 @@ struct outfile *outfile_open(const char *path, int binary, struct err *err)
 		return NULL;
 	}
 	n->pub.seekable = 1;
+	big_buffer(n);
 	return &n->pub;
 }
 
