@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <utf8proc.h>
+
 #include "template_impl.h"
 
 enum tk { T_TEXT, T_VAR_BEGIN, T_VAR_END, T_BLOCK_BEGIN, T_BLOCK_END, T_NAME, T_STRING, T_INT, T_FLOAT, T_OP, T_EOF };
@@ -210,21 +212,7 @@ static int lex_expr(struct parser *p, size_t *pos, int is_var, int *line, size_t
 						}
 						if (cp > 0x10ffff || (cp >= 0xd800 && cp < 0xe000))
 							perr(p, ln, "bad \\%c escape in string", e);
-						if (cp < 0x80)
-							o[n++] = (char)cp;
-						else if (cp < 0x800) {
-							o[n++] = (char)(0xc0 | (cp >> 6));
-							o[n++] = (char)(0x80 | (cp & 0x3f));
-						} else if (cp < 0x10000) {
-							o[n++] = (char)(0xe0 | (cp >> 12));
-							o[n++] = (char)(0x80 | ((cp >> 6) & 0x3f));
-							o[n++] = (char)(0x80 | (cp & 0x3f));
-						} else {
-							o[n++] = (char)(0xf0 | (cp >> 18));
-							o[n++] = (char)(0x80 | ((cp >> 12) & 0x3f));
-							o[n++] = (char)(0x80 | ((cp >> 6) & 0x3f));
-							o[n++] = (char)(0x80 | (cp & 0x3f));
-						}
+						n += (size_t)utf8proc_encode_char((utf8proc_int32_t)cp, (utf8proc_uint8_t *)o + n);
 						break;
 					}
 					default:

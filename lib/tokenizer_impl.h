@@ -293,12 +293,15 @@ int tk_bpe_word(const struct tokenizer *tk, struct tk_scratch *sc, const char *w
 /* Appends to out; grows it. */
 int tk_encoding_push(struct tok_encoding *out, uint32_t id, uint32_t start, uint32_t end);
 
+/* GPT-2's byte-to-unicode map, inverted: code point -> byte, -1 if none. */
+void tk_bytelevel_inverse(int16_t inv[0x144]);
 /* UTF-8 helpers (tokenizer_encode.c). */
 /* Length of the valid UTF-8 sequence at s (n bytes left), or 0 if invalid there;
  * *bad is then the length of the maximal invalid subpart (>= 1). */
-/* GPT-2's byte-to-unicode map, inverted: code point -> byte, -1 if none. */
-void tk_bytelevel_inverse(int16_t inv[0x144]);
 size_t tk_utf8_valid(const unsigned char *s, size_t n, size_t *bad);
+/* cp as UTF-8 at dst: the bytes written. The rest of lib uses
+ * utf8proc_encode_char; this one stays because the encoder calls it once a
+ * character, where a call into the shared library would cost more than it does. */
 size_t tk_utf8_put(char *dst, uint32_t cp);
 uint32_t tk_utf8_get(const char *s, size_t *len); /* s is valid UTF-8 */
 int tk_is_white_space(uint32_t cp);

@@ -102,7 +102,7 @@ CASES = [
     ("{{ [1, [2, {'k': 'v'}]] | string }}{{ none | string }}{{ '%s' }}", {}),
     ("{% for i in range(2) %}\n  {{ i }}\n{% endfor %}\n", {}),
     ("{%- for i in range(2) -%}\n  {{ i }}\n{%- endfor %}\nend\n\n", {}),
-    ("{{ '\\u00e9\\x41' }} {{ \"tab\\there\" }}", {}),
+    ("{{ '\\u00e9\\x41\\u20ac\\U0001F642\\xff' }} {{ \"tab\\there\" }}", {}),
     ("{% generation %}gen {{ 1 }}{% endgeneration %} after", {}),
 ]
 

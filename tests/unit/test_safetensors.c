@@ -586,6 +586,10 @@ static void test_bad_headers(void)
 	REFUSED("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
 		"\"\\u0061\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
 		8, "tensor 'a': appears twice");
+	/* names escaped as UTF-8 of 2, 3 and 4 bytes (a surrogate pair) are the raw ones */
+	REFUSED("{\"\u00e9\u20ac\U0001F642\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+		"\"\\u00e9\\u20ac\\ud83d\\ude42\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+		8, "tensor '\u00e9\u20ac\U0001F642': appears twice");
 	REFUSED("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
 		"\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
 		12, "tensor 'b': its data [4, 12) overlaps tensor 'a'");
