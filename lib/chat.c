@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -483,15 +486,9 @@ struct chat_model {
 	struct tmpl_cache *cache; /* this model's own (each thread's copy has one): values records repeat */
 };
 
-static char *read_file_max(const char *path, size_t max, size_t *len, struct err *err);
-
 static char *read_file(const char *path, size_t *len, struct err *err)
 {
-	return read_file_max(path, CHAT_MAX_FILE, len, err);
-}
-
-static char *read_file_max(const char *path, size_t max, size_t *len, struct err *err)
-{
+	const size_t max = CHAT_MAX_FILE;
 	FILE *f = fopen(path, "rb");
 	if (!f)
 		return err_set(err, "%s: cannot open: %s", path, strerror(errno)), NULL;
@@ -703,22 +700,47 @@ static int marker_add(struct chat_model *m, size_t *cap, const char *s, size_t n
 	return strs_add(&m->mk_store, &m->mk.n, cap, s, n, err);
 }
 
+/* A file mapped, not read: of a tokenizer.json's tens of megabytes only the
+ * added tokens are parsed, and copying the rest would cost more than
+ * scanning it. NULL when it cannot be (the caller then loads the tokenizer,
+ * which says why). */
+static const char *map_file(const char *path, size_t *len)
+{
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return NULL;
+	struct stat st;
+	void *p = MAP_FAILED;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 && (uint64_t)st.st_size <= (1ull << 30))
+		p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	close(fd);
+	if (p == MAP_FAILED)
+		return NULL;
+	*len = (size_t)st.st_size;
+	return p;
+}
+
+static void unmap_file(const char *p, size_t len)
+{
+	if (p)
+		munmap((void *)p, len);
+}
+
 /* The markers from tokenizer.json's added_tokens alone, which say all the
  * loaded tokenizer would: an added token is special when any entry with its
  * content is. Returns 1 when done, 0 when the file is not of the simple form
  * (the caller loads the tokenizer, which says what is wrong), or -1. */
 static int markers_from_json(struct chat_model *m, const char *path, struct err *err)
 {
-	size_t len;
-	struct err e2 = {0};
-	char *text = read_file_max(path, (size_t)1 << 30, &len, &e2);
+	size_t len = 0;
+	const char *text = map_file(path, &len);
 	size_t a, b;
 	size_t at = 0;
 	while (text && at < len && strchr(" \t\r\n", text[at]))
 		at++;
 	int found = text && at < len && text[at] == '{' ? jsonl_locate(text, len, "added_tokens", &a, &b) : -1;
 	if (found < 0) {
-		free(text);
+		unmap_file(text, len);
 		return 0;
 	}
 	/* Each entry's "content" and "special" alone are read: a tokenizer of
@@ -755,7 +777,7 @@ static int markers_from_json(struct chat_model *m, const char *path, struct err 
 		contents = jv_array_append(contents, c);
 	}
 	ok = ok && r == 0;
-	free(text);
+	unmap_file(text, len);
 	if (!ok) {
 		free(special), jv_free(contents);
 		return 0;

@@ -1093,6 +1093,36 @@ static int key_is(const char *s, size_t k, const char *key, size_t kn)
 	return is;
 }
 
+/* Whether the JSON text s[0..n) may name the key key[0..kn) again: it holds
+ * "key" written plainly, or a \\u escape of one of its characters, the
+ * only escape that can stand for a letter, a digit or most punctuation. A
+ * key with a quote, a backslash, a slash, a control byte or a byte past
+ * ASCII may be written in more ways, and may always recur. Two passes of
+ * memchr and memmem, where scanning the rest (megabytes of a
+ * tokenizer.json after its added_tokens) would take far longer. */
+static int key_may_recur(const char *s, size_t n, const char *key, size_t kn)
+{
+	for (size_t k = 0; k < kn; k++) {
+		unsigned char c = (unsigned char)key[k];
+		if (c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '/')
+			return 1;
+	}
+	char quoted[258];
+	if (kn + 2 > sizeof quoted)
+		return 1;
+	quoted[0] = '"', memcpy(quoted + 1, key, kn), quoted[kn + 1] = '"';
+	if (memmem(s, n, quoted, kn + 2))
+		return 1;
+	for (const char *q = s; (q = memchr(q, '\\', (size_t)(s + n - q))) != NULL; q += 2) {
+		unsigned u;
+		if (s + n - q < 2)
+			break;
+		if (q[1] == 'u' && (s + n - q < 6 || fp_hex4(q + 2, &u) < 0 || (u < 0x80 && memchr(key, (int)u, kn))))
+			return 1;
+	}
+	return 0;
+}
+
 /* In the container at s[*i] ('{' or '['): the value of the last member named
  * key (an object) or element number idx (an array; key NULL) into [*a, *b).
  * Returns 1, 0 when there is none, -1 when the scan finds no valid container. */
@@ -1125,6 +1155,11 @@ static int scan_in(const char *s, size_t n, size_t i, const char *key, size_t kn
 		if (hit)
 			*a = i, *b = i + v, found = 1;
 		i = scan_ws(s, n, i + v);
+		if (hit && i < n && (s[i] == ',' || s[i] == (obj ? '}' : ']')) &&
+		    (!obj || !key_may_recur(s + i, n - i, key, kn))) {
+			*end = 0; /* not scanned to its end */
+			return 1;
+		}
 		if (i < n && s[i] == (obj ? '}' : ']')) {
 			*end = i + 1;
 			return found;
@@ -1197,7 +1232,7 @@ int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b
 			if (!kn || kn == sizeof key)
 				return 0;
 		}
-		size_t na, nb, end = 0;
+		size_t na = 0, nb = 0, end = 0;
 		if (*a >= n || (s[*a] != '{' && s[*a] != '[')) { /* a scalar names nothing inside */
 			if (!top)
 				return 0;
@@ -1205,9 +1240,15 @@ int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b
 			return v && scan_ws(s, n, *a + v) == n ? 0 : -1;
 		}
 		int r = scan_in(s, n, *a, idx < 0 ? key : NULL, kn, idx, &na, &nb, &end);
-		/* the top-level value is scanned whole here: only white space may follow it */
-		if (top && r >= 0 && scan_ws(s, n, end) != n)
-			r = -1;
+		/* Only white space may follow the top-level value; where its scan
+		 * stopped early, it must at least end in its closing bracket. */
+		if (top && r >= 0) {
+			size_t z = n;
+			while (z > 0 && s[z - 1] && strchr(" \t\r\n", s[z - 1]))
+				z--;
+			if (end ? scan_ws(s, n, end) != n : !(z > 0 && s[z - 1] == (s[*a] == '{' ? '}' : ']')))
+				r = -1;
+		}
 		top = 0;
 		if (r <= 0)
 			return r;

@@ -121,7 +121,11 @@ void jsonl_put_value(struct jsonl_buf *b, jv v);                     /* v, consu
  * name ("tools[2].function.name", "intents[0].\"colour\"", "" for the whole
  * text). A repeated key means its last value, as jq keeps. Returns 1 with the
  * value at s[*a, *b), 0 when the path names nothing there, -1 when the text
- * is not JSON as far as the scan goes. */
+ * is not JSON as far as the scan goes. The scan stops at the value found when
+ * the rest of the text cannot name its key again (neither "key" nor a \u
+ * escape of one of its characters follows) and at an array's element: the
+ * rest is then only checked to end in the closing bracket. For JSON the
+ * answer is the same; text broken past that point is not seen to be. */
 int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b);
 /* The elements of the JSON array s[0..n) one by one, scanned as jsonl_locate
  * scans: *at starts at 0; each call sets s[*a, *b) to the next element and

@@ -222,6 +222,28 @@ printf '%s' 'J:{% for m in messages %}{{ m.content }}<|im_end|>{% endfor %}' > "
 expect template-jinja 0 "$DS" --model "$T/multi" "$T/two.jsonl" && [ "$(head -1 "$T/out" | jq -r .text)" = 'J:u<|im_end|>a<|im_end|>' ] &&
 	ok "chat_template.jinja wins" || unreported template-jinja
 
+# End-of-turn markers come from tokenizer.json's added_tokens, read without
+# loading the tokenizer; a repeated key means its last value (as jq and HF's
+# tokenizers read it), also when the repeat is written with escapes far after
+# the first, or only the first has the marker.
+mkdir -p "$T/rep"
+python3 - "$T/rep" <<'PY'
+import json, sys
+d = sys.argv[1]
+json.dump({"chat_template": "{% for m in messages %}{{ m.content }}<|end|>{% endfor %}"}, open(d + "/tokenizer_config.json", "w"))
+first = json.dumps([{"id": 1, "content": "<|other|>", "special": True}])
+last = json.dumps([{"id": 2, "content": "<|end|>", "special": True}])
+vocab = json.dumps({"tok%d" % i: i for i in range(20000)}, indent=2)
+open(d + "/tokenizer.json", "w").write('{"added_tokens": %s, "model": {"type": "BPE", "vocab": %s, "merges": []},\n'
+                                       ' "added\\u005ftokens": %s}\n' % (first, vocab, last))
+PY
+printf '%s\n' '{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":"a"}]}' > "$T/rep.jsonl"
+expect added-tokens-repeated 0 "$DS" --model "$T/rep" "$T/rep.jsonl" &&
+	[ "$(jq -c .train "$T/out")" = '[[8,16]]' ] &&
+	sed -i 's/"added\\u005ftokens"/"other_key"/' "$T/rep/tokenizer.json" &&
+	expect added-tokens-first 2 "$DS" --model "$T/rep" "$T/rep.jsonl" && stderr_has added-tokens-first 'no end-of-turn marker' &&
+	ok "added_tokens repeated (escaped, after a large vocab): the last one's markers" || unreported added-tokens-repeated
+
 # {% generation %} blocks: spans that agree pass, spans that do not are an error.
 printf '%s' "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}{{ m.content }}<|im_end|>{% endgeneration %}{% else %}{{ m.content }}<|im_end|>{% endif %}{% endfor %}" > "$T/gen.jinja"
 expect generation 0 "$DS" --model "$Q" --template "$T/gen.jinja" "$T/chat.jsonl" && spans_are generation "$T/out" '<|im_end|>' "$T/chat.jsonl" &&

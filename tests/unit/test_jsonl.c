@@ -755,6 +755,59 @@ static void test_locate(void)
 	}
 	CHECK(jsonl_locate("{\"a\": [1, }", 11, "a", &a, &b) == -1, "broken text");
 	CHECK(jsonl_locate("{\"a\": 1} x", 10, "a", &a, &b) == -1, "text after the value");
+	/* The scan stops at a key's value when the rest cannot name the key
+	 * again; a repeat written plainly, escaped, or only possibly (the key's
+	 * text inside a string) makes it go on to the last. */
+	static const struct {
+		const char *text, *path;
+		int rc;
+		const char *want;
+	} early[] = {
+		{"{\"ab\": 1, \"x\": 2, \"\\u0061b\": 3}", "ab", 1, "3"},
+		{"{\"ab\": 1, \"x\": 2, \"a\\u0062\": [3]}", "ab", 1, "[3]"},
+		{"{\"ab\": 1, \"x\": \"ab\"}", "ab", 1, "1"},
+		{"{\"ab\": 1, \"x\": {\"ab\": 2}}", "x.ab", 1, "2"},
+		{"{\"ab\": 1, \"x\": \"\\u0078\\\\u0061\"}", "ab", 1, "1"},
+		{"{\"ab\": 1, \"x\": [1, }", "ab", 1, "1"}, /* broken past the value found: not seen */
+		{"{\"ab\": 1, \"x\": [1,", "ab", -1, NULL},  /* but cut short is */
+		{"{\"ab\": 1 \"x\": 2}", "ab", -1, NULL},     /* as is a missing comma after it */
+		{"[5, [6, 7], 8", "[1][0]", -1, NULL},
+		{"[5, [6, 7], 8]", "[1][0]", 1, "6"},
+	};
+	for (size_t i = 0; i < sizeof early / sizeof *early; i++) {
+		int rc = jsonl_locate(early[i].text, strlen(early[i].text), early[i].path, &a, &b);
+		CHECK(rc == early[i].rc && (rc != 1 || (b - a == strlen(early[i].want) && !memcmp(early[i].text + a, early[i].want, b - a))),
+		      "'%s' %s: %d '%.*s'", early[i].text, early[i].path, rc, rc == 1 ? (int)(b - a) : 0, early[i].text + a);
+	}
+	/* Random objects with repeated keys, plain and escaped: the value found is jq's. */
+	unsigned seed = (unsigned)time(NULL);
+	srand(seed);
+	static const char *keys[] = {"ab", "a\\u0062", "\\u0061b", "ba", "k", "\\u006b"};
+	static const char *names[] = {"ab", "ab", "ab", "ba", "k", "k"};
+	char doc[4096];
+	for (int c = 0; c < 2000 && !check_case_failed; c++) {
+		size_t m = 0;
+		int members = 1 + rand() % 6;
+		m += (size_t)snprintf(doc + m, sizeof doc - m, "{");
+		for (int k = 0; k < members; k++) {
+			int w = rand() % 6;
+			m += (size_t)snprintf(doc + m, sizeof doc - m, "%s\"%s\": ", k ? ", " : "", keys[w]);
+			switch (rand() % 3) {
+			case 0: m += (size_t)snprintf(doc + m, sizeof doc - m, "%d", k); break;
+			case 1: m += (size_t)snprintf(doc + m, sizeof doc - m, "[%d, \"%s\"]", k, keys[rand() % 6]); break;
+			default: m += (size_t)snprintf(doc + m, sizeof doc - m, "{\"%s\": %d}", keys[rand() % 6], k);
+			}
+		}
+		m += (size_t)snprintf(doc + m, sizeof doc - m, "}\n");
+		const char *name = names[rand() % 6];
+		jv whole = jv_parse_sized(doc, (int)m);
+		jv want = jv_object_get(jv_copy(whole), jv_string(name));
+		int rc = jsonl_locate(doc, m, name, &a, &b);
+		jv got = rc == 1 ? jv_parse_sized(doc + a, (int)(b - a)) : jv_invalid();
+		CHECK(jv_is_valid(whole) && (jv_is_valid(want) ? rc == 1 && jv_equal(jv_copy(got), jv_copy(want)) : rc == 0),
+		      "seed %u case %d: %s: rc %d in %s", seed, c, name, rc, doc);
+		jv_free(got), jv_free(want), jv_free(whole);
+	}
 	CHECK(jsonl_line_at(t, 0) == 1 && jsonl_line_at(t, 2) == 2 && jsonl_line_at(t, n) == 6, "lines");
 	struct err e = {0};
 	err_set(&e, "f.json: a.b[1].c: must be a string");
