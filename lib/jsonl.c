@@ -1013,6 +1013,8 @@ int jsonl_write(FILE *f, jv v, struct err *err)
 
 /* ---- finding a value in a JSON text without parsing the rest ---- */
 
+static int is_json_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
 /* The length of the JSON string s[0..n) begins with ('"' first) up to and
  * including its closing quote, or 0 when it does not end. */
 static size_t scan_string(const char *s, size_t n)
@@ -1044,7 +1046,7 @@ static size_t scan_value(const char *s, size_t n)
 		if (!strchr("-0123456789tfn", s[0]) || !s[0])
 			return 0;
 		size_t i = 1;
-		while (i < n && s[i] && !strchr(",:]} \t\r\n", s[i]))
+		while (i < n && !is_json_space(s[i]) && s[i] != ',' && s[i] != ':' && s[i] != ']' && s[i] != '}' && s[i])
 			i++;
 		return i;
 	}
@@ -1073,7 +1075,7 @@ static size_t scan_value(const char *s, size_t n)
 
 static size_t scan_ws(const char *s, size_t n, size_t i)
 {
-	while (i < n && strchr(" \t\r\n", s[i]) && s[i])
+	while (i < n && is_json_space(s[i]))
 		i++;
 	return i;
 }
@@ -1244,7 +1246,7 @@ int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b
 		 * stopped early, it must at least end in its closing bracket. */
 		if (top && r >= 0) {
 			size_t z = n;
-			while (z > 0 && s[z - 1] && strchr(" \t\r\n", s[z - 1]))
+			while (z > 0 && is_json_space(s[z - 1]))
 				z--;
 			if (end ? scan_ws(s, n, end) != n : !(z > 0 && s[z - 1] == (s[*a] == '{' ? '}' : ']')))
 				r = -1;
