@@ -750,9 +750,8 @@ static int markers_from_json(struct chat_model *m, const char *path, struct err 
 	if (at_n == 4 && !memcmp(at_s, "null", 4))
 		at_s = "[]", at_n = 2;
 	int n = 0, ok = 1;
-	size_t cap_sp = 0, next = 0, ea, eb;
-	unsigned char *special = NULL;
-	jv contents = jv_array();
+	size_t next = 0, ea, eb;
+	jv contents = jv_array(), special_set = jv_object(); /* every content some special entry has */
 	int r;
 	while (ok && (r = jsonl_array_next(at_s, at_n, &next, &ea, &eb)) > 0) {
 		size_t ca, cb, sa, sb;
@@ -764,31 +763,24 @@ static int markers_from_json(struct chat_model *m, const char *path, struct err 
 		ok = jv_get_kind(c) == JV_KIND_STRING && hs >= 0 &&
 		     (hs == 0 || is_true || (sb - sa == 5 && !memcmp(e + sa, "false", 5)) ||
 		      (sb - sa == 4 && !memcmp(e + sa, "null", 4)));
-		if (ok && (size_t)n == cap_sp) {
-			unsigned char *sp2 = realloc(special, cap_sp = cap_sp ? 2 * cap_sp : 256);
-			ok = sp2 != NULL;
-			special = sp2 ? sp2 : special;
-		}
 		if (!ok) {
 			jv_free(c);
 			break;
 		}
-		special[n++] = (unsigned char)is_true;
+		if (is_true)
+			special_set = jv_object_set(special_set, jv_copy(c), jv_true());
 		contents = jv_array_append(contents, c);
+		n++;
 	}
 	ok = ok && r == 0;
 	unmap_file(text, len);
 	if (!ok) {
-		free(special), jv_free(contents);
+		jv_free(special_set), jv_free(contents);
 		return 0;
 	}
-	/* Special: every content some special entry has, then eos_token. */
+	/* The special ones first, then eos_token, then the rest. */
 	size_t cap = 0;
 	int rc = 0;
-	jv special_set = jv_object();
-	for (int i = 0; i < n; i++)
-		if (special[i])
-			special_set = jv_object_set(special_set, jv_array_get(jv_copy(contents), i), jv_true());
 	for (int tier = 0; tier < 2 && rc == 0; tier++) {
 		jv seen = jv_object();
 		for (int i = 0; i < n && rc == 0; i++) {
@@ -811,7 +803,6 @@ static int markers_from_json(struct chat_model *m, const char *path, struct err 
 			m->mk.nfirst = m->mk.n;
 	}
 	jv_free(special_set), jv_free(contents);
-	free(special);
 	return rc < 0 ? -1 : 1;
 }
 

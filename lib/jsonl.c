@@ -1244,11 +1244,13 @@ int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b
 		int r = scan_in(s, n, *a, idx < 0 ? key : NULL, kn, idx, &na, &nb, &end);
 		/* Only white space may follow the top-level value; where its scan
 		 * stopped early, it must at least end in its closing bracket. */
-		if (top && r >= 0) {
+		if (top && r >= 0 && end && scan_ws(s, n, end) != n)
+			r = -1;
+		if (top && r >= 0 && !end) {
 			size_t z = n;
 			while (z > 0 && is_json_space(s[z - 1]))
 				z--;
-			if (end ? scan_ws(s, n, end) != n : !(z > 0 && s[z - 1] == (s[*a] == '{' ? '}' : ']')))
+			if (!(z > 0 && s[z - 1] == (s[*a] == '{' ? '}' : ']')))
 				r = -1;
 		}
 		top = 0;
