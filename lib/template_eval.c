@@ -366,9 +366,17 @@ static struct tp_val py_percent(struct rt *r, int line, struct tp_str f0, const 
 			else {
 				if (!is_num(x1))
 					rt_err(r, line, "%%%c format: a real number is required, not %s", c, tname(x1));
-				char buf[32];
-				snprintf(buf, sizeof buf, "%lld",
-					 (long long)(x1.type == TP_FLOAT ? (int64_t)trunc(x1.u.f) : num_i(x1)));
+				char buf[320]; /* DBL_MAX has 309 digits */
+				if (x1.type != TP_FLOAT)
+					snprintf(buf, sizeof buf, "%lld", (long long)num_i(x1));
+				else if (isnan(x1.u.f))
+					rt_err(r, line, "cannot convert float NaN to integer");
+				else if (isinf(x1.u.f))
+					rt_err(r, line, "cannot convert float infinity to integer");
+				else if (fabs(x1.u.f) < 9.2e18)
+					snprintf(buf, sizeof buf, "%lld", (long long)trunc(x1.u.f));
+				else /* an integer already; glibc prints a double's exact decimal, as Python's int() */
+					snprintf(buf, sizeof buf, "%.0f", x1.u.f);
 				tp_sb_put(&r->a, &o, buf, strlen(buf), x1.o);
 			}
 		} else

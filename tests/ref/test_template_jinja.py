@@ -184,6 +184,10 @@ CASES += [
     ("{{ [1, 2][1:] }}{{ 'abc'[5:] }}{{ n[1:] }}", {"n": 5}),
     ("{{ '%s-%d' % ('a', 2.7) }}{{ 'x%%' % () }}{{ '%r' % 'q' }}{{ '%s' % none }}{{ '[%s]' % [1] }}{{ '%s %s' | format('a', 1) }}", {}),
     ("{{ '%s' % (1, 2) }}", {}),
+    # %d of floats past int64 prints their exact integer; inf and NaN raise
+    ("{{ '%d|%d|%d|%i' % (1e300, -1.5e19, 9.3e18, -0.7) }}{{ '%d' | format(2.0 ** 70) }}", {}),
+    ("{% set x = 1e300 %}{{ '%d' % (x * x) }}", {}),
+    ("{% set x = 1e300 %}{{ '%d' % (x * x - x * x) }}", {}),
     ("{% if false %}{{ x | nosuch }}{% endif %}ok", {}),
     ("{% if false %}{{ x is nosuch }}{% endif %}ok", {}),
     ("{% with a = 1, b = 'x' %}{{ a }}{{ b }}{% set c = 3 %}{% endwith %}{{ a }}{{ c }}", {}),
