@@ -1,13 +1,10 @@
 #include "chat.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,6 +12,7 @@
 
 #include "gguf.h"
 #include "jsonl.h"
+#include "wholefile.h"
 #include "tokenizer.h"
 
 #define CHAT_MAX_FILE (64u << 20) /* a template or config larger than this is not one */
@@ -486,32 +484,6 @@ struct chat_model {
 	struct tmpl_cache *cache; /* this model's own (each thread's copy has one): values records repeat */
 };
 
-static char *read_file(const char *path, size_t *len, struct err *err)
-{
-	const size_t max = CHAT_MAX_FILE;
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return err_set(err, "%s: cannot open: %s", path, strerror(errno)), NULL;
-	struct stat st;
-	if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size > max) {
-		fclose(f);
-		return err_set(err, "%s: not a regular file of at most %zu bytes", path, max), NULL;
-	}
-	char *buf = malloc((size_t)st.st_size + 1);
-	if (!buf) {
-		fclose(f);
-		return err_sys(err, "out of memory"), NULL;
-	}
-	size_t n = fread(buf, 1, (size_t)st.st_size, f);
-	int bad = ferror(f);
-	fclose(f);
-	if (bad)
-		return free(buf), err_sys(err, "%s: read error:", path), NULL;
-	buf[n] = 0;
-	*len = n;
-	return buf;
-}
-
 /* A token value of tokenizer_config.json: a string or an AddedToken object. */
 static jv token_string(jv v)
 {
@@ -600,7 +572,7 @@ static int load_folder(struct chat_model *m, const char *dir, int want_template,
 		char jpath[4096];
 		snprintf(jpath, sizeof jpath, "%s/chat_template.jinja", dir);
 		struct err e2 = {0};
-		char *src = access(jpath, R_OK) == 0 ? read_file(jpath, &len, &e2) : NULL;
+		char *src = access(jpath, R_OK) == 0 ? wholefile_read(jpath, CHAT_MAX_FILE, &len, &e2) : NULL;
 		jv ct = obj_get(cfg, "chat_template");
 		if (src) {
 			rc = compile_into(&m->tmpl, src, len, "chat_template.jinja", err);
@@ -700,47 +672,28 @@ static int marker_add(struct chat_model *m, size_t *cap, const char *s, size_t n
 	return strs_add(&m->mk_store, &m->mk.n, cap, s, n, err);
 }
 
-/* A file mapped, not read: of a tokenizer.json's tens of megabytes only the
- * added tokens are parsed, and copying the rest would cost more than
- * scanning it. NULL when it cannot be (the caller then loads the tokenizer,
- * which says why). */
-static const char *map_file(const char *path, size_t *len)
-{
-	int fd = open(path, O_RDONLY);
-	if (fd < 0)
-		return NULL;
-	struct stat st;
-	void *p = MAP_FAILED;
-	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 && (uint64_t)st.st_size <= (1ull << 30))
-		p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-	close(fd);
-	if (p == MAP_FAILED)
-		return NULL;
-	*len = (size_t)st.st_size;
-	return p;
-}
-
-static void unmap_file(const char *p, size_t len)
-{
-	if (p)
-		munmap((void *)p, len);
-}
-
 /* The markers from tokenizer.json's added_tokens alone, which say all the
  * loaded tokenizer would: an added token is special when any entry with its
  * content is. Returns 1 when done, 0 when the file is not of the simple form
  * (the caller loads the tokenizer, which says what is wrong), or -1. */
 static int markers_from_json(struct chat_model *m, const char *path, struct err *err)
 {
-	size_t len = 0;
-	const char *text = map_file(path, &len);
+	/* mapped, not read: of tens of megabytes only the added tokens are parsed,
+	 * and copying the rest would cost more than scanning it. A file that
+	 * cannot be mapped is left to the tokenizer's loader, which says why. */
+	const void *map;
+	size_t len;
+	struct err ignored = {0};
+	if (wholefile_map(path, &map, &len, &ignored) < 0)
+		return 0;
+	const char *text = map;
 	size_t a, b;
 	size_t at = 0;
 	while (text && at < len && strchr(" \t\r\n", text[at]))
 		at++;
 	int found = text && at < len && text[at] == '{' ? jsonl_locate(text, len, "added_tokens", &a, &b) : -1;
 	if (found < 0) {
-		unmap_file(text, len);
+		wholefile_unmap(map, len);
 		return 0;
 	}
 	/* Each entry's "content" and "special" alone are read: a tokenizer of
@@ -773,7 +726,7 @@ static int markers_from_json(struct chat_model *m, const char *path, struct err 
 		n++;
 	}
 	ok = ok && r == 0;
-	unmap_file(text, len);
+	wholefile_unmap(map, len);
 	if (!ok) {
 		jv_free(special_set), jv_free(contents);
 		return 0;
@@ -1033,7 +986,7 @@ struct chat_model *chat_model_load(const char *model, const char *template, stru
 			rc = compile_into(&m->tmpl, src, strlen(src), template, err);
 		} else if (strchr(template, '/') || strchr(template, '.')) {
 			size_t len;
-			char *text = read_file(template, &len, err);
+			char *text = wholefile_read(template, CHAT_MAX_FILE, &len, err);
 			rc = text ? compile_into(&m->tmpl, text, len, template, err) : -1;
 			free(text);
 		} else {

@@ -15,14 +15,14 @@
 #include "gguf.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
+
+#include "wholefile.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "gguf.c reads little-endian values by copying them; port the byte order first"
@@ -175,7 +175,7 @@ struct gguf {
 	char *name;
 	const uint8_t *base;
 	uint64_t size;
-	void *map; /* set when the file was mapped by gguf_open */
+	const void *map; /* set when the file was mapped by gguf_open */
 	size_t map_len;
 	uint32_t version;
 	size_t alignment;
@@ -660,49 +660,23 @@ struct gguf *gguf_open_mem(const void *buf, size_t len, const char *name, struct
 
 struct gguf *gguf_open(const char *path, struct err *err)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		err_set(err, "%s: %s", path, strerror(errno));
+	const void *map;
+	size_t len;
+	if (wholefile_map(path, &map, &len, err) < 0)
 		return NULL;
-	}
-	struct stat st;
-	if (fstat(fd, &st) < 0) {
-		err_sys(err, "%s:", path);
-		close(fd);
-		return NULL;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		err_set(err, "%s: not a regular file", path);
-		close(fd);
-		return NULL;
-	}
-	if (st.st_size == 0) {
-		close(fd);
+	if (len == 0) {
 		err_set(err, "%s: empty file, not GGUF", path);
-		return NULL;
-	}
-	if ((uint64_t)st.st_size > SIZE_MAX) {
-		close(fd);
-		err_set(err, "%s: file too large to map", path);
-		return NULL;
-	}
-	void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-	int saved = errno;
-	close(fd);
-	if (map == MAP_FAILED) {
-		errno = saved;
-		err_sys(err, "%s: mmap:", path);
 		return NULL;
 	}
 	struct gguf *g = gguf_new(path, err);
 	if (!g) {
-		munmap(map, (size_t)st.st_size);
+		wholefile_unmap(map, len);
 		return NULL;
 	}
 	g->map = map;
-	g->map_len = (size_t)st.st_size;
+	g->map_len = len;
 	g->base = map;
-	g->size = (uint64_t)st.st_size;
+	g->size = (uint64_t)len;
 	if (gguf_parse(g, err) < 0) {
 		err_wrap(err, "%s", path);
 		gguf_close(g);
@@ -727,8 +701,7 @@ void gguf_close(struct gguf *g)
 		free(g->arena);
 		g->arena = next;
 	}
-	if (g->map)
-		munmap(g->map, g->map_len);
+	wholefile_unmap(g->map, g->map_len);
 	free(g->name);
 	free(g);
 }

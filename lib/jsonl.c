@@ -7,9 +7,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <utf8proc.h>
+
+#include "wholefile.h"
 
 struct jsonl_reader {
 	FILE *f;
@@ -899,12 +900,20 @@ void jsonl_put_value(struct jsonl_buf *b, jv v)
 	case JV_KIND_TRUE: jsonl_put(b, "true", 4); break;
 	case JV_KIND_FALSE: jsonl_put(b, "false", 5); break;
 	default: {
-		double d = jv_get_kind(v) == JV_KIND_NUMBER ? jv_number_value(v) : 0;
+		int num = jv_get_kind(v) == JV_KIND_NUMBER;
+		double d = num ? jv_number_value(v) : 0;
 		int is_float = jsonl_number_is_float(v);
-		if (!is_float && d >= 1 && d < 1e9 && d == (double)(long)d) { /* span offsets: plain digits */
-			char t[16];
-			int k = snprintf(t, sizeof t, "%ld", (long)d);
-			jsonl_put(b, t, (size_t)k);
+		/* span offsets and ids: plain digits, as jq prints them (not -0) */
+		if (num && !is_float && d > -1e9 && d < 1e9 && d == (double)(long)d && !(d == 0 && signbit(d))) {
+			char t[16], *e = t + sizeof t, *q = e; /* snprintf costs ~700 instructions a number */
+			long x = (long)d;
+			unsigned long u = x < 0 ? 0ul - (unsigned long)x : (unsigned long)x;
+			do
+				*--q = (char)('0' + u % 10);
+			while (u /= 10);
+			if (x < 0)
+				*--q = '-';
+			jsonl_put(b, q, (size_t)(e - q));
 			break;
 		}
 		/* anything else as jq prints it; a number read as a float stays one ("100.0", where jq writes 100) */
@@ -954,27 +963,10 @@ int jsonl_load_text(const char *path, size_t max, jv *out, char **text, size_t *
 		*text = NULL;
 	if (!max)
 		max = (size_t)1 << 30;
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return err_set(err, "%s: cannot open: %s", path, strerror(errno));
-	struct stat st;
-	if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size > max) {
-		fclose(f);
-		return err_set(err, "%s: not a regular file of at most %zu bytes", path, max);
-	}
-	char *buf = malloc((size_t)st.st_size + 1);
-	if (!buf) {
-		fclose(f);
-		return err_sys(err, "out of memory");
-	}
-	size_t n = fread(buf, 1, (size_t)st.st_size, f);
-	int bad = ferror(f);
-	fclose(f);
-	if (bad) {
-		free(buf);
-		return err_sys(err, "%s: read error:", path);
-	}
-	buf[n] = 0;
+	size_t n;
+	char *buf = wholefile_read(path, max, &n, err);
+	if (!buf)
+		return -1;
 	int rc = jsonl_parse(buf, n, path, out, err);
 	if (rc == 0 && text)
 		*text = buf, *len = n;

@@ -27,7 +27,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -41,6 +40,7 @@
 
 #include "half.h"
 #include "jsonl.h"
+#include "wholefile.h"
 #include "outfile.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -102,7 +102,7 @@ size_t st_dtype_size(enum st_dtype t)
 
 struct st_file {
 	char *name;     /* the path, as messages show it */
-	void *map;      /* NULL for st_open_mem */
+	const void *map; /* NULL for st_open_mem */
 	size_t map_len;
 	const uint8_t *base;
 	size_t size;
@@ -776,40 +776,13 @@ static int map_file(struct st_file *f, const char *path, struct err *err)
 	f->name = xstrndup(path, strlen(path), err);
 	if (!f->name)
 		return -1;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return err_set(err, "%s: %s", path, strerror(errno));
-	struct stat sb;
-	if (fstat(fd, &sb) < 0) {
-		err_sys(err, "%s:", path);
-		close(fd);
+	const void *map;
+	if (wholefile_map(path, &map, &f->size, err) < 0)
 		return -1;
-	}
-	if (!S_ISREG(sb.st_mode)) {
-		close(fd);
-		return err_set(err, "%s: not a regular file", path);
-	}
-	if ((uint64_t)sb.st_size > SIZE_MAX / 2) {
-		close(fd);
-		return err_set(err, "%s: file too large to map", path);
-	}
-	f->size = (size_t)sb.st_size;
-	if (f->size == 0) {
-		close(fd);
-		static const uint8_t none[1];
-		f->base = none;
-		return 0;
-	}
-	void *map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
-	int saved = errno;
-	close(fd);
-	if (map == MAP_FAILED) {
-		errno = saved;
-		return err_sys(err, "%s: mmap:", path);
-	}
+	static const uint8_t none[1]; /* an empty file: a header length cannot be read, which is said */
 	f->map = map;
 	f->map_len = f->size;
-	f->base = map;
+	f->base = map ? map : none;
 	return 0;
 }
 
@@ -824,8 +797,7 @@ void st_close(struct safetensors *st)
 		free(st->meta[i]);
 	free(st->meta);
 	for (int i = 0; i < st->n_files; i++) {
-		if (st->files[i].map)
-			munmap(st->files[i].map, st->files[i].map_len);
+		wholefile_unmap(st->files[i].map, st->files[i].map_len);
 		free(st->files[i].name);
 	}
 	free(st->files);

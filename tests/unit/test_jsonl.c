@@ -470,6 +470,31 @@ static void test_write_matches_jq(void)
 	}
 }
 
+/* Numbers as jq's printer writes them, among them those written without it
+ * (integers below 1e9 in magnitude, not -0). */
+static void test_write_numbers_match_jq(void)
+{
+	static const double fixed[] = {0, -0.0, 1, -1, 999999999, -999999999, 1e9, -1e9, 1e15, -1e17, 0.5, 1e-7};
+	uint64_t *g = check_rng();
+	for (int i = 0; i < 2000 && !check_case_failed; i++) {
+		double d = i < (int)(sizeof fixed / sizeof *fixed) ? fixed[i]
+			   : i % 2 ? (double)((int64_t)rng_below(g, 4000000001ull) - 2000000000)
+				   : (double)((int64_t)rng_below(g, 2001) - 1000);
+		jv want = jv_dump_string(jv_number(d), 0);
+		char *got = NULL;
+		size_t n = 0;
+		FILE *f = open_memstream(&got, &n);
+		struct err err = {0};
+		int rc = jsonl_write(f, jv_number(d), &err);
+		fclose(f);
+		size_t wn = (size_t)jv_string_length_bytes(jv_copy(want));
+		CHECK(rc == 0 && n == wn + 1 && !memcmp(got, jv_string_value(want), wn),
+		      "%.17g written '%.*s', jq writes '%s'", d, (int)n, got, jv_string_value(want));
+		jv_free(want);
+		free(got);
+	}
+}
+
 /* jsonl_put_string on long strings (runs of plain bytes between bytes to
  * escape, across its 8-byte words and 4096-byte blocks) writes what jq
  * writes, after what the buffer already held. */
@@ -841,6 +866,7 @@ int main(void)
 	RUN(test_empty_inputs);
 	RUN(test_write);
 	RUN(test_write_matches_jq);
+	RUN(test_write_numbers_match_jq);
 	RUN(test_put_string_matches_jq);
 	RUN(test_parsed_strings_are_jqs);
 	RUN(test_parse_memo);
