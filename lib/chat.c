@@ -542,6 +542,48 @@ static jv config_tokens(jv cfg)
 	return map;
 }
 
+/* tokenizer_config.json's members read here (token_attrs, the lists of more
+ * special tokens and the template) parsed alone: the rest, a megabyte of
+ * added_tokens_decoder in Gemma 3's, is only checked to be JSON. Text that
+ * check does not pass is parsed whole, which says what is wrong where. */
+static int load_config(const char *path, jv *cfg, struct err *err)
+{
+	static const char *const more[] = {"additional_special_tokens", "extra_special_tokens", "chat_template"};
+	size_t n, at = 0, ka, kb, a, b;
+	char *text = wholefile_read(path, CHAT_MAX_FILE, &n, err);
+	if (!text)
+		return -1;
+	jv c = jv_object();
+	int r = jsonl_is_json(text, n) ? 1 : -1;
+	while (r > 0 && (r = jsonl_object_next(text, n, &at, &ka, &kb, &a, &b)) > 0) {
+		const char *key = NULL;
+		for (size_t i = 0; !key && i < sizeof token_attrs / sizeof *token_attrs; i++)
+			if (jsonl_key_is(text + ka, kb - ka, token_attrs[i]))
+				key = token_attrs[i];
+		for (size_t i = 0; !key && i < sizeof more / sizeof *more; i++)
+			if (jsonl_key_is(text + ka, kb - ka, more[i]))
+				key = more[i];
+		if (!key)
+			continue;
+		jv v = jsonl_parse_value(text + a, b - a);
+		if (!jv_is_valid(v)) {
+			jv_free(v);
+			r = -1;
+			break;
+		}
+		c = jv_object_set(c, jv_string(key), v);
+	}
+	if (r < 0) {
+		jv_free(c);
+		r = jsonl_parse(text, n, path, &c, err);
+	}
+	free(text);
+	if (r < 0)
+		return -1;
+	*cfg = c;
+	return 0;
+}
+
 static int compile_into(struct tmpl **t, const char *src, size_t len, const char *name, struct err *err)
 {
 	*t = tmpl_compile(src, len, name, err);
@@ -558,7 +600,7 @@ static int load_folder(struct chat_model *m, const char *dir, int want_template,
 	int have_cfg = access(path, F_OK) == 0;
 	if (have_cfg) {
 		jv_free(cfg);
-		if (jsonl_load(path, CHAT_MAX_FILE, &cfg, err) < 0)
+		if (load_config(path, &cfg, err) < 0)
 			return -1;
 		if (jv_get_kind(cfg) != JV_KIND_OBJECT) {
 			jv_free(cfg);
@@ -707,14 +749,20 @@ static int markers_from_json(struct chat_model *m, const char *path, struct err 
 	jv contents = jv_array(), special_set = jv_object(); /* every content some special entry has */
 	int r;
 	while (ok && (r = jsonl_array_next(at_s, at_n, &next, &ea, &eb)) > 0) {
-		size_t ca, cb, sa, sb;
+		/* one pass over the entry's members; a repeated key means its last value */
 		const char *e = at_s + ea;
-		int hc = e[0] == '{' ? jsonl_locate(e, eb - ea, "content", &ca, &cb) : -1;
-		int hs = e[0] == '{' ? jsonl_locate(e, eb - ea, "special", &sa, &sb) : -1;
-		jv c = hc > 0 && e[ca] == '"' ? jsonl_parse_value(e + ca, cb - ca) : jv_invalid();
-		int is_true = hs > 0 && sb - sa == 4 && !memcmp(e + sa, "true", 4);
-		ok = jv_get_kind(c) == JV_KIND_STRING && hs >= 0 &&
-		     (hs == 0 || is_true || (sb - sa == 5 && !memcmp(e + sa, "false", 5)) ||
+		size_t en = eb - ea, mat = 0, ka, kb, va, vb, ca = 0, cb = 0, sa = 0, sb = 0;
+		int hc = 0, hs = 0, rm;
+		while ((rm = jsonl_object_next(e, en, &mat, &ka, &kb, &va, &vb)) > 0) {
+			if (jsonl_key_is(e + ka, kb - ka, "content"))
+				ca = va, cb = vb, hc = 1;
+			else if (jsonl_key_is(e + ka, kb - ka, "special"))
+				sa = va, sb = vb, hs = 1;
+		}
+		jv c = rm == 0 && hc && e[ca] == '"' ? jsonl_parse_value(e + ca, cb - ca) : jv_invalid();
+		int is_true = hs && sb - sa == 4 && !memcmp(e + sa, "true", 4);
+		ok = jv_get_kind(c) == JV_KIND_STRING &&
+		     (!hs || is_true || (sb - sa == 5 && !memcmp(e + sa, "false", 5)) ||
 		      (sb - sa == 4 && !memcmp(e + sa, "null", 4)));
 		if (!ok) {
 			jv_free(c);

@@ -261,6 +261,7 @@ struct fastp {
 	const char *s, *end;
 	int depth;
 	struct jsonl_memo *memo; /* NULL: none */
+	int check_only;          /* strings and containers come back as null: jsonl_is_json */
 };
 
 /* The memo: for each of a few top-level keys, the text of its last long
@@ -424,11 +425,11 @@ static jv string_checked(const char *s, size_t n)
 }
 
 /* The jv string of s[0..n), or invalid when s is not UTF-8. */
-static jv fp_text(const char *s, size_t n)
+static jv fp_text(const struct fastp *p, const char *s, size_t n)
 {
 	if (bad_utf8_at((const unsigned char *)s, n) >= 0)
 		return jv_invalid();
-	return string_checked(s, n);
+	return p->check_only ? jv_null() : string_checked(s, n);
 }
 
 /* A string at p->s ('"'), or invalid when it is not of the simple kind. */
@@ -448,7 +449,7 @@ static jv fp_string(struct fastp *p)
 		q++;
 	if (q < p->end && *q == '"') { /* no escapes: the common case */
 		p->s = q + 1;
-		return fp_text(s, (size_t)(q - s));
+		return fp_text(p, s, (size_t)(q - s));
 	}
 	char small[256];
 	size_t cap = sizeof small, n = 0;
@@ -460,7 +461,7 @@ static jv fp_string(struct fastp *p)
 		size_t en = 1;
 		if (c == '"') {
 			p->s = q + 1;
-			res = fp_text(buf, n);
+			res = fp_text(p, buf, n);
 			break;
 		}
 		if (c < 0x20)
@@ -515,7 +516,7 @@ give_up:
 static jv fp_array(struct fastp *p)
 {
 	p->s++;
-	jv a = jv_array();
+	jv a = p->check_only ? jv_null() : jv_array();
 	fp_ws(p);
 	if (fp_eat(p, ']'))
 		return a;
@@ -523,7 +524,7 @@ static jv fp_array(struct fastp *p)
 		jv v = fp_value(p);
 		if (!jv_is_valid(v))
 			return jv_free(a), v;
-		a = jv_array_append(a, v);
+		a = p->check_only ? a : jv_array_append(a, v);
 		fp_ws(p);
 		if (fp_eat(p, ','))
 			continue;
@@ -536,7 +537,7 @@ static jv fp_array(struct fastp *p)
 static jv fp_object(struct fastp *p)
 {
 	p->s++;
-	jv o = jv_object();
+	jv o = p->check_only ? jv_null() : jv_object();
 	fp_ws(p);
 	if (fp_eat(p, '}'))
 		return o;
@@ -552,7 +553,7 @@ static jv fp_object(struct fastp *p)
 		jv v = fp_member(p, k);
 		if (!jv_is_valid(v))
 			return jv_free(k), jv_free(o), v;
-		o = jv_object_set(o, k, v);
+		o = p->check_only ? o : jv_object_set(o, k, v);
 		fp_ws(p);
 		if (fp_eat(p, ','))
 			continue;
@@ -663,7 +664,7 @@ static jv fp_value(struct fastp *p)
  * to word the error. */
 static jv fast_parse(const char *s, size_t n, struct jsonl_memo *memo)
 {
-	struct fastp p = {s, s + n, 0, memo};
+	struct fastp p = {s, s + n, 0, memo, 0};
 	jv v = fp_value(&p);
 	fp_ws(&p);
 	if (jv_is_valid(v) && p.s != p.end) {
@@ -672,6 +673,16 @@ static jv fast_parse(const char *s, size_t n, struct jsonl_memo *memo)
 	}
 	/* After a true/false/null/number jq wants a delimiter ("nullx" is an error). */
 	return v;
+}
+
+int jsonl_is_json(const char *s, size_t n)
+{
+	struct fastp p = {s, s + n, 0, NULL, 1};
+	jv v = fp_value(&p);
+	fp_ws(&p);
+	int ok = jv_is_valid(v) && p.s == p.end;
+	jv_free(v);
+	return ok;
 }
 
 /* s[0..n) (at most INT_MAX bytes) parsed: the direct parser takes only valid
@@ -1164,17 +1175,30 @@ static int scan_in(const char *s, size_t n, size_t i, const char *key, size_t kn
 	}
 }
 
-int jsonl_array_next(const char *s, size_t n, size_t *at, size_t *a, size_t *b)
+/* The next member of the object (obj) or element of the array at s[0..n):
+ * jsonl_array_next and jsonl_object_next. */
+static int container_next(const char *s, size_t n, int obj, size_t *at, size_t *ka, size_t *kb, size_t *a, size_t *b)
 {
+	char open = obj ? '{' : '[', close = obj ? '}' : ']';
 	size_t i = scan_ws(s, n, *at);
 	if (*at == 0) { /* the opening bracket */
-		if (i >= n || s[i] != '[')
+		if (i >= n || s[i] != open)
 			return -1;
 		i = scan_ws(s, n, i + 1);
-		if (i < n && s[i] == ']')
+		if (i < n && s[i] == close)
 			return *at = n, scan_ws(s, n, i + 1) == n ? 0 : -1;
 	} else if (*at >= n) {
 		return 0;
+	}
+	if (obj) {
+		size_t k = i < n && s[i] == '"' ? scan_string(s + i, n - i) : 0;
+		if (!k)
+			return -1;
+		*ka = i, *kb = i + k;
+		i = scan_ws(s, n, i + k);
+		if (i >= n || s[i] != ':')
+			return -1;
+		i = scan_ws(s, n, i + 1);
 	}
 	size_t v = i < n ? scan_value(s + i, n - i) : 0;
 	if (!v)
@@ -1183,12 +1207,24 @@ int jsonl_array_next(const char *s, size_t n, size_t *at, size_t *a, size_t *b)
 	i = scan_ws(s, n, i + v);
 	if (i < n && s[i] == ',')
 		*at = i + 1;
-	else if (i < n && s[i] == ']' && scan_ws(s, n, i + 1) == n)
+	else if (i < n && s[i] == close && scan_ws(s, n, i + 1) == n)
 		*at = n;
 	else
 		return -1;
 	return 1;
 }
+
+int jsonl_array_next(const char *s, size_t n, size_t *at, size_t *a, size_t *b)
+{
+	return container_next(s, n, 0, at, NULL, NULL, a, b);
+}
+
+int jsonl_object_next(const char *s, size_t n, size_t *at, size_t *ka, size_t *kb, size_t *a, size_t *b)
+{
+	return container_next(s, n, 1, at, ka, kb, a, b);
+}
+
+int jsonl_key_is(const char *s, size_t n, const char *key) { return key_is(s, n, key, strlen(key)); }
 
 int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b)
 {

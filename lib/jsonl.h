@@ -83,6 +83,11 @@ jv jsonl_parse_value(const char *s, size_t n);
  * then the parser records go through (jq for what it does not take). Returns
  * 0 with *out a new reference, or -1 with err "NAME: bad JSON: why". */
 int jsonl_parse(const char *s, size_t n, const char *name, jv *out, struct err *err);
+/* Whether s[0..n) is one JSON text, checked by the direct parser without
+ * building its value: 1 when it is; 0 when it is not, or holds what the
+ * direct parser leaves to jq ("-0", a 16-digit integer, a \u0000), for
+ * jsonl_parse to settle and word. */
+int jsonl_is_json(const char *s, size_t n);
 /* Reads and parses a whole JSON file of at most max bytes (0: 1 GiB). Errors
  * name the path: "PATH: cannot open: ...", "PATH: bad JSON: ...". */
 int jsonl_load(const char *path, size_t max, jv *out, struct err *err);
@@ -132,6 +137,12 @@ int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b
  * returns 1, then 0 after the last, or -1 when the text is not an array as far
  * as the scan goes (checked as the elements are reached). */
 int jsonl_array_next(const char *s, size_t n, size_t *at, size_t *a, size_t *b);
+/* The members of the JSON object s[0..n) one by one, as jsonl_array_next
+ * gives elements: s[*ka, *kb) the key's JSON string (quotes included; see
+ * jsonl_key_is), s[*a, *b) its value. A repeated key comes each time. */
+int jsonl_object_next(const char *s, size_t n, size_t *at, size_t *ka, size_t *kb, size_t *a, size_t *b);
+/* Whether the JSON string s[0..n) (quotes included, escapes allowed) is key. */
+int jsonl_key_is(const char *s, size_t n, const char *key);
 /* The 1-based line of byte off of s. */
 long jsonl_line_at(const char *s, size_t off);
 /* An error about a value of the JSON file text s[0..n), err->msg

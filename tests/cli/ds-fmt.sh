@@ -244,6 +244,30 @@ expect added-tokens-repeated 0 "$DS" --model "$T/rep" "$T/rep.jsonl" &&
 	expect added-tokens-first 2 "$DS" --model "$T/rep" "$T/rep.jsonl" && stderr_has added-tokens-first 'no end-of-turn marker' &&
 	ok "added_tokens repeated (escaped, after a large vocab): the last one's markers" || unreported added-tokens-repeated
 
+# tokenizer_config.json: the members ds-fmt reads are parsed alone, the rest
+# (a large added_tokens_decoder here) only scanned past; a repeated member
+# means its last value, also when its key is escaped. Broken text, or a member
+# read that is not JSON, is an error naming the file and its line.
+mkdir -p "$T/cfg"; cp "$Q/tokenizer.json" "$T/cfg/"
+python3 - "$T/cfg/tokenizer_config.json" <<'PY'
+import json, sys
+dec = json.dumps({str(i): {"content": "<x%d>" % i, "special": False} for i in range(20000)}, indent=2)
+first = json.dumps("F:{% for m in messages %}{{ m.content }}<|im_end|>{% endfor %}")
+last = json.dumps("L:{% for m in messages %}{{ m.content }}<|im_end|>{% endfor %}")
+open(sys.argv[1], "w").write('{"chat_template": %s, "added_tokens_decoder": %s,\n "eos_token": "<|im_end|>",\n'
+                             ' "chat\\u005ftemplate": %s}\n' % (first, dec, last))
+PY
+printf '%s\n' '{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":"a"}]}' > "$T/cfg.jsonl"
+cp "$T/cfg/tokenizer_config.json" "$T/cfg/good.json"
+expect config-members 0 "$DS" --model "$T/cfg" "$T/cfg.jsonl" && [ "$(jq -r .text "$T/out")" = 'L:u<|im_end|>a<|im_end|>' ] &&
+	sed 's/^ "eos_token": "<|im_end|>",$/ "eos_token": <|im_end|>,/' "$T/cfg/good.json" > "$T/cfg/tokenizer_config.json" &&
+	expect config-member-bad 2 "$DS" --model "$T/cfg" -o "$T/cfg-none.jsonl" "$T/cfg.jsonl" &&
+	stderr_has config-member-bad 'tokenizer_config\.json: bad JSON: .* at line [0-9]+, column' && [ ! -e "$T/cfg-none.jsonl" ] &&
+	sed 's/^  "19999": {$/  "19999" {/' "$T/cfg/good.json" > "$T/cfg/tokenizer_config.json" &&
+	expect config-broken 2 "$DS" --model "$T/cfg" "$T/cfg.jsonl" && stderr_has config-broken 'tokenizer_config\.json: bad JSON: .* at line [0-9]+, column' &&
+	ok "tokenizer_config.json: members read alone (the last of a repeat), broken text an error with its line" ||
+	unreported config-members
+
 # {% generation %} blocks: spans that agree pass, spans that do not are an error.
 printf '%s' "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}{{ m.content }}<|im_end|>{% endgeneration %}{% else %}{{ m.content }}<|im_end|>{% endif %}{% endfor %}" > "$T/gen.jinja"
 expect generation 0 "$DS" --model "$Q" --template "$T/gen.jinja" "$T/chat.jsonl" && spans_are generation "$T/out" '<|im_end|>' "$T/chat.jsonl" &&

@@ -6,6 +6,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <utf8proc.h>
+
 #include "check.h"
 #include "jsonl.h"
 
@@ -626,6 +628,118 @@ static void test_array_next(void)
 	}
 }
 
+/* Whether s[0..n) is UTF-8, as utf8proc reads it (the reference here). */
+static int utf8_by_utf8proc(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n;) {
+		utf8proc_int32_t c;
+		utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &c);
+		if (k <= 0)
+			return 0;
+		i += (size_t)k;
+	}
+	return 1;
+}
+
+/* jsonl_is_json says 1 for what jq prints, and never for what jq refuses or
+ * what is not UTF-8 (jq takes bad bytes as U+FFFD, records may not hold
+ * them): random values, then the same texts with a byte deleted or replaced. */
+static void test_is_json(void)
+{
+	unsigned seed = (unsigned)time(NULL);
+	srand(seed);
+	int refused = 0;
+	for (int i = 0; i < 3000 && !check_case_failed; i++) {
+		jv v = random_value(i % 3);
+		jv text = jv_dump_string(v, i % 2 ? JV_PRINT_PRETTY : 0);
+		const char *t = jv_string_value(text);
+		size_t n = (size_t)jv_string_length_bytes(jv_copy(text));
+		CHECK(jsonl_is_json(t, n) == 1, "seed %u value %d: %s", seed, i, t);
+		char m[8192];
+		if (n > 0 && n < sizeof m) {
+			memcpy(m, t, n);
+			size_t at = (size_t)rand() % n, mn = n;
+			if (rand() % 2)
+				memmove(m + at, m + at + 1, n - at - 1), mn--;
+			else
+				m[at] = (char)(rand() % 256);
+			/* jq is asked only about what we take: libjq 1.6 leaks on some texts it refuses */
+			if (jsonl_is_json(m, mn)) {
+				jv back = jv_parse_sized(m, (int)mn);
+				CHECK(jv_is_valid(back) && utf8_by_utf8proc(m, mn),
+				      "seed %u value %d: we take what is not JSON in UTF-8: %.*s", seed, i, (int)mn, m);
+				jv_free(back);
+			} else {
+				refused++;
+			}
+		}
+		jv_free(text);
+	}
+	CHECK(refused > 100, "seed %u: only %d broken texts (the case is not exercised)", seed, refused);
+}
+
+/* jsonl_object_next gives each member of random objects (as jq prints them,
+ * compact and pretty), keys escaped or not, in order, and stops at broken ones. */
+static void test_object_next(void)
+{
+	unsigned seed = (unsigned)time(NULL);
+	srand(seed);
+	static const char *const keys[] = {"a", "content", "special", "k\\u00e9", "\\u0063ontent", "q\\\\", ""};
+	static const char *const names[] = {"a", "content", "special", "k\xc3\xa9", "content", "q\\", ""};
+	for (int i = 0; i < 500 && !check_case_failed; i++) {
+		/* the text written by hand (keys may repeat and be escaped), each value jq's */
+		char t[8192];
+		size_t n = 0;
+		int members = rand() % 6, pick[6];
+		jv vals[6];
+		n += (size_t)snprintf(t + n, sizeof t - n, i % 3 ? "{" : " {\n ");
+		for (int k = 0; k < members; k++) {
+			pick[k] = rand() % 7;
+			vals[k] = random_value(2);
+			jv d = jv_dump_string(jv_copy(vals[k]), 0);
+			n += (size_t)snprintf(t + n, sizeof t - n, "%s\"%s\"%s%s", k ? (i % 2 ? ", " : ",\n  ") : "",
+					      keys[pick[k]], i % 2 ? ": " : ":", jv_string_value(d));
+			jv_free(d);
+		}
+		n += (size_t)snprintf(t + n, sizeof t - n, i % 3 ? "}" : "\n} ");
+		size_t at = 0, ka, kb, a, b;
+		int r, k = 0;
+		while ((r = jsonl_object_next(t, n, &at, &ka, &kb, &a, &b)) > 0 && !check_case_failed) {
+			jv got = jsonl_parse_value(t + a, b - a);
+			char want_key[32];
+			snprintf(want_key, sizeof want_key, "\"%s\"", k < members ? keys[pick[k]] : "?");
+			int named = k < members;
+			for (int w = 0; named && w < 7; w++) /* the key is exactly the names its text stands for */
+				if (jsonl_key_is(t + ka, kb - ka, names[w]) != !strcmp(names[w], names[pick[k]]))
+					named = 0;
+			CHECK(k < members && kb - ka == strlen(want_key) && !memcmp(t + ka, want_key, kb - ka) && named &&
+				      jv_equal(got, jv_copy(vals[k])),
+			      "seed %u object %d member %d: '%.*s': '%.*s'", seed, i, k, (int)(kb - ka), t + ka,
+			      (int)(b - a), t + a);
+			k++;
+		}
+		CHECK(r == 0 && k == members, "seed %u object %d: %d of %d members, then %d: %s", seed, i, k, members,
+		      r, t);
+		for (int m = 0; m < members; m++)
+			jv_free(vals[m]);
+	}
+	static const struct {
+		const char *s;
+		int n; /* members before the end (0) or the error (-1) */
+		int end;
+	} cases[] = {{"{}", 0, 0},	      {" { } ", 0, 0},	      {"{\"a\": \"}\", \"b\": {}}", 2, 0},
+		     {"{\"a\": 1,}", 1, -1}, {"{\"a\" 1}", 0, -1},    {"{\"a\": 1 \"b\": 2}", 0, -1},
+		     {"{", 0, -1},	      {"[]", 0, -1},	      {"{\"a\": 1}x", 0, -1},
+		     {"{1: 2}", 0, -1},       {"{\"a\": }", 0, -1}, {"{\"a\": 1, \"a\": 2}", 2, 0}};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		size_t at = 0, ka, kb, a, b, n = strlen(cases[i].s);
+		int r, k = 0;
+		while ((r = jsonl_object_next(cases[i].s, n, &at, &ka, &kb, &a, &b)) > 0)
+			k++;
+		CHECK(r == cases[i].end && k == cases[i].n, "%s: %d members, then %d", cases[i].s, k, r);
+	}
+}
+
 /* A long value (>= 256 bytes of JSON) of kind k: 0 array, 1 object, 2 string. */
 static jv long_value(int k)
 {
@@ -872,6 +986,8 @@ int main(void)
 	RUN(test_parse_memo);
 	RUN(test_locate);
 	RUN(test_array_next);
+	RUN(test_object_next);
+	RUN(test_is_json);
 	if (access("/dev/full", W_OK) == 0)
 		RUN(test_write_error);
 	else
