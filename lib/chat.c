@@ -1285,10 +1285,10 @@ static jv render_ctx(jv msgs, jv tools, int agp, jv tokens, jv vars)
 	/* apply_chat_template: {**special_tokens_map, **kwargs}, then messages,
 	 * tools (None when absent), documents (None), add_generation_prompt. */
 	jv ctx = jv_object_merge(tokens, vars);
-	ctx = jv_object_set(ctx, jv_string("messages"), msgs);
-	ctx = jv_object_set(ctx, jv_string("tools"), tools);
-	ctx = jv_object_set(ctx, jv_string("documents"), jv_null());
-	ctx = jv_object_set(ctx, jv_string("add_generation_prompt"), agp ? jv_true() : jv_false());
+	ctx = jv_object_set(ctx, key_jv("messages"), msgs);
+	ctx = jv_object_set(ctx, key_jv("tools"), tools);
+	ctx = jv_object_set(ctx, key_jv("documents"), jv_null());
+	ctx = jv_object_set(ctx, key_jv("add_generation_prompt"), agp ? jv_true() : jv_false());
 	return ctx;
 }
 

@@ -3020,7 +3020,11 @@ int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg,
 	struct tp_sb main_out = { 0 };
 	r.cache = c->cache;
 	if (setjmp(jb) == 0) {
+		/* the context's names are an object's keys, so distinct: set in place */
 		r.root = frame_new(&r, NULL);
+		r.root->names = c->names;
+		r.root->vals = tp_alloc_raw(&r.a, (c->n + 1) * sizeof *r.root->vals);
+		r.root->n = r.root->cap = c->n;
 		for (uint32_t k = 0; k < c->n; k++) {
 			struct tp_val v = c->vals[k];
 			if (!strcmp(c->names[k], "messages") && v.type == TP_LIST && nmsg < v.u.l->n) {
@@ -3031,7 +3035,7 @@ int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg,
 			} else if (!strcmp(c->names[k], "add_generation_prompt") && agp >= 0 && v.type == TP_BOOL) {
 				v.u.b = agp;
 			}
-			frame_set(&r, r.root, c->names[k], v);
+			r.root->vals[k] = v;
 		}
 		main_out.max = r.max_out;
 		r.out = r.main = &main_out;
