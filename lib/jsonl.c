@@ -359,7 +359,7 @@ static void fp_ws(struct fastp *p)
 		p->s++;
 }
 
-static int fp_hex4(const char *s, unsigned *u)
+int jsonl_hex4(const char *s, unsigned *u)
 {
 	*u = 0;
 	for (int k = 0; k < 4; k++) {
@@ -479,12 +479,12 @@ static jv fp_string(struct fastp *p)
 			case 'r': enc[0] = '\r'; break;
 			case 't': enc[0] = '\t'; break;
 			case 'u':
-				if (p->end - q < 5 || fp_hex4(q + 1, &u) < 0 || u == 0 || (u >= 0xDC00 && u <= 0xDFFF))
+				if (p->end - q < 5 || jsonl_hex4(q + 1, &u) < 0 || u == 0 || (u >= 0xDC00 && u <= 0xDFFF))
 					goto give_up;
 				q += 4;
 				if (u >= 0xD800 && u <= 0xDBFF) { /* only as the first of a pair */
 					unsigned lo;
-					if (p->end - q < 7 || q[1] != '\\' || q[2] != 'u' || fp_hex4(q + 3, &lo) < 0 ||
+					if (p->end - q < 7 || q[1] != '\\' || q[2] != 'u' || jsonl_hex4(q + 3, &lo) < 0 ||
 					    lo < 0xDC00 || lo > 0xDFFF)
 						goto give_up;
 					q += 6;
@@ -1122,7 +1122,7 @@ static int key_may_recur(const char *s, size_t n, const char *key, size_t kn)
 		unsigned u;
 		if (s + n - q < 2)
 			break;
-		if (q[1] == 'u' && (s + n - q < 6 || fp_hex4(q + 2, &u) < 0 || (u < 0x80 && memchr(key, (int)u, kn))))
+		if (q[1] == 'u' && (s + n - q < 6 || jsonl_hex4(q + 2, &u) < 0 || (u < 0x80 && memchr(key, (int)u, kn))))
 			return 1;
 	}
 	return 0;

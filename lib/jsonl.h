@@ -143,6 +143,8 @@ int jsonl_array_next(const char *s, size_t n, size_t *at, size_t *a, size_t *b);
 int jsonl_object_next(const char *s, size_t n, size_t *at, size_t *ka, size_t *kb, size_t *a, size_t *b);
 /* Whether the JSON string s[0..n) (quotes included, escapes allowed) is key. */
 int jsonl_key_is(const char *s, size_t n, const char *key);
+/* The four hex digits at s (either case) into *u: 0, or -1 when they are not. */
+int jsonl_hex4(const char *s, unsigned *u);
 /* The 1-based line of byte off of s. */
 long jsonl_line_at(const char *s, size_t off);
 /* An error about a value of the JSON file text s[0..n), err->msg

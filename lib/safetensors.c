@@ -164,21 +164,6 @@ static void scan_ws(struct scan *x)
 		x->i++;
 }
 
-static int hex4(const char *p, unsigned *v)
-{
-	*v = 0;
-	for (int k = 0; k < 4; k++) {
-		char c = p[k];
-		unsigned d = c >= '0' && c <= '9' ? (unsigned)(c - '0')
-			     : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
-			     : c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10) : 16u;
-		if (d == 16)
-			return -1;
-		*v = *v * 16 + d;
-	}
-	return 0;
-}
-
 /* A string at x->i, decoded into a new buffer (*out, *len) when out is set. */
 static int scan_string(struct scan *x, char **out, size_t *len)
 {
@@ -218,7 +203,7 @@ static int scan_string(struct scan *x, char **out, size_t *len)
 			continue;
 		}
 		unsigned cp, lo;
-		if (e != 'u' || x->i + 6 > end || hex4(x->s + x->i + 2, &cp) < 0) {
+		if (e != 'u' || x->i + 6 > end || jsonl_hex4(x->s + x->i + 2, &cp) < 0) {
 			free(o);
 			return scan_fail(x, "bad escape in a string");
 		}
@@ -229,7 +214,7 @@ static int scan_string(struct scan *x, char **out, size_t *len)
 		}
 		if (cp >= 0xd800 && cp < 0xdc00) {
 			if (x->i + 6 > end || x->s[x->i] != '\\' || x->s[x->i + 1] != 'u' ||
-			    hex4(x->s + x->i + 2, &lo) < 0 || lo < 0xdc00 || lo >= 0xe000) {
+			    jsonl_hex4(x->s + x->i + 2, &lo) < 0 || lo < 0xdc00 || lo >= 0xe000) {
 				free(o);
 				return scan_fail(x, "lone high surrogate escape");
 			}
