@@ -65,6 +65,24 @@ static void locate(const char *s, size_t n)
 			abort();
 		last = b;
 	}
+	/* the members of an object likewise, and keys that name themselves */
+	size_t ka = 0, kb = 0;
+	at = 0, last = 0;
+	while (jsonl_object_next(s, n, &at, &ka, &kb, &a, &b) > 0) {
+		if (!(last <= ka && ka < kb && kb <= a && a < b && b <= n) || s[ka] != '"')
+			abort();
+		(void)jsonl_key_is(s + ka, kb - ka, "content");
+		last = b;
+	}
+	/* what the check without building takes, the parser takes (it may leave
+	 * more to jq, never less) */
+	jv whole;
+	struct err pe = {0};
+	if (jsonl_is_json(s, n)) {
+		if (jsonl_parse(s, n, "f", &whole, &pe) < 0)
+			abort();
+		jv_free(whole);
+	}
 	struct err e = {0};
 	err_set(&e, "f: a.b[1].c: x");
 	jsonl_err_line(&e, "f", s, n);
