@@ -84,9 +84,9 @@ jv jsonl_parse_value(const char *s, size_t n);
  * 0 with *out a new reference, or -1 with err "NAME: bad JSON: why". */
 int jsonl_parse(const char *s, size_t n, const char *name, jv *out, struct err *err);
 /* Whether s[0..n) is one JSON text, checked by the direct parser without
- * building its value: 1 when it is; 0 when it is not, or holds what the
- * direct parser leaves to jq ("-0", a 16-digit integer, a \u0000), for
- * jsonl_parse to settle and word. */
+ * building its value (any number JSON allows): 1 when it is; 0 when it is
+ * not, or holds a string the direct parser leaves to jq (a \u0000, a lone
+ * surrogate escape), for jsonl_parse to settle and word. */
 int jsonl_is_json(const char *s, size_t n);
 /* Reads and parses a whole JSON file of at most max bytes (0: 1 GiB). Errors
  * name the path: "PATH: cannot open: ...", "PATH: bad JSON: ...". */

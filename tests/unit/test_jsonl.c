@@ -676,6 +676,20 @@ static void test_is_json(void)
 		jv_free(text);
 	}
 	CHECK(refused > 100, "seed %u: only %d broken texts (the case is not exercised)", seed, refused);
+	/* numbers the parser leaves to jq are JSON all the same (Llama 3's
+	 * model_max_length); broken ones are not */
+	static const struct {
+		const char *t;
+		int want;
+	} fixed[] = {{"{\"model_max_length\": 1000000000000000019884624838656}", 1},
+		     {"[-0, -0.0, 1e999, 12345678901234567, 0e0, -1E-5]", 1},
+		     {"[01]", 0}, {"[1.]", 0}, {"[.5]", 0}, {"[1e]", 0}, {"[-]", 0}, {"[+1]", 0}, {"[1e+]", 0}};
+	for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) {
+		jv back = fixed[i].want ? jv_parse_sized(fixed[i].t, (int)strlen(fixed[i].t)) : jv_true();
+		CHECK(jsonl_is_json(fixed[i].t, strlen(fixed[i].t)) == fixed[i].want && jv_is_valid(back),
+		      "%s: not %d", fixed[i].t, fixed[i].want);
+		jv_free(back);
+	}
 }
 
 /* jsonl_object_next gives each member of random objects (as jq prints them,
