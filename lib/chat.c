@@ -12,8 +12,8 @@
 
 #include "gguf.h"
 #include "jsonl.h"
-#include "wholefile.h"
 #include "tokenizer.h"
+#include "wholefile.h"
 
 #define CHAT_MAX_FILE (64u << 20) /* a template or config larger than this is not one */
 

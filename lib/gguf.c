@@ -14,7 +14,6 @@
  */
 #include "gguf.h"
 
-#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -40,8 +40,8 @@
 
 #include "half.h"
 #include "jsonl.h"
-#include "wholefile.h"
 #include "outfile.h"
+#include "wholefile.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors.c reads little-endian values by copying them; port the byte order first"
