@@ -542,6 +542,15 @@ static jv config_tokens(jv cfg)
 	return map;
 }
 
+/* The one of keys[0..n) that the JSON string s[0..len) names, or NULL. */
+static const char *key_among(const char *s, size_t len, const char *const *keys, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (jsonl_key_is(s, len, keys[i]))
+			return keys[i];
+	return NULL;
+}
+
 /* tokenizer_config.json's members read here (token_attrs, the lists of more
  * special tokens and the template) parsed alone: the rest, a megabyte of
  * added_tokens_decoder in Gemma 3's, is only checked to be JSON. Text that
@@ -556,13 +565,9 @@ static int load_config(const char *path, jv *cfg, struct err *err)
 	jv c = jv_object();
 	int r = jsonl_is_json(text, n) ? 1 : -1;
 	while (r > 0 && (r = jsonl_object_next(text, n, &at, &ka, &kb, &a, &b)) > 0) {
-		const char *key = NULL;
-		for (size_t i = 0; !key && i < sizeof token_attrs / sizeof *token_attrs; i++)
-			if (jsonl_key_is(text + ka, kb - ka, token_attrs[i]))
-				key = token_attrs[i];
-		for (size_t i = 0; !key && i < sizeof more / sizeof *more; i++)
-			if (jsonl_key_is(text + ka, kb - ka, more[i]))
-				key = more[i];
+		const char *key = key_among(text + ka, kb - ka, token_attrs, sizeof token_attrs / sizeof *token_attrs);
+		if (!key)
+			key = key_among(text + ka, kb - ka, more, sizeof more / sizeof *more);
 		if (!key)
 			continue;
 		jv v = jsonl_parse_value(text + a, b - a);

@@ -664,14 +664,12 @@ static jv fp_value(struct fastp *p)
 	}
 }
 
-/* s[0..n): its value, or invalid for jq to parse (after jsonl_unsafe_at) and
- * to word the error. */
-static jv fast_parse(const char *s, size_t n, struct jsonl_memo *memo)
+/* The one value p's whole text holds, white space around it allowed, or invalid. */
+static jv fp_whole(struct fastp *p)
 {
-	struct fastp p = {s, s + n, 0, memo, 0};
-	jv v = fp_value(&p);
-	fp_ws(&p);
-	if (jv_is_valid(v) && p.s != p.end) {
+	jv v = fp_value(p);
+	fp_ws(p);
+	if (jv_is_valid(v) && p->s != p->end) {
 		jv_free(v);
 		return jv_invalid();
 	}
@@ -679,12 +677,19 @@ static jv fast_parse(const char *s, size_t n, struct jsonl_memo *memo)
 	return v;
 }
 
+/* s[0..n): its value, or invalid for jq to parse (after jsonl_unsafe_at) and
+ * to word the error. */
+static jv fast_parse(const char *s, size_t n, struct jsonl_memo *memo)
+{
+	struct fastp p = {s, s + n, 0, memo, 0};
+	return fp_whole(&p);
+}
+
 int jsonl_is_json(const char *s, size_t n)
 {
 	struct fastp p = {s, s + n, 0, NULL, 1};
-	jv v = fp_value(&p);
-	fp_ws(&p);
-	int ok = jv_is_valid(v) && p.s == p.end;
+	jv v = fp_whole(&p);
+	int ok = jv_is_valid(v);
 	jv_free(v);
 	return ok;
 }
