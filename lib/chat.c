@@ -1339,7 +1339,7 @@ static int check_args_roundtrip(const struct tmpl_output *out, jv msgs, struct e
  * prompt (past the rendering of the earlier messages alone, so no header of
  * the turn is learned); else -1. */
 static long prompt_shared(const struct tmpl *t, const struct tmpl_ctx *cx, int i, const struct tmpl_output *po,
-			  const struct tmpl_output *ro)
+			  const struct tmpl_output *ro, struct tmpl_trace *trace)
 {
 	size_t same = 0;
 	while (same < po->len && same < ro->len && po->text[same] == ro->text[same])
@@ -1351,7 +1351,7 @@ static long prompt_shared(const struct tmpl *t, const struct tmpl_ctx *cx, int i
 		return -1;
 	struct tmpl_output p0;
 	struct err e2 = {0};
-	if (tmpl_render_ctx(t, cx, (size_t)i, 0, NULL, &p0, &e2) < 0)
+	if (tmpl_render_prefix(t, cx, (size_t)i, 0, ro, trace, NULL, &p0, &e2) < 0)
 		return -1;
 	int inside = p0.len < (size_t)cut && !memcmp(p0.text, ro->text, p0.len);
 	tmpl_output_free(&p0);
@@ -1397,6 +1397,7 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 	int rc = 0;
 	struct tmpl_output ro = {0};
 	struct tmpl_ctx *cx = NULL;
+	struct tmpl_trace *trace = NULL;
 	unsigned char *trained = NULL;
 	long *body = NULL;
 	if (chat_validate(msgs, err) < 0)
@@ -1460,22 +1461,24 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 	cx = tmpl_ctx_new_cached(render_ctx(jv_copy(msgs), jv_copy(tools), o->add_generation_prompt, jv_copy(m->tokens),
 				     jv_copy(o->vars)),
 				 m->cache, err);
-	if (!cx || tmpl_render_ctx(t, cx, SIZE_MAX, -1, NULL, &ro, err) < 0)
+	if (!cx || tmpl_render_traced(t, cx, -1, NULL, &ro, &trace, err) < 0)
 		goto fail;
 	if (json && check_args_roundtrip(&ro, msgs, err) < 0)
 		goto fail;
 	/* Where each learned turn's body begins: the end of the rendering of the
-	 * messages before it with the generation prompt, when that is a prefix. */
+	 * messages before it with the generation prompt, when that is a prefix.
+	 * Those renderings copy the turns they share with ro (tmpl_render_prefix),
+	 * so a conversation costs about one rendering, not one per turn. */
 	for (int i = 0; i < n; i++) {
 		if (!trained[i])
 			continue;
 		struct tmpl_output po;
 		struct err e2 = {0};
-		if (tmpl_render_ctx(t, cx, (size_t)i, 1, NULL, &po, &e2) == 0) {
+		if (tmpl_render_prefix(t, cx, (size_t)i, 1, &ro, trace, NULL, &po, &e2) == 0) {
 			if (po.len <= ro.len && !memcmp(po.text, ro.text, po.len))
 				body[i] = (long)po.len;
 			else
-				body[i] = prompt_shared(t, cx, i, &po, &ro);
+				body[i] = prompt_shared(t, cx, i, &po, &ro, trace);
 			tmpl_output_free(&po);
 		}
 	}
@@ -1490,6 +1493,7 @@ fail:
 	formatted_free(f);
 done:
 	tmpl_output_free(&ro);
+	tmpl_trace_free(trace);
 	tmpl_ctx_free(cx);
 	free(trained), free(body);
 	jv_free(msgs), jv_free(tools);

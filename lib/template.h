@@ -75,6 +75,9 @@ struct tmpl_output {
 int tmpl_render(const struct tmpl *t, jv ctx, const struct tmpl_limits *lim, struct tmpl_output *out,
 		struct err *err);
 void tmpl_output_free(struct tmpl_output *o);
+/* Whether a and b are the same rendering: text, runs (variable names compared
+ * as text), generation ranges and cuts. */
+int tmpl_output_equal(const struct tmpl_output *a, const struct tmpl_output *b);
 
 /* v (consumed) as JSON text the way transformers' tojson filter writes it
  * (json.dumps with ensure_ascii off: ", " and ": ", non-ASCII kept, floats
@@ -94,6 +97,31 @@ void tmpl_ctx_free(struct tmpl_ctx *c);
  * boolean for agp to apply). The same output as tmpl_render of that context. */
 int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, int agp,
 		    const struct tmpl_limits *lim, struct tmpl_output *out, struct err *err);
+
+/* Prefix renderings that copy turns. ds-fmt renders a conversation whole and
+ * again up to each learned turn. tmpl_render_traced is tmpl_render_ctx of all
+ * messages that also records, for each turn of the template's loop over the
+ * messages, what it printed and whether it read anything the rendering of a
+ * prefix could see differently: add_generation_prompt, the number of
+ * messages (loop.last, loop.length, messages | length, messages[-1]), a
+ * message past the prefix, or state an earlier turn left (namespace
+ * attributes, cyclers, joiners, loop.changed). tmpl_render_prefix renders
+ * the first nmsg messages with add_generation_prompt agp and copies from full
+ * (the traced rendering of c) the leading turns that read none of it,
+ * running the rest; its output is tmpl_render_ctx's, text, origins, cuts and
+ * generation ranges alike. *trace is NULL (every prefix then rendered in
+ * full) when the template lets the messages reach code the check cannot
+ * watch (template_prefix.c), or what precedes the loop read any of the
+ * above. Free with tmpl_trace_free. */
+struct tmpl_trace;
+int tmpl_render_traced(const struct tmpl *t, const struct tmpl_ctx *c, int agp, const struct tmpl_limits *lim,
+		       struct tmpl_output *out, struct tmpl_trace **trace, struct err *err);
+int tmpl_render_prefix(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, int agp,
+		       const struct tmpl_output *full, struct tmpl_trace *trace, const struct tmpl_limits *lim,
+		       struct tmpl_output *out, struct err *err);
+void tmpl_trace_free(struct tmpl_trace *tr);
+/* Turns the prefix renderings that used tr copied (for tests and benchmarks). */
+unsigned long long tmpl_trace_copied(const struct tmpl_trace *tr);
 
 /* Converted values one thread keeps from one context to the next: a
  * variable (other than messages) whose jv is identical (jv_identical, the

@@ -63,6 +63,45 @@ struct tp_loop {
 	struct tp_val changed; /* the arguments of the last loop.changed(), a tuple; undefined before */
 };
 
+/* What a rendering reads that the rendering of a prefix of its messages
+ * may see differently (see tmpl_render_traced): add_generation_prompt, the
+ * number of messages, messages past the prefix, loop.last and its kin on the
+ * turns' loop, and state one turn leaves to the next (namespace attributes,
+ * cyclers, joiners). template_prefix.c makes sure the messages reach the
+ * template only where the evaluator watches them. */
+struct turn {
+	uint32_t end, ncuts, ngen; /* the output, cuts and generation ranges when the turn ended */
+	int64_t max;               /* the highest message index it read */
+	uint8_t clean;             /* it read nothing else a prefix sees differently, and did not break */
+};
+struct track {
+	const struct tp_val *agp;  /* the root frame's add_generation_prompt */
+	const struct tp_list **lists; /* the messages and slices of them, each with its first message's index */
+	uint32_t *offs, nlists, lcap;
+	const struct tp_loop *loop; /* the turns' loop, once it has started */
+	uint32_t off;                /* the index of its first message */
+	int taint, bad;
+	int64_t max;
+	/* recording (tmpl_render_traced) */
+	int record;
+	uint32_t start, ncuts, ngen; /* at the loop's start */
+	int64_t pre_max;
+	struct turn *turns;
+	uint32_t nturns, tcap;
+	/* copying (tmpl_render_prefix) */
+	const struct tmpl_output *full;
+	struct tmpl_trace *use;
+	size_t nmsg;
+};
+
+struct tmpl_trace {
+	uint32_t off, start, ncuts, ngen;
+	int64_t pre_max;
+	unsigned long long copied;
+	uint32_t n;
+	struct turn turn[];
+};
+
 struct rt {
 	struct tp_arena a;
 	const struct tmpl *t;
@@ -76,6 +115,7 @@ struct rt {
 	uint32_t *cuts; /* see tmpl_output */
 	size_t ncuts, ccap;
 	struct tmpl_cache *cache; /* the context's, or NULL */
+	struct track *tk;         /* NULL unless recording or copying turns */
 };
 
 _Noreturn static void rt_err(struct rt *r, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -158,11 +198,56 @@ static struct tp_val mk_func(struct rt *r, int id, const char *name, struct tp_v
 	return v;
 }
 
+/* ---- what prefixes see differently (struct track) ---- */
+
+static int track_find(const struct track *k, const struct tp_list *l)
+{
+	for (uint32_t i = k->nlists; i-- > 0;)
+		if (k->lists[i] == l)
+			return (int)i;
+	return -1;
+}
+
+static void track_add(struct rt *r, const struct tp_list *l, uint32_t off)
+{
+	struct track *k = r->tk;
+	if (k->nlists == k->lcap) {
+		uint32_t cap = k->lcap ? k->lcap * 2 : 8;
+		k->lists = tp_realloc(&r->a, k->lists, k->nlists * sizeof *k->lists, cap * sizeof *k->lists);
+		k->offs = tp_realloc(&r->a, k->offs, k->nlists * sizeof *k->offs, cap * sizeof *k->offs);
+		k->lcap = cap;
+	}
+	k->lists[k->nlists] = l;
+	k->offs[k->nlists++] = off;
+}
+
+/* l[key] read: a message index, or (a negative index) the number of messages. */
+static void track_index(struct rt *r, const struct tp_list *l, struct tp_val key)
+{
+	int li = track_find(r->tk, l);
+	if (li < 0)
+		return;
+	int64_t i = key.type == TP_INT ? key.u.i : key.type == TP_BOOL ? key.u.b : -1;
+	if (i < 0)
+		r->tk->taint = 1;
+	else if ((int64_t)r->tk->offs[li] + i > r->tk->max)
+		r->tk->max = (int64_t)r->tk->offs[li] + i;
+}
+
+static void taint(struct rt *r)
+{
+	if (r->tk)
+		r->tk->taint = 1;
+}
+
 static struct tp_val lookup(struct rt *r, struct frame *f, const char *name)
 {
 	struct tp_val *v = frame_get(f, name);
-	if (v)
+	if (v) {
+		if (r->tk && v == r->tk->agp)
+			r->tk->taint = 1;
 		return *v;
+	}
 	static const struct {
 		const char *name;
 		int id;
@@ -551,6 +636,13 @@ static struct tp_val do_slice(struct rt *r, int line, struct tp_val v, struct tp
 		cnt = 0;
 		for (int64_t i = a; step_ > 0 ? i < b : i > b; i += step_)
 			l.u.l->v[cnt++] = v.u.l->v[i];
+		int li = r->tk ? track_find(r->tk, v.u.l) : -1;
+		if (li >= 0) { /* messages[K:] is tracked too; any other slice tells the number of messages */
+			if (step_ == 1 && !hh && (!hl || num_i(lo) >= 0))
+				track_add(r, l.u.l, r->tk->offs[li] + (uint32_t)a);
+			else
+				r->tk->taint = 1;
+		}
 		return l;
 	}
 	if (v.type == TP_STR) {
@@ -596,6 +688,8 @@ static struct tp_val get_item(struct rt *r, int line, struct tp_val v, struct tp
 {
 	switch (v.type) {
 	case TP_LIST:
+		if (r->tk)
+			track_index(r, v.u.l, k);
 		if (k.type == TP_INT || k.type == TP_BOOL) {
 			int64_t i = num_i(k);
 			if (i < 0)
@@ -677,6 +771,9 @@ static struct tp_val get_attr(struct rt *r, int line, struct tp_val v, const cha
 static struct tp_val loop_attr(struct rt *r, int line, struct tp_loop *lp, const char *name)
 {
 	int64_t i = lp->i, n = lp->items->n;
+	if (r->tk && lp == r->tk->loop && strcmp(name, "index") && strcmp(name, "index0") && strcmp(name, "first") &&
+	    strcmp(name, "previtem") && strcmp(name, "cycle") && strcmp(name, "depth") && strcmp(name, "depth0"))
+		r->tk->taint = 1; /* last, length, revindex, nextitem: the number of messages; changed: state */
 	if (!strcmp(name, "index"))
 		return tp_mk_int(i + 1);
 	if (!strcmp(name, "index0"))
@@ -714,6 +811,7 @@ static struct tp_val loop_attr(struct rt *r, int line, struct tp_loop *lp, const
 static struct tp_val cycler_attr(struct rt *r, struct tp_val c, const char *name)
 {
 	struct tp_func *fn = c.u.fn;
+	taint(r); /* a cycler's position is state one turn leaves to the next */
 	if (!strcmp(name, "current"))
 		return fn->items->v[fn->pos];
 	if (!strcmp(name, "items")) {
@@ -1455,6 +1553,7 @@ static struct tp_val call_cycler_joiner(struct rt *r, int line, struct tp_func *
 {
 	if (fn->obj) {
 		/* a joiner object: "" the first time, then its separator */
+		taint(r);
 		if (fn->id != F_JOINER)
 			rt_err(r, line, "'Cycler' object is not callable");
 		args_done(r, line, a, "joiner");
@@ -2423,6 +2522,8 @@ static struct tp_val apply_filter(struct rt *r, struct frame *f, int line, const
 
 static struct tp_val eval_filter(struct rt *r, struct frame *f, const struct tp_node *n, struct tp_val v)
 {
+	if (r->tk && v.type == TP_LIST && track_find(r->tk, v.u.l) >= 0)
+		r->tk->taint = 1; /* messages | length */
 	struct args a;
 	eval_args(r, f, n, 0, &a);
 	return apply_filter(r, f, n->line, n->name, v, &a);
@@ -2578,6 +2679,7 @@ static void assign(struct rt *r, struct frame *f, int line, const struct tp_node
 		struct tp_val ns = eval(r, f, t->a);
 		if (ns.type != TP_NS)
 			rt_err(r, line, "cannot assign attribute on non-namespace object");
+		taint(r); /* state one turn leaves to the next */
 		tp_dict_set(&r->a, ns.u.d, str_val(r, t->name, tp_literal), v);
 		return;
 	}
@@ -2608,6 +2710,130 @@ static struct tp_val filter_chain(struct rt *r, struct frame *f, const struct tp
 	return eval_filter(r, f, n, in);
 }
 
+/* Where a statement printing into the output ended (see tmpl_output.cuts). */
+static void cut_at(struct rt *r, uint32_t at)
+{
+	if (r->ncuts && r->cuts[r->ncuts - 1] == at)
+		return;
+	if (r->ncuts == r->ccap) {
+		size_t cap = r->ccap ? r->ccap * 2 : 64;
+		r->cuts = tp_realloc(&r->a, r->cuts, r->ncuts * sizeof *r->cuts, cap * sizeof *r->cuts);
+		r->ccap = cap;
+	}
+	r->cuts[r->ncuts++] = at;
+}
+
+static void cut(struct rt *r)
+{
+	if (r->out == r->main)
+		cut_at(r, r->out->len);
+}
+
+static void gen_add(struct rt *r, uint32_t start, uint32_t end)
+{
+	if (r->ngen == r->gcap) {
+		size_t cap = r->gcap ? r->gcap * 2 : 8;
+		r->gen = tp_realloc(&r->a, r->gen, r->ngen * sizeof *r->gen, cap * sizeof *r->gen);
+		r->gcap = cap;
+	}
+	r->gen[r->ngen][0] = start;
+	r->gen[r->ngen][1] = end;
+	r->ngen++;
+}
+
+/* The turns' loop starts over items: records where, or copies the turns the
+ * whole rendering's trace allows and returns how many. */
+static uint32_t turns_start(struct rt *r, const struct tp_loop *lp)
+{
+	struct track *k = r->tk;
+	k->loop = lp;
+	int li = track_find(k, lp->items);
+	if (li < 0 || r->out != r->main) { /* iterating something else: not the messages */
+		k->bad = 1;
+		return 0;
+	}
+	k->off = k->offs[li];
+	if (k->record) {
+		if (k->taint)
+			k->bad = 1; /* what comes before the loop is not the same for a prefix */
+		k->start = r->out->len, k->ncuts = (uint32_t)r->ncuts, k->ngen = (uint32_t)r->ngen;
+		k->pre_max = k->max;
+		return 0;
+	}
+	struct tmpl_trace *u = k->use;
+	if (u->off != k->off || u->pre_max >= (int64_t)k->nmsg || u->start != r->out->len || u->ncuts != r->ncuts ||
+	    u->ngen != r->ngen)
+		return 0;
+	uint32_t m = 0;
+	while (m < lp->items->n && m < u->n && u->turn[m].clean && u->turn[m].max < (int64_t)k->nmsg)
+		m++;
+	if (!m)
+		return 0;
+	const struct tmpl_output *full = k->full;
+	uint32_t from = u->start, to = u->turn[m - 1].end;
+	size_t lo = 0, hi = full->nruns; /* the first run ending past from */
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (full->runs[mid].end <= from)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	size_t hi_run = lo;
+	while (hi_run < full->nruns && full->runs[hi_run].start < to)
+		hi_run++;
+	/* the bytes at once, then their runs */
+	struct tp_sb *o = r->out;
+	tp_sb_reserve(&r->a, o, to - from, hi_run - lo);
+	if (to > from) /* turns may print nothing */
+		memcpy(o->s + o->len, full->text + from, to - from);
+	uint32_t base = o->len - from;
+	for (size_t i = lo; i < hi_run; i++) {
+		const struct tmpl_run *ru = &full->runs[i];
+		o->len = base + (ru->end < to ? ru->end : to);
+		struct tp_org org = { ru->msg, (uint8_t)ru->origin, ru->var };
+		if (i == lo) { /* it may go on the rendering's last run; full's runs after it differ from their neighbours */
+			tp_sb_org(&r->a, o, org);
+		} else {
+			o->runs[o->nruns].end = o->len;
+			o->runs[o->nruns++].o = org;
+		}
+	}
+	uint32_t c0 = u->ncuts, c1 = u->turn[m - 1].ncuts;
+	if (c0 < c1 && r->ncuts && r->cuts[r->ncuts - 1] == full->cuts[c0])
+		c0++;
+	if (r->ncuts + (c1 - c0) > r->ccap) {
+		size_t cap = r->ccap ? r->ccap * 2 : 64;
+		while (cap < r->ncuts + (c1 - c0))
+			cap *= 2;
+		r->cuts = tp_realloc(&r->a, r->cuts, r->ncuts * sizeof *r->cuts, cap * sizeof *r->cuts);
+		r->ccap = cap;
+	}
+	if (c1 > c0)
+		memcpy(r->cuts + r->ncuts, full->cuts + c0, (c1 - c0) * sizeof *r->cuts);
+	r->ncuts += c1 - c0;
+	for (uint32_t i = u->ngen; i < u->turn[m - 1].ngen; i++)
+		gen_add(r, full->gen[i][0], full->gen[i][1]);
+	u->copied += m;
+	return m;
+}
+
+static void turn_end(struct rt *r, int flow)
+{
+	struct track *k = r->tk;
+	if (!k->record || k->bad)
+		return;
+	if (k->nturns == k->tcap) {
+		uint32_t cap = k->tcap ? k->tcap * 2 : 16;
+		k->turns = tp_realloc(&r->a, k->turns, k->nturns * sizeof *k->turns, cap * sizeof *k->turns);
+		k->tcap = cap;
+	}
+	struct turn *t = &k->turns[k->nturns++];
+	t->end = r->out->len, t->ncuts = (uint32_t)r->ncuts, t->ngen = (uint32_t)r->ngen;
+	t->max = k->max;
+	t->clean = !k->taint && flow != FLOW_BREAK;
+}
+
 static int exec_for(struct rt *r, struct frame *f, const struct tp_stmt *s, const struct tp_val *rec, int depth)
 {
 	struct tp_val it = rec ? *rec : eval(r, f, s->e);
@@ -2635,9 +2861,13 @@ static int exec_for(struct rt *r, struct frame *f, const struct tp_stmt *s, cons
 	lp->depth = depth;
 	lp->changed = tp_mk_undef("changed");
 	struct tp_val lv = { .type = TP_LOOP, .o = tp_literal, .u.loop = lp };
-	for (uint32_t i = 0; i < items->n; i++) {
+	int turns = r->tk && s == r->t->turns && !r->tk->loop; /* its one run */
+	uint32_t from = turns ? turns_start(r, lp) : 0;
+	for (uint32_t i = from; i < items->n; i++) {
 		step(r, s->line);
 		lp->i = i;
+		if (turns)
+			r->tk->taint = 0, r->tk->max = (int64_t)r->tk->off + i;
 		lf->n = 0; /* each iteration starts clean, as Jinja's loop scope does */
 		frame_set(r, lf, "loop", lv);
 		if (s->nnames == 1)
@@ -2645,25 +2875,14 @@ static int exec_for(struct rt *r, struct frame *f, const struct tp_stmt *s, cons
 		else
 			assign(r, lf, s->line, s->target, items->v[i]);
 		int flow = exec_body(r, lf, s->body);
+		if (turns)
+			turn_end(r, flow);
 		if (flow == FLOW_BREAK)
 			break;
 	}
 	if (items->n == 0 && s->orelse)
 		return exec_body(r, f, s->orelse);
 	return FLOW_NEXT;
-}
-
-/* Where a statement printing into the output ended (see tmpl_output.cuts). */
-static void cut(struct rt *r)
-{
-	if (r->out != r->main || (r->ncuts && r->cuts[r->ncuts - 1] == r->out->len))
-		return;
-	if (r->ncuts == r->ccap) {
-		size_t cap = r->ccap ? r->ccap * 2 : 64;
-		r->cuts = tp_realloc(&r->a, r->cuts, r->ncuts * sizeof *r->cuts, cap * sizeof *r->cuts);
-		r->ccap = cap;
-	}
-	r->cuts[r->ncuts++] = r->out->len;
 }
 
 /* {{ a + b + c }} and {{ a ~ b ~ c }}: each operand's text printed in turn,
@@ -2792,16 +3011,8 @@ static int exec_body(struct rt *r, struct frame *f, const struct tp_stmt *s)
 			 * Only text written straight to the output has an offset there. */
 			uint32_t start = r->out->len;
 			int flow = exec_body(r, f, s->body);
-			if (r->out == r->main) {
-				if (r->ngen == r->gcap) {
-					size_t cap = r->gcap ? r->gcap * 2 : 8;
-					r->gen = tp_realloc(&r->a, r->gen, r->ngen * sizeof *r->gen, cap * sizeof *r->gen);
-					r->gcap = cap;
-				}
-				r->gen[r->ngen][0] = start;
-				r->gen[r->ngen][1] = r->out->len;
-				r->ngen++;
-			}
+			if (r->out == r->main)
+				gen_add(r, start, r->out->len);
 			if (flow != FLOW_NEXT)
 				return flow;
 			break;
@@ -2831,6 +3042,7 @@ struct tmpl *tmpl_compile(const char *src, size_t len, const char *name, struct 
 		free(t);
 		return NULL;
 	}
+	t->turns = tp_prefix_loop(t->body);
 	return t;
 }
 
@@ -2999,8 +3211,8 @@ int tmpl_render(const struct tmpl *t, jv ctx, const struct tmpl_limits *lim, str
 	return rc;
 }
 
-int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, int agp,
-		    const struct tmpl_limits *lim, struct tmpl_output *out, struct err *err)
+static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, int agp, const struct tmpl_limits *lim,
+		  struct tmpl_output *out, struct track *tk, struct tmpl_trace **trace, struct err *err)
 {
 	memset(out, 0, sizeof *out);
 	struct rt r = { .t = t };
@@ -3037,6 +3249,16 @@ int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg,
 			}
 			r.root->vals[k] = v;
 		}
+		if (tk) {
+			r.tk = tk;
+			tk->max = -1;
+			for (uint32_t k = 0; k < c->n; k++) {
+				if (!strcmp(c->names[k], "messages") && r.root->vals[k].type == TP_LIST)
+					track_add(&r, r.root->vals[k].u.l, 0);
+				else if (!strcmp(c->names[k], "add_generation_prompt"))
+					tk->agp = &r.root->vals[k];
+			}
+		}
 		main_out.max = r.max_out;
 		r.out = r.main = &main_out;
 		struct frame *top = frame_new(&r, r.root);
@@ -3046,6 +3268,20 @@ int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg,
 	if (!ok) {
 		tp_arena_free(&r.a);
 		return -1;
+	}
+	if (trace && tk->loop && !tk->bad) {
+		*trace = malloc(sizeof **trace + (tk->nturns + 1) * sizeof(struct turn));
+		if (!*trace) {
+			tp_arena_free(&r.a);
+			return err_sys(err, "out of memory");
+		}
+		struct tmpl_trace *tr = *trace;
+		tr->off = tk->off, tr->start = tk->start, tr->ncuts = tk->ncuts, tr->ngen = tk->ngen;
+		tr->pre_max = tk->pre_max;
+		tr->copied = 0;
+		tr->n = tk->nturns;
+		if (tk->nturns)
+			memcpy(tr->turn, tk->turns, tk->nturns * sizeof *tr->turn);
 	}
 	/* Copy out of the arena: text, runs (with the variable names they point
 	 * to stored after them in the same block), generation ranges. */
@@ -3104,6 +3340,58 @@ int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg,
 	out->ncuts = r.ncuts;
 	tp_arena_free(&r.a);
 	return 0;
+}
+
+int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, int agp,
+		    const struct tmpl_limits *lim, struct tmpl_output *out, struct err *err)
+{
+	return render(t, c, nmsg, agp, lim, out, NULL, NULL, err);
+}
+
+int tmpl_render_traced(const struct tmpl *t, const struct tmpl_ctx *c, int agp, const struct tmpl_limits *lim,
+		       struct tmpl_output *out, struct tmpl_trace **trace, struct err *err)
+{
+	*trace = NULL;
+	if (!t->turns)
+		return render(t, c, SIZE_MAX, agp, lim, out, NULL, NULL, err);
+	struct track tk = { .record = 1 };
+	int rc = render(t, c, SIZE_MAX, agp, lim, out, &tk, trace, err);
+	if (rc < 0) {
+		free(*trace);
+		*trace = NULL;
+	}
+	return rc;
+}
+
+int tmpl_render_prefix(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, int agp,
+		       const struct tmpl_output *full, struct tmpl_trace *trace, const struct tmpl_limits *lim,
+		       struct tmpl_output *out, struct err *err)
+{
+	if (!trace)
+		return render(t, c, nmsg, agp, lim, out, NULL, NULL, err);
+	struct track tk = { .full = full, .use = trace, .nmsg = nmsg };
+	return render(t, c, nmsg, agp, lim, out, &tk, NULL, err);
+}
+
+void tmpl_trace_free(struct tmpl_trace *tr) { free(tr); }
+
+unsigned long long tmpl_trace_copied(const struct tmpl_trace *tr) { return tr ? tr->copied : 0; }
+
+int tmpl_output_equal(const struct tmpl_output *a, const struct tmpl_output *b)
+{
+	if (a->len != b->len || memcmp(a->text, b->text, a->len) || a->nruns != b->nruns || a->ngen != b->ngen ||
+	    a->ncuts != b->ncuts)
+		return 0;
+	if ((a->ngen && memcmp(a->gen, b->gen, a->ngen * sizeof *a->gen)) ||
+	    (a->ncuts && memcmp(a->cuts, b->cuts, a->ncuts * sizeof *a->cuts)))
+		return 0;
+	for (size_t i = 0; i < a->nruns; i++) {
+		const struct tmpl_run *x = &a->runs[i], *y = &b->runs[i];
+		if (x->start != y->start || x->end != y->end || x->msg != y->msg || x->origin != y->origin ||
+		    !x->var != !y->var || (x->var && strcmp(x->var, y->var)))
+			return 0;
+	}
+	return 1;
 }
 
 void tmpl_output_free(struct tmpl_output *o)

@@ -4,6 +4,7 @@
  *   template_parse.c  lexer (trim_blocks, lstrip_blocks, whitespace control) and parser
  *   template_value.c  the arena, strings with per-byte origins, values, str()/repr()/json
  *   template_eval.c   the evaluator, filters, tests, methods, the public API
+ *   template_prefix.c which loop's turns prefix renderings may copy (the check of the tree)
  *
  * Memory: everything a compile makes lives in the template's arena, everything
  * a render makes in the render's arena; both are freed whole. Errors unwind
@@ -63,6 +64,11 @@ extern const struct tp_org tp_literal;
 int tp_org_eq(struct tp_org a, struct tp_org b);
 void tp_sb_put(struct tp_arena *a, struct tp_sb *b, const char *s, size_t n, struct tp_org o);
 void tp_sb_str(struct tp_arena *a, struct tp_sb *b, struct tp_str s);
+/* Makes room for n more bytes and nruns more runs (or fails as tp_sb_put does). */
+void tp_sb_reserve(struct tp_arena *a, struct tp_sb *b, size_t n, size_t nruns);
+/* The bytes after the last run's end, written into b->s with b->len moved
+ * past them, have origin o. */
+void tp_sb_org(struct tp_arena *a, struct tp_sb *b, struct tp_org o);
 /* Appends s[from, to) keeping its origins. */
 void tp_sb_sub(struct tp_arena *a, struct tp_sb *b, struct tp_str s, uint32_t from, uint32_t to);
 struct tp_str tp_sb_done(struct tp_sb *b);
@@ -202,8 +208,12 @@ struct tmpl {
 	struct tp_arena arena;
 	struct tp_stmt *body;
 	const char *name;
+	const struct tp_stmt *turns; /* the loop whose turns prefix renderings may copy, or NULL */
 };
 /* Parses into t (its arena set up); returns -1 with err set. */
 int tp_parse(struct tmpl *t, const char *src, size_t len, struct err *err);
+/* The loop over the messages whose turns a prefix's rendering may copy from
+ * the whole rendering's, or NULL (template_prefix.c says when). */
+const struct tp_stmt *tp_prefix_loop(const struct tp_stmt *body);
 
 #endif

@@ -170,18 +170,36 @@ static void sb_grow(struct tp_arena *a, struct tp_sb *b, size_t n)
 	b->cap = (uint32_t)cap;
 }
 
-static void sb_org(struct tp_arena *a, struct tp_sb *b, struct tp_org o)
+static void runs_grow(struct tp_arena *a, struct tp_sb *b, size_t n)
+{
+	if (b->nruns + n <= b->rcap)
+		return;
+	size_t cap = b->rcap ? (size_t)b->rcap * 2 : 8;
+	while (cap < b->nruns + n)
+		cap *= 2;
+	if (cap > UINT32_MAX / sizeof *b->runs)
+		tp_fail(a, EXIT_USAGE, "string longer than 4 GiB");
+	struct tp_orun *grown = alloc_raw(a, cap * sizeof *grown); /* runs past nruns are written before they are read */
+	if (b->nruns)
+		memcpy(grown, b->runs, b->nruns * sizeof *grown);
+	b->runs = grown;
+	b->rcap = (uint32_t)cap;
+}
+
+void tp_sb_reserve(struct tp_arena *a, struct tp_sb *b, size_t n, size_t nruns)
+{
+	sb_grow(a, b, n);
+	runs_grow(a, b, nruns);
+}
+
+void tp_sb_org(struct tp_arena *a, struct tp_sb *b, struct tp_org o)
 {
 	/* Extends the last run when the origin is the same, else opens one. */
 	if (b->nruns && tp_org_eq(b->runs[b->nruns - 1].o, o)) {
 		b->runs[b->nruns - 1].end = b->len;
 		return;
 	}
-	if (b->nruns == b->rcap) {
-		uint32_t cap = b->rcap ? b->rcap * 2 : 8;
-		b->runs = tp_realloc(a, b->runs, b->nruns * sizeof *b->runs, cap * sizeof *b->runs);
-		b->rcap = cap;
-	}
+	runs_grow(a, b, 1);
 	b->runs[b->nruns].end = b->len;
 	b->runs[b->nruns].o = o;
 	b->nruns++;
@@ -194,7 +212,7 @@ void tp_sb_put(struct tp_arena *a, struct tp_sb *b, const char *s, size_t n, str
 	sb_grow(a, b, n);
 	memcpy(b->s + b->len, s, n);
 	b->len += (uint32_t)n;
-	sb_org(a, b, o);
+	tp_sb_org(a, b, o);
 }
 
 void tp_sb_sub(struct tp_arena *a, struct tp_sb *b, struct tp_str s, uint32_t from, uint32_t to)

@@ -2,7 +2,10 @@
  * small fixed conversation under tight limits. Compiling either fails with a
  * message or gives a template; rendering either fails with a message or gives
  * an output whose runs tile it exactly and whose generation ranges lie
- * inside it. No crash, no leak, no hang. */
+ * inside it. Every prefix of the conversation rendered with turns copied
+ * from the traced whole rendering (tmpl_render_prefix) comes out as its
+ * plain rendering does, or the plain one ran out of steps. No crash, no
+ * leak, no hang. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +20,38 @@ static const char CTX[] =
 	" {\"role\": \"tool\", \"content\": \"{\\\"r\\\": 1}\"}],"
 	" \"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": {\"type\": \"object\"}}}],"
 	" \"add_generation_prompt\": true, \"bos_token\": \"<s>\", \"eos_token\": \"</s>\"}";
+
+/* The prefixes of the conversation, plain and with turns copied. */
+static void prefixes(const struct tmpl *t, const struct tmpl_limits *lim)
+{
+	struct err err = {0};
+	struct tmpl_ctx *c = tmpl_ctx_new(jv_parse(CTX), &err);
+	if (!c)
+		abort();
+	struct tmpl_output full;
+	struct tmpl_trace *tr = NULL;
+	if (tmpl_render_traced(t, c, 0, lim, &full, &tr, &err) == 0) {
+		for (size_t m = 0; m <= 4; m++) {
+			for (int agp = 0; agp < 2; agp++) {
+				struct tmpl_output a, b;
+				struct err e1 = {0}, e2 = {0};
+				int r1 = tmpl_render_ctx(t, c, m, agp, lim, &a, &e1);
+				int r2 = tmpl_render_prefix(t, c, m, agp, &full, tr, lim, &b, &e2);
+				/* copied turns take no steps: only the plain rendering may run out of them */
+				if (r1 == 0 ? r2 != 0 || !tmpl_output_equal(&a, &b)
+					    : r2 == 0 ? !strstr(e1.msg, "steps") : strcmp(e1.msg, e2.msg) && !strstr(e1.msg, "steps"))
+					abort();
+				if (r1 == 0)
+					tmpl_output_free(&a);
+				if (r2 == 0)
+					tmpl_output_free(&b);
+			}
+		}
+		tmpl_output_free(&full);
+	}
+	tmpl_trace_free(tr);
+	tmpl_ctx_free(c);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -44,6 +79,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (out.gen[i][0] > out.gen[i][1] || out.gen[i][1] > out.len)
 				abort();
 		tmpl_output_free(&out);
+		prefixes(t, &lim);
 	} else if (!err.msg[0])
 		abort();
 	tmpl_free(t);

@@ -307,18 +307,6 @@ static jv parse_ctx(const char *s)
 	return jsonl_parse(s, strlen(s), "test context", &v, &err) == 0 ? v : jv_object();
 }
 
-static int same_output(const struct tmpl_output *a, const struct tmpl_output *b)
-{
-	if (a->len != b->len || memcmp(a->text, b->text, a->len) || a->nruns != b->nruns || a->ngen != b->ngen)
-		return 0;
-	for (size_t i = 0; i < a->nruns; i++)
-		if (a->runs[i].start != b->runs[i].start || a->runs[i].end != b->runs[i].end ||
-		    a->runs[i].msg != b->runs[i].msg || a->runs[i].origin != b->runs[i].origin ||
-		    !a->runs[i].var != !b->runs[i].var || (a->runs[i].var && strcmp(a->runs[i].var, b->runs[i].var)))
-			return 0;
-	return 1;
-}
-
 /* A context converted once renders each prefix of its messages, with either
  * add_generation_prompt, as a render of that prefix's own context does, and
  * again the same (renders share its values: nothing may change them). */
@@ -353,7 +341,7 @@ static void test_render_ctx(void)
 				int rc2 = tmpl_render_ctx(t, c, (size_t)n, agp, NULL, &got, &err);
 				CHECK(rc1 == 0 && rc2 == 0, "%s", err.msg);
 				if (rc1 == 0 && rc2 == 0)
-					CHECK(same_output(&want, &got), "%d messages, agp %d: [%s] vs [%s]", n, agp, want.text,
+					CHECK(tmpl_output_equal(&want, &got), "%d messages, agp %d: [%s] vs [%s]", n, agp, want.text,
 					      got.text);
 				tmpl_output_free(&want);
 				tmpl_output_free(&got);
