@@ -20,7 +20,9 @@ template, tokenizer_config.json and tokenizer.json's added tokens) and the rate
 without it. ds-fmt formats records on one worker thread per CPU it may run on
 (at most 16; the output is the same for any count); transformers uses one.
 A third line times ds-fmt with --threads 1: the ratio per thread, from which
-a machine with more cores can be judged.
+a machine with more cores can be judged. Each time is the best of
+BENCH_DSFMT_REPEAT runs (default 3), ds-fmt's and Python's alike: on a shared
+host the best run is the one least disturbed.
 """
 import json
 import os
@@ -36,6 +38,7 @@ import dsfmt_common as C  # noqa: E402
 from make_conversations import conversations  # noqa: E402
 
 N = int(os.environ.get("BENCH_DSFMT_RECORDS", "20000"))
+REPEAT = max(int(os.environ.get("BENCH_DSFMT_REPEAT", "3")), 1)
 BANK = os.path.join(ROOT, "examples", "bank", "train.jsonl")
 TEMPLATES = os.environ.get("BENCH_DSFMT_TEMPLATES", "qwen2_5,llama3_2,gemma3,mistral_nemo,smollm2").split(",")
 
@@ -50,6 +53,16 @@ def long_conversations(turns, count):
             m.append({"role": "assistant", "content": f"Answer {k}: account {k * 7 + i} holds {k * 13 + i} euros."})
         out.append({"id": i, "messages": m})
     return out
+
+
+def best(fn):
+    """The shortest of REPEAT timings of fn() and its last result."""
+    times, res = [], None
+    for _ in range(REPEAT):
+        t0 = time.perf_counter()
+        res = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), res
 
 
 def measure(t, label, base, tmp, n=None):
@@ -73,44 +86,41 @@ def measure(t, label, base, tmp, n=None):
         for r in recs:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     out = os.path.join(tmp, name + ".out.jsonl")
-    t0 = time.perf_counter()
-    p = subprocess.run(t.dsfmt_cmd("-o", out, inp), capture_output=True)
-    ours = time.perf_counter() - t0
+    ours, p = best(lambda: subprocess.run(t.dsfmt_cmd("-o", out, inp), capture_output=True))
     if p.returncode != 0:
         print(f"{label:14s} ds-fmt failed ({p.returncode}): {p.stderr.decode(errors='replace')[:300]}")
         return
     one = os.path.join(tmp, name + ".one.jsonl")
     with open(one, "w", encoding="utf-8") as f:
         f.write(json.dumps(recs[0], ensure_ascii=False) + "\n")
-    t0 = time.perf_counter()
-    subprocess.run(t.dsfmt_cmd("-o", out + ".one", one), capture_output=True)
-    startup = time.perf_counter() - t0
-    t0 = time.perf_counter()  # one worker thread: the same number of cores as transformers
-    subprocess.run(t.dsfmt_cmd("--threads", "1", "-o", out + ".t1", inp), capture_output=True)
-    ours1 = time.perf_counter() - t0
+    startup, _ = best(lambda: subprocess.run(t.dsfmt_cmd("-o", out + ".one", one), capture_output=True))
+    # one worker thread: the same number of cores as transformers
+    ours1, _ = best(lambda: subprocess.run(t.dsfmt_cmd("--threads", "1", "-o", out + ".t1", inp), capture_output=True))
     msgs = [(t.normalize(r["messages"]), r.get("tools")) for r in recs]
     t.hf.apply_chat_template(msgs[0][0], tools=msgs[0][1], tokenize=False)  # compile once
-    t0 = time.perf_counter()
-    for m, tools in msgs:
-        t.hf.apply_chat_template(m, tools=tools, tokenize=False)
-    theirs = time.perf_counter() - t0
+
+    def render_all():
+        for m, tools in msgs:
+            t.hf.apply_chat_template(m, tools=tools, tokenize=False)
+    theirs, _ = best(render_all)
     lines = [json.dumps(r, ensure_ascii=False) for r in recs]
-    t0 = time.perf_counter()
-    for line in lines:
-        r = json.loads(line)
-        m = t.normalize(r["messages"])
-        tools = r.get("tools")
-        text = t.hf.apply_chat_template(m, tools=tools, tokenize=False)
-        starts = []
-        for k, x in enumerate(m):
-            if x.get("role") == "assistant":
-                try:  # as ds-fmt: a prefix the template refuses leaves the start unknown
-                    starts.append(len(t.hf.apply_chat_template(m[:k], tools=tools, tokenize=False,
-                                                               add_generation_prompt=True)))
-                except Exception:
-                    starts.append(-1)
-        json.dumps({"text": text, "train": starts, "id": r.get("id")}, ensure_ascii=False)
-    same_work = time.perf_counter() - t0
+
+    def same_work_all():
+        for line in lines:
+            r = json.loads(line)
+            m = t.normalize(r["messages"])
+            tools = r.get("tools")
+            text = t.hf.apply_chat_template(m, tools=tools, tokenize=False)
+            starts = []
+            for k, x in enumerate(m):
+                if x.get("role") == "assistant":
+                    try:  # as ds-fmt: a prefix the template refuses leaves the start unknown
+                        starts.append(len(t.hf.apply_chat_template(m[:k], tools=tools, tokenize=False,
+                                                                   add_generation_prompt=True)))
+                    except Exception:
+                        starts.append(-1)
+            json.dumps({"text": text, "train": starts, "id": r.get("id")}, ensure_ascii=False)
+    same_work, _ = best(same_work_all)
     print(f"{label:14s} ds-fmt {N / ours:10.0f} records/s ({ours:.2f} s)   "
           f"apply_chat_template {N / theirs:8.0f} records/s ({theirs:.2f} s)   "
           f"ratio {theirs / ours:6.1f}x (target >= 50x)   "
@@ -127,7 +137,7 @@ def main():
         print(f"bench_dsfmt: {C.DSFMT} not built")
         return 0
     threads = min(len(os.sched_getaffinity(0)), 16)  # as ds-fmt counts them
-    print(f"threads: ds-fmt {threads} (one per CPU available), apply_chat_template 1")
+    print(f"threads: ds-fmt {threads} (one per CPU available), apply_chat_template 1; best of {REPEAT} runs each")
     tmp = tempfile.mkdtemp(prefix="bench-dsfmt-")
     for entry in C.manifest():
         if entry["name"] not in TEMPLATES:
