@@ -1141,20 +1141,11 @@ static int cmp_span(const void *a, const void *b)
 	return x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : (x[1] > y[1]) - (x[1] < y[1]);
 }
 
-/* Appends the learned span of message i to sp (pairs), or returns -1. */
-static int message_span(const struct tmpl_output *out, long i, long body, int agp, const struct chat_markers *mk,
-			long *sp, size_t *nsp, struct err *err)
+/* Appends the learned span of message i, whose content and tool-call bytes
+ * lie in runs first to last (SIZE_MAX: none), to sp (pairs), or returns -1. */
+static int message_span(const struct tmpl_output *out, long i, size_t first, size_t last, long body, int agp,
+			const struct chat_markers *mk, long *sp, size_t *nsp, struct err *err)
 {
-	size_t first = SIZE_MAX, last = 0; /* run indexes */
-	for (size_t r = 0; r < out->nruns; r++) {
-		const struct tmpl_run *run = &out->runs[r];
-		if (run->msg == i && (run->origin == TMPL_MSG_CONTENT || run->origin == TMPL_MSG_TOOL_CALLS) &&
-		    run->end > run->start) {
-			if (first == SIZE_MAX)
-				first = r;
-			last = r;
-		}
-	}
 	if (first == SIZE_MAX)
 		return err_set(err, "message %ld: the template does not print the assistant's content", i);
 	/* The body: from where the generation prompt ends (when the bytes up to
@@ -1163,7 +1154,15 @@ static int message_span(const struct tmpl_output *out, long i, long body, int ag
 	long start = out->runs[first].start;
 	if (body >= 0 && body <= start) {
 		int clean = 1;
-		for (size_t r = 0; r < first; r++) {
+		size_t r0 = 0, hi = first; /* the first run ending past body: runs before it do not matter */
+		while (r0 < hi) {
+			size_t mid = r0 + (hi - r0) / 2;
+			if ((long)out->runs[mid].end <= body)
+				r0 = mid + 1;
+			else
+				hi = mid;
+		}
+		for (size_t r = r0; r < first; r++) {
 			const struct tmpl_run *run = &out->runs[r];
 			if ((long)run->end > body && run->msg >= 0 && run->msg != i)
 				clean = 0;
@@ -1231,20 +1230,35 @@ static int message_span(const struct tmpl_output *out, long i, long body, int ag
 int chat_spans(const struct tmpl_output *out, const unsigned char *trained, const long *body_start, int agp,
 	       size_t nmsg, const struct chat_markers *mk, jv *spans, struct err *err)
 {
-	size_t cap = 0;
-	for (size_t r = 0; r < out->nruns; r++)
-		cap += 1;
-	cap = 2 * (cap + nmsg + 1);
+	size_t cap = 2 * (out->nruns + nmsg + 1);
 	long *sp = malloc(cap * 2 * sizeof *sp);
-	if (!sp)
+	size_t *first = malloc((nmsg + 1) * 2 * sizeof *first);
+	if (!sp || !first) {
+		free(sp), free(first);
 		return err_sys(err, "out of memory");
+	}
+	size_t *last = first + nmsg + 1;
+	/* each message's first and last run of content or tool-call bytes, in one pass */
+	for (size_t i = 0; i < nmsg; i++)
+		first[i] = SIZE_MAX, last[i] = 0;
+	for (size_t r = 0; r < out->nruns; r++) {
+		const struct tmpl_run *run = &out->runs[r];
+		if (run->msg >= 0 && (size_t)run->msg < nmsg &&
+		    (run->origin == TMPL_MSG_CONTENT || run->origin == TMPL_MSG_TOOL_CALLS) && run->end > run->start) {
+			if (first[run->msg] == SIZE_MAX)
+				first[run->msg] = r;
+			last[run->msg] = r;
+		}
+	}
 	size_t nsp = 0;
 	for (size_t i = 0; i < nmsg; i++) {
-		if (trained[i] && message_span(out, (long)i, body_start ? body_start[i] : -1, agp, mk, sp, &nsp, err) < 0) {
-			free(sp);
+		if (trained[i] && message_span(out, (long)i, first[i], last[i], body_start ? body_start[i] : -1, agp, mk, sp,
+					       &nsp, err) < 0) {
+			free(sp), free(first);
 			return -1;
 		}
 	}
+	free(first);
 	qsort(sp, nsp, 2 * sizeof *sp, cmp_span);
 	size_t n = 0;
 	for (size_t k = 0; k < nsp; k++) {
