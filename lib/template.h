@@ -105,14 +105,16 @@ int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg,
  * prefix could see differently: add_generation_prompt, the number of
  * messages (loop.last, loop.length, messages | length, messages[-1]), a
  * message past the prefix, or state an earlier turn left (namespace
- * attributes, cyclers, joiners, loop.changed). tmpl_render_prefix renders
- * the first nmsg messages with add_generation_prompt agp and copies from full
- * (the traced rendering of c) the leading turns that read none of it,
- * running the rest; its output is tmpl_render_ctx's, text, origins, cuts and
- * generation ranges alike. *trace is NULL (every prefix then rendered in
- * full) when the template lets the messages reach code the check cannot
- * watch (template_prefix.c), or what precedes the loop read any of the
- * above. Free with tmpl_trace_free. */
+ * attributes, cyclers, joiners, loop.changed); and the variables the loop
+ * started with. tmpl_render_prefix renders the first nmsg messages with
+ * add_generation_prompt agp; when its loop starts with the same variables
+ * (equal values of equal origins) and output length, it copies from full
+ * (the traced rendering of c) the leading turns that read none of the above
+ * and runs the rest. Its output is tmpl_render_ctx's, text, origins, cuts
+ * and generation ranges alike (copied turns take no steps against lim).
+ * *trace is NULL (every prefix then rendered in full) when the template lets
+ * the messages reach code the check cannot watch (template_prefix.c) or its
+ * loop did not run over them. Free with tmpl_trace_free. */
 struct tmpl_trace;
 int tmpl_render_traced(const struct tmpl *t, const struct tmpl_ctx *c, int agp, const struct tmpl_limits *lim,
 		       struct tmpl_output *out, struct tmpl_trace **trace, struct err *err);

@@ -63,12 +63,14 @@ struct tp_loop {
 	struct tp_val changed; /* the arguments of the last loop.changed(), a tuple; undefined before */
 };
 
-/* What a rendering reads that the rendering of a prefix of its messages
- * may see differently (see tmpl_render_traced): add_generation_prompt, the
- * number of messages, messages past the prefix, loop.last and its kin on the
+/* What a turn reads that the rendering of a prefix of the messages may see
+ * differently (see tmpl_render_traced): add_generation_prompt, the number
+ * of messages, messages past the prefix, loop.last and its kin on the
  * turns' loop, and state one turn leaves to the next (namespace attributes,
  * cyclers, joiners). template_prefix.c makes sure the messages reach the
- * template only where the evaluator watches them. */
+ * template only where the evaluator watches them. What precedes the loop
+ * may read anything: the prefix's rendering runs it, and copies turns only
+ * when the variables the loop starts with come out the same (same_val). */
 struct turn {
 	uint32_t end, ncuts, ngen; /* the output, cuts and generation ranges when the turn ended */
 	int64_t max;               /* the highest message index it read */
@@ -85,7 +87,9 @@ struct track {
 	/* recording (tmpl_render_traced) */
 	int record;
 	uint32_t start, ncuts, ngen; /* at the loop's start */
-	int64_t pre_max;
+	const char **names;           /* the variables of the loop's frame then, values copied */
+	struct tp_val *vals;
+	uint32_t nvars;
 	struct turn *turns;
 	uint32_t nturns, tcap;
 	/* copying (tmpl_render_prefix) */
@@ -95,8 +99,13 @@ struct track {
 };
 
 struct tmpl_trace {
+	struct tp_arena a; /* the whole rendering's: its variables and tracked lists live there */
+	const struct tp_list **lists;
+	uint32_t *offs, nlists;
+	const char **names;
+	struct tp_val *vals;
+	uint32_t nvars;
 	uint32_t off, start, ncuts, ngen;
-	int64_t pre_max;
 	unsigned long long copied;
 	uint32_t n;
 	struct turn turn[];
@@ -2741,9 +2750,126 @@ static void gen_add(struct rt *r, uint32_t start, uint32_t end)
 	r->ngen++;
 }
 
-/* The turns' loop starts over items: records where, or copies the turns the
- * whole rendering's trace allows and returns how many. */
-static uint32_t turns_start(struct rt *r, const struct tp_loop *lp)
+/* Whether v holds something a later statement may change: a namespace, a
+ * cycler or joiner (too deep to tell counts as yes). */
+static int holds_mutable(struct tp_val v, int depth)
+{
+	if (depth > 64 || v.type == TP_NS || (v.type == TP_FUNC && v.u.fn->obj))
+		return 1;
+	uint32_t n = v.type == TP_LIST ? v.u.l->n : v.type == TP_DICT ? v.u.d->n : 0;
+	for (uint32_t i = 0; i < n; i++)
+		if (holds_mutable(v.type == TP_LIST ? v.u.l->v[i] : v.u.d->v[i], depth + 1))
+			return 1;
+	return 0;
+}
+
+/* v as it is now: what holds namespaces and cycler/joiner objects copied
+ * (later statements change them), the rest (the messages' tracked lists
+ * among it) kept as it is. Beyond depth 64 nothing is copied, and same_val
+ * calls nothing that deep the same. */
+static struct tp_val snap_val(struct rt *r, struct tp_val v, int depth)
+{
+	if (depth > 64 || !holds_mutable(v, depth) || (v.type == TP_LIST && track_find(r->tk, v.u.l) >= 0))
+		return v;
+	if (v.type == TP_LIST) {
+		struct tp_val l = tp_mk_list(&r->a, v.u.l->n, v.u.l->tuple);
+		l.o = v.o;
+		for (uint32_t i = 0; i < v.u.l->n; i++)
+			l.u.l->v[i] = snap_val(r, v.u.l->v[i], depth + 1);
+		return l;
+	}
+	if (v.type == TP_DICT || v.type == TP_NS) {
+		struct tp_val d = v;
+		d.u.d = tp_alloc(&r->a, sizeof *d.u.d);
+		for (uint32_t i = 0; i < v.u.d->n; i++)
+			tp_dict_push(&r->a, d.u.d, v.u.d->k[i], snap_val(r, v.u.d->v[i], depth + 1));
+		return d;
+	}
+	if (v.type == TP_FUNC && v.u.fn->obj) {
+		struct tp_val f = v;
+		f.u.fn = tp_alloc(&r->a, sizeof *f.u.fn);
+		*f.u.fn = *v.u.fn;
+		return f;
+	}
+	return v;
+}
+
+static int same_org(struct tp_org a, struct tp_org b) { return tp_org_eq(a, b); }
+
+/* Whether a (the prefix's rendering's) and b (the whole one's, as
+ * recorded) are the same to every turn that reads them: equal values of
+ * equal origins, or the messages from the same index on. */
+static int same_val(const struct track *k, const struct tmpl_trace *u, struct tp_val a, struct tp_val b, int depth)
+{
+	if (a.type != b.type || !same_org(a.o, b.o) || depth > 64)
+		return 0;
+	switch (a.type) {
+	case TP_UNDEF: return !a.u.undef == !b.u.undef && (!a.u.undef || !strcmp(a.u.undef, b.u.undef));
+	case TP_NONE: return 1;
+	case TP_BOOL: return a.u.b == b.u.b;
+	case TP_INT: return a.u.i == b.u.i;
+	case TP_FLOAT: return !memcmp(&a.u.f, &b.u.f, sizeof a.u.f);
+	case TP_STR:
+		if (a.u.s.len != b.u.s.len || a.u.s.nruns != b.u.s.nruns)
+			return 0;
+		if (a.u.s.s == b.u.s.s && a.u.s.runs == b.u.s.runs) /* the context's own string */
+			return 1;
+		if (memcmp(a.u.s.s, b.u.s.s, a.u.s.len))
+			return 0;
+		for (uint32_t i = 0; i < a.u.s.nruns; i++)
+			if (a.u.s.runs[i].end != b.u.s.runs[i].end || !same_org(a.u.s.runs[i].o, b.u.s.runs[i].o))
+				return 0;
+		return 1;
+	case TP_LIST: {
+		int ka = track_find(k, a.u.l), kb = -1;
+		for (uint32_t i = u->nlists; i-- > 0 && kb < 0;)
+			if (u->lists[i] == b.u.l)
+				kb = (int)i;
+		if (ka >= 0 || kb >= 0)
+			return ka >= 0 && kb >= 0 && k->offs[ka] == u->offs[kb];
+		if (a.u.l == b.u.l) /* the context's own list (immutable), or one nobody changes */
+			return !holds_mutable(a, depth);
+		if (a.u.l->n != b.u.l->n || a.u.l->tuple != b.u.l->tuple)
+			return 0;
+		for (uint32_t i = 0; i < a.u.l->n; i++)
+			if (!same_val(k, u, a.u.l->v[i], b.u.l->v[i], depth + 1))
+				return 0;
+		return 1;
+	}
+	case TP_DICT:
+	case TP_NS:
+		if (a.type == TP_DICT && a.u.d == b.u.d && !holds_mutable(a, depth))
+			return 1;
+		if (a.u.d->n != b.u.d->n)
+			return 0;
+		for (uint32_t i = 0; i < a.u.d->n; i++)
+			if (!same_val(k, u, a.u.d->k[i], b.u.d->k[i], depth + 1) ||
+			    !same_val(k, u, a.u.d->v[i], b.u.d->v[i], depth + 1))
+				return 0;
+		return 1;
+	case TP_MACRO: /* defined by the same statement; its closure is the frame compared here */
+		return a.u.m->def == b.u.m->def && a.u.m->caller.type == TP_UNDEF && b.u.m->caller.type == TP_UNDEF;
+	case TP_FUNC: {
+		const struct tp_func *x = a.u.fn, *y = b.u.fn;
+		if (x->id != y->id || strcmp(x->name, y->name) || x->obj != y->obj || x->used != y->used ||
+		    x->pos != y->pos || !same_val(k, u, x->self, y->self, depth + 1) || !x->items != !y->items)
+			return 0;
+		if (x->items) {
+			if (x->items->n != y->items->n)
+				return 0;
+			for (uint32_t i = 0; i < x->items->n; i++)
+				if (!same_val(k, u, x->items->v[i], y->items->v[i], depth + 1))
+					return 0;
+		}
+		return 1;
+	}
+	default: return 0; /* a loop object: never at the top */
+	}
+}
+
+/* The turns' loop starts over items in frame f: records where, or copies
+ * the turns the whole rendering's trace allows and returns how many. */
+static uint32_t turns_start(struct rt *r, struct frame *f, const struct tp_loop *lp)
 {
 	struct track *k = r->tk;
 	k->loop = lp;
@@ -2754,16 +2880,22 @@ static uint32_t turns_start(struct rt *r, const struct tp_loop *lp)
 	}
 	k->off = k->offs[li];
 	if (k->record) {
-		if (k->taint)
-			k->bad = 1; /* what comes before the loop is not the same for a prefix */
 		k->start = r->out->len, k->ncuts = (uint32_t)r->ncuts, k->ngen = (uint32_t)r->ngen;
-		k->pre_max = k->max;
+		k->nvars = f->n;
+		k->names = tp_alloc(&r->a, (f->n + 1) * sizeof *k->names);
+		k->vals = tp_alloc(&r->a, (f->n + 1) * sizeof *k->vals);
+		for (uint32_t i = 0; i < f->n; i++)
+			k->names[i] = f->names[i], k->vals[i] = snap_val(r, f->vals[i], 0);
 		return 0;
 	}
 	struct tmpl_trace *u = k->use;
-	if (u->off != k->off || u->pre_max >= (int64_t)k->nmsg || u->start != r->out->len || u->ncuts != r->ncuts ||
-	    u->ngen != r->ngen)
+	if (u->off != k->off || u->start != r->out->len || u->ncuts != r->ncuts || u->ngen != r->ngen ||
+	    f->n != u->nvars)
 		return 0;
+	/* the loop starts with the same variables (the root's differ only in what turns are checked for) */
+	for (uint32_t i = 0; i < f->n; i++)
+		if (strcmp(f->names[i], u->names[i]) || !same_val(k, u, f->vals[i], u->vals[i], 0))
+			return 0;
 	uint32_t m = 0;
 	while (m < lp->items->n && m < u->n && u->turn[m].clean && u->turn[m].max < (int64_t)k->nmsg)
 		m++;
@@ -2862,7 +2994,7 @@ static int exec_for(struct rt *r, struct frame *f, const struct tp_stmt *s, cons
 	lp->changed = tp_mk_undef("changed");
 	struct tp_val lv = { .type = TP_LOOP, .o = tp_literal, .u.loop = lp };
 	int turns = r->tk && s == r->t->turns && !r->tk->loop; /* its one run */
-	uint32_t from = turns ? turns_start(r, lp) : 0;
+	uint32_t from = turns ? turns_start(r, f, lp) : 0;
 	for (uint32_t i = from; i < items->n; i++) {
 		step(r, s->line);
 		lp->i = i;
@@ -3277,7 +3409,9 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 		}
 		struct tmpl_trace *tr = *trace;
 		tr->off = tk->off, tr->start = tk->start, tr->ncuts = tk->ncuts, tr->ngen = tk->ngen;
-		tr->pre_max = tk->pre_max;
+		tr->lists = tk->lists, tr->offs = tk->offs, tr->nlists = tk->nlists;
+		tr->names = tk->names, tr->vals = tk->vals, tr->nvars = tk->nvars;
+		tr->a = (struct tp_arena){ 0 }; /* given the rendering's below */
 		tr->copied = 0;
 		tr->n = tk->nturns;
 		if (tk->nturns)
@@ -3300,6 +3434,10 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 		free(out->gen);
 		memset(out, 0, sizeof *out);
 		tp_arena_free(&r.a);
+		if (trace) {
+			free(*trace);
+			*trace = NULL;
+		}
 		return err_sys(err, "out of memory");
 	}
 	if (main_out.len)
@@ -3338,7 +3476,12 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 	if (r.ncuts)
 		memcpy(out->cuts, r.cuts, r.ncuts * sizeof *out->cuts);
 	out->ncuts = r.ncuts;
-	tp_arena_free(&r.a);
+	if (trace && *trace) { /* the trace's values live on in the rendering's arena */
+		(*trace)->a = r.a;
+		(*trace)->a.fail = NULL;
+	} else {
+		tp_arena_free(&r.a);
+	}
 	return 0;
 }
 
@@ -3357,7 +3500,7 @@ int tmpl_render_traced(const struct tmpl *t, const struct tmpl_ctx *c, int agp, 
 	struct track tk = { .record = 1 };
 	int rc = render(t, c, SIZE_MAX, agp, lim, out, &tk, trace, err);
 	if (rc < 0) {
-		free(*trace);
+		tmpl_trace_free(*trace);
 		*trace = NULL;
 	}
 	return rc;
@@ -3373,7 +3516,13 @@ int tmpl_render_prefix(const struct tmpl *t, const struct tmpl_ctx *c, size_t nm
 	return render(t, c, nmsg, agp, lim, out, &tk, NULL, err);
 }
 
-void tmpl_trace_free(struct tmpl_trace *tr) { free(tr); }
+void tmpl_trace_free(struct tmpl_trace *tr)
+{
+	if (!tr)
+		return;
+	tp_arena_free(&tr->a);
+	free(tr);
+}
 
 unsigned long long tmpl_trace_copied(const struct tmpl_trace *tr) { return tr ? tr->copied : 0; }
 
