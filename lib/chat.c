@@ -1299,11 +1299,13 @@ int chat_spans(const struct tmpl_output *out, const unsigned char *trained, cons
 
 /* ------------------------------------------------------------- one record */
 
-static jv render_ctx(jv msgs, jv tools, int agp, jv tokens, jv vars)
+/* A record's own variables. apply_chat_template renders with
+ * {**special_tokens_map, **kwargs}, then messages, tools (None when absent),
+ * documents (None), add_generation_prompt: the first two are the layers
+ * under these (tmpl_ctx_new_layered), converted once per thread. */
+static jv render_ctx(jv msgs, jv tools, int agp)
 {
-	/* apply_chat_template: {**special_tokens_map, **kwargs}, then messages,
-	 * tools (None when absent), documents (None), add_generation_prompt. */
-	jv ctx = jv_object_merge(tokens, vars);
+	jv ctx = jv_object();
 	ctx = jv_object_set(ctx, key_jv("messages"), msgs);
 	ctx = jv_object_set(ctx, key_jv("tools"), tools);
 	ctx = jv_object_set(ctx, key_jv("documents"), jv_null());
@@ -1472,9 +1474,8 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 		for (int i = 0; i < last_asst; i++)
 			trained[i] = 0;
 	/* One conversion of the context serves the render and the prefix renders. */
-	cx = tmpl_ctx_new_cached(render_ctx(jv_copy(msgs), jv_copy(tools), o->add_generation_prompt, jv_copy(m->tokens),
-				     jv_copy(o->vars)),
-				 m->cache, err);
+	cx = tmpl_ctx_new_layered(jv_copy(m->tokens), jv_copy(o->vars),
+				  render_ctx(jv_copy(msgs), jv_copy(tools), o->add_generation_prompt), m->cache, err);
 	if (!cx || tmpl_render_traced(t, cx, -1, NULL, &ro, &trace, err) < 0)
 		goto fail;
 	if (json && check_args_roundtrip(&ro, msgs, err) < 0)

@@ -37,8 +37,20 @@ struct slot {
 	uint64_t used; /* the context that last used it */
 };
 
+/* The context's lower layers (tmpl_ctx_new_layered): the special tokens and
+ * --var values every record has, converted once. */
+struct layers {
+	int set;
+	jv base, more; /* held, so that identity keeps meaning the same values */
+	struct tp_arena a;
+	const char **names;
+	struct tp_val *vals;
+	uint32_t n;
+};
+
 struct tmpl_cache {
 	struct slot s[CACHE_SLOTS];
+	struct layers b;
 	uint64_t now;
 	unsigned long long hits, json_hits;
 };
@@ -56,13 +68,47 @@ static void slot_clear(struct slot *s)
 	memset(s, 0, sizeof *s);
 }
 
+static void layers_clear(struct layers *b)
+{
+	if (b->set)
+		jv_free(b->base), jv_free(b->more);
+	tp_arena_free(&b->a);
+	memset(b, 0, sizeof *b);
+}
+
 void tmpl_cache_free(struct tmpl_cache *c)
 {
 	if (!c)
 		return;
 	for (int i = 0; i < CACHE_SLOTS; i++)
 		slot_clear(&c->s[i]);
+	layers_clear(&c->b);
 	free(c);
+}
+
+int tp_cache_base(struct tmpl_cache *c, jv base, jv more, const char ***names, struct tp_val **vals, uint32_t *n)
+{
+	if (!c->b.set || c->b.a.fail || !jv_identical(jv_copy(c->b.base), jv_copy(base)) ||
+	    !jv_identical(jv_copy(c->b.more), jv_copy(more)))
+		return 0;
+	*names = c->b.names, *vals = c->b.vals, *n = c->b.n;
+	return 1;
+}
+
+struct tp_arena *tp_cache_base_begin(struct tmpl_cache *c, jv base, jv more, jmp_buf *fail, struct err *err)
+{
+	layers_clear(&c->b);
+	c->b.set = 1;
+	c->b.base = jv_copy(base), c->b.more = jv_copy(more);
+	c->b.a.err = err;
+	c->b.a.fail = fail; /* set until tp_cache_base_end: a failure between leaves the layers to clear */
+	return &c->b.a;
+}
+
+void tp_cache_base_end(struct tmpl_cache *c, const char **names, struct tp_val *vals, uint32_t n)
+{
+	c->b.names = names, c->b.vals = vals, c->b.n = n;
+	c->b.a.fail = NULL;
 }
 
 void tmpl_cache_stats(const struct tmpl_cache *c, unsigned long long *hits, unsigned long long *json_hits)
@@ -134,6 +180,8 @@ int tp_cache_value(struct tmpl_cache *c, const char *name, jv v, struct tp_val *
 
 void tp_cache_abandon(struct tmpl_cache *c)
 {
+	if (c->b.a.fail) /* layers being converted */
+		layers_clear(&c->b);
 	/* A conversion that failed part way: drop every slot this context was making. */
 	for (int i = 0; i < CACHE_SLOTS; i++)
 		if (c->s[i].name && c->s[i].a.fail)

@@ -3196,30 +3196,30 @@ static int origin_of_key(const char *k)
 }
 
 /* messages: each message's values get their own origin by key. */
-static struct tp_val messages_from_jv(struct rt *r, jv msgs, struct tp_org listo)
+static struct tp_val messages_from_jv(struct tp_arena *a, jv msgs, struct tp_org listo)
 {
 	if (jv_get_kind(msgs) != JV_KIND_ARRAY)
-		return tp_from_jv(&r->a, msgs, listo);
+		return tp_from_jv(a, msgs, listo);
 	int n = jv_array_length(jv_copy(msgs));
-	struct tp_val l = tp_mk_list(&r->a, (uint32_t)n, 0);
+	struct tp_val l = tp_mk_list(a, (uint32_t)n, 0);
 	l.o = listo;
 	for (int i = 0; i < n; i++) {
 		jv m = jv_array_get(jv_copy(msgs), i);
 		struct tp_org mo = { i, TMPL_MSG_OTHER, NULL };
 		if (jv_get_kind(m) != JV_KIND_OBJECT) {
-			l.u.l->v[i] = tp_from_jv(&r->a, m, mo);
+			l.u.l->v[i] = tp_from_jv(a, m, mo);
 			continue;
 		}
-		struct tp_val d = tp_mk_dict(&r->a);
+		struct tp_val d = tp_mk_dict(a);
 		d.o = mo;
 		for (int it = jv_object_iter(m); jv_object_iter_valid(m, it); it = jv_object_iter_next(m, it)) {
 			jv key = jv_object_iter_key(m, it);
 			const char *ks = jv_string_value(key);
 			struct tp_org o = { i, (uint8_t)origin_of_key(ks), NULL };
-			struct tp_val kv = tp_mk_str(tp_str_lit(&r->a, ks, (size_t)jv_string_length_bytes(jv_copy(key)), mo));
+			struct tp_val kv = tp_mk_str(tp_str_lit(a, ks, (size_t)jv_string_length_bytes(jv_copy(key)), mo));
 			jv_free(key);
-			struct tp_val vv = tp_from_jv(&r->a, jv_object_iter_value(m, it), o);
-			tp_dict_push(&r->a, d.u.d, kv, vv);
+			struct tp_val vv = tp_from_jv(a, jv_object_iter_value(m, it), o);
+			tp_dict_push(a, d.u.d, kv, vv);
 		}
 		jv_free(m);
 		l.u.l->v[i] = d;
@@ -3243,49 +3243,84 @@ struct tmpl_ctx {
 
 struct tmpl_ctx *tmpl_ctx_new(jv ctx, struct err *err) { return tmpl_ctx_new_cached(ctx, NULL, err); }
 
-struct tmpl_ctx *tmpl_ctx_new_cached(jv ctx, struct tmpl_cache *cache, struct err *err)
+/* The variables of the jv object ctx (borrowed) converted into a: their
+ * names, values and count; messages gets each message's origins,
+ * containers the cache's values where it has them (cache may be NULL). */
+static uint32_t vars_from_jv(struct tp_arena *a, jv ctx, struct tmpl_cache *cache, jmp_buf *fail, struct err *err,
+			     const char **names, struct tp_val *vals)
 {
-	if (jv_get_kind(ctx) != JV_KIND_OBJECT) {
-		jv_free(ctx);
+	uint32_t k = 0, nk = (uint32_t)jv_object_length(jv_copy(ctx));
+	for (int it = jv_object_iter(ctx); k < nk && jv_object_iter_valid(ctx, it); it = jv_object_iter_next(ctx, it), k++) {
+		jv key = jv_object_iter_key(ctx, it);
+		names[k] = tp_strndup(a, jv_string_value(key), strlen(jv_string_value(key)));
+		jv_free(key);
+		jv val = jv_object_iter_value(ctx, it);
+		struct tp_org o = { -1, TMPL_INPUT, names[k] };
+		if (!strcmp(names[k], "messages"))
+			vals[k] = messages_from_jv(a, val, o);
+		else if (!cache || !tp_cache_value(cache, names[k], val, &vals[k], fail, err))
+			vals[k] = tp_from_jv(a, val, o);
+	}
+	return k;
+}
+
+/* A context of ctx's variables over those of more over those of base (all
+ * consumed; base and more jv_invalid when there are none): see
+ * tmpl_ctx_new_layered. */
+static struct tmpl_ctx *ctx_new(jv base, jv more, jv ctx, struct tmpl_cache *cache, struct err *err)
+{
+	if (jv_get_kind(ctx) != JV_KIND_OBJECT || (jv_is_valid(base) && jv_get_kind(base) != JV_KIND_OBJECT) ||
+	    (jv_is_valid(more) && jv_get_kind(more) != JV_KIND_OBJECT)) {
+		jv_free(ctx), jv_free(base), jv_free(more);
 		return err_set(err, "the context must be a JSON object"), NULL;
 	}
 	struct tmpl_ctx *volatile c = calloc(1, sizeof *c); /* volatile: kept across setjmp */
 	if (!c) {
-		jv_free(ctx);
+		jv_free(ctx), jv_free(base), jv_free(more);
 		return err_sys(err, "out of memory"), NULL;
 	}
-	struct rt r = { .t = NULL };
-	r.a.cap = ((size_t)64 << 20) + 16 * ((size_t)16 << 20); /* a default render's own cap */
-	r.a.err = err;
+	struct tp_arena a = { .cap = ((size_t)64 << 20) + 16 * ((size_t)16 << 20), .err = err }; /* a render's cap */
 	jmp_buf jb;
-	r.a.fail = &jb;
+	a.fail = &jb;
 	volatile int ok = 0;
 	if (cache)
 		tp_cache_next(cache);
 	if (setjmp(jb) == 0) {
-		int nk = jv_object_length(jv_copy(ctx));
-		struct tp_val *vals = tp_alloc(&r.a, ((size_t)nk + 1) * sizeof *vals);
-		const char **names = tp_alloc(&r.a, ((size_t)nk + 1) * sizeof *names);
-		int k = 0;
-		for (int it = jv_object_iter(ctx); k < nk && jv_object_iter_valid(ctx, it);
-		     it = jv_object_iter_next(ctx, it), k++) {
-			jv key = jv_object_iter_key(ctx, it);
-			names[k] = tp_strndup(&r.a, jv_string_value(key), strlen(jv_string_value(key)));
-			jv_free(key);
-			jv val = jv_object_iter_value(ctx, it);
-			struct tp_org o = { -1, TMPL_INPUT, names[k] };
-			if (!strcmp(names[k], "messages"))
-				vals[k] = messages_from_jv(&r, val, o);
-			else if (!cache || !tp_cache_value(cache, names[k], val, &vals[k], &jb, err))
-				vals[k] = tp_from_jv(&r.a, val, o);
+		/* the lower layers, converted once while the same jv values come back */
+		const char **bnames = NULL;
+		struct tp_val *bvals = NULL;
+		uint32_t bn = 0;
+		if ((jv_is_valid(base) || jv_is_valid(more)) && !(cache && tp_cache_base(cache, base, more, &bnames, &bvals, &bn))) {
+			struct tp_arena *ba = cache ? tp_cache_base_begin(cache, base, more, &jb, err) : &a;
+			jv under = jv_is_valid(base) ? jv_copy(base) : jv_object();
+			if (jv_is_valid(more))
+				under = jv_object_merge(under, jv_copy(more));
+			uint32_t nu = (uint32_t)jv_object_length(jv_copy(under));
+			bnames = tp_alloc(ba, ((size_t)nu + 1) * sizeof *bnames);
+			bvals = tp_alloc(ba, ((size_t)nu + 1) * sizeof *bvals);
+			bn = vars_from_jv(ba, under, NULL, &jb, err, bnames, bvals);
+			jv_free(under);
+			if (cache)
+				tp_cache_base_end(cache, bnames, bvals, bn);
 		}
-		c->n = (uint32_t)k, c->names = names, c->vals = vals;
+		uint32_t nk = (uint32_t)jv_object_length(jv_copy(ctx));
+		const char **names = tp_alloc(&a, ((size_t)nk + bn + 1) * sizeof *names);
+		struct tp_val *vals = tp_alloc(&a, ((size_t)nk + bn + 1) * sizeof *vals);
+		uint32_t k = vars_from_jv(&a, ctx, cache, &jb, err, names, vals), n = k;
+		for (uint32_t i = 0; i < bn; i++) { /* a name of ctx's wins */
+			uint32_t j = 0;
+			while (j < k && strcmp(names[j], bnames[i]))
+				j++;
+			if (j == k)
+				names[n] = bnames[i], vals[n++] = bvals[i];
+		}
+		c->n = n, c->names = names, c->vals = vals;
 		ok = 1;
 	} else if (cache) {
 		tp_cache_abandon(cache);
 	}
-	jv_free(ctx);
-	c->a = r.a;
+	jv_free(ctx), jv_free(base), jv_free(more);
+	c->a = a;
 	c->a.fail = NULL;
 	c->cache = cache;
 	if (!ok) {
@@ -3293,6 +3328,16 @@ struct tmpl_ctx *tmpl_ctx_new_cached(jv ctx, struct tmpl_cache *cache, struct er
 		return NULL;
 	}
 	return c;
+}
+
+struct tmpl_ctx *tmpl_ctx_new_cached(jv ctx, struct tmpl_cache *cache, struct err *err)
+{
+	return ctx_new(jv_invalid(), jv_invalid(), ctx, cache, err);
+}
+
+struct tmpl_ctx *tmpl_ctx_new_layered(jv base, jv more, jv ctx, struct tmpl_cache *cache, struct err *err)
+{
+	return ctx_new(base, more, ctx, cache, err);
 }
 
 void tmpl_ctx_free(struct tmpl_ctx *c)

@@ -159,6 +159,14 @@ void tp_cache_next(struct tmpl_cache *c);
  * caller then calls tp_cache_abandon. */
 int tp_cache_value(struct tmpl_cache *c, const char *name, jv v, struct tp_val *out, jmp_buf *fail, struct err *err);
 void tp_cache_abandon(struct tmpl_cache *c);
+/* The converted variables of the layers base and more (tmpl_ctx_new_layered)
+ * when they are the very jv values of the last time (1), else 0. */
+int tp_cache_base(struct tmpl_cache *c, jv base, jv more, const char ***names, struct tp_val **vals, uint32_t *n);
+/* Forgets the kept layers and returns the arena to convert base and more
+ * into (failing to fail, as tp_cache_value); tp_cache_base_end keeps what was
+ * made, tp_cache_abandon drops a conversion cut short. */
+struct tp_arena *tp_cache_base_begin(struct tmpl_cache *c, jv base, jv more, jmp_buf *fail, struct err *err);
+void tp_cache_base_end(struct tmpl_cache *c, const char **names, struct tp_val *vals, uint32_t n);
 /* tojson of a cached container (with the origin the cache gave it): the text
  * made before with the same options (1, *out set), or 0. */
 int tp_cache_json_get(struct tmpl_cache *c, struct tp_val v, const struct json_opts *jo, struct tp_str *out);

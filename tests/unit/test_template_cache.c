@@ -22,22 +22,6 @@ static const char *const templates[] = {
 	"{% generation %}{{ messages[-1].content }}{% endgeneration %}",
 };
 
-static int same_output(const struct tmpl_output *a, const struct tmpl_output *b)
-{
-	if (a->len != b->len || memcmp(a->text, b->text, a->len) || a->nruns != b->nruns || a->ngen != b->ngen)
-		return 0;
-	for (size_t i = 0; i < a->nruns; i++) {
-		const struct tmpl_run *x = &a->runs[i], *y = &b->runs[i];
-		if (x->start != y->start || x->end != y->end || x->msg != y->msg || x->origin != y->origin ||
-		    (x->var == NULL) != (y->var == NULL) || (x->var && strcmp(x->var, y->var)))
-			return 0;
-	}
-	for (size_t i = 0; i < a->ngen; i++)
-		if (a->gen[i][0] != b->gen[i][0] || a->gen[i][1] != b->gen[i][1])
-			return 0;
-	return 1;
-}
-
 /* Tool list number k: k = 0..2 distinct lists, 3 = none. */
 static jv tool_list(int k)
 {
@@ -87,7 +71,7 @@ static void test_cache_same_output(void)
 				int rb = tmpl_render_ctx(t, cached, nmsg, agp, NULL, &b, &err);
 				CHECK(ra == 0 && rb == 0, "template %zu: %s", ti, err.msg);
 				if (ra == 0 && rb == 0)
-					CHECK(same_output(&a, &b), "seed %llu template %zu record %d (tools %d): outputs differ:\n"
+					CHECK(tmpl_output_equal(&a, &b), "seed %llu template %zu record %d (tools %d): outputs differ:\n"
 					      "  plain  [%s]\n  cached [%s]", seed, ti, rec, k, a.text, b.text);
 				if (ra == 0)
 					tmpl_output_free(&a);
@@ -106,6 +90,63 @@ static void test_cache_same_output(void)
 	for (int k = 0; k < 4; k++)
 		jv_free(lists[k]);
 	jv_free(extra);
+}
+
+/* A context in layers (tmpl_ctx_new_layered) renders as the merged one does:
+ * ctx over more over base, a higher layer's name winning; the lower layers
+ * kept by the cache while the same jv values come back, converted again
+ * when another (even an equal one) comes. */
+static void test_layers(void)
+{
+	unsigned long long seed = check_seed_init();
+	const char *src = "{{ bos_token }}|{{ eos_token }}|{{ extra | tojson }}|{{ tools | tojson if tools is defined }}|{{ flag }}|"
+			  "{% for m in messages %}{{ m.content }}{% endfor %}";
+	struct err err = {0};
+	struct tmpl *t = tmpl_compile(src, strlen(src), "t", &err);
+	struct tmpl_cache *cache = tmpl_cache_new();
+	CHECK(t && cache, "%s", err.msg);
+	jv bases[2] = { JV_OBJECT(jv_string("bos_token"), jv_string("<s>"), jv_string("eos_token"), jv_string("</s>"),
+				  jv_string("extra"), JV_ARRAY(jv_string("<a>"), jv_string("<b>")), jv_string("tools"),
+				  jv_string("base's tools")),
+			JV_OBJECT(jv_string("bos_token"), jv_string("<bos>"), jv_string("extra"), jv_null()) };
+	jv mores[3] = { jv_object(), JV_OBJECT(jv_string("flag"), jv_true(), jv_string("eos_token"), jv_string("E")),
+			JV_OBJECT(jv_string("flag"), jv_false()) };
+	for (int rec = 0; t && cache && rec < 200 && !check_case_failed; rec++) {
+		int bi = (int)rng_below(check_rng(), 2), mi = (int)rng_below(check_rng(), 3);
+		/* now and then an equal but new object: converted again, the same output */
+		jv base = jv_copy(bases[bi]);
+		if (!rng_below(check_rng(), 5)) {
+			jv text = jv_dump_string(base, 0);
+			base = jv_parse(jv_string_value(text));
+			jv_free(text);
+		}
+		jv more = jv_copy(mores[mi]);
+		jv own = JV_OBJECT(jv_string("messages"), JV_ARRAY(JV_OBJECT(jv_string("role"), jv_string("user"),
+								     jv_string("content"), jv_string_fmt("m%d", rec))));
+		if (rng_below(check_rng(), 2))
+			own = jv_object_set(own, jv_string("tools"), JV_ARRAY(jv_number(rec)));
+		jv merged = jv_object_merge(jv_object_merge(jv_copy(base), jv_copy(more)), jv_copy(own));
+		struct tmpl_ctx *want = tmpl_ctx_new(merged, &err);
+		struct tmpl_ctx *got = tmpl_ctx_new_layered(base, more, own, cache, &err);
+		CHECK(want && got, "%s", err.msg);
+		struct tmpl_output a, b;
+		int ra = want ? tmpl_render_ctx(t, want, SIZE_MAX, -1, NULL, &a, &err) : -1;
+		int rb = got ? tmpl_render_ctx(t, got, SIZE_MAX, -1, NULL, &b, &err) : -1;
+		CHECK(ra == 0 && rb == 0, "%s", err.msg);
+		if (ra == 0 && rb == 0)
+			CHECK(tmpl_output_equal(&a, &b), "seed %llu record %d (base %d, more %d): [%s] vs [%s]", seed, rec, bi,
+			      mi, a.text, b.text);
+		if (ra == 0)
+			tmpl_output_free(&a);
+		if (rb == 0)
+			tmpl_output_free(&b);
+		tmpl_ctx_free(want);
+		tmpl_ctx_free(got);
+	}
+	jv_free(bases[0]), jv_free(bases[1]);
+	jv_free(mores[0]), jv_free(mores[1]), jv_free(mores[2]);
+	tmpl_cache_free(cache);
+	tmpl_free(t);
 }
 
 /* A failure while a context is made leaves the cache usable. */
@@ -136,6 +177,7 @@ int main(void)
 {
 	RUN(test_cache_same_output);
 	RUN(test_cache_after_failure);
+	RUN(test_layers);
 	tmpl_thread_release();
 	return check_done();
 }
