@@ -3239,6 +3239,7 @@ struct tmpl_ctx {
 	uint32_t n;
 	const char **names;
 	struct tp_val *vals;
+	uint32_t messages, agp; /* the indexes of messages and add_generation_prompt, or n */
 };
 
 struct tmpl_ctx *tmpl_ctx_new(jv ctx, struct err *err) { return tmpl_ctx_new_cached(ctx, NULL, err); }
@@ -3315,6 +3316,12 @@ static struct tmpl_ctx *ctx_new(jv base, jv more, jv ctx, struct tmpl_cache *cac
 				names[n] = bnames[i], vals[n++] = bvals[i];
 		}
 		c->n = n, c->names = names, c->vals = vals;
+		c->messages = c->agp = n;
+		for (uint32_t i = 0; i < n; i++)
+			if (!strcmp(names[i], "messages"))
+				c->messages = i;
+			else if (!strcmp(names[i], "add_generation_prompt"))
+				c->agp = i;
 		ok = 1;
 	} else if (cache) {
 		tp_cache_abandon(cache);
@@ -3414,27 +3421,24 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 		r.root->names = c->names;
 		r.root->vals = tp_alloc_raw(&r.a, (c->n + 1) * sizeof *r.root->vals);
 		r.root->n = r.root->cap = c->n;
-		for (uint32_t k = 0; k < c->n; k++) {
-			struct tp_val v = c->vals[k];
-			if (!strcmp(c->names[k], "messages") && v.type == TP_LIST && nmsg < v.u.l->n) {
-				struct tp_val l = tp_mk_list(&r.a, (uint32_t)nmsg, v.u.l->tuple);
-				memcpy(l.u.l->v, v.u.l->v, nmsg * sizeof *l.u.l->v);
-				l.o = v.o;
-				v = l;
-			} else if (!strcmp(c->names[k], "add_generation_prompt") && agp >= 0 && v.type == TP_BOOL) {
-				v.u.b = agp;
-			}
-			r.root->vals[k] = v;
+		if (c->n)
+			memcpy(r.root->vals, c->vals, c->n * sizeof *r.root->vals);
+		struct tp_val *msgs = c->messages < c->n ? &r.root->vals[c->messages] : NULL;
+		struct tp_val *gp = c->agp < c->n ? &r.root->vals[c->agp] : NULL;
+		if (msgs && msgs->type == TP_LIST && nmsg < msgs->u.l->n) {
+			struct tp_val l = tp_mk_list(&r.a, (uint32_t)nmsg, msgs->u.l->tuple);
+			memcpy(l.u.l->v, msgs->u.l->v, nmsg * sizeof *l.u.l->v);
+			l.o = msgs->o;
+			*msgs = l;
 		}
+		if (gp && agp >= 0 && gp->type == TP_BOOL)
+			gp->u.b = agp;
 		if (tk) {
 			r.tk = tk;
 			tk->max = -1;
-			for (uint32_t k = 0; k < c->n; k++) {
-				if (!strcmp(c->names[k], "messages") && r.root->vals[k].type == TP_LIST)
-					track_add(&r, r.root->vals[k].u.l, 0);
-				else if (!strcmp(c->names[k], "add_generation_prompt"))
-					tk->agp = &r.root->vals[k];
-			}
+			if (msgs && msgs->type == TP_LIST)
+				track_add(&r, msgs->u.l, 0);
+			tk->agp = gp;
 		}
 		main_out.max = r.max_out;
 		r.out = r.main = &main_out;
