@@ -209,13 +209,16 @@ static struct tp_val mk_func(struct rt *r, int id, const char *name, struct tp_v
 
 /* ---- what prefixes see differently (struct track) ---- */
 
-static int track_find(const struct track *k, const struct tp_list *l)
+/* The index of l among lists (the messages and slices of them), or -1. */
+static int list_index(const struct tp_list *const *lists, uint32_t n, const struct tp_list *l)
 {
-	for (uint32_t i = k->nlists; i-- > 0;)
-		if (k->lists[i] == l)
+	for (uint32_t i = n; i-- > 0;)
+		if (lists[i] == l)
 			return (int)i;
 	return -1;
 }
+
+static int track_find(const struct track *k, const struct tp_list *l) { return list_index(k->lists, k->nlists, l); }
 
 static void track_add(struct rt *r, const struct tp_list *l, uint32_t off)
 {
@@ -2720,15 +2723,22 @@ static struct tp_val filter_chain(struct rt *r, struct frame *f, const struct tp
 }
 
 /* Where a statement printing into the output ended (see tmpl_output.cuts). */
+static void cuts_reserve(struct rt *r, size_t n)
+{
+	if (r->ncuts + n <= r->ccap)
+		return;
+	size_t cap = r->ccap ? r->ccap * 2 : 64;
+	while (cap < r->ncuts + n)
+		cap *= 2;
+	r->cuts = tp_realloc(&r->a, r->cuts, r->ncuts * sizeof *r->cuts, cap * sizeof *r->cuts);
+	r->ccap = cap;
+}
+
 static void cut_at(struct rt *r, uint32_t at)
 {
 	if (r->ncuts && r->cuts[r->ncuts - 1] == at)
 		return;
-	if (r->ncuts == r->ccap) {
-		size_t cap = r->ccap ? r->ccap * 2 : 64;
-		r->cuts = tp_realloc(&r->a, r->cuts, r->ncuts * sizeof *r->cuts, cap * sizeof *r->cuts);
-		r->ccap = cap;
-	}
+	cuts_reserve(r, 1);
 	r->cuts[r->ncuts++] = at;
 }
 
@@ -2794,14 +2804,12 @@ static struct tp_val snap_val(struct rt *r, struct tp_val v, int depth)
 	return v;
 }
 
-static int same_org(struct tp_org a, struct tp_org b) { return tp_org_eq(a, b); }
-
 /* Whether a (the prefix's rendering's) and b (the whole one's, as
  * recorded) are the same to every turn that reads them: equal values of
  * equal origins, or the messages from the same index on. */
 static int same_val(const struct track *k, const struct tmpl_trace *u, struct tp_val a, struct tp_val b, int depth)
 {
-	if (a.type != b.type || !same_org(a.o, b.o) || depth > 64)
+	if (a.type != b.type || !tp_org_eq(a.o, b.o) || depth > 64)
 		return 0;
 	switch (a.type) {
 	case TP_UNDEF: return !a.u.undef == !b.u.undef && (!a.u.undef || !strcmp(a.u.undef, b.u.undef));
@@ -2817,14 +2825,11 @@ static int same_val(const struct track *k, const struct tmpl_trace *u, struct tp
 		if (memcmp(a.u.s.s, b.u.s.s, a.u.s.len))
 			return 0;
 		for (uint32_t i = 0; i < a.u.s.nruns; i++)
-			if (a.u.s.runs[i].end != b.u.s.runs[i].end || !same_org(a.u.s.runs[i].o, b.u.s.runs[i].o))
+			if (a.u.s.runs[i].end != b.u.s.runs[i].end || !tp_org_eq(a.u.s.runs[i].o, b.u.s.runs[i].o))
 				return 0;
 		return 1;
 	case TP_LIST: {
-		int ka = track_find(k, a.u.l), kb = -1;
-		for (uint32_t i = u->nlists; i-- > 0 && kb < 0;)
-			if (u->lists[i] == b.u.l)
-				kb = (int)i;
+		int ka = track_find(k, a.u.l), kb = list_index(u->lists, u->nlists, b.u.l);
 		if (ka >= 0 || kb >= 0)
 			return ka >= 0 && kb >= 0 && k->offs[ka] == u->offs[kb];
 		if (a.u.l == b.u.l) /* the context's own list (immutable), or one nobody changes */
@@ -2934,13 +2939,7 @@ static uint32_t turns_start(struct rt *r, struct frame *f, const struct tp_loop 
 	uint32_t c0 = u->ncuts, c1 = u->turn[m - 1].ncuts;
 	if (c0 < c1 && r->ncuts && r->cuts[r->ncuts - 1] == full->cuts[c0])
 		c0++;
-	if (r->ncuts + (c1 - c0) > r->ccap) {
-		size_t cap = r->ccap ? r->ccap * 2 : 64;
-		while (cap < r->ncuts + (c1 - c0))
-			cap *= 2;
-		r->cuts = tp_realloc(&r->a, r->cuts, r->ncuts * sizeof *r->cuts, cap * sizeof *r->cuts);
-		r->ccap = cap;
-	}
+	cuts_reserve(r, c1 - c0);
 	if (c1 > c0)
 		memcpy(r->cuts + r->ncuts, full->cuts + c0, (c1 - c0) * sizeof *r->cuts);
 	r->ncuts += c1 - c0;
