@@ -1317,17 +1317,26 @@ static jv render_ctx(jv msgs, jv tools, int agp)
 static int check_args_roundtrip(const struct tmpl_output *out, jv msgs, struct err *err)
 {
 	int n = jv_array_length(jv_copy(msgs)), rc = 0;
+	long *ab = malloc(2 * ((size_t)n + 1) * sizeof *ab); /* each message's tool-call bytes [a, b) */
+	if (!ab)
+		return err_sys(err, "out of memory");
+	for (int i = 0; i < n; i++)
+		ab[2 * i] = ab[2 * i + 1] = -1;
+	for (size_t r = 0; r < out->nruns; r++) {
+		const struct tmpl_run *run = &out->runs[r];
+		if (run->origin == TMPL_MSG_TOOL_CALLS && run->msg >= 0 && run->msg < n) {
+			if (ab[2 * run->msg] < 0)
+				ab[2 * run->msg] = run->start;
+			ab[2 * run->msg + 1] = run->end;
+		}
+	}
 	for (int i = 0; i < n && rc == 0; i++) {
+		long a = ab[2 * i], b = ab[2 * i + 1];
+		if (a < 0)
+			continue;
 		jv m = jv_array_get(jv_copy(msgs), i);
 		jv calls = obj_get(m, "tool_calls");
-		long a = -1, b = -1;
-		for (size_t r = 0; r < out->nruns; r++)
-			if (out->runs[r].msg == i && out->runs[r].origin == TMPL_MSG_TOOL_CALLS) {
-				if (a < 0)
-					a = out->runs[r].start;
-				b = out->runs[r].end;
-			}
-		if (jv_get_kind(calls) == JV_KIND_ARRAY && a >= 0) {
+		if (jv_get_kind(calls) == JV_KIND_ARRAY) {
 			jv_array_foreach(calls, j, tc) {
 				jv f = call_function(tc);
 				jv args = obj_get(f, "arguments");
@@ -1344,6 +1353,7 @@ static int check_args_roundtrip(const struct tmpl_output *out, jv msgs, struct e
 		}
 		jv_free(calls), jv_free(m);
 	}
+	free(ab);
 	return rc;
 }
 
