@@ -9,6 +9,9 @@
 #include <string.h>
 
 #include <utf8proc.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "wholefile.h"
 
@@ -98,10 +101,26 @@ static long bad_utf8_at(const unsigned char *s, size_t n)
 {
 	size_t i = 0;
 	while (i < n) {
-		/* ASCII eight bytes at a time: most of any record is */
+		/* ASCII sixteen or eight bytes at a time: most of any record is */
+#if defined(__SSE2__)
+		while (i + 16 <= n && !_mm_movemask_epi8(_mm_loadu_si128((const __m128i *)(const void *)(s + i))))
+			i += 16;
+#endif
 		uint64_t w;
 		while (i + 8 <= n && (memcpy(&w, s + i, 8), !(w & 0x8080808080808080ull)))
 			i += 8;
+		if (i >= n)
+			break;
+		/* Two-byte characters (Cyrillic, Greek ...) and the single ASCII
+		 * bytes between them (spaces, punctuation) the short way. */
+		for (;;) {
+			if (i + 1 < n && s[i] >= 0xC2 && s[i] <= 0xDF && (s[i + 1] & 0xC0) == 0x80)
+				i += 2;
+			else if (i + 1 < n && s[i] < 0x80 && s[i + 1] >= 0x80)
+				i++;
+			else
+				break;
+		}
 		if (i >= n)
 			break;
 		unsigned char c = s[i];
@@ -838,6 +857,44 @@ void jsonl_put(struct jsonl_buf *b, const char *s, size_t n)
  * and DEL as \\u00xx; everything else (UTF-8, valid in a jv string) as it is.
  * Written in blocks, each with room for its worst case (six bytes a byte):
  * eight bytes are stored at once and the output moves on past the plain ones. */
+/* Copies s[0..n) to o up to the first byte jq escapes (or all of it) and
+ * returns how many bytes that is; o has room for n bytes. Sixteen bytes at
+ * a time where SSE2 is, then eight: text is mostly plain runs. */
+static size_t copy_plain(char *o, const char *s, size_t n)
+{
+	size_t k = 0;
+#if defined(__SSE2__)
+	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), del = _mm_set1_epi8(0x7f),
+		      ctl = _mm_set1_epi8(0x1f);
+	for (; k + 16 <= n; k += 16) {
+		__m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s + k));
+		_mm_storeu_si128((__m128i *)(void *)(o + k), x);
+		__m128i sp = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
+					  _mm_or_si128(_mm_cmpeq_epi8(x, del), _mm_cmpeq_epi8(_mm_min_epu8(x, ctl), x)));
+		unsigned m = (unsigned)_mm_movemask_epi8(sp);
+		if (m)
+			return k + (size_t)__builtin_ctz(m);
+	}
+#endif
+#if WORDS_LE
+	for (; k + 8 <= n; k += 8) {
+		uint64_t w;
+		memcpy(&w, s + k, 8);
+		memcpy(o + k, &w, 8);
+		uint64_t m = word_special(w);
+		if (m)
+			return k + ((size_t)__builtin_ctzll(m) >> 3);
+	}
+#endif
+	for (; k < n; k++) {
+		unsigned char c = (unsigned char)s[k];
+		if (c < 0x20 || c == '"' || c == '\\' || c == 0x7f)
+			break;
+		o[k] = (char)c;
+	}
+	return k;
+}
+
 void jsonl_put_string(struct jsonl_buf *b, const char *s, size_t n)
 {
 	static const char hex[] = "0123456789abcdef";
@@ -849,25 +906,11 @@ void jsonl_put_string(struct jsonl_buf *b, const char *s, size_t n)
 			return;
 		char *o = b->p + b->n;
 		while (i < end) {
-#if WORDS_LE
-			if (i + 8 <= end) {
-				uint64_t w;
-				memcpy(&w, s + i, 8);
-				memcpy(o, &w, 8);
-				uint64_t m = word_special(w);
-				if (!m) {
-					o += 8, i += 8;
-					continue;
-				}
-				size_t k = (size_t)__builtin_ctzll(m) >> 3;
-				o += k, i += k;
-			}
-#endif
+			size_t k = copy_plain(o, s + i, end - i);
+			o += k, i += k;
+			if (i == end)
+				break;
 			unsigned char c = (unsigned char)s[i++];
-			if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) {
-				*o++ = (char)c;
-				continue;
-			}
 			*o++ = '\\';
 			switch (c) {
 			case '"': *o++ = '"'; break;

@@ -641,6 +641,48 @@ static int utf8_by_utf8proc(const char *s, size_t n)
 	return 1;
 }
 
+/* The first byte that is not UTF-8, as jsonl_unsafe_at finds it, is the
+ * first that utf8proc cannot read, on random texts of ASCII, two- to
+ * four-byte characters, long runs of two-byte text (the validator's short
+ * way) and broken sequences (lone continuations, overlongs, surrogates, past
+ * U+10FFFF, cut short), at every alignment. */
+static void test_utf8_offsets(void)
+{
+	unsigned seed = (unsigned)time(NULL);
+	srand(seed);
+	static const char *good[] = {"a", " ", ",", "\xd0\x9f", "\xd1\x8f", "\xc2\x80", "\xdf\xbf", "\xe4\xb8\xad",
+				     "\xe0\xa0\x80", "\xed\x9f\xbf", "\xef\xbf\xbf", "\xf0\x90\x80\x80", "\xf4\x8f\xbf\xbf"};
+	static const char *bad[] = {"\x80", "\xbf", "\xc0\x80", "\xc1\xbf", "\xe0\x80\x80", "\xed\xa0\x80",
+				    "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\xff", "\xd0", "\xe4\xb8", "\xf0\x9f\x99", "\xd0" "a"};
+	char s[600];
+	int broken = 0;
+	for (int i = 0; i < 20000 && !check_case_failed; i++) {
+		size_t n = 0, want_n = (size_t)(rand() % 500);
+		int nbad = rand() % 3;
+		while (n < want_n) {
+			const char *u = rand() % 60 < nbad ? bad[rand() % 13] : good[rand() % (rand() % 2 ? 13 : 5)];
+			memcpy(s + n, u, strlen(u));
+			n += strlen(u);
+		}
+		long want = -1;
+		for (size_t k = 0; k < n;) {
+			utf8proc_int32_t c;
+			utf8proc_ssize_t m = utf8proc_iterate((const utf8proc_uint8_t *)s + k, (utf8proc_ssize_t)(n - k), &c);
+			if (m <= 0) {
+				want = (long)k;
+				break;
+			}
+			k += (size_t)m;
+		}
+		broken += want >= 0;
+		const char *why = NULL;
+		long got = jsonl_unsafe_at(s, n, &why);
+		CHECK(got == want, "seed %u case %d (%zu bytes): first bad byte %ld, utf8proc %ld", seed, i, n, got, want);
+	}
+	CHECK(broken > 5000 && broken < 15000, "seed %u: %d of 20000 texts broken (the cases are not exercised)", seed,
+	      broken);
+}
+
 /* jsonl_is_json says 1 for what jq prints, and never for what jq refuses or
  * what is not UTF-8 (jq takes bad bytes as U+FFFD, records may not hold
  * them): random values, then the same texts with a byte deleted or replaced. */
@@ -1002,6 +1044,7 @@ int main(void)
 	RUN(test_array_next);
 	RUN(test_object_next);
 	RUN(test_is_json);
+	RUN(test_utf8_offsets);
 	if (access("/dev/full", W_OK) == 0)
 		RUN(test_write_error);
 	else
