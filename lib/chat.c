@@ -390,13 +390,18 @@ jv chat_args_normalize(jv messages, enum chat_args mode, struct err *err)
 			jv_free(calls), jv_free(m);
 			continue;
 		}
-		int nc = jv_array_length(jv_copy(calls));
+		int nc = jv_array_length(jv_copy(calls)), changed = 0;
 		for (int j = 0; j < nc; j++) {
 			jv tc = jv_array_get(jv_copy(calls), j);
-			int nested = obj_has(tc, "function");
 			jv f = call_function(tc);
 			jv args = obj_get(f, "arguments");
-			if (mode == CHAT_ARGS_OBJECT && jv_get_kind(args) == JV_KIND_STRING) {
+			int is_string = jv_get_kind(args) == JV_KIND_STRING;
+			if (mode == CHAT_ARGS_OBJECT ? !is_string : is_string) { /* as the template wants them */
+				jv_free(args), jv_free(f), jv_free(tc);
+				continue;
+			}
+			int nested = obj_has(tc, "function");
+			if (mode == CHAT_ARGS_OBJECT) {
 				jv v = jsonl_parse_value(jv_string_value(args), jv_string_length_bytes(jv_copy(args)));
 				jv_free(args);
 				if (!jv_is_valid(v)) {
@@ -407,7 +412,7 @@ jv chat_args_normalize(jv messages, enum chat_args mode, struct err *err)
 					return jv_invalid();
 				}
 				args = v;
-			} else if (mode == CHAT_ARGS_STRING && jv_get_kind(args) != JV_KIND_STRING) {
+			} else {
 				/* as a Python dataset would hold them: json.dumps, non-ASCII kept */
 				args = tmpl_tojson(args);
 				if (!jv_is_valid(args)) {
@@ -421,6 +426,11 @@ jv chat_args_normalize(jv messages, enum chat_args mode, struct err *err)
 			f = jv_object_set(f, jv_string("arguments"), args);
 			tc = nested ? jv_object_set(tc, jv_string("function"), f) : (jv_free(tc), f);
 			calls = jv_array_set(calls, j, tc);
+			changed = 1;
+		}
+		if (!changed) { /* copies of unchanged objects would only cost */
+			jv_free(calls), jv_free(m);
+			continue;
 		}
 		m = jv_object_set(m, jv_string("tool_calls"), calls);
 		messages = jv_array_set(messages, i, m);
@@ -1303,14 +1313,17 @@ int chat_spans(const struct tmpl_output *out, const unsigned char *trained, cons
  * {**special_tokens_map, **kwargs}, then messages, tools (None when absent),
  * documents (None), add_generation_prompt: the first two are the layers
  * under these (tmpl_ctx_new_layered), converted once per thread. */
-static jv render_ctx(jv msgs, jv tools, int agp)
+static struct tmpl_ctx *record_ctx(const struct chat_model *m, const struct chat_opts *o, jv msgs, jv tools,
+				   struct err *err)
 {
-	jv ctx = jv_object();
-	ctx = jv_object_set(ctx, key_jv("messages"), msgs);
-	ctx = jv_object_set(ctx, key_jv("tools"), tools);
-	ctx = jv_object_set(ctx, key_jv("documents"), jv_null());
-	ctx = jv_object_set(ctx, key_jv("add_generation_prompt"), agp ? jv_true() : jv_false());
-	return ctx;
+	struct tmpl_var vars[] = {
+		{"messages", msgs},
+		{"tools", tools},
+		{"documents", jv_null()},
+		{"add_generation_prompt", o->add_generation_prompt ? jv_true() : jv_false()},
+	};
+	return tmpl_ctx_new_layered(jv_copy(m->tokens), jv_copy(o->vars), vars, sizeof vars / sizeof *vars, m->cache,
+				    err);
 }
 
 /* Checks that each tool call's arguments, as printed, parse back to the value given. */
@@ -1484,8 +1497,7 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 		for (int i = 0; i < last_asst; i++)
 			trained[i] = 0;
 	/* One conversion of the context serves the render and the prefix renders. */
-	cx = tmpl_ctx_new_layered(jv_copy(m->tokens), jv_copy(o->vars),
-				  render_ctx(jv_copy(msgs), jv_copy(tools), o->add_generation_prompt), m->cache, err);
+	cx = record_ctx(m, o, jv_copy(msgs), jv_copy(tools), err);
 	if (!cx || tmpl_render_traced(t, cx, -1, NULL, &ro, &trace, err) < 0)
 		goto fail;
 	if (json && check_args_roundtrip(&ro, msgs, err) < 0)

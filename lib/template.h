@@ -136,12 +136,19 @@ struct tmpl_cache;
 struct tmpl_cache *tmpl_cache_new(void);
 void tmpl_cache_free(struct tmpl_cache *c);
 struct tmpl_ctx *tmpl_ctx_new_cached(jv ctx, struct tmpl_cache *cache, struct err *err);
-/* The context of ctx's variables over those of more over those of base (a
- * name in a higher layer wins; all three JSON objects, consumed): ds-fmt's
- * special tokens, --var values and each record's messages and tools. The
- * lower two are converted once while the same jv values (jv_identical) come
- * back with the same cache, and the context must not outlive the cache. */
-struct tmpl_ctx *tmpl_ctx_new_layered(jv base, jv more, jv ctx, struct tmpl_cache *cache, struct err *err);
+/* One variable of a record's context: its name (copied) and value. */
+struct tmpl_var {
+	const char *name;
+	jv value;
+};
+/* The context of vars (nvars distinct names, values consumed) over the
+ * variables of more over those of base (JSON objects, consumed; a name in a
+ * higher layer wins): ds-fmt's special tokens, --var values and each
+ * record's messages and tools. The lower two are converted once while the
+ * same jv values (jv_identical) come back with the same cache, and the
+ * context must not outlive the cache. */
+struct tmpl_ctx *tmpl_ctx_new_layered(jv base, jv more, struct tmpl_var *vars, size_t nvars, struct tmpl_cache *cache,
+				      struct err *err);
 /* Values used again, tojson texts used again (for tests and benchmarks). */
 void tmpl_cache_stats(const struct tmpl_cache *c, unsigned long long *hits, unsigned long long *json_hits);
 

@@ -3243,23 +3243,32 @@ struct tmpl_ctx {
 
 struct tmpl_ctx *tmpl_ctx_new(jv ctx, struct err *err) { return tmpl_ctx_new_cached(ctx, NULL, err); }
 
-/* The variables of the jv object ctx (borrowed) converted into a: their
- * names, values and count; messages gets each message's origins,
- * containers the cache's values where it has them (cache may be NULL). */
-static uint32_t vars_from_jv(struct tp_arena *a, jv ctx, struct tmpl_cache *cache, jmp_buf *fail, struct err *err,
-			     const char **names, struct tp_val *vals)
+/* Variable name's value val (consumed) converted into a: messages gets each
+ * message's origins, containers the cache's values where it has them
+ * (cache may be NULL). */
+static struct tp_val var_value(struct tp_arena *a, const char *name, jv val, struct tmpl_cache *cache, jmp_buf *fail,
+			       struct err *err)
+{
+	struct tp_org o = { -1, TMPL_INPUT, name };
+	struct tp_val v;
+	if (!strcmp(name, "messages"))
+		return messages_from_jv(a, val, o);
+	if (!cache || !tp_cache_value(cache, name, val, &v, fail, err))
+		v = tp_from_jv(a, val, o);
+	return v;
+}
+
+/* The variables of the jv object ctx (borrowed) converted into a (no
+ * cache): their names, values and count. */
+static uint32_t vars_from_jv(struct tp_arena *a, jv ctx, jmp_buf *fail, struct err *err, const char **names,
+			     struct tp_val *vals)
 {
 	uint32_t k = 0, nk = (uint32_t)jv_object_length(jv_copy(ctx));
 	for (int it = jv_object_iter(ctx); k < nk && jv_object_iter_valid(ctx, it); it = jv_object_iter_next(ctx, it), k++) {
 		jv key = jv_object_iter_key(ctx, it);
 		names[k] = tp_strndup(a, jv_string_value(key), strlen(jv_string_value(key)));
 		jv_free(key);
-		jv val = jv_object_iter_value(ctx, it);
-		struct tp_org o = { -1, TMPL_INPUT, names[k] };
-		if (!strcmp(names[k], "messages"))
-			vals[k] = messages_from_jv(a, val, o);
-		else if (!cache || !tp_cache_value(cache, names[k], val, &vals[k], fail, err))
-			vals[k] = tp_from_jv(a, val, o);
+		vals[k] = var_value(a, names[k], jv_object_iter_value(ctx, it), NULL, fail, err);
 	}
 	return k;
 }
@@ -3267,16 +3276,26 @@ static uint32_t vars_from_jv(struct tp_arena *a, jv ctx, struct tmpl_cache *cach
 /* A context of ctx's variables over those of more over those of base (all
  * consumed; base and more jv_invalid when there are none): see
  * tmpl_ctx_new_layered. */
-static struct tmpl_ctx *ctx_new(jv base, jv more, jv ctx, struct tmpl_cache *cache, struct err *err)
+/* Frees the values of vars not consumed yet (those are jv_invalid()). */
+static void vars_free(struct tmpl_var *vars, size_t n)
 {
-	if (jv_get_kind(ctx) != JV_KIND_OBJECT || (jv_is_valid(base) && jv_get_kind(base) != JV_KIND_OBJECT) ||
+	for (size_t i = 0; i < n; i++) {
+		jv_free(vars[i].value);
+		vars[i].value = jv_invalid();
+	}
+}
+
+static struct tmpl_ctx *ctx_new(jv base, jv more, struct tmpl_var *vars, size_t nvars, struct tmpl_cache *cache,
+				struct err *err)
+{
+	if ((jv_is_valid(base) && jv_get_kind(base) != JV_KIND_OBJECT) ||
 	    (jv_is_valid(more) && jv_get_kind(more) != JV_KIND_OBJECT)) {
-		jv_free(ctx), jv_free(base), jv_free(more);
+		vars_free(vars, nvars), jv_free(base), jv_free(more);
 		return err_set(err, "the context must be a JSON object"), NULL;
 	}
 	struct tmpl_ctx *volatile c = calloc(1, sizeof *c); /* volatile: kept across setjmp */
 	if (!c) {
-		jv_free(ctx), jv_free(base), jv_free(more);
+		vars_free(vars, nvars), jv_free(base), jv_free(more);
 		return err_sys(err, "out of memory"), NULL;
 	}
 	struct tp_arena a = { .cap = ((size_t)64 << 20) + 16 * ((size_t)16 << 20), .err = err }; /* a render's cap */
@@ -3298,15 +3317,20 @@ static struct tmpl_ctx *ctx_new(jv base, jv more, jv ctx, struct tmpl_cache *cac
 			uint32_t nu = (uint32_t)jv_object_length(jv_copy(under));
 			bnames = tp_alloc(ba, ((size_t)nu + 1) * sizeof *bnames);
 			bvals = tp_alloc(ba, ((size_t)nu + 1) * sizeof *bvals);
-			bn = vars_from_jv(ba, under, NULL, &jb, err, bnames, bvals);
+			bn = vars_from_jv(ba, under, &jb, err, bnames, bvals);
 			jv_free(under);
 			if (cache)
 				tp_cache_base_end(cache, bnames, bvals, bn);
 		}
-		uint32_t nk = (uint32_t)jv_object_length(jv_copy(ctx));
-		const char **names = tp_alloc(&a, ((size_t)nk + bn + 1) * sizeof *names);
-		struct tp_val *vals = tp_alloc(&a, ((size_t)nk + bn + 1) * sizeof *vals);
-		uint32_t k = vars_from_jv(&a, ctx, cache, &jb, err, names, vals), n = k;
+		const char **names = tp_alloc(&a, (nvars + bn + 1) * sizeof *names);
+		struct tp_val *vals = tp_alloc(&a, (nvars + bn + 1) * sizeof *vals);
+		uint32_t k = (uint32_t)nvars, n = k;
+		for (uint32_t i = 0; i < k; i++) {
+			names[i] = tp_strndup(&a, vars[i].name, strlen(vars[i].name));
+			jv v = vars[i].value;
+			vars[i].value = jv_invalid(); /* consumed, even if the conversion fails */
+			vals[i] = var_value(&a, names[i], v, cache, &jb, err);
+		}
 		for (uint32_t i = 0; i < bn; i++) { /* a name of ctx's wins */
 			uint32_t j = 0;
 			while (j < k && strcmp(names[j], bnames[i]))
@@ -3325,7 +3349,7 @@ static struct tmpl_ctx *ctx_new(jv base, jv more, jv ctx, struct tmpl_cache *cac
 	} else if (cache) {
 		tp_cache_abandon(cache);
 	}
-	jv_free(ctx), jv_free(base), jv_free(more);
+	vars_free(vars, nvars), jv_free(base), jv_free(more);
 	c->a = a;
 	c->a.fail = NULL;
 	c->cache = cache;
@@ -3338,12 +3362,31 @@ static struct tmpl_ctx *ctx_new(jv base, jv more, jv ctx, struct tmpl_cache *cac
 
 struct tmpl_ctx *tmpl_ctx_new_cached(jv ctx, struct tmpl_cache *cache, struct err *err)
 {
-	return ctx_new(jv_invalid(), jv_invalid(), ctx, cache, err);
+	if (jv_get_kind(ctx) != JV_KIND_OBJECT) {
+		jv_free(ctx);
+		return err_set(err, "the context must be a JSON object"), NULL;
+	}
+	size_t n = 0, cap = (size_t)jv_object_length(jv_copy(ctx));
+	struct tmpl_var *vars = malloc((cap + 1) * sizeof *vars);
+	if (!vars) {
+		jv_free(ctx);
+		return err_sys(err, "out of memory"), NULL;
+	}
+	jv_object_foreach(ctx, k, v) { /* the names live in ctx until ctx_new has copied them */
+		vars[n].name = jv_string_value(k);
+		vars[n++].value = v;
+		jv_free(k);
+	}
+	struct tmpl_ctx *c = ctx_new(jv_invalid(), jv_invalid(), vars, n, cache, err);
+	free(vars);
+	jv_free(ctx);
+	return c;
 }
 
-struct tmpl_ctx *tmpl_ctx_new_layered(jv base, jv more, jv ctx, struct tmpl_cache *cache, struct err *err)
+struct tmpl_ctx *tmpl_ctx_new_layered(jv base, jv more, struct tmpl_var *vars, size_t nvars, struct tmpl_cache *cache,
+				      struct err *err)
 {
-	return ctx_new(base, more, ctx, cache, err);
+	return ctx_new(base, more, vars, nvars, cache, err);
 }
 
 void tmpl_ctx_free(struct tmpl_ctx *c)

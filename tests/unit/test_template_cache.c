@@ -127,7 +127,15 @@ static void test_layers(void)
 			own = jv_object_set(own, jv_string("tools"), JV_ARRAY(jv_number(rec)));
 		jv merged = jv_object_merge(jv_object_merge(jv_copy(base), jv_copy(more)), jv_copy(own));
 		struct tmpl_ctx *want = tmpl_ctx_new(merged, &err);
-		struct tmpl_ctx *got = tmpl_ctx_new_layered(base, more, own, cache, &err);
+		struct tmpl_var vars[2];
+		size_t nvars = 0;
+		jv_object_foreach(own, k, v) { /* the names stay in own until the context is made */
+			vars[nvars].name = jv_string_value(k);
+			vars[nvars++].value = v;
+			jv_free(k);
+		}
+		struct tmpl_ctx *got = tmpl_ctx_new_layered(base, more, vars, nvars, cache, &err);
+		jv_free(own);
 		CHECK(want && got, "%s", err.msg);
 		struct tmpl_output a, b;
 		int ra = want ? tmpl_render_ctx(t, want, SIZE_MAX, -1, NULL, &a, &err) : -1;
