@@ -65,19 +65,20 @@ static const char about[] =
 
 /* One input line: the records (after --jq) to format, then the lines made. */
 struct item {
-	char *text;     /* the line, for the worker to parse (without --jq), or NULL */
-	size_t len;
+	size_t text, len; /* the line, for the worker to parse (without --jq): the batch's lines.p[text, text + len) */
+	int has_text;
 	jv recs;        /* else an array of records to format; consumed by the worker */
 	int rc;         /* 1: formatted; -1: bad record (err) */
 	long line;
 	struct err err;
-	size_t out, out_end; /* its output lines: the batch's out.p[out, out_end) */
+	size_t out;     /* where its output lines begin in the batch's out (taken back if it is bad) */
 };
 
 struct batch {
 	struct item it[BATCH];
 	int n, done;
-	struct jsonl_buf out; /* the lines the worker wrote for the batch's records */
+	struct jsonl_buf lines; /* the input lines of the items, one after the other */
+	struct jsonl_buf out;   /* the lines the worker wrote for the batch's records */
 	struct batch *next;       /* in the queue of batches no worker has taken */
 	struct batch *order_next; /* in the main thread's list of batches in flight */
 };
@@ -103,14 +104,14 @@ struct worker {
  * lines itself: the values it made never reach another thread. */
 static void format_item(struct worker *w, struct batch *b, struct item *it)
 {
-	if (it->text) {
+	if (it->has_text) {
 		jv rec;
-		it->rc = jsonl_parse_record_memo(w->p->name, it->line, it->text, it->len, w->memo, &rec, &it->err);
+		it->rc = jsonl_parse_record_memo(w->p->name, it->line, b->lines.p + it->text, it->len, w->memo, &rec,
+						 &it->err);
 		it->recs = it->rc > 0 ? JV_ARRAY(rec) : jv_invalid();
-		free(it->text);
-		it->text = NULL;
+		it->has_text = 0;
 	}
-	it->out = it->out_end = b->out.n;
+	it->out = b->out.n;
 	if (it->rc < 0) {
 		jv_free(it->recs);
 		return;
@@ -126,9 +127,7 @@ static void format_item(struct worker *w, struct batch *b, struct item *it)
 		(void)i;
 	}
 	jv_free(it->recs);
-	if (it->rc > 0)
-		it->out_end = b->out.n;
-	else /* the lines of the records --jq made before the bad one */
+	if (it->rc <= 0) /* the lines of the records --jq made before the bad one */
 		b->out.n = it->out;
 }
 
@@ -193,18 +192,32 @@ static int thread_count(int asked)
 
 static void batch_free(struct batch *b)
 {
-	for (int i = 0; i < b->n; i++)
-		free(b->it[i].text);
+	free(b->lines.p);
 	free(b->out.p);
 	free(b);
 }
 
-/* Reads up to BATCH records into a new batch; *eof set at the end. Without
+/* Batches done with, kept for the next ones with their buffers grown: a
+ * new batch would be zeroed and its buffers grown again. */
+static struct batch *spare;
+
+static void batch_recycle(struct batch *b)
+{
+	b->n = b->done = 0;
+	b->lines.n = b->out.n = 0;
+	b->order_next = NULL;
+	b->next = spare;
+	spare = b;
+}
+
+/* Reads up to BATCH records into a batch; *eof set at the end. Without
  * --jq the workers parse the lines; jq's state is the main thread's. */
 static struct batch *read_batch(struct jsonl_reader *in, struct chat_jq *jq, int *eof)
 {
-	struct batch *b = calloc(1, sizeof *b);
-	if (!b)
+	struct batch *b = spare;
+	if (b)
+		spare = b->next, b->next = NULL;
+	else if (!(b = calloc(1, sizeof *b)))
 		msg_die(EXIT_RUNTIME, "out of memory");
 	while (b->n < BATCH && !msg_interrupted) {
 		struct item *it = &b->it[b->n];
@@ -217,11 +230,12 @@ static struct batch *read_batch(struct jsonl_reader *in, struct chat_jq *jq, int
 		}
 		it->line = jsonl_line(in);
 		it->recs = jv_invalid();
+		it->has_text = 0;
 		if (rc > 0 && !jq) {
-			if (!(it->text = malloc(len + 1)))
+			it->text = b->lines.n, it->len = len, it->has_text = 1;
+			jsonl_put(&b->lines, line, len);
+			if (b->lines.oom)
 				msg_die(EXIT_RUNTIME, "out of memory");
-			memcpy(it->text, line, len + 1);
-			it->len = len;
 		} else if (rc > 0) {
 			jv rec;
 			rc = jsonl_parse_record(jsonl_name(in), it->line, line, len, &rec, &it->err);
@@ -323,7 +337,7 @@ int main(int argc, char **argv)
 		while (!eof && !msg_interrupted && inflight < 2 * nw + 1) {
 			struct batch *b = read_batch(in, jq, &eof);
 			if (!b->n) {
-				free(b);
+				batch_recycle(b);
 				break;
 			}
 			pool_submit(&pool, b);
@@ -340,17 +354,11 @@ int main(int argc, char **argv)
 		pool_wait(&pool, b);
 		for (int i = 0; i < b->n && !stopping; i++) {
 			struct item *it = &b->it[i];
-			if (it->rc > 0) {
-				size_t n = it->out_end - it->out;
-				if (fwrite(b->out.p + it->out, 1, n, out->f) != n) {
-					err_sys(&stop, "write error:");
-					stopping = 1;
-				} else {
-					progress_update(&prog, ++done, 0);
-				}
-			} else if (msg_interrupted) {
+			if (it->rc > 0)
+				progress_update(&prog, ++done, 0);
+			else if (msg_interrupted)
 				stopping = 2;
-			} else if (!skip_bad) {
+			else if (!skip_bad) {
 				stop = it->err;
 				stopping = 1;
 			} else {
@@ -358,13 +366,19 @@ int main(int argc, char **argv)
 				bad++;
 			}
 		}
+		/* A bad record's lines were taken back: the batch's output is the
+		 * good records' lines in order, written at once. */
+		if (!stopping && b->out.n && fwrite(b->out.p, 1, b->out.n, out->f) != b->out.n) {
+			err_sys(&stop, "write error:");
+			stopping = 1;
+		}
 		if (msg_interrupted)
 			stopping = 2;
 		head = b->order_next;
 		inflight--;
 		if (!head)
 			tail = NULL;
-		batch_free(b);
+		batch_recycle(b);
 	}
 	/* Stop the workers before anything exits. */
 	pthread_mutex_lock(&pool.mu);
@@ -386,6 +400,11 @@ int main(int argc, char **argv)
 		chat_model_free(w[i].m);
 		jsonl_memo_free(w[i].memo);
 		jv_free(w[i].o.tools), jv_free(w[i].o.vars);
+	}
+	while (spare) {
+		struct batch *b = spare;
+		spare = b->next;
+		batch_free(b);
 	}
 	chat_model_free(m);
 	chat_jq_free(jq);
