@@ -1390,7 +1390,7 @@ static long prompt_shared(const struct tmpl *t, const struct tmpl_ctx *cx, int i
 		return -1;
 	struct tmpl_output p0;
 	struct err e2 = {0};
-	if (tmpl_render_prefix(t, cx, (size_t)i, 0, ro, trace, NULL, &p0, &e2) < 0)
+	if (tmpl_render_prefix(t, cx, (size_t)i, 0, ro, trace, 0, NULL, &p0, &e2) < 0)
 		return -1;
 	int inside = p0.len < (size_t)cut && !memcmp(p0.text, ro->text, p0.len);
 	tmpl_output_free(&p0);
@@ -1511,7 +1511,7 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 			continue;
 		struct tmpl_output po;
 		struct err e2 = {0};
-		if (tmpl_render_prefix(t, cx, (size_t)i, 1, &ro, trace, NULL, &po, &e2) == 0) {
+		if (tmpl_render_prefix(t, cx, (size_t)i, 1, &ro, trace, 0, NULL, &po, &e2) == 0) {
 			if (po.len <= ro.len && !memcmp(po.text, ro.text, po.len))
 				body[i] = (long)po.len;
 			else

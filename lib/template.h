@@ -53,6 +53,7 @@ struct tmpl_run {
 	const char *var; /* TMPL_INPUT: the top-level variable name ("eos_token"), else NULL */
 };
 
+/* A rendering: its arrays lie in one block, which tmpl_output_free frees. */
 struct tmpl_output {
 	char *text;
 	size_t len;
@@ -114,12 +115,15 @@ int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg,
  * and generation ranges alike (copied turns take no steps against lim).
  * *trace is NULL (every prefix then rendered in full) when the template lets
  * the messages reach code the check cannot watch (template_prefix.c) or its
- * loop did not run over them. Free with tmpl_trace_free. */
+ * loop did not run over them. Free with tmpl_trace_free. With runs 0 the
+ * output has no runs (runs NULL, nruns 0), only text, cuts and generation
+ * ranges: what ds-fmt asks of a prefix, made without copying the runs of
+ * the turns copied, whose number grows with the conversation. */
 struct tmpl_trace;
 int tmpl_render_traced(const struct tmpl *t, const struct tmpl_ctx *c, int agp, const struct tmpl_limits *lim,
 		       struct tmpl_output *out, struct tmpl_trace **trace, struct err *err);
 int tmpl_render_prefix(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, int agp,
-		       const struct tmpl_output *full, struct tmpl_trace *trace, const struct tmpl_limits *lim,
+		       const struct tmpl_output *full, struct tmpl_trace *trace, int runs, const struct tmpl_limits *lim,
 		       struct tmpl_output *out, struct err *err);
 void tmpl_trace_free(struct tmpl_trace *tr);
 /* Turns the prefix renderings that used tr copied (for tests and benchmarks). */

@@ -125,6 +125,7 @@ struct rt {
 	size_t ncuts, ccap;
 	struct tmpl_cache *cache; /* the context's, or NULL */
 	struct track *tk;         /* NULL unless recording or copying turns */
+	int text_only;            /* the output's runs are not asked for: copied turns leave theirs behind */
 };
 
 _Noreturn static void rt_err(struct rt *r, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -2908,6 +2909,14 @@ static uint32_t turns_start(struct rt *r, struct frame *f, const struct tp_loop 
 		return 0;
 	const struct tmpl_output *full = k->full;
 	uint32_t from = u->start, to = u->turn[m - 1].end;
+	struct tp_sb *o = r->out;
+	if (r->text_only) {
+		tp_sb_reserve(&r->a, o, to - from, 0);
+		if (to > from)
+			memcpy(o->s + o->len, full->text + from, to - from);
+		o->len += to - from;
+		goto cuts;
+	}
 	size_t lo = 0, hi = full->nruns; /* the first run ending past from */
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
@@ -2920,7 +2929,6 @@ static uint32_t turns_start(struct rt *r, struct frame *f, const struct tp_loop 
 	while (hi_run < full->nruns && full->runs[hi_run].start < to)
 		hi_run++;
 	/* the bytes at once, then their runs */
-	struct tp_sb *o = r->out;
 	tp_sb_reserve(&r->a, o, to - from, hi_run - lo);
 	if (to > from) /* turns may print nothing */
 		memcpy(o->s + o->len, full->text + from, to - from);
@@ -2936,6 +2944,7 @@ static uint32_t turns_start(struct rt *r, struct frame *f, const struct tp_loop 
 			o->runs[o->nruns++].o = org;
 		}
 	}
+cuts:;
 	uint32_t c0 = u->ncuts, c1 = u->turn[m - 1].ncuts;
 	if (c0 < c1 && r->ncuts && r->cuts[r->ncuts - 1] == full->cuts[c0])
 		c0++;
@@ -3273,9 +3282,6 @@ static uint32_t vars_from_jv(struct tp_arena *a, jv ctx, jmp_buf *fail, struct e
 	return k;
 }
 
-/* A context of ctx's variables over those of more over those of base (all
- * consumed; base and more jv_invalid when there are none): see
- * tmpl_ctx_new_layered. */
 /* Frees the values of vars not consumed yet (those are jv_invalid()). */
 static void vars_free(struct tmpl_var *vars, size_t n)
 {
@@ -3285,6 +3291,9 @@ static void vars_free(struct tmpl_var *vars, size_t n)
 	}
 }
 
+/* A context of vars over the variables of more over those of base (all
+ * consumed; base and more jv_invalid when there are none): see
+ * tmpl_ctx_new_layered. */
 static struct tmpl_ctx *ctx_new(jv base, jv more, struct tmpl_var *vars, size_t nvars, struct tmpl_cache *cache,
 				struct err *err)
 {
@@ -3331,7 +3340,7 @@ static struct tmpl_ctx *ctx_new(jv base, jv more, struct tmpl_var *vars, size_t 
 			vars[i].value = jv_invalid(); /* consumed, even if the conversion fails */
 			vals[i] = var_value(&a, names[i], v, cache, &jb, err);
 		}
-		for (uint32_t i = 0; i < bn; i++) { /* a name of ctx's wins */
+		for (uint32_t i = 0; i < bn; i++) { /* a name of vars wins */
 			uint32_t j = 0;
 			while (j < k && strcmp(names[j], bnames[i]))
 				j++;
@@ -3438,10 +3447,10 @@ int tmpl_render(const struct tmpl *t, jv ctx, const struct tmpl_limits *lim, str
 }
 
 static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, int agp, const struct tmpl_limits *lim,
-		  struct tmpl_output *out, struct track *tk, struct tmpl_trace **trace, struct err *err)
+		  int runs, struct tmpl_output *out, struct track *tk, struct tmpl_trace **trace, struct err *err)
 {
 	memset(out, 0, sizeof *out);
-	struct rt r = { .t = t };
+	struct rt r = { .t = t, .text_only = !runs };
 	r.max_out = lim && lim->max_output ? lim->max_output : (size_t)16 << 20;
 	r.max_steps = lim && lim->max_steps ? lim->max_steps : 10000000;
 	r.max_depth = lim && lim->max_depth ? lim->max_depth : 64;
@@ -3508,21 +3517,17 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 		if (tk->nturns)
 			memcpy(tr->turn, tk->turns, tk->nturns * sizeof *tr->turn);
 	}
-	/* Copy out of the arena: text, runs (with the variable names they point
-	 * to stored after them in the same block), generation ranges. */
-	size_t names_len = 0;
-	for (uint32_t i = 0; i < main_out.nruns; i++)
+	/* Copy out of the arena into one block: text (its size rounded up for
+	 * the alignment of what follows), runs, generation ranges, cuts, the
+	 * variable names the runs point to. */
+	size_t names_len = 0, nruns = runs ? main_out.nruns : 0;
+	for (uint32_t i = 0; i < nruns; i++)
 		if (main_out.runs[i].o.var)
 			names_len += strlen(main_out.runs[i].o.var) + 1;
-	out->text = malloc((size_t)main_out.len + 1);
-	out->runs = malloc((main_out.nruns + 1) * sizeof *out->runs + names_len);
-	out->gen = malloc((r.ngen + 1) * sizeof *out->gen);
-	out->cuts = malloc((r.ncuts + 1) * sizeof *out->cuts);
-	if (!out->text || !out->runs || !out->gen || !out->cuts) {
-		free(out->cuts);
-		free(out->text);
-		free(out->runs);
-		free(out->gen);
+	size_t text_size = ((size_t)main_out.len + 8) & ~(size_t)7, runs_size = (nruns + 1) * sizeof *out->runs,
+	       gen_size = (r.ngen + 1) * sizeof *out->gen, cuts_size = (r.ncuts + 1) * sizeof *out->cuts;
+	char *block = malloc(text_size + runs_size + gen_size + cuts_size + names_len);
+	if (!block) {
 		memset(out, 0, sizeof *out);
 		tp_arena_free(&r.a);
 		if (trace) {
@@ -3531,14 +3536,18 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 		}
 		return err_sys(err, "out of memory");
 	}
+	out->text = block;
+	out->runs = runs ? (struct tmpl_run *)(void *)(block + text_size) : NULL;
+	out->gen = (uint32_t(*)[2])(void *)(block + text_size + runs_size);
+	out->cuts = (uint32_t *)(void *)(block + text_size + runs_size + gen_size);
+	char *names = block + text_size + runs_size + gen_size + cuts_size;
 	if (main_out.len)
 		memcpy(out->text, main_out.s, main_out.len);
 	out->text[main_out.len] = 0;
 	out->len = main_out.len;
-	char *names = (char *)(out->runs + main_out.nruns + 1);
 	uint32_t start = 0;
 	size_t nr = 0;
-	for (uint32_t i = 0; i < main_out.nruns; i++) {
+	for (uint32_t i = 0; i < nruns; i++) {
 		const struct tp_orun *ru = &main_out.runs[i];
 		if (ru->end == start)
 			continue;
@@ -3579,7 +3588,7 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, int agp,
 		    const struct tmpl_limits *lim, struct tmpl_output *out, struct err *err)
 {
-	return render(t, c, nmsg, agp, lim, out, NULL, NULL, err);
+	return render(t, c, nmsg, agp, lim, 1, out, NULL, NULL, err);
 }
 
 int tmpl_render_traced(const struct tmpl *t, const struct tmpl_ctx *c, int agp, const struct tmpl_limits *lim,
@@ -3587,9 +3596,9 @@ int tmpl_render_traced(const struct tmpl *t, const struct tmpl_ctx *c, int agp, 
 {
 	*trace = NULL;
 	if (!t->turns)
-		return render(t, c, SIZE_MAX, agp, lim, out, NULL, NULL, err);
+		return render(t, c, SIZE_MAX, agp, lim, 1, out, NULL, NULL, err);
 	struct track tk = { .record = 1 };
-	int rc = render(t, c, SIZE_MAX, agp, lim, out, &tk, trace, err);
+	int rc = render(t, c, SIZE_MAX, agp, lim, 1, out, &tk, trace, err);
 	if (rc < 0) {
 		tmpl_trace_free(*trace);
 		*trace = NULL;
@@ -3598,13 +3607,13 @@ int tmpl_render_traced(const struct tmpl *t, const struct tmpl_ctx *c, int agp, 
 }
 
 int tmpl_render_prefix(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, int agp,
-		       const struct tmpl_output *full, struct tmpl_trace *trace, const struct tmpl_limits *lim,
+		       const struct tmpl_output *full, struct tmpl_trace *trace, int runs, const struct tmpl_limits *lim,
 		       struct tmpl_output *out, struct err *err)
 {
 	if (!trace)
-		return render(t, c, nmsg, agp, lim, out, NULL, NULL, err);
+		return render(t, c, nmsg, agp, lim, runs, out, NULL, NULL, err);
 	struct track tk = { .full = full, .use = trace, .nmsg = nmsg };
-	return render(t, c, nmsg, agp, lim, out, &tk, NULL, err);
+	return render(t, c, nmsg, agp, lim, runs, out, &tk, NULL, err);
 }
 
 void tmpl_trace_free(struct tmpl_trace *tr)
@@ -3638,9 +3647,6 @@ void tmpl_output_free(struct tmpl_output *o)
 {
 	if (!o)
 		return;
-	free(o->text);
-	free(o->runs);
-	free(o->gen);
-	free(o->cuts);
+	free(o->text); /* the block holding all of it */
 	memset(o, 0, sizeof *o);
 }

@@ -85,14 +85,25 @@ static long long compare(const char *name, const char *src, int rounds, int *tra
 					struct tmpl_output a, b;
 					struct err e1 = {0}, e2 = {0};
 					int r1 = tmpl_render_ctx(t, c, (size_t)m, agp, NULL, &a, &e1);
-					int r2 = tmpl_render_prefix(t, c, (size_t)m, agp, &full, tr, NULL, &b, &e2);
+					int r2 = tmpl_render_prefix(t, c, (size_t)m, agp, &full, tr, 1, NULL, &b, &e2);
 					int same = r1 == r2 && (r1 < 0 ? !strcmp(e1.msg, e2.msg) : tmpl_output_equal(&a, &b));
 					CHECK(same, "%s: %d of the messages, agp %d: [%s] vs [%s] (%s | %s) in %s", name, m, agp,
 					      r1 == 0 ? a.text : "", r2 == 0 ? b.text : "", e1.msg, e2.msg, jv_string_value(dump));
+					/* without runs: the same text, cuts and generation ranges */
+					struct tmpl_output x;
+					int r3 = tmpl_render_prefix(t, c, (size_t)m, agp, &full, tr, 0, NULL, &x, &e2);
+					CHECK(r3 == r1 && (r3 < 0 || (!x.runs && !x.nruns && x.len == a.len &&
+								      !memcmp(x.text, a.text, a.len) && x.ncuts == a.ncuts &&
+								      !memcmp(x.cuts, a.cuts, a.ncuts * sizeof *a.cuts) &&
+								      x.ngen == a.ngen && !memcmp(x.gen, a.gen, a.ngen * sizeof *a.gen))),
+					      "%s: %d of the messages, agp %d, no runs: [%s] vs [%s] in %s", name, m, agp,
+					      r1 == 0 ? a.text : "", r3 == 0 ? x.text : "", jv_string_value(dump));
 					if (r1 == 0)
 						tmpl_output_free(&a);
 					if (r2 == 0)
 						tmpl_output_free(&b);
+					if (r3 == 0)
+						tmpl_output_free(&x);
 					if (!same) {
 						copied = -1;
 						m = n + 1;
