@@ -289,6 +289,11 @@ struct fastp {
  * the same value, parsed at the same depth: sharing it is exact. */
 #define MEMO_KEYS 8
 #define MEMO_MIN 256 /* shorter values are cheaper to parse than to compare */
+/* And short strings without escapes, the keys and the roles every record
+ * repeats, each kept in a slot chosen by its bytes: a string made again
+ * costs a malloc, a copy and, as a key, its hash. */
+#define MEMO_SHORT 24
+#define MEMO_SLOTS 64
 struct jsonl_memo {
 	struct memo_entry {
 		char *key, *text;
@@ -297,6 +302,11 @@ struct jsonl_memo {
 	} e[MEMO_KEYS];
 	int n;
 	unsigned long long hits;
+	struct memo_str {
+		jv v;
+		unsigned char len; /* 0: empty */
+		char s[MEMO_SHORT];
+	} str[MEMO_SLOTS];
 };
 
 struct jsonl_memo *jsonl_memo_new(void) { return calloc(1, sizeof(struct jsonl_memo)); }
@@ -309,6 +319,9 @@ void jsonl_memo_free(struct jsonl_memo *m)
 		free(m->e[i].key), free(m->e[i].text);
 		jv_free(m->e[i].v);
 	}
+	for (int i = 0; i < MEMO_SLOTS; i++)
+		if (m->str[i].len)
+			jv_free(m->str[i].v);
 	free(m);
 }
 
@@ -468,7 +481,23 @@ static jv fp_string(struct fastp *p)
 		q++;
 	if (q < p->end && *q == '"') { /* no escapes: the common case */
 		p->s = q + 1;
-		return fp_text(p, s, (size_t)(q - s));
+		size_t n = (size_t)(q - s);
+		if (!p->memo || n == 0 || n > MEMO_SHORT)
+			return fp_text(p, s, n);
+		unsigned h = 2166136261u; /* FNV-1a */
+		for (size_t i = 0; i < n; i++)
+			h = (h ^ (unsigned char)s[i]) * 16777619u;
+		struct memo_str *e = &p->memo->str[h % MEMO_SLOTS];
+		if (e->len == n && !memcmp(e->s, s, n))
+			return jv_copy(e->v);
+		jv v = fp_text(p, s, n);
+		if (jv_is_valid(v)) {
+			if (e->len)
+				jv_free(e->v);
+			e->v = jv_copy(v), e->len = (unsigned char)n;
+			memcpy(e->s, s, n);
+		}
+		return v;
 	}
 	char small[256];
 	size_t cap = sizeof small, n = 0;

@@ -42,8 +42,10 @@ int jsonl_parse_record(const char *name, long lineno, const char *line, size_t l
  * next: a member whose text (an object, array or string of 256 bytes or more)
  * is byte for byte the last one seen under that key is not parsed again, its
  * value is shared (the same jv, as jv_identical says) — the tool list every
- * record of a data set repeats. The result is the same value either way. A
- * memo belongs to one thread (jq's reference counts are not atomic). */
+ * record of a data set repeats. Short strings without escapes (24 bytes at
+ * most: keys, roles) are shared the same way, from a table of the last ones
+ * seen. The result is the same value either way. A memo belongs to one
+ * thread (jq's reference counts are not atomic). */
 struct jsonl_memo;
 struct jsonl_memo *jsonl_memo_new(void);
 void jsonl_memo_free(struct jsonl_memo *m);

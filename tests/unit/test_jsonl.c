@@ -914,6 +914,36 @@ static void test_parse_memo(void)
 	}
 	jv_free(first);
 	CHECK(jsonl_memo_hits(memo) == hits0 + 2, "hits %llu", jsonl_memo_hits(memo) - hits0);
+	/* short strings without escapes are shared from one record to the next,
+	 * keys and values alike; others (escaped, long, or another string) are not */
+	static const char *const lines[] = {"{\"role\": \"user\", \"x\": \"a\\u0062\", \"y\": \"0123456789abcdefghijklmno\"}",
+					    "{\"role\": \"user\", \"x\": \"a\\u0062\", \"y\": \"0123456789abcdefghijklmno\"}",
+					    "{\"role\": \"usex\", \"x\": \"ab\", \"y\": \"0123456789abcdefghijklmno\"}"};
+	jv rec[3];
+	for (int i = 0; i < 3; i++) {
+		struct err e = {0};
+		CHECK(jsonl_parse_record_memo("t", 1, lines[i], strlen(lines[i]), memo, &rec[i], &e) == 1, "%s", e.msg);
+	}
+	struct {
+		int a, b;
+		const char *key;
+		int shared;
+	} pairs[] = {{0, 1, "role", 1}, {0, 1, "x", 0}, {0, 1, "y", 0}, {1, 2, "role", 0}, {1, 2, "x", 0}};
+	for (size_t i = 0; i < sizeof pairs / sizeof *pairs; i++) {
+		jv x = jv_object_get(jv_copy(rec[pairs[i].a]), jv_string(pairs[i].key));
+		jv y = jv_object_get(jv_copy(rec[pairs[i].b]), jv_string(pairs[i].key));
+		CHECK(jv_identical(jv_copy(x), jv_copy(y)) == pairs[i].shared, "records %d and %d, %s: shared %d",
+		      pairs[i].a, pairs[i].b, pairs[i].key, pairs[i].shared);
+		jv_free(x), jv_free(y);
+	}
+	int keys_shared = 1;
+	for (int it0 = jv_object_iter(rec[0]), it1 = jv_object_iter(rec[2]);
+	     jv_object_iter_valid(rec[0], it0) && jv_object_iter_valid(rec[2], it1);
+	     it0 = jv_object_iter_next(rec[0], it0), it1 = jv_object_iter_next(rec[2], it1))
+		keys_shared &= jv_identical(jv_object_iter_key(rec[0], it0), jv_object_iter_key(rec[2], it1));
+	CHECK(keys_shared, "the keys of records 0 and 2 are not shared");
+	for (int i = 0; i < 3; i++)
+		jv_free(rec[i]);
 	jv_free(last_long), jv_free(last_text);
 	jsonl_memo_free(memo);
 	for (int i = 0; i < 6; i++)
