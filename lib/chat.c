@@ -322,7 +322,11 @@ static int check_tool_calls(jv calls, int mi, struct err *err)
 	return rc;
 }
 
-int chat_validate(jv messages, struct err *err)
+enum { ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT, ROLE_TOOL };
+
+/* chat_validate, also setting roles[i] to message i's ROLE_* when roles is
+ * not NULL (room for every message). */
+static int validate(jv messages, unsigned char *roles, struct err *err)
 {
 	if (jv_get_kind(messages) != JV_KIND_ARRAY)
 		return err_set(err, "\"messages\" must be an array");
@@ -366,6 +370,9 @@ int chat_validate(jv messages, struct err *err)
 		else if (!strcmp(r, "tool") && !call_open)
 			rc = err_set(err, "message %d: a tool result without a preceding assistant tool call", i);
 		if (rc == 0 && r) {
+			if (roles)
+				roles[i] = !strcmp(r, "system") ? ROLE_SYSTEM : !strcmp(r, "user") ? ROLE_USER
+					   : !strcmp(r, "assistant") ? ROLE_ASSISTANT : ROLE_TOOL;
 			if (strcmp(r, "system"))
 				seen_turn = 1;
 			if (!strcmp(r, "assistant"))
@@ -377,6 +384,8 @@ int chat_validate(jv messages, struct err *err)
 	}
 	return rc;
 }
+
+int chat_validate(jv messages, struct err *err) { return validate(messages, NULL, err); }
 
 /* ------------------------------------------------------ tool-call arguments */
 
@@ -1220,7 +1229,7 @@ static int message_span(const struct tmpl_output *out, long i, size_t first, siz
 		for (size_t p = end; p < cend && mend < 0; p++) {
 			size_t best = 0;
 			for (size_t k = k0; k < k1; k++)
-				if (mk->len[k] > best && p + mk->len[k] <= out->len &&
+				if (mk->len[k] > best && out->text[p] == mk->s[k][0] && p + mk->len[k] <= out->len &&
 				    !memcmp(out->text + p, mk->s[k], mk->len[k]))
 					best = mk->len[k];
 			if (best)
@@ -1437,29 +1446,29 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 	struct tmpl_output ro = {0};
 	struct tmpl_ctx *cx = NULL;
 	struct tmpl_trace *trace = NULL;
-	unsigned char *trained = NULL;
+	unsigned char *roles = NULL, *trained = NULL;
 	long *body = NULL;
-	if (chat_validate(msgs, err) < 0)
+	/* room for every message and --system's */
+	int n = jv_get_kind(msgs) == JV_KIND_ARRAY ? jv_array_length(jv_copy(msgs)) : 0;
+	roles = malloc(2 * ((size_t)n + 2));
+	body = malloc(((size_t)n + 2) * sizeof *body);
+	if (!roles || !body) {
+		err_sys(err, "out of memory");
+		goto fail;
+	}
+	trained = roles + n + 2;
+	if (validate(msgs, roles, err) < 0)
 		goto fail;
 	/* --system: only when the record has no system prompt. */
-	jv m0 = jv_array_get(jv_copy(msgs), 0);
-	jv r0 = obj_get(m0, "role");
-	if (o->system && strcmp(jv_string_value(r0), "system")) {
+	if (o->system && roles[0] != ROLE_SYSTEM) {
 		jv sys = JV_ARRAY(msg_new("system", jv_string(o->system)));
 		msgs = jv_array_concat(sys, msgs);
+		memmove(roles + 1, roles, (size_t)n++);
+		roles[0] = ROLE_SYSTEM;
 	}
-	jv_free(r0), jv_free(m0);
-	int n = jv_array_length(jv_copy(msgs));
-	if (o->add_generation_prompt) {
-		jv last = jv_array_get(jv_copy(msgs), n - 1);
-		jv role = obj_get(last, "role");
-		if (!strcmp(jv_string_value(role), "assistant")) {
-			expected = last;
-			msgs = jv_array_slice(msgs, 0, --n);
-		} else {
-			jv_free(last);
-		}
-		jv_free(role);
+	if (o->add_generation_prompt && roles[n - 1] == ROLE_ASSISTANT) {
+		expected = jv_array_get(jv_copy(msgs), n - 1);
+		msgs = jv_array_slice(msgs, 0, --n);
 	}
 	const struct tmpl *t = m->tmpl;
 	enum chat_args mode = m->args;
@@ -1473,20 +1482,12 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 	msgs = chat_args_normalize(msgs, mode, err);
 	if (!jv_is_valid(msgs))
 		goto fail;
-	trained = calloc((size_t)n + 1, 1);
-	body = malloc(((size_t)n + 1) * sizeof *body);
-	if (!trained || !body) {
-		err_sys(err, "out of memory");
-		goto fail;
-	}
 	int last_asst = -1;
 	for (int i = 0; i < n; i++) {
-		jv mi = jv_array_get(jv_copy(msgs), i);
-		jv role = obj_get(mi, "role");
-		if (!strcmp(jv_string_value(role), "assistant"))
-			trained[i] = 1, last_asst = i;
+		trained[i] = roles[i] == ROLE_ASSISTANT;
+		if (trained[i])
+			last_asst = i;
 		body[i] = -1;
-		jv_free(role), jv_free(mi);
 	}
 	if (o->add_generation_prompt)
 		memset(trained, 0, (size_t)n);
@@ -1532,7 +1533,7 @@ done:
 	tmpl_output_free(&ro);
 	tmpl_trace_free(trace);
 	tmpl_ctx_free(cx);
-	free(trained), free(body);
+	free(roles), free(body); /* trained lies in roles' block */
 	jv_free(msgs), jv_free(tools);
 	return rc;
 }
