@@ -205,6 +205,7 @@ static void batch_recycle(struct batch *b)
 {
 	b->n = b->done = 0;
 	b->lines.n = b->out.n = 0;
+	b->lines.oom = b->out.oom = 0; /* a record that ran out of memory failed alone, as in a new batch */
 	b->order_next = NULL;
 	b->next = spare;
 	spare = b;
