@@ -2909,29 +2909,27 @@ static uint32_t turns_start(struct rt *r, struct frame *f, const struct tp_loop 
 		return 0;
 	const struct tmpl_output *full = k->full;
 	uint32_t from = u->start, to = u->turn[m - 1].end;
-	struct tp_sb *o = r->out;
-	if (r->text_only) {
-		tp_sb_reserve(&r->a, o, to - from, 0);
-		if (to > from)
-			memcpy(o->s + o->len, full->text + from, to - from);
-		o->len += to - from;
-		goto cuts;
+	size_t lo = 0, hi_run = 0; /* full's runs of the bytes copied, when the output has runs */
+	if (!r->text_only) {
+		size_t hi = full->nruns; /* the first run ending past from */
+		while (lo < hi) {
+			size_t mid = lo + (hi - lo) / 2;
+			if (full->runs[mid].end <= from)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		hi_run = lo;
+		while (hi_run < full->nruns && full->runs[hi_run].start < to)
+			hi_run++;
 	}
-	size_t lo = 0, hi = full->nruns; /* the first run ending past from */
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (full->runs[mid].end <= from)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	size_t hi_run = lo;
-	while (hi_run < full->nruns && full->runs[hi_run].start < to)
-		hi_run++;
 	/* the bytes at once, then their runs */
+	struct tp_sb *o = r->out;
 	tp_sb_reserve(&r->a, o, to - from, hi_run - lo);
 	if (to > from) /* turns may print nothing */
 		memcpy(o->s + o->len, full->text + from, to - from);
+	if (r->text_only)
+		o->len += to - from;
 	uint32_t base = o->len - from;
 	for (size_t i = lo; i < hi_run; i++) {
 		const struct tmpl_run *ru = &full->runs[i];
@@ -2944,7 +2942,6 @@ static uint32_t turns_start(struct rt *r, struct frame *f, const struct tp_loop 
 			o->runs[o->nruns++].o = org;
 		}
 	}
-cuts:;
 	uint32_t c0 = u->ncuts, c1 = u->turn[m - 1].ncuts;
 	if (c0 < c1 && r->ncuts && r->cuts[r->ncuts - 1] == full->cuts[c0])
 		c0++;
