@@ -60,7 +60,11 @@ def dequantized_copy(model, fmt, torch, bnb_f):
             if fmt == "bf16":
                 d = w.to(torch.bfloat16).to(torch.float32)
             elif fmt == "nf4":
-                q, st = bnb_f.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
+                # NF4 blocks run over the flattened tensor, 2-D or not; bitsandbytes
+                # 0.50.2's CPU code gets some 2-D shapes wrong on some hosts (an AVX-512 AMD EPYC
+                # here: (64, 96), (32, 96), (128, 96) come back off by several absmax),
+                # so the round trip is taken on the flat tensor, which it gets right.
+                q, st = bnb_f.quantize_4bit(w.reshape(-1), blocksize=64, compress_statistics=True, quant_type="nf4")
                 d = bnb_f.dequantize_4bit(q, st).to(torch.float32)
             else:
                 q, scale, _ = bnb_f.int8_vectorwise_quant(w)
