@@ -1252,6 +1252,13 @@ static int build_id_table(struct tokenizer *tk, struct err *err)
 		if (tk->added_map.ents[e].val > max)
 			max = tk->added_map.ents[e].val;
 	}
+	/* Ids number the tokens from 0 (they index the embedding's rows): one far
+	 * past their count would only make the id tables huge. Added tokens get
+	 * ids next to the vocabulary's (parse_added), so only it can hold one. */
+	size_t count = tk->bpe.vocab.n + tk->added_map.n;
+	if (any && max >= 2 * (uint64_t)count + 65536)
+		return err_set(err, "model.vocab: token id %llu is far past the %zu tokens listed (ids number them from 0)",
+			       (unsigned long long)max, count);
 	tk->vocab_size = any ? (uint32_t)max + 1 : 0;
 	size_t n = tk->vocab_size ? tk->vocab_size : 1;
 	tk->id_str = calloc(n, sizeof *tk->id_str);

@@ -301,6 +301,9 @@ static void test_errors_name_the_path(void)
 	expect_error("{\"added_tokens\":[{\"id\":1}],\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
 		     "added_tokens[0].content");
 	expect_error("{\"model\":{\"type\":\"BPE\",\"dropout\":0.1,\"vocab\":{},\"merges\":[]}}", "model.dropout");
+	/* ids far past the tokens' count (the fuzzer's 999999994: 8 GB of id tables) */
+	expect_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":999999994},\"merges\":[]}}",
+		     "model.vocab: token id 999999994 is far past");
 }
 
 static void test_load_paths(void)
