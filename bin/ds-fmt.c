@@ -65,8 +65,7 @@ static const char about[] =
 
 /* One input line: the records (after --jq) to format, then the lines made. */
 struct item {
-	size_t text, len; /* the line, for the worker to parse (without --jq): the batch's lines.p[text, text + len) */
-	int has_text;
+	size_t text, len; /* the line for the worker to parse, lines.p[text, text + len); len 0: none (--jq) */
 	jv recs;        /* else an array of records to format; consumed by the worker */
 	int rc;         /* 1: formatted; -1: bad record (err) */
 	long line;
@@ -104,12 +103,12 @@ struct worker {
  * lines itself: the values it made never reach another thread. */
 static void format_item(struct worker *w, struct batch *b, struct item *it)
 {
-	if (it->has_text) {
+	if (it->len) {
 		jv rec;
 		it->rc = jsonl_parse_record_memo(w->p->name, it->line, b->lines.p + it->text, it->len, w->memo, &rec,
 						 &it->err);
 		it->recs = it->rc > 0 ? JV_ARRAY(rec) : jv_invalid();
-		it->has_text = 0;
+		it->len = 0;
 	}
 	it->out = b->out.n;
 	if (it->rc < 0) {
@@ -231,9 +230,9 @@ static struct batch *read_batch(struct jsonl_reader *in, struct chat_jq *jq, int
 		}
 		it->line = jsonl_line(in);
 		it->recs = jv_invalid();
-		it->has_text = 0;
+		it->len = 0;
 		if (rc > 0 && !jq) {
-			it->text = b->lines.n, it->len = len, it->has_text = 1;
+			it->text = b->lines.n, it->len = len; /* not blank, so len > 0 */
 			jsonl_put(&b->lines, line, len);
 			if (b->lines.oom)
 				msg_die(EXIT_RUNTIME, "out of memory");

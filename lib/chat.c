@@ -323,6 +323,16 @@ static int check_tool_calls(jv calls, int mi, struct err *err)
 }
 
 enum { ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT, ROLE_TOOL };
+static const char *const role_names[] = {"system", "user", "assistant", "tool"};
+
+/* The ROLE_* of r, or -1. */
+static int role_code(const char *r)
+{
+	for (int k = 0; k < 4; k++)
+		if (!strcmp(r, role_names[k]))
+			return k;
+	return -1;
+}
 
 /* chat_validate, also setting roles[i] to message i's ROLE_* when roles is
  * not NULL (room for every message). */
@@ -344,14 +354,15 @@ static int validate(jv messages, unsigned char *roles, struct err *err)
 		jv role = obj_get(m, "role"), content = obj_get(m, "content"), calls = obj_get(m, "tool_calls");
 		int has_calls = jv_get_kind(calls) != JV_KIND_NULL && jv_get_kind(calls) != JV_KIND_INVALID;
 		const char *r = jv_get_kind(role) == JV_KIND_STRING ? jv_string_value(role) : NULL;
+		int code = r ? role_code(r) : -1;
 		if (!r)
 			rc = err_set(err, "message %d: \"role\" must be a string", i);
-		else if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant") && strcmp(r, "tool"))
+		else if (code < 0)
 			rc = err_set(err, "message %d: unknown role \"%s\" (system, user, assistant, tool)", i, r);
-		else if (!strcmp(r, "assistant") && !seen_turn)
+		else if (code == ROLE_ASSISTANT && !seen_turn)
 			rc = err_set(err, "message %d: the first message after the system prompt is the assistant's; "
 					  "a conversation starts with the user", i);
-		else if (has_calls && strcmp(r, "assistant"))
+		else if (has_calls && code != ROLE_ASSISTANT)
 			rc = err_set(err, "message %d: only assistant messages carry tool_calls (role \"%s\")", i, r);
 		else if (has_calls && check_tool_calls(calls, i, err) < 0)
 			rc = -1;
@@ -367,17 +378,16 @@ static int validate(jv messages, unsigned char *roles, struct err *err)
 						     !jv_is_valid(content)
 					     ? " (white space only counts as empty; null is allowed beside tool_calls)"
 					     : ": expected a string or an array of content parts");
-		else if (!strcmp(r, "tool") && !call_open)
+		else if (code == ROLE_TOOL && !call_open)
 			rc = err_set(err, "message %d: a tool result without a preceding assistant tool call", i);
-		if (rc == 0 && r) {
+		if (rc == 0) {
 			if (roles)
-				roles[i] = !strcmp(r, "system") ? ROLE_SYSTEM : !strcmp(r, "user") ? ROLE_USER
-					   : !strcmp(r, "assistant") ? ROLE_ASSISTANT : ROLE_TOOL;
-			if (strcmp(r, "system"))
+				roles[i] = (unsigned char)code;
+			if (code != ROLE_SYSTEM)
 				seen_turn = 1;
-			if (!strcmp(r, "assistant"))
+			if (code == ROLE_ASSISTANT)
 				call_open = has_calls;
-			else if (!strcmp(r, "user"))
+			else if (code == ROLE_USER)
 				call_open = 0;
 		}
 		jv_free(role), jv_free(content), jv_free(calls), jv_free(m);
