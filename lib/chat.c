@@ -1257,7 +1257,7 @@ static int message_span(const struct tmpl_output *out, long i, size_t first, siz
 }
 
 int chat_spans(const struct tmpl_output *out, const unsigned char *trained, const long *body_start, int agp,
-	       size_t nmsg, const struct chat_markers *mk, jv *spans, struct err *err)
+	       size_t nmsg, const struct chat_markers *mk, long **spans, size_t *nspans, struct err *err)
 {
 	size_t cap = 2 * (out->nruns + nmsg + 1);
 	long *sp = malloc(cap * 2 * sizeof *sp);
@@ -1318,11 +1318,8 @@ int chat_spans(const struct tmpl_output *out, const unsigned char *trained, cons
 			}
 		}
 	}
-	jv arr = jv_array();
-	for (size_t k = 0; k < n; k++)
-		arr = jv_array_append(arr, JV_ARRAY(jv_number(sp[2 * k]), jv_number(sp[2 * k + 1])));
-	free(sp);
-	*spans = arr;
+	*spans = sp;
+	*nspans = n;
 	return 0;
 }
 
@@ -1421,13 +1418,16 @@ static long prompt_shared(const struct tmpl *t, const struct tmpl_ctx *cx, int i
  * other keys pass through. */
 struct formatted {
 	struct tmpl_output ro;
-	jv spans, expected, rec;
+	long *spans; /* nspans [start, end) pairs */
+	size_t nspans;
+	jv expected, rec;
 };
 
 static void formatted_free(struct formatted *f)
 {
 	tmpl_output_free(&f->ro);
-	jv_free(f->spans), jv_free(f->expected), jv_free(f->rec);
+	free(f->spans);
+	jv_free(f->expected), jv_free(f->rec);
 }
 
 /* Whether an input key passes through: not one the conversion consumed,
@@ -1442,7 +1442,7 @@ static int passes(const char *key, const struct formatted *f)
 static int format_record(const struct chat_model *m, const struct chat_opts *o, jv rec, struct formatted *f,
 			 struct err *err)
 {
-	*f = (struct formatted){.spans = jv_invalid(), .expected = jv_invalid(), .rec = jv_copy(rec)};
+	*f = (struct formatted){.expected = jv_invalid(), .rec = jv_copy(rec)};
 	jv conv = chat_to_messages(rec, o->input, err);
 	if (!jv_is_valid(conv)) {
 		formatted_free(f);
@@ -1530,7 +1530,7 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 			tmpl_output_free(&po);
 		}
 	}
-	if (chat_spans(&ro, trained, body, agp, (size_t)n, &m->mk, &f->spans, err) < 0)
+	if (chat_spans(&ro, trained, body, agp, (size_t)n, &m->mk, &f->spans, &f->nspans, err) < 0)
 		goto fail;
 	f->ro = ro, f->expected = expected;
 	ro = (struct tmpl_output){0};
@@ -1553,8 +1553,10 @@ int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv
 	struct formatted f;
 	if (format_record(m, o, rec, &f, err) < 0)
 		return -1;
-	jv res = JV_OBJECT(jv_string("text"), jv_string_sized(f.ro.text, (int)f.ro.len), jv_string("train"),
-			   jv_copy(f.spans));
+	jv spans = jv_array();
+	for (size_t k = 0; k < f.nspans; k++)
+		spans = jv_array_append(spans, JV_ARRAY(jv_number(f.spans[2 * k]), jv_number(f.spans[2 * k + 1])));
+	jv res = JV_OBJECT(jv_string("text"), jv_string_sized(f.ro.text, (int)f.ro.len), jv_string("train"), spans);
 	if (jv_is_valid(f.expected))
 		res = jv_object_set(res, jv_string("expected"), jv_copy(f.expected));
 	jv_object_foreach(f.rec, k, v) {
@@ -1578,7 +1580,15 @@ int chat_format_line(const struct chat_model *m, const struct chat_opts *o, jv r
 	jsonl_put(b, "{\"text\":", 8);
 	jsonl_put_string(b, f.ro.text, f.ro.len);
 	jsonl_put(b, ",\"train\":", 9);
-	jsonl_put_value(b, jv_copy(f.spans));
+	jsonl_put(b, "[", 1);
+	for (size_t k = 0; k < f.nspans; k++) {
+		jsonl_put(b, k ? ",[" : "[", k ? 2 : 1);
+		jsonl_put_long(b, f.spans[2 * k]);
+		jsonl_put(b, ",", 1);
+		jsonl_put_long(b, f.spans[2 * k + 1]);
+		jsonl_put(b, "]", 1);
+	}
+	jsonl_put(b, "]", 1);
 	if (jv_is_valid(f.expected)) {
 		jsonl_put(b, ",\"expected\":", 12);
 		jsonl_put_value(b, jv_copy(f.expected));

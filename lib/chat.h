@@ -142,9 +142,10 @@ struct chat_markers {
  * there. Spans start no earlier than the {% generation %} block holding the
  * first content byte; adjacent spans are merged, and every learned byte must
  * lie in a generation block when the template has them.
- * *spans is a new array of [start,end] pairs. Returns 0 or -1. */
+ * *spans is a new malloc'ed array of *nspans [start, end) pairs, ascending.
+ * Returns 0 or -1. */
 int chat_spans(const struct tmpl_output *out, const unsigned char *trained, const long *body_start, int agp,
-	       size_t nmsg, const struct chat_markers *mk, jv *spans, struct err *err);
+	       size_t nmsg, const struct chat_markers *mk, long **spans, size_t *nspans, struct err *err);
 
 /* Adds one --var NAME=JSON to vars (an object, consumed; returned). The
  * names transformers passes itself (messages, tools, documents,

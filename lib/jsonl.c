@@ -957,6 +957,18 @@ void jsonl_put_string(struct jsonl_buf *b, const char *s, size_t n)
 	jsonl_put(b, "\"", 1);
 }
 
+void jsonl_put_long(struct jsonl_buf *b, long x)
+{
+	char t[24], *e = t + sizeof t, *q = e; /* snprintf costs ~700 instructions a number */
+	unsigned long u = x < 0 ? 0ul - (unsigned long)x : (unsigned long)x;
+	do
+		*--q = (char)('0' + u % 10);
+	while (u /= 10);
+	if (x < 0)
+		*--q = '-';
+	jsonl_put(b, q, (size_t)(e - q));
+}
+
 /* Consumes v. */
 void jsonl_put_value(struct jsonl_buf *b, jv v)
 {
@@ -997,15 +1009,7 @@ void jsonl_put_value(struct jsonl_buf *b, jv v)
 		int is_float = jsonl_number_is_float(v);
 		/* span offsets and ids: plain digits, as jq prints them (not -0) */
 		if (num && !is_float && d > -1e9 && d < 1e9 && d == (double)(long)d && !(d == 0 && signbit(d))) {
-			char t[16], *e = t + sizeof t, *q = e; /* snprintf costs ~700 instructions a number */
-			long x = (long)d;
-			unsigned long u = x < 0 ? 0ul - (unsigned long)x : (unsigned long)x;
-			do
-				*--q = (char)('0' + u % 10);
-			while (u /= 10);
-			if (x < 0)
-				*--q = '-';
-			jsonl_put(b, q, (size_t)(e - q));
+			jsonl_put_long(b, (long)d);
 			break;
 		}
 		/* anything else as jq prints it; a number read as a float stays one ("100.0", where jq writes 100) */

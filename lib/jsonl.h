@@ -121,6 +121,7 @@ struct jsonl_buf {
 void jsonl_put(struct jsonl_buf *b, const char *s, size_t n);        /* the bytes as they are */
 void jsonl_put_string(struct jsonl_buf *b, const char *s, size_t n); /* a JSON string of s (UTF-8) */
 void jsonl_put_value(struct jsonl_buf *b, jv v);                     /* v, consumed, as jsonl_write */
+void jsonl_put_long(struct jsonl_buf *b, long x);                    /* x in decimal, as jq prints an integer */
 
 /* Where the value at path lies in the JSON text s[0..n), found by scanning,
  * without parsing the rest: path as messages write it, keys joined by '.',

@@ -234,10 +234,9 @@ static void build_fake(struct fake *f)
 	fake_put(f, "<|im_end|>\n", -1, TMPL_LITERAL);
 }
 
-static const char *span_text(const struct fake *f, jv spans, int k, char *buf)
+static const char *span_text(const struct fake *f, const long *spans, int k, char *buf)
 {
-	jv p = jv_array_get(jv_copy(spans), k);
-	int a = (int)jv_number_value(jv_array_get(jv_copy(p), 0)), b = (int)jv_number_value(jv_array_get(p, 1));
+	long a = spans[2 * k], b = spans[2 * k + 1];
 	memcpy(buf, f->text + a, (size_t)(b - a));
 	buf[b - a] = 0;
 	return buf;
@@ -248,23 +247,23 @@ static void test_spans(void)
 	struct fake f;
 	build_fake(&f);
 	unsigned char trained[4] = {0, 1, 0, 1};
-	jv spans;
+	long *spans = NULL;
+	size_t nspans = 0;
 	struct err err = {0};
 	char buf[512];
-	CHECK(chat_spans(&f.out, trained, NULL, 1, 4, &mk, &spans, &err) == 0, "%s", err.msg);
-	CHECK(jv_array_length(jv_copy(spans)) == 2, "%s", dump(jv_copy(spans)));
+	CHECK(chat_spans(&f.out, trained, NULL, 1, 4, &mk, &spans, &nspans, &err) == 0, "%s", err.msg);
+	CHECK(nspans == 2, "%zu spans", nspans);
 	CHECK(!strcmp(span_text(&f, spans, 0, buf),
 		      "Sure\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>  <|im_end|>"),
 	      "[%s]", buf);
 	CHECK(!strcmp(span_text(&f, spans, 1, buf), "Done.<|im_end|>"), "[%s]", buf);
-	jv_free(spans);
+	free(spans);
 
 	/* --train-turns last */
 	trained[1] = 0;
-	CHECK(chat_spans(&f.out, trained, NULL, 1, 4, &mk, &spans, &err) == 0, "%s", err.msg);
-	CHECK(jv_array_length(jv_copy(spans)) == 1 && !strcmp(span_text(&f, spans, 0, buf), "Done.<|im_end|>"), "%s",
-	      dump(jv_copy(spans)));
-	jv_free(spans);
+	CHECK(chat_spans(&f.out, trained, NULL, 1, 4, &mk, &spans, &nspans, &err) == 0, "%s", err.msg);
+	CHECK(nspans == 1 && !strcmp(span_text(&f, spans, 0, buf), "Done.<|im_end|>"), "%zu spans", nspans);
+	free(spans);
 }
 
 /* A tool-call-only turn: the body starts where the generation prompt ends, so
@@ -281,13 +280,14 @@ static void test_spans_body(void)
 	fake_put(&f, "\"}\n</tool_call><|im_end|>\n", -1, TMPL_LITERAL);
 	unsigned char trained[2] = {0, 1};
 	long bodies[2] = {-1, body};
-	jv spans;
+	long *spans = NULL;
+	size_t nspans = 0;
 	struct err err = {0};
 	char buf[512];
-	CHECK(chat_spans(&f.out, trained, bodies, 1, 2, &mk, &spans, &err) == 0, "%s", err.msg);
+	CHECK(chat_spans(&f.out, trained, bodies, 1, 2, &mk, &spans, &nspans, &err) == 0, "%s", err.msg);
 	CHECK(!strcmp(span_text(&f, spans, 0, buf), "<tool_call>\n{\"name\": \"f\"}\n</tool_call><|im_end|>"), "[%s]",
 	      buf);
-	jv_free(spans);
+	free(spans);
 	/* a template that ignores add_generation_prompt: the rendering before
 	 * the turn ends before its header, which prints the role: not learned */
 	memset(&f, 0, sizeof f);
@@ -299,13 +299,13 @@ static void test_spans_body(void)
 	fake_put(&f, ": ", -1, TMPL_LITERAL);
 	fake_put(&f, "a", 1, TMPL_MSG_CONTENT);
 	fake_put(&f, "<|im_end|>", -1, TMPL_LITERAL);
-	CHECK(chat_spans(&f.out, trained, bodies, 0, 2, &mk, &spans, &err) == 0, "%s", err.msg);
+	CHECK(chat_spans(&f.out, trained, bodies, 0, 2, &mk, &spans, &nspans, &err) == 0, "%s", err.msg);
 	CHECK(!strcmp(span_text(&f, spans, 0, buf), "a<|im_end|>"), "[%s]", buf);
-	jv_free(spans);
+	free(spans);
 	/* without the body: only from the first tool_calls byte */
-	CHECK(chat_spans(&f.out, trained, NULL, 1, 2, &mk, &spans, &err) == 0, "%s", err.msg);
+	CHECK(chat_spans(&f.out, trained, NULL, 1, 2, &mk, &spans, &nspans, &err) == 0, "%s", err.msg);
 	CHECK(!strcmp(span_text(&f, spans, 0, buf), "a<|im_end|>"), "[%s]", buf);
-	jv_free(spans);
+	free(spans);
 }
 
 /* Markers are looked for only in the closing text right after the content:
@@ -322,11 +322,12 @@ static void test_spans_no_marker(void)
 	fake_put(&f, "next", 2, TMPL_MSG_CONTENT);
 	fake_put(&f, "<|im_end|>", -1, TMPL_LITERAL);
 	unsigned char trained[3] = {0, 1, 0};
-	jv spans = jv_invalid();
+	long *spans = NULL;
+	size_t nspans = 0;
 	struct err err = {0};
-	CHECK(chat_spans(&f.out, trained, NULL, 1, 3, &mk, &spans, &err) < 0 && strstr(err.msg, "message 1: no end-of-turn"),
+	CHECK(chat_spans(&f.out, trained, NULL, 1, 3, &mk, &spans, &nspans, &err) < 0 && strstr(err.msg, "message 1: no end-of-turn"),
 	      "%s", err.msg);
-	jv_free(spans);
+	free(spans);
 }
 
 static void test_spans_generation(void)
@@ -343,16 +344,17 @@ static void test_spans_generation(void)
 	gen[1][1] = (uint32_t)f.out.len;
 	f.out.gen = gen;
 	f.out.ngen = 2;
-	jv spans;
+	long *spans = NULL;
+	size_t nspans = 0;
 	struct err err = {0};
-	CHECK(chat_spans(&f.out, trained, NULL, 1, 4, &mk, &spans, &err) == 0, "%s", err.msg);
-	jv_free(spans);
+	CHECK(chat_spans(&f.out, trained, NULL, 1, 4, &mk, &spans, &nspans, &err) == 0, "%s", err.msg);
+	free(spans);
 	/* a block that stops before the end-of-turn marker: disagree */
 	gen[1][1] = gen[1][0] + 5;
-	spans = jv_invalid();
-	CHECK(chat_spans(&f.out, trained, NULL, 1, 4, &mk, &spans, &err) < 0 && strstr(err.msg, "generation"), "%s",
+	spans = NULL;
+	CHECK(chat_spans(&f.out, trained, NULL, 1, 4, &mk, &spans, &nspans, &err) < 0 && strstr(err.msg, "generation"), "%s",
 	      err.msg);
-	jv_free(spans);
+	free(spans);
 }
 
 /* A clone equals its source, keys in the same order, and shares no reference
