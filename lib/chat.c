@@ -86,7 +86,7 @@ static jv from_alpaca(jv rec, struct err *err)
 {
 	jv ins = obj_get(rec, "instruction"), in = obj_get(rec, "input"), out = obj_get(rec, "output"),
 	   sys = obj_get(rec, "system");
-	jv res = jv_invalid();
+	jv msgs = jv_invalid();
 	if (jv_get_kind(ins) != JV_KIND_STRING) {
 		err_set(err, "alpaca record: \"instruction\" must be a string");
 		goto done;
@@ -99,7 +99,7 @@ static jv from_alpaca(jv rec, struct err *err)
 		err_set(err, "alpaca record: \"output\" must be a string");
 		goto done;
 	}
-	jv msgs = jv_array();
+	msgs = jv_array();
 	if (jv_get_kind(sys) == JV_KIND_STRING && jv_string_length_bytes(jv_copy(sys)) > 0)
 		msgs = jv_array_append(msgs, msg_new("system", jv_copy(sys)));
 	jv user = jv_copy(ins);
@@ -108,17 +108,16 @@ static jv from_alpaca(jv rec, struct err *err)
 	msgs = jv_array_append(msgs, msg_new("user", user));
 	if (jv_get_kind(out) == JV_KIND_STRING)
 		msgs = jv_array_append(msgs, msg_new("assistant", jv_copy(out)));
-	res = JV_OBJECT(jv_string("messages"), msgs);
 done:
 	jv_free(ins), jv_free(in), jv_free(out), jv_free(sys);
-	return res;
+	return msgs;
 }
 
 /* ShareGPT as LLaMA-Factory reads it: human/user, gpt/assistant, system,
  * observation/tool (tool results), function_call (a JSON {"name","arguments"}
  * or a list of them, becoming the assistant's tool_calls). A "system" key
  * gives the system prompt; "tools" may be an array or JSON text of one. */
-static jv from_sharegpt(jv rec, struct err *err)
+static jv from_sharegpt(jv rec, jv *tools_out, struct err *err)
 {
 	jv conv = obj_get(rec, "conversations");
 	if (jv_get_kind(conv) != JV_KIND_ARRAY) {
@@ -185,29 +184,30 @@ static jv from_sharegpt(jv rec, struct err *err)
 		jv_free(from), jv_free(value), jv_free(t);
 	}
 	jv_free(conv);
-	jv res = JV_OBJECT(jv_string("messages"), msgs);
 	jv tools = obj_get(rec, "tools");
 	if (jv_get_kind(tools) == JV_KIND_STRING) {
 		jv parsed = jsonl_parse_value(jv_string_value(tools), (size_t)jv_string_length_bytes(jv_copy(tools)));
 		jv_free(tools);
 		tools = parsed;
 		if (jv_get_kind(tools) != JV_KIND_ARRAY) {
-			jv_free(tools), jv_free(res);
+			jv_free(tools), jv_free(msgs);
 			return err_set(err, "sharegpt record: \"tools\" text is not a JSON array"), jv_invalid();
 		}
 	}
 	if (jv_get_kind(tools) == JV_KIND_ARRAY) {
-		res = jv_object_set(res, jv_string("tools"), tools);
+		*tools_out = tools;
 	} else if (jv_get_kind(tools) != JV_KIND_NULL && jv_is_valid(tools)) {
-		jv_free(tools), jv_free(res);
+		jv_free(tools), jv_free(msgs);
 		return err_set(err, "sharegpt record: \"tools\" must be an array or its JSON text"), jv_invalid();
 	} else {
 		jv_free(tools);
 	}
-	return res;
+	return msgs;
 }
 
-jv chat_to_messages(jv rec, enum chat_input fmt, struct err *err)
+/* The messages of rec (consumed), or invalid with err set; *tools is set to
+ * the record's tool list when it has one, else left as it is. */
+static jv record_messages(jv rec, enum chat_input fmt, jv *tools, struct err *err)
 {
 	if (jv_get_kind(rec) != JV_KIND_OBJECT) {
 		jv_free(rec);
@@ -225,32 +225,40 @@ jv chat_to_messages(jv rec, enum chat_input fmt, struct err *err)
 			       jv_invalid();
 		}
 	}
-	jv res;
+	jv msgs;
 	if (fmt == CHAT_INPUT_ALPACA) {
-		res = from_alpaca(rec, err);
+		msgs = from_alpaca(rec, err);
 	} else if (fmt == CHAT_INPUT_SHAREGPT) {
-		res = from_sharegpt(rec, err);
+		msgs = from_sharegpt(rec, tools, err);
 	} else {
-		jv msgs = obj_get(rec, "messages");
+		msgs = obj_get(rec, "messages");
+		jv t = obj_get(rec, "tools");
 		if (jv_get_kind(msgs) != JV_KIND_ARRAY) {
-			jv_free(msgs);
-			res = jv_invalid();
+			jv_free(msgs), jv_free(t);
+			msgs = jv_invalid();
 			err_set(err, "\"messages\" must be an array");
+		} else if (jv_get_kind(t) == JV_KIND_ARRAY) {
+			*tools = t;
+		} else if (jv_get_kind(t) != JV_KIND_NULL && jv_get_kind(t) != JV_KIND_INVALID) {
+			jv_free(t), jv_free(msgs);
+			msgs = jv_invalid();
+			err_set(err, "\"tools\" must be an array");
 		} else {
-			res = JV_OBJECT(jv_string("messages"), msgs);
-			jv tools = obj_get(rec, "tools");
-			if (jv_get_kind(tools) == JV_KIND_ARRAY)
-				res = jv_object_set(res, jv_string("tools"), tools);
-			else if (jv_get_kind(tools) != JV_KIND_NULL && jv_get_kind(tools) != JV_KIND_INVALID) {
-				jv_free(tools), jv_free(res);
-				res = jv_invalid();
-				err_set(err, "\"tools\" must be an array");
-			} else
-				jv_free(tools);
+			jv_free(t);
 		}
 	}
 	jv_free(rec);
-	return res;
+	return msgs;
+}
+
+jv chat_to_messages(jv rec, enum chat_input fmt, struct err *err)
+{
+	jv tools = jv_invalid();
+	jv msgs = record_messages(rec, fmt, &tools, err);
+	if (!jv_is_valid(msgs))
+		return msgs;
+	jv res = JV_OBJECT(jv_string("messages"), msgs);
+	return jv_is_valid(tools) ? jv_object_set(res, jv_string("tools"), tools) : res;
 }
 
 /* -------------------------------------------------------------- validation */
@@ -1443,14 +1451,14 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 			 struct err *err)
 {
 	*f = (struct formatted){.expected = jv_invalid(), .rec = jv_copy(rec)};
-	jv conv = chat_to_messages(rec, o->input, err);
-	if (!jv_is_valid(conv)) {
+	jv tools = jv_invalid();
+	jv msgs = record_messages(rec, o->input, &tools, err);
+	if (!jv_is_valid(msgs)) {
 		formatted_free(f);
 		return -1;
 	}
-	jv msgs = obj_get(conv, "messages");
-	jv tools = obj_has(conv, "tools") ? obj_get(conv, "tools") : jv_copy(o->tools);
-	jv_free(conv);
+	if (!jv_is_valid(tools))
+		tools = jv_copy(o->tools);
 	jv expected = jv_invalid();
 	int rc = 0;
 	struct tmpl_output ro = {0};

@@ -37,8 +37,8 @@ enum chat_input {
 int chat_input_parse(const char *name);
 
 /* Maps a record (consumed) to {"messages":[...]} plus "tools" when the record
- * has tools, and "system" when an Alpaca/ShareGPT record has one (already put
- * first in messages). Invalid with err set when the record is not of the form. */
+ * has tools; an Alpaca/ShareGPT record's "system" becomes the first message.
+ * Invalid with err set when the record is not of the form. */
 jv chat_to_messages(jv rec, enum chat_input fmt, struct err *err);
 
 /* The keys of an input record that are not passed through to the output. */
