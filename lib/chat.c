@@ -342,9 +342,10 @@ static int role_code(const char *r)
 	return -1;
 }
 
-/* chat_validate, also setting roles[i] to message i's ROLE_* when roles is
- * not NULL (room for every message). */
-static int validate(jv messages, unsigned char *roles, struct err *err)
+/* chat_validate, also setting roles[i] to message i's ROLE_* and calls[i]
+ * to whether it carries tool calls when roles and calls are not NULL (room
+ * for every message). */
+static int validate(jv messages, unsigned char *roles, unsigned char *calls_out, struct err *err)
 {
 	if (jv_get_kind(messages) != JV_KIND_ARRAY)
 		return err_set(err, "\"messages\" must be an array");
@@ -390,7 +391,7 @@ static int validate(jv messages, unsigned char *roles, struct err *err)
 			rc = err_set(err, "message %d: a tool result without a preceding assistant tool call", i);
 		if (rc == 0) {
 			if (roles)
-				roles[i] = (unsigned char)code;
+				roles[i] = (unsigned char)code, calls_out[i] = (unsigned char)has_calls;
 			if (code != ROLE_SYSTEM)
 				seen_turn = 1;
 			if (code == ROLE_ASSISTANT)
@@ -403,14 +404,18 @@ static int validate(jv messages, unsigned char *roles, struct err *err)
 	return rc;
 }
 
-int chat_validate(jv messages, struct err *err) { return validate(messages, NULL, err); }
+int chat_validate(jv messages, struct err *err) { return validate(messages, NULL, NULL, err); }
 
 /* ------------------------------------------------------ tool-call arguments */
 
-jv chat_args_normalize(jv messages, enum chat_args mode, struct err *err)
+/* chat_args_normalize looking only at the messages with calls[i] set
+ * (all when calls is NULL). */
+static jv args_normalize(jv messages, enum chat_args mode, const unsigned char *calls_at, struct err *err)
 {
 	int n = jv_array_length(jv_copy(messages));
 	for (int i = 0; i < n; i++) {
+		if (calls_at && !calls_at[i])
+			continue;
 		jv m = jv_array_get(jv_copy(messages), i);
 		jv calls = jv_get_kind(m) == JV_KIND_OBJECT ? obj_get(m, "tool_calls") : jv_invalid();
 		if (jv_get_kind(calls) != JV_KIND_ARRAY) {
@@ -463,6 +468,11 @@ jv chat_args_normalize(jv messages, enum chat_args mode, struct err *err)
 		messages = jv_array_set(messages, i, m);
 	}
 	return messages;
+}
+
+jv chat_args_normalize(jv messages, enum chat_args mode, struct err *err)
+{
+	return args_normalize(messages, mode, NULL, err);
 }
 
 /* The end of the JSON value that starts at s[i] ('{' or '['), or 0. */
@@ -1464,25 +1474,26 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 	struct tmpl_output ro = {0};
 	struct tmpl_ctx *cx = NULL;
 	struct tmpl_trace *trace = NULL;
-	unsigned char *roles = NULL, *trained = NULL;
+	unsigned char *roles = NULL, *calls = NULL, *trained = NULL;
 	long *body = NULL;
 	/* room for every message and --system's */
 	int n = jv_get_kind(msgs) == JV_KIND_ARRAY ? jv_array_length(jv_copy(msgs)) : 0;
-	roles = malloc(2 * ((size_t)n + 2));
+	roles = malloc(3 * ((size_t)n + 2));
 	body = malloc(((size_t)n + 2) * sizeof *body);
 	if (!roles || !body) {
 		err_sys(err, "out of memory");
 		goto fail;
 	}
-	trained = roles + n + 2;
-	if (validate(msgs, roles, err) < 0)
+	trained = roles + n + 2, calls = trained + n + 2;
+	if (validate(msgs, roles, calls, err) < 0)
 		goto fail;
 	/* --system: only when the record has no system prompt. */
 	if (o->system && roles[0] != ROLE_SYSTEM) {
 		jv sys = JV_ARRAY(msg_new("system", jv_string(o->system)));
 		msgs = jv_array_concat(sys, msgs);
-		memmove(roles + 1, roles, (size_t)n++);
-		roles[0] = ROLE_SYSTEM;
+		memmove(roles + 1, roles, (size_t)n);
+		memmove(calls + 1, calls, (size_t)n++);
+		roles[0] = ROLE_SYSTEM, calls[0] = 0;
 	}
 	if (o->add_generation_prompt && roles[n - 1] == ROLE_ASSISTANT) {
 		expected = jv_array_get(jv_copy(msgs), n - 1);
@@ -1497,7 +1508,7 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 		err_set(err, "the model's chat templates have no \"default\", only \"tool_use\" (for records with tools)");
 		goto fail;
 	}
-	msgs = chat_args_normalize(msgs, mode, err);
+	msgs = args_normalize(msgs, mode, calls, err);
 	if (!jv_is_valid(msgs))
 		goto fail;
 	int last_asst = -1;
@@ -1551,7 +1562,7 @@ done:
 	tmpl_output_free(&ro);
 	tmpl_trace_free(trace);
 	tmpl_ctx_free(cx);
-	free(roles), free(body); /* trained lies in roles' block */
+	free(roles), free(body); /* trained and calls lie in roles' block */
 	jv_free(msgs), jv_free(tools);
 	return rc;
 }
