@@ -464,21 +464,56 @@ static jv fp_text(const struct fastp *p, const char *s, size_t n)
 	return p->check_only ? jv_null() : string_checked(s, n);
 }
 
+/* The first quote, backslash or control byte in [q, end), or end: where a
+ * plain run of a JSON string stops. */
+static const char *string_stop(const char *q, const char *end)
+{
+#if defined(__SSE2__)
+	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f);
+	for (; end - q >= 16; q += 16) {
+		__m128i x = _mm_loadu_si128((const __m128i *)(const void *)q);
+		__m128i sp = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
+					  _mm_cmpeq_epi8(_mm_min_epu8(x, ctl), x));
+		unsigned m = (unsigned)_mm_movemask_epi8(sp);
+		if (m)
+			return q + __builtin_ctz(m);
+	}
+#endif
+#if WORDS_LE
+	for (uint64_t w, m; end - q >= 8; q += 8) {
+		memcpy(&w, q, 8);
+		if ((m = word_stops_string(w)))
+			return q + (__builtin_ctzll(m) >> 3);
+	}
+#endif
+	while (q < end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20)
+		q++;
+	return q;
+}
+
+/* Appends s[0..k) to the growing *buf (first small, malloc'ed past it): 0, or -1 out of memory. */
+static int unescaped_add(char **buf, size_t *n, size_t *cap, const char *small, const char *s, size_t k)
+{
+	if (*n + k > *cap) {
+		size_t ncap = *cap;
+		while (ncap < *n + k)
+			ncap *= 2;
+		char *nb = *buf == small ? malloc(ncap) : realloc(*buf, ncap);
+		if (!nb)
+			return -1;
+		if (*buf == small)
+			memcpy(nb, small, *n);
+		*buf = nb, *cap = ncap;
+	}
+	memcpy(*buf + *n, s, k);
+	*n += k;
+	return 0;
+}
+
 /* A string at p->s ('"'), or invalid when it is not of the simple kind. */
 static jv fp_string(struct fastp *p)
 {
-	const char *s = ++p->s, *q = s;
-#if WORDS_LE
-	for (uint64_t w, m; p->end - q >= 8; q += 8) { /* eight bytes at a time, as the writer */
-		memcpy(&w, q, 8);
-		if ((m = word_stops_string(w))) {
-			q += __builtin_ctzll(m) >> 3;
-			break;
-		}
-	}
-#endif
-	while (q < p->end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20)
-		q++;
+	const char *s = ++p->s, *q = string_stop(s, p->end);
 	if (q < p->end && *q == '"') { /* no escapes: the common case */
 		p->s = q + 1;
 		size_t n = (size_t)(q - s);
@@ -499,61 +534,52 @@ static jv fp_string(struct fastp *p)
 		}
 		return v;
 	}
+	/* With escapes: the plain runs between them copied whole. */
 	char small[256];
 	size_t cap = sizeof small, n = 0;
 	char *buf = small;
 	jv res = jv_invalid();
-	for (q = s; q < p->end; q++) {
-		unsigned char c = (unsigned char)*q;
-		char enc[4];
-		size_t en = 1;
-		if (c == '"') {
+	for (q = s;;) {
+		const char *r = string_stop(q, p->end);
+		if (unescaped_add(&buf, &n, &cap, small, q, (size_t)(r - q)) < 0 || r >= p->end)
+			break;
+		q = r;
+		if (*q == '"') {
 			p->s = q + 1;
 			res = fp_text(p, buf, n);
 			break;
 		}
-		if (c < 0x20)
+		if (*q != '\\' || ++q >= p->end) /* a control byte, or the line ends */
 			break;
-		enc[0] = (char)c;
-		if (c == '\\') {
-			if (++q >= p->end)
-				break;
-			unsigned u;
-			switch (*q) {
-			case '"': case '\\': case '/': enc[0] = *q; break;
-			case 'b': enc[0] = '\b'; break;
-			case 'f': enc[0] = '\f'; break;
-			case 'n': enc[0] = '\n'; break;
-			case 'r': enc[0] = '\r'; break;
-			case 't': enc[0] = '\t'; break;
-			case 'u':
-				if (p->end - q < 5 || jsonl_hex4(q + 1, &u) < 0 || u == 0 || (u >= 0xDC00 && u <= 0xDFFF))
-					goto give_up;
-				q += 4;
-				if (u >= 0xD800 && u <= 0xDBFF) { /* only as the first of a pair */
-					unsigned lo;
-					if (p->end - q < 7 || q[1] != '\\' || q[2] != 'u' || jsonl_hex4(q + 3, &lo) < 0 ||
-					    lo < 0xDC00 || lo > 0xDFFF)
-						goto give_up;
-					q += 6;
-					u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
-				}
-				en = (size_t)utf8proc_encode_char((utf8proc_int32_t)u, (utf8proc_uint8_t *)enc);
-				break;
-			default: goto give_up;
-			}
-		}
-		if (n + en > cap) {
-			size_t ncap = 2 * cap;
-			char *nb = buf == small ? malloc(ncap) : realloc(buf, ncap);
-			if (!nb)
+		char enc[4];
+		size_t en = 1;
+		unsigned u;
+		switch (*q) {
+		case '"': case '\\': case '/': enc[0] = *q; break;
+		case 'b': enc[0] = '\b'; break;
+		case 'f': enc[0] = '\f'; break;
+		case 'n': enc[0] = '\n'; break;
+		case 'r': enc[0] = '\r'; break;
+		case 't': enc[0] = '\t'; break;
+		case 'u':
+			if (p->end - q < 5 || jsonl_hex4(q + 1, &u) < 0 || u == 0 || (u >= 0xDC00 && u <= 0xDFFF))
 				goto give_up;
-			if (buf == small)
-				memcpy(nb, small, n);
-			buf = nb, cap = ncap;
+			q += 4;
+			if (u >= 0xD800 && u <= 0xDBFF) { /* only as the first of a pair */
+				unsigned lo;
+				if (p->end - q < 7 || q[1] != '\\' || q[2] != 'u' || jsonl_hex4(q + 3, &lo) < 0 ||
+				    lo < 0xDC00 || lo > 0xDFFF)
+					goto give_up;
+				q += 6;
+				u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
+			}
+			en = (size_t)utf8proc_encode_char((utf8proc_int32_t)u, (utf8proc_uint8_t *)enc);
+			break;
+		default: goto give_up;
 		}
-		memcpy(buf + n, enc, en);
-		n += en;
+		if (unescaped_add(&buf, &n, &cap, small, enc, en) < 0)
+			break;
+		q++;
 	}
 give_up:
 	if (buf != small)
