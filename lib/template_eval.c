@@ -3443,6 +3443,11 @@ int tmpl_render(const struct tmpl *t, jv ctx, const struct tmpl_limits *lim, str
 	return rc;
 }
 
+/* The size of the calling thread's last rendering. */
+static _Thread_local struct {
+	uint32_t len, nruns;
+} out_hint;
+
 static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, int agp, const struct tmpl_limits *lim,
 		  int runs, struct tmpl_output *out, struct track *tk, struct tmpl_trace **trace, struct err *err)
 {
@@ -3489,6 +3494,9 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 			tk->agp = gp;
 		}
 		main_out.max = r.max_out;
+		/* room for what this thread's last rendering made: doubling from
+		 * nothing would copy the output again and again */
+		tp_sb_reserve(&r.a, &main_out, out_hint.len < r.max_out ? out_hint.len : 0, out_hint.nruns);
 		r.out = r.main = &main_out;
 		struct frame *top = frame_new(&r, r.root);
 		exec_body(&r, top, t->body);
@@ -3498,6 +3506,9 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 		tp_arena_free(&r.a);
 		return -1;
 	}
+	/* at most what fits the arena's usual block: one huge rendering must not make every next one big */
+	out_hint.len = main_out.len < 32768 ? main_out.len : 32768;
+	out_hint.nruns = main_out.nruns < 1024 ? main_out.nruns : 1024;
 	if (trace && tk->loop && !tk->bad) {
 		*trace = malloc(sizeof **trace + (tk->nturns + 1) * sizeof(struct turn));
 		if (!*trace) {
