@@ -95,38 +95,50 @@ struct worker {
 	struct pool *p;
 	struct chat_model *m; /* the thread's own copies of every shared jv */
 	struct chat_opts o;
+	struct jd_shared *tools; /* --tools, the thread's own copy (o.tools is its value) */
 	struct jsonl_memo *memo; /* the tool list most records repeat, parsed once */
+	struct jd_arena a;       /* the record being formatted and what is made from it */
 };
 
 /* Formats one record's results into the batch's output, all before any is
  * written, so a skipped record leaves nothing behind. The worker writes the
  * lines itself: the values it made never reach another thread. */
+/* Formats rec into the batch's output; a failure makes the item bad, its
+ * message placed at the item's line. */
+static void format_one(struct worker *w, struct batch *b, struct item *it, const struct jd *rec)
+{
+	if (chat_format_line(w->m, &w->o, rec, &w->a, &b->out, &it->err) == 0)
+		return;
+	char what[sizeof it->err.msg];
+	snprintf(what, sizeof what, "%s", it->err.msg);
+	it->rc = err_set(&it->err, "%s:%ld: %s", w->p->name, it->line, what);
+}
+
 static void format_item(struct worker *w, struct batch *b, struct item *it)
 {
-	if (it->len) {
-		jv rec;
-		it->rc = jsonl_parse_record_memo(w->p->name, it->line, b->lines.p + it->text, it->len, w->memo, &rec,
-						 &it->err);
-		it->recs = it->rc > 0 ? JV_ARRAY(rec) : jv_invalid();
-		it->len = 0;
-	}
 	it->out = b->out.n;
-	if (it->rc < 0) {
-		jv_free(it->recs);
-		return;
-	}
-	jv_array_foreach(it->recs, i, one) {
-		if (it->rc > 0 && chat_format_line(w->m, &w->o, one, &b->out, &it->err) < 0) {
-			char what[sizeof it->err.msg];
-			snprintf(what, sizeof what, "%s", it->err.msg);
-			it->rc = err_set(&it->err, "%s:%ld: %s", w->p->name, it->line, what);
-		} else if (it->rc <= 0) {
+	struct jd rec;
+	if (it->len) {
+		it->rc = jsonl_parse_record_jd(w->p->name, it->line, b->lines.p + it->text, it->len, w->memo, &w->a, &rec,
+					       &it->err);
+		if (it->rc > 0)
+			format_one(w, b, it, &rec);
+		it->len = 0;
+		jd_arena_reset(&w->a);
+	} else if (it->rc > 0) { /* the records --jq made */
+		jv_array_foreach(it->recs, i, one) {
+			if (it->rc > 0 && jsonl_jd_of(one, &w->a, &rec) < 0)
+				it->rc = err_sys(&it->err, "%s:%ld: out of memory", w->p->name, it->line);
+			if (it->rc > 0)
+				format_one(w, b, it, &rec);
 			jv_free(one);
+			jd_arena_reset(&w->a);
+			(void)i;
 		}
-		(void)i;
 	}
 	jv_free(it->recs);
-	if (it->rc <= 0) /* the lines of the records --jq made before the bad one */
+	it->recs = jv_invalid();
+	if (it->rc < 0) /* the lines of the records --jq made before the bad one */
 		b->out.n = it->out;
 }
 
@@ -141,7 +153,6 @@ static void *worker_main(void *arg)
 		if (p->quit) {
 			pthread_mutex_unlock(&p->mu);
 			tmpl_thread_release();
-			chat_thread_release();
 			return NULL;
 		}
 		struct batch *b = p->todo;
@@ -270,7 +281,6 @@ int main(int argc, char **argv)
 
 	struct chat_opts o = {
 		.system = opt_str(&r, "system", NULL),
-		.tools = jv_null(),
 		.vars = jv_object(),
 		.add_generation_prompt = opt_flag(&r, "add-generation-prompt"),
 		.train_last = !strcmp(opt_str(&r, "train-turns", "all"), "last"),
@@ -280,9 +290,10 @@ int main(int argc, char **argv)
 		o.vars = chat_var_add(o.vars, opt_str_at(&r, "var", i), &err);
 		msg_die_if(!jv_is_valid(o.vars), &err);
 	}
+	struct jd_shared *tools = NULL;
 	if (opt_str(&r, "tools", NULL)) {
-		o.tools = chat_tools_load(opt_str(&r, "tools", NULL), &err);
-		msg_die_if(!jv_is_valid(o.tools), &err);
+		tools = chat_tools_load(opt_str(&r, "tools", NULL), &err);
+		msg_die_if(!tools, &err);
 	}
 	struct chat_jq *jq = NULL;
 	if (opt_str(&r, "jq", NULL)) {
@@ -312,7 +323,9 @@ int main(int argc, char **argv)
 		msg_die_if(!w[i].m, &err);
 		if (!(w[i].memo = jsonl_memo_new()))
 			msg_die(EXIT_RUNTIME, "out of memory");
-		w[i].o.tools = chat_jv_clone(jv_copy(o.tools));
+		if (tools && !(w[i].tools = jd_shared_new(jd_shared_value(tools))))
+			msg_die(EXIT_RUNTIME, "out of memory");
+		w[i].o.tools = w[i].tools ? jd_shared_value(w[i].tools) : NULL;
 		w[i].o.vars = chat_jv_clone(jv_copy(o.vars));
 	}
 	/* SIGINT and SIGTERM stay the main thread's, so that they interrupt its read. */
@@ -399,7 +412,9 @@ int main(int argc, char **argv)
 	for (int i = 0; i < nw; i++) {
 		chat_model_free(w[i].m);
 		jsonl_memo_free(w[i].memo);
-		jv_free(w[i].o.tools), jv_free(w[i].o.vars);
+		jd_arena_free(&w[i].a);
+		jd_shared_unref(w[i].tools);
+		jv_free(w[i].o.vars);
 	}
 	while (spare) {
 		struct batch *b = spare;
@@ -408,6 +423,7 @@ int main(int argc, char **argv)
 	}
 	chat_model_free(m);
 	chat_jq_free(jq);
-	jv_free(o.tools), jv_free(o.vars);
+	jd_shared_unref(tools);
+	jv_free(o.vars);
 	return EXIT_OK;
 }

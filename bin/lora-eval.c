@@ -189,7 +189,6 @@ static void run_generate(const struct opt_result *r, const char *input)
 	const char *model = opt_str(r, "model", NULL);
 	struct chat_opts co = {
 		.system = opt_str(r, "system", NULL),
-		.tools = jv_null(),
 		.vars = jv_object(),
 		.add_generation_prompt = 1,
 		.input = chat_input_parse(opt_str(r, "input-format", "auto")),
@@ -198,9 +197,11 @@ static void run_generate(const struct opt_result *r, const char *input)
 		co.vars = chat_var_add(co.vars, opt_str_at(r, "var", i), &err);
 		msg_die_if(!jv_is_valid(co.vars), &err);
 	}
+	struct jd_shared *tools = NULL;
 	if (opt_str(r, "tools", NULL)) {
-		co.tools = chat_tools_load(opt_str(r, "tools", NULL), &err);
-		msg_die_if(!jv_is_valid(co.tools), &err);
+		tools = chat_tools_load(opt_str(r, "tools", NULL), &err);
+		msg_die_if(!tools, &err);
+		co.tools = jd_shared_value(tools);
 	}
 	const char *stops[OPT_MAX_SEEN];
 	int n_stop = 0;
@@ -297,7 +298,8 @@ static void run_generate(const struct opt_result *r, const char *input)
 	model_free(m);
 	tokenizer_free(tk);
 	chat_model_free(cm);
-	jv_free(co.tools), jv_free(co.vars);
+	jd_shared_unref(tools);
+	jv_free(co.vars);
 }
 
 int main(int argc, char **argv)

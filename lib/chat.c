@@ -17,47 +17,64 @@
 
 #define CHAT_MAX_FILE (64u << 20) /* a template or config larger than this is not one */
 
-/* ---------------------------------------------------------------- jv helpers */
+/* ------------------------------------------------------------------ helpers */
 
-/* The keys looked up, as jv strings made once per thread: jv_string(key)
- * would allocate, check the UTF-8 and hash the key at every lookup. Keys are
- * string literals (or live as long as the thread), so most are found by
- * their address. */
-#define KEYS_KEPT 32
-static _Thread_local jv keys_kept[KEYS_KEPT];
-static _Thread_local const char *keys_asked[KEYS_KEPT];
-static _Thread_local int nkeys_kept;
-
-static jv key_jv(const char *key)
-{
-	for (int i = 0; i < nkeys_kept; i++)
-		if (keys_asked[i] == key)
-			return jv_copy(keys_kept[i]);
-	for (int i = 0; i < nkeys_kept; i++)
-		if (!strcmp(jv_string_value(keys_kept[i]), key))
-			return jv_copy(keys_kept[i]);
-	jv k = jv_string(key);
-	if (nkeys_kept < KEYS_KEPT)
-		keys_asked[nkeys_kept] = key, keys_kept[nkeys_kept++] = jv_copy(k);
-	return k;
-}
-
-void chat_thread_release(void)
-{
-	while (nkeys_kept > 0)
-		jv_free(keys_kept[--nkeys_kept]);
-}
-
-static jv obj_get(jv o, const char *key) { return jv_object_get(jv_copy(o), key_jv(key)); }
-
-static int obj_has(jv o, const char *key)
-{
-	return jv_object_has(jv_copy(o), key_jv(key));
-}
+/* jv lookups of the model's configuration, at load time. */
+static jv obj_get(jv o, const char *key) { return jv_object_get(jv_copy(o), jv_string(key)); }
 
 static jv msg_new(const char *role, jv content)
 {
 	return JV_OBJECT(jv_string("role"), jv_string(role), jv_string("content"), content);
+}
+
+/* A record's values are jd (jdoc.h) in the record's arena a; what the steps
+ * change is made anew there, sharing what it does not change. Allocation
+ * failures are seen once, in a->oom, at the end of each step. */
+
+static struct jd jd_lit(struct jd_arena *a, const char *s) { return jd_string(a, s, strlen(s)); }
+
+/* {"role": role, "content": content} */
+static struct jd jd_message(struct jd_arena *a, const char *role, struct jd content)
+{
+	struct jd_member *m = jd_alloc(a, 2 * sizeof *m);
+	if (!m)
+		return jd_null();
+	m[0] = (struct jd_member){jd_lit(a, "role"), jd_lit(a, role)};
+	m[1] = (struct jd_member){jd_lit(a, "content"), content};
+	return (struct jd){.kind = JD_OBJECT, .n = 2, .u.members = m};
+}
+
+/* o (an object) with key's value v: in its place when o has key, else
+ * added last, as jv_object_set does. */
+static struct jd jd_with(struct jd_arena *a, const struct jd *o, const char *key, struct jd v)
+{
+	uint32_t at = 0;
+	while (at < o->n && !jd_is(&o->u.members[at].key, key))
+		at++;
+	uint32_t n = o->n + (at == o->n);
+	struct jd_member *m = jd_alloc(a, (size_t)n * sizeof *m);
+	if (!m)
+		return jd_null();
+	if (o->n)
+		memcpy(m, o->u.members, (size_t)o->n * sizeof *m);
+	if (at == o->n)
+		m[at].key = jd_lit(a, key);
+	m[at].val = v;
+	return (struct jd){.kind = JD_OBJECT, .n = n, .u.members = m};
+}
+
+/* A copy of the items of the array v, to change. */
+static struct jd *items_copy(struct jd_arena *a, const struct jd *v)
+{
+	struct jd *items = jd_alloc(a, ((size_t)v->n + 1) * sizeof *items);
+	if (items && v->n)
+		memcpy(items, v->u.items, (size_t)v->n * sizeof *items);
+	return items;
+}
+
+static struct jd jd_array_of(struct jd *items, uint32_t n)
+{
+	return (struct jd){.kind = JD_ARRAY, .n = n, .u.items = items};
 }
 
 /* ------------------------------------------------------------- input forms */
@@ -80,63 +97,70 @@ int chat_key_consumed(const char *key)
 	return 0;
 }
 
+static int out_of_memory(struct jd_arena *a, struct err *err)
+{
+	return a->oom ? err_sys(err, "out of memory") : 0;
+}
+
 /* Alpaca: system?, user = instruction (+ "\n" + input when non-empty, as
  * LLaMA-Factory joins them), assistant = output. */
-static jv from_alpaca(jv rec, struct err *err)
+static int from_alpaca(const struct jd *rec, struct jd_arena *a, struct jd *msgs, struct err *err)
 {
-	jv ins = obj_get(rec, "instruction"), in = obj_get(rec, "input"), out = obj_get(rec, "output"),
-	   sys = obj_get(rec, "system");
-	jv msgs = jv_invalid();
-	if (jv_get_kind(ins) != JV_KIND_STRING) {
-		err_set(err, "alpaca record: \"instruction\" must be a string");
-		goto done;
+	const struct jd *ins = jd_get(rec, "instruction"), *in = jd_get(rec, "input"), *out = jd_get(rec, "output"),
+			*sys = jd_get(rec, "system");
+	if (!ins || ins->kind != JD_STRING)
+		return err_set(err, "alpaca record: \"instruction\" must be a string");
+	if (in && in->kind != JD_STRING && in->kind != JD_NULL)
+		return err_set(err, "alpaca record: \"input\" must be a string");
+	if (out && out->kind != JD_STRING && out->kind != JD_NULL)
+		return err_set(err, "alpaca record: \"output\" must be a string");
+	struct jd *m = jd_alloc(a, 3 * sizeof *m);
+	if (!m)
+		return err_sys(err, "out of memory");
+	uint32_t n = 0;
+	if (sys && sys->kind == JD_STRING && sys->n > 0)
+		m[n++] = jd_message(a, "system", *sys);
+	struct jd user = *ins;
+	if (in && in->kind == JD_STRING && in->n > 0) {
+		char *s = jd_alloc(a, (size_t)ins->n + 1 + in->n + 1);
+		if (s) {
+			memcpy(s, ins->u.s, ins->n);
+			s[ins->n] = '\n';
+			memcpy(s + ins->n + 1, in->u.s, (size_t)in->n + 1);
+			user = (struct jd){.kind = JD_STRING, .n = ins->n + 1 + in->n, .u.s = s};
+		}
 	}
-	if (jv_get_kind(in) != JV_KIND_STRING && jv_get_kind(in) != JV_KIND_NULL && jv_is_valid(in)) {
-		err_set(err, "alpaca record: \"input\" must be a string");
-		goto done;
-	}
-	if (jv_get_kind(out) != JV_KIND_STRING && jv_get_kind(out) != JV_KIND_NULL && jv_is_valid(out)) {
-		err_set(err, "alpaca record: \"output\" must be a string");
-		goto done;
-	}
-	msgs = jv_array();
-	if (jv_get_kind(sys) == JV_KIND_STRING && jv_string_length_bytes(jv_copy(sys)) > 0)
-		msgs = jv_array_append(msgs, msg_new("system", jv_copy(sys)));
-	jv user = jv_copy(ins);
-	if (jv_get_kind(in) == JV_KIND_STRING && jv_string_length_bytes(jv_copy(in)) > 0)
-		user = jv_string_concat(jv_string_concat(user, jv_string("\n")), jv_copy(in));
-	msgs = jv_array_append(msgs, msg_new("user", user));
-	if (jv_get_kind(out) == JV_KIND_STRING)
-		msgs = jv_array_append(msgs, msg_new("assistant", jv_copy(out)));
-done:
-	jv_free(ins), jv_free(in), jv_free(out), jv_free(sys);
-	return msgs;
+	m[n++] = jd_message(a, "user", user);
+	if (out && out->kind == JD_STRING)
+		m[n++] = jd_message(a, "assistant", *out);
+	*msgs = jd_array_of(m, n);
+	return out_of_memory(a, err);
 }
 
 /* ShareGPT as LLaMA-Factory reads it: human/user, gpt/assistant, system,
  * observation/tool (tool results), function_call (a JSON {"name","arguments"}
  * or a list of them, becoming the assistant's tool_calls). A "system" key
  * gives the system prompt; "tools" may be an array or JSON text of one. */
-static jv from_sharegpt(jv rec, jv *tools_out, struct err *err)
+static int from_sharegpt(const struct jd *rec, struct jd_arena *a, struct jd *msgs, struct jd *tools,
+			 struct err *err)
 {
-	jv conv = obj_get(rec, "conversations");
-	if (jv_get_kind(conv) != JV_KIND_ARRAY) {
-		jv_free(conv);
-		return err_set(err, "sharegpt record: \"conversations\" must be an array"), jv_invalid();
-	}
-	jv msgs = jv_array();
-	jv sys = obj_get(rec, "system");
-	if (jv_get_kind(sys) == JV_KIND_STRING && jv_string_length_bytes(jv_copy(sys)) > 0)
-		msgs = jv_array_append(msgs, msg_new("system", jv_copy(sys)));
-	jv_free(sys);
-	int n = jv_array_length(jv_copy(conv));
-	for (int i = 0; i < n; i++) {
-		jv t = jv_array_get(jv_copy(conv), i);
-		jv from = obj_get(t, "from"), value = obj_get(t, "value");
+	const struct jd *conv = jd_get(rec, "conversations");
+	if (!conv || conv->kind != JD_ARRAY)
+		return err_set(err, "sharegpt record: \"conversations\" must be an array");
+	struct jd *m = jd_alloc(a, ((size_t)conv->n + 1) * sizeof *m);
+	if (!m)
+		return err_sys(err, "out of memory");
+	uint32_t n = 0;
+	const struct jd *sys = jd_get(rec, "system");
+	if (sys && sys->kind == JD_STRING && sys->n > 0)
+		m[n++] = jd_message(a, "system", *sys);
+	for (uint32_t i = 0; i < conv->n; i++) {
+		const struct jd *t = &conv->u.items[i];
+		const struct jd *from = jd_get(t, "from"), *value = jd_get(t, "value");
 		const char *role = NULL;
 		int is_call = 0;
-		if (jv_get_kind(from) == JV_KIND_STRING) {
-			const char *f = jv_string_value(from);
+		if (from && from->kind == JD_STRING) {
+			const char *f = from->u.s;
 			if (!strcmp(f, "human") || !strcmp(f, "user"))
 				role = "user";
 			else if (!strcmp(f, "gpt") || !strcmp(f, "assistant"))
@@ -148,186 +172,144 @@ static jv from_sharegpt(jv rec, jv *tools_out, struct err *err)
 			else if (!strcmp(f, "function_call"))
 				role = "assistant", is_call = 1;
 		}
-		if (jv_get_kind(t) != JV_KIND_OBJECT || !role || jv_get_kind(value) != JV_KIND_STRING) {
-			if (jv_get_kind(from) == JV_KIND_STRING && !role)
-				err_set(err, "sharegpt turn %d: unknown \"from\": \"%s\" (human, gpt, system, tool, "
-					     "function_call, observation)", i, jv_string_value(from));
-			else
-				err_set(err, "sharegpt turn %d: expected {\"from\": string, \"value\": string}", i);
-			jv_free(from), jv_free(value), jv_free(t), jv_free(msgs), jv_free(conv);
-			return jv_invalid();
+		if (t->kind != JD_OBJECT || !role || !value || value->kind != JD_STRING) {
+			if (from && from->kind == JD_STRING && !role)
+				return err_set(err, "sharegpt turn %u: unknown \"from\": \"%s\" (human, gpt, system, tool, "
+						    "function_call, observation)", i, from->u.s);
+			return err_set(err, "sharegpt turn %u: expected {\"from\": string, \"value\": string}", i);
 		}
-		jv m;
-		if (is_call) {
-			const char *s = jv_string_value(value);
-			jv calls = jsonl_parse_value(s, (size_t)jv_string_length_bytes(jv_copy(value)));
-			if (jv_get_kind(calls) == JV_KIND_OBJECT)
-				calls = JV_ARRAY(calls);
-			if (jv_get_kind(calls) != JV_KIND_ARRAY) {
-				jv_free(calls), jv_free(from), jv_free(value), jv_free(t), jv_free(msgs), jv_free(conv);
-				return err_set(err, "sharegpt turn %d: function_call value is not a JSON object or array", i),
-				       jv_invalid();
-			}
-			jv tc = jv_array();
-			jv_array_foreach(calls, k, c) {
-				tc = jv_array_append(tc, JV_OBJECT(jv_string("type"), jv_string("function"),
-								   jv_string("function"), c));
-				(void)k;
-			}
-			jv_free(calls);
-			m = JV_OBJECT(jv_string("role"), jv_string("assistant"), jv_string("content"), jv_null(),
-				      jv_string("tool_calls"), tc);
-		} else {
-			m = msg_new(role, jv_copy(value));
+		if (!is_call) {
+			m[n++] = jd_message(a, role, *value);
+			continue;
 		}
-		msgs = jv_array_append(msgs, m);
-		jv_free(from), jv_free(value), jv_free(t);
-	}
-	jv_free(conv);
-	jv tools = obj_get(rec, "tools");
-	if (jv_get_kind(tools) == JV_KIND_STRING) {
-		jv parsed = jsonl_parse_value(jv_string_value(tools), (size_t)jv_string_length_bytes(jv_copy(tools)));
-		jv_free(tools);
-		tools = parsed;
-		if (jv_get_kind(tools) != JV_KIND_ARRAY) {
-			jv_free(tools), jv_free(msgs);
-			return err_set(err, "sharegpt record: \"tools\" text is not a JSON array"), jv_invalid();
+		struct jd calls;
+		struct err e2 = {0};
+		if (jsonl_parse_jd(value->u.s, value->n, a, &calls, &e2) < 0)
+			calls = jd_null();
+		if (calls.kind == JD_OBJECT) {
+			struct jd *one = jd_alloc(a, sizeof *one);
+			if (!one)
+				return err_sys(err, "out of memory");
+			*one = calls;
+			calls = jd_array_of(one, 1);
 		}
+		if (calls.kind != JD_ARRAY)
+			return err_set(err, "sharegpt turn %u: function_call value is not a JSON object or array", i);
+		struct jd *tc = jd_alloc(a, ((size_t)calls.n + 1) * sizeof *tc);
+		struct jd_member *mm = jd_alloc(a, 3 * sizeof *mm);
+		if (!tc || !mm)
+			return err_sys(err, "out of memory");
+		for (uint32_t k = 0; k < calls.n; k++) {
+			struct jd_member *c = jd_alloc(a, 2 * sizeof *c);
+			if (!c)
+				return err_sys(err, "out of memory");
+			c[0] = (struct jd_member){jd_lit(a, "type"), jd_lit(a, "function")};
+			c[1] = (struct jd_member){jd_lit(a, "function"), calls.u.items[k]};
+			tc[k] = (struct jd){.kind = JD_OBJECT, .n = 2, .u.members = c};
+		}
+		mm[0] = (struct jd_member){jd_lit(a, "role"), jd_lit(a, "assistant")};
+		mm[1] = (struct jd_member){jd_lit(a, "content"), jd_null()};
+		mm[2] = (struct jd_member){jd_lit(a, "tool_calls"), jd_array_of(tc, calls.n)};
+		m[n++] = (struct jd){.kind = JD_OBJECT, .n = 3, .u.members = mm};
 	}
-	if (jv_get_kind(tools) == JV_KIND_ARRAY) {
-		*tools_out = tools;
-	} else if (jv_get_kind(tools) != JV_KIND_NULL && jv_is_valid(tools)) {
-		jv_free(tools), jv_free(msgs);
-		return err_set(err, "sharegpt record: \"tools\" must be an array or its JSON text"), jv_invalid();
-	} else {
-		jv_free(tools);
+	*msgs = jd_array_of(m, n);
+	const struct jd *tl = jd_get(rec, "tools");
+	struct jd tv = tl ? *tl : jd_null();
+	if (tv.kind == JD_STRING) {
+		struct err e2 = {0};
+		if (jsonl_parse_jd(tl->u.s, tl->n, a, &tv, &e2) < 0 || tv.kind != JD_ARRAY)
+			return err_set(err, "sharegpt record: \"tools\" text is not a JSON array");
 	}
-	return msgs;
+	if (tv.kind == JD_ARRAY)
+		*tools = tv;
+	else if (tv.kind != JD_NULL)
+		return err_set(err, "sharegpt record: \"tools\" must be an array or its JSON text");
+	return out_of_memory(a, err);
 }
 
-/* The messages of rec (consumed), or invalid with err set; *tools is set to
- * the record's tool list when it has one, else left as it is. */
-static jv record_messages(jv rec, enum chat_input fmt, jv *tools, struct err *err)
+int chat_to_messages(const struct jd *rec, enum chat_input fmt, struct jd_arena *a, struct jd *msgs, struct jd *tools,
+		     struct err *err)
 {
-	if (jv_get_kind(rec) != JV_KIND_OBJECT) {
-		jv_free(rec);
-		return err_set(err, "expected an object"), jv_invalid();
-	}
+	*tools = jd_null();
+	if (rec->kind != JD_OBJECT)
+		return err_set(err, "expected an object");
 	if (fmt == CHAT_INPUT_AUTO) {
-		fmt = obj_has(rec, "messages")	    ? CHAT_INPUT_OPENAI
-		      : obj_has(rec, "conversations") ? CHAT_INPUT_SHAREGPT
-		      : obj_has(rec, "instruction")   ? CHAT_INPUT_ALPACA
-						      : CHAT_INPUT_AUTO;
-		if (fmt == CHAT_INPUT_AUTO) {
-			jv_free(rec);
+		fmt = jd_get(rec, "messages")	     ? CHAT_INPUT_OPENAI
+		      : jd_get(rec, "conversations") ? CHAT_INPUT_SHAREGPT
+		      : jd_get(rec, "instruction")   ? CHAT_INPUT_ALPACA
+						     : CHAT_INPUT_AUTO;
+		if (fmt == CHAT_INPUT_AUTO)
 			return err_set(err, "no \"messages\", \"conversations\" or \"instruction\": not an OpenAI, "
-					    "ShareGPT or Alpaca record (map it with --jq)"),
-			       jv_invalid();
-		}
+					    "ShareGPT or Alpaca record (map it with --jq)");
 	}
-	jv msgs;
-	if (fmt == CHAT_INPUT_ALPACA) {
-		msgs = from_alpaca(rec, err);
-	} else if (fmt == CHAT_INPUT_SHAREGPT) {
-		msgs = from_sharegpt(rec, tools, err);
-	} else {
-		msgs = obj_get(rec, "messages");
-		jv t = obj_get(rec, "tools");
-		if (jv_get_kind(msgs) != JV_KIND_ARRAY) {
-			jv_free(msgs), jv_free(t);
-			msgs = jv_invalid();
-			err_set(err, "\"messages\" must be an array");
-		} else if (jv_get_kind(t) == JV_KIND_ARRAY) {
-			*tools = t;
-		} else if (jv_get_kind(t) != JV_KIND_NULL && jv_get_kind(t) != JV_KIND_INVALID) {
-			jv_free(t), jv_free(msgs);
-			msgs = jv_invalid();
-			err_set(err, "\"tools\" must be an array");
-		} else {
-			jv_free(t);
-		}
-	}
-	jv_free(rec);
-	return msgs;
-}
-
-jv chat_to_messages(jv rec, enum chat_input fmt, struct err *err)
-{
-	jv tools = jv_invalid();
-	jv msgs = record_messages(rec, fmt, &tools, err);
-	if (!jv_is_valid(msgs))
-		return msgs;
-	jv res = JV_OBJECT(jv_string("messages"), msgs);
-	return jv_is_valid(tools) ? jv_object_set(res, jv_string("tools"), tools) : res;
+	if (fmt == CHAT_INPUT_ALPACA)
+		return from_alpaca(rec, a, msgs, err);
+	if (fmt == CHAT_INPUT_SHAREGPT)
+		return from_sharegpt(rec, a, msgs, tools, err);
+	const struct jd *m = jd_get(rec, "messages"), *t = jd_get(rec, "tools");
+	if (!m || m->kind != JD_ARRAY)
+		return err_set(err, "\"messages\" must be an array");
+	if (t && t->kind == JD_ARRAY)
+		*tools = *t;
+	else if (t && t->kind != JD_NULL)
+		return err_set(err, "\"tools\" must be an array");
+	*msgs = *m;
+	return 0;
 }
 
 /* -------------------------------------------------------------- validation */
 
 /* Content that is only white space counts as empty: templates trim it to
  * nothing, and an answer of nothing teaches nothing. */
-static int blank(jv s)
+static int blank(const struct jd *s)
 {
-	const char *p = jv_string_value(s);
-	for (int i = 0, n = jv_string_length_bytes(jv_copy(s)); i < n; i++)
-		if (!p[i] || !strchr(" \t\r\n", p[i]))
+	for (uint32_t i = 0; i < s->n; i++)
+		if (!s->u.s[i] || !strchr(" \t\r\n", s->u.s[i]))
 			return 0;
 	return 1;
 }
 
-static int content_ok(jv c)
+static int content_ok(const struct jd *c)
 {
-	if (jv_get_kind(c) == JV_KIND_STRING)
+	if (c && c->kind == JD_STRING)
 		return !blank(c);
-	if (jv_get_kind(c) != JV_KIND_ARRAY || jv_array_length(jv_copy(c)) == 0)
+	if (!c || c->kind != JD_ARRAY || c->n == 0)
 		return 0;
 	/* OpenAI content parts: each an object with a "type". */
-	int ok = 1;
-	jv_array_foreach(c, i, p) {
-		if (jv_get_kind(p) != JV_KIND_OBJECT || !obj_has(p, "type"))
-			ok = 0;
-		jv_free(p);
-		(void)i;
-	}
-	return ok;
+	for (uint32_t i = 0; i < c->n; i++)
+		if (c->u.items[i].kind != JD_OBJECT || !jd_get(&c->u.items[i], "type"))
+			return 0;
+	return 1;
 }
 
 /* The function object of a tool call: tc.function, or tc itself for the flat
- * {"name","arguments"} form some datasets use. New reference or invalid. */
-static jv call_function(jv tc)
+ * {"name","arguments"} form some datasets use. */
+static const struct jd *call_function(const struct jd *tc)
 {
-	if (obj_has(tc, "function"))
-		return obj_get(tc, "function");
-	return jv_copy(tc);
+	const struct jd *f = jd_get(tc, "function");
+	return f ? f : tc;
 }
 
-static int check_tool_calls(jv calls, int mi, struct err *err)
+static int check_tool_calls(const struct jd *calls, int mi, struct err *err)
 {
-	if (jv_get_kind(calls) != JV_KIND_ARRAY || jv_array_length(jv_copy(calls)) == 0)
+	if (calls->kind != JD_ARRAY || calls->n == 0)
 		return err_set(err, "message %d: \"tool_calls\" must be a non-empty array", mi);
-	int rc = 0;
-	jv_array_foreach(calls, j, tc) {
-		jv f = jv_get_kind(tc) == JV_KIND_OBJECT ? call_function(tc) : jv_invalid();
-		jv name = jv_get_kind(f) == JV_KIND_OBJECT ? obj_get(f, "name") : jv_invalid();
-		jv args = jv_get_kind(f) == JV_KIND_OBJECT ? obj_get(f, "arguments") : jv_invalid();
-		jv type = jv_get_kind(tc) == JV_KIND_OBJECT ? obj_get(tc, "type") : jv_invalid();
-		jv_kind ak = jv_get_kind(args);
-		if (rc == 0) {
-			if (jv_get_kind(tc) != JV_KIND_OBJECT || jv_get_kind(f) != JV_KIND_OBJECT)
-				rc = err_set(err, "message %d: tool call %d: expected {\"type\": \"function\", \"function\": "
-						  "{\"name\", \"arguments\"}}", mi, j);
-			else if (jv_get_kind(name) != JV_KIND_STRING || jv_string_length_bytes(jv_copy(name)) == 0)
-				rc = err_set(err, "message %d: tool call %d: \"function.name\" must be a non-empty string",
-					     mi, j);
-			else if (ak != JV_KIND_OBJECT && ak != JV_KIND_STRING)
-				rc = err_set(err, "message %d: tool call %d: \"function.arguments\" must be an object or "
-						  "JSON text", mi, j);
-			else if (jv_get_kind(type) != JV_KIND_NULL && jv_get_kind(type) != JV_KIND_INVALID &&
-				 (jv_get_kind(type) != JV_KIND_STRING || strcmp(jv_string_value(type), "function")))
-				rc = err_set(err, "message %d: tool call %d: \"type\" must be \"function\"", mi, j);
-		}
-		jv_free(f), jv_free(name), jv_free(args), jv_free(type), jv_free(tc);
+	for (uint32_t j = 0; j < calls->n; j++) {
+		const struct jd *tc = &calls->u.items[j];
+		const struct jd *f = tc->kind == JD_OBJECT ? call_function(tc) : NULL;
+		if (!f || f->kind != JD_OBJECT)
+			return err_set(err, "message %d: tool call %u: expected {\"type\": \"function\", \"function\": "
+					    "{\"name\", \"arguments\"}}", mi, j);
+		const struct jd *name = jd_get(f, "name"), *args = jd_get(f, "arguments"), *type = jd_get(tc, "type");
+		if (!name || name->kind != JD_STRING || name->n == 0)
+			return err_set(err, "message %d: tool call %u: \"function.name\" must be a non-empty string", mi, j);
+		if (!args || (args->kind != JD_OBJECT && args->kind != JD_STRING))
+			return err_set(err, "message %d: tool call %u: \"function.arguments\" must be an object or JSON text",
+				       mi, j);
+		if (type && type->kind != JD_NULL && (type->kind != JD_STRING || strcmp(type->u.s, "function")))
+			return err_set(err, "message %d: tool call %u: \"type\" must be \"function\"", mi, j);
 	}
-	return rc;
+	return 0;
 }
 
 enum { ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT, ROLE_TOOL };
@@ -345,134 +327,108 @@ static int role_code(const char *r)
 /* chat_validate, also setting roles[i] to message i's ROLE_* and calls[i]
  * to whether it carries tool calls when roles and calls are not NULL (room
  * for every message). */
-static int validate(jv messages, unsigned char *roles, unsigned char *calls_out, struct err *err)
+static int validate(const struct jd *messages, unsigned char *roles, unsigned char *calls_out, struct err *err)
 {
-	if (jv_get_kind(messages) != JV_KIND_ARRAY)
+	if (messages->kind != JD_ARRAY)
 		return err_set(err, "\"messages\" must be an array");
-	int n = jv_array_length(jv_copy(messages));
-	if (n == 0)
+	if (messages->n == 0)
 		return err_set(err, "\"messages\" is empty");
-	int seen_turn = 0, rc = 0;
+	int seen_turn = 0;
 	int call_open = 0; /* a tool call awaits results */
-	for (int i = 0; i < n && rc == 0; i++) {
-		jv m = jv_array_get(jv_copy(messages), i);
-		if (jv_get_kind(m) != JV_KIND_OBJECT) {
-			jv_free(m);
+	for (uint32_t u = 0; u < messages->n; u++) {
+		int i = (int)u;
+		const struct jd *m = &messages->u.items[u];
+		if (m->kind != JD_OBJECT)
 			return err_set(err, "message %d: expected an object", i);
-		}
-		jv role = obj_get(m, "role"), content = obj_get(m, "content"), calls = obj_get(m, "tool_calls");
-		int has_calls = jv_get_kind(calls) != JV_KIND_NULL && jv_get_kind(calls) != JV_KIND_INVALID;
-		const char *r = jv_get_kind(role) == JV_KIND_STRING ? jv_string_value(role) : NULL;
+		const struct jd *role = jd_get(m, "role"), *content = jd_get(m, "content"), *calls = jd_get(m, "tool_calls");
+		int has_calls = calls && calls->kind != JD_NULL;
+		const char *r = role && role->kind == JD_STRING ? role->u.s : NULL;
 		int code = r ? role_code(r) : -1;
+		int empty = !content || content->kind == JD_STRING || content->kind == JD_NULL;
 		if (!r)
-			rc = err_set(err, "message %d: \"role\" must be a string", i);
-		else if (code < 0)
-			rc = err_set(err, "message %d: unknown role \"%s\" (system, user, assistant, tool)", i, r);
-		else if (code == ROLE_ASSISTANT && !seen_turn)
-			rc = err_set(err, "message %d: the first message after the system prompt is the assistant's; "
-					  "a conversation starts with the user", i);
-		else if (has_calls && code != ROLE_ASSISTANT)
-			rc = err_set(err, "message %d: only assistant messages carry tool_calls (role \"%s\")", i, r);
-		else if (has_calls && check_tool_calls(calls, i, err) < 0)
-			rc = -1;
-		else if (!content_ok(content) &&
-			 !(has_calls && (jv_get_kind(content) == JV_KIND_NULL || jv_get_kind(content) == JV_KIND_INVALID ||
-					 (jv_get_kind(content) == JV_KIND_STRING))))
-			rc = err_set(err, "message %d: %s content%s", i,
-				     jv_get_kind(content) == JV_KIND_STRING || jv_get_kind(content) == JV_KIND_NULL ||
-						     !jv_is_valid(content)
-					     ? "empty"
-					     : "bad",
-				     jv_get_kind(content) == JV_KIND_STRING || jv_get_kind(content) == JV_KIND_NULL ||
-						     !jv_is_valid(content)
-					     ? " (white space only counts as empty; null is allowed beside tool_calls)"
+			return err_set(err, "message %d: \"role\" must be a string", i);
+		if (code < 0)
+			return err_set(err, "message %d: unknown role \"%s\" (system, user, assistant, tool)", i, r);
+		if (code == ROLE_ASSISTANT && !seen_turn)
+			return err_set(err, "message %d: the first message after the system prompt is the assistant's; "
+					    "a conversation starts with the user", i);
+		if (has_calls && code != ROLE_ASSISTANT)
+			return err_set(err, "message %d: only assistant messages carry tool_calls (role \"%s\")", i, r);
+		if (has_calls && check_tool_calls(calls, i, err) < 0)
+			return -1;
+		if (!content_ok(content) && !(has_calls && empty))
+			return err_set(err, "message %d: %s content%s", i, empty ? "empty" : "bad",
+				       empty ? " (white space only counts as empty; null is allowed beside tool_calls)"
 					     : ": expected a string or an array of content parts");
-		else if (code == ROLE_TOOL && !call_open)
-			rc = err_set(err, "message %d: a tool result without a preceding assistant tool call", i);
-		if (rc == 0) {
-			if (roles)
-				roles[i] = (unsigned char)code, calls_out[i] = (unsigned char)has_calls;
-			if (code != ROLE_SYSTEM)
-				seen_turn = 1;
-			if (code == ROLE_ASSISTANT)
-				call_open = has_calls;
-			else if (code == ROLE_USER)
-				call_open = 0;
-		}
-		jv_free(role), jv_free(content), jv_free(calls), jv_free(m);
+		if (code == ROLE_TOOL && !call_open)
+			return err_set(err, "message %d: a tool result without a preceding assistant tool call", i);
+		if (roles)
+			roles[i] = (unsigned char)code, calls_out[i] = (unsigned char)has_calls;
+		if (code != ROLE_SYSTEM)
+			seen_turn = 1;
+		if (code == ROLE_ASSISTANT)
+			call_open = has_calls;
+		else if (code == ROLE_USER)
+			call_open = 0;
 	}
-	return rc;
+	return 0;
 }
 
-int chat_validate(jv messages, struct err *err) { return validate(messages, NULL, NULL, err); }
+int chat_validate(const struct jd *messages, struct err *err) { return validate(messages, NULL, NULL, err); }
 
 /* ------------------------------------------------------ tool-call arguments */
 
-/* chat_args_normalize looking only at the messages with calls[i] set
- * (all when calls is NULL). */
-static jv args_normalize(jv messages, enum chat_args mode, const unsigned char *calls_at, struct err *err)
+/* chat_args_normalize looking only at the messages with calls_at[i] set
+ * (all when calls_at is NULL). */
+static int args_normalize(const struct jd *messages, enum chat_args mode, const unsigned char *calls_at,
+			  struct jd_arena *a, struct jd *out, struct err *err)
 {
-	int n = jv_array_length(jv_copy(messages));
-	for (int i = 0; i < n; i++) {
+	*out = *messages;
+	struct jd *items = NULL; /* the messages, copied at the first change */
+	for (uint32_t i = 0; i < messages->n; i++) {
 		if (calls_at && !calls_at[i])
 			continue;
-		jv m = jv_array_get(jv_copy(messages), i);
-		jv calls = jv_get_kind(m) == JV_KIND_OBJECT ? obj_get(m, "tool_calls") : jv_invalid();
-		if (jv_get_kind(calls) != JV_KIND_ARRAY) {
-			jv_free(calls), jv_free(m);
+		const struct jd *m = &messages->u.items[i];
+		const struct jd *calls = jd_get(m, "tool_calls");
+		if (!calls || calls->kind != JD_ARRAY)
 			continue;
-		}
-		int nc = jv_array_length(jv_copy(calls)), changed = 0;
-		for (int j = 0; j < nc; j++) {
-			jv tc = jv_array_get(jv_copy(calls), j);
-			jv f = call_function(tc);
-			jv args = obj_get(f, "arguments");
-			int is_string = jv_get_kind(args) == JV_KIND_STRING;
-			if (mode == CHAT_ARGS_OBJECT ? !is_string : is_string) { /* as the template wants them */
-				jv_free(args), jv_free(f), jv_free(tc);
+		struct jd *nc = NULL; /* the calls, copied at the first change */
+		for (uint32_t j = 0; j < calls->n; j++) {
+			const struct jd *tc = &calls->u.items[j], *f = call_function(tc);
+			const struct jd *args = jd_get(f, "arguments");
+			int is_string = args && args->kind == JD_STRING;
+			if (!args || (mode == CHAT_ARGS_OBJECT ? !is_string : is_string)) /* as the template wants them */
 				continue;
-			}
-			int nested = obj_has(tc, "function");
+			struct jd v;
+			struct err e2 = {0};
 			if (mode == CHAT_ARGS_OBJECT) {
-				jv v = jsonl_parse_value(jv_string_value(args), jv_string_length_bytes(jv_copy(args)));
-				jv_free(args);
-				if (!jv_is_valid(v)) {
-					jv msg = jv_invalid_get_msg(v);
-					err_set(err, "message %d: tool call %d: \"arguments\" is not JSON text: %s", i, j,
-						jv_get_kind(msg) == JV_KIND_STRING ? jv_string_value(msg) : "?");
-					jv_free(msg), jv_free(f), jv_free(tc), jv_free(calls), jv_free(m), jv_free(messages);
-					return jv_invalid();
-				}
-				args = v;
-			} else {
-				/* as a Python dataset would hold them: json.dumps, non-ASCII kept */
-				args = tmpl_tojson(args);
-				if (!jv_is_valid(args)) {
-					jv msg = jv_invalid_get_msg(args);
-					err_set(err, "message %d: tool call %d: \"arguments\" cannot be written as JSON: %s", i,
-						j, jv_get_kind(msg) == JV_KIND_STRING ? jv_string_value(msg) : "?");
-					jv_free(msg), jv_free(f), jv_free(tc), jv_free(calls), jv_free(m), jv_free(messages);
-					return jv_invalid();
-				}
+				if (jsonl_parse_jd(args->u.s, args->n, a, &v, &e2) < 0)
+					return err_set(err, "message %u: tool call %u: \"arguments\" is not JSON text: %s", i, j,
+						       e2.msg);
+			} else if (tmpl_tojson(args, a, &v, &e2) < 0) { /* as a Python dataset would hold them */
+				return err_set(err, "message %u: tool call %u: \"arguments\" cannot be written as JSON: %s", i,
+					       j, e2.msg);
 			}
-			f = jv_object_set(f, jv_string("arguments"), args);
-			tc = nested ? jv_object_set(tc, jv_string("function"), f) : (jv_free(tc), f);
-			calls = jv_array_set(calls, j, tc);
-			changed = 1;
+			struct jd nf = jd_with(a, f, "arguments", v);
+			if (!nc && !(nc = items_copy(a, calls)))
+				return err_sys(err, "out of memory");
+			nc[j] = f == tc ? nf : jd_with(a, tc, "function", nf);
 		}
-		if (!changed) { /* copies of unchanged objects would only cost */
-			jv_free(calls), jv_free(m);
+		if (!nc) /* copies of unchanged objects would only cost */
 			continue;
-		}
-		m = jv_object_set(m, jv_string("tool_calls"), calls);
-		messages = jv_array_set(messages, i, m);
+		if (!items && !(items = items_copy(a, messages)))
+			return err_sys(err, "out of memory");
+		items[i] = jd_with(a, m, "tool_calls", jd_array_of(nc, calls->n));
 	}
-	return messages;
+	if (items)
+		out->u.items = items;
+	return out_of_memory(a, err);
 }
 
-jv chat_args_normalize(jv messages, enum chat_args mode, struct err *err)
+int chat_args_normalize(const struct jd *messages, enum chat_args mode, struct jd_arena *a, struct jd *out,
+			struct err *err)
 {
-	return args_normalize(messages, mode, NULL, err);
+	return args_normalize(messages, mode, NULL, a, out, err);
 }
 
 /* The end of the JSON value that starts at s[i] ('{' or '['), or 0. */
@@ -499,21 +455,23 @@ static size_t json_value_end(const char *s, size_t len, size_t i)
 	return 0;
 }
 
-int chat_json_find(const char *text, size_t len, jv want)
+int chat_json_find(const char *text, size_t len, const struct jd *want)
 {
-	for (size_t i = 0; i < len; i++) {
+	struct jd_arena a = {0};
+	int found = 0;
+	for (size_t i = 0; i < len && !found; i++) {
 		if (text[i] != '{' && text[i] != '[')
 			continue;
 		size_t end = json_value_end(text, len, i);
 		if (!end)
 			continue;
-		jv v = jsonl_parse_value(text + i, end - i);
-		int eq = jv_is_valid(v) && jv_equal(jv_copy(v), jv_copy(want));
-		jv_free(v);
-		if (eq)
-			return 1;
+		struct jd v;
+		struct err e = {0};
+		found = jsonl_parse_jd(text + i, end - i, &a, &v, &e) == 0 && jd_equal(&v, want);
+		jd_arena_reset(&a);
 	}
-	return 0;
+	jd_arena_free(&a);
+	return found;
 }
 
 /* ------------------------------------------------------------------- model */
@@ -984,13 +942,20 @@ static jv probe_tools(void)
  * that prints neither gets objects, the form transformers documents. */
 static void probe_args(const struct tmpl *t, jv tokens, enum chat_args *mode, int *json)
 {
-	jv want = JV_OBJECT(jv_string("probe_key"), jv_string("probe value"));
+	static const char want_text[] = "{\"probe_key\": \"probe value\"}";
+	struct jd_arena a = {0};
+	struct jd want, text;
+	struct err e0 = {0};
 	*mode = CHAT_ARGS_OBJECT;
 	*json = 0;
+	if (jsonl_parse_jd(want_text, strlen(want_text), &a, &want, &e0) < 0 || tmpl_tojson(&want, &a, &text, &e0) < 0) {
+		jd_arena_free(&a);
+		return; /* out of memory: objects */
+	}
 	/* Content null first, then "": some templates print tool calls only
 	 * beside null content (DeepSeek V3), others fail on null. */
 	for (int pass = 0; pass < 4; pass++) {
-		jv args = pass % 2 == 0 ? jv_copy(want) : tmpl_tojson(jv_copy(want));
+		jv args = jsonl_jv_of(pass % 2 == 0 ? &want : &text);
 		jv call = JV_OBJECT(jv_string("id"), jv_string("call12345"), jv_string("type"), jv_string("function"),
 				    jv_string("function"),
 				    JV_OBJECT(jv_string("name"), jv_string("probe_fn"), jv_string("arguments"), args));
@@ -1005,7 +970,7 @@ static void probe_args(const struct tmpl *t, jv tokens, enum chat_args *mode, in
 					 jv_copy(tokens));
 		struct tmpl_output out = {0};
 		struct err e = {0};
-		if (tmpl_render(t, ctx, NULL, &out, &e) == 0 && chat_json_find(out.text, out.len, want)) {
+		if (tmpl_render(t, ctx, NULL, &out, &e) == 0 && chat_json_find(out.text, out.len, &want)) {
 			*mode = pass % 2 == 0 ? CHAT_ARGS_OBJECT : CHAT_ARGS_STRING;
 			*json = 1;
 			tmpl_output_free(&out);
@@ -1013,7 +978,7 @@ static void probe_args(const struct tmpl *t, jv tokens, enum chat_args *mode, in
 		}
 		tmpl_output_free(&out);
 	}
-	jv_free(want);
+	jd_arena_free(&a);
 }
 
 /* Whether a template writes a generation prompt: one user message rendered
@@ -1347,58 +1312,54 @@ int chat_spans(const struct tmpl_output *out, const unsigned char *trained, cons
  * {**special_tokens_map, **kwargs}, then messages, tools (None when absent),
  * documents (None), add_generation_prompt: the first two are the layers
  * under these (tmpl_ctx_new_layered), converted once per thread. */
-static struct tmpl_ctx *record_ctx(const struct chat_model *m, const struct chat_opts *o, jv msgs, jv tools,
-				   struct err *err)
+static struct tmpl_ctx *record_ctx(const struct chat_model *m, const struct chat_opts *o, const struct jd *msgs,
+				   const struct jd *tools, struct err *err)
 {
+	struct jd none = jd_null(), agp = jd_bool(o->add_generation_prompt);
 	struct tmpl_var vars[] = {
 		{"messages", msgs},
 		{"tools", tools},
-		{"documents", jv_null()},
-		{"add_generation_prompt", o->add_generation_prompt ? jv_true() : jv_false()},
+		{"documents", &none},
+		{"add_generation_prompt", &agp},
 	};
 	return tmpl_ctx_new_layered(jv_copy(m->tokens), jv_copy(o->vars), vars, sizeof vars / sizeof *vars, m->cache,
 				    err);
 }
 
 /* Checks that each tool call's arguments, as printed, parse back to the value given. */
-static int check_args_roundtrip(const struct tmpl_output *out, jv msgs, struct err *err)
+static int check_args_roundtrip(const struct tmpl_output *out, const struct jd *msgs, struct jd_arena *ja,
+				struct err *err)
 {
-	int n = jv_array_length(jv_copy(msgs)), rc = 0;
+	uint32_t n = msgs->n;
 	long *ab = malloc(2 * ((size_t)n + 1) * sizeof *ab); /* each message's tool-call bytes [a, b) */
 	if (!ab)
 		return err_sys(err, "out of memory");
-	for (int i = 0; i < n; i++)
+	for (uint32_t i = 0; i < n; i++)
 		ab[2 * i] = ab[2 * i + 1] = -1;
 	for (size_t r = 0; r < out->nruns; r++) {
 		const struct tmpl_run *run = &out->runs[r];
-		if (run->origin == TMPL_MSG_TOOL_CALLS && run->msg >= 0 && run->msg < n) {
+		if (run->origin == TMPL_MSG_TOOL_CALLS && run->msg >= 0 && (uint32_t)run->msg < n) {
 			if (ab[2 * run->msg] < 0)
 				ab[2 * run->msg] = run->start;
 			ab[2 * run->msg + 1] = run->end;
 		}
 	}
-	for (int i = 0; i < n && rc == 0; i++) {
+	int rc = 0;
+	for (uint32_t i = 0; i < n && rc == 0; i++) {
 		long a = ab[2 * i], b = ab[2 * i + 1];
-		if (a < 0)
-			continue;
-		jv m = jv_array_get(jv_copy(msgs), i);
-		jv calls = obj_get(m, "tool_calls");
-		if (jv_get_kind(calls) == JV_KIND_ARRAY) {
-			jv_array_foreach(calls, j, tc) {
-				jv f = call_function(tc);
-				jv args = obj_get(f, "arguments");
-				if (jv_get_kind(args) == JV_KIND_STRING) {
-					jv v = jsonl_parse_value(jv_string_value(args), jv_string_length_bytes(jv_copy(args)));
-					jv_free(args);
-					args = v;
-				}
-				if (rc == 0 && !chat_json_find(out->text + a, (size_t)(b - a), args))
-					rc = err_set(err, "message %d: tool call %d: the arguments the template printed do not "
-							  "parse back to the same JSON value", i, j);
-				jv_free(args), jv_free(f), jv_free(tc);
-			}
+		const struct jd *calls = a < 0 ? NULL : jd_get(&msgs->u.items[i], "tool_calls");
+		for (uint32_t j = 0; calls && calls->kind == JD_ARRAY && j < calls->n && rc == 0; j++) {
+			const struct jd *args = jd_get(call_function(&calls->u.items[j]), "arguments");
+			struct jd v;
+			struct err e2 = {0};
+			if (args && args->kind == JD_STRING && jsonl_parse_jd(args->u.s, args->n, ja, &v, &e2) == 0)
+				args = &v;
+			else if (args && args->kind == JD_STRING)
+				args = NULL; /* not JSON: found nowhere */
+			if (!args || !chat_json_find(out->text + a, (size_t)(b - a), args))
+				rc = err_set(err, "message %u: tool call %u: the arguments the template printed do not "
+						  "parse back to the same JSON value", i, j);
 		}
-		jv_free(calls), jv_free(m);
 	}
 	free(ab);
 	return rc;
@@ -1432,20 +1393,20 @@ static long prompt_shared(const struct tmpl *t, const struct tmpl_ctx *cx, int i
 }
 
 /* What one record formats into: the rendering, its spans, the expected
- * answer (--add-generation-prompt) or invalid, and the record itself, whose
- * other keys pass through. */
+ * answer (--add-generation-prompt), and the record itself, whose other keys
+ * pass through. */
 struct formatted {
 	struct tmpl_output ro;
 	long *spans; /* nspans [start, end) pairs */
 	size_t nspans;
-	jv expected, rec;
+	const struct jd *expected; /* or NULL */
+	const struct jd *rec;
 };
 
 static void formatted_free(struct formatted *f)
 {
 	tmpl_output_free(&f->ro);
 	free(f->spans);
-	jv_free(f->expected), jv_free(f->rec);
 }
 
 /* Whether an input key passes through: not one the conversion consumed,
@@ -1454,22 +1415,18 @@ static void formatted_free(struct formatted *f)
 static int passes(const char *key, const struct formatted *f)
 {
 	return !chat_key_consumed(key) && strcmp(key, "text") && strcmp(key, "train") &&
-	       !(jv_is_valid(f->expected) && !strcmp(key, "expected"));
+	       !(f->expected && !strcmp(key, "expected"));
 }
 
-static int format_record(const struct chat_model *m, const struct chat_opts *o, jv rec, struct formatted *f,
-			 struct err *err)
+static int format_record(const struct chat_model *m, const struct chat_opts *o, const struct jd *rec,
+			 struct jd_arena *ja, struct formatted *f, struct err *err)
 {
-	*f = (struct formatted){.expected = jv_invalid(), .rec = jv_copy(rec)};
-	jv tools = jv_invalid();
-	jv msgs = record_messages(rec, o->input, &tools, err);
-	if (!jv_is_valid(msgs)) {
-		formatted_free(f);
+	*f = (struct formatted){.rec = rec};
+	struct jd msgs, tools;
+	if (chat_to_messages(rec, o->input, ja, &msgs, &tools, err) < 0)
 		return -1;
-	}
-	if (!jv_is_valid(tools))
-		tools = jv_copy(o->tools);
-	jv expected = jv_invalid();
+	if (tools.kind != JD_ARRAY && o->tools)
+		tools = *o->tools;
 	int rc = 0;
 	struct tmpl_output ro = {0};
 	struct tmpl_ctx *cx = NULL;
@@ -1477,7 +1434,7 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 	unsigned char *roles = NULL, *calls = NULL, *trained = NULL;
 	long *body = NULL;
 	/* room for every message and --system's */
-	int n = jv_get_kind(msgs) == JV_KIND_ARRAY ? jv_array_length(jv_copy(msgs)) : 0;
+	uint32_t n = msgs.n;
 	roles = malloc(3 * ((size_t)n + 2));
 	body = malloc(((size_t)n + 2) * sizeof *body);
 	if (!roles || !body) {
@@ -1485,41 +1442,46 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 		goto fail;
 	}
 	trained = roles + n + 2, calls = trained + n + 2;
-	if (validate(msgs, roles, calls, err) < 0)
+	if (validate(&msgs, roles, calls, err) < 0)
 		goto fail;
 	/* --system: only when the record has no system prompt. */
 	if (o->system && roles[0] != ROLE_SYSTEM) {
-		jv sys = JV_ARRAY(msg_new("system", jv_string(o->system)));
-		msgs = jv_array_concat(sys, msgs);
-		memmove(roles + 1, roles, (size_t)n);
-		memmove(calls + 1, calls, (size_t)n++);
+		struct jd *items = jd_alloc(ja, ((size_t)n + 1) * sizeof *items);
+		if (!items) {
+			err_sys(err, "out of memory");
+			goto fail;
+		}
+		items[0] = jd_message(ja, "system", jd_lit(ja, o->system));
+		memcpy(items + 1, msgs.u.items, (size_t)n * sizeof *items);
+		msgs = jd_array_of(items, n + 1);
+		memmove(roles + 1, roles, n);
+		memmove(calls + 1, calls, n++);
 		roles[0] = ROLE_SYSTEM, calls[0] = 0;
 	}
 	if (o->add_generation_prompt && roles[n - 1] == ROLE_ASSISTANT) {
-		expected = jv_array_get(jv_copy(msgs), n - 1);
-		msgs = jv_array_slice(msgs, 0, --n);
+		f->expected = &msgs.u.items[n - 1];
+		msgs.n = --n;
 	}
 	const struct tmpl *t = m->tmpl;
 	enum chat_args mode = m->args;
 	int json = m->args_json, agp = m->agp;
-	if (jv_get_kind(tools) != JV_KIND_NULL && m->tool_use)
+	if (tools.kind != JD_NULL && m->tool_use)
 		t = m->tool_use, mode = m->args_tool_use, json = m->args_json_tool_use, agp = m->agp_tool_use;
 	if (!t) { /* as transformers: a list without "default" serves only records with tools */
 		err_set(err, "the model's chat templates have no \"default\", only \"tool_use\" (for records with tools)");
 		goto fail;
 	}
-	msgs = args_normalize(msgs, mode, calls, err);
-	if (!jv_is_valid(msgs))
+	if (args_normalize(&msgs, mode, calls, ja, &msgs, err) < 0)
 		goto fail;
 	int last_asst = -1;
-	for (int i = 0; i < n; i++) {
+	for (uint32_t i = 0; i < n; i++) {
 		trained[i] = roles[i] == ROLE_ASSISTANT;
 		if (trained[i])
-			last_asst = i;
+			last_asst = (int)i;
 		body[i] = -1;
 	}
 	if (o->add_generation_prompt)
-		memset(trained, 0, (size_t)n);
+		memset(trained, 0, n);
 	else if (last_asst < 0) {
 		err_set(err, "no assistant message to learn (for prompts, use --add-generation-prompt)");
 		goto fail;
@@ -1527,73 +1489,79 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 		for (int i = 0; i < last_asst; i++)
 			trained[i] = 0;
 	/* One conversion of the context serves the render and the prefix renders. */
-	cx = record_ctx(m, o, jv_copy(msgs), jv_copy(tools), err);
+	cx = record_ctx(m, o, &msgs, &tools, err);
 	if (!cx || tmpl_render_traced(t, cx, -1, NULL, &ro, &trace, err) < 0)
 		goto fail;
-	if (json && check_args_roundtrip(&ro, msgs, err) < 0)
+	if (json && check_args_roundtrip(&ro, &msgs, ja, err) < 0)
 		goto fail;
 	/* Where each learned turn's body begins: the end of the rendering of the
 	 * messages before it with the generation prompt, when that is a prefix.
 	 * Those renderings copy the turns they share with ro (tmpl_render_prefix),
 	 * so a conversation costs about one rendering, not one per turn. */
-	for (int i = 0; i < n; i++) {
+	for (uint32_t i = 0; i < n; i++) {
 		if (!trained[i])
 			continue;
 		struct tmpl_output po;
 		struct err e2 = {0};
-		if (tmpl_render_prefix(t, cx, (size_t)i, 1, &ro, trace, 0, NULL, &po, &e2) == 0) {
+		if (tmpl_render_prefix(t, cx, i, 1, &ro, trace, 0, NULL, &po, &e2) == 0) {
 			if (po.len <= ro.len && !memcmp(po.text, ro.text, po.len))
 				body[i] = (long)po.len;
 			else
-				body[i] = prompt_shared(t, cx, i, &po, &ro, trace);
+				body[i] = prompt_shared(t, cx, (int)i, &po, &ro, trace);
 			tmpl_output_free(&po);
 		}
 	}
-	if (chat_spans(&ro, trained, body, agp, (size_t)n, &m->mk, &f->spans, &f->nspans, err) < 0)
+	if (chat_spans(&ro, trained, body, agp, n, &m->mk, &f->spans, &f->nspans, err) < 0)
 		goto fail;
-	f->ro = ro, f->expected = expected;
+	f->ro = ro;
 	ro = (struct tmpl_output){0};
 	goto done;
 fail:
 	rc = -1;
-	jv_free(expected);
 	formatted_free(f);
 done:
 	tmpl_output_free(&ro);
 	tmpl_trace_free(trace);
 	tmpl_ctx_free(cx);
 	free(roles), free(body); /* trained and calls lie in roles' block */
-	jv_free(msgs), jv_free(tools);
 	return rc;
 }
 
 int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv rec, jv *out, struct err *err)
 {
+	struct jd_arena ja = {0};
+	struct jd r;
 	struct formatted f;
-	if (format_record(m, o, rec, &f, err) < 0)
+	int rc = jsonl_jd_of(rec, &ja, &r);
+	jv_free(rec);
+	if (rc < 0) {
+		jd_arena_free(&ja);
+		return err_sys(err, "out of memory");
+	}
+	if (format_record(m, o, &r, &ja, &f, err) < 0) {
+		jd_arena_free(&ja);
 		return -1;
+	}
 	jv spans = jv_array();
 	for (size_t k = 0; k < f.nspans; k++)
 		spans = jv_array_append(spans, JV_ARRAY(jv_number(f.spans[2 * k]), jv_number(f.spans[2 * k + 1])));
 	jv res = JV_OBJECT(jv_string("text"), jv_string_sized(f.ro.text, (int)f.ro.len), jv_string("train"), spans);
-	if (jv_is_valid(f.expected))
-		res = jv_object_set(res, jv_string("expected"), jv_copy(f.expected));
-	jv_object_foreach(f.rec, k, v) {
-		if (passes(jv_string_value(k), &f))
-			res = jv_object_set(res, k, v);
-		else
-			jv_free(k), jv_free(v);
-	}
+	if (f.expected)
+		res = jv_object_set(res, jv_string("expected"), jsonl_jv_of(f.expected));
+	for (uint32_t i = 0; i < r.n; i++)
+		if (passes(r.u.members[i].key.u.s, &f))
+			res = jv_object_set(res, jsonl_jv_of(&r.u.members[i].key), jsonl_jv_of(&r.u.members[i].val));
 	formatted_free(&f);
+	jd_arena_free(&ja);
 	*out = res;
 	return 0;
 }
 
-int chat_format_line(const struct chat_model *m, const struct chat_opts *o, jv rec, struct jsonl_buf *b,
-		     struct err *err)
+int chat_format_line(const struct chat_model *m, const struct chat_opts *o, const struct jd *rec,
+		     struct jd_arena *a, struct jsonl_buf *b, struct err *err)
 {
 	struct formatted f;
-	if (format_record(m, o, rec, &f, err) < 0)
+	if (format_record(m, o, rec, a, &f, err) < 0)
 		return -1;
 	size_t start = b->n;
 	jsonl_put(b, "{\"text\":", 8);
@@ -1608,20 +1576,18 @@ int chat_format_line(const struct chat_model *m, const struct chat_opts *o, jv r
 		jsonl_put(b, "]", 1);
 	}
 	jsonl_put(b, "]", 1);
-	if (jv_is_valid(f.expected)) {
+	if (f.expected) {
 		jsonl_put(b, ",\"expected\":", 12);
-		jsonl_put_value(b, jv_copy(f.expected));
+		jsonl_put_jd(b, f.expected);
 	}
-	jv_object_foreach(f.rec, k, v) {
-		if (passes(jv_string_value(k), &f)) {
-			jsonl_put(b, ",", 1);
-			jsonl_put_string(b, jv_string_value(k), (size_t)jv_string_length_bytes(jv_copy(k)));
-			jsonl_put(b, ":", 1);
-			jsonl_put_value(b, v);
-		} else {
-			jv_free(v);
-		}
-		jv_free(k);
+	for (uint32_t i = 0; i < rec->n; i++) {
+		const struct jd_member *mb = &rec->u.members[i];
+		if (!passes(mb->key.u.s, &f))
+			continue;
+		jsonl_put(b, ",", 1);
+		jsonl_put_string(b, mb->key.u.s, mb->key.n);
+		jsonl_put(b, ":", 1);
+		jsonl_put_jd(b, &mb->val);
 	}
 	jsonl_put(b, "}\n", 2);
 	formatted_free(&f);
@@ -1659,16 +1625,23 @@ jv chat_var_add(jv vars, const char *arg, struct err *err)
 	return jv_object_set(vars, name, v);
 }
 
-jv chat_tools_load(const char *path, struct err *err)
+struct jd_shared *chat_tools_load(const char *path, struct err *err)
 {
 	jv v;
 	if (jsonl_load(path, CHAT_MAX_FILE, &v, err) < 0)
-		return jv_invalid();
+		return NULL;
 	if (jv_get_kind(v) != JV_KIND_ARRAY) {
 		jv_free(v);
-		return err_set(err, "--tools %s: expected a JSON array of tools", path), jv_invalid();
+		return err_set(err, "--tools %s: expected a JSON array of tools", path), NULL;
 	}
-	return v;
+	struct jd_arena a = {0};
+	struct jd d;
+	struct jd_shared *sh = jsonl_jd_of(v, &a, &d) == 0 ? jd_shared_new(&d) : NULL;
+	jd_arena_free(&a);
+	jv_free(v);
+	if (!sh)
+		err_sys(err, "out of memory");
+	return sh;
 }
 
 /* ---------------------------------------------------------------------- jq */

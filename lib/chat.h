@@ -7,11 +7,13 @@
  *   chat_args_normalize tool-call arguments as the template wants them (object or JSON text)
  *   tmpl_render        the context transformers' apply_chat_template would build
  *   chat_spans         train spans from the provenance of every output byte
- * chat_format_record() runs them all with a chat_model and chat_opts.
+ * chat_format_line() runs them all with a chat_model and chat_opts.
  *
- * Ownership follows jq's rule: functions consume the jv arguments they are
- * given and return new references. Errors are left in err without a record
- * position; the caller prefixes "FILE:LINE: ".
+ * A record is a jd (jdoc.h); what the steps make lives in the arena they are
+ * given, beside it. Where jv values are taken (the model's tokens, --var
+ * values), ownership follows jq's rule: functions consume the jv arguments
+ * they are given and return new references. Errors are left in err without
+ * a record position; the caller prefixes "FILE:LINE: ".
  */
 #ifndef LORAPIPE_CHAT_H
 #define LORAPIPE_CHAT_H
@@ -21,6 +23,7 @@
 
 #include <jv.h>
 
+#include "jdoc.h"
 #include "msg.h"
 #include "template.h"
 
@@ -36,20 +39,22 @@ enum chat_input {
 /* "auto|openai|alpaca|sharegpt" -> enum; -1 for anything else. */
 int chat_input_parse(const char *name);
 
-/* Maps a record (consumed) to {"messages":[...]} plus "tools" when the record
- * has tools; an Alpaca/ShareGPT record's "system" becomes the first message.
- * Invalid with err set when the record is not of the form. */
-jv chat_to_messages(jv rec, enum chat_input fmt, struct err *err);
+/* A record's messages (an array) and its tools (an array, or null when it
+ * has none), made in a where they are not the record's own; an
+ * Alpaca/ShareGPT record's "system" becomes the first message. Returns 0,
+ * or -1 with err set when the record is not of the form. */
+int chat_to_messages(const struct jd *rec, enum chat_input fmt, struct jd_arena *a, struct jd *msgs, struct jd *tools,
+		     struct err *err);
 
 /* The keys of an input record that are not passed through to the output. */
 int chat_key_consumed(const char *key);
 
-/* Checks messages (not consumed): an array of objects with a known role
+/* Checks messages: an array of objects with a known role
  * (system, user, assistant, tool), a first non-system message that is not the
  * assistant's, non-empty content (null allowed beside tool_calls), tool calls
  * of the OpenAI shape on assistant messages only, and tool messages only after
  * a tool call. Returns 0 or -1 ("message 3: ...", 0-based). */
-int chat_validate(jv messages, struct err *err);
+int chat_validate(const struct jd *messages, struct err *err);
 
 /* How a template wants tool_calls[].function.arguments. */
 enum chat_args {
@@ -58,15 +63,17 @@ enum chat_args {
 };
 
 /* Every tool call's arguments (and a flat {"name","arguments"} tool call's)
- * turned into mode: JSON text is parsed into its value for OBJECT; a value
- * is serialized compactly for STRING. messages is consumed. Invalid with err
+ * of the valid messages turned into mode: JSON text is parsed into its value
+ * for OBJECT; a value is written as JSON text (tojson) for STRING. *out is
+ * the messages with what changed made anew in a. Returns 0, or -1 with err
  * set when a string is not JSON ("message 2: tool call 0: arguments ..."). */
-jv chat_args_normalize(jv messages, enum chat_args mode, struct err *err);
+int chat_args_normalize(const struct jd *messages, enum chat_args mode, struct jd_arena *a, struct jd *out,
+			struct err *err);
 
-/* The first complete JSON value found in text[0..len) that equals want (not
- * consumed): 1 when found, 0 when not. Used to check that the arguments the
- * template printed parse back to the same value. */
-int chat_json_find(const char *text, size_t len, jv want);
+/* Whether a complete JSON value in text[0..len) equals want (jq's equality):
+ * 1 when one does, 0 when not. Used to check that the arguments the template
+ * printed parse back to the same value. */
+int chat_json_find(const char *text, size_t len, const struct jd *want);
 
 /* A model's template and tokens: the template (a Hugging Face folder's
  * chat_template.jinja or tokenizer_config.json chat_template, a GGUF's
@@ -84,8 +91,9 @@ void chat_model_free(struct chat_model *m);
 const char *chat_builtin_template(const char *name);
 /* jv's reference counts are not atomic: a thread formatting records needs
  * its own copy of m (sharing the compiled templates and markers, which
- * rendering only reads) and of every jv it shares (chat_opts' tools and
- * vars). chat_model_free frees such a copy; the original must outlive it. */
+ * rendering only reads) and of every jv and jd_shared it shares (chat_opts'
+ * vars and tools). chat_model_free frees such a copy; the original must
+ * outlive it. */
 struct chat_model *chat_model_for_thread(const struct chat_model *m, struct err *err);
 /* A deep copy of v (consumed) with reference counts of its own. */
 jv chat_jv_clone(jv v);
@@ -96,27 +104,24 @@ enum chat_args chat_model_args(const struct chat_model *m);
 
 struct chat_opts {
 	const char *system;        /* default system prompt, or NULL */
-	jv tools;                  /* default tool list, or jv_null() (owned by the caller) */
+	const struct jd *tools;    /* default tool list (a jd_shared block's value, the thread's own), or NULL */
 	jv vars;                   /* extra template variables, an object (owned by the caller) */
 	int add_generation_prompt; /* render a prompt: last assistant message becomes "expected" */
 	int train_last;            /* learn only the last assistant message */
 	enum chat_input input;
 };
 
-/* Frees what the calling thread keeps for its next records (the keys it
- * looks up): a thread that formats records calls it before it ends. */
-void chat_thread_release(void);
-
 /* Formats one record (consumed) into a format-2 record in *out:
  * {"text","train",["expected"], other keys of the input}; an input key of
  * the same name as one of the output's own is dropped. Returns 0 or -1. */
 int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv rec, jv *out,
 		       struct err *err);
-/* chat_format_record writing the record as a line (newline included) at
- * the end of b, the bytes jsonl_format would write for it, without making
- * the text a jv first. On error b is as it was. */
-int chat_format_line(const struct chat_model *m, const struct chat_opts *o, jv rec, struct jsonl_buf *b,
-		     struct err *err);
+/* chat_format_record of the record rec, written as a line (newline
+ * included) at the end of b: the bytes jsonl_format would write for its
+ * result. What the steps make goes into a (rec's arena, say). On error b is
+ * as it was. */
+int chat_format_line(const struct chat_model *m, const struct chat_opts *o, const struct jd *rec,
+		     struct jd_arena *a, struct jsonl_buf *b, struct err *err);
 
 /* End-of-turn markers: strings of which the first one to begin in a turn's
  * closing template text ends the learned span. The first nfirst (special
@@ -151,8 +156,9 @@ int chat_spans(const struct tmpl_output *out, const unsigned char *trained, cons
  * names transformers passes itself (messages, tools, documents,
  * add_generation_prompt) are refused. Invalid with err set. */
 jv chat_var_add(jv vars, const char *arg, struct err *err);
-/* Reads a --tools FILE: a JSON array of tool schemas. Invalid with err set. */
-jv chat_tools_load(const char *path, struct err *err);
+/* Reads a --tools FILE: a JSON array of tool schemas, in a block of its own
+ * (one reference), or NULL with err set. */
+struct jd_shared *chat_tools_load(const char *path, struct err *err);
 
 /* A user's jq filter that maps any record to the messages form. */
 struct chat_jq;

@@ -266,47 +266,44 @@ static uint64_t word_special(uint64_t w) { return word_stops_string(w) | bytes_e
 #define WORDS_LE (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
 
 /* A direct parser for the JSON that records are made of, several times
- * faster than jq 1.6's byte-at-a-time one, building the same jv values with
- * the same calls jq's parser makes (jv_object_set in key order, so a
- * repeated key keeps its first place and its last value). It takes only what
- * it is sure to read exactly as jq does; anything else (integers of more
- * than 15 digits, \u escapes of NUL or of a surrogate not in a pair, control
- * bytes in strings, deep nesting, every error) makes it give up, and jq
- * parses the line. It also marks the numbers json.loads would make floats
- * (jsonl_number_is_float), which jq cannot. */
+ * faster than jq 1.6's byte-at-a-time one, building jd values (jdoc.h) with
+ * jq's meaning: a repeated key keeps its first place and its last value. It
+ * takes only what it is sure to read exactly as jq does; anything else
+ * (integers of more than 15 digits, \u escapes of NUL or of a surrogate not
+ * in a pair, control bytes in strings, deep nesting, every error) makes it
+ * give up, and jq parses the line. It also marks the numbers json.loads
+ * would make floats (jd is_float, jsonl_number_is_float on a jv), which jq
+ * cannot. */
 #define JSONL_FLOAT_MARK 0x46 /* in a number's pad_: see jsonl_number_is_float */
 
 struct fastp {
 	const char *s, *end;
 	int depth;
 	struct jsonl_memo *memo; /* NULL: none */
-	int check_only;          /* strings and containers come back as null: jsonl_is_json */
+	int check_only;          /* nothing is built: jsonl_is_json */
+	struct jd_arena *a;
+	/* the items and members of the containers still open, moved into the
+	 * arena, sized, when each closes */
+	struct jd *items;
+	struct jd_member *mems;
+	size_t nitems, citems, nmems, cmems;
 };
 
 /* The memo: for each of a few top-level keys, the text of its last long
- * value and that value. A value's text is self-delimiting (an object, an
- * array or a string), so a line holding the same bytes at that place holds
- * the same value, parsed at the same depth: sharing it is exact. */
+ * value and that value, kept in a block of its own. A value's text is
+ * self-delimiting (an object, an array or a string), so a line holding the
+ * same bytes at that place holds the same value, parsed at the same depth:
+ * sharing it is exact. */
 #define MEMO_KEYS 8
 #define MEMO_MIN 256 /* shorter values are cheaper to parse than to compare */
-/* And short strings without escapes, the keys and the roles every record
- * repeats, each kept in a slot chosen by its bytes: a string made again
- * costs a malloc, a copy and, as a key, its hash. */
-#define MEMO_SHORT 24
-#define MEMO_SLOTS 64
 struct jsonl_memo {
 	struct memo_entry {
 		char *key, *text;
 		size_t klen, len;
-		jv v;
+		struct jd_shared *v;
 	} e[MEMO_KEYS];
 	int n;
 	unsigned long long hits;
-	struct memo_str {
-		jv v;
-		unsigned char len; /* 0: empty */
-		char s[MEMO_SHORT];
-	} str[MEMO_SLOTS];
 };
 
 struct jsonl_memo *jsonl_memo_new(void) { return calloc(1, sizeof(struct jsonl_memo)); }
@@ -317,60 +314,61 @@ void jsonl_memo_free(struct jsonl_memo *m)
 		return;
 	for (int i = 0; i < m->n; i++) {
 		free(m->e[i].key), free(m->e[i].text);
-		jv_free(m->e[i].v);
+		jd_shared_unref(m->e[i].v);
 	}
-	for (int i = 0; i < MEMO_SLOTS; i++)
-		if (m->str[i].len)
-			jv_free(m->str[i].v);
 	free(m);
 }
 
 unsigned long long jsonl_memo_hits(const struct jsonl_memo *m) { return m ? m->hits : 0; }
 
-/* The entry for key k; a new one when add is set and there is room. */
-static struct memo_entry *memo_find(struct jsonl_memo *m, jv k, int add)
+/* The entry for the key k; a new one when add is set and there is room. */
+static struct memo_entry *memo_find(struct jsonl_memo *m, const struct jd *k, int add)
 {
-	const char *ks = jv_string_value(k);
-	size_t kn = (size_t)jv_string_length_bytes(jv_copy(k));
 	for (int i = 0; i < m->n; i++)
-		if (m->e[i].klen == kn && !memcmp(m->e[i].key, ks, kn))
+		if (m->e[i].klen == k->n && !memcmp(m->e[i].key, k->u.s, k->n))
 			return &m->e[i];
 	if (!add || m->n == MEMO_KEYS)
 		return NULL;
 	struct memo_entry *e = &m->e[m->n];
-	if (!(e->key = malloc(kn + 1)))
+	if (!(e->key = malloc((size_t)k->n + 1)))
 		return NULL;
-	memcpy(e->key, ks, kn + 1);
-	e->klen = kn, e->text = NULL, e->len = 0, e->v = jv_null();
+	memcpy(e->key, k->u.s, (size_t)k->n + 1);
+	e->klen = k->n, e->text = NULL, e->len = 0, e->v = NULL;
 	m->n++;
 	return e;
 }
 
-static jv fp_value(struct fastp *p);
+static int fp_value(struct fastp *p, struct jd *out);
 
 /* A top-level member's value, from the memo when its text is the same. */
-static jv fp_member(struct fastp *p, jv k)
+static int fp_member(struct fastp *p, const struct jd *k, struct jd *out)
 {
 	int memo = p->memo && p->depth == 1 && p->s < p->end && (*p->s == '{' || *p->s == '[' || *p->s == '"');
 	struct memo_entry *e = memo ? memo_find(p->memo, k, 0) : NULL;
-	if (e && e->len && (size_t)(p->end - p->s) >= e->len && !memcmp(p->s, e->text, e->len)) {
+	if (e && e->v && (size_t)(p->end - p->s) >= e->len && !memcmp(p->s, e->text, e->len)) {
 		p->s += e->len;
 		p->memo->hits++;
-		return jv_copy(e->v);
+		*out = *jd_shared_value(e->v);
+		return 0;
 	}
 	const char *start = p->s;
-	jv v = fp_value(p);
+	if (fp_value(p, out) < 0)
+		return -1;
 	size_t n = (size_t)(p->s - start);
-	if (memo && jv_is_valid(v) && n >= MEMO_MIN && (e || (e = memo_find(p->memo, k, 1)))) {
-		char *t = realloc(e->text, n);
+	if (memo && n >= MEMO_MIN && (e || (e = memo_find(p->memo, k, 1)))) {
+		struct jd_shared *sh = jd_shared_new(out);
+		char *t = sh ? realloc(e->text, n) : NULL;
 		if (t) {
 			memcpy(t, start, n);
 			e->text = t, e->len = n;
-			jv_free(e->v);
-			e->v = jv_copy(v);
+			jd_shared_unref(e->v);
+			e->v = sh;
+			*out = *jd_shared_value(sh); /* this record's value is the shared one too */
+		} else {
+			jd_shared_unref(sh);
 		}
 	}
-	return v;
+	return 0;
 }
 
 #define FASTP_MAX_DEPTH 200 /* below jq's own limit, which jq reports */
@@ -442,7 +440,7 @@ static int layout_checked(void)
 	return ok;
 }
 
-/* The jv string of s[0..n), which is UTF-8 without NUL (checked). */
+/* The jv string of s[0..n), which is UTF-8 (checked). */
 static jv string_checked(const char *s, size_t n)
 {
 	if (n > INT_MAX / 2 || !layout_checked())
@@ -456,38 +454,55 @@ static jv string_checked(const char *s, size_t n)
 	return v;
 }
 
-/* The jv string of s[0..n), or invalid when s is not UTF-8. */
-static jv fp_text(const struct fastp *p, const char *s, size_t n)
+/* The string s[0..n) in the arena, or -1 when s is not UTF-8 (or memory
+ * ran out); high 0 says s is ASCII. */
+static int fp_text(struct fastp *p, const char *s, size_t n, unsigned high, struct jd *out)
 {
-	if (bad_utf8_at((const unsigned char *)s, n) >= 0)
-		return jv_invalid();
-	return p->check_only ? jv_null() : string_checked(s, n);
+	if (high && bad_utf8_at((const unsigned char *)s, n) >= 0)
+		return -1;
+	if (p->check_only) {
+		*out = jd_null();
+		return 0;
+	}
+	*out = jd_string(p->a, s, n);
+	return out->kind == JD_STRING ? 0 : -1;
 }
 
 /* The first quote, backslash or control byte in [q, end), or end: where a
- * plain run of a JSON string stops. */
-static const char *string_stop(const char *q, const char *end)
+ * plain run of a JSON string stops. *high is set when a byte before it is
+ * not ASCII (a run without one needs no UTF-8 check). */
+static const char *string_stop(const char *q, const char *end, unsigned *high)
 {
+	unsigned hi = 0;
 #if defined(__SSE2__)
 	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f);
 	for (; end - q >= 16; q += 16) {
 		__m128i x = _mm_loadu_si128((const __m128i *)(const void *)q);
 		__m128i sp = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
 					  _mm_cmpeq_epi8(_mm_min_epu8(x, ctl), x));
-		unsigned m = (unsigned)_mm_movemask_epi8(sp);
-		if (m)
+		unsigned m = (unsigned)_mm_movemask_epi8(sp), hb = (unsigned)_mm_movemask_epi8(x);
+		if (m) {
+			*high |= hi | (hb & ((m & -m) - 1)); /* the bytes before the stop */
 			return q + __builtin_ctz(m);
+		}
+		hi |= hb;
 	}
 #endif
 #if WORDS_LE
 	for (uint64_t w, m; end - q >= 8; q += 8) {
 		memcpy(&w, q, 8);
-		if ((m = word_stops_string(w)))
-			return q + (__builtin_ctzll(m) >> 3);
+		uint64_t hw = w & 0x8080808080808080ull;
+		if ((m = word_stops_string(w))) {
+			int k = __builtin_ctzll(m) >> 3;
+			*high |= hi | (k && (hw & (~0ull >> (64 - 8 * k))));
+			return q + k;
+		}
+		hi |= hw != 0;
 	}
 #endif
 	while (q < end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20)
-		q++;
+		hi |= (unsigned char)*q++ & 0x80;
+	*high |= hi;
 	return q;
 }
 
@@ -510,43 +525,29 @@ static int unescaped_add(char **buf, size_t *n, size_t *cap, const char *small, 
 	return 0;
 }
 
-/* A string at p->s ('"'), or invalid when it is not of the simple kind. */
-static jv fp_string(struct fastp *p)
+
+/* A string at p->s ('"'), or -1 when it is not of the simple kind. */
+static int fp_string(struct fastp *p, struct jd *out)
 {
-	const char *s = ++p->s, *q = string_stop(s, p->end);
+	unsigned high = 0;
+	const char *s = ++p->s, *q = string_stop(s, p->end, &high);
 	if (q < p->end && *q == '"') { /* no escapes: the common case */
 		p->s = q + 1;
-		size_t n = (size_t)(q - s);
-		if (!p->memo || n == 0 || n > MEMO_SHORT)
-			return fp_text(p, s, n);
-		unsigned h = 2166136261u; /* FNV-1a */
-		for (size_t i = 0; i < n; i++)
-			h = (h ^ (unsigned char)s[i]) * 16777619u;
-		struct memo_str *e = &p->memo->str[h % MEMO_SLOTS];
-		if (e->len == n && !memcmp(e->s, s, n))
-			return jv_copy(e->v);
-		jv v = fp_text(p, s, n);
-		if (jv_is_valid(v)) {
-			if (e->len)
-				jv_free(e->v);
-			e->v = jv_copy(v), e->len = (unsigned char)n;
-			memcpy(e->s, s, n);
-		}
-		return v;
+		return fp_text(p, s, (size_t)(q - s), high, out);
 	}
 	/* With escapes: the plain runs between them copied whole. */
 	char small[256];
 	size_t cap = sizeof small, n = 0;
 	char *buf = small;
-	jv res = jv_invalid();
+	int rc = -1;
 	for (q = s;;) {
-		const char *r = string_stop(q, p->end);
+		const char *r = string_stop(q, p->end, &high); /* escapes decode to UTF-8: only the runs need checking */
 		if (unescaped_add(&buf, &n, &cap, small, q, (size_t)(r - q)) < 0 || r >= p->end)
 			break;
 		q = r;
 		if (*q == '"') {
 			p->s = q + 1;
-			res = fp_text(p, buf, n);
+			rc = fp_text(p, buf, n, high, out);
 			break;
 		}
 		if (*q != '\\' || ++q >= p->end) /* a control byte, or the line ends */
@@ -584,57 +585,153 @@ static jv fp_string(struct fastp *p)
 give_up:
 	if (buf != small)
 		free(buf);
-	return res;
+	return rc;
 }
 
-static jv fp_array(struct fastp *p)
+/* Room for one more item or member on p's stacks; -1 when out of memory. */
+static int stack_room(void **v, size_t n, size_t *cap, size_t size)
 {
-	p->s++;
-	jv a = p->check_only ? jv_null() : jv_array();
-	fp_ws(p);
-	if (fp_eat(p, ']'))
-		return a;
-	for (;;) {
-		jv v = fp_value(p);
-		if (!jv_is_valid(v))
-			return jv_free(a), v;
-		a = p->check_only ? a : jv_array_append(a, v);
-		fp_ws(p);
-		if (fp_eat(p, ','))
-			continue;
-		if (fp_eat(p, ']'))
-			return a;
-		return jv_free(a), jv_invalid();
-	}
+	if (n < *cap)
+		return 0;
+	size_t ncap = *cap ? 2 * *cap : 64;
+	void *nv = realloc(*v, ncap * size);
+	if (!nv)
+		return -1;
+	*v = nv, *cap = ncap;
+	return 0;
 }
 
-static jv fp_object(struct fastp *p)
+static int fp_array(struct fastp *p, struct jd *out)
 {
 	p->s++;
-	jv o = p->check_only ? jv_null() : jv_object();
+	size_t base = p->nitems;
 	fp_ws(p);
-	if (fp_eat(p, '}'))
-		return o;
-	for (;;) {
-		fp_ws(p);
-		jv k = p->s < p->end && *p->s == '"' ? fp_string(p) : jv_invalid();
-		if (!jv_is_valid(k))
-			return jv_free(o), k;
-		fp_ws(p);
-		if (!fp_eat(p, ':'))
-			return jv_free(k), jv_free(o), jv_invalid();
-		fp_ws(p);
-		jv v = fp_member(p, k);
-		if (!jv_is_valid(v))
-			return jv_free(k), jv_free(o), v;
-		o = p->check_only ? o : jv_object_set(o, k, v);
-		fp_ws(p);
-		if (fp_eat(p, ','))
-			continue;
-		if (fp_eat(p, '}'))
-			return o;
-		return jv_free(o), jv_invalid();
+	if (!fp_eat(p, ']'))
+		for (;;) {
+			struct jd v;
+			if (fp_value(p, &v) < 0)
+				goto fail;
+			if (!p->check_only) {
+				if (stack_room((void **)&p->items, p->nitems, &p->citems, sizeof *p->items) < 0)
+					goto fail;
+				p->items[p->nitems++] = v;
+			}
+			fp_ws(p);
+			if (fp_eat(p, ','))
+				continue;
+			if (fp_eat(p, ']'))
+				break;
+			goto fail;
+		}
+	*out = (struct jd){.kind = p->check_only ? JD_NULL : JD_ARRAY, .n = (uint32_t)(p->nitems - base)};
+	if (out->n) {
+		struct jd *items = jd_alloc(p->a, out->n * sizeof *items);
+		if (!items)
+			goto fail;
+		memcpy(items, p->items + base, out->n * sizeof *items);
+		out->u.items = items;
+	} else {
+		out->u.items = NULL;
 	}
+	p->nitems = base;
+	return 0;
+fail:
+	p->nitems = base;
+	return -1;
+}
+
+/* m[0..n) with each repeated key dropped, its value given to the first one
+ * (jq's jv_object_set): the number left, or -1 when out of memory. */
+static long dedup_members(struct jd_member *m, size_t n)
+{
+	if (n < 2)
+		return (long)n;
+	if (n <= 16) { /* the usual object: a few members, compared pairwise */
+		size_t k = 0;
+		for (size_t i = 0; i < n; i++) {
+			size_t j = 0;
+			while (j < k && !(m[j].key.n == m[i].key.n && !memcmp(m[j].key.u.s, m[i].key.u.s, m[i].key.n)))
+				j++;
+			if (j < k)
+				m[j].val = m[i].val;
+			else
+				m[k++] = m[i];
+		}
+		return (long)k;
+	}
+	size_t size = 32;
+	while (size < 2 * n)
+		size *= 2;
+	uint32_t *slot = calloc(size, sizeof *slot); /* index + 1 of the kept member, 0 when empty */
+	if (!slot)
+		return -1;
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		uint32_t h = 2166136261u; /* FNV-1a */
+		for (uint32_t b = 0; b < m[i].key.n; b++)
+			h = (h ^ (unsigned char)m[i].key.u.s[b]) * 16777619u;
+		size_t at = h & (size - 1);
+		while (slot[at] && !(m[slot[at] - 1].key.n == m[i].key.n &&
+				     !memcmp(m[slot[at] - 1].key.u.s, m[i].key.u.s, m[i].key.n)))
+			at = (at + 1) & (size - 1);
+		if (slot[at]) {
+			m[slot[at] - 1].val = m[i].val;
+		} else {
+			m[k] = m[i];
+			slot[at] = (uint32_t)++k;
+		}
+	}
+	free(slot);
+	return (long)k;
+}
+
+static int fp_object(struct fastp *p, struct jd *out)
+{
+	p->s++;
+	size_t base = p->nmems;
+	fp_ws(p);
+	if (!fp_eat(p, '}'))
+		for (;;) {
+			struct jd_member m;
+			fp_ws(p);
+			if (p->s >= p->end || *p->s != '"' || fp_string(p, &m.key) < 0)
+				goto fail;
+			fp_ws(p);
+			if (!fp_eat(p, ':'))
+				goto fail;
+			fp_ws(p);
+			if (fp_member(p, &m.key, &m.val) < 0)
+				goto fail;
+			if (!p->check_only) {
+				if (stack_room((void **)&p->mems, p->nmems, &p->cmems, sizeof *p->mems) < 0)
+					goto fail;
+				p->mems[p->nmems++] = m;
+			}
+			fp_ws(p);
+			if (fp_eat(p, ','))
+				continue;
+			if (fp_eat(p, '}'))
+				break;
+			goto fail;
+		}
+	long n = p->nmems > base ? dedup_members(p->mems + base, p->nmems - base) : 0; /* mems may be NULL */
+	if (n < 0)
+		goto fail;
+	*out = (struct jd){.kind = p->check_only ? JD_NULL : JD_OBJECT, .n = (uint32_t)n};
+	if (n) {
+		struct jd_member *m = jd_alloc(p->a, (size_t)n * sizeof *m);
+		if (!m)
+			goto fail;
+		memcpy(m, p->mems + base, (size_t)n * sizeof *m);
+		out->u.members = m;
+	} else {
+		out->u.members = NULL;
+	}
+	p->nmems = base;
+	return 0;
+fail:
+	p->nmems = base;
+	return -1;
 }
 
 int jsonl_number_is_float(jv v)
@@ -655,7 +752,7 @@ static int is_digit(const char *q, const char *end) { return q < end && *q >= '0
  * numbers with a fraction or an exponent, which are marked as floats; the
  * double is strtod's, correctly rounded as jq's own. "-0" and longer
  * integers go to jq. A check only takes every number JSON allows. */
-static jv fp_number(struct fastp *p)
+static int fp_number(struct fastp *p, struct jd *out)
 {
 	const char *q = p->s, *end = p->end;
 	int neg = q < end && *q == '-';
@@ -666,11 +763,11 @@ static jv fp_number(struct fastp *p)
 		if (nd < 16)
 			v = v * 10 + (*q - '0');
 	if (nd == 0 || (nd > 1 && p->s[neg] == '0'))
-		return jv_invalid();
+		return -1;
 	int frac = q < end && *q == '.', exp = 0;
 	if (frac) {
 		if (!is_digit(++q, end))
-			return jv_invalid();
+			return -1;
 		while (is_digit(q, end))
 			q++;
 	}
@@ -678,34 +775,37 @@ static jv fp_number(struct fastp *p)
 		exp = 1;
 		q += q + 1 < end && (q[1] == '+' || q[1] == '-') ? 2 : 1;
 		if (!is_digit(q, end))
-			return jv_invalid();
+			return -1;
 		while (is_digit(q, end))
 			q++;
 	}
 	if (p->check_only) { /* the syntax is all that is asked: HF configs hold 31-digit integers */
 		p->s = q;
-		return jv_number(0);
+		*out = jd_null();
+		return 0;
 	}
 	if (!frac && !exp) {
 		if (nd > 15 || (neg && v == 0) || is_digit(q, end))
-			return jv_invalid();
+			return -1;
 		p->s = q;
-		return jv_number(neg ? -(double)v : (double)v);
+		*out = jd_number(neg ? -(double)v : (double)v, 0);
+		return 0;
 	}
 	char small[64];
 	size_t n = (size_t)(q - p->s);
 	char *buf = n < sizeof small ? small : malloc(n + 1);
 	if (!buf)
-		return jv_invalid();
+		return -1;
 	memcpy(buf, p->s, n);
 	buf[n] = 0;
 	double d = strtod(buf, NULL);
 	if (buf != small)
 		free(buf);
 	if (!isfinite(d))
-		return jv_invalid(); /* jq's business: it clamps, json.loads gives inf */
+		return -1; /* jq's business: it clamps, json.loads gives inf */
 	p->s = q;
-	return jsonl_float(d);
+	*out = jd_number(d, 1);
+	return 0;
 }
 
 static int fp_word(struct fastp *p, const char *w, size_t n)
@@ -716,72 +816,66 @@ static int fp_word(struct fastp *p, const char *w, size_t n)
 	return 1;
 }
 
-static jv fp_value(struct fastp *p)
+static int fp_value(struct fastp *p, struct jd *out)
 {
 	fp_ws(p);
 	if (p->s >= p->end)
-		return jv_invalid();
-	jv v;
+		return -1;
+	int rc;
 	switch (*p->s) {
-	case '"': return fp_string(p);
+	case '"': return fp_string(p, out);
 	case '{':
 	case '[':
 		if (++p->depth > FASTP_MAX_DEPTH)
-			return jv_invalid();
-		v = *p->s == '{' ? fp_object(p) : fp_array(p);
+			return -1;
+		rc = *p->s == '{' ? fp_object(p, out) : fp_array(p, out);
 		p->depth--;
-		return v;
-	case 't': return fp_word(p, "true", 4) ? jv_true() : jv_invalid();
-	case 'f': return fp_word(p, "false", 5) ? jv_false() : jv_invalid();
-	case 'n': return fp_word(p, "null", 4) ? jv_null() : jv_invalid();
-	default: return fp_number(p);
+		return rc;
+	case 't': *out = jd_bool(1); return fp_word(p, "true", 4) ? 0 : -1;
+	case 'f': *out = jd_bool(0); return fp_word(p, "false", 5) ? 0 : -1;
+	case 'n': *out = jd_null(); return fp_word(p, "null", 4) ? 0 : -1;
+	default: return fp_number(p, out);
 	}
 }
 
-/* The one value p's whole text holds, white space around it allowed, or invalid. */
-static jv fp_whole(struct fastp *p)
+/* s[0..n): 0 with its one value (white space around it allowed) in a, or
+ * -1 for jq to parse (after jsonl_unsafe_at) and to word the error. */
+static int fast_parse(const char *s, size_t n, struct jsonl_memo *memo, struct jd_arena *a, int check_only,
+		      struct jd *out)
 {
-	jv v = fp_value(p);
-	fp_ws(p);
-	if (jv_is_valid(v) && p->s != p->end) {
-		jv_free(v);
-		return jv_invalid();
-	}
-	/* After a true/false/null/number jq wants a delimiter ("nullx" is an error). */
-	return v;
-}
-
-/* s[0..n): its value, or invalid for jq to parse (after jsonl_unsafe_at) and
- * to word the error. */
-static jv fast_parse(const char *s, size_t n, struct jsonl_memo *memo)
-{
-	struct fastp p = {s, s + n, 0, memo, 0};
-	return fp_whole(&p);
+	struct fastp p = {.s = s, .end = s + n, .memo = memo, .check_only = check_only, .a = a};
+	int rc = fp_value(&p, out);
+	fp_ws(&p);
+	/* after true/false/null/a number jq wants a delimiter ("nullx" is an error) */
+	if (rc == 0 && p.s != p.end)
+		rc = -1;
+	free(p.items), free(p.mems);
+	return rc;
 }
 
 int jsonl_is_json(const char *s, size_t n)
 {
-	struct fastp p = {s, s + n, 0, NULL, 1};
-	jv v = fp_whole(&p);
-	int ok = jv_is_valid(v);
-	jv_free(v);
-	return ok;
+	struct jd v;
+	return fast_parse(s, n, NULL, NULL, 1, &v) == 0;
 }
 
 /* s[0..n) (at most INT_MAX bytes) parsed: the direct parser takes only valid
  * JSON with UTF-8 strings (outside them only ASCII is JSON), so the checks of
- * jsonl_unsafe_at are needed only for text it leaves to jq. *at is where
- * those checks failed (*why says what; the value is then invalid), or -1. */
-static jv parse_text(const char *s, size_t n, struct jsonl_memo *memo, const char **why, long *at)
+ * jsonl_unsafe_at are needed only for text it leaves to jq. Returns 1 with
+ * *out in a when the direct parser read it; else 0 with *at where those
+ * checks failed (*why says what) or -1 and *jqv what jq made of the text
+ * (its value, or invalid with its message). */
+static int parse_text(const char *s, size_t n, struct jsonl_memo *memo, struct jd_arena *a, struct jd *out,
+		      const char **why, long *at, jv *jqv)
 {
-	jv v = fast_parse(s, n, memo);
 	*at = -1;
-	if (jv_is_valid(v))
-		return v;
-	jv_free(v);
+	*jqv = jv_invalid();
+	if (fast_parse(s, n, memo, a, 0, out) == 0)
+		return 1;
 	if ((*at = jsonl_unsafe_at(s, n, why)) >= 0)
-		return jv_invalid();
-	return jv_parse_sized(s, (int)n);
+		return 0;
+	*jqv = jv_parse_sized(s, (int)n);
+	return 0;
 }
 
 /* "NAME:LINE: <fmt...>" into err; returns -1. */
@@ -799,35 +893,120 @@ static int line_errf(const char *name, long lineno, struct err *err, const char 
 	return err_set(err, "%s:%ld: %s", name, lineno, what);
 }
 
-int jsonl_parse_record(const char *name, long lineno, const char *line, size_t len, jv *out, struct err *err)
+static const char *kind_name(enum jd_kind k)
 {
-	return jsonl_parse_record_memo(name, lineno, line, len, NULL, out, err);
+	static const char *const names[] = {"null", "boolean", "boolean", "number", "string", "array", "object"};
+	return names[k];
 }
 
-int jsonl_parse_record_memo(const char *name, long lineno, const char *line, size_t len, struct jsonl_memo *memo,
-			    jv *out, struct err *err)
+int jsonl_parse_record_jd(const char *name, long lineno, const char *line, size_t len, struct jsonl_memo *memo,
+			  struct jd_arena *a, struct jd *out, struct err *err)
 {
 	if (len > INT_MAX)
 		return line_errf(name, lineno, err, "line too long (%zu bytes)", len);
 	const char *why;
 	long at;
-	jv v = parse_text(line, len, memo, &why, &at);
-	if (at >= 0)
-		return line_errf(name, lineno, err, "%s at column %ld", why, at + 1);
-	if (!jv_is_valid(v)) {
-		char why[512];
-		jsonl_jq_message(v, why, sizeof why);
-		if (strcmp(why, "Unexpected extra JSON values") == 0)
-			return line_errf(name, lineno, err, "more than one JSON value on the line");
-		return line_errf(name, lineno, err, "not valid JSON: %s", why);
-	}
-	if (jv_get_kind(v) != JV_KIND_OBJECT) {
-		jv_kind k = jv_get_kind(v);
+	jv v;
+	if (!parse_text(line, len, memo, a, out, &why, &at, &v)) {
+		if (at >= 0)
+			return line_errf(name, lineno, err, "%s at column %ld", why, at + 1);
+		if (!jv_is_valid(v)) {
+			char msg[512];
+			jsonl_jq_message(v, msg, sizeof msg);
+			if (strcmp(msg, "Unexpected extra JSON values") == 0)
+				return line_errf(name, lineno, err, "more than one JSON value on the line");
+			return line_errf(name, lineno, err, "not valid JSON: %s", msg);
+		}
+		int rc = jsonl_jd_of(v, a, out);
 		jv_free(v);
-		return line_errf(name, lineno, err, "expected an object, got %s", jv_kind_name(k));
+		if (rc < 0) {
+			line_errf(name, lineno, err, "out of memory");
+			if (err)
+				err->code = EXIT_RUNTIME;
+			return -1;
+		}
 	}
-	*out = v;
+	if (out->kind != JD_OBJECT)
+		return line_errf(name, lineno, err, "expected an object, got %s", kind_name((enum jd_kind)out->kind));
 	return 1;
+}
+
+int jsonl_parse_record(const char *name, long lineno, const char *line, size_t len, jv *out, struct err *err)
+{
+	struct jd_arena a = {0};
+	struct jd v;
+	int rc = jsonl_parse_record_jd(name, lineno, line, len, NULL, &a, &v, err);
+	if (rc > 0)
+		*out = jsonl_jv_of(&v);
+	jd_arena_free(&a);
+	return rc;
+}
+
+jv jsonl_jv_of(const struct jd *d)
+{
+	switch (d->kind) {
+	case JD_TRUE: return jv_true();
+	case JD_FALSE: return jv_false();
+	case JD_NUMBER: return d->is_float ? jsonl_float(d->u.num) : jv_number(d->u.num);
+	case JD_STRING: return string_checked(d->u.s, d->n);
+	case JD_ARRAY: {
+		jv a = jv_array();
+		for (uint32_t i = 0; i < d->n; i++)
+			a = jv_array_append(a, jsonl_jv_of(&d->u.items[i]));
+		return a;
+	}
+	case JD_OBJECT: {
+		jv o = jv_object();
+		for (uint32_t i = 0; i < d->n; i++)
+			o = jv_object_set(o, jsonl_jv_of(&d->u.members[i].key), jsonl_jv_of(&d->u.members[i].val));
+		return o;
+	}
+	default: return jv_null();
+	}
+}
+
+int jsonl_jd_of(jv v, struct jd_arena *a, struct jd *out)
+{
+	switch (jv_get_kind(v)) {
+	case JV_KIND_TRUE: *out = jd_bool(1); return 0;
+	case JV_KIND_FALSE: *out = jd_bool(0); return 0;
+	case JV_KIND_NUMBER: *out = jd_number(jv_number_value(v), jsonl_number_is_float(v)); return 0;
+	case JV_KIND_STRING:
+		*out = jd_string(a, jv_string_value(v), (size_t)jv_string_length_bytes(jv_copy(v)));
+		return out->kind == JD_STRING ? 0 : -1;
+	case JV_KIND_ARRAY: {
+		uint32_t n = (uint32_t)jv_array_length(jv_copy(v));
+		struct jd *items = n ? jd_alloc(a, n * sizeof *items) : NULL;
+		if (n && !items)
+			return -1;
+		for (uint32_t i = 0; i < n; i++) {
+			jv x = jv_array_get(jv_copy(v), (int)i);
+			int rc = jsonl_jd_of(x, a, &items[i]);
+			jv_free(x);
+			if (rc < 0)
+				return -1;
+		}
+		*out = (struct jd){.kind = JD_ARRAY, .n = n, .u.items = items};
+		return 0;
+	}
+	case JV_KIND_OBJECT: {
+		uint32_t n = (uint32_t)jv_object_length(jv_copy(v)), k = 0;
+		struct jd_member *m = n ? jd_alloc(a, n * sizeof *m) : NULL;
+		if (n && !m)
+			return -1;
+		/* jv's iteration order is insertion order, which is the document's */
+		for (int it = jv_object_iter(v); k < n && jv_object_iter_valid(v, it); it = jv_object_iter_next(v, it), k++) {
+			jv key = jv_object_iter_key(v, it), x = jv_object_iter_value(v, it);
+			int rc = jsonl_jd_of(key, a, &m[k].key) < 0 || jsonl_jd_of(x, a, &m[k].val) < 0 ? -1 : 0;
+			jv_free(key), jv_free(x);
+			if (rc < 0)
+				return -1;
+		}
+		*out = (struct jd){.kind = JD_OBJECT, .n = k, .u.members = m};
+		return 0;
+	}
+	default: *out = jd_null(); return 0;
+	}
 }
 
 int jsonl_next_line(struct jsonl_reader *r, const char **out, size_t *outlen, struct err *err)
@@ -995,6 +1174,23 @@ void jsonl_put_long(struct jsonl_buf *b, long x)
 	jsonl_put(b, q, (size_t)(e - q));
 }
 
+/* A number as jq prints it, except that one read as a float stays one
+ * ("100.0", where jq writes 100). */
+static void put_number(struct jsonl_buf *b, double d, int is_float)
+{
+	/* span offsets and ids: plain digits, as jq prints them (not -0) */
+	if (!is_float && d > -1e9 && d < 1e9 && d == (double)(long)d && !(d == 0 && signbit(d))) {
+		jsonl_put_long(b, (long)d);
+		return;
+	}
+	jv s = jv_dump_string(jv_number(d), 0);
+	const char *t = jv_string_value(s);
+	jsonl_put(b, t, strlen(t));
+	if (is_float && isfinite(d) && !strpbrk(t, ".eE"))
+		jsonl_put(b, ".0", 2);
+	jv_free(s);
+}
+
 /* Consumes v. */
 void jsonl_put_value(struct jsonl_buf *b, jv v)
 {
@@ -1029,25 +1225,45 @@ void jsonl_put_value(struct jsonl_buf *b, jv v)
 	case JV_KIND_NULL: jsonl_put(b, "null", 4); break;
 	case JV_KIND_TRUE: jsonl_put(b, "true", 4); break;
 	case JV_KIND_FALSE: jsonl_put(b, "false", 5); break;
-	default: {
-		int num = jv_get_kind(v) == JV_KIND_NUMBER;
-		double d = num ? jv_number_value(v) : 0;
-		int is_float = jsonl_number_is_float(v);
-		/* span offsets and ids: plain digits, as jq prints them (not -0) */
-		if (num && !is_float && d > -1e9 && d < 1e9 && d == (double)(long)d && !(d == 0 && signbit(d))) {
-			jsonl_put_long(b, (long)d);
-			break;
-		}
-		/* anything else as jq prints it; a number read as a float stays one ("100.0", where jq writes 100) */
+	case JV_KIND_NUMBER: put_number(b, jv_number_value(v), jsonl_number_is_float(v)); break;
+	default: { /* invalid: what jq writes for it */
 		jv s = jv_dump_string(jv_copy(v), 0);
-		const char *t = jv_string_value(s);
-		jsonl_put(b, t, strlen(t));
-		if (is_float && isfinite(d) && !strpbrk(t, ".eE"))
-			jsonl_put(b, ".0", 2);
+		jsonl_put(b, jv_string_value(s), strlen(jv_string_value(s)));
 		jv_free(s);
 	}
 	}
 	jv_free(v);
+}
+
+void jsonl_put_jd(struct jsonl_buf *b, const struct jd *d)
+{
+	switch (d->kind) {
+	case JD_STRING: jsonl_put_string(b, d->u.s, d->n); break;
+	case JD_ARRAY:
+		jsonl_put(b, "[", 1);
+		for (uint32_t i = 0; i < d->n; i++) {
+			if (i)
+				jsonl_put(b, ",", 1);
+			jsonl_put_jd(b, &d->u.items[i]);
+		}
+		jsonl_put(b, "]", 1);
+		break;
+	case JD_OBJECT:
+		jsonl_put(b, "{", 1);
+		for (uint32_t i = 0; i < d->n; i++) {
+			if (i)
+				jsonl_put(b, ",", 1);
+			jsonl_put_string(b, d->u.members[i].key.u.s, d->u.members[i].key.n);
+			jsonl_put(b, ":", 1);
+			jsonl_put_jd(b, &d->u.members[i].val);
+		}
+		jsonl_put(b, "}", 1);
+		break;
+	case JD_NULL: jsonl_put(b, "null", 4); break;
+	case JD_TRUE: jsonl_put(b, "true", 4); break;
+	case JD_FALSE: jsonl_put(b, "false", 5); break;
+	default: put_number(b, d->u.num, d->is_float);
+	}
 }
 
 jv jsonl_parse_value(const char *s, size_t n)
@@ -1056,8 +1272,37 @@ jv jsonl_parse_value(const char *s, size_t n)
 		return jv_invalid_with_msg(jv_string_fmt("more than %d bytes", INT_MAX));
 	const char *why;
 	long at;
-	jv v = parse_text(s, n, NULL, &why, &at);
-	return at >= 0 ? jv_invalid_with_msg(jv_string_fmt("%s at byte %ld", why, at)) : v;
+	struct jd_arena a = {0};
+	struct jd d;
+	jv v;
+	if (parse_text(s, n, NULL, &a, &d, &why, &at, &v))
+		v = jsonl_jv_of(&d);
+	else if (at >= 0)
+		v = jv_invalid_with_msg(jv_string_fmt("%s at byte %ld", why, at));
+	jd_arena_free(&a);
+	return v;
+}
+
+int jsonl_parse_jd(const char *s, size_t n, struct jd_arena *a, struct jd *out, struct err *err)
+{
+	if (n > INT_MAX)
+		return err_set(err, "more than %d bytes", INT_MAX);
+	const char *why;
+	long at;
+	jv v;
+	if (parse_text(s, n, NULL, a, out, &why, &at, &v))
+		return 0;
+	if (at >= 0)
+		return err_set(err, "%s at byte %ld", why, at);
+	if (!jv_is_valid(v)) {
+		jv msg = jv_invalid_get_msg(v);
+		err_set(err, "%s", jv_get_kind(msg) == JV_KIND_STRING ? jv_string_value(msg) : "parse error");
+		jv_free(msg);
+		return -1;
+	}
+	int rc = jsonl_jd_of(v, a, out);
+	jv_free(v);
+	return rc < 0 ? err_sys(err, "out of memory") : 0;
 }
 
 int jsonl_parse(const char *s, size_t n, const char *name, jv *out, struct err *err)

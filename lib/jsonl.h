@@ -1,4 +1,5 @@
-/* jsonl: JSON Lines on libjq's jv values, with line numbers in every error.
+/* jsonl: JSON Lines read into libjq's jv values or into jd values (jdoc.h),
+ * and written from either, with line numbers in every error.
  *
  * Ownership follows jq's rule: jv functions consume their arguments and
  * return new references. jsonl_next() hands the caller a new reference.
@@ -14,6 +15,7 @@
 
 #include <jq.h>
 
+#include "jdoc.h"
 #include "msg.h"
 
 struct jsonl_reader;
@@ -38,20 +40,21 @@ int jsonl_next(struct jsonl_reader *r, jv *out, struct err *err);
  * (name and lineno are jsonl_name and jsonl_line of the line). */
 int jsonl_next_line(struct jsonl_reader *r, const char **line, size_t *len, struct err *err);
 int jsonl_parse_record(const char *name, long lineno, const char *line, size_t len, jv *out, struct err *err);
-/* jsonl_parse_record remembering long top-level values from one record to the
- * next: a member whose text (an object, array or string of 256 bytes or more)
- * is byte for byte the last one seen under that key is not parsed again, its
- * value is shared (the same jv, as jv_identical says) — the tool list every
- * record of a data set repeats. Short strings without escapes (24 bytes at
- * most: keys, roles) are shared the same way, from a table of the last ones
- * seen. The result is the same value either way. A memo belongs to one
- * thread (jq's reference counts are not atomic). */
+/* jsonl_parse_record making a jd (jdoc.h) in a, with the same checks and
+ * errors. With a memo (or NULL), long top-level values are remembered from
+ * one record to the next: a member whose text (an object, array or string
+ * of 256 bytes or more) is byte for byte the last one seen under that key is
+ * not parsed again, and its value is the memo's jd_shared block's (the tool
+ * list every record of a data set repeats), which the template's cache
+ * knows again. Such values live in the memo: they stay valid until the
+ * memo's next record or its end. The result is the same value either way. A
+ * memo belongs to one thread. */
 struct jsonl_memo;
 struct jsonl_memo *jsonl_memo_new(void);
 void jsonl_memo_free(struct jsonl_memo *m);
 unsigned long long jsonl_memo_hits(const struct jsonl_memo *m);
-int jsonl_parse_record_memo(const char *name, long lineno, const char *line, size_t len, struct jsonl_memo *memo,
-			    jv *out, struct err *err);
+int jsonl_parse_record_jd(const char *name, long lineno, const char *line, size_t len, struct jsonl_memo *memo,
+			  struct jd_arena *a, struct jd *out, struct err *err);
 /* The line number of the record (or bad line) last returned, 1-based, and the
  * source name. */
 long jsonl_line(const struct jsonl_reader *r);
@@ -81,6 +84,13 @@ long jsonl_unsafe_at(const char *s, size_t n, const char **why);
  * (jq for what it does not take). The value, or invalid with a message
  * (jq's, or "<why> at byte N"). */
 jv jsonl_parse_value(const char *s, size_t n);
+/* jsonl_parse_value making a jd in a: 0, or -1 with err->msg the message
+ * alone (jq's, or "<why> at byte N"). */
+int jsonl_parse_jd(const char *s, size_t n, struct jd_arena *a, struct jd *out, struct err *err);
+/* A jd as a new jv (numbers keep their float mark), and a jv (not consumed)
+ * as a jd in a (0, or -1 when out of memory). */
+jv jsonl_jv_of(const struct jd *d);
+int jsonl_jd_of(jv v, struct jd_arena *a, struct jd *out);
 /* Parses one whole JSON text (a config file, a header): jsonl_unsafe_at first,
  * then the parser records go through (jq for what it does not take). Returns
  * 0 with *out a new reference, or -1 with err "NAME: bad JSON: why". */
@@ -121,6 +131,7 @@ struct jsonl_buf {
 void jsonl_put(struct jsonl_buf *b, const char *s, size_t n);        /* the bytes as they are */
 void jsonl_put_string(struct jsonl_buf *b, const char *s, size_t n); /* a JSON string of s (UTF-8) */
 void jsonl_put_value(struct jsonl_buf *b, jv v);                     /* v, consumed, as jsonl_write */
+void jsonl_put_jd(struct jsonl_buf *b, const struct jd *d);          /* d as jsonl_put_value writes its jv */
 void jsonl_put_long(struct jsonl_buf *b, long x);                    /* x in decimal, as jq prints an integer */
 
 /* Where the value at path lies in the JSON text s[0..n), found by scanning,

@@ -22,6 +22,7 @@
 
 #include <jv.h>
 
+#include "jdoc.h"
 #include "msg.h"
 
 struct tmpl;
@@ -80,10 +81,10 @@ void tmpl_output_free(struct tmpl_output *o);
  * as text), generation ranges and cuts. */
 int tmpl_output_equal(const struct tmpl_output *a, const struct tmpl_output *b);
 
-/* v (consumed) as JSON text the way transformers' tojson filter writes it
- * (json.dumps with ensure_ascii off: ", " and ": ", non-ASCII kept, floats
- * as Python prints them), or invalid with a message. */
-jv tmpl_tojson(jv v);
+/* v as JSON text the way transformers' tojson filter writes it (json.dumps
+ * with ensure_ascii off: ", " and ": ", non-ASCII kept, floats as Python
+ * prints them): 0 with *out a string in a, or -1 with err set. */
+int tmpl_tojson(const struct jd *v, struct jd_arena *a, struct jd *out, struct err *err);
 
 /* Frees the blocks the calling thread keeps for its next renders: a thread
  * that renders calls it before it ends. */
@@ -130,29 +131,28 @@ void tmpl_trace_free(struct tmpl_trace *tr);
 unsigned long long tmpl_trace_copied(const struct tmpl_trace *tr);
 
 /* Converted values one thread keeps from one context to the next: a
- * variable (other than messages) whose jv is identical (jv_identical, the
- * same reference) to one a recent context had under that name is not
- * converted again, and tojson's text of it is made once. A data set's
- * repeated tool list, read with jsonl_parse_record_memo, is such a value.
- * The output is the same with or without a cache. A context made with a
- * cache must be freed before the next one is made with it. */
+ * variable (other than messages) whose array or object is a jd_shared
+ * block's value (jd_shared_of) that a recent context had under that name is
+ * not converted again, and tojson's text of it is made once. A data set's
+ * repeated tool list, read with a jsonl memo, is such a value. The output is
+ * the same with or without a cache. A context made with a cache must be
+ * freed before the next one is made with it. */
 struct tmpl_cache;
 struct tmpl_cache *tmpl_cache_new(void);
 void tmpl_cache_free(struct tmpl_cache *c);
-struct tmpl_ctx *tmpl_ctx_new_cached(jv ctx, struct tmpl_cache *cache, struct err *err);
-/* One variable of a record's context: its name (copied) and value. */
+/* One variable of a record's context: its name and value (both copied). */
 struct tmpl_var {
 	const char *name;
-	jv value;
+	const struct jd *value;
 };
-/* The context of vars (nvars distinct names, values consumed) over the
- * variables of more over those of base (JSON objects, consumed; a name in a
- * higher layer wins): ds-fmt's special tokens, --var values and each
- * record's messages and tools. The lower two are converted once while the
- * same jv values (jv_identical) come back with the same cache, and the
- * context must not outlive the cache. */
-struct tmpl_ctx *tmpl_ctx_new_layered(jv base, jv more, struct tmpl_var *vars, size_t nvars, struct tmpl_cache *cache,
-				      struct err *err);
+/* The context of vars (nvars distinct names) over the variables of more
+ * over those of base (JSON objects, consumed, or jv_invalid() for none; a
+ * name in a higher layer wins): ds-fmt's special tokens, --var values and
+ * each record's messages and tools. The lower two are converted once while
+ * the same jv values (jv_identical) come back with the same cache (which
+ * may be NULL), and the context must not outlive the cache. */
+struct tmpl_ctx *tmpl_ctx_new_layered(jv base, jv more, const struct tmpl_var *vars, size_t nvars,
+				      struct tmpl_cache *cache, struct err *err);
 /* Values used again, tojson texts used again (for tests and benchmarks). */
 void tmpl_cache_stats(const struct tmpl_cache *c, unsigned long long *hits, unsigned long long *json_hits);
 

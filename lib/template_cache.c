@@ -2,9 +2,10 @@
  * to the next, and what tojson made of them.
  *
  * A data set repeats the same tool list (and the model's special tokens come
- * with every record): when a variable's jv is the very value a recent
- * context had under that name (jv_identical: the same reference, as
- * jsonl_parse_record_memo hands out), its converted value is used again.
+ * with every record): when a variable's value is that of the jd_shared block
+ * a recent context had under that name (as a jsonl memo hands them out), its
+ * converted value is used again; the lower layers likewise while their jv
+ * values are the same references (jv_identical).
  * Values are immutable once made (the sandbox refuses in-place changes), so
  * a container's tojson text depends only on the container, the origin its
  * text takes and the options: that text is kept beside the value. Only
@@ -27,7 +28,7 @@ struct memo_item {
 
 struct slot {
 	char *name; /* "" when free */
-	jv src;     /* held, so that identity keeps meaning the same value */
+	struct jd_shared *src; /* held, so that identity keeps meaning the same value */
 	struct tp_arena a;
 	struct tp_val v;
 	const void **boxes; /* every container of v, sorted (in a) */
@@ -62,7 +63,7 @@ static void slot_clear(struct slot *s)
 	if (!s->name)
 		return;
 	free(s->name);
-	jv_free(s->src);
+	jd_shared_unref(s->src);
 	tp_arena_free(&s->a); /* boxes too */
 	free(s->memo);
 	memset(s, 0, sizeof *s);
@@ -138,19 +139,19 @@ static void list_boxes(struct tp_val v, const void **out, uint32_t *n)
 		list_boxes(v.type == TP_LIST ? v.u.l->v[i] : v.u.d->v[i], out, n);
 }
 
-int tp_cache_value(struct tmpl_cache *c, const char *name, jv v, struct tp_val *out, jmp_buf *fail, struct err *err)
+int tp_cache_value(struct tmpl_cache *c, const char *name, const struct jd *v, struct tp_val *out, jmp_buf *fail,
+		   struct err *err)
 {
-	jv_kind k = jv_get_kind(v);
-	if (k != JV_KIND_ARRAY && k != JV_KIND_OBJECT)
+	struct jd_shared *src = v->kind == JD_ARRAY || v->kind == JD_OBJECT ? jd_shared_of(v) : NULL;
+	if (!src)
 		return 0;
 	struct slot *victim = NULL;
 	for (int i = 0; i < CACHE_SLOTS; i++) {
 		struct slot *s = &c->s[i];
-		if (s->name && !strcmp(s->name, name) && jv_identical(jv_copy(s->src), jv_copy(v))) {
+		if (s->name && s->src == src && !strcmp(s->name, name)) {
 			s->used = c->now;
 			c->hits++;
 			*out = s->v;
-			jv_free(v);
 			return 1;
 		}
 		if (s->used != c->now && (!victim || !s->name || (victim->name && s->used < victim->used)))
@@ -161,12 +162,12 @@ int tp_cache_value(struct tmpl_cache *c, const char *name, jv v, struct tp_val *
 	slot_clear(victim);
 	if (!(victim->name = strdup(name)))
 		return 0;
-	victim->src = jv_copy(v);
+	victim->src = jd_shared_ref(src);
 	victim->used = c->now;
 	victim->a.err = err;
 	victim->a.fail = fail; /* a failure here unwinds the context being made, which clears the slot */
 	struct tp_org o = {-1, TMPL_INPUT, victim->name};
-	victim->v = tp_from_jv(&victim->a, v, o);
+	victim->v = tp_from_jd(&victim->a, v, o);
 	uint32_t n = 0;
 	list_boxes(victim->v, NULL, &n);
 	victim->boxes = tp_alloc(&victim->a, (size_t)n * sizeof *victim->boxes);

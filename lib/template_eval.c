@@ -25,6 +25,7 @@
 
 #include <utf8proc.h>
 
+#include "jsonl.h"
 #include "template_impl.h"
 
 struct frame {
@@ -3191,45 +3192,40 @@ void tmpl_free(struct tmpl *t)
 	free(t);
 }
 
-static int origin_of_key(const char *k)
+static int origin_of_key(const struct jd *k)
 {
-	if (!strcmp(k, "content"))
+	if (jd_is(k, "content"))
 		return TMPL_MSG_CONTENT;
-	if (!strcmp(k, "tool_calls"))
+	if (jd_is(k, "tool_calls"))
 		return TMPL_MSG_TOOL_CALLS;
 	return TMPL_MSG_OTHER;
 }
 
 /* messages: each message's values get their own origin by key. */
-static struct tp_val messages_from_jv(struct tp_arena *a, jv msgs, struct tp_org listo)
+static struct tp_val messages_from_jd(struct tp_arena *a, const struct jd *msgs, struct tp_org listo)
 {
-	if (jv_get_kind(msgs) != JV_KIND_ARRAY)
-		return tp_from_jv(a, msgs, listo);
-	int n = jv_array_length(jv_copy(msgs));
-	struct tp_val l = tp_mk_list(a, (uint32_t)n, 0);
+	if (msgs->kind != JD_ARRAY)
+		return tp_from_jd(a, msgs, listo);
+	struct tp_val l = tp_mk_list(a, msgs->n, 0);
 	l.o = listo;
-	for (int i = 0; i < n; i++) {
-		jv m = jv_array_get(jv_copy(msgs), i);
-		struct tp_org mo = { i, TMPL_MSG_OTHER, NULL };
-		if (jv_get_kind(m) != JV_KIND_OBJECT) {
-			l.u.l->v[i] = tp_from_jv(a, m, mo);
+	for (uint32_t i = 0; i < msgs->n; i++) {
+		const struct jd *m = &msgs->u.items[i];
+		struct tp_org mo = { (int32_t)i, TMPL_MSG_OTHER, NULL };
+		if (m->kind != JD_OBJECT) {
+			l.u.l->v[i] = tp_from_jd(a, m, mo);
 			continue;
 		}
 		struct tp_val d = tp_mk_dict(a);
 		d.o = mo;
-		for (int it = jv_object_iter(m); jv_object_iter_valid(m, it); it = jv_object_iter_next(m, it)) {
-			jv key = jv_object_iter_key(m, it);
-			const char *ks = jv_string_value(key);
-			struct tp_org o = { i, (uint8_t)origin_of_key(ks), NULL };
-			struct tp_val kv = tp_mk_str(tp_str_lit(a, ks, (size_t)jv_string_length_bytes(jv_copy(key)), mo));
-			jv_free(key);
-			struct tp_val vv = tp_from_jv(a, jv_object_iter_value(m, it), o);
-			tp_dict_push(a, d.u.d, kv, vv);
+		tp_dict_reserve(a, d.u.d, m->n);
+		for (uint32_t k = 0; k < m->n; k++) {
+			const struct jd_member *mm = &m->u.members[k];
+			struct tp_org o = { (int32_t)i, (uint8_t)origin_of_key(&mm->key), NULL };
+			struct tp_val kv = tp_mk_str(tp_str_lit(a, mm->key.u.s, mm->key.n, mo));
+			tp_dict_push(a, d.u.d, kv, tp_from_jd(a, &mm->val, o));
 		}
-		jv_free(m);
 		l.u.l->v[i] = d;
 	}
-	jv_free(msgs);
 	return l;
 }
 
@@ -3247,62 +3243,71 @@ struct tmpl_ctx {
 	uint32_t messages, agp; /* the indexes of messages and add_generation_prompt, or n */
 };
 
-struct tmpl_ctx *tmpl_ctx_new(jv ctx, struct err *err) { return tmpl_ctx_new_cached(ctx, NULL, err); }
-
-/* Variable name's value val (consumed) converted into a: messages gets each
- * message's origins, containers the cache's values where it has them
- * (cache may be NULL). */
-static struct tp_val var_value(struct tp_arena *a, const char *name, jv val, struct tmpl_cache *cache, jmp_buf *fail,
-			       struct err *err)
+/* Variable name's value val converted into a: messages gets each message's
+ * origins, containers the cache's values where it has them (cache may be
+ * NULL). */
+static struct tp_val var_value(struct tp_arena *a, const char *name, const struct jd *val, struct tmpl_cache *cache,
+			       jmp_buf *fail, struct err *err)
 {
 	struct tp_org o = { -1, TMPL_INPUT, name };
 	struct tp_val v;
 	if (!strcmp(name, "messages"))
-		return messages_from_jv(a, val, o);
+		return messages_from_jd(a, val, o);
 	if (!cache || !tp_cache_value(cache, name, val, &v, fail, err))
-		v = tp_from_jv(a, val, o);
+		v = tp_from_jd(a, val, o);
 	return v;
 }
 
-/* The variables of the jv object ctx (borrowed) converted into a (no
- * cache): their names, values and count. */
-static uint32_t vars_from_jv(struct tp_arena *a, jv ctx, jmp_buf *fail, struct err *err, const char **names,
-			     struct tp_val *vals)
+/* The members of the object obj converted into a (no cache): their names,
+ * values and count. */
+static uint32_t vars_from_jd(struct tp_arena *a, const struct jd *obj, jmp_buf *fail, struct err *err,
+			     const char **names, struct tp_val *vals)
 {
-	uint32_t k = 0, nk = (uint32_t)jv_object_length(jv_copy(ctx));
-	for (int it = jv_object_iter(ctx); k < nk && jv_object_iter_valid(ctx, it); it = jv_object_iter_next(ctx, it), k++) {
-		jv key = jv_object_iter_key(ctx, it);
-		names[k] = tp_strndup(a, jv_string_value(key), strlen(jv_string_value(key)));
-		jv_free(key);
-		vals[k] = var_value(a, names[k], jv_object_iter_value(ctx, it), NULL, fail, err);
+	for (uint32_t k = 0; k < obj->n; k++) {
+		const struct jd_member *m = &obj->u.members[k];
+		names[k] = tp_strndup(a, m->key.u.s, strlen(m->key.u.s));
+		vals[k] = var_value(a, names[k], &m->val, NULL, fail, err);
 	}
-	return k;
+	return obj->n;
 }
 
-/* Frees the values of vars not consumed yet (those are jv_invalid()). */
-static void vars_free(struct tmpl_var *vars, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		jv_free(vars[i].value);
-		vars[i].value = jv_invalid();
-	}
-}
-
-/* A context of vars over the variables of more over those of base (all
- * consumed; base and more jv_invalid when there are none): see
- * tmpl_ctx_new_layered. */
-static struct tmpl_ctx *ctx_new(jv base, jv more, struct tmpl_var *vars, size_t nvars, struct tmpl_cache *cache,
-				struct err *err)
+/* A context of vars over the variables of more over those of base (both
+ * consumed; jv_invalid when there are none): see tmpl_ctx_new_layered. */
+static struct tmpl_ctx *ctx_new(jv base, jv more, const struct tmpl_var *vars, size_t nvars,
+				struct tmpl_cache *cache, struct err *err)
 {
 	if ((jv_is_valid(base) && jv_get_kind(base) != JV_KIND_OBJECT) ||
 	    (jv_is_valid(more) && jv_get_kind(more) != JV_KIND_OBJECT)) {
-		vars_free(vars, nvars), jv_free(base), jv_free(more);
+		jv_free(base), jv_free(more);
 		return err_set(err, "the context must be a JSON object"), NULL;
 	}
 	struct tmpl_ctx *volatile c = calloc(1, sizeof *c); /* volatile: kept across setjmp */
 	if (!c) {
-		vars_free(vars, nvars), jv_free(base), jv_free(more);
+		jv_free(base), jv_free(more);
 		return err_sys(err, "out of memory"), NULL;
+	}
+	/* The lower layers, converted once while the same jv values come back:
+	 * merged and made JSON values here, before the conversion (which
+	 * unwinds with longjmp) when the cache does not have them. */
+	const char **bnames = NULL;
+	struct tp_val *bvals = NULL;
+	uint32_t bn = 0;
+	struct jd_arena ja = { 0 };
+	struct jd under = jd_null();
+	volatile int have_base = !jv_is_valid(base) && !jv_is_valid(more); /* volatile: read after setjmp */
+	if (!have_base && cache)
+		have_base = tp_cache_base(cache, base, more, &bnames, &bvals, &bn);
+	if (!have_base) {
+		jv u = jv_is_valid(base) ? jv_copy(base) : jv_object();
+		if (jv_is_valid(more))
+			u = jv_object_merge(u, jv_copy(more));
+		int rc = jsonl_jd_of(u, &ja, &under);
+		jv_free(u);
+		if (rc < 0) {
+			jd_arena_free(&ja), jv_free(base), jv_free(more);
+			free(c);
+			return err_sys(err, "out of memory"), NULL;
+		}
 	}
 	struct tp_arena a = { .cap = ((size_t)64 << 20) + 16 * ((size_t)16 << 20), .err = err }; /* a render's cap */
 	jmp_buf jb;
@@ -3311,20 +3316,11 @@ static struct tmpl_ctx *ctx_new(jv base, jv more, struct tmpl_var *vars, size_t 
 	if (cache)
 		tp_cache_next(cache);
 	if (setjmp(jb) == 0) {
-		/* the lower layers, converted once while the same jv values come back */
-		const char **bnames = NULL;
-		struct tp_val *bvals = NULL;
-		uint32_t bn = 0;
-		if ((jv_is_valid(base) || jv_is_valid(more)) && !(cache && tp_cache_base(cache, base, more, &bnames, &bvals, &bn))) {
+		if (!have_base) {
 			struct tp_arena *ba = cache ? tp_cache_base_begin(cache, base, more, &jb, err) : &a;
-			jv under = jv_is_valid(base) ? jv_copy(base) : jv_object();
-			if (jv_is_valid(more))
-				under = jv_object_merge(under, jv_copy(more));
-			uint32_t nu = (uint32_t)jv_object_length(jv_copy(under));
-			bnames = tp_alloc(ba, ((size_t)nu + 1) * sizeof *bnames);
-			bvals = tp_alloc(ba, ((size_t)nu + 1) * sizeof *bvals);
-			bn = vars_from_jv(ba, under, &jb, err, bnames, bvals);
-			jv_free(under);
+			bnames = tp_alloc(ba, ((size_t)under.n + 1) * sizeof *bnames);
+			bvals = tp_alloc(ba, ((size_t)under.n + 1) * sizeof *bvals);
+			bn = vars_from_jd(ba, &under, &jb, err, bnames, bvals);
 			if (cache)
 				tp_cache_base_end(cache, bnames, bvals, bn);
 		}
@@ -3333,9 +3329,7 @@ static struct tmpl_ctx *ctx_new(jv base, jv more, struct tmpl_var *vars, size_t 
 		uint32_t k = (uint32_t)nvars, n = k;
 		for (uint32_t i = 0; i < k; i++) {
 			names[i] = tp_strndup(&a, vars[i].name, strlen(vars[i].name));
-			jv v = vars[i].value;
-			vars[i].value = jv_invalid(); /* consumed, even if the conversion fails */
-			vals[i] = var_value(&a, names[i], v, cache, &jb, err);
+			vals[i] = var_value(&a, names[i], vars[i].value, cache, &jb, err);
 		}
 		for (uint32_t i = 0; i < bn; i++) { /* a name of vars wins */
 			uint32_t j = 0;
@@ -3355,7 +3349,7 @@ static struct tmpl_ctx *ctx_new(jv base, jv more, struct tmpl_var *vars, size_t 
 	} else if (cache) {
 		tp_cache_abandon(cache);
 	}
-	vars_free(vars, nvars), jv_free(base), jv_free(more);
+	jd_arena_free(&ja), jv_free(base), jv_free(more);
 	c->a = a;
 	c->a.fail = NULL;
 	c->cache = cache;
@@ -3366,34 +3360,14 @@ static struct tmpl_ctx *ctx_new(jv base, jv more, struct tmpl_var *vars, size_t 
 	return c;
 }
 
-struct tmpl_ctx *tmpl_ctx_new_cached(jv ctx, struct tmpl_cache *cache, struct err *err)
-{
-	if (jv_get_kind(ctx) != JV_KIND_OBJECT) {
-		jv_free(ctx);
-		return err_set(err, "the context must be a JSON object"), NULL;
-	}
-	size_t n = 0, cap = (size_t)jv_object_length(jv_copy(ctx));
-	struct tmpl_var *vars = malloc((cap + 1) * sizeof *vars);
-	if (!vars) {
-		jv_free(ctx);
-		return err_sys(err, "out of memory"), NULL;
-	}
-	jv_object_foreach(ctx, k, v) { /* the names live in ctx until ctx_new has copied them */
-		vars[n].name = jv_string_value(k);
-		vars[n++].value = v;
-		jv_free(k);
-	}
-	struct tmpl_ctx *c = ctx_new(jv_invalid(), jv_invalid(), vars, n, cache, err);
-	free(vars);
-	jv_free(ctx);
-	return c;
-}
-
-struct tmpl_ctx *tmpl_ctx_new_layered(jv base, jv more, struct tmpl_var *vars, size_t nvars, struct tmpl_cache *cache,
-				      struct err *err)
+struct tmpl_ctx *tmpl_ctx_new_layered(jv base, jv more, const struct tmpl_var *vars, size_t nvars,
+				      struct tmpl_cache *cache, struct err *err)
 {
 	return ctx_new(base, more, vars, nvars, cache, err);
 }
+
+/* A whole context is the middle layer alone. */
+struct tmpl_ctx *tmpl_ctx_new(jv ctx, struct err *err) { return ctx_new(jv_invalid(), ctx, NULL, 0, NULL, err); }
 
 void tmpl_ctx_free(struct tmpl_ctx *c)
 {
@@ -3403,28 +3377,30 @@ void tmpl_ctx_free(struct tmpl_ctx *c)
 	free(c);
 }
 
-jv tmpl_tojson(jv v)
+int tmpl_tojson(const struct jd *v, struct jd_arena *ja, struct jd *out, struct err *err)
 {
 	struct err e = {0};
 	struct tp_arena a = { .err = &e };
 	jmp_buf jb;
 	a.fail = &jb;
-	jv res;
+	int rc;
 	if (setjmp(jb) == 0) {
-		struct tp_val x = tp_from_jv(&a, v, tp_literal);
+		struct tp_val x = tp_from_jd(&a, v, tp_literal);
 		struct tp_sb o = { 0 };
 		const char *why = NULL;
 		if (tp_json_of(&a, &o, x, &tojson_defaults, 0, &why) == 0) {
 			struct tp_str text = tp_sb_done(&o);
-			res = jv_string_sized(text.s, (int)text.len);
+			*out = jd_string(ja, text.s, text.len);
+			rc = out->kind == JD_STRING ? 0 : err_sys(err, "out of memory");
 		} else {
-			res = jv_invalid_with_msg(jv_string(why));
+			rc = err_set(err, "%s", why);
 		}
 	} else {
-		res = jv_invalid_with_msg(jv_string(e.msg));
+		rc = err_set(err, "%s", e.msg);
+		err->code = e.code;
 	}
 	tp_arena_free(&a);
-	return res;
+	return rc;
 }
 
 int tmpl_render(const struct tmpl *t, jv ctx, const struct tmpl_limits *lim, struct tmpl_output *out,

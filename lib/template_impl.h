@@ -128,8 +128,10 @@ struct tp_val tp_mk_dict(struct tp_arena *a);
 struct tp_val *tp_dict_get(const struct tp_dict *d, struct tp_val k);
 struct tp_val *tp_dict_gets(const struct tp_dict *d, const char *k, size_t n);
 void tp_dict_set(struct tp_arena *a, struct tp_dict *d, struct tp_val k, struct tp_val v);
-/* Appends a key known not to be in d (the keys of a jv object). */
+/* Appends a key known not to be in d (the keys of a JSON object). */
 void tp_dict_push(struct tp_arena *a, struct tp_dict *d, struct tp_val k, struct tp_val v);
+/* Room for n members in all. */
+void tp_dict_reserve(struct tp_arena *a, struct tp_dict *d, uint32_t n);
 int tp_truthy(struct tp_val v);
 int tp_equal(struct tp_val a, struct tp_val b);
 const char *tp_type_name(struct tp_val v);
@@ -146,18 +148,19 @@ struct json_opts {
 int tp_json_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v, const struct json_opts *jo, int depth,
 	       const char **why);
 void tp_float_repr(char *buf, size_t n, double f);
-/* jv (consumed) -> value with origin o. */
-struct tp_val tp_from_jv(struct tp_arena *a, jv v, struct tp_org o);
+/* A JSON value -> value with origin o (strings copied into a). */
+struct tp_val tp_from_jd(struct tp_arena *a, const struct jd *v, struct tp_org o);
 
 /* ---- values kept from one context to the next (template_cache.c) ---- */
 /* The next context is being made: slots the previous one used may go. */
 void tp_cache_next(struct tmpl_cache *c);
-/* Variable name's value for v (consumed on success): the value converted
- * for the identical jv before, or converted now into a slot. Returns 1 with
- * *out set, 0 when the cache does not take v (not an array or object; no
- * slot free), v untouched. A failure longjmps to fail with err set; the
- * caller then calls tp_cache_abandon. */
-int tp_cache_value(struct tmpl_cache *c, const char *name, jv v, struct tp_val *out, jmp_buf *fail, struct err *err);
+/* Variable name's value for v: the value converted for v's jd_shared block
+ * before, or converted now into a slot. Returns 1 with *out set, 0 when the
+ * cache does not take v (not an array or object of a jd_shared block; no
+ * slot free). A failure longjmps to fail with err set; the caller then calls
+ * tp_cache_abandon. */
+int tp_cache_value(struct tmpl_cache *c, const char *name, const struct jd *v, struct tp_val *out, jmp_buf *fail,
+		   struct err *err);
 void tp_cache_abandon(struct tmpl_cache *c);
 /* The converted variables of the layers base and more (tmpl_ctx_new_layered)
  * when they are the very jv values of the last time (1), else 0. */

@@ -8,7 +8,6 @@
 
 #include <utf8proc.h>
 
-#include "jsonl.h"
 #include "template_impl.h"
 
 /* ---- arena ---- */
@@ -323,6 +322,15 @@ void tp_dict_set(struct tp_arena *a, struct tp_dict *d, struct tp_val k, struct 
 		return;
 	}
 	tp_dict_push(a, d, k, v);
+}
+
+void tp_dict_reserve(struct tp_arena *a, struct tp_dict *d, uint32_t n)
+{
+	if (n <= d->cap)
+		return;
+	d->k = tp_realloc(a, d->k, d->n * sizeof *d->k, n * sizeof *d->k);
+	d->v = tp_realloc(a, d->v, d->n * sizeof *d->v, n * sizeof *d->v);
+	d->cap = n;
 }
 
 void tp_dict_push(struct tp_arena *a, struct tp_dict *d, struct tp_val k, struct tp_val v)
@@ -801,51 +809,42 @@ int tp_json_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v, const struc
 }
 
 /* JSON has one number type; json.loads makes a float of "1.0" or "1e3" and
- * an int of "1". libjq keeps only the double: a number the parser marked
- * (jsonl_number_is_float) is a float, else a whole number in int64 range is
- * an int. */
-struct tp_val tp_from_jv(struct tp_arena *a, jv v, struct tp_org o)
+ * an int of "1". A jd keeps the double and whether it was written as a
+ * float: such a number is a float, else a whole number in int64 range is an
+ * int. */
+struct tp_val tp_from_jd(struct tp_arena *a, const struct jd *v, struct tp_org o)
 {
 	struct tp_val r = tp_mk_none();
-	switch (jv_get_kind(v)) {
-	case JV_KIND_NULL: break;
-	case JV_KIND_TRUE: r = tp_mk_bool(1); break;
-	case JV_KIND_FALSE: r = tp_mk_bool(0); break;
-	case JV_KIND_NUMBER: {
-		double d = jv_number_value(v);
-		if (!jsonl_number_is_float(v) && d == floor(d) && fabs(d) < 9.2e18)
+	switch (v->kind) {
+	case JD_TRUE: r = tp_mk_bool(1); break;
+	case JD_FALSE: r = tp_mk_bool(0); break;
+	case JD_NUMBER: {
+		double d = v->u.num;
+		if (!v->is_float && d == floor(d) && fabs(d) < 9.2e18)
 			r = tp_mk_int((int64_t)d);
 		else
 			r = tp_mk_float(d);
 		break;
 	}
-	case JV_KIND_STRING:
-		r = tp_mk_str(tp_str_lit(a, jv_string_value(v), (size_t)jv_string_length_bytes(jv_copy(v)), o));
+	case JD_STRING: r = tp_mk_str(tp_str_lit(a, v->u.s, v->n, o)); break;
+	case JD_ARRAY:
+		r = tp_mk_list(a, v->n, 0);
+		for (uint32_t i = 0; i < v->n; i++)
+			r.u.l->v[i] = tp_from_jd(a, &v->u.items[i], o);
 		break;
-	case JV_KIND_ARRAY: {
-		int n = jv_array_length(jv_copy(v));
-		r = tp_mk_list(a, (uint32_t)n, 0);
-		for (int i = 0; i < n; i++)
-			r.u.l->v[i] = tp_from_jv(a, jv_array_get(jv_copy(v), i), o);
-		break;
-	}
-	case JV_KIND_OBJECT: {
+	case JD_OBJECT:
 		r = tp_mk_dict(a);
-		/* jv's iteration order is insertion order, which is the
-		 * document's: json.loads keeps that too. */
-		for (int it = jv_object_iter(v); jv_object_iter_valid(v, it); it = jv_object_iter_next(v, it)) {
-			jv k = jv_object_iter_key(v, it);
-			struct tp_val kv = tp_mk_str(tp_str_lit(a, jv_string_value(k), (size_t)jv_string_length_bytes(jv_copy(k)), o));
+		tp_dict_reserve(a, r.u.d, v->n);
+		/* in document order, as json.loads keeps them */
+		for (uint32_t i = 0; i < v->n; i++) {
+			const struct jd_member *m = &v->u.members[i];
+			struct tp_val kv = tp_mk_str(tp_str_lit(a, m->key.u.s, m->key.n, o));
 			kv.o = o;
-			jv_free(k);
-			struct tp_val vv = tp_from_jv(a, jv_object_iter_value(v, it), o);
-			tp_dict_push(a, r.u.d, kv, vv);
+			tp_dict_push(a, r.u.d, kv, tp_from_jd(a, &m->val, o));
 		}
 		break;
-	}
 	default: break;
 	}
-	jv_free(v);
 	r.o = o;
 	return r;
 }

@@ -9,9 +9,10 @@
 
 #include "jsonl.h"
 
-/* jsonl_next, each line also parsed with a memo that earlier lines filled:
- * the same result, value and message. */
-static int next_both(struct jsonl_reader *r, struct jsonl_memo *memo, jv *out, struct err *err)
+/* jsonl_next, each line also parsed into a jd with a memo that earlier
+ * lines filled: the same result, value and message, and jsonl_put_jd writes
+ * the jd as jsonl_put_value writes the jv. */
+static int next_both(struct jsonl_reader *r, struct jsonl_memo *memo, struct jd_arena *ar, jv *out, struct err *err)
 {
 	const char *line;
 	size_t len;
@@ -19,15 +20,28 @@ static int next_both(struct jsonl_reader *r, struct jsonl_memo *memo, jv *out, s
 	if (rc <= 0)
 		return rc;
 	struct err e2 = {0};
-	jv v2;
+	struct jd d;
 	rc = jsonl_parse_record(jsonl_name(r), jsonl_line(r), line, len, out, err);
-	int rc2 = jsonl_parse_record_memo(jsonl_name(r), jsonl_line(r), line, len, memo, &v2, &e2);
+	int rc2 = jsonl_parse_record_jd(jsonl_name(r), jsonl_line(r), line, len, memo, ar, &d, &e2);
 	if (rc != rc2 || (rc < 0 && strcmp(err->msg, e2.msg)))
 		abort();
+	if (rc > 0) {
+		struct jsonl_buf x = {0}, y = {0};
+		jsonl_put_value(&x, jv_copy(*out));
+		jsonl_put_jd(&y, &d);
+		if (x.n != y.n || memcmp(x.p, y.p, x.n))
+			abort(); /* the jd (or the memo) changed a value */
+		/* and the jd made of the jv is the same value, as jq's equality
+		 * says of two jv made apart (of one jv, jq says equal at once,
+		 * even where a NaN is inside) */
+		struct jd e;
+		if (jsonl_jd_of(*out, ar, &e) < 0 || jd_equal(&d, &e) != jv_equal(jv_copy(*out), jsonl_jv_of(&e)))
+			abort();
+		free(x.p), free(y.p);
+	}
+	jd_arena_reset(ar);
 	if (rc > 0) { /* compared as text: jv_equal says nan != nan */
-		jv a = jv_dump_string(jv_copy(*out), 0), b = jv_dump_string(v2, 0);
-		if (strcmp(jv_string_value(a), jv_string_value(b)))
-			abort(); /* the memo changed a value */
+		jv a = jv_dump_string(jv_copy(*out), 0);
 		/* an accepted line is one jq may be given (no NUL, UTF-8 throughout:
 		 * the direct parser leaves those checks to what it reads), and jq's
 		 * own parser reads it to the same value (the direct parser's numbers
@@ -41,7 +55,7 @@ static int next_both(struct jsonl_reader *r, struct jsonl_memo *memo, jv *out, s
 		jv c = jv_dump_string(j, 0);
 		if (strcmp(jv_string_value(a), jv_string_value(c)))
 			abort();
-		jv_free(a), jv_free(b), jv_free(c);
+		jv_free(a), jv_free(c);
 	}
 	return rc;
 }
@@ -107,7 +121,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	jv v;
 	int rc;
 	struct jsonl_memo *memo = jsonl_memo_new();
-	while ((rc = next_both(r, memo, &v, &err)) != 0) {
+	struct jd_arena ar = {0};
+	while ((rc = next_both(r, memo, &ar, &v, &err)) != 0) {
 		/* Line numbers only grow, and every message says where. */
 		if (jsonl_line(r) <= last)
 			abort();
@@ -124,6 +139,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		nrec++;
 	}
 	jsonl_memo_free(memo);
+	jd_arena_free(&ar);
 	jsonl_close(r);
 	fclose(in);
 	fclose(out);

@@ -5,20 +5,40 @@
 
 #include "chat.h"
 #include "check.h"
+#include "jsonl.h"
 
-static jv J(const char *s) { return jv_parse(s); }
+/* Values live in one arena for the whole test. */
+static struct jd_arena ar;
 
-/* True when a equals the JSON text b; consumes a. */
-static int eq(jv a, const char *b)
+static struct jd J(const char *s)
 {
-	if (!jv_is_valid(a)) {
-		jv_free(a);
-		return 0;
-	}
-	return jv_equal(a, J(b));
+	struct jd v = jd_null();
+	struct err err = {0};
+	CHECK(jsonl_parse_jd(s, strlen(s), &ar, &v, &err) == 0, "%s: %s", s, err.msg);
+	return v;
 }
 
-static char *dump(jv v)
+/* True when a equals the JSON text b. */
+static int eq(const struct jd *a, const char *b)
+{
+	struct jd w = J(b);
+	return jd_equal(a, &w);
+}
+
+static const char *dump(const struct jd *v)
+{
+	static char buf[2048];
+	struct jsonl_buf b = {0};
+	jsonl_put_jd(&b, v);
+	snprintf(buf, sizeof buf, "%.*s", (int)b.n, b.p ? b.p : "");
+	free(b.p);
+	return buf;
+}
+
+/* The same for jv values (consumed). */
+static int jvtext_eq(jv a, const char *b) { return jv_is_valid(a) ? jv_equal(a, jv_parse(b)) : (jv_free(a), 0); }
+
+static const char *jvtext(jv v)
 {
 	static char buf[2048];
 	jv s = jv_dump_string(v, 0);
@@ -38,54 +58,70 @@ static void test_input_parse(void)
 static void test_openai(void)
 {
 	struct err err = {0};
-	jv r = chat_to_messages(J("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tools\":[],\"id\":3}"),
-				CHAT_INPUT_AUTO, &err);
-	CHECK(eq(jv_copy(r), "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tools\":[]}"), "%s", dump(jv_copy(r)));
-	jv_free(r);
-	r = chat_to_messages(J("{\"messages\":{}}"), CHAT_INPUT_AUTO, &err);
-	CHECK(!jv_is_valid(r) && strstr(err.msg, "must be an array"), "%s", err.msg);
-	jv_free(r);
-	r = chat_to_messages(J("{\"prompt\":1}"), CHAT_INPUT_AUTO, &err);
-	CHECK(!jv_is_valid(r) && strstr(err.msg, "--jq"), "%s", err.msg);
-	jv_free(r);
+	struct jd m, t, r = J("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tools\":[],\"id\":3}");
+	CHECK(chat_to_messages(&r, CHAT_INPUT_AUTO, &ar, &m, &t, &err) == 0, "%s", err.msg);
+	CHECK(eq(&m, "[{\"role\":\"user\",\"content\":\"hi\"}]") && eq(&t, "[]"), "%s", dump(&m));
+	r = J("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tools\":null}");
+	CHECK(chat_to_messages(&r, CHAT_INPUT_AUTO, &ar, &m, &t, &err) == 0 && t.kind == JD_NULL, "no tools: %s",
+	      dump(&t));
+	r = J("{\"messages\":{}}");
+	CHECK(chat_to_messages(&r, CHAT_INPUT_AUTO, &ar, &m, &t, &err) < 0 && strstr(err.msg, "must be an array"), "%s",
+	      err.msg);
+	r = J("{\"messages\":[],\"tools\":5}");
+	CHECK(chat_to_messages(&r, CHAT_INPUT_AUTO, &ar, &m, &t, &err) < 0 && strstr(err.msg, "\"tools\" must be"), "%s",
+	      err.msg);
+	r = J("{\"prompt\":1}");
+	CHECK(chat_to_messages(&r, CHAT_INPUT_AUTO, &ar, &m, &t, &err) < 0 && strstr(err.msg, "--jq"), "%s", err.msg);
 }
 
 static void test_alpaca(void)
 {
 	struct err err = {0};
-	jv r = chat_to_messages(J("{\"instruction\":\"Translate\",\"input\":\"кот\",\"output\":\"cat\",\"system\":\"S\"}"),
-				CHAT_INPUT_AUTO, &err);
-	CHECK(eq(jv_copy(r), "{\"messages\":[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":"
-			     "\"Translate\\nкот\"},{\"role\":\"assistant\",\"content\":\"cat\"}]}"),
-	      "%s", dump(jv_copy(r)));
-	jv_free(r);
-	r = chat_to_messages(J("{\"instruction\":\"Hi\",\"input\":\"\",\"output\":\"Yo\"}"), CHAT_INPUT_ALPACA, &err);
-	CHECK(eq(jv_copy(r), "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"},{\"role\":\"assistant\",\"content\":"
-			     "\"Yo\"}]}"),
-	      "%s", dump(jv_copy(r)));
-	jv_free(r);
-	r = chat_to_messages(J("{\"instruction\":5}"), CHAT_INPUT_ALPACA, &err);
-	CHECK(!jv_is_valid(r) && strstr(err.msg, "instruction"), "%s", err.msg);
-	jv_free(r);
+	struct jd m, t, r = J("{\"instruction\":\"Translate\",\"input\":\"кот\",\"output\":\"cat\",\"system\":\"S\"}");
+	CHECK(chat_to_messages(&r, CHAT_INPUT_AUTO, &ar, &m, &t, &err) == 0 && t.kind == JD_NULL, "%s", err.msg);
+	CHECK(eq(&m, "[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":"
+		     "\"Translate\\nкот\"},{\"role\":\"assistant\",\"content\":\"cat\"}]"),
+	      "%s", dump(&m));
+	r = J("{\"instruction\":\"Hi\",\"input\":\"\",\"output\":\"Yo\"}");
+	CHECK(chat_to_messages(&r, CHAT_INPUT_ALPACA, &ar, &m, &t, &err) == 0, "%s", err.msg);
+	CHECK(eq(&m, "[{\"role\":\"user\",\"content\":\"Hi\"},{\"role\":\"assistant\",\"content\":\"Yo\"}]"), "%s",
+	      dump(&m));
+	r = J("{\"instruction\":5}");
+	CHECK(chat_to_messages(&r, CHAT_INPUT_ALPACA, &ar, &m, &t, &err) < 0 && strstr(err.msg, "instruction"), "%s",
+	      err.msg);
+	r = J("{\"instruction\":\"i\",\"output\":[]}");
+	CHECK(chat_to_messages(&r, CHAT_INPUT_ALPACA, &ar, &m, &t, &err) < 0 && strstr(err.msg, "\"output\""), "%s",
+	      err.msg);
 }
 
 static void test_sharegpt(void)
 {
 	struct err err = {0};
-	jv r = chat_to_messages(
-		J("{\"system\":\"S\",\"tools\":\"[{\\\"name\\\":\\\"f\\\"}]\",\"conversations\":[{\"from\":\"human\",\"value\":\"q\"},"
-		  "{\"from\":\"function_call\",\"value\":\"{\\\"name\\\":\\\"f\\\",\\\"arguments\\\":{\\\"a\\\":1}}\"},"
-		  "{\"from\":\"observation\",\"value\":\"r\"},{\"from\":\"gpt\",\"value\":\"a\"}]}"),
-		CHAT_INPUT_AUTO, &err);
-	CHECK(eq(jv_copy(r), "{\"messages\":[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":\"q\"},"
-			     "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"type\":\"function\",\"function\":"
-			     "{\"name\":\"f\",\"arguments\":{\"a\":1}}}]},{\"role\":\"tool\",\"content\":\"r\"},"
-			     "{\"role\":\"assistant\",\"content\":\"a\"}],\"tools\":[{\"name\":\"f\"}]}"),
-	      "%s %s", dump(jv_copy(r)), err.msg);
-	jv_free(r);
-	r = chat_to_messages(J("{\"conversations\":[{\"from\":\"bot\",\"value\":\"q\"}]}"), CHAT_INPUT_AUTO, &err);
-	CHECK(!jv_is_valid(r) && strstr(err.msg, "turn 0: unknown \"from\": \"bot\""), "%s", err.msg);
-	jv_free(r);
+	struct jd m, t, r = J(
+		"{\"system\":\"S\",\"tools\":\"[{\\\"name\\\":\\\"f\\\"}]\",\"conversations\":[{\"from\":\"human\",\"value\":\"q\"},"
+		"{\"from\":\"function_call\",\"value\":\"{\\\"name\\\":\\\"f\\\",\\\"arguments\\\":{\\\"a\\\":1}}\"},"
+		"{\"from\":\"observation\",\"value\":\"r\"},{\"from\":\"gpt\",\"value\":\"a\"}]}");
+	CHECK(chat_to_messages(&r, CHAT_INPUT_AUTO, &ar, &m, &t, &err) == 0, "%s", err.msg);
+	CHECK(eq(&m, "[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":\"q\"},"
+		     "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"type\":\"function\",\"function\":"
+		     "{\"name\":\"f\",\"arguments\":{\"a\":1}}}]},{\"role\":\"tool\",\"content\":\"r\"},"
+		     "{\"role\":\"assistant\",\"content\":\"a\"}]") &&
+		      eq(&t, "[{\"name\":\"f\"}]"),
+	      "%s", dump(&m));
+	/* the keys in the order a Python script would have written them */
+	CHECK(!strcmp(dump(&m.u.items[2]), "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"type\":\"function\","
+					   "\"function\":{\"name\":\"f\",\"arguments\":{\"a\":1}}}]}"),
+	      "%s", dump(&m.u.items[2]));
+	r = J("{\"conversations\":[{\"from\":\"bot\",\"value\":\"q\"}]}");
+	CHECK(chat_to_messages(&r, CHAT_INPUT_AUTO, &ar, &m, &t, &err) < 0 &&
+		      strstr(err.msg, "turn 0: unknown \"from\": \"bot\""),
+	      "%s", err.msg);
+	r = J("{\"conversations\":[{\"from\":\"function_call\",\"value\":\"[1\"}]}");
+	CHECK(chat_to_messages(&r, CHAT_INPUT_AUTO, &ar, &m, &t, &err) < 0 && strstr(err.msg, "not a JSON object or array"),
+	      "%s", err.msg);
+	r = J("{\"conversations\":[],\"tools\":\"{}\"}");
+	CHECK(chat_to_messages(&r, CHAT_INPUT_AUTO, &ar, &m, &t, &err) < 0 && strstr(err.msg, "not a JSON array"), "%s",
+	      err.msg);
 }
 
 /* validate: the message text of each kind of problem, with its index. */
@@ -102,31 +138,40 @@ static void test_validate(void)
 		 "{\"role\":\"tool\",\"content\":\"r\"},{\"role\":\"tool\",\"content\":\"r2\"}]",
 		 NULL},
 		{"[]", "empty"},
+		{"{}", "\"messages\" must be an array"},
+		{"[5]", "message 0: expected an object"},
+		{"[{\"content\":\"x\"}]", "message 0: \"role\" must be a string"},
 		{"[{\"role\":\"robot\",\"content\":\"x\"}]", "message 0: unknown role \"robot\""},
 		{"[{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"assistant\",\"content\":\"a\"}]",
 		 "message 1: the first message after the system prompt is the assistant's"},
 		{"[{\"role\":\"user\",\"content\":\"\"}]", "message 0: empty content"},
+		{"[{\"role\":\"user\"}]", "message 0: empty content"},
 		{"[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\",\"content\":null}]", "message 1: empty content"},
 		{"[{\"role\":\"user\",\"content\":5}]", "message 0: bad content"},
+		{"[{\"role\":\"user\",\"content\":[{\"text\":\"u\"}]}]", "message 0: bad content"},
 		{"[{\"role\":\"user\",\"content\":\" \\n\\t\"}]", "message 0: empty content (white space"},
 		{"[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"tool\",\"content\":\"r\"}]",
 		 "message 1: a tool result without a preceding assistant tool call"},
 		{"[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":{}}]",
 		 "message 1: \"tool_calls\" must be a non-empty array"},
+		{"[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[5]}]",
+		 "message 1: tool call 0: expected {\"type\""},
 		{"[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"function\":"
 		 "{\"arguments\":{}}}]}]",
 		 "message 1: tool call 0: \"function.name\""},
 		{"[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"function\":"
 		 "{\"name\":\"f\",\"arguments\":[1]}}]}]",
 		 "message 1: tool call 0: \"function.arguments\""},
+		{"[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"type\":"
+		 "\"fn\",\"function\":{\"name\":\"f\",\"arguments\":{}}}]}]",
+		 "message 1: tool call 0: \"type\" must be \"function\""},
 		{"[{\"role\":\"user\",\"content\":\"u\",\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":{}}}]}]",
 		 "message 0: only assistant messages carry tool_calls"},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
 		struct err err = {0};
-		jv m = J(cases[i].msgs);
-		int rc = chat_validate(m, &err);
-		jv_free(m);
+		struct jd m = J(cases[i].msgs);
+		int rc = chat_validate(&m, &err);
 		if (!cases[i].want)
 			CHECK(rc == 0, "case %zu: %s", i, err.msg);
 		else
@@ -137,37 +182,47 @@ static void test_validate(void)
 static void test_args(void)
 {
 	struct err err = {0};
-	const char *in = "[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":"
-			 "\"{\\\"city\\\": \\\"Москва\\\", \\\"n\\\": [1, 2]}\"}},{\"name\":\"g\",\"arguments\":{\"a\":{}}}]}]";
-	jv o = chat_args_normalize(J(in), CHAT_ARGS_OBJECT, &err);
-	CHECK(eq(jv_copy(o), "[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":"
-			     "{\"city\":\"Москва\",\"n\":[1,2]}}},{\"name\":\"g\",\"arguments\":{\"a\":{}}}]}]"),
-	      "%s", dump(jv_copy(o)));
-	jv s = chat_args_normalize(jv_copy(o), CHAT_ARGS_STRING, &err);
-	CHECK(eq(jv_copy(s), "[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":"
-			     "\"{\\\"city\\\": \\\"Москва\\\", \\\"n\\\": [1, 2]}\"}},{\"name\":\"g\",\"arguments\":"
-			     "\"{\\\"a\\\": {}}\"}]}]"),
-	      "%s", dump(jv_copy(s)));
+	const char *in = "[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":"
+			 "\"f\",\"arguments\":\"{\\\"city\\\": \\\"Москва\\\", \\\"n\\\": [1, 2]}\"}},{\"name\":\"g\","
+			 "\"arguments\":{\"a\":{}}}]}]";
+	struct jd src = J(in), o, s, back, bad;
+	CHECK(chat_args_normalize(&src, CHAT_ARGS_OBJECT, &ar, &o, &err) == 0, "%s", err.msg);
+	CHECK(!strcmp(dump(&o), "[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\",\"tool_calls\":[{\"function\":"
+				"{\"name\":\"f\",\"arguments\":{\"city\":\"Москва\",\"n\":[1,2]}}},{\"name\":\"g\",\"arguments\":"
+				"{\"a\":{}}}]}]"),
+	      "%s", dump(&o));
+	/* what did not change is shared, what did is new: the input is as it was */
+	CHECK(o.u.items[0].u.members == src.u.items[0].u.members, "the unchanged message was copied");
+	char was[1024];
+	struct jd again = J(in);
+	snprintf(was, sizeof was, "%s", dump(&again));
+	CHECK(!strcmp(dump(&src), was), "the input changed: %s", dump(&src));
+	CHECK(chat_args_normalize(&o, CHAT_ARGS_STRING, &ar, &s, &err) == 0, "%s", err.msg);
+	CHECK(eq(&s, "[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":"
+		     "\"f\",\"arguments\":\"{\\\"city\\\": \\\"Москва\\\", \\\"n\\\": [1, 2]}\"}},{\"name\":\"g\",\"arguments\":"
+		     "\"{\\\"a\\\": {}}\"}]}]"),
+	      "%s", dump(&s));
 	/* and back again: the same value */
-	jv back = chat_args_normalize(s, CHAT_ARGS_OBJECT, &err);
-	CHECK(jv_equal(back, o), "round trip");
-	jv bad = chat_args_normalize(J("[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\","
-				       "\"arguments\":\"{oops\"}}]}]"),
-				     CHAT_ARGS_OBJECT, &err);
-	CHECK(!jv_is_valid(bad) && strstr(err.msg, "message 0: tool call 0: \"arguments\" is not JSON"), "%s", err.msg);
-	jv_free(bad);
+	CHECK(chat_args_normalize(&s, CHAT_ARGS_OBJECT, &ar, &back, &err) == 0 && jd_equal(&back, &o), "round trip");
+	struct jd b = J("[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":\"{oops\"}}]}]");
+	CHECK(chat_args_normalize(&b, CHAT_ARGS_OBJECT, &ar, &bad, &err) < 0 &&
+		      strstr(err.msg, "message 0: tool call 0: \"arguments\" is not JSON"),
+	      "%s", err.msg);
 }
 
 static void test_json_find(void)
 {
 	const char *t = "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": [1, {\"b\": \"}\"}]}}</tool_call>";
-	jv want = J("{\"a\":[1,{\"b\":\"}\"}]}");
-	CHECK(chat_json_find(t, strlen(t), want) == 1, "nested value found");
-	jv other = J("{\"a\":[2]}");
-	CHECK(chat_json_find(t, strlen(t), other) == 0, "absent value not found");
-	jv one = J("{\"a\":1}");
-	CHECK(chat_json_find("{'a': 1}", 8, one) == 0, "a Python dict is not JSON");
-	jv_free(want), jv_free(other), jv_free(one);
+	struct jd want = J("{\"a\":[1,{\"b\":\"}\"}]}"), other = J("{\"a\":[2]}"), one = J("{\"a\":1}"),
+		  one_float = J("{\"a\":1.0}");
+	CHECK(chat_json_find(t, strlen(t), &want) == 1, "nested value found");
+	CHECK(chat_json_find(t, strlen(t), &other) == 0, "absent value not found");
+	CHECK(chat_json_find("{'a': 1}", 8, &one) == 0, "a Python dict is not JSON");
+	/* jq's equality: numbers by value, members in any order */
+	CHECK(chat_json_find("x {\"a\": 1.0} y", 14, &one) == 1 && chat_json_find("{\"a\": 1}", 8, &one_float) == 1,
+	      "1 and 1.0 are the same number");
+	struct jd two = J("{\"b\":2,\"a\":1}");
+	CHECK(chat_json_find("[{\"a\": 1, \"b\": 2}]", 18, &two) == 1, "members in another order");
 }
 
 static void test_vars(void)
@@ -175,7 +230,7 @@ static void test_vars(void)
 	struct err err = {0};
 	jv v = chat_var_add(jv_object(), "enable_thinking=false", &err);
 	v = chat_var_add(v, "date_string=\"26 Jul 2024\"", &err);
-	CHECK(eq(jv_copy(v), "{\"enable_thinking\":false,\"date_string\":\"26 Jul 2024\"}"), "%s", dump(jv_copy(v)));
+	CHECK(jvtext_eq(jv_copy(v), "{\"enable_thinking\":false,\"date_string\":\"26 Jul 2024\"}"), "%s", jvtext(jv_copy(v)));
 	v = chat_var_add(v, "x=abc", &err);
 	CHECK(!jv_is_valid(v) && strstr(err.msg, "not JSON"), "%s", err.msg);
 	v = chat_var_add(jv_object(), "messages=[]", &err);
@@ -362,17 +417,17 @@ static void test_spans_generation(void)
 static void test_jv_clone(void)
 {
 	const char *text = "{\"b\": [1, -2.5, \"x\\u00e9\", null, true, false, {}], \"a\": {\"k\": \"v\"}}";
-	jv src = J(text);
+	jv src = jv_parse(text);
 	jv c = chat_jv_clone(jv_copy(src));
 	char want[256];
-	snprintf(want, sizeof want, "%s", dump(jv_copy(src)));
-	CHECK(!strcmp(dump(jv_copy(c)), want), "clone %s", dump(jv_copy(c)));
+	snprintf(want, sizeof want, "%s", jvtext(jv_copy(src)));
+	CHECK(!strcmp(jvtext(jv_copy(c)), want), "clone %s", jvtext(jv_copy(c)));
 	jv sb = jv_object_get(jv_copy(src), jv_string("b")), cb = jv_object_get(jv_copy(c), jv_string("b"));
 	CHECK(jv_get_refcnt(sb) == 2 && jv_get_refcnt(cb) == 2, "shared reference counts: %d %d", jv_get_refcnt(sb),
 	      jv_get_refcnt(cb));
 	jv_free(sb), jv_free(cb);
 	jv_free(c);
-	CHECK(eq(src, text), "source changed");
+	CHECK(jvtext_eq(src, text), "source changed");
 }
 
 int main(void)
@@ -391,5 +446,6 @@ int main(void)
 	RUN(test_spans_no_marker);
 	RUN(test_spans_generation);
 	RUN(test_jv_clone);
+	jd_arena_free(&ar);
 	return check_done();
 }

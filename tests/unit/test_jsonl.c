@@ -145,33 +145,39 @@ static int json_float_literal(const char *s)
 }
 
 /* Numbers and \u escapes read as jq reads them, and a number written with a
- * fraction or an exponent marked as a float (json.loads's float), through
- * copies, arrays, objects and the memo. */
+ * fraction or an exponent marked as a float (json.loads's float), in the jd
+ * and in its jv, through arrays, objects and the memo. */
 static void test_number_literals(void)
 {
 	check_seed_init();
 	struct jsonl_memo *memo = jsonl_memo_new();
+	struct jd_arena ar = {0};
 	for (int i = 0; i < 4000 && !check_case_failed; i++) {
 		char lit[64], line[160];
 		random_number(lit, sizeof lit);
 		snprintf(line, sizeof line, "{\"x\":[%s],\"s\":\"a\\u00e9\\ud83d\\ude00\\u20ac\"}", lit);
 		jv want = jv_parse(line);
-		jv got;
+		struct jd got;
 		struct err err = {0};
-		int rc = jsonl_parse_record_memo("t", 1, line, strlen(line), i % 2 ? memo : NULL, &got, &err);
+		int rc = jsonl_parse_record_jd("t", 1, line, strlen(line), i % 2 ? memo : NULL, &ar, &got, &err);
 		CHECK((rc == 1) == jv_is_valid(want), "%s: ours %d (%s), jq %s", line, rc, err.msg,
 		      jv_is_valid(want) ? "parses" : "refuses");
 		if (rc == 1 && jv_is_valid(want)) {
-			CHECK(jv_equal(jv_copy(got), jv_copy(want)), "%s: values differ", line);
-			jv x = jv_array_get(jv_object_get(jv_copy(got), jv_string("x")), 0);
+			jv gv = jsonl_jv_of(&got);
+			CHECK(jv_equal(jv_copy(gv), jv_copy(want)), "%s: values differ", line);
+			jv x = jv_array_get(jv_object_get(gv, jv_string("x")), 0);
 			/* a float json.loads would make is marked; jq's extensions (".5") are not */
 			int is_float = json_float_literal(lit) && isfinite(jv_number_value(x));
 			CHECK(jsonl_number_is_float(x) == is_float, "%s: marked %d", lit, jsonl_number_is_float(x));
+			const struct jd *xs = jd_get(&got, "x"); /* [] when lit is only white space */
+			CHECK(xs->n ? xs->u.items[0].is_float == is_float : !is_float, "%s: the jd marked %d", lit,
+			      xs->n ? xs->u.items[0].is_float : 0);
 			jv_free(x);
-			jv_free(got);
 		}
 		jv_free(want);
+		jd_arena_reset(&ar);
 	}
+	jd_arena_free(&ar);
 	jsonl_memo_free(memo);
 	/* a lone surrogate goes to jq, which refuses it, as before */
 	const char *lone = "{\"s\":\"\\ud83d x\"}";
@@ -818,8 +824,8 @@ static jv long_value(int k)
 }
 
 /* The memo gives the values a plain parse gives, shares a repeated long
- * member's value (jv_identical) and never a value whose text differs, even
- * by a last byte or where one text begins another. */
+ * member's value (the same jd_shared block) and never a value whose text
+ * differs, even by a last byte or where one text begins another. */
 static void test_parse_memo(void)
 {
 	unsigned seed = (unsigned)time(NULL);
@@ -828,7 +834,10 @@ static void test_parse_memo(void)
 	for (int i = 0; i < 6; i++)
 		pool[i] = long_value(i % 3);
 	struct jsonl_memo *memo = jsonl_memo_new();
-	jv last_long = jv_invalid(), last_text = jv_invalid(); /* the last long tool list */
+	struct jd_arena ar = {0};
+	/* the last long tool list: its block is held, so that no later one can take its address */
+	struct jd_shared *last_long = NULL;
+	jv last_text = jv_invalid();
 	int repeats = 0;
 	static const char *const keys[] = {"tools", "messages", "meta", "id"};
 	for (int rec = 0; rec < 400 && !check_case_failed; rec++) {
@@ -854,38 +863,41 @@ static void test_parse_memo(void)
 		jv text = jv_dump_string(jv_copy(o), 0);
 		const char *line = jv_string_value(text);
 		size_t len = (size_t)jv_string_length_bytes(jv_copy(text));
-		jv plain, got;
+		jv plain;
+		struct jd got;
 		struct err e = {0};
 		int a = jsonl_parse_record("t", rec + 1, line, len, &plain, &e);
-		int b = jsonl_parse_record_memo("t", rec + 1, line, len, memo, &got, &e);
+		int b = jsonl_parse_record_jd("t", rec + 1, line, len, memo, &ar, &got, &e);
 		CHECK(a == 1 && b == 1, "seed %u record %d: %s", seed, rec, e.msg);
 		if (a == 1 && b == 1) {
-			CHECK(jv_equal(jv_copy(plain), jv_copy(got)), "seed %u record %d: the memo changed the value", seed, rec);
-			/* shared (the same jv) exactly when its text is that of the last long one */
-			jv t = jv_object_get(jv_copy(got), jv_string("tools"));
-			jv tt = jv_is_valid(t) ? jv_dump_string(jv_copy(t), 0) : jv_string("");
-			jv_kind k = jv_get_kind(t);
-			int is_long = (k == JV_KIND_ARRAY || k == JV_KIND_OBJECT || k == JV_KIND_STRING) &&
+			CHECK(jv_equal(jv_copy(plain), jsonl_jv_of(&got)), "seed %u record %d: the memo changed the value",
+			      seed, rec);
+			/* shared (the same block) exactly when its text is that of the last long one */
+			const struct jd *t = jd_get(&got, "tools");
+			jv tt = t ? jv_dump_string(jsonl_jv_of(t), 0) : jv_string("");
+			int is_long = t && (t->kind == JD_ARRAY || t->kind == JD_OBJECT || t->kind == JD_STRING) &&
 				      jv_string_length_bytes(jv_copy(tt)) >= 256;
-			if (is_long && jv_is_valid(last_long)) {
-				int same_text = jv_equal(jv_copy(tt), jv_copy(last_text));
-				int ident = jv_identical(jv_copy(t), jv_copy(last_long));
-				CHECK(ident == same_text, "seed %u record %d: %s", seed, rec,
-				      ident ? "a different text shared" : "the same text not shared");
-				repeats += same_text;
-			}
 			if (is_long) {
-				jv_free(last_long), jv_free(last_text);
-				last_long = t, last_text = tt;
+				CHECK(jd_shared_of(t) != NULL, "seed %u record %d: a long value not kept", seed, rec);
+				if (last_long) {
+					int same_text = jv_equal(jv_copy(tt), jv_copy(last_text));
+					int ident = jd_shared_of(t) == last_long;
+					CHECK(ident == same_text, "seed %u record %d: %s", seed, rec,
+					      ident ? "a different text shared" : "the same text not shared");
+					repeats += same_text;
+				}
+				jd_shared_unref(last_long);
+				jv_free(last_text);
+				last_long = jd_shared_of(t) ? jd_shared_ref(jd_shared_of(t)) : NULL;
+				last_text = tt;
 			} else {
-				jv_free(t), jv_free(tt);
+				jv_free(tt);
 			}
 		}
 		if (a == 1)
 			jv_free(plain);
-		if (b == 1)
-			jv_free(got);
 		jv_free(text), jv_free(o);
+		jd_arena_reset(&ar);
 	}
 	CHECK(repeats > 0, "seed %u: no tool list repeated (the case is not exercised)", seed);
 	/* the tool list of ds-gen's lines, three times, then with one byte changed */
@@ -895,56 +907,27 @@ static void test_parse_memo(void)
 		n += snprintf(tools + n, sizeof tools - (size_t)n, "%s{\"type\": \"function\", \"name\": \"f%d\", \"n\": %d}",
 			      i ? ", " : "", i, i);
 	snprintf(tools + n, sizeof tools - (size_t)n, "]");
-	jv first = jv_invalid();
+	struct jd_shared *first = NULL;
 	unsigned long long hits0 = jsonl_memo_hits(memo);
 	for (int i = 0; i < 4; i++) {
 		if (i == 3)
 			tools[strlen(tools) - 3] = '9'; /* "n": 7 -> 9 */
 		snprintf(line, sizeof line, "{\"id\": %d, \"tools\": %s}", i, tools);
-		jv v;
+		struct jd v;
 		struct err e = {0};
-		CHECK(jsonl_parse_record_memo("t", 1, line, strlen(line), memo, &v, &e) == 1, "%s", e.msg);
-		jv t = jv_object_get(v, jv_string("tools"));
+		CHECK(jsonl_parse_record_jd("t", 1, line, strlen(line), memo, &ar, &v, &e) == 1, "%s", e.msg);
+		struct jd_shared *t = jd_shared_of(jd_get(&v, "tools"));
 		if (i == 0)
-			first = t;
-		else {
-			CHECK(jv_identical(jv_copy(first), jv_copy(t)) == (i < 3), "line %d: shared %d", i, i < 3);
-			jv_free(t);
-		}
+			first = jd_shared_ref(t);
+		else
+			CHECK((first == t) == (i < 3), "line %d: shared %d", i, i < 3);
+		jd_arena_reset(&ar);
 	}
-	jv_free(first);
+	jd_shared_unref(first);
 	CHECK(jsonl_memo_hits(memo) == hits0 + 2, "hits %llu", jsonl_memo_hits(memo) - hits0);
-	/* short strings without escapes are shared from one record to the next,
-	 * keys and values alike; others (escaped, long, or another string) are not */
-	static const char *const lines[] = {"{\"role\": \"user\", \"x\": \"a\\u0062\", \"y\": \"0123456789abcdefghijklmno\"}",
-					    "{\"role\": \"user\", \"x\": \"a\\u0062\", \"y\": \"0123456789abcdefghijklmno\"}",
-					    "{\"role\": \"usex\", \"x\": \"ab\", \"y\": \"0123456789abcdefghijklmno\"}"};
-	jv rec[3];
-	for (int i = 0; i < 3; i++) {
-		struct err e = {0};
-		CHECK(jsonl_parse_record_memo("t", 1, lines[i], strlen(lines[i]), memo, &rec[i], &e) == 1, "%s", e.msg);
-	}
-	struct {
-		int a, b;
-		const char *key;
-		int shared;
-	} pairs[] = {{0, 1, "role", 1}, {0, 1, "x", 0}, {0, 1, "y", 0}, {1, 2, "role", 0}, {1, 2, "x", 0}};
-	for (size_t i = 0; i < sizeof pairs / sizeof *pairs; i++) {
-		jv x = jv_object_get(jv_copy(rec[pairs[i].a]), jv_string(pairs[i].key));
-		jv y = jv_object_get(jv_copy(rec[pairs[i].b]), jv_string(pairs[i].key));
-		CHECK(jv_identical(jv_copy(x), jv_copy(y)) == pairs[i].shared, "records %d and %d, %s: shared %d",
-		      pairs[i].a, pairs[i].b, pairs[i].key, pairs[i].shared);
-		jv_free(x), jv_free(y);
-	}
-	int keys_shared = 1;
-	for (int it0 = jv_object_iter(rec[0]), it1 = jv_object_iter(rec[2]);
-	     jv_object_iter_valid(rec[0], it0) && jv_object_iter_valid(rec[2], it1);
-	     it0 = jv_object_iter_next(rec[0], it0), it1 = jv_object_iter_next(rec[2], it1))
-		keys_shared &= jv_identical(jv_object_iter_key(rec[0], it0), jv_object_iter_key(rec[2], it1));
-	CHECK(keys_shared, "the keys of records 0 and 2 are not shared");
-	for (int i = 0; i < 3; i++)
-		jv_free(rec[i]);
-	jv_free(last_long), jv_free(last_text);
+	jd_shared_unref(last_long);
+	jv_free(last_text);
+	jd_arena_free(&ar);
 	jsonl_memo_free(memo);
 	for (int i = 0; i < 6; i++)
 		jv_free(pool[i]);

@@ -2,11 +2,31 @@
  * made without (text, origins of every byte, generation ranges), over a
  * stream of contexts that repeat, change and alternate their tool lists;
  * the cache is used (values and tojson texts kept) and never hands out a
- * value for a jv that is not the very one it was made from. */
+ * value for a block that is not the very one it was made from. */
 #include <string.h>
 
 #include "check.h"
+#include "jsonl.h"
 #include "template.h"
+
+/* v (consumed) as a jd in a. */
+static struct jd jd_of(struct jd_arena *a, jv v)
+{
+	struct jd d = jd_null();
+	CHECK(jsonl_jd_of(v, a, &d) == 0, "out of memory");
+	jv_free(v);
+	return d;
+}
+
+/* v (consumed) in a block of its own. */
+static struct jd_shared *shared_of(jv v)
+{
+	struct jd_arena a = {0};
+	struct jd d = jd_of(&a, v);
+	struct jd_shared *s = jd_shared_new(&d);
+	jd_arena_free(&a);
+	return s;
+}
 
 static const char *const templates[] = {
 	/* qwen2.5-like: each tool as JSON, the list again at the end */
@@ -41,10 +61,13 @@ static jv tool_list(int k)
 static void test_cache_same_output(void)
 {
 	unsigned long long seed = check_seed_init();
-	jv lists[4];
-	for (int k = 0; k < 4; k++)
-		lists[k] = tool_list(k);
+	struct jd_shared *lists[3];
+	for (int k = 0; k < 3; k++)
+		lists[k] = shared_of(tool_list(k));
 	jv extra = JV_OBJECT(jv_string("b"), jv_number(1), jv_string("a"), JV_ARRAY(jv_true(), jv_null()));
+	jv base = JV_OBJECT(jv_string("bos_token"), jv_string("<s>"), jv_string("eos_token"), jv_string("</s>"),
+			    jv_string("extra"), jv_copy(extra));
+	struct jd_arena ar = {0};
 	struct tmpl_cache *cache = tmpl_cache_new();
 	CHECK(cache != NULL, "tmpl_cache_new");
 	for (size_t ti = 0; ti < sizeof templates / sizeof *templates && cache; ti++) {
@@ -53,16 +76,22 @@ static void test_cache_same_output(void)
 		CHECK(t, "template %zu: %s", ti, err.msg);
 		for (int rec = 0; t && rec < 60 && !check_case_failed; rec++) {
 			int k = (int)rng_below(check_rng(), 4);
-			jv tools = rng_below(check_rng(), 6) ? jv_copy(lists[k]) : tool_list(k); /* equal, not identical */
+			/* a list's own block, or now and then an equal one in another */
+			struct jd_shared *fresh = k < 3 && !rng_below(check_rng(), 6) ? shared_of(tool_list(k)) : NULL;
+			struct jd tools = fresh ? *jd_shared_value(fresh) : k < 3 ? *jd_shared_value(lists[k]) : jd_null();
 			jv msgs = JV_ARRAY(JV_OBJECT(jv_string("role"), jv_string("user"), jv_string("content"),
 						     jv_string_fmt("question %d", rec)),
 					   JV_OBJECT(jv_string("role"), jv_string("assistant"), jv_string("content"),
 						     jv_string_fmt("answer %d", rec)));
-			jv ctx = JV_OBJECT(jv_string("bos_token"), jv_string("<s>"), jv_string("eos_token"), jv_string("</s>"),
-					   jv_string("extra"), jv_copy(extra), jv_string("messages"), msgs, jv_string("tools"),
-					   tools, jv_string("add_generation_prompt"), jv_false());
-			struct tmpl_ctx *plain = tmpl_ctx_new(jv_copy(ctx), &err);
-			struct tmpl_ctx *cached = tmpl_ctx_new_cached(ctx, cache, &err);
+			jv ctx = jv_object_merge(jv_copy(base), JV_OBJECT(jv_string("messages"), jv_copy(msgs), jv_string("tools"),
+									  tool_list(k), jv_string("add_generation_prompt"),
+									  jv_false()));
+			struct jd m = jd_of(&ar, msgs), agp = jd_bool(0);
+			struct tmpl_var vars[] = {{"messages", &m}, {"tools", &tools}, {"add_generation_prompt", &agp}};
+			struct tmpl_ctx *plain = tmpl_ctx_new(ctx, &err);
+			struct tmpl_ctx *cached = tmpl_ctx_new_layered(jv_copy(base), jv_invalid(), vars, 3, cache, &err);
+			jd_shared_unref(fresh);
+			jd_arena_reset(&ar);
 			CHECK(plain && cached, "seed %llu: %s", seed, err.msg);
 			for (int agp = 0; plain && cached && agp < 2; agp++) {
 				struct tmpl_output a, b;
@@ -87,9 +116,10 @@ static void test_cache_same_output(void)
 	tmpl_cache_stats(cache, &hits, &json_hits);
 	CHECK(hits > 50 && json_hits > 50, "the cache was not used: %llu values, %llu tojson texts", hits, json_hits);
 	tmpl_cache_free(cache);
-	for (int k = 0; k < 4; k++)
-		jv_free(lists[k]);
-	jv_free(extra);
+	for (int k = 0; k < 3; k++)
+		jd_shared_unref(lists[k]);
+	jv_free(extra), jv_free(base);
+	jd_arena_free(&ar);
 }
 
 /* A context in layers (tmpl_ctx_new_layered) renders as the merged one does:
@@ -104,6 +134,7 @@ static void test_layers(void)
 	struct err err = {0};
 	struct tmpl *t = tmpl_compile(src, strlen(src), "t", &err);
 	struct tmpl_cache *cache = tmpl_cache_new();
+	struct jd_arena ar = {0};
 	CHECK(t && cache, "%s", err.msg);
 	jv bases[2] = { JV_OBJECT(jv_string("bos_token"), jv_string("<s>"), jv_string("eos_token"), jv_string("</s>"),
 				  jv_string("extra"), JV_ARRAY(jv_string("<a>"), jv_string("<b>")), jv_string("tools"),
@@ -128,14 +159,11 @@ static void test_layers(void)
 		jv merged = jv_object_merge(jv_object_merge(jv_copy(base), jv_copy(more)), jv_copy(own));
 		struct tmpl_ctx *want = tmpl_ctx_new(merged, &err);
 		struct tmpl_var vars[2];
-		size_t nvars = 0;
-		jv_object_foreach(own, k, v) { /* the names stay in own until the context is made */
-			vars[nvars].name = jv_string_value(k);
-			vars[nvars++].value = v;
-			jv_free(k);
-		}
-		struct tmpl_ctx *got = tmpl_ctx_new_layered(base, more, vars, nvars, cache, &err);
-		jv_free(own);
+		struct jd own_jd = jd_of(&ar, own);
+		for (uint32_t i = 0; i < own_jd.n; i++)
+			vars[i] = (struct tmpl_var){own_jd.u.members[i].key.u.s, &own_jd.u.members[i].val};
+		struct tmpl_ctx *got = tmpl_ctx_new_layered(base, more, vars, own_jd.n, cache, &err);
+		jd_arena_reset(&ar);
 		CHECK(want && got, "%s", err.msg);
 		struct tmpl_output a, b;
 		int ra = want ? tmpl_render_ctx(t, want, SIZE_MAX, -1, NULL, &a, &err) : -1;
@@ -155,6 +183,7 @@ static void test_layers(void)
 	jv_free(mores[0]), jv_free(mores[1]), jv_free(mores[2]);
 	tmpl_cache_free(cache);
 	tmpl_free(t);
+	jd_arena_free(&ar);
 }
 
 /* A failure while a context is made leaves the cache usable. */
@@ -162,10 +191,12 @@ static void test_cache_after_failure(void)
 {
 	struct tmpl_cache *cache = tmpl_cache_new();
 	struct err err = {0};
-	CHECK(!tmpl_ctx_new_cached(jv_array(), cache, &err), "a context that is not an object");
+	CHECK(!tmpl_ctx_new_layered(jv_array(), jv_invalid(), NULL, 0, cache, &err), "a context that is not an object");
 	err = (struct err){0};
-	jv ctx = JV_OBJECT(jv_string("tools"), tool_list(0), jv_string("messages"), jv_array());
-	struct tmpl_ctx *c = tmpl_ctx_new_cached(ctx, cache, &err);
+	struct jd_shared *tools = shared_of(tool_list(0));
+	struct jd msgs = {.kind = JD_ARRAY};
+	struct tmpl_var vars[] = {{"tools", jd_shared_value(tools)}, {"messages", &msgs}};
+	struct tmpl_ctx *c = tmpl_ctx_new_layered(jv_invalid(), jv_invalid(), vars, 2, cache, &err);
 	CHECK(c, "%s", err.msg);
 	const char *src = "{{ tools | tojson }}";
 	struct tmpl *t = tmpl_compile(src, strlen(src), "t", &err);
@@ -179,6 +210,7 @@ static void test_cache_after_failure(void)
 	tmpl_free(t);
 	tmpl_ctx_free(c);
 	tmpl_cache_free(cache);
+	jd_shared_unref(tools);
 }
 
 int main(void)
