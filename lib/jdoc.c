@@ -136,9 +136,10 @@ struct jd_shared {
 	struct jd_arena a;
 };
 
-/* v deep-copied into a; -1 when out of memory. The root's storage (head
- * set) is preceded by a pointer to s, which jd_shared_of reads. */
-static int deep_copy(struct jd_arena *a, const struct jd *v, struct jd *out, struct jd_shared *head)
+/* v copied into a (deep: all of it; else only its own storage, its parts
+ * left where they are); -1 when out of memory. The root's storage (head
+ * set) is preceded by a pointer to head, which jd_shared_of reads. */
+static int copy_value(struct jd_arena *a, const struct jd *v, struct jd *out, struct jd_shared *head, int deep)
 {
 	*out = *v;
 	out->shared = 0;
@@ -164,18 +165,31 @@ static int deep_copy(struct jd_arena *a, const struct jd *v, struct jd *out, str
 	}
 	if (v->kind == JD_ARRAY) {
 		struct jd *items = (struct jd *)(void *)p;
-		for (uint32_t i = 0; i < v->n; i++)
-			if (deep_copy(a, &v->u.items[i], &items[i], NULL) < 0)
+		if (size)
+			memcpy(items, v->u.items, size);
+		for (uint32_t i = 0; deep && i < v->n; i++)
+			if (copy_value(a, &v->u.items[i], &items[i], NULL, 1) < 0)
 				return -1;
 		out->u.items = items;
 		return 0;
 	}
 	struct jd_member *m = (struct jd_member *)(void *)p;
-	for (uint32_t i = 0; i < v->n; i++)
-		if (deep_copy(a, &v->u.members[i].key, &m[i].key, NULL) < 0 ||
-		    deep_copy(a, &v->u.members[i].val, &m[i].val, NULL) < 0)
+	if (size)
+		memcpy(m, v->u.members, size);
+	for (uint32_t i = 0; deep && i < v->n; i++)
+		if (copy_value(a, &v->u.members[i].key, &m[i].key, NULL, 1) < 0 ||
+		    copy_value(a, &v->u.members[i].val, &m[i].val, NULL, 1) < 0)
 			return -1;
 	out->u.members = m;
+	return 0;
+}
+
+int jd_copy(struct jd_arena *a, const struct jd *v, struct jd *out)
+{
+	if (copy_value(a, v, out, NULL, 1) < 0) {
+		a->oom = 1;
+		return -1;
+	}
 	return 0;
 }
 
@@ -185,7 +199,23 @@ struct jd_shared *jd_shared_new(const struct jd *v)
 	if (!s)
 		return NULL;
 	s->refs = 1;
-	if (deep_copy(&s->a, v, &s->value, s) < 0) {
+	if (copy_value(&s->a, v, &s->value, s, 1) < 0) {
+		jd_arena_free(&s->a);
+		free(s);
+		return NULL;
+	}
+	return s;
+}
+
+struct jd_shared *jd_shared_adopt(struct jd_arena *a, const struct jd *v)
+{
+	struct jd_shared *s = calloc(1, sizeof *s);
+	if (!s)
+		return NULL;
+	s->refs = 1;
+	s->a = *a;
+	*a = (struct jd_arena){0};
+	if (copy_value(&s->a, v, &s->value, s, 0) < 0) {
 		jd_arena_free(&s->a);
 		free(s);
 		return NULL;

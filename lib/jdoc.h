@@ -58,6 +58,8 @@ static inline struct jd jd_number(double d, int is_float)
 {
 	return (struct jd){.kind = JD_NUMBER, .is_float = (uint8_t)(is_float != 0), .u.num = d};
 }
+/* v and all it holds copied into a: 0, or -1 with a->oom set. */
+int jd_copy(struct jd_arena *a, const struct jd *v, struct jd *out);
 /* A copy of s[0..n) in a (NUL added); null with a->oom set when out of memory. */
 struct jd jd_string(struct jd_arena *a, const char *s, size_t n);
 /* The value of key in the object o, or NULL (o is not an object, or has no such key). */
@@ -76,6 +78,10 @@ struct jd_shared;
 /* A deep copy of v in a block of its own, one reference held; NULL when out
  * of memory. Its value (jd_shared_value) has shared set. */
 struct jd_shared *jd_shared_new(const struct jd *v);
+/* The same for a value made in a, taking a's blocks over instead of copying
+ * the value (a is left empty). NULL when out of memory (a is then empty, v
+ * gone). */
+struct jd_shared *jd_shared_adopt(struct jd_arena *a, const struct jd *v);
 const struct jd *jd_shared_value(const struct jd_shared *s);
 /* The block v is the value of (v, or a copy of that struct jd), or NULL:
  * strings, arrays and objects only. */

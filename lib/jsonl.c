@@ -156,6 +156,8 @@ static long bad_utf8_at(const unsigned char *s, size_t n)
 	return -1;
 }
 
+long jsonl_utf8_bad_at(const char *s, size_t n) { return bad_utf8_at((const unsigned char *)s, n); }
+
 /* Works around a leak in jq 1.6 (Debian's libjq): a string that follows
  * another value inside an array or object without a separator ('{"a" "b"}',
  * '[1 "x"]') is never freed, as value() in its jv_parse.c returns "Expected
@@ -290,7 +292,8 @@ struct fastp {
 };
 
 /* The memo: for each of a few top-level keys, the text of its last long
- * value and that value, kept in a block of its own. A value's text is
+ * value and that value, in a block of its own (it is parsed into the memo's
+ * scratch arena, whose blocks the kept value takes over). A value's text is
  * self-delimiting (an object, an array or a string), so a line holding the
  * same bytes at that place holds the same value, parsed at the same depth:
  * sharing it is exact. */
@@ -304,6 +307,7 @@ struct jsonl_memo {
 	} e[MEMO_KEYS];
 	int n;
 	unsigned long long hits;
+	struct jd_arena scratch; /* a top-level value being parsed */
 };
 
 struct jsonl_memo *jsonl_memo_new(void) { return calloc(1, sizeof(struct jsonl_memo)); }
@@ -316,6 +320,7 @@ void jsonl_memo_free(struct jsonl_memo *m)
 		free(m->e[i].key), free(m->e[i].text);
 		jd_shared_unref(m->e[i].v);
 	}
+	jd_arena_free(&m->scratch);
 	free(m);
 }
 
@@ -344,7 +349,9 @@ static int fp_value(struct fastp *p, struct jd *out);
 static int fp_member(struct fastp *p, const struct jd *k, struct jd *out)
 {
 	int memo = p->memo && p->depth == 1 && p->s < p->end && (*p->s == '{' || *p->s == '[' || *p->s == '"');
-	struct memo_entry *e = memo ? memo_find(p->memo, k, 0) : NULL;
+	if (!memo)
+		return fp_value(p, out);
+	struct memo_entry *e = memo_find(p->memo, k, 0);
 	if (e && e->v && (size_t)(p->end - p->s) >= e->len && !memcmp(p->s, e->text, e->len)) {
 		p->s += e->len;
 		p->memo->hits++;
@@ -352,23 +359,25 @@ static int fp_member(struct fastp *p, const struct jd *k, struct jd *out)
 		return 0;
 	}
 	const char *start = p->s;
-	if (fp_value(p, out) < 0)
+	struct jd_arena *rec = p->a;
+	jd_arena_reset(&p->memo->scratch);
+	p->a = &p->memo->scratch;
+	int rc = fp_value(p, out);
+	p->a = rec;
+	if (rc < 0)
 		return -1;
 	size_t n = (size_t)(p->s - start);
-	if (memo && n >= MEMO_MIN && (e || (e = memo_find(p->memo, k, 1)))) {
-		struct jd_shared *sh = jd_shared_new(out);
-		char *t = sh ? realloc(e->text, n) : NULL;
-		if (t) {
-			memcpy(t, start, n);
-			e->text = t, e->len = n;
-			jd_shared_unref(e->v);
-			e->v = sh;
-			*out = *jd_shared_value(sh); /* this record's value is the shared one too */
-		} else {
-			jd_shared_unref(sh);
-		}
+	char *t = n >= MEMO_MIN && (e || (e = memo_find(p->memo, k, 1))) ? realloc(e->text, n) : NULL;
+	if (t) { /* kept: the value takes the scratch arena's blocks over */
+		memcpy(t, start, n);
+		e->text = t, e->len = n;
+		jd_shared_unref(e->v);
+		if ((e->v = jd_shared_adopt(&p->memo->scratch, out)))
+			*out = *jd_shared_value(e->v);
+		return e->v ? 0 : -1;
 	}
-	return 0;
+	struct jd v = *out; /* short: into the record's arena */
+	return jd_copy(rec, &v, out);
 }
 
 #define FASTP_MAX_DEPTH 200 /* below jq's own limit, which jq reports */

@@ -212,6 +212,21 @@ static void test_shared(void)
 	CHECK(jd_shared_of(v) == s, "still held");
 	jd_shared_unref(s), jd_shared_unref(t), jd_shared_unref(u);
 	jd_shared_unref(NULL);
+	/* a value taken over with its arena: the same value, the arena empty,
+	 * the block known by it; a copy out of it is the same and its own */
+	struct jd_arena c = {0}, dst = {0};
+	struct jd made, out;
+	CHECK(jsonl_parse_jd(text, strlen(text), &c, &made, &err) == 0, "%s", err.msg);
+	struct jd_shared *w2 = jd_shared_adopt(&c, &made);
+	CHECK(w2 && !c.head && jd_shared_of(jd_shared_value(w2)) == w2, "adopted");
+	CHECK(jd_copy(&dst, jd_shared_value(w2), &out) == 0 && !jd_shared_of(&out), "copied");
+	jd_shared_unref(w2);
+	struct jsonl_buf w3 = {0};
+	jsonl_put_jd(&w3, &out);
+	CHECK(w3.n == strlen(text) && !memcmp(w3.p, text, w3.n), "the copy after the block is gone: %.*s", (int)w3.n,
+	      w3.p);
+	free(w3.p);
+	jd_arena_free(&dst);
 }
 
 int main(void)
