@@ -1446,6 +1446,11 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 		goto fail;
 	/* --system: only when the record has no system prompt. */
 	if (o->system && roles[0] != ROLE_SYSTEM) {
+		long bad = jsonl_utf8_bad_at(o->system, strlen(o->system));
+		if (bad >= 0) {
+			err_set(err, "--system: not valid UTF-8 at byte %ld", bad);
+			goto fail;
+		}
 		struct jd *items = jd_alloc(ja, ((size_t)n + 1) * sizeof *items);
 		if (!items) {
 			err_sys(err, "out of memory");

@@ -73,6 +73,9 @@ int jsonl_errf(const struct jsonl_reader *r, struct err *err, const char *fmt, .
 int jsonl_number_is_float(jv v);
 jv jsonl_float(double d);
 
+/* The first byte of s[0..n) that is not part of well-formed UTF-8 (RFC 3629:
+ * no overlongs, no surrogates, nothing past U+10FFFF), or -1. */
+long jsonl_utf8_bad_at(const char *s, size_t n);
 /* The first byte of s[0..n) that jq must not be given, or -1: a NUL byte; bytes
  * that are not UTF-8 (jq would turn them into U+FFFD, moving every byte offset
  * after them); or a value that follows another with no separator, on which jq
