@@ -299,9 +299,12 @@ def rate_limits(tmp):
             ts = sorted(a["t"] for a in srv.attempts())
         spans[name] = (p.returncode, round(ts[-1] - ts[0], 2), len(read_jsonl(out)) == n)
     # rpm 120 = 2/s with a bucket of 2: starts at 0, 0, 0.5, 1.0, 1.5 s. tpm 1800 = 30 tokens/s with a
-    # bucket of 30; each request uses 18 (the server's usage) after ~130 estimated: 4 need >= ~1.4 s.
-    check("--rpm 120 spaces 5 requests over >= 1.4 s; --tpm 1800 4 over >= 0.8 s; without limits at once",
-          spans["none"][1] < 0.4 and spans["rpm"][1] >= 1.4 and spans["tpm"][1] >= 0.8
+    # bucket of 30; each request takes ~130 estimated and gives back all but the 18 it used when its
+    # answer comes: from 30 the level is 12, -6, -18 after each answer, so the 3rd waits 0.2 s and the
+    # 4th 0.6 s: >= 0.8 s from the first start to the last. The server times arrivals, and the first
+    # one also waits for its connection: 0.1 s is left for that (a run under load measured 0.79 s).
+    check("--rpm 120 spaces 5 requests over >= 1.4 s; --tpm 1800 4 over >= 0.7 s; without limits at once",
+          spans["none"][1] < 0.4 and spans["rpm"][1] >= 1.4 and spans["tpm"][1] >= 0.7
           and all(s[0] == 0 and s[2] for s in spans.values()),
           "exit, span s, all records: %s" % spans)
 
