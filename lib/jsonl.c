@@ -101,10 +101,28 @@ static long bad_utf8_at(const unsigned char *s, size_t n)
 {
 	size_t i = 0;
 	while (i < n) {
-		/* ASCII sixteen or eight bytes at a time: most of any record is */
+		/* ASCII and two-byte characters (Cyrillic, Greek ...), sixteen bytes
+		 * at a time: most of any record is. A window starts at a character;
+		 * it passes when each byte past ASCII is a lead C2-DF followed by a
+		 * continuation 80-BF, or that continuation, and it moves on past its
+		 * last whole character. Anything else is left to the bytes below. */
 #if defined(__SSE2__)
-		while (i + 16 <= n && !_mm_movemask_epi8(_mm_loadu_si128((const __m128i *)(const void *)(s + i))))
-			i += 16;
+		const __m128i c0 = _mm_set1_epi8((char)0xC0), b80 = _mm_set1_epi8((char)0x80),
+			      c2 = _mm_set1_epi8((char)0xC2), span = _mm_set1_epi8(0xDF - 0xC2), zero = _mm_setzero_si128();
+		while (i + 16 <= n) {
+			__m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+			unsigned high = (unsigned)_mm_movemask_epi8(x);
+			if (!high) {
+				i += 16;
+				continue;
+			}
+			unsigned cont = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_and_si128(x, c0), b80));
+			unsigned lead = (unsigned)_mm_movemask_epi8(
+				_mm_cmpeq_epi8(_mm_subs_epu8(_mm_sub_epi8(x, c2), span), zero));
+			if ((high & ~(cont | lead)) || cont != ((lead << 1) & 0xFFFF))
+				break;
+			i += lead & 0x8000 ? 15 : 16; /* a lead last: its character starts the next window */
+		}
 #endif
 		uint64_t w;
 		while (i + 8 <= n && (memcpy(&w, s + i, 8), !(w & 0x8080808080808080ull)))
