@@ -78,6 +78,7 @@ static struct {
 	struct par_job *jobs;     /* the current dispatch: n_workers + 1 jobs, fn NULL for none */
 	_Atomic unsigned gen;     /* bumped once per dispatch */
 	_Atomic int pending;      /* jobs of the dispatch not yet done by workers */
+	unsigned born[65];        /* gen when worker i was started: the dispatches it is not part of */
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER};
 
 /* A worker waits for the next op with POOL_SPINS pause loops, then
@@ -90,7 +91,10 @@ static struct {
 static void *pool_worker(void *arg)
 {
 	int id = (int)(intptr_t)arg;
-	unsigned seen = 0;
+	/* Not 0: a worker started after earlier dispatches (the pool grows when
+	 * an op wants more threads than the ones before) would take the last
+	 * one, whose jobs lay on a stack long gone, for its own. */
+	unsigned seen = pool.born[id];
 	for (;;) {
 		unsigned g;
 		int spins = 0;
@@ -130,6 +134,8 @@ static int pool_grow(int want)
 		pthread_attr_t attr;
 		pthread_attr_init(&attr);
 		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		/* between dispatches: gen stands still, and pthread_create publishes born */
+		pool.born[pool.n_workers + 1] = atomic_load_explicit(&pool.gen, memory_order_relaxed);
 		int ok = pthread_create(&t, &attr, pool_worker, (void *)(intptr_t)(pool.n_workers + 1)) == 0;
 		pthread_attr_destroy(&attr);
 		if (!ok)
