@@ -286,6 +286,7 @@ int main(int argc, char **argv)
 		.train_last = !strcmp(opt_str(&r, "train-turns", "all"), "last"),
 		.input = chat_input_parse(opt_str(&r, "input-format", "auto")),
 	};
+	msg_die_if(chat_opts_check(&o, &err) < 0, &err);
 	for (int i = 0; opt_str_at(&r, "var", i); i++) {
 		o.vars = chat_var_add(o.vars, opt_str_at(&r, "var", i), &err);
 		msg_die_if(!jv_is_valid(o.vars), &err);

@@ -193,6 +193,7 @@ static void run_generate(const struct opt_result *r, const char *input)
 		.add_generation_prompt = 1,
 		.input = chat_input_parse(opt_str(r, "input-format", "auto")),
 	};
+	msg_die_if(chat_opts_check(&co, &err) < 0, &err);
 	for (int i = 0; opt_str_at(r, "var", i); i++) {
 		co.vars = chat_var_add(co.vars, opt_str_at(r, "var", i), &err);
 		msg_die_if(!jv_is_valid(co.vars), &err);

@@ -1418,6 +1418,12 @@ static int passes(const char *key, const struct formatted *f)
 	       !(f->expected && !strcmp(key, "expected"));
 }
 
+int chat_opts_check(const struct chat_opts *o, struct err *err)
+{
+	long bad = o->system ? jsonl_utf8_bad_at(o->system, strlen(o->system)) : -1;
+	return bad >= 0 ? err_set(err, "--system: not valid UTF-8 at byte %ld", bad) : 0;
+}
+
 static int format_record(const struct chat_model *m, const struct chat_opts *o, const struct jd *rec,
 			 struct jd_arena *ja, struct formatted *f, struct err *err)
 {
@@ -1446,11 +1452,6 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 		goto fail;
 	/* --system: only when the record has no system prompt. */
 	if (o->system && roles[0] != ROLE_SYSTEM) {
-		long bad = jsonl_utf8_bad_at(o->system, strlen(o->system));
-		if (bad >= 0) {
-			err_set(err, "--system: not valid UTF-8 at byte %ld", bad);
-			goto fail;
-		}
 		struct jd *items = jd_alloc(ja, ((size_t)n + 1) * sizeof *items);
 		if (!items) {
 			err_sys(err, "out of memory");

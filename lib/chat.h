@@ -111,6 +111,10 @@ struct chat_opts {
 	enum chat_input input;
 };
 
+/* The options' own checks, once before the records: a --system text that is
+ * not UTF-8 (it would be written into the output as it is). 0 or -1. */
+int chat_opts_check(const struct chat_opts *o, struct err *err);
+
 /* Formats one record (consumed) into a format-2 record in *out:
  * {"text","train",["expected"], other keys of the input}; an input key of
  * the same name as one of the output's own is dropped. Returns 0 or -1. */

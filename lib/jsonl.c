@@ -628,6 +628,23 @@ static int stack_room(void **v, size_t n, size_t *cap, size_t size)
 	return 0;
 }
 
+/* A closing container: its n parts (of size bytes each), from index first
+ * of a stack on, moved into the arena, *parts pointing at them (NULL when
+ * none: the stack itself may be NULL then). 0, or -1 when out of memory. */
+static int parts_to_arena(struct fastp *p, const void *stack, size_t first, size_t n, size_t size,
+			  const void **parts)
+{
+	*parts = NULL;
+	if (!n)
+		return 0;
+	void *to = jd_alloc(p->a, n * size);
+	if (!to)
+		return -1;
+	memcpy(to, (const char *)stack + first * size, n * size);
+	*parts = to;
+	return 0;
+}
+
 static int fp_array(struct fastp *p, struct jd *out)
 {
 	p->s++;
@@ -651,20 +668,20 @@ static int fp_array(struct fastp *p, struct jd *out)
 			goto fail;
 		}
 	*out = (struct jd){.kind = p->check_only ? JD_NULL : JD_ARRAY, .n = (uint32_t)(p->nitems - base)};
-	if (out->n) {
-		struct jd *items = jd_alloc(p->a, out->n * sizeof *items);
-		if (!items)
-			goto fail;
-		memcpy(items, p->items + base, out->n * sizeof *items);
-		out->u.items = items;
-	} else {
-		out->u.items = NULL;
-	}
+	const void *items;
+	if (parts_to_arena(p, p->items, base, out->n, sizeof *p->items, &items) < 0)
+		goto fail;
+	out->u.items = items;
 	p->nitems = base;
 	return 0;
 fail:
 	p->nitems = base;
 	return -1;
+}
+
+static int same_key(const struct jd_member *a, const struct jd_member *b)
+{
+	return a->key.n == b->key.n && !memcmp(a->key.u.s, b->key.u.s, a->key.n);
 }
 
 /* m[0..n) with each repeated key dropped, its value given to the first one
@@ -677,7 +694,7 @@ static long dedup_members(struct jd_member *m, size_t n)
 		size_t k = 0;
 		for (size_t i = 0; i < n; i++) {
 			size_t j = 0;
-			while (j < k && !(m[j].key.n == m[i].key.n && !memcmp(m[j].key.u.s, m[i].key.u.s, m[i].key.n)))
+			while (j < k && !same_key(&m[j], &m[i]))
 				j++;
 			if (j < k)
 				m[j].val = m[i].val;
@@ -698,8 +715,7 @@ static long dedup_members(struct jd_member *m, size_t n)
 		for (uint32_t b = 0; b < m[i].key.n; b++)
 			h = (h ^ (unsigned char)m[i].key.u.s[b]) * 16777619u;
 		size_t at = h & (size - 1);
-		while (slot[at] && !(m[slot[at] - 1].key.n == m[i].key.n &&
-				     !memcmp(m[slot[at] - 1].key.u.s, m[i].key.u.s, m[i].key.n)))
+		while (slot[at] && !same_key(&m[slot[at] - 1], &m[i]))
 			at = (at + 1) & (size - 1);
 		if (slot[at]) {
 			m[slot[at] - 1].val = m[i].val;
@@ -745,15 +761,10 @@ static int fp_object(struct fastp *p, struct jd *out)
 	if (n < 0)
 		goto fail;
 	*out = (struct jd){.kind = p->check_only ? JD_NULL : JD_OBJECT, .n = (uint32_t)n};
-	if (n) {
-		struct jd_member *m = jd_alloc(p->a, (size_t)n * sizeof *m);
-		if (!m)
-			goto fail;
-		memcpy(m, p->mems + base, (size_t)n * sizeof *m);
-		out->u.members = m;
-	} else {
-		out->u.members = NULL;
-	}
+	const void *members;
+	if (parts_to_arena(p, p->mems, base, (size_t)n, sizeof *p->mems, &members) < 0)
+		goto fail;
+	out->u.members = members;
 	p->nmems = base;
 	return 0;
 fail:
@@ -889,9 +900,9 @@ int jsonl_is_json(const char *s, size_t n)
 /* s[0..n) (at most INT_MAX bytes) parsed: the direct parser takes only valid
  * JSON with UTF-8 strings (outside them only ASCII is JSON), so the checks of
  * jsonl_unsafe_at are needed only for text it leaves to jq. Returns 1 with
- * *out in a when the direct parser read it; else 0 with *at where those
- * checks failed (*why says what) or -1 and *jqv what jq made of the text
- * (its value, or invalid with its message). */
+ * *out in a when the direct parser read it, else 0: with *at where those
+ * checks failed (*why says what), or with *at -1 and *jqv what jq made of
+ * the text (its value, or invalid with its message). */
 static int parse_text(const char *s, size_t n, struct jsonl_memo *memo, struct jd_arena *a, struct jd *out,
 		      const char **why, long *at, jv *jqv)
 {

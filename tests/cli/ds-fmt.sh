@@ -119,9 +119,9 @@ if expect system 0 "$DS" --model "$Q" --system "DEFAULT PROMPT" "$T/chat.jsonl";
 	[ "$(jq -c '.text | contains("DEFAULT PROMPT")' "$T/out" | tr '\n' ' ')" = 'false true true ' ] &&
 		ok "--system only where a record has none" || notok system "$(jq -c '.text | contains("DEFAULT PROMPT")' "$T/out" | tr '\n' ' ')"
 fi
-# a --system that is not UTF-8 (a Latin-1 terminal) is refused, not written into the JSON
+# a --system that is not UTF-8 (a Latin-1 terminal) is refused before any record, not written into the JSON
 expect system-latin1 2 "$DS" --model "$Q" --system "$(printf 'caf\351')" "$T/chat.jsonl" &&
-	stderr_has system-latin1 'chat\.jsonl:2: --system: not valid UTF-8 at byte 3' &&
+	stderr_has system-latin1 '^ds-fmt: --system: not valid UTF-8 at byte 3$' &&
 	ok "--system that is not UTF-8 is refused" || unreported system-latin1
 
 # --tools gives a default tool list; tool calls as object or JSON text render
