@@ -112,8 +112,12 @@ int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg,
  * add_generation_prompt agp; when its loop starts with the same variables
  * (equal values of equal origins) and output length, it copies from full
  * (the traced rendering of c) the leading turns that read none of the above
- * and runs the rest. Its output is tmpl_render_ctx's, text, origins, cuts
- * and generation ranges alike (copied turns take no steps against lim).
+ * and runs the rest. When what the whole rendering ran before its loop
+ * read none of the above (nor a message past the prefix) and left only
+ * plain values, the prefix's rendering does not run it again: it copies
+ * its output and starts at the loop with those values. Its output is
+ * tmpl_render_ctx's, text, origins, cuts and generation ranges alike
+ * (what is copied takes no steps against lim).
  * *trace is NULL (every prefix then rendered in full) when the template lets
  * the messages reach code the check cannot watch (template_prefix.c) or its
  * loop did not run over them. Free with tmpl_trace_free. With runs 0 the
@@ -127,8 +131,10 @@ int tmpl_render_prefix(const struct tmpl *t, const struct tmpl_ctx *c, size_t nm
 		       const struct tmpl_output *full, struct tmpl_trace *trace, int runs, const struct tmpl_limits *lim,
 		       struct tmpl_output *out, struct err *err);
 void tmpl_trace_free(struct tmpl_trace *tr);
-/* Turns the prefix renderings that used tr copied (for tests and benchmarks). */
+/* Turns the prefix renderings that used tr copied, and those renderings
+ * that started at the loop (for tests and benchmarks). */
 unsigned long long tmpl_trace_copied(const struct tmpl_trace *tr);
+unsigned long long tmpl_trace_resumed(const struct tmpl_trace *tr);
 
 /* Converted values one thread keeps from one context to the next: a
  * variable (other than messages) whose array or object is a jd_shared

@@ -91,6 +91,8 @@ struct track {
 	const char **names;           /* the variables of the loop's frame then, values copied */
 	struct tp_val *vals;
 	uint32_t nvars;
+	int resumable;                /* a prefix's rendering may start at the loop from these (see resume) */
+	int64_t pre_max;              /* the highest message index read before the loop */
 	struct turn *turns;
 	uint32_t nturns, tcap;
 	/* copying (tmpl_render_prefix) */
@@ -107,7 +109,9 @@ struct tmpl_trace {
 	struct tp_val *vals;
 	uint32_t nvars;
 	uint32_t off, start, ncuts, ngen;
-	unsigned long long copied;
+	int resumable;
+	int64_t pre_max;
+	unsigned long long copied, resumed;
 	uint32_t n;
 	struct turn turn[];
 };
@@ -2874,42 +2878,30 @@ static int same_val(const struct track *k, const struct tmpl_trace *u, struct tp
 	}
 }
 
-/* The turns' loop starts over items in frame f: records where, or copies
- * the turns the whole rendering's trace allows and returns how many. */
-static uint32_t turns_start(struct rt *r, struct frame *f, const struct tp_loop *lp)
+/* Whether v may stand in a prefix's rendering that starts at the turns' loop
+ * (resume) for what the statements before the loop would make there: no
+ * namespace, cycler or joiner (each rendering needs its own, and two names
+ * may share one), no macro (its closure is the whole rendering's frame),
+ * no function or loop object; the messages' tracked lists are made anew. */
+static int resumable_val(const struct track *k, struct tp_val v, int depth)
 {
-	struct track *k = r->tk;
-	k->loop = lp;
-	int li = track_find(k, lp->items);
-	if (li < 0 || r->out != r->main) { /* iterating something else: not the messages */
-		k->bad = 1;
+	if (depth > 64 || v.type == TP_NS || v.type == TP_MACRO || v.type == TP_FUNC || v.type == TP_LOOP)
 		return 0;
-	}
-	k->off = k->offs[li];
-	if (k->record) {
-		k->start = r->out->len, k->ncuts = (uint32_t)r->ncuts, k->ngen = (uint32_t)r->ngen;
-		k->nvars = f->n;
-		k->names = tp_alloc(&r->a, (f->n + 1) * sizeof *k->names);
-		k->vals = tp_alloc(&r->a, (f->n + 1) * sizeof *k->vals);
-		for (uint32_t i = 0; i < f->n; i++)
-			k->names[i] = f->names[i], k->vals[i] = snap_val(r, f->vals[i], 0);
-		return 0;
-	}
-	struct tmpl_trace *u = k->use;
-	if (u->off != k->off || u->start != r->out->len || u->ncuts != r->ncuts || u->ngen != r->ngen ||
-	    f->n != u->nvars)
-		return 0;
-	/* the loop starts with the same variables (the root's differ only in what turns are checked for) */
-	for (uint32_t i = 0; i < f->n; i++)
-		if (strcmp(f->names[i], u->names[i]) || !same_val(k, u, f->vals[i], u->vals[i], 0))
+	if (v.type == TP_LIST && depth == 0 && track_find(k, v.u.l) >= 0)
+		return 1;
+	uint32_t n = v.type == TP_LIST ? v.u.l->n : v.type == TP_DICT ? v.u.d->n : 0;
+	for (uint32_t i = 0; i < n; i++)
+		if (!resumable_val(k, v.type == TP_LIST ? v.u.l->v[i] : v.u.d->v[i], depth + 1))
 			return 0;
-	uint32_t m = 0;
-	while (m < lp->items->n && m < u->n && u->turn[m].clean && u->turn[m].max < (int64_t)k->nmsg)
-		m++;
-	if (!m)
-		return 0;
-	const struct tmpl_output *full = k->full;
-	uint32_t from = u->start, to = u->turn[m - 1].end;
+	return 1;
+}
+
+/* Copies the whole rendering's bytes [from, to) to the output, with their
+ * runs (unless the output has none), and its cuts [c0, c1) and generation
+ * ranges [g0, g1). */
+static void copy_full(struct rt *r, uint32_t from, uint32_t to, uint32_t c0, uint32_t c1, uint32_t g0, uint32_t g1)
+{
+	const struct tmpl_output *full = r->tk->full;
 	size_t lo = 0, hi_run = 0; /* full's runs of the bytes copied, when the output has runs */
 	if (!r->text_only) {
 		size_t hi = full->nruns; /* the first run ending past from */
@@ -2943,17 +2935,114 @@ static uint32_t turns_start(struct rt *r, struct frame *f, const struct tp_loop 
 			o->runs[o->nruns++].o = org;
 		}
 	}
-	uint32_t c0 = u->ncuts, c1 = u->turn[m - 1].ncuts;
 	if (c0 < c1 && r->ncuts && r->cuts[r->ncuts - 1] == full->cuts[c0])
 		c0++;
 	cuts_reserve(r, c1 - c0);
 	if (c1 > c0)
 		memcpy(r->cuts + r->ncuts, full->cuts + c0, (c1 - c0) * sizeof *r->cuts);
 	r->ncuts += c1 - c0;
-	for (uint32_t i = u->ngen; i < u->turn[m - 1].ngen; i++)
+	for (uint32_t i = g0; i < g1; i++)
 		gen_add(r, full->gen[i][0], full->gen[i][1]);
+}
+
+/* The turns' loop starts over items in frame f: records where, or copies
+ * the turns the whole rendering's trace allows and returns how many. */
+static uint32_t turns_start(struct rt *r, struct frame *f, const struct tp_loop *lp)
+{
+	struct track *k = r->tk;
+	k->loop = lp;
+	int li = track_find(k, lp->items);
+	if (li < 0 || r->out != r->main) { /* iterating something else: not the messages */
+		k->bad = 1;
+		return 0;
+	}
+	k->off = k->offs[li];
+	if (k->record) {
+		k->start = r->out->len, k->ncuts = (uint32_t)r->ncuts, k->ngen = (uint32_t)r->ngen;
+		k->nvars = f->n;
+		k->names = tp_alloc(&r->a, (f->n + 1) * sizeof *k->names);
+		k->vals = tp_alloc(&r->a, (f->n + 1) * sizeof *k->vals);
+		/* what came before read nothing a prefix sees differently but
+		 * messages up to pre_max, and left values a prefix can start from */
+		k->resumable = !k->taint && f->parent == r->root;
+		k->pre_max = k->max;
+		for (uint32_t i = 0; i < f->n; i++) {
+			k->names[i] = f->names[i], k->vals[i] = snap_val(r, f->vals[i], 0);
+			k->resumable &= resumable_val(k, f->vals[i], 0);
+		}
+		return 0;
+	}
+	struct tmpl_trace *u = k->use;
+	if (u->off != k->off || u->start != r->out->len || u->ncuts != r->ncuts || u->ngen != r->ngen ||
+	    f->n != u->nvars)
+		return 0;
+	/* the loop starts with the same variables (the root's differ only in what turns are checked for) */
+	for (uint32_t i = 0; i < f->n; i++)
+		if (strcmp(f->names[i], u->names[i]) || !same_val(k, u, f->vals[i], u->vals[i], 0))
+			return 0;
+	uint32_t m = 0;
+	while (m < lp->items->n && m < u->n && u->turn[m].clean && u->turn[m].max < (int64_t)k->nmsg)
+		m++;
+	if (!m)
+		return 0;
+	copy_full(r, u->start, u->turn[m - 1].end, u->ncuts, u->turn[m - 1].ncuts, u->ngen, u->turn[m - 1].ngen);
 	u->copied += m;
 	return m;
+}
+
+/* Runs the turns' loop and what follows it, when s (the statements of a
+ * block) holds it, directly or in an if's branch: 1, else 0. */
+static int run_from_turns(struct rt *r, struct frame *f, const struct tp_stmt *s)
+{
+	for (; s; s = s->next) {
+		if (s == r->t->turns)
+			exec_for(r, f, s, NULL, 1);
+		else if (s->kind != S_IF || (!run_from_turns(r, f, s->body) && !run_from_turns(r, f, s->orelse)))
+			continue;
+		exec_body(r, f, s->next); /* no loop encloses it: it flows on */
+		return 1;
+	}
+	return 0;
+}
+
+/* A prefix's rendering that starts at the turns' loop: when what the whole
+ * rendering ran before the loop read nothing the prefix sees differently
+ * (and no message past it), the prefix's would print the same and leave the
+ * same variables, so its output up to the loop is copied, its frame made
+ * from the values recorded (the messages' tracked lists cut to the prefix),
+ * and only the loop and what follows run. 1 when done, 0 when it does not
+ * apply (nothing changed). */
+static int resume(struct rt *r, struct frame *top, struct tp_val *msgs)
+{
+	struct track *k = r->tk;
+	struct tmpl_trace *u = k->use;
+	if (!u->resumable || u->pre_max >= (int64_t)k->nmsg || !msgs || msgs->type != TP_LIST)
+		return 0;
+	for (uint32_t i = 0; i < u->nvars; i++) {
+		int kb = u->vals[i].type == TP_LIST ? list_index(u->lists, u->nlists, u->vals[i].u.l) : -1;
+		if (kb >= 0 && u->offs[kb] > msgs->u.l->n)
+			return 0;
+	}
+	u->resumed++;
+	copy_full(r, 0, u->start, 0, u->ncuts, 0, u->ngen);
+	top->names = tp_alloc_raw(&r->a, ((size_t)u->nvars + 1) * sizeof *top->names);
+	top->vals = tp_alloc_raw(&r->a, ((size_t)u->nvars + 1) * sizeof *top->vals);
+	top->n = top->cap = u->nvars;
+	for (uint32_t i = 0; i < u->nvars; i++) {
+		struct tp_val v = u->vals[i];
+		int kb = v.type == TP_LIST ? list_index(u->lists, u->nlists, v.u.l) : -1;
+		if (kb >= 0) { /* messages[off:] of the prefix's messages */
+			uint32_t off = u->offs[kb], n = msgs->u.l->n - off;
+			struct tp_val l = tp_mk_list(&r->a, n, v.u.l->tuple);
+			l.o = v.o;
+			if (n)
+				memcpy(l.u.l->v, msgs->u.l->v + off, n * sizeof *l.u.l->v);
+			track_add(r, l.u.l, off);
+			v = l;
+		}
+		top->names[i] = u->names[i], top->vals[i] = v;
+	}
+	return run_from_turns(r, top, r->t->body);
 }
 
 static void turn_end(struct rt *r, int flow)
@@ -3475,7 +3564,8 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 		tp_sb_reserve(&r.a, &main_out, out_hint.len < r.max_out ? out_hint.len : 0, out_hint.nruns);
 		r.out = r.main = &main_out;
 		struct frame *top = frame_new(&r, r.root);
-		exec_body(&r, top, t->body);
+		if (!(tk && tk->use && resume(&r, top, msgs)))
+			exec_body(&r, top, t->body);
 		ok = 1;
 	}
 	if (!ok) {
@@ -3493,10 +3583,11 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 		}
 		struct tmpl_trace *tr = *trace;
 		tr->off = tk->off, tr->start = tk->start, tr->ncuts = tk->ncuts, tr->ngen = tk->ngen;
+		tr->resumable = tk->resumable, tr->pre_max = tk->pre_max;
 		tr->lists = tk->lists, tr->offs = tk->offs, tr->nlists = tk->nlists;
 		tr->names = tk->names, tr->vals = tk->vals, tr->nvars = tk->nvars;
 		tr->a = (struct tp_arena){ 0 }; /* given the rendering's below */
-		tr->copied = 0;
+		tr->copied = tr->resumed = 0;
 		tr->n = tk->nturns;
 		if (tk->nturns)
 			memcpy(tr->turn, tk->turns, tk->nturns * sizeof *tr->turn);
@@ -3609,6 +3700,8 @@ void tmpl_trace_free(struct tmpl_trace *tr)
 }
 
 unsigned long long tmpl_trace_copied(const struct tmpl_trace *tr) { return tr ? tr->copied : 0; }
+
+unsigned long long tmpl_trace_resumed(const struct tmpl_trace *tr) { return tr ? tr->resumed : 0; }
 
 int tmpl_output_equal(const struct tmpl_output *a, const struct tmpl_output *b)
 {

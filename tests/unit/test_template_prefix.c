@@ -3,7 +3,8 @@
  * are tmpl_render_ctx's renderings, byte for byte, origins, cuts and
  * generation ranges included, on fresh random conversations; the templates
  * meant to copy do copy, and those reading what a prefix sees differently
- * copy nothing they should not. */
+ * copy nothing they should not; prefix renderings start at the loop where
+ * what comes before it allows, and only there. */
 #include <stdio.h>
 #include <string.h>
 
@@ -54,7 +55,7 @@ static jv random_ctx(void)
 /* Renders rounds random conversations whole (traced) and every prefix with
  * either generation prompt both ways; returns the turns copied, or -1 when
  * an output differed. traced counts the conversations that got a trace. */
-static long long compare(const char *name, const char *src, int rounds, int *traced)
+static long long compare(const char *name, const char *src, int rounds, int *traced, long long *resumed)
 {
 	struct err err = {0};
 	struct tmpl *t = tmpl_compile(src, strlen(src), name, &err);
@@ -62,7 +63,7 @@ static long long compare(const char *name, const char *src, int rounds, int *tra
 	if (!t)
 		return -1;
 	long long copied = 0;
-	*traced = 0;
+	*traced = 0, *resumed = 0;
 	for (int k = 0; k < rounds; k++) {
 		jv ctx = random_ctx();
 		int n = jv_array_length(jv_object_get(jv_copy(ctx), jv_string("messages")));
@@ -113,7 +114,7 @@ static long long compare(const char *name, const char *src, int rounds, int *tra
 				}
 			}
 			if (copied >= 0)
-				copied += (long long)tmpl_trace_copied(tr);
+				copied += (long long)tmpl_trace_copied(tr), *resumed += (long long)tmpl_trace_resumed(tr);
 			tmpl_output_free(&full);
 		}
 		jv_free(dump);
@@ -125,14 +126,17 @@ static long long compare(const char *name, const char *src, int rounds, int *tra
 }
 
 enum expect { COPIES, NONE, UNTRACED, ANY };
+/* whether prefix renderings start at the loop (0: either way) */
+enum resume { RESUMES = 1, RUNS_ALL };
 
 static const struct {
 	const char *name, *src;
 	enum expect want;
+	enum resume resume;
 } CASES[] = {
 	/* ChatML */
 	{ "chatml", "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n"
-		    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", COPIES },
+		    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", COPIES, RESUMES },
 	/* Qwen 2.5's shape: lookahead on tool turns, loop.last there only */
 	{ "lookahead", "{% if messages[0].role == 'system' %}S{{ messages[0].content }}{% endif %}"
 		       "{% for message in messages %}{% if message.role == 'tool' %}"
@@ -142,14 +146,14 @@ static const struct {
 		       "{% else %}<{{ message.role }}>{{ message.content }}"
 		       "{% for tc in message.tool_calls %}{{ tc.function.arguments | tojson }}"
 		       "{% if not loop.last %},{% endif %}{% endfor %}</>{% endif %}{% endfor %}"
-		       "{% if add_generation_prompt %}<assistant>{% endif %}", COPIES },
+		       "{% if add_generation_prompt %}<assistant>{% endif %}", COPIES, RESUMES },
 	/* Gemma 3's shape: the loop over a slice of the messages */
 	{ "slice", "{% if messages[0]['role'] == 'system' %}{% set first = messages[0]['content'] + '\n' %}"
 		   "{% set loop_messages = messages[1:] %}{% else %}{% set first = '' %}"
 		   "{% set loop_messages = messages %}{% endif %}{{ bos_token }}{% for message in loop_messages %}"
 		   "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ 'odd' }}{% endif %}"
 		   "<turn {{ message['role'] }}>{{ (first if loop.first else '') + message['content'] | trim }}"
-		   "<end>{% endfor %}{% if add_generation_prompt %}<turn model>{% endif %}", COPIES },
+		   "<end>{% endfor %}{% if add_generation_prompt %}<turn model>{% endif %}", COPIES, RESUMES },
 	/* Llama 3's shape: messages itself reassigned, its length read before the loop with tools */
 	{ "reassigned", "{% if messages[0].role == 'system' %}{% set sys = messages[0].content %}"
 			"{% set messages = messages[1:] %}{% else %}{% set sys = '' %}{% endif %}"
@@ -158,52 +162,52 @@ static const struct {
 			"{% for message in messages %}<{{ message.role }}>{{ message.content }}<eot>{% endfor %}"
 			"{% if add_generation_prompt %}<assistant>{% endif %}", COPIES },
 	{ "loop from a slice", "{% for message in messages[1:] %}{{ loop.index }}{{ message.content }};{% endfor %}"
-			       "{{ '+' if add_generation_prompt }}", COPIES },
+			       "{{ '+' if add_generation_prompt }}", COPIES, RESUMES },
 	{ "generation", "{% for m in messages %}<{{ m.role }}>{% if m.role == 'assistant' %}{% generation %}"
 			"{{ m.content }}</s>{% endgeneration %}{% else %}{{ m.content }}{% endif %}{% endfor %}"
-			"{% if add_generation_prompt %}<assistant>{% endif %}", COPIES },
+			"{% if add_generation_prompt %}<assistant>{% endif %}", COPIES, RESUMES },
 	{ "break", "{% for m in messages %}{% if m.role == 'tool' %}{% break %}{% endif %}{{ m.content }}|"
 		   "{% endfor %}{{ add_generation_prompt }}", COPIES },
 	{ "continue and set", "{% for m in messages %}{% set x = m.role | upper %}{% if x == 'TOOL' %}{% continue %}"
 			      "{% endif %}{{ x }}{{ m.content }}{% endfor %}", COPIES },
 	{ "macro reading messages", "{% macro prev(i) %}{{ messages[i - 1].role if i > 0 }}{% endmacro %}"
 				    "{% for m in messages %}{{ prev(loop.index0) }}>{{ m.content }}{% endfor %}"
-				    "{% if add_generation_prompt %}!{% endif %}", COPIES },
+				    "{% if add_generation_prompt %}!{% endif %}", COPIES, RUNS_ALL },
 	{ "lookahead unguarded", "{% for m in messages %}{{ m.content }}{% if messages[loop.index0 + 1] is defined %}+"
 				 "{% endif %}{% endfor %}", COPIES },
 	{ "state from a later message", "{% set third = messages[2].role if messages[2] is defined else '-' %}"
-				       "{% for m in messages %}{{ third }}{{ m.content }}{% endfor %}", COPIES },
+				       "{% for m in messages %}{{ third }}{{ m.content }}{% endfor %}", COPIES, RESUMES },
 	{ "messages read before", "{{ messages[2].content if messages[2] is defined }}{% for m in messages %}"
-				  "{{ m.content }}{% endfor %}", COPIES },
-	{ "cycle", "{% for m in messages %}{{ loop.cycle('a', 'b') }}{{ m.content }}{% endfor %}", COPIES },
+				  "{{ m.content }}{% endfor %}", COPIES, RESUMES },
+	{ "cycle", "{% for m in messages %}{{ loop.cycle('a', 'b') }}{{ m.content }}{% endfor %}", COPIES, RESUMES },
 	/* each turn reads what a prefix sees differently */
-	{ "last", "{% for m in messages %}{{ m.content }}{% if loop.last %}.{% endif %}{% endfor %}", NONE },
+	{ "last", "{% for m in messages %}{{ m.content }}{% if loop.last %}.{% endif %}{% endfor %}", NONE, RESUMES },
 	{ "length", "{% for m in messages %}{{ loop.length }}{{ m.content }}{% endfor %}", NONE },
 	{ "revindex", "{% for m in messages %}{{ loop.revindex0 }}{{ m.content }}{% endfor %}", NONE },
 	{ "nextitem", "{% for m in messages %}{{ loop.nextitem.role if loop.nextitem }}{% endfor %}", NONE },
 	{ "changed", "{% for m in messages %}{% if loop.changed(m.role) %}{{ m.role }}{% endif %}{% endfor %}", NONE },
 	{ "namespace", "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{{ ns.n }}"
-		       "{% endfor %}", NONE },
+		       "{% endfor %}", NONE, RUNS_ALL },
 	{ "generation prompt in the loop", "{% for m in messages %}{{ m.content }}{{ add_generation_prompt }}"
 					   "{% endfor %}", NONE },
 	{ "length in the loop", "{% for m in messages %}{{ messages | length }}{% endfor %}", NONE },
 	{ "negative index", "{% for m in messages %}{{ messages[-1].role }}{% endfor %}", NONE },
-	{ "cycler", "{% set c = cycler('x', 'y') %}{% for m in messages %}{{ c.next() }}{% endfor %}", NONE },
-	{ "joiner", "{% set j = joiner('/') %}{% for m in messages %}{{ j() }}{{ m.role }}{% endfor %}", NONE },
+	{ "cycler", "{% set c = cycler('x', 'y') %}{% for m in messages %}{{ c.next() }}{% endfor %}", NONE, RUNS_ALL },
+	{ "joiner", "{% set j = joiner('/') %}{% for m in messages %}{{ j() }}{{ m.role }}{% endfor %}", NONE, RUNS_ALL },
 	/* what comes before the loop reads what differs: turns are copied only
 	 * when the loop starts with the same variables (and output length) */
-	{ "length before", "{{ messages | length }}{% for m in messages %}{{ m.content }}{% endfor %}", COPIES },
-	{ "last before", "{{ messages[-1].role }}{% for m in messages %}{{ m.content }}{% endfor %}", ANY },
-	{ "prompt before", "{{ add_generation_prompt }}{% for m in messages %}{{ m.content }}{% endfor %}", ANY },
+	{ "length before", "{{ messages | length }}{% for m in messages %}{{ m.content }}{% endfor %}", COPIES, RUNS_ALL },
+	{ "last before", "{{ messages[-1].role }}{% for m in messages %}{{ m.content }}{% endfor %}", ANY, RUNS_ALL },
+	{ "prompt before", "{{ add_generation_prompt }}{% for m in messages %}{{ m.content }}{% endfor %}", ANY, RUNS_ALL },
 	{ "state from the length", "{% set n = messages | length %}{% for m in messages %}{{ n }}{{ m.content }}"
-				  "{% endfor %}", ANY },
+				  "{% endfor %}", ANY, RUNS_ALL },
 	{ "state from the prompt", "{% set p = 'p' if add_generation_prompt else 'q' %}{% for m in messages %}"
-				   "{{ p }}{{ m.content }}{% endfor %}", ANY },
+				   "{{ p }}{{ m.content }}{% endfor %}", ANY, RUNS_ALL },
 	{ "namespace set before", "{% set ns = namespace(x=0, y=[1]) %}{% set ns.x = messages | length %}"
 				  "{% for m in messages %}{{ ns.x }}{{ m.content }}{% endfor %}{% set ns.x = 5 %}"
 				  "{{ ns.x }}", ANY },
 	{ "namespace unchanged", "{% set ns = namespace(x=messages[0].role) %}{% for m in messages %}{{ ns.x }}"
-				 "{{ m.content }}{% endfor %}{% set ns.x = 'late' %}", COPIES },
+				 "{{ m.content }}{% endfor %}{% set ns.x = 'late' %}", COPIES, RUNS_ALL },
 	{ "cycler before", "{% set c = cycler('a', 'b', 'c') %}{% for x in range(messages | length) %}{{ c.next() }}"
 			   "{% endfor %}{% for m in messages %}{{ c.current }}{{ m.content }}{% endfor %}", NONE },
 	{ "float state", "{% set half = (messages | length) / 2 %}{% for m in messages %}{{ half }}{{ m.content }}"
@@ -215,6 +219,21 @@ static const struct {
 					 "{% for m in messages %}{{ extra }}{{ m.content }}{% endfor %}", ANY },
 	{ "slice length differs", "{% set tail = messages[2:] %}{% set k = tail | length %}{% for m in tail %}"
 				  "{{ k if loop.first }}{{ m.content }}{% endfor %}", ANY },
+	/* prefix renderings that start at the loop */
+	{ "loop inside ifs", "{% if bos_token %}<{{ bos_token }}>{% if tools %}T{% elif bos_token %}"
+			     "{% for m in messages %}{{ m.role }}:{{ m.content }};{% endfor %}inner{% endif %}mid"
+			     "{% endif %}end{% if add_generation_prompt %}G{% endif %}", ANY, RESUMES },
+	{ "set after the loop", "{% set a = messages[0].role %}{% set d = {'s': messages[0].content, 'l': [1, a]} %}"
+				"{% for m in messages %}{{ a }}{{ d.l }}{{ m.content }}{% endfor %}{% set a = a + '!' %}"
+				"{{ a }}{% if add_generation_prompt %}{{ d.s }}{% endif %}", COPIES, RESUMES },
+	{ "slice read after the loop", "{% set rest = messages[1:] %}{% for m in rest %}{{ m.content }}{% endfor %}"
+				       "{{ rest[0].role if rest[0] is defined }}{{ rest | length }}", COPIES, RESUMES },
+	{ "slice past the prefix", "{% set rest = messages[3:] %}{% for m in rest %}{{ m.content }}{% endfor %}"
+				   "{{ add_generation_prompt }}", ANY },
+	{ "macro and a later value", "{% macro m() %}{{ v }}{% endmacro %}{% set v = 'pre' %}{% for x in messages %}"
+				     "{{ m() }}{{ x.content }}{% endfor %}{% set v = 'post' %}{{ m() }}", COPIES, RUNS_ALL },
+	{ "namespace changed after", "{% set ns = namespace(k='a') %}{% for m in messages %}{{ m.content }}"
+				     "{% endfor %}{% set ns.k = ns.k + 'b' %}{{ ns.k }}", COPIES, RUNS_ALL },
 	/* the messages where the check cannot see them */
 	{ "map", "{{ messages | map(attribute='role') | join }}{% for m in messages %}{{ m.content }}{% endfor %}",
 	  UNTRACED },
@@ -239,9 +258,13 @@ static void test_prefixes_match(void)
 {
 	for (size_t i = 0; i < sizeof CASES / sizeof *CASES; i++) {
 		int traced = 0;
-		long long copied = compare(CASES[i].name, CASES[i].src, 40, &traced);
+		long long resumed = 0, copied = compare(CASES[i].name, CASES[i].src, 40, &traced, &resumed);
 		if (copied < 0)
 			continue;
+		if (CASES[i].resume == RESUMES)
+			CHECK(resumed > 0, "%s: no prefix rendering started at the loop", CASES[i].name);
+		else if (CASES[i].resume == RUNS_ALL)
+			CHECK(resumed == 0, "%s: %lld prefix renderings started at the loop", CASES[i].name, resumed);
 		if (CASES[i].want == ANY)
 			continue;
 		if (CASES[i].want == COPIES)
@@ -261,8 +284,9 @@ static void test_builtin_templates(void)
 		const char *src = chat_builtin_template(names[i]);
 		CHECK(src != NULL, "%s: no such template", names[i]);
 		int traced = 0;
+		long long resumed = 0;
 		if (src)
-			compare(names[i], src, 40, &traced);
+			compare(names[i], src, 40, &traced, &resumed);
 	}
 }
 
