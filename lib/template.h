@@ -54,7 +54,8 @@ struct tmpl_run {
 	const char *var; /* TMPL_INPUT: the top-level variable name ("eos_token"), else NULL */
 };
 
-/* A rendering: its arrays lie in one block, which tmpl_output_free frees. */
+/* A rendering: the text in one block, its other arrays in another (mem),
+ * which tmpl_output_free frees. */
 struct tmpl_output {
 	char *text;
 	size_t len;
@@ -67,6 +68,7 @@ struct tmpl_output {
 	 * the places a rendering falls into its pieces. */
 	uint32_t *cuts;
 	size_t ncuts;
+	void *mem; /* the block holding runs, gen and cuts */
 };
 
 /* Renders t with the context ctx (a jv object, consumed): messages, tools,

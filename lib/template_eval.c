@@ -699,7 +699,32 @@ static int in_names(const char **names, const char *n)
 	return 0;
 }
 
-static struct tp_val loop_attr(struct rt *r, int line, struct tp_loop *lp, const char *name);
+/* What an attribute name is, worked out once per name in the template (its
+ * N_ATTR node's op) instead of at every lookup: which loop attribute, and
+ * whose method it is. */
+enum {
+	LA_INDEX = 1, LA_INDEX0, LA_REVINDEX, LA_REVINDEX0, LA_FIRST, LA_LAST, LA_LENGTH, LA_DEPTH, LA_DEPTH0,
+	LA_PREVITEM, LA_NEXTITEM, LA_CYCLE, LA_CHANGED,
+	LA_MASK = 15,
+	DICT_METHOD = 16, STR_METHOD = 32, LIST_METHOD = 64,
+	ATTR_KNOWN = 128, /* the code has been worked out */
+};
+
+static int attr_code(const char *name)
+{
+	static const char *const loop_names[] = { "index", "index0", "revindex", "revindex0", "first", "last", "length",
+						  "depth", "depth0", "previtem", "nextitem", "cycle", "changed" };
+	int c = ATTR_KNOWN;
+	for (int i = 0; i < (int)(sizeof loop_names / sizeof *loop_names); i++)
+		if (!strcmp(loop_names[i], name))
+			c |= i + 1;
+	c |= in_names(dict_methods, name) ? DICT_METHOD : 0;
+	c |= in_names(str_methods, name) ? STR_METHOD : 0;
+	c |= in_names(list_methods, name) ? LIST_METHOD : 0;
+	return c;
+}
+
+static struct tp_val loop_attr(struct rt *r, int line, struct tp_loop *lp, const char *name, int code);
 static struct tp_val cycler_attr(struct rt *r, struct tp_val c, const char *name);
 
 static struct tp_val get_item(struct rt *r, int line, struct tp_val v, struct tp_val k)
@@ -743,20 +768,25 @@ static struct tp_val get_item(struct rt *r, int line, struct tp_val v, struct tp
 		}
 		return tp_mk_undef("string index");
 	case TP_LOOP:
-		if (k.type == TP_STR)
-			return loop_attr(r, line, v.u.loop, tp_strndup(&r->a, k.u.s.s, k.u.s.len));
+		if (k.type == TP_STR) {
+			const char *nm = tp_strndup(&r->a, k.u.s.s, k.u.s.len);
+			return loop_attr(r, line, v.u.loop, nm, attr_code(nm));
+		}
 		return tp_mk_undef("loop");
 	case TP_UNDEF: rt_err(r, line, "'%s' is undefined", v.u.undef ? v.u.undef : "value");
 	default: return tp_mk_undef("item");
 	}
 }
 
-static struct tp_val get_attr(struct rt *r, int line, struct tp_val v, const char *name)
+/* v.name; code is attr_code(name), or 0 for it to be worked out here. */
+static struct tp_val get_attr(struct rt *r, int line, struct tp_val v, const char *name, int code)
 {
+	if (!code)
+		code = attr_code(name);
 	switch (v.type) {
 	case TP_DICT:
 		/* Jinja tries the attribute first: d.items is the method. */
-		if (in_names(dict_methods, name))
+		if (code & DICT_METHOD)
 			return mk_func(r, F_METHOD, name, v);
 		{
 			struct tp_val *p = tp_dict_gets(v.u.d, name, strlen(name));
@@ -767,16 +797,16 @@ static struct tp_val get_attr(struct rt *r, int line, struct tp_val v, const cha
 		return p ? *p : tp_mk_undef(name);
 	}
 	case TP_STR:
-		if (in_names(str_methods, name))
+		if (code & STR_METHOD)
 			return mk_func(r, F_METHOD, name, v);
 		return tp_mk_undef(name);
 	case TP_LIST:
 		if (v.u.l->tuple == 2 && (!strcmp(name, "grouper") || !strcmp(name, "list")))
 			return v.u.l->v[name[0] == 'l']; /* groupby's (grouper, list) tuples */
-		if (in_names(list_methods, name))
+		if (code & LIST_METHOD)
 			return mk_func(r, F_METHOD, name, v);
 		return tp_mk_undef(name);
-	case TP_LOOP: return loop_attr(r, line, v.u.loop, name);
+	case TP_LOOP: return loop_attr(r, line, v.u.loop, name, code);
 	case TP_FUNC:
 		if (v.u.fn->id == F_CYCLER && v.u.fn->obj)
 			return cycler_attr(r, v, name);
@@ -786,43 +816,30 @@ static struct tp_val get_attr(struct rt *r, int line, struct tp_val v, const cha
 	}
 }
 
-static struct tp_val loop_attr(struct rt *r, int line, struct tp_loop *lp, const char *name)
+static struct tp_val loop_attr(struct rt *r, int line, struct tp_loop *lp, const char *name, int code)
 {
 	int64_t i = lp->i, n = lp->items->n;
-	if (r->tk && lp == r->tk->loop && strcmp(name, "index") && strcmp(name, "index0") && strcmp(name, "first") &&
-	    strcmp(name, "previtem") && strcmp(name, "cycle") && strcmp(name, "depth") && strcmp(name, "depth0"))
+	int id = code & LA_MASK;
+	if (r->tk && lp == r->tk->loop && id != LA_INDEX && id != LA_INDEX0 && id != LA_FIRST && id != LA_PREVITEM &&
+	    id != LA_CYCLE && id != LA_DEPTH && id != LA_DEPTH0)
 		r->tk->taint = 1; /* last, length, revindex, nextitem: the number of messages; changed: state */
-	if (!strcmp(name, "index"))
-		return tp_mk_int(i + 1);
-	if (!strcmp(name, "index0"))
-		return tp_mk_int(i);
-	if (!strcmp(name, "revindex"))
-		return tp_mk_int(n - i);
-	if (!strcmp(name, "revindex0"))
-		return tp_mk_int(n - i - 1);
-	if (!strcmp(name, "first"))
-		return tp_mk_bool(i == 0);
-	if (!strcmp(name, "last"))
-		return tp_mk_bool(i == n - 1);
-	if (!strcmp(name, "length"))
-		return tp_mk_int(n);
-	if (!strcmp(name, "depth"))
-		return tp_mk_int(lp->depth);
-	if (!strcmp(name, "depth0"))
-		return tp_mk_int(lp->depth - 1);
-	if (!strcmp(name, "previtem"))
-		return i > 0 ? lp->items->v[i - 1] : tp_mk_undef("previtem");
-	if (!strcmp(name, "nextitem"))
-		return i + 1 < n ? lp->items->v[i + 1] : tp_mk_undef("nextitem");
-	if (!strcmp(name, "cycle")) {
-		struct tp_val self = { .type = TP_LOOP, .o = tp_literal, .u.loop = lp };
-		return mk_func(r, F_CYCLE, "cycle", self);
+	struct tp_val self = { .type = TP_LOOP, .o = tp_literal, .u.loop = lp };
+	switch (id) {
+	case LA_INDEX: return tp_mk_int(i + 1);
+	case LA_INDEX0: return tp_mk_int(i);
+	case LA_REVINDEX: return tp_mk_int(n - i);
+	case LA_REVINDEX0: return tp_mk_int(n - i - 1);
+	case LA_FIRST: return tp_mk_bool(i == 0);
+	case LA_LAST: return tp_mk_bool(i == n - 1);
+	case LA_LENGTH: return tp_mk_int(n);
+	case LA_DEPTH: return tp_mk_int(lp->depth);
+	case LA_DEPTH0: return tp_mk_int(lp->depth - 1);
+	case LA_PREVITEM: return i > 0 ? lp->items->v[i - 1] : tp_mk_undef("previtem");
+	case LA_NEXTITEM: return i + 1 < n ? lp->items->v[i + 1] : tp_mk_undef("nextitem");
+	case LA_CYCLE: return mk_func(r, F_CYCLE, "cycle", self);
+	case LA_CHANGED: return mk_func(r, F_CHANGED, "changed", self);
+	default: return tp_mk_undef(name);
 	}
-	if (!strcmp(name, "changed")) {
-		struct tp_val self = { .type = TP_LOOP, .o = tp_literal, .u.loop = lp };
-		return mk_func(r, F_CHANGED, "changed", self);
-	}
-	return tp_mk_undef(name);
 }
 
 /* Jinja's Cycler: c.current, c.items, c.pos; c.next() and c.reset() are bound methods. */
@@ -1781,7 +1798,7 @@ static struct tp_val attr_path(struct rt *r, int line, struct tp_val v, struct t
 			return v;
 		else {
 			struct tp_val k = tp_mk_str(tp_str_lit(&r->a, part, e - i, tp_literal));
-			v = v.type == TP_DICT || v.type == TP_NS ? get_item(r, line, v, k) : get_attr(r, line, v, part);
+			v = v.type == TP_DICT || v.type == TP_NS ? get_item(r, line, v, k) : get_attr(r, line, v, part, 0);
 		}
 		if (!dot)
 			break;
@@ -1977,7 +1994,7 @@ static struct tp_val group_key(struct rt *r, int line, struct tp_val v, struct t
 		else if (v.type == TP_DICT || v.type == TP_NS)
 			v = get_item(r, line, v, tp_mk_str(tp_str_lit(&r->a, part, e - i, tp_literal)));
 		else
-			v = get_attr(r, line, v, part);
+			v = get_attr(r, line, v, part, 0);
 		if (def && v.type == TP_UNDEF)
 			v = *def;
 		if (!dot)
@@ -2443,7 +2460,7 @@ static struct tp_val apply_filter(struct rt *r, struct frame *f, int line, const
 		args_done(r, line, a, name);
 		if (v.type == TP_DICT || v.type == TP_NS)
 			return tp_mk_undef("attr"); /* attr() does getattr only, never the item */
-		return get_attr(r, line, v, tp_strndup(&r->a, x.u.s.s, x.u.s.len));
+		return get_attr(r, line, v, tp_strndup(&r->a, x.u.s.s, x.u.s.len), 0);
 	}
 	if (IS("batch")) {
 		if (!arg(a, 0, "linecount", &x))
@@ -2572,7 +2589,7 @@ static struct tp_val eval(struct rt *r, struct frame *f, const struct tp_node *n
 		}
 		return d;
 	}
-	case N_ATTR: return get_attr(r, n->line, eval(r, f, n->a), n->name);
+	case N_ATTR: return get_attr(r, n->line, eval(r, f, n->a), n->name, n->op);
 	case N_SUB: {
 		struct tp_val v = eval(r, f, n->a);
 		struct tp_val k = eval(r, f, n->b);
@@ -3251,6 +3268,33 @@ static int exec_body(struct rt *r, struct frame *f, const struct tp_stmt *s)
 
 /* ---- public API ---- */
 
+/* Sets each N_ATTR node's op to its name's attr_code. */
+static void code_attr_nodes(struct tp_node *n)
+{
+	if (!n)
+		return;
+	if (n->kind == N_ATTR)
+		n->op = (uint8_t)attr_code(n->name);
+	code_attr_nodes(n->a);
+	code_attr_nodes(n->b);
+	code_attr_nodes(n->c);
+	for (uint32_t i = 0; i < n->nargs; i++)
+		code_attr_nodes(n->args[i]);
+}
+
+static void code_attrs(struct tp_stmt *s)
+{
+	for (; s; s = s->next) {
+		code_attr_nodes(s->e);
+		code_attr_nodes(s->cond);
+		code_attr_nodes(s->target);
+		for (uint32_t i = 0; s->defaults && i < s->nnames; i++)
+			code_attr_nodes(s->defaults[i]);
+		code_attrs(s->body);
+		code_attrs(s->orelse);
+	}
+}
+
 struct tmpl *tmpl_compile(const char *src, size_t len, const char *name, struct err *err)
 {
 	if (!name)
@@ -3270,6 +3314,7 @@ struct tmpl *tmpl_compile(const char *src, size_t len, const char *name, struct 
 		return NULL;
 	}
 	t->turns = tp_prefix_loop(t->body);
+	code_attrs(t->body);
 	return t;
 }
 
@@ -3559,6 +3604,7 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 			tk->agp = gp;
 		}
 		main_out.max = r.max_out;
+		main_out.heap = 1; /* the output's text is handed over as it is */
 		/* room for what this thread's last rendering made: doubling from
 		 * nothing would copy the output again and again */
 		tp_sb_reserve(&r.a, &main_out, out_hint.len < r.max_out ? out_hint.len : 0, out_hint.nruns);
@@ -3566,9 +3612,12 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 		struct frame *top = frame_new(&r, r.root);
 		if (!(tk && tk->use && resume(&r, top, msgs)))
 			exec_body(&r, top, t->body);
+		main_out.max = 0;
+		tp_sb_reserve(&r.a, &main_out, 1, 0); /* for the NUL */
 		ok = 1;
 	}
 	if (!ok) {
+		free(main_out.s);
 		tp_arena_free(&r.a);
 		return -1;
 	}
@@ -3592,18 +3641,19 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 		if (tk->nturns)
 			memcpy(tr->turn, tk->turns, tk->nturns * sizeof *tr->turn);
 	}
-	/* Copy out of the arena into one block: text (its size rounded up for
-	 * the alignment of what follows), runs, generation ranges, cuts, the
-	 * variable names the runs point to. */
+	/* The text is the output's own block; the rest is copied out of the
+	 * arena into another: runs, generation ranges, cuts, the variable
+	 * names the runs point to. */
 	size_t names_len = 0, nruns = runs ? main_out.nruns : 0;
 	for (uint32_t i = 0; i < nruns; i++)
 		if (main_out.runs[i].o.var)
 			names_len += strlen(main_out.runs[i].o.var) + 1;
-	size_t text_size = ((size_t)main_out.len + 8) & ~(size_t)7, runs_size = (nruns + 1) * sizeof *out->runs,
-	       gen_size = (r.ngen + 1) * sizeof *out->gen, cuts_size = (r.ncuts + 1) * sizeof *out->cuts;
-	char *block = malloc(text_size + runs_size + gen_size + cuts_size + names_len);
+	size_t runs_size = (nruns + 1) * sizeof *out->runs, gen_size = (r.ngen + 1) * sizeof *out->gen,
+	       cuts_size = (r.ncuts + 1) * sizeof *out->cuts;
+	char *block = malloc(runs_size + gen_size + cuts_size + names_len);
 	if (!block) {
 		memset(out, 0, sizeof *out);
+		free(main_out.s);
 		tp_arena_free(&r.a);
 		if (trace) {
 			free(*trace);
@@ -3611,13 +3661,12 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 		}
 		return err_sys(err, "out of memory");
 	}
-	out->text = block;
-	out->runs = runs ? (struct tmpl_run *)(void *)(block + text_size) : NULL;
-	out->gen = (uint32_t(*)[2])(void *)(block + text_size + runs_size);
-	out->cuts = (uint32_t *)(void *)(block + text_size + runs_size + gen_size);
-	char *names = block + text_size + runs_size + gen_size + cuts_size;
-	if (main_out.len)
-		memcpy(out->text, main_out.s, main_out.len);
+	out->mem = block;
+	out->runs = runs ? (struct tmpl_run *)(void *)block : NULL;
+	out->gen = (uint32_t(*)[2])(void *)(block + runs_size);
+	out->cuts = (uint32_t *)(void *)(block + runs_size + gen_size);
+	char *names = block + runs_size + gen_size + cuts_size;
+	out->text = main_out.s;
 	out->text[main_out.len] = 0;
 	out->len = main_out.len;
 	uint32_t start = 0;
@@ -3724,6 +3773,7 @@ void tmpl_output_free(struct tmpl_output *o)
 {
 	if (!o)
 		return;
-	free(o->text); /* the block holding all of it */
+	free(o->text);
+	free(o->mem);
 	memset(o, 0, sizeof *o);
 }

@@ -17,6 +17,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "template.h"
 
@@ -27,8 +28,33 @@ struct tp_arena {
 	jmp_buf *fail;      /* where to go when the cap is hit or malloc fails */
 	struct err *err;
 };
-void *tp_alloc(struct tp_arena *a, size_t n);
-void *tp_alloc_raw(struct tp_arena *a, size_t n); /* not zeroed: for blocks written before they are read */
+struct tp_block {
+	struct tp_block *next;
+	size_t used, size;
+	_Alignas(16) char data[];
+};
+/* tp_alloc_raw's way when the current block lacks room (n rounded up). */
+void *tp_alloc_slow(struct tp_arena *a, size_t n);
+/* Not zeroed: for blocks written before they are read. Inline, as a
+ * rendering takes hundreds of small blocks. */
+static inline void *tp_alloc_raw(struct tp_arena *a, size_t n)
+{
+	n = n ? (n + 15) & ~(size_t)15 : 16;
+	struct tp_block *b = a->head;
+	if (b && b->size - b->used >= n && (!a->cap || a->used + n <= a->cap)) {
+		void *p = b->data + b->used;
+		b->used += n;
+		a->used += n;
+		return p;
+	}
+	return tp_alloc_slow(a, n);
+}
+static inline void *tp_alloc(struct tp_arena *a, size_t n)
+{
+	void *p = tp_alloc_raw(a, n);
+	memset(p, 0, (n + 15) & ~(size_t)15);
+	return p;
+}
 void *tp_realloc(struct tp_arena *a, void *p, size_t old, size_t n);
 char *tp_strndup(struct tp_arena *a, const char *s, size_t n);
 void tp_arena_free(struct tp_arena *a);
@@ -59,6 +85,7 @@ struct tp_sb {
 	struct tp_orun *runs;
 	uint32_t nruns, rcap;
 	size_t max; /* bytes; beyond it the render fails */
+	int heap;   /* the bytes are malloc'd, not in the arena: the rendering's output, handed over whole */
 };
 extern const struct tp_org tp_literal;
 int tp_org_eq(struct tp_org a, struct tp_org b);
@@ -186,7 +213,7 @@ enum tp_nk {
 enum tp_op { OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_FDIV, OP_MOD, OP_POW };
 enum tp_cmp { C_EQ, C_NE, C_LT, C_LE, C_GT, C_GE, C_IN, C_NOTIN };
 struct tp_node {
-	uint8_t kind, op, neg; /* neg: `is not` */
+	uint8_t kind, op, neg; /* op: N_BIN's enum tp_op, N_ATTR's code of its name (template_eval.c); neg: `is not` */
 	uint16_t depth;            /* of the subtree: evaluation recurses this deep */
 	int line;
 	struct tp_node *a, *b, *c; /* operands; N_SLICE: a[b:c:d] with d in args[0] */

@@ -12,11 +12,6 @@
 
 /* ---- arena ---- */
 
-struct tp_block {
-	struct tp_block *next;
-	size_t used, size;
-	_Alignas(16) char data[];
-};
 
 _Noreturn void tp_fail(struct tp_arena *a, int code, const char *fmt, ...)
 {
@@ -43,22 +38,8 @@ static _Thread_local struct tp_block *spare;
 static _Thread_local int nspare;
 
 /* tp_alloc without the zeroing, for bytes about to be written. */
-static void *alloc_raw(struct tp_arena *a, size_t n);
-
-void *tp_alloc_raw(struct tp_arena *a, size_t n) { return alloc_raw(a, n); }
-
-void *tp_alloc(struct tp_arena *a, size_t n)
+void *tp_alloc_slow(struct tp_arena *a, size_t n)
 {
-	void *p = alloc_raw(a, n);
-	memset(p, 0, (n + 15) & ~(size_t)15);
-	return p;
-}
-
-static void *alloc_raw(struct tp_arena *a, size_t n)
-{
-	n = (n + 15) & ~(size_t)15;
-	if (n == 0)
-		n = 16;
 	if (a->cap && a->used + n > a->cap)
 		tp_fail(a, EXIT_USAGE, "template used more than %zu MiB of memory", a->cap >> 20);
 	struct tp_block *b = a->head;
@@ -162,9 +143,16 @@ static void sb_grow(struct tp_arena *a, struct tp_sb *b, size_t n)
 		cap *= 2;
 	if (cap > UINT32_MAX - 16)
 		cap = UINT32_MAX - 16;
-	char *grown = alloc_raw(a, cap); /* bytes past len are written before they are read */
-	if (b->len)
-		memcpy(grown, b->s, b->len);
+	char *grown;
+	if (b->heap) {
+		grown = realloc(b->s, cap);
+		if (!grown)
+			tp_fail(a, EXIT_RUNTIME, "out of memory");
+	} else {
+		grown = tp_alloc_raw(a, cap); /* bytes past len are written before they are read */
+		if (b->len)
+			memcpy(grown, b->s, b->len);
+	}
 	b->s = grown;
 	b->cap = (uint32_t)cap;
 }
@@ -178,7 +166,7 @@ static void runs_grow(struct tp_arena *a, struct tp_sb *b, size_t n)
 		cap *= 2;
 	if (cap > UINT32_MAX / sizeof *b->runs)
 		tp_fail(a, EXIT_USAGE, "string longer than 4 GiB");
-	struct tp_orun *grown = alloc_raw(a, cap * sizeof *grown); /* runs past nruns are written before they are read */
+	struct tp_orun *grown = tp_alloc_raw(a, cap * sizeof *grown); /* runs past nruns are written before they are read */
 	if (b->nruns)
 		memcpy(grown, b->runs, b->nruns * sizeof *grown);
 	b->runs = grown;
@@ -246,7 +234,7 @@ struct tp_str tp_str_lit(struct tp_arena *a, const char *s, size_t n, struct tp_
 	if (n > UINT32_MAX - 16)
 		tp_fail(a, EXIT_USAGE, "string longer than 4 GiB");
 	size_t off = ((n + 1) + 15) & ~(size_t)15;
-	char *p = alloc_raw(a, off + sizeof(struct tp_orun));
+	char *p = tp_alloc_raw(a, off + sizeof(struct tp_orun));
 	memcpy(p, s, n);
 	p[n] = 0;
 	struct tp_orun *run = (struct tp_orun *)(p + off);
