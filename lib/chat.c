@@ -1153,6 +1153,23 @@ static int cmp_span(const void *a, const void *b)
 	return x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : (x[1] > y[1]) - (x[1] < y[1]);
 }
 
+/* Whether text[p..) begins with the marker s[0..len). Added tokens often
+ * share their first bytes (<|im_start|>, <|im_end|>, ...): eight at once
+ * tell most of them apart before memcmp. */
+static int marker_at(const char *text, size_t n, size_t p, const char *s, size_t len)
+{
+	if (len > n - p || text[p] != s[0])
+		return 0;
+	if (len >= 8) {
+		uint64_t a, b;
+		memcpy(&a, text + p, 8);
+		memcpy(&b, s, 8);
+		if (a != b)
+			return 0;
+	}
+	return !memcmp(text + p, s, len);
+}
+
 /* Appends the learned span of message i, whose content and tool-call bytes
  * lie in runs first to last (SIZE_MAX: none), to sp (pairs), or returns -1. */
 static int message_span(const struct tmpl_output *out, long i, size_t first, size_t last, long body, int agp,
@@ -1222,8 +1239,7 @@ static int message_span(const struct tmpl_output *out, long i, size_t first, siz
 		for (size_t p = end; p < cend && mend < 0; p++) {
 			size_t best = 0;
 			for (size_t k = k0; k < k1; k++)
-				if (mk->len[k] > best && out->text[p] == mk->s[k][0] && p + mk->len[k] <= out->len &&
-				    !memcmp(out->text + p, mk->s[k], mk->len[k]))
+				if (mk->len[k] > best && marker_at(out->text, out->len, p, mk->s[k], mk->len[k]))
 					best = mk->len[k];
 			if (best)
 				mend = (long)(p + best);

@@ -1167,33 +1167,74 @@ static size_t copy_plain(char *o, const char *s, size_t n)
 	return k;
 }
 
-void jsonl_put_string(struct jsonl_buf *b, const char *s, size_t n)
+/* Writes the escape of c, a byte jq escapes, at o; returns the end. */
+static char *put_escape(char *o, unsigned char c)
 {
 	static const char hex[] = "0123456789abcdef";
+	*o++ = '\\';
+	switch (c) {
+	case '"': *o++ = '"'; break;
+	case '\\': *o++ = '\\'; break;
+	case '\b': *o++ = 'b'; break;
+	case '\t': *o++ = 't'; break;
+	case '\r': *o++ = 'r'; break;
+	case '\n': *o++ = 'n'; break;
+	case '\f': *o++ = 'f'; break;
+	default: *o++ = 'u', *o++ = '0', *o++ = '0', *o++ = hex[c >> 4], *o++ = hex[c & 15];
+	}
+	return o;
+}
+
+void jsonl_put_string(struct jsonl_buf *b, const char *s, size_t n)
+{
 	enum { BLOCK = 4096 };
 	jsonl_put(b, "\"", 1);
 	for (size_t i = 0; i < n;) {
 		size_t end = n - i > BLOCK ? i + BLOCK : n;
-		if (ob_reserve(b, 6 * (end - i)) < 0)
+		if (ob_reserve(b, 6 * (end - i) + 16) < 0) /* 16: a window stored whole past what it adds */
 			return;
 		char *o = b->p + b->n;
+#if defined(__SSE2__)
+		/* Sixteen bytes a window; the escapes in one are written in turn
+		 * from the bytes between them, without going back to the search:
+		 * JSON inside a text has a quote every few bytes. */
+		const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), del = _mm_set1_epi8(0x7f),
+			      ctl = _mm_set1_epi8(0x1f);
+		for (; i + 16 <= end; i += 16) {
+			__m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+			_mm_storeu_si128((__m128i *)(void *)o, x);
+			__m128i sp = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
+						  _mm_or_si128(_mm_cmpeq_epi8(x, del), _mm_cmpeq_epi8(_mm_min_epu8(x, ctl), x)));
+			unsigned m = (unsigned)_mm_movemask_epi8(sp);
+			if (!m) {
+				o += 16;
+				continue;
+			}
+			unsigned from = 0; /* the window's bytes before from are written */
+			for (;;) {
+				unsigned j = m ? (unsigned)__builtin_ctz(m) : 16;
+				if (from) { /* the plain bytes [from, j): sixteen at once where s has them */
+					if (n - (i + from) >= 16)
+						_mm_storeu_si128((__m128i *)(void *)o,
+								 _mm_loadu_si128((const __m128i *)(const void *)(s + i + from)));
+					else
+						memcpy(o, s + i + from, j - from);
+				}
+				o += j - from;
+				if (j == 16)
+					break;
+				o = put_escape(o, (unsigned char)s[i + j]);
+				from = j + 1;
+				m &= m - 1;
+			}
+		}
+#endif
 		while (i < end) {
 			size_t k = copy_plain(o, s + i, end - i);
 			o += k, i += k;
 			if (i == end)
 				break;
-			unsigned char c = (unsigned char)s[i++];
-			*o++ = '\\';
-			switch (c) {
-			case '"': *o++ = '"'; break;
-			case '\\': *o++ = '\\'; break;
-			case '\b': *o++ = 'b'; break;
-			case '\t': *o++ = 't'; break;
-			case '\r': *o++ = 'r'; break;
-			case '\n': *o++ = 'n'; break;
-			case '\f': *o++ = 'f'; break;
-			default: *o++ = 'u', *o++ = '0', *o++ = '0', *o++ = hex[c >> 4], *o++ = hex[c & 15];
-			}
+			o = put_escape(o, (unsigned char)s[i++]);
 		}
 		b->n = (size_t)(o - b->p);
 	}
