@@ -179,7 +179,7 @@ static struct frame *frame_new(struct rt *r, struct frame *parent)
 static void frame_set(struct rt *r, struct frame *f, const char *name, struct tp_val v)
 {
 	for (uint32_t i = 0; i < f->n; i++)
-		if (!strcmp(f->names[i], name)) {
+		if (f->names[i] == name || !strcmp(f->names[i], name)) {
 			f->vals[i] = v;
 			return;
 		}
@@ -198,7 +198,7 @@ static struct tp_val *frame_get(struct frame *f, const char *name)
 {
 	for (; f; f = f->parent)
 		for (uint32_t i = f->n; i-- > 0;)
-			if (f->names[i][0] == name[0] && !strcmp(f->names[i], name))
+			if (f->names[i] == name || (f->names[i][0] == name[0] && !strcmp(f->names[i], name)))
 				return &f->vals[i];
 	return NULL;
 }
@@ -3113,7 +3113,7 @@ static int exec_for(struct rt *r, struct frame *f, const struct tp_stmt *s, cons
 		if (turns)
 			r->tk->taint = 0, r->tk->max = (int64_t)r->tk->off + i;
 		lf->n = 0; /* each iteration starts clean, as Jinja's loop scope does */
-		frame_set(r, lf, "loop", lv);
+		frame_set(r, lf, r->t->loop_name, lv);
 		if (s->nnames == 1)
 			frame_set(r, lf, s->names[0], items->v[i]);
 		else

@@ -247,6 +247,7 @@ struct tmpl {
 	struct tp_stmt *body;
 	const char *name;
 	const struct tp_stmt *turns; /* the loop whose turns prefix renderings may copy, or NULL */
+	const char *loop_name;       /* "loop", the very string the template's names use (see intern) */
 };
 /* Parses into t (its arena set up); returns -1 with err set. */
 int tp_parse(struct tmpl *t, const char *src, size_t len, struct err *err);

@@ -23,6 +23,14 @@ struct tok {
 	double f;
 };
 
+static uint64_t hash_name(const char *s, size_t n)
+{
+	uint64_t h = 1469598103934665603ull; /* FNV-1a */
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+	return h;
+}
+
 struct parser {
 	struct tmpl *t;
 	struct tp_arena *a;
@@ -31,7 +39,35 @@ struct parser {
 	struct tok *toks;
 	size_t ntok, cap, pos;
 	int nest; /* expression and tag nesting, bounded to keep the C stack small */
+	const char **names; /* every distinct name once (a hash set): see intern */
+	uint32_t nnames, ncap;
 };
+
+/* The one copy of the name s[0..n): the evaluator finds a variable by
+ * comparing pointers first, so the names a template sets and reads are
+ * the same string. */
+static const char *intern(struct parser *p, const char *s, size_t n)
+{
+	if (2 * (p->nnames + 1) > p->ncap) {
+		uint32_t cap = p->ncap ? 2 * p->ncap : 64;
+		const char **t = tp_alloc(p->a, cap * sizeof *t);
+		for (uint32_t i = 0; i < p->ncap; i++) {
+			if (!p->names[i])
+				continue;
+			uint32_t h = (uint32_t)(hash_name(p->names[i], strlen(p->names[i])) & (cap - 1));
+			while (t[h])
+				h = (h + 1) & (cap - 1);
+			t[h] = p->names[i];
+		}
+		p->names = t, p->ncap = cap;
+	}
+	uint32_t h = (uint32_t)(hash_name(s, n) & (p->ncap - 1));
+	for (; p->names[h]; h = (h + 1) & (p->ncap - 1))
+		if (!strncmp(p->names[h], s, n) && p->names[h][n] == 0)
+			return p->names[h];
+	p->nnames++;
+	return p->names[h] = tp_strndup(p->a, s, n);
+}
 
 _Noreturn static void perr(struct parser *p, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void perr(struct parser *p, int line, const char *fmt, ...)
@@ -132,7 +168,7 @@ static int lex_expr(struct parser *p, size_t *pos, int is_var, int *line, size_t
 			while (j < p->len && (is_id0(s[j]) || is_digit(s[j])))
 				j++;
 			struct tok *k = push(p, T_NAME, ln);
-			k->s = tp_strndup(p->a, s + i, j - i);
+			k->s = intern(p, s + i, j - i);
 			k->n = j - i;
 			i = j;
 		} else if (is_digit(c)) {
@@ -1129,6 +1165,7 @@ int tp_parse(struct tmpl *t, const char *src, size_t len, struct err *err)
 	}
 	normalize(&p, src, len);
 	lex(&p);
+	t->loop_name = intern(&p, "loop", 4);
 	const char *ended;
 	t->body = parse_body(&p, NULL, &ended, 1);
 	t->arena.fail = NULL;
