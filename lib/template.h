@@ -148,7 +148,9 @@ unsigned long long tmpl_trace_resumed(const struct tmpl_trace *tr);
 struct tmpl_cache;
 struct tmpl_cache *tmpl_cache_new(void);
 void tmpl_cache_free(struct tmpl_cache *c);
-/* One variable of a record's context: its name and value (both copied). */
+/* One variable of a record's context: its name (copied) and value,
+ * borrowed: the context reads its strings where they lie, so the value
+ * must outlive the context. */
 struct tmpl_var {
 	const char *name;
 	const struct jd *value;

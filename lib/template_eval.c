@@ -3328,25 +3328,28 @@ void tmpl_free(struct tmpl *t)
 
 static int origin_of_key(const struct jd *k)
 {
-	if (jd_is(k, "content"))
+	if (k->n == 7 && !memcmp(k->u.s, "content", 7))
 		return TMPL_MSG_CONTENT;
-	if (jd_is(k, "tool_calls"))
+	if (k->n == 10 && !memcmp(k->u.s, "tool_calls", 10))
 		return TMPL_MSG_TOOL_CALLS;
 	return TMPL_MSG_OTHER;
 }
 
-/* messages: each message's values get their own origin by key. */
-static struct tp_val messages_from_jd(struct tp_arena *a, const struct jd *msgs, struct tp_org listo)
+/* messages: each message's values get their own origin by key; the
+ * strings are borrowed when borrow is set (see tmpl_var), else copied. */
+static struct tp_val messages_from_jd(struct tp_arena *a, const struct jd *msgs, struct tp_org listo, int borrow)
 {
+	struct tp_val (*conv)(struct tp_arena *, const struct jd *, struct tp_org) =
+		borrow ? tp_from_jd_borrowed : tp_from_jd;
 	if (msgs->kind != JD_ARRAY)
-		return tp_from_jd(a, msgs, listo);
+		return conv(a, msgs, listo);
 	struct tp_val l = tp_mk_list(a, msgs->n, 0);
 	l.o = listo;
 	for (uint32_t i = 0; i < msgs->n; i++) {
 		const struct jd *m = &msgs->u.items[i];
 		struct tp_org mo = { (int32_t)i, TMPL_MSG_OTHER, NULL };
 		if (m->kind != JD_OBJECT) {
-			l.u.l->v[i] = tp_from_jd(a, m, mo);
+			l.u.l->v[i] = conv(a, m, mo);
 			continue;
 		}
 		struct tp_val d = tp_mk_dict(a);
@@ -3355,8 +3358,9 @@ static struct tp_val messages_from_jd(struct tp_arena *a, const struct jd *msgs,
 		for (uint32_t k = 0; k < m->n; k++) {
 			const struct jd_member *mm = &m->u.members[k];
 			struct tp_org o = { (int32_t)i, (uint8_t)origin_of_key(&mm->key), NULL };
-			struct tp_val kv = tp_mk_str(tp_str_lit(a, mm->key.u.s, mm->key.n, mo));
-			tp_dict_push(a, d.u.d, kv, tp_from_jd(a, &mm->val, o));
+			struct tp_val kv = tp_mk_str(borrow ? tp_str_borrowed(a, &mm->key, mo)
+							    : tp_str_lit(a, mm->key.u.s, mm->key.n, mo));
+			tp_dict_push(a, d.u.d, kv, conv(a, &mm->val, o));
 		}
 		l.u.l->v[i] = d;
 	}
@@ -3379,14 +3383,14 @@ struct tmpl_ctx {
 
 /* Variable name's value val converted into a: messages gets each message's
  * origins, containers the cache's values where it has them (cache may be
- * NULL). */
+ * NULL); with borrow, the messages' strings are not copied. */
 static struct tp_val var_value(struct tp_arena *a, const char *name, const struct jd *val, struct tmpl_cache *cache,
-			       jmp_buf *fail, struct err *err)
+			       int borrow, jmp_buf *fail, struct err *err)
 {
 	struct tp_org o = { -1, TMPL_INPUT, name };
 	struct tp_val v;
 	if (!strcmp(name, "messages"))
-		return messages_from_jd(a, val, o);
+		return messages_from_jd(a, val, o, borrow);
 	if (!cache || !tp_cache_value(cache, name, val, &v, fail, err))
 		v = tp_from_jd(a, val, o);
 	return v;
@@ -3400,7 +3404,7 @@ static uint32_t vars_from_jd(struct tp_arena *a, const struct jd *obj, jmp_buf *
 	for (uint32_t k = 0; k < obj->n; k++) {
 		const struct jd_member *m = &obj->u.members[k];
 		names[k] = tp_strndup(a, m->key.u.s, strlen(m->key.u.s));
-		vals[k] = var_value(a, names[k], &m->val, NULL, fail, err);
+		vals[k] = var_value(a, names[k], &m->val, NULL, 0, fail, err);
 	}
 	return obj->n;
 }
@@ -3463,7 +3467,7 @@ static struct tmpl_ctx *ctx_new(jv base, jv more, const struct tmpl_var *vars, s
 		uint32_t k = (uint32_t)nvars, n = k;
 		for (uint32_t i = 0; i < k; i++) {
 			names[i] = tp_strndup(&a, vars[i].name, strlen(vars[i].name));
-			vals[i] = var_value(&a, names[i], vars[i].value, cache, &jb, err);
+			vals[i] = var_value(&a, names[i], vars[i].value, cache, 1, &jb, err);
 		}
 		for (uint32_t i = 0; i < bn; i++) { /* a name of vars wins */
 			uint32_t j = 0;

@@ -177,6 +177,11 @@ int tp_json_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v, const struc
 void tp_float_repr(char *buf, size_t n, double f);
 /* A JSON value -> value with origin o (strings copied into a). */
 struct tp_val tp_from_jd(struct tp_arena *a, const struct jd *v, struct tp_org o);
+/* The same with v's strings not copied: v must outlive the value (a
+ * record's variables, which the context borrows). */
+struct tp_val tp_from_jd_borrowed(struct tp_arena *a, const struct jd *v, struct tp_org o);
+/* s, a JD_STRING, as a string of origin o, its bytes not copied (as above). */
+struct tp_str tp_str_borrowed(struct tp_arena *a, const struct jd *s, struct tp_org o);
 
 /* ---- values kept from one context to the next (template_cache.c) ---- */
 /* The next context is being made: slots the previous one used may go. */

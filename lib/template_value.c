@@ -800,7 +800,23 @@ int tp_json_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v, const struc
  * an int of "1". A jd keeps the double and whether it was written as a
  * float: such a number is a float, else a whole number in int64 range is an
  * int. */
-struct tp_val tp_from_jd(struct tp_arena *a, const struct jd *v, struct tp_org o)
+struct tp_str tp_str_borrowed(struct tp_arena *a, const struct jd *s, struct tp_org o)
+{
+	if (s->n == 0)
+		return tp_str_lit(a, s->u.s, 0, o);
+	struct tp_orun *run = tp_alloc(a, sizeof *run);
+	run->end = s->n;
+	run->o = o;
+	return (struct tp_str){ s->u.s, s->n, 1, run };
+}
+
+/* s as a string of origin o: its bytes copied into a, or (borrow) not. */
+static struct tp_str str_from_jd(struct tp_arena *a, const struct jd *s, struct tp_org o, int borrow)
+{
+	return borrow ? tp_str_borrowed(a, s, o) : tp_str_lit(a, s->u.s, s->n, o);
+}
+
+static struct tp_val from_jd(struct tp_arena *a, const struct jd *v, struct tp_org o, int borrow)
 {
 	struct tp_val r = tp_mk_none();
 	switch (v->kind) {
@@ -814,11 +830,11 @@ struct tp_val tp_from_jd(struct tp_arena *a, const struct jd *v, struct tp_org o
 			r = tp_mk_float(d);
 		break;
 	}
-	case JD_STRING: r = tp_mk_str(tp_str_lit(a, v->u.s, v->n, o)); break;
+	case JD_STRING: r = tp_mk_str(str_from_jd(a, v, o, borrow)); break;
 	case JD_ARRAY:
 		r = tp_mk_list(a, v->n, 0);
 		for (uint32_t i = 0; i < v->n; i++)
-			r.u.l->v[i] = tp_from_jd(a, &v->u.items[i], o);
+			r.u.l->v[i] = from_jd(a, &v->u.items[i], o, borrow);
 		break;
 	case JD_OBJECT:
 		r = tp_mk_dict(a);
@@ -826,13 +842,20 @@ struct tp_val tp_from_jd(struct tp_arena *a, const struct jd *v, struct tp_org o
 		/* in document order, as json.loads keeps them */
 		for (uint32_t i = 0; i < v->n; i++) {
 			const struct jd_member *m = &v->u.members[i];
-			struct tp_val kv = tp_mk_str(tp_str_lit(a, m->key.u.s, m->key.n, o));
+			struct tp_val kv = tp_mk_str(str_from_jd(a, &m->key, o, borrow));
 			kv.o = o;
-			tp_dict_push(a, r.u.d, kv, tp_from_jd(a, &m->val, o));
+			tp_dict_push(a, r.u.d, kv, from_jd(a, &m->val, o, borrow));
 		}
 		break;
 	default: break;
 	}
 	r.o = o;
 	return r;
+}
+
+struct tp_val tp_from_jd(struct tp_arena *a, const struct jd *v, struct tp_org o) { return from_jd(a, v, o, 0); }
+
+struct tp_val tp_from_jd_borrowed(struct tp_arena *a, const struct jd *v, struct tp_org o)
+{
+	return from_jd(a, v, o, 1);
 }

@@ -91,7 +91,6 @@ static void test_cache_same_output(void)
 			struct tmpl_ctx *plain = tmpl_ctx_new(ctx, &err);
 			struct tmpl_ctx *cached = tmpl_ctx_new_layered(jv_copy(base), jv_invalid(), vars, 3, cache, &err);
 			jd_shared_unref(fresh);
-			jd_arena_reset(&ar);
 			CHECK(plain && cached, "seed %llu: %s", seed, err.msg);
 			for (int agp = 0; plain && cached && agp < 2; agp++) {
 				struct tmpl_output a, b;
@@ -109,6 +108,7 @@ static void test_cache_same_output(void)
 			}
 			tmpl_ctx_free(plain);
 			tmpl_ctx_free(cached);
+			jd_arena_reset(&ar); /* the context borrowed the messages */
 		}
 		tmpl_free(t);
 	}
@@ -163,7 +163,6 @@ static void test_layers(void)
 		for (uint32_t i = 0; i < own_jd.n; i++)
 			vars[i] = (struct tmpl_var){own_jd.u.members[i].key.u.s, &own_jd.u.members[i].val};
 		struct tmpl_ctx *got = tmpl_ctx_new_layered(base, more, vars, own_jd.n, cache, &err);
-		jd_arena_reset(&ar);
 		CHECK(want && got, "%s", err.msg);
 		struct tmpl_output a, b;
 		int ra = want ? tmpl_render_ctx(t, want, SIZE_MAX, -1, NULL, &a, &err) : -1;
@@ -178,6 +177,7 @@ static void test_layers(void)
 			tmpl_output_free(&b);
 		tmpl_ctx_free(want);
 		tmpl_ctx_free(got);
+		jd_arena_reset(&ar); /* the context borrowed its variables */
 	}
 	jv_free(bases[0]), jv_free(bases[1]);
 	jv_free(mores[0]), jv_free(mores[1]), jv_free(mores[2]);
