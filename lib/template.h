@@ -117,7 +117,12 @@ int tmpl_render_ctx(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg,
  * and runs the rest. When what the whole rendering ran before its loop
  * read none of the above (nor a message past the prefix) and left only
  * plain values, the prefix's rendering does not run it again: it copies
- * its output and starts at the loop with those values. Its output is
+ * its output and starts at the loop with those values. And when such a
+ * rendering without runs copied every turn and what follows the loop read
+ * only add_generation_prompt (and messages the prefix has), what it printed
+ * there is kept in trace: the next prefixes with that add_generation_prompt
+ * whose turns would all be copied are made from it, the template not run at
+ * all. Its output is
  * tmpl_render_ctx's, text, origins, cuts and generation ranges alike
  * (what is copied takes no steps against lim).
  * *trace is NULL (every prefix then rendered in full) when the template lets
@@ -133,10 +138,12 @@ int tmpl_render_prefix(const struct tmpl *t, const struct tmpl_ctx *c, size_t nm
 		       const struct tmpl_output *full, struct tmpl_trace *trace, int runs, const struct tmpl_limits *lim,
 		       struct tmpl_output *out, struct err *err);
 void tmpl_trace_free(struct tmpl_trace *tr);
-/* Turns the prefix renderings that used tr copied, and those renderings
- * that started at the loop (for tests and benchmarks). */
+/* Turns the prefix renderings that used tr copied, those renderings that
+ * started at the loop, and those made without running the template (for
+ * tests and benchmarks). */
 unsigned long long tmpl_trace_copied(const struct tmpl_trace *tr);
 unsigned long long tmpl_trace_resumed(const struct tmpl_trace *tr);
+unsigned long long tmpl_trace_tailed(const struct tmpl_trace *tr);
 
 /* Converted values one thread keeps from one context to the next: a
  * variable (other than messages) whose array or object is a jd_shared

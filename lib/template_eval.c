@@ -99,6 +99,24 @@ struct track {
 	const struct tmpl_output *full;
 	struct tmpl_trace *use;
 	size_t nmsg;
+	int post;                        /* past the loop: add_generation_prompt read is no taint (see tail) */
+	int post_cut0;                   /* a statement past the loop tried to cut where it began */
+	uint32_t post_start, post_ncuts, post_ngen;
+};
+
+/* What a prefix's rendering printed after the turns' loop, when it started
+ * at the loop (resume), the loop had turns, and what followed read nothing
+ * a prefix sees differently but add_generation_prompt and the messages up to
+ * max: the same for every such prefix with that add_generation_prompt (the
+ * turns change no variable it can read), so those whose turns would all be
+ * copied are made from it without running the template (prefix_from_tail). */
+struct tail {
+	int ok, cut0;   /* cut0: a cut where it begins (see cut_at) */
+	int64_t max;
+	char *text;     /* one block: text, then cuts, then generation ranges */
+	uint32_t len, ncuts, ngen;
+	uint32_t *cuts; /* after where it begins, relative to it */
+	uint32_t (*gen)[2];
 };
 
 struct tmpl_trace {
@@ -111,7 +129,8 @@ struct tmpl_trace {
 	uint32_t off, start, ncuts, ngen;
 	int resumable;
 	int64_t pre_max;
-	unsigned long long copied, resumed;
+	struct tail tail[2]; /* by add_generation_prompt */
+	unsigned long long copied, resumed, tailed;
 	uint32_t n;
 	struct turn turn[];
 };
@@ -262,7 +281,7 @@ static struct tp_val lookup(struct rt *r, struct frame *f, const char *name)
 {
 	struct tp_val *v = frame_get(f, name);
 	if (v) {
-		if (r->tk && v == r->tk->agp)
+		if (r->tk && v == r->tk->agp && !r->tk->post)
 			r->tk->taint = 1;
 		return *v;
 	}
@@ -2759,6 +2778,8 @@ static void cuts_reserve(struct rt *r, size_t n)
 
 static void cut_at(struct rt *r, uint32_t at)
 {
+	if (r->tk && r->tk->post && at == r->tk->post_start)
+		r->tk->post_cut0 = 1;
 	if (r->ncuts && r->cuts[r->ncuts - 1] == at)
 		return;
 	cuts_reserve(r, 1);
@@ -3012,9 +3033,12 @@ static uint32_t turns_start(struct rt *r, struct frame *f, const struct tp_loop 
 static int run_from_turns(struct rt *r, struct frame *f, const struct tp_stmt *s)
 {
 	for (; s; s = s->next) {
-		if (s == r->t->turns)
+		if (s == r->t->turns) {
 			exec_for(r, f, s, NULL, 1);
-		else if (s->kind != S_IF || (!run_from_turns(r, f, s->body) && !run_from_turns(r, f, s->orelse)))
+			struct track *k = r->tk; /* what follows the loop: see struct tail */
+			k->post = 1, k->post_cut0 = 0, k->taint = 0, k->max = -1;
+			k->post_start = r->out->len, k->post_ncuts = (uint32_t)r->ncuts, k->post_ngen = (uint32_t)r->ngen;
+		} else if (s->kind != S_IF || (!run_from_turns(r, f, s->body) && !run_from_turns(r, f, s->orelse)))
 			continue;
 		exec_body(r, f, s->next); /* no loop encloses it: it flows on */
 		return 1;
@@ -3029,7 +3053,41 @@ static int run_from_turns(struct rt *r, struct frame *f, const struct tp_stmt *s
  * from the values recorded (the messages' tracked lists cut to the prefix),
  * and only the loop and what follows run. 1 when done, 0 when it does not
  * apply (nothing changed). */
-static int resume(struct rt *r, struct frame *top, struct tp_val *msgs)
+/* Keeps what followed the loop as the tail for add_generation_prompt g,
+ * when struct tail's conditions hold in this rendering of nmsg messages
+ * (a message it read must be one it has: past them it read nothing). */
+static void tail_keep(struct rt *r, int g, uint32_t nmsg)
+{
+	struct track *k = r->tk;
+	struct tail *tl = &k->use->tail[g];
+	/* a loop without turns ran its else branch, which a tail's prefixes do not */
+	if (tl->ok || !k->loop || !k->loop->items->n || k->taint || k->bad || !k->post || !r->text_only ||
+	    k->max >= (int64_t)nmsg)
+		return;
+	uint32_t len = r->out->len - k->post_start, nc = (uint32_t)r->ncuts - k->post_ncuts,
+		 ng = (uint32_t)r->ngen - k->post_ngen;
+	size_t tsize = ((size_t)len + 8) & ~(size_t)7;
+	char *block = malloc(tsize + ((size_t)nc + 1) * sizeof *tl->cuts + ((size_t)ng + 1) * sizeof *tl->gen);
+	if (!block)
+		return; /* no tail: the next prefixes run as this one did */
+	memcpy(block, r->out->s + k->post_start, len);
+	tl->text = block, tl->len = len;
+	tl->cuts = (uint32_t *)(void *)(block + tsize);
+	tl->ncuts = 0;
+	for (uint32_t i = 0; i < nc; i++) /* one where it begins is cut0's */
+		if (r->cuts[k->post_ncuts + i] != k->post_start)
+			tl->cuts[tl->ncuts++] = r->cuts[k->post_ncuts + i] - k->post_start;
+	tl->gen = (uint32_t(*)[2])(void *)(tl->cuts + nc + 1);
+	for (uint32_t i = 0; i < ng; i++)
+		tl->gen[i][0] = r->gen[k->post_ngen + i][0] - k->post_start,
+		tl->gen[i][1] = r->gen[k->post_ngen + i][1] - k->post_start;
+	tl->ngen = ng;
+	tl->cut0 = k->post_cut0;
+	tl->max = k->max;
+	tl->ok = 1;
+}
+
+static int resume(struct rt *r, struct frame *top, struct tp_val *msgs, const struct tp_val *gp)
 {
 	struct track *k = r->tk;
 	struct tmpl_trace *u = k->use;
@@ -3059,7 +3117,10 @@ static int resume(struct rt *r, struct frame *top, struct tp_val *msgs)
 		}
 		top->names[i] = u->names[i], top->vals[i] = v;
 	}
-	return run_from_turns(r, top, r->t->body);
+	int ran = run_from_turns(r, top, r->t->body);
+	if (ran && gp && gp->type == TP_BOOL)
+		tail_keep(r, gp->u.b, msgs->u.l->n);
+	return ran;
 }
 
 static void turn_end(struct rt *r, int flow)
@@ -3614,7 +3675,7 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 		tp_sb_reserve(&r.a, &main_out, out_hint.len < r.max_out ? out_hint.len : 0, out_hint.nruns);
 		r.out = r.main = &main_out;
 		struct frame *top = frame_new(&r, r.root);
-		if (!(tk && tk->use && resume(&r, top, msgs)))
+		if (!(tk && tk->use && resume(&r, top, msgs, gp)))
 			exec_body(&r, top, t->body);
 		main_out.max = 0;
 		tp_sb_reserve(&r.a, &main_out, 1, 0); /* for the NUL */
@@ -3640,7 +3701,8 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 		tr->lists = tk->lists, tr->offs = tk->offs, tr->nlists = tk->nlists;
 		tr->names = tk->names, tr->vals = tk->vals, tr->nvars = tk->nvars;
 		tr->a = (struct tp_arena){ 0 }; /* given the rendering's below */
-		tr->copied = tr->resumed = 0;
+		tr->copied = tr->resumed = tr->tailed = 0;
+		memset(tr->tail, 0, sizeof tr->tail);
 		tr->n = tk->nturns;
 		if (tk->nturns)
 			memcpy(tr->turn, tk->turns, tk->nturns * sizeof *tr->turn);
@@ -3734,12 +3796,63 @@ int tmpl_render_traced(const struct tmpl *t, const struct tmpl_ctx *c, int agp, 
 	return rc;
 }
 
+/* A prefix's rendering without runs made from full and a tail (struct
+ * tail) when every turn it has would be copied: 1, or 0 when it cannot be
+ * (out untouched). */
+static int prefix_from_tail(const struct tmpl_ctx *c, size_t nmsg, int agp, const struct tmpl_output *full,
+			    struct tmpl_trace *u, struct tmpl_output *out)
+{
+	if (c->messages >= c->n || c->vals[c->messages].type != TP_LIST || c->agp >= c->n ||
+	    c->vals[c->agp].type != TP_BOOL)
+		return 0;
+	if (nmsg > c->vals[c->messages].u.l->n)
+		nmsg = c->vals[c->messages].u.l->n;
+	const struct tail *tl = &u->tail[agp >= 0 ? agp != 0 : c->vals[c->agp].u.b];
+	if (!tl->ok || !u->resumable || u->pre_max >= (int64_t)nmsg || tl->max >= (int64_t)nmsg || u->off >= nmsg ||
+	    nmsg - u->off > u->n)
+		return 0;
+	uint32_t m = (uint32_t)(nmsg - u->off);
+	for (uint32_t j = 0; j < m; j++)
+		if (!u->turn[j].clean || u->turn[j].max >= (int64_t)nmsg)
+			return 0;
+	const struct turn *e = &u->turn[m - 1];
+	char *text = malloc((size_t)e->end + tl->len + 1);
+	char *mem = malloc(((size_t)e->ncuts + tl->ncuts + 2) * sizeof *out->cuts + 8 +
+			   ((size_t)e->ngen + tl->ngen + 1) * sizeof *out->gen);
+	if (!text || !mem) {
+		free(text), free(mem);
+		return 0;
+	}
+	memset(out, 0, sizeof *out);
+	memcpy(text, full->text, e->end);
+	memcpy(text + e->end, tl->text, tl->len);
+	out->len = (size_t)e->end + tl->len;
+	text[out->len] = 0;
+	out->text = text, out->mem = mem;
+	out->gen = (uint32_t(*)[2])(void *)mem;
+	for (uint32_t i = 0; i < e->ngen; i++)
+		out->gen[out->ngen][0] = full->gen[i][0], out->gen[out->ngen++][1] = full->gen[i][1];
+	for (uint32_t i = 0; i < tl->ngen; i++)
+		out->gen[out->ngen][0] = tl->gen[i][0] + e->end, out->gen[out->ngen++][1] = tl->gen[i][1] + e->end;
+	out->cuts = (uint32_t *)(void *)(out->gen + out->ngen + 1);
+	memcpy(out->cuts, full->cuts, e->ncuts * sizeof *out->cuts);
+	out->ncuts = e->ncuts;
+	if (tl->cut0 && (!out->ncuts || out->cuts[out->ncuts - 1] != e->end))
+		out->cuts[out->ncuts++] = e->end;
+	for (uint32_t i = 0; i < tl->ncuts; i++)
+		out->cuts[out->ncuts++] = tl->cuts[i] + e->end;
+	u->tailed++;
+	return 1;
+}
+
 int tmpl_render_prefix(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, int agp,
 		       const struct tmpl_output *full, struct tmpl_trace *trace, int runs, const struct tmpl_limits *lim,
 		       struct tmpl_output *out, struct err *err)
 {
 	if (!trace)
 		return render(t, c, nmsg, agp, lim, runs, out, NULL, NULL, err);
+	if (!runs && prefix_from_tail(c, nmsg, agp, full, trace, out))
+		return 0;
 	struct track tk = { .full = full, .use = trace, .nmsg = nmsg };
 	return render(t, c, nmsg, agp, lim, runs, out, &tk, NULL, err);
 }
@@ -3749,12 +3862,15 @@ void tmpl_trace_free(struct tmpl_trace *tr)
 	if (!tr)
 		return;
 	tp_arena_free(&tr->a);
+	free(tr->tail[0].text), free(tr->tail[1].text);
 	free(tr);
 }
 
 unsigned long long tmpl_trace_copied(const struct tmpl_trace *tr) { return tr ? tr->copied : 0; }
 
 unsigned long long tmpl_trace_resumed(const struct tmpl_trace *tr) { return tr ? tr->resumed : 0; }
+
+unsigned long long tmpl_trace_tailed(const struct tmpl_trace *tr) { return tr ? tr->tailed : 0; }
 
 int tmpl_output_equal(const struct tmpl_output *a, const struct tmpl_output *b)
 {

@@ -55,7 +55,8 @@ static jv random_ctx(void)
 /* Renders rounds random conversations whole (traced) and every prefix with
  * either generation prompt both ways; returns the turns copied, or -1 when
  * an output differed. traced counts the conversations that got a trace. */
-static long long compare(const char *name, const char *src, int rounds, int *traced, long long *resumed)
+static long long compare(const char *name, const char *src, int rounds, int *traced, long long *resumed,
+			 long long *tailed)
 {
 	struct err err = {0};
 	struct tmpl *t = tmpl_compile(src, strlen(src), name, &err);
@@ -63,7 +64,7 @@ static long long compare(const char *name, const char *src, int rounds, int *tra
 	if (!t)
 		return -1;
 	long long copied = 0;
-	*traced = 0, *resumed = 0;
+	*traced = 0, *resumed = 0, *tailed = 0;
 	for (int k = 0; k < rounds; k++) {
 		jv ctx = random_ctx();
 		int n = jv_array_length(jv_object_get(jv_copy(ctx), jv_string("messages")));
@@ -81,7 +82,16 @@ static long long compare(const char *name, const char *src, int rounds, int *tra
 			tmpl_output_free(&want);
 		if (rc == 0) {
 			*traced += tr != NULL;
-			for (int m = 0; m <= n; m++) {
+			/* the prefixes in any order: what one leaves (a tail) serves the others */
+			int order[16];
+			for (int i = 0; i <= n; i++)
+				order[i] = i;
+			for (int i = n; i > 0; i--) {
+				int j = (int)rng_below(check_rng(), (uint64_t)i + 1), x = order[i];
+				order[i] = order[j], order[j] = x;
+			}
+			for (int mi = 0; mi <= n; mi++) {
+				int m = order[mi];
 				for (int agp = 0; agp < 2; agp++) {
 					struct tmpl_output a, b;
 					struct err e1 = {0}, e2 = {0};
@@ -107,14 +117,15 @@ static long long compare(const char *name, const char *src, int rounds, int *tra
 						tmpl_output_free(&x);
 					if (!same) {
 						copied = -1;
-						m = n + 1;
+						mi = n + 1;
 						k = rounds;
 						break;
 					}
 				}
 			}
 			if (copied >= 0)
-				copied += (long long)tmpl_trace_copied(tr), *resumed += (long long)tmpl_trace_resumed(tr);
+				copied += (long long)tmpl_trace_copied(tr), *resumed += (long long)tmpl_trace_resumed(tr),
+				*tailed += (long long)tmpl_trace_tailed(tr);
 			tmpl_output_free(&full);
 		}
 		jv_free(dump);
@@ -258,7 +269,7 @@ static void test_prefixes_match(void)
 {
 	for (size_t i = 0; i < sizeof CASES / sizeof *CASES; i++) {
 		int traced = 0;
-		long long resumed = 0, copied = compare(CASES[i].name, CASES[i].src, 40, &traced, &resumed);
+		long long resumed = 0, tailed = 0, copied = compare(CASES[i].name, CASES[i].src, 40, &traced, &resumed, &tailed);
 		if (copied < 0)
 			continue;
 		if (CASES[i].resume == RESUMES)
@@ -276,6 +287,47 @@ static void test_prefixes_match(void)
 	}
 }
 
+/* Prefix renderings made from the tail a resumed one left (what follows the
+ * loop): where that reads only add_generation_prompt, or messages the
+ * prefix has; never where it reads the count of messages or loop state. */
+static void test_tails(void)
+{
+	static const struct {
+		const char *name, *src;
+		int tails;
+	} cases[] = {
+		{ "prompt only", "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+				 "{% if add_generation_prompt %}<assistant>{% endif %}", 1 },
+		{ "empty prints", "{% for m in messages %}{{ m.content }}|{% endfor %}{{ '' }}{% if add_generation_prompt %}"
+				  "{{ '' }}G{% generation %}g{% endgeneration %}{% endif %}{{ bos_token }}", 1 },
+		{ "a message read after", "{% for m in messages %}{{ m.content }}{% endfor %}"
+					  "{{ messages[2].role if messages[2] is defined }}{{ add_generation_prompt }}", 1 },
+		{ "state before, read after", "{% set s = messages[0].role %}{% for m in messages %}{{ m.content }}"
+					      "{% endfor %}{% if add_generation_prompt %}{{ s }}{% endif %}", 1 },
+		{ "turns ending uncut", "{% for m in messages %}{% if m.role == 'user' %}{% filter upper %}{{ m.content }}"
+				       "{% endfilter %}{% else %}{{ m.content }}{% endif %}{% endfor %}{{ '' }}"
+				       "{% if add_generation_prompt %}G{% endif %}", 1 },
+		{ "a turn reading the last", "{% for m in messages %}{{ m.content }}{% if m.role == 'tool' and loop.last %}."
+					     "{% endif %}{% endfor %}{% if add_generation_prompt %}G{% endif %}", 1 },
+		{ "a turn reading the next", "{% for m in messages %}{{ m.content }}{% if m.role == 'tool' %}"
+					     "{{ messages[loop.index0 + 1].role if messages[loop.index0 + 1] is defined }}"
+					     "{% endif %}{% endfor %}{{ add_generation_prompt }}", 1 },
+		{ "else of the loop", "{% for m in messages[2:] %}{{ m.content }}{% else %}{% set e = 'E' %}{% endfor %}"
+				      "{{ e }}{{ add_generation_prompt }}", -1 },
+		{ "the count after", "{% for m in messages %}{{ m.content }}{% endfor %}{{ messages | length }}", 0 },
+		{ "the last after", "{% for m in messages %}{{ m.content }}{% endfor %}{{ messages[-1].role }}", 0 },
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		int traced = 0;
+		long long resumed = 0, tailed = 0;
+		if (compare(cases[i].name, cases[i].src, 40, &traced, &resumed, &tailed) < 0)
+			continue;
+		if (cases[i].tails >= 0)
+			CHECK(cases[i].tails ? tailed > 0 : tailed == 0, "%s: %lld prefix renderings made from a tail",
+			      cases[i].name, tailed);
+	}
+}
+
 /* ds-fmt's own named templates. */
 static void test_builtin_templates(void)
 {
@@ -284,9 +336,9 @@ static void test_builtin_templates(void)
 		const char *src = chat_builtin_template(names[i]);
 		CHECK(src != NULL, "%s: no such template", names[i]);
 		int traced = 0;
-		long long resumed = 0;
+		long long resumed = 0, tailed = 0;
 		if (src)
-			compare(names[i], src, 40, &traced, &resumed);
+			compare(names[i], src, 40, &traced, &resumed, &tailed);
 	}
 }
 
@@ -294,6 +346,7 @@ int main(void)
 {
 	check_seed_init();
 	RUN(test_prefixes_match);
+	RUN(test_tails);
 	RUN(test_builtin_templates);
 	return check_done();
 }
