@@ -1520,12 +1520,12 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 	 * messages before it with the generation prompt, when that is a prefix.
 	 * Those renderings copy the turns they share with ro (tmpl_render_prefix),
 	 * so a conversation costs about one rendering, not one per turn. */
+	struct err ignored; /* a prefix that fails to render leaves its turn's start unknown; not zeroed per turn (1 KiB) */
 	for (uint32_t i = 0; i < n; i++) {
 		if (!trained[i])
 			continue;
 		struct tmpl_output po;
-		struct err e2 = {0};
-		if (tmpl_render_prefix(t, cx, i, 1, &ro, trace, 0, NULL, &po, &e2) == 0) {
+		if (tmpl_render_prefix(t, cx, i, 1, &ro, trace, 0, NULL, &po, &ignored) == 0) {
 			if (po.len <= ro.len && !memcmp(po.text, ro.text, po.len))
 				body[i] = (long)po.len;
 			else
