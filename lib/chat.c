@@ -921,6 +921,41 @@ static int markers_lengths(struct chat_model *m, struct err *err)
 		return err_sys(err, "out of memory");
 	for (size_t i = 0; i < m->mk.n; i++)
 		m->mk.len[i] = strlen(m->mk.s[i]);
+	return chat_markers_rank(&m->mk, err);
+}
+
+static int cmp_marker(const void *a, const void *b, void *arg)
+{
+	const struct chat_markers *mk = arg;
+	size_t i = *(const size_t *)a, j = *(const size_t *)b, n = mk->len[i] < mk->len[j] ? mk->len[i] : mk->len[j];
+	int c = memcmp(mk->s[i], mk->s[j], n);
+	return c ? c : (mk->len[i] > mk->len[j]) - (mk->len[i] < mk->len[j]);
+}
+
+int chat_markers_rank(struct chat_markers *mk, struct err *err)
+{
+	size_t *ix = malloc((mk->n + 1) * sizeof *ix);
+	mk->maximal = malloc(mk->n + 1);
+	if (!ix || !mk->maximal) {
+		free(ix), free(mk->maximal);
+		mk->maximal = NULL;
+		return err_sys(err, "out of memory");
+	}
+	/* in byte order, the markers that begin with one follow it at once */
+	for (int tier = 0; tier < 2; tier++) {
+		size_t k0 = tier ? mk->nfirst : 0, k1 = tier ? mk->n : mk->nfirst;
+		for (size_t k = k0; k < k1; k++)
+			ix[k - k0] = k;
+		qsort_r(ix, k1 - k0, sizeof *ix, cmp_marker, mk);
+		for (size_t r = 0; r < k1 - k0; r++) {
+			size_t k = ix[r], q = r + 1; /* past copies of it, the next one */
+			while (q < k1 - k0 && mk->len[ix[q]] == mk->len[k] && !memcmp(mk->s[ix[q]], mk->s[k], mk->len[k]))
+				q++;
+			mk->maximal[k] = !(q < k1 - k0 && mk->len[ix[q]] > mk->len[k] &&
+					   !memcmp(mk->s[ix[q]], mk->s[k], mk->len[k]));
+		}
+	}
+	free(ix);
 	return 0;
 }
 
@@ -1139,6 +1174,7 @@ void chat_model_free(struct chat_model *m)
 		free(m->mk_store[i]);
 	free(m->mk_store);
 	free(m->mk.len);
+	free(m->mk.maximal);
 	free(m);
 }
 
@@ -1169,6 +1205,12 @@ static int marker_at(const char *text, size_t n, size_t p, const char *s, size_t
 	}
 	return !memcmp(text + p, s, len);
 }
+
+/* The marker that closed the calling thread's last turn, and of which list. */
+static _Thread_local struct {
+	const struct chat_markers *mk;
+	size_t k;
+} closer_hint;
 
 /* Appends the learned span of message i, whose content and tool-call bytes
  * lie in runs first to last (SIZE_MAX: none), to sp (pairs), or returns -1. */
@@ -1237,10 +1279,19 @@ static int message_span(const struct tmpl_output *out, long i, size_t first, siz
 	for (int tier = 0; tier < 2 && mend < 0; tier++) {
 		size_t k0 = tier ? mk->nfirst : 0, k1 = tier ? mk->n : mk->nfirst;
 		for (size_t p = end; p < cend && mend < 0; p++) {
-			size_t best = 0;
-			for (size_t k = k0; k < k1; k++)
-				if (mk->len[k] > best && marker_at(out->text, out->len, p, mk->s[k], mk->len[k]))
-					best = mk->len[k];
+			size_t best = 0, h = closer_hint.k;
+			/* the marker that closed the thread's last turn, first: when
+			 * none extends it, it is the longest that begins here */
+			if (closer_hint.mk == mk && mk->maximal && h >= k0 && h < k1 && mk->maximal[h] &&
+			    marker_at(out->text, out->len, p, mk->s[h], mk->len[h])) {
+				best = mk->len[h];
+			} else {
+				for (size_t k = k0; k < k1; k++)
+					if (mk->len[k] > best && marker_at(out->text, out->len, p, mk->s[k], mk->len[k]))
+						best = mk->len[k], h = k;
+				if (best)
+					closer_hint.mk = mk, closer_hint.k = h;
+			}
 			if (best)
 				mend = (long)(p + best);
 		}

@@ -136,7 +136,14 @@ struct chat_markers {
 	const char **s;
 	size_t *len;
 	size_t n, nfirst;
+	/* NULL, or for each marker whether no other of its tier begins with it
+	 * (chat_markers_rank): then where it begins no longer one can, and a
+	 * turn's closer is found without trying every marker (Llama 3 has 256) */
+	unsigned char *maximal;
 };
+/* Sets mk->maximal (malloc'd; the owner of mk frees it): 0, or -1 with err
+ * set when out of memory. */
+int chat_markers_rank(struct chat_markers *mk, struct err *err);
 
 /* The train spans of a rendering. trained[i] is set for each message i to
  * learn (nmsg messages); body_start[i] is where message i's turn body begins

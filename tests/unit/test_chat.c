@@ -267,7 +267,7 @@ static void fake_put(struct fake *f, const char *s, int msg, enum tmpl_origin o)
 
 static const char *mk_s[] = {"<|im_start|>", "<|im_end|>", "<|endoftext|>"};
 static size_t mk_len[] = {12, 10, 13};
-static const struct chat_markers mk = {mk_s, mk_len, 3, 3};
+static const struct chat_markers mk = {mk_s, mk_len, 3, 3, NULL};
 
 static void build_fake(struct fake *f)
 {
@@ -319,6 +319,64 @@ static void test_spans(void)
 	CHECK(chat_spans(&f.out, trained, NULL, 1, 4, &mk, &spans, &nspans, &err) == 0, "%s", err.msg);
 	CHECK(nspans == 1 && !strcmp(span_text(&f, spans, 0, buf), "Done.<|im_end|>"), "%zu spans", nspans);
 	free(spans);
+}
+
+/* chat_markers_rank against a brute force over random marker sets (from two
+ * letters, so that one often begins another); and the spans found with the
+ * ranks, whose closer hint must not shorten a marker another extends. */
+static void test_markers_rank(void)
+{
+	for (int round = 0; round < 200 && !check_case_failed; round++) {
+		char store[12][8];
+		const char *s[12];
+		size_t len[12], n = 2 + rng_below(check_rng(), 10);
+		for (size_t k = 0; k < n; k++) {
+			len[k] = 1 + rng_below(check_rng(), 4);
+			for (size_t i = 0; i < len[k]; i++)
+				store[k][i] = "ab"[rng_below(check_rng(), 2)];
+			store[k][len[k]] = 0;
+			s[k] = store[k];
+		}
+		struct chat_markers m = {s, len, n, rng_below(check_rng(), n + 1), NULL};
+		struct err err = {0};
+		CHECK(chat_markers_rank(&m, &err) == 0, "%s", err.msg);
+		for (size_t k = 0; m.maximal && k < n; k++) {
+			size_t k0 = k < m.nfirst ? 0 : m.nfirst, k1 = k < m.nfirst ? m.nfirst : n;
+			int want = 1;
+			for (size_t j = k0; j < k1; j++)
+				if (j != k && len[j] > len[k] && !memcmp(s[j], s[k], len[k]))
+					want = 0;
+			CHECK(m.maximal[k] == want, "round %d: marker %zu (%s): %d, want %d", round, k, s[k], m.maximal[k],
+			      want);
+		}
+		free(m.maximal);
+	}
+	/* "<end>" closes the first turn; the second's "<end>\n" is longer: learned whole */
+	static const char *es[] = {"<end>", "<end>\n", "<x>"};
+	static size_t elen[] = {5, 6, 3};
+	struct chat_markers em = {es, elen, 3, 3, NULL};
+	struct err err = {0};
+	CHECK(chat_markers_rank(&em, &err) == 0 && em.maximal && !em.maximal[0] && em.maximal[1] && em.maximal[2],
+	      "ranks");
+	for (int twice = 0; twice < 2; twice++) {
+		struct fake f;
+		memset(&f, 0, sizeof f);
+		fake_put(&f, "<x>", -1, TMPL_LITERAL);
+		fake_put(&f, "a", 0, TMPL_MSG_CONTENT);
+		fake_put(&f, "<end>X<x>", -1, TMPL_LITERAL);
+		fake_put(&f, "b", 1, TMPL_MSG_CONTENT);
+		fake_put(&f, "<end>\n", -1, TMPL_LITERAL);
+		unsigned char trained[2] = {1, 1};
+		long *spans = NULL;
+		size_t nspans = 0;
+		char buf[64];
+		CHECK(chat_spans(&f.out, trained, NULL, 1, 2, &em, &spans, &nspans, &err) == 0, "%s", err.msg);
+		CHECK(nspans == 2 && !strcmp(span_text(&f, spans, 0, buf), "a<end>") &&
+			      !strcmp(span_text(&f, spans, 1, buf), "b<end>\n"),
+		      "round %d: %zu spans, the last [%s]", twice, nspans, nspans ? span_text(&f, spans, (int)nspans - 1, buf) : "");
+		free(spans);
+	}
+	free(em.maximal);
 }
 
 /* A tool-call-only turn: the body starts where the generation prompt ends, so
@@ -443,6 +501,7 @@ int main(void)
 	RUN(test_builtins);
 	RUN(test_spans);
 	RUN(test_spans_body);
+	RUN(test_markers_rank);
 	RUN(test_spans_no_marker);
 	RUN(test_spans_generation);
 	RUN(test_jv_clone);
