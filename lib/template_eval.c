@@ -3070,7 +3070,8 @@ static void tail_keep(struct rt *r, int g, uint32_t nmsg)
 	char *block = malloc(tsize + ((size_t)nc + 1) * sizeof *tl->cuts + ((size_t)ng + 1) * sizeof *tl->gen);
 	if (!block)
 		return; /* no tail: the next prefixes run as this one did */
-	memcpy(block, r->out->s + k->post_start, len);
+	if (len) /* an empty output may have no bytes at all */
+		memcpy(block, r->out->s + k->post_start, len);
 	tl->text = block, tl->len = len;
 	tl->cuts = (uint32_t *)(void *)(block + tsize);
 	tl->ncuts = 0;
