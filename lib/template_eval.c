@@ -919,7 +919,22 @@ static void args_done(struct rt *r, int line, struct args *a, const char *what)
 		}
 }
 
-static struct tp_val eval(struct rt *r, struct frame *f, const struct tp_node *n);
+static struct tp_val eval_node(struct rt *r, struct frame *f, const struct tp_node *n);
+
+/* A literal or a name without the call into eval_node, whose frame is
+ * large: they are half the nodes a chat template evaluates. */
+static inline struct tp_val eval(struct rt *r, struct frame *f, const struct tp_node *n)
+{
+	if (n->kind == N_LIT) {
+		step(r, n->line);
+		return n->lit;
+	}
+	if (n->kind == N_NAME) {
+		step(r, n->line);
+		return lookup(r, f, n->name);
+	}
+	return eval_node(r, f, n);
+}
 
 static void eval_args(struct rt *r, struct frame *f, const struct tp_node *n, uint32_t from, struct args *a)
 {
@@ -2583,7 +2598,7 @@ static struct tp_val eval_filter(struct rt *r, struct frame *f, const struct tp_
 	return apply_filter(r, f, n->line, n->name, v, &a);
 }
 
-static struct tp_val eval(struct rt *r, struct frame *f, const struct tp_node *n)
+static struct tp_val eval_node(struct rt *r, struct frame *f, const struct tp_node *n)
 {
 	step(r, n->line);
 	switch (n->kind) {
