@@ -195,10 +195,17 @@ static struct frame *frame_new(struct rt *r, struct frame *parent)
 	return f;
 }
 
+/* The template's names are interned (template_parse.c): most that match
+ * are the same pointer, and most that differ differ in their first byte. */
+static inline int same_name(const char *a, const char *b)
+{
+	return a == b || (a[0] == b[0] && !strcmp(a, b));
+}
+
 static void frame_set(struct rt *r, struct frame *f, const char *name, struct tp_val v)
 {
 	for (uint32_t i = 0; i < f->n; i++)
-		if (f->names[i] == name || !strcmp(f->names[i], name)) {
+		if (same_name(f->names[i], name)) {
 			f->vals[i] = v;
 			return;
 		}
@@ -217,7 +224,7 @@ static struct tp_val *frame_get(struct frame *f, const char *name)
 {
 	for (; f; f = f->parent)
 		for (uint32_t i = f->n; i-- > 0;)
-			if (f->names[i] == name || (f->names[i][0] == name[0] && !strcmp(f->names[i], name)))
+			if (same_name(f->names[i], name))
 				return &f->vals[i];
 	return NULL;
 }
