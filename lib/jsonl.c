@@ -1127,27 +1127,14 @@ void jsonl_put(struct jsonl_buf *b, const char *s, size_t n)
 
 /* jq's string escaping: " and \\ escaped, \\b \\t \\r \\n \\f, other controls
  * and DEL as \\u00xx; everything else (UTF-8, valid in a jv string) as it is.
- * Written in blocks, each with room for its worst case (six bytes a byte):
- * eight bytes are stored at once and the output moves on past the plain ones. */
+ * Written in blocks, each with room for its worst case (six bytes a byte). */
 /* Copies s[0..n) to o up to the first byte jq escapes (or all of it) and
- * returns how many bytes that is; o has room for n bytes. Sixteen bytes at
- * a time where SSE2 is, then eight: text is mostly plain runs. */
+ * returns how many bytes that is; o has room for n bytes. Eight bytes at a
+ * time, then one: what jsonl_put_string's 16-byte windows leave, or all of
+ * it where SSE2 is not. */
 static size_t copy_plain(char *o, const char *s, size_t n)
 {
 	size_t k = 0;
-#if defined(__SSE2__)
-	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), del = _mm_set1_epi8(0x7f),
-		      ctl = _mm_set1_epi8(0x1f);
-	for (; k + 16 <= n; k += 16) {
-		__m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s + k));
-		_mm_storeu_si128((__m128i *)(void *)(o + k), x);
-		__m128i sp = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
-					  _mm_or_si128(_mm_cmpeq_epi8(x, del), _mm_cmpeq_epi8(_mm_min_epu8(x, ctl), x)));
-		unsigned m = (unsigned)_mm_movemask_epi8(sp);
-		if (m)
-			return k + (size_t)__builtin_ctz(m);
-	}
-#endif
 #if WORDS_LE
 	for (; k + 8 <= n; k += 8) {
 		uint64_t w;

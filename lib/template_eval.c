@@ -3005,6 +3005,24 @@ static void copy_full(struct rt *r, uint32_t from, uint32_t to, uint32_t c0, uin
 		gen_add(r, full->gen[i][0], full->gen[i][1]);
 }
 
+/* Whether a rendering of the first nmsg messages may start at the turns'
+ * loop: what comes before it read nothing a prefix sees differently, no
+ * message past nmsg, and left values a prefix can start from. */
+static int starts_at_loop(const struct tmpl_trace *u, size_t nmsg)
+{
+	return u->resumable && u->pre_max < (int64_t)nmsg;
+}
+
+/* How many of the first n turns, from the loop's first, a rendering of the
+ * first nmsg messages may copy: those that read nothing it sees differently. */
+static uint32_t turns_copyable(const struct tmpl_trace *u, uint32_t n, size_t nmsg)
+{
+	uint32_t m = 0;
+	while (m < n && m < u->n && u->turn[m].clean && u->turn[m].max < (int64_t)nmsg)
+		m++;
+	return m;
+}
+
 /* The turns' loop starts over items in frame f: records where, or copies
  * the turns the whole rendering's trace allows and returns how many. */
 static uint32_t turns_start(struct rt *r, struct frame *f, const struct tp_loop *lp)
@@ -3038,11 +3056,9 @@ static uint32_t turns_start(struct rt *r, struct frame *f, const struct tp_loop 
 		return 0;
 	/* the loop starts with the same variables (the root's differ only in what turns are checked for) */
 	for (uint32_t i = 0; i < f->n; i++)
-		if (strcmp(f->names[i], u->names[i]) || !same_val(k, u, f->vals[i], u->vals[i], 0))
+		if (!same_name(f->names[i], u->names[i]) || !same_val(k, u, f->vals[i], u->vals[i], 0))
 			return 0;
-	uint32_t m = 0;
-	while (m < lp->items->n && m < u->n && u->turn[m].clean && u->turn[m].max < (int64_t)k->nmsg)
-		m++;
+	uint32_t m = turns_copyable(u, lp->items->n, k->nmsg);
 	if (!m)
 		return 0;
 	copy_full(r, u->start, u->turn[m - 1].end, u->ncuts, u->turn[m - 1].ncuts, u->ngen, u->turn[m - 1].ngen);
@@ -3068,13 +3084,6 @@ static int run_from_turns(struct rt *r, struct frame *f, const struct tp_stmt *s
 	return 0;
 }
 
-/* A prefix's rendering that starts at the turns' loop: when what the whole
- * rendering ran before the loop read nothing the prefix sees differently
- * (and no message past it), the prefix's would print the same and leave the
- * same variables, so its output up to the loop is copied, its frame made
- * from the values recorded (the messages' tracked lists cut to the prefix),
- * and only the loop and what follows run. 1 when done, 0 when it does not
- * apply (nothing changed). */
 /* Keeps what followed the loop as the tail for add_generation_prompt g,
  * when struct tail's conditions hold in this rendering of nmsg messages
  * (a message it read must be one it has: past them it read nothing). */
@@ -3110,11 +3119,18 @@ static void tail_keep(struct rt *r, int g, uint32_t nmsg)
 	tl->ok = 1;
 }
 
+/* A prefix's rendering that starts at the turns' loop: when what the whole
+ * rendering ran before the loop read nothing the prefix sees differently
+ * (starts_at_loop), the prefix's would print the same and leave the same
+ * variables, so its output up to the loop is copied, its frame made from the
+ * values recorded (the messages' tracked lists cut to the prefix), and only
+ * the loop and what follows run; then a tail may be kept (tail_keep). 1 when
+ * done, 0 when it does not apply (nothing changed). */
 static int resume(struct rt *r, struct frame *top, struct tp_val *msgs, const struct tp_val *gp)
 {
 	struct track *k = r->tk;
 	struct tmpl_trace *u = k->use;
-	if (!u->resumable || u->pre_max >= (int64_t)k->nmsg || !msgs || msgs->type != TP_LIST)
+	if (!msgs || msgs->type != TP_LIST || !starts_at_loop(u, msgs->u.l->n))
 		return 0;
 	for (uint32_t i = 0; i < u->nvars; i++) {
 		int kb = u->vals[i].type == TP_LIST ? list_index(u->lists, u->nlists, u->vals[i].u.l) : -1;
@@ -3831,17 +3847,15 @@ static int prefix_from_tail(const struct tmpl_ctx *c, size_t nmsg, int agp, cons
 	if (nmsg > c->vals[c->messages].u.l->n)
 		nmsg = c->vals[c->messages].u.l->n;
 	const struct tail *tl = &u->tail[agp >= 0 ? agp != 0 : c->vals[c->agp].u.b];
-	if (!tl->ok || !u->resumable || u->pre_max >= (int64_t)nmsg || tl->max >= (int64_t)nmsg || u->off >= nmsg ||
-	    nmsg - u->off > u->n)
+	if (!tl->ok || !starts_at_loop(u, nmsg) || tl->max >= (int64_t)nmsg || u->off >= nmsg)
 		return 0;
-	uint32_t m = (uint32_t)(nmsg - u->off);
-	for (uint32_t j = 0; j < m; j++)
-		if (!u->turn[j].clean || u->turn[j].max >= (int64_t)nmsg)
-			return 0;
+	uint32_t m = (uint32_t)(nmsg - u->off); /* the prefix's turns: every one must be copied */
+	if (turns_copyable(u, m, nmsg) != m)
+		return 0;
 	const struct turn *e = &u->turn[m - 1];
 	char *text = malloc((size_t)e->end + tl->len + 1);
-	char *mem = malloc(((size_t)e->ncuts + tl->ncuts + 2) * sizeof *out->cuts + 8 +
-			   ((size_t)e->ngen + tl->ngen + 1) * sizeof *out->gen);
+	char *mem = malloc(((size_t)e->ngen + tl->ngen + 1) * sizeof *out->gen + /* then cut0's, and one more */
+			   ((size_t)e->ncuts + tl->ncuts + 2) * sizeof *out->cuts);
 	if (!text || !mem) {
 		free(text), free(mem);
 		return 0;

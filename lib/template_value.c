@@ -12,7 +12,6 @@
 
 /* ---- arena ---- */
 
-
 _Noreturn void tp_fail(struct tp_arena *a, int code, const char *fmt, ...)
 {
 	va_list ap;
@@ -37,7 +36,7 @@ _Noreturn void tp_fail_at(struct tp_arena *a, const char *name, int line, const 
 static _Thread_local struct tp_block *spare;
 static _Thread_local int nspare;
 
-/* tp_alloc without the zeroing, for bytes about to be written. */
+/* A new block (a spare one when it will do), or the cap's or malloc's failure. */
 void *tp_alloc_slow(struct tp_arena *a, size_t n)
 {
 	if (a->cap && a->used + n > a->cap)
