@@ -47,6 +47,7 @@ static const struct opt opts[] = {
 	{"var", 0, OPT_STRING, "NAME=JSON", "an extra template variable (repeatable), e.g. enable_thinking=false",
 	 .repeat = 1},
 	{"skip-bad", 0, OPT_FLAG, NULL, "skip and count bad records instead of stopping"},
+	{"no-memo", 0, OPT_FLAG, NULL, "render every record, even one of a shape seen before (the output is the same)"},
 	{"threads", 0, OPT_INT, "N", "worker threads (default 0: one per CPU, at most 16)", .min = 0, .max = MAX_THREADS},
 	{"output", 'o', OPT_STRING, "FILE", "write here (atomically) instead of standard output"},
 	OPT_COMMON_ROWS,
@@ -285,6 +286,7 @@ int main(int argc, char **argv)
 		.add_generation_prompt = opt_flag(&r, "add-generation-prompt"),
 		.train_last = !strcmp(opt_str(&r, "train-turns", "all"), "last"),
 		.input = chat_input_parse(opt_str(&r, "input-format", "auto")),
+		.no_memo = opt_flag(&r, "no-memo"),
 	};
 	msg_die_if(chat_opts_check(&o, &err) < 0, &err);
 	for (int i = 0; opt_str_at(&r, "var", i); i++) {
@@ -410,6 +412,16 @@ int main(int argc, char **argv)
 	msg_die_if(outfile_commit(out, &err) < 0, &err);
 	if (bad)
 		msg_warn("%llu bad records were skipped", bad);
+	if (opt_progress(&r) > 0) { /* what the memo of shapes saved */
+		unsigned long long replayed = 0, learned = 0, refused = 0;
+		for (int i = 0; i < nw; i++) {
+			unsigned long long x, y, z;
+			chat_model_memo_stats(w[i].m, &x, &y, &z);
+			replayed += x, learned += y, refused += z;
+		}
+		fprintf(stderr, "%s: %llu records written from %llu shapes learned; %llu shapes rendered every time\n",
+			msg_prog(), replayed, learned, refused);
+	}
 	for (int i = 0; i < nw; i++) {
 		chat_model_free(w[i].m);
 		jsonl_memo_free(w[i].memo);

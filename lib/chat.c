@@ -1,4 +1,5 @@
 #include "chat.h"
+#include "chat_memo.h"
 
 #include <stdarg.h>
 #include <stdint.h>
@@ -487,6 +488,7 @@ struct chat_model {
 	int agp, agp_tool_use; /* the template honors add_generation_prompt */
 	int args_json, args_json_tool_use; /* the probe saw the template print arguments as JSON */
 	struct tmpl_cache *cache; /* this model's own (each thread's copy has one): values records repeat */
+	struct chat_memo *memo;   /* the same: shapes of record (chat_memo.h) */
 };
 
 /* A token value of tokenizer_config.json: a string or an AddedToken object. */
@@ -1062,7 +1064,9 @@ static int hf_folder(const char *dir)
 struct chat_model *chat_model_load(const char *model, const char *template, struct err *err)
 {
 	struct chat_model *m = calloc(1, sizeof *m);
-	if (!m || !(m->cache = tmpl_cache_new())) {
+	if (!m || !(m->cache = tmpl_cache_new()) || !(m->memo = chat_memo_new())) {
+		if (m)
+			tmpl_cache_free(m->cache);
 		free(m);
 		return err_sys(err, "out of memory"), NULL;
 	}
@@ -1149,7 +1153,10 @@ struct chat_model *chat_model_for_thread(const struct chat_model *m, struct err 
 	*c = *m;
 	c->borrowed = 1;
 	c->tokens = chat_jv_clone(jv_copy(m->tokens));
-	if (!(c->cache = tmpl_cache_new())) {
+	c->memo = chat_memo_new();
+	if (!(c->cache = tmpl_cache_new()) || !c->memo) {
+		tmpl_cache_free(c->cache);
+		chat_memo_free(c->memo);
 		jv_free(c->tokens);
 		free(c);
 		return err_sys(err, "out of memory"), NULL;
@@ -1162,6 +1169,7 @@ void chat_model_free(struct chat_model *m)
 	if (!m)
 		return;
 	tmpl_cache_free(m->cache);
+	chat_memo_free(m->memo);
 	if (m->borrowed) {
 		jv_free(m->tokens);
 		free(m);
@@ -1468,6 +1476,7 @@ struct formatted {
 	size_t nspans;
 	const struct jd *expected; /* or NULL */
 	const struct jd *rec;
+	int written; /* "text" and "train" were written from the memo instead */
 };
 
 static void formatted_free(struct formatted *f)
@@ -1491,8 +1500,9 @@ int chat_opts_check(const struct chat_opts *o, struct err *err)
 	return bad >= 0 ? err_set(err, "--system: not valid UTF-8 at byte %ld", bad) : 0;
 }
 
+/* b: where the memo may write the record's "text" and "train" (NULL: not). */
 static int format_record(const struct chat_model *m, const struct chat_opts *o, const struct jd *rec,
-			 struct jd_arena *ja, struct formatted *f, struct err *err)
+			 struct jd_arena *ja, struct jsonl_buf *b, struct formatted *f, struct err *err)
 {
 	*f = (struct formatted){.rec = rec};
 	struct jd msgs, tools;
@@ -1506,6 +1516,9 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 	struct tmpl_trace *trace = NULL;
 	unsigned char *roles = NULL, *calls = NULL, *trained = NULL;
 	long *body = NULL;
+	struct memo_shape *me = NULL;
+	struct memo_learn *ml = NULL;
+	struct tmpl_watch watch = { 0 };
 	/* room for every message and --system's */
 	uint32_t n = msgs.n;
 	roles = malloc(3 * ((size_t)n + 2));
@@ -1561,12 +1574,24 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 	} else if (o->train_last)
 		for (int i = 0; i < last_asst; i++)
 			trained[i] = 0;
+	/* A shape seen before is written without rendering; the first record of
+	 * a shape is watched and learned from. */
+	if (b && !o->no_memo && (me = chat_memo_find(m->memo, t, &msgs, &tools)) &&
+	    chat_memo_put(m->memo, me, &msgs, CHAT_MAX_OUTPUT, b) == 0) {
+		f->written = 1;
+		goto done;
+	}
+	int learn = me && chat_memo_untried(me), unlearnable = 0;
 	/* One conversion of the context serves the render and the prefix renders. */
 	cx = record_ctx(m, o, &msgs, &tools, err);
+	if (cx && learn)
+		tmpl_ctx_watch(cx, &watch);
 	if (!cx || tmpl_render_traced(t, cx, -1, NULL, &ro, &trace, err) < 0)
 		goto fail;
 	if (json && check_args_roundtrip(&ro, &msgs, ja, err) < 0)
 		goto fail;
+	if (learn)
+		unlearnable = !(ml = chat_memo_learn_begin(&ro, &msgs, json));
 	/* Where each learned turn's body begins: the end of the rendering of the
 	 * messages before it with the generation prompt, when that is a prefix.
 	 * Those renderings copy the turns they share with ro (tmpl_render_prefix),
@@ -1576,16 +1601,25 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 		if (!trained[i])
 			continue;
 		struct tmpl_output po;
-		if (tmpl_render_prefix(t, cx, i, 1, &ro, trace, 0, NULL, &po, &ignored) == 0) {
-			if (po.len <= ro.len && !memcmp(po.text, ro.text, po.len))
+		if (tmpl_render_prefix(t, cx, i, 1, &ro, trace, learn, NULL, &po, &ignored) == 0) {
+			if (po.len <= ro.len && !memcmp(po.text, ro.text, po.len)) {
 				body[i] = (long)po.len;
-			else
+				if (ml)
+					chat_memo_learn_prefix(ml, &po);
+			} else {
 				body[i] = prompt_shared(t, cx, (int)i, &po, &ro, trace);
+				unlearnable = 1;
+			}
 			tmpl_output_free(&po);
+		} else {
+			unlearnable = 1;
 		}
 	}
 	if (chat_spans(&ro, trained, body, agp, n, &m->mk, &f->spans, &f->nspans, err) < 0)
 		goto fail;
+	if (learn)
+		chat_memo_learn_end(m->memo, me, ml, f->spans, f->nspans, &watch, unlearnable);
+	ml = NULL;
 	f->ro = ro;
 	ro = (struct tmpl_output){0};
 	goto done;
@@ -1593,6 +1627,8 @@ fail:
 	rc = -1;
 	formatted_free(f);
 done:
+	if (ml) /* learning cut short by an error: the shape is tried again */
+		chat_memo_learn_end(m->memo, NULL, ml, NULL, 0, &watch, 1);
 	tmpl_output_free(&ro);
 	tmpl_trace_free(trace);
 	tmpl_ctx_free(cx);
@@ -1611,7 +1647,7 @@ int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv
 		jd_arena_free(&ja);
 		return err_sys(err, "out of memory");
 	}
-	if (format_record(m, o, &r, &ja, &f, err) < 0) {
+	if (format_record(m, o, &r, &ja, NULL, &f, err) < 0) {
 		jd_arena_free(&ja);
 		return -1;
 	}
@@ -1634,21 +1670,26 @@ int chat_format_line(const struct chat_model *m, const struct chat_opts *o, cons
 		     struct jd_arena *a, struct jsonl_buf *b, struct err *err)
 {
 	struct formatted f;
-	if (format_record(m, o, rec, a, &f, err) < 0)
-		return -1;
 	size_t start = b->n;
-	jsonl_put(b, "{\"text\":", 8);
-	jsonl_put_string(b, f.ro.text, f.ro.len);
-	jsonl_put(b, ",\"train\":", 9);
-	jsonl_put(b, "[", 1);
-	for (size_t k = 0; k < f.nspans; k++) {
-		jsonl_put(b, k ? ",[" : "[", k ? 2 : 1);
-		jsonl_put_long(b, f.spans[2 * k]);
-		jsonl_put(b, ",", 1);
-		jsonl_put_long(b, f.spans[2 * k + 1]);
+	jsonl_put(b, "{", 1);
+	if (format_record(m, o, rec, a, b, &f, err) < 0) {
+		b->n = start;
+		return -1;
+	}
+	if (!f.written) {
+		jsonl_put(b, "\"text\":", 7);
+		jsonl_put_string(b, f.ro.text, f.ro.len);
+		jsonl_put(b, ",\"train\":", 9);
+		jsonl_put(b, "[", 1);
+		for (size_t k = 0; k < f.nspans; k++) {
+			jsonl_put(b, k ? ",[" : "[", k ? 2 : 1);
+			jsonl_put_long(b, f.spans[2 * k]);
+			jsonl_put(b, ",", 1);
+			jsonl_put_long(b, f.spans[2 * k + 1]);
+			jsonl_put(b, "]", 1);
+		}
 		jsonl_put(b, "]", 1);
 	}
-	jsonl_put(b, "]", 1);
 	if (f.expected) {
 		jsonl_put(b, ",\"expected\":", 12);
 		jsonl_put_jd(b, f.expected);
@@ -1791,4 +1832,10 @@ jv chat_jq_run(struct chat_jq *q, jv rec, struct err *err)
 		res = jv_array_append(res, v);
 	}
 	return res;
+}
+
+void chat_model_memo_stats(const struct chat_model *m, unsigned long long *replayed, unsigned long long *learned,
+			   unsigned long long *refused)
+{
+	chat_memo_stats(m->memo, replayed, learned, refused);
 }

@@ -109,11 +109,19 @@ struct chat_opts {
 	int add_generation_prompt; /* render a prompt: last assistant message becomes "expected" */
 	int train_last;            /* learn only the last assistant message */
 	enum chat_input input;
+	int no_memo;               /* render every record (chat_format_line): no shapes remembered (chat_memo.h) */
 };
+/* The renderer's output limit (tmpl_limits' default), which the memo's records keep too. */
+#define CHAT_MAX_OUTPUT ((size_t)16 << 20)
 
 /* The options' own checks, once before the records: a --system text that is
  * not UTF-8 (it would be written into the output as it is). 0 or -1. */
 int chat_opts_check(const struct chat_opts *o, struct err *err);
+
+/* Records chat_format_line wrote from a shape it had seen, shapes learned
+ * and shapes refused, in this thread's copy of m (chat_memo.h). */
+void chat_model_memo_stats(const struct chat_model *m, unsigned long long *replayed, unsigned long long *learned,
+			   unsigned long long *refused);
 
 /* Formats one record (consumed) into a format-2 record in *out:
  * {"text","train",["expected"], other keys of the input}; an input key of

@@ -133,6 +133,7 @@ struct jsonl_buf {
 };
 void jsonl_put(struct jsonl_buf *b, const char *s, size_t n);        /* the bytes as they are */
 void jsonl_put_string(struct jsonl_buf *b, const char *s, size_t n); /* a JSON string of s (UTF-8) */
+void jsonl_put_escaped(struct jsonl_buf *b, const char *s, size_t n); /* the same without its quotes */
 void jsonl_put_value(struct jsonl_buf *b, jv v);                     /* v, consumed, as jsonl_write */
 void jsonl_put_jd(struct jsonl_buf *b, const struct jd *d);          /* d as jsonl_put_value writes its jv */
 void jsonl_put_long(struct jsonl_buf *b, long x);                    /* x in decimal, as jq prints an integer */

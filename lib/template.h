@@ -145,6 +145,38 @@ unsigned long long tmpl_trace_copied(const struct tmpl_trace *tr);
 unsigned long long tmpl_trace_resumed(const struct tmpl_trace *tr);
 unsigned long long tmpl_trace_tailed(const struct tmpl_trace *tr);
 
+/* Watching the renderings of one context for chat's memo, which formats
+ * the next records of the same shape (the same messages but for their
+ * contents' text) without rendering them: it takes each rendering to be
+ * its literal text with each message's content printed whole, or trimmed
+ * (trim, strip()), where the origins put it. That holds when the renderings
+ * used the contents only that way, and otherwise only to ask whether they
+ * are empty (after a trim) or what type they are; to pass them on as
+ * names, to macros, through `default`, or as the messages that hold them
+ * (their fields, get(), their number, a slice, a loop over them). Any
+ * other use (a comparison, a test, a filter, a method, `in`, a
+ * container made of them, printing a message) sets unreplayable, with
+ * the template line and what it was. strftime_now's texts are kept
+ * (TMPL_WATCH_CLOCKS of them), for a replay to check that the clock still
+ * reads the same. */
+#define TMPL_WATCH_CLOCKS 4
+struct tmpl_watch {
+	int unreplayable;
+	int line;
+	const char *why;
+	unsigned nclock;
+	struct {
+		char fmt[64], out[128];
+	} clock[TMPL_WATCH_CLOCKS];
+};
+/* Renderings with c are watched into w (NULL: not). */
+void tmpl_ctx_watch(struct tmpl_ctx *c, struct tmpl_watch *w);
+/* strftime_now(fmt)'s text, in buf (n bytes): its length (0 when it does not fit). */
+size_t tmpl_strftime_now(const char *fmt, char *buf, size_t n);
+/* Where Python's str.strip() (and so trim) cuts the UTF-8 text s: the
+ * bytes [lo, hi) remain. */
+void tmpl_strip_span(const char *s, size_t n, size_t *lo, size_t *hi);
+
 /* Converted values one thread keeps from one context to the next: a
  * variable (other than messages) whose array or object is a jd_shared
  * block's value (jd_shared_of) that a recent context had under that name is

@@ -150,6 +150,13 @@ struct rt {
 	struct tmpl_cache *cache; /* the context's, or NULL */
 	struct track *tk;         /* NULL unless recording or copying turns */
 	int text_only;            /* the output's runs are not asked for: copied turns leave theirs behind */
+	/* Watching (tmpl_ctx_watch): NULL, or where to say that the rendering
+	 * used a message's content other than as text to print whole. saw: an
+	 * operand of the node being evaluated held content; allow: the node's
+	 * use of it is one of those the shape replays (see eval_node). */
+	struct tmpl_watch *watch;
+	const struct tp_list *holes; /* the messages whose contents are watched */
+	int saw, allow;
 };
 
 _Noreturn static void rt_err(struct rt *r, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -282,6 +289,58 @@ static void taint(struct rt *r)
 {
 	if (r->tk)
 		r->tk->taint = 1;
+}
+
+/* ---- watching a rendering for chat's memo (tmpl_ctx_watch) ---- */
+
+/* Whether v holds bytes of a message's content, anywhere inside. */
+static int held(struct tp_val v, int depth)
+{
+	if (depth > 32)
+		return 1;
+	switch (v.type) {
+	case TP_STR:
+		for (uint32_t i = 0; i < v.u.s.nruns; i++)
+			if (v.u.s.runs[i].o.kind == TMPL_MSG_CONTENT)
+				return 1;
+		return 0;
+	case TP_LIST:
+		for (uint32_t i = 0; i < v.u.l->n; i++)
+			if (held(v.u.l->v[i], depth + 1))
+				return 1;
+		return 0;
+	case TP_DICT:
+	case TP_NS:
+		for (uint32_t i = 0; i < v.u.d->n; i++)
+			if (held(v.u.d->k[i], depth + 1) || held(v.u.d->v[i], depth + 1))
+				return 1;
+		return 0;
+	case TP_FUNC:
+		return held(v.u.fn->self, depth + 1) ||
+		       (v.u.fn->items && held((struct tp_val){ .type = TP_LIST, .u.l = v.u.fn->items }, depth + 1));
+	case TP_LOOP: return held((struct tp_val){ .type = TP_LIST, .u.l = v.u.loop->items }, depth + 1);
+	default: return 0;
+	}
+}
+
+static void unreplayable(struct rt *r, int line, const char *what)
+{
+	if (r->watch && !r->watch->unreplayable) {
+		r->watch->unreplayable = 1;
+		r->watch->line = line;
+		r->watch->why = what;
+	}
+}
+
+/* Whether s is message i's content itself, whole (what trim may take). */
+static int whole_content(const struct rt *r, struct tp_str s)
+{
+	if (s.nruns != 1 || s.runs[0].o.kind != TMPL_MSG_CONTENT || !r->holes || s.runs[0].o.msg < 0 ||
+	    (uint32_t)s.runs[0].o.msg >= r->holes->n)
+		return 0;
+	struct tp_val m = r->holes->v[s.runs[0].o.msg];
+	const struct tp_val *c = m.type == TP_DICT ? tp_dict_gets(m.u.d, "content", 7) : NULL;
+	return c && c->type == TP_STR && c->u.s.s == s.s && c->u.s.len == s.len;
 }
 
 static struct tp_val lookup(struct rt *r, struct frame *f, const char *name)
@@ -938,7 +997,10 @@ static inline struct tp_val eval(struct rt *r, struct frame *f, const struct tp_
 	}
 	if (n->kind == N_NAME) {
 		step(r, n->line);
-		return lookup(r, f, n->name);
+		struct tp_val v = lookup(r, f, n->name);
+		if (r->watch && held(v, 0))
+			r->saw = 1;
+		return v;
 	}
 	return eval_node(r, f, n);
 }
@@ -1692,10 +1754,23 @@ static struct tp_val call_value(struct rt *r, struct frame *f, int line, struct 
 		args_done(r, line, a, "strftime_now");
 		char fmt[256], buf[512];
 		snprintf(fmt, sizeof fmt, "%.*s", (int)x.u.s.len, x.u.s.s);
-		time_t now = time(NULL);
-		struct tm tm;
-		localtime_r(&now, &tm);
-		size_t n = strftime(buf, sizeof buf, fmt, &tm);
+		size_t n = tmpl_strftime_now(fmt, buf, sizeof buf);
+		if (r->watch) { /* a replay checks that the clock still reads the same */
+			struct tmpl_watch *w = r->watch;
+			unsigned k = 0;
+			while (k < w->nclock && (strcmp(w->clock[k].fmt, fmt) || strcmp(w->clock[k].out, buf)))
+				k++;
+			if (k < w->nclock) {
+				/* read before */
+			} else if (w->nclock < TMPL_WATCH_CLOCKS && strlen(fmt) < sizeof w->clock[0].fmt &&
+				   n < sizeof w->clock[0].out) {
+				memcpy(w->clock[w->nclock].fmt, fmt, strlen(fmt) + 1);
+				memcpy(w->clock[w->nclock].out, buf, n + 1);
+				w->nclock++;
+			} else {
+				unreplayable(r, line, "strftime_now");
+			}
+		}
 		return tp_mk_str(tp_str_lit(&r->a, buf, n, tp_literal));
 	}
 	case F_RANGE: {
@@ -2596,16 +2671,98 @@ static struct tp_val apply_filter(struct rt *r, struct frame *f, int line, const
 
 /* ---- expressions ---- */
 
+/* Watching: the uses of a value holding content that a replay of the
+ * rendering repeats (the rest make it unreplayable). Type tests. */
+static int type_test(const char *name)
+{
+	static const char *const names[] = { "defined", "undefined", "none",	"string", "mapping",
+					     "iterable", "sequence", "number",	"integer", "float",
+					     "boolean", "true",	     "false",	"callable" };
+	for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+		if (!strcmp(name, names[i]))
+			return 1;
+	return 0;
+}
+
+static int args_held(const struct args *a)
+{
+	for (uint32_t i = 0; i < a->n; i++)
+		if (held(a->v[i], 0))
+			return 1;
+	return 0;
+}
+
+/* Filters: trim of a content whole, the length of the messages or a
+ * message, those that hand a value on as it is, and selectattr or
+ * rejectattr by an attribute other than content. */
+static int filter_replays(const struct rt *r, const char *name, struct tp_val v, const struct args *a)
+{
+	if (!strcmp(name, "default") || !strcmp(name, "d"))
+		return 1;
+	if (args_held(a))
+		return 0;
+	if (!strcmp(name, "selectattr") || !strcmp(name, "rejectattr"))
+		return v.type == TP_LIST && a->n >= 1 && !a->kw[0] && a->v[0].type == TP_STR &&
+		       !memchr(a->v[0].u.s.s, '.', a->v[0].u.s.len) &&
+		       !(a->v[0].u.s.len == 7 && !memcmp(a->v[0].u.s.s, "content", 7));
+	if (!strcmp(name, "trim"))
+		return !a->n && v.type == TP_STR && whole_content(r, v.u.s);
+	if (!strcmp(name, "length") || !strcmp(name, "count"))
+		return v.type == TP_LIST || v.type == TP_DICT;
+	if (!strcmp(name, "first") || !strcmp(name, "last") || !strcmp(name, "list"))
+		return v.type == TP_LIST;
+	return !strcmp(name, "string") && v.type == TP_STR;
+}
+
+/* Calls: macros (their arguments are names bound), a message's get(), a
+ * content's strip() whole. */
+static int call_replays(const struct rt *r, struct tp_val fv, const struct args *a)
+{
+	if (fv.type == TP_MACRO)
+		return 1;
+	if (fv.type != TP_FUNC || fv.u.fn->id != F_METHOD || args_held(a))
+		return 0;
+	struct tp_val self = fv.u.fn->self;
+	if (self.type == TP_DICT && !strcmp(fv.u.fn->name, "get"))
+		return 1;
+	return self.type == TP_STR && !strcmp(fv.u.fn->name, "strip") && !a->n && whole_content(r, self.u.s);
+}
+
 static struct tp_val eval_filter(struct rt *r, struct frame *f, const struct tp_node *n, struct tp_val v)
 {
 	if (r->tk && v.type == TP_LIST && track_find(r->tk, v.u.l) >= 0)
 		r->tk->taint = 1; /* messages | length */
 	struct args a;
 	eval_args(r, f, n, 0, &a);
-	return apply_filter(r, f, n->line, n->name, v, &a);
+	struct tp_val x = apply_filter(r, f, n->line, n->name, v, &a);
+	if (r->watch)
+		r->allow = filter_replays(r, n->name, v, &a);
+	return x;
 }
 
-static struct tp_val eval_node(struct rt *r, struct frame *f, const struct tp_node *n)
+/* Comparisons: a key asked of a message; two messages equal or not
+ * whatever their contents say (the same one, or differing elsewhere). */
+static int cmp_replays(int op, struct tp_val left, struct tp_val right)
+{
+	if (op == C_IN || op == C_NOTIN)
+		return !held(left, 0) && right.type == TP_DICT;
+	if ((op != C_EQ && op != C_NE) || left.type != TP_DICT || right.type != TP_DICT)
+		return 0;
+	const struct tp_dict *a = left.u.d, *b = right.u.d;
+	if (a == b || a->n != b->n)
+		return 1;
+	for (uint32_t i = 0; i < a->n; i++) {
+		const struct tp_val *bv = tp_dict_get(b, a->k[i]);
+		if (!bv)
+			return 1;
+		int content = a->k[i].type == TP_STR && a->k[i].u.s.len == 7 && !memcmp(a->k[i].u.s.s, "content", 7);
+		if (!content && (held(a->v[i], 0) || held(*bv, 0) || !tp_equal(a->v[i], *bv)))
+			return held(a->v[i], 0) || held(*bv, 0) ? 0 : 1;
+	}
+	return 0; /* equal but for the contents: they decide */
+}
+
+static struct tp_val eval_kind(struct rt *r, struct frame *f, const struct tp_node *n)
 {
 	step(r, n->line);
 	switch (n->kind) {
@@ -2630,17 +2787,27 @@ static struct tp_val eval_node(struct rt *r, struct frame *f, const struct tp_no
 		}
 		return d;
 	}
-	case N_ATTR: return get_attr(r, n->line, eval(r, f, n->a), n->name, n->op);
+	case N_ATTR: {
+		struct tp_val v = get_attr(r, n->line, eval(r, f, n->a), n->name, n->op);
+		r->allow = 1; /* a message's field, or a method checked when called */
+		return v;
+	}
 	case N_SUB: {
 		struct tp_val v = eval(r, f, n->a);
 		struct tp_val k = eval(r, f, n->b);
-		return get_item(r, n->line, v, k);
+		struct tp_val x = get_item(r, n->line, v, k);
+		if (r->watch)
+			r->allow = (v.type == TP_LIST || v.type == TP_DICT) && !held(k, 0);
+		return x;
 	}
 	case N_SLICE: {
 		struct tp_val v = eval(r, f, n->a);
 		struct tp_val lo = n->b ? eval(r, f, n->b) : tp_mk_none(), hi = n->c ? eval(r, f, n->c) : tp_mk_none();
 		struct tp_val st = n->args[0] ? eval(r, f, n->args[0]) : tp_mk_none();
-		return do_slice(r, n->line, v, lo, hi, st);
+		struct tp_val x = do_slice(r, n->line, v, lo, hi, st);
+		if (r->watch)
+			r->allow = v.type == TP_LIST && !held(lo, 0) && !held(hi, 0) && !held(st, 0);
+		return x;
 	}
 	case N_CALL: {
 		struct tp_val fv = eval(r, f, n->a);
@@ -2648,6 +2815,8 @@ static struct tp_val eval_node(struct rt *r, struct frame *f, const struct tp_no
 		eval_args(r, f, n, 0, &a);
 		struct tp_val v = call_value(r, f, n->line, fv, &a, tp_mk_undef("caller"));
 		args_done(r, n->line, &a, "call");
+		if (r->watch)
+			r->allow = call_replays(r, fv, &a);
 		return v;
 	}
 	case N_FILTER: return eval_filter(r, f, n, eval(r, f, n->a));
@@ -2656,6 +2825,8 @@ static struct tp_val eval_node(struct rt *r, struct frame *f, const struct tp_no
 		struct args a;
 		eval_args(r, f, n, 0, &a);
 		int ok = run_test(r, n->line, n->name, v, &a);
+		if (r->watch)
+			r->allow = type_test(n->name) && !args_held(&a);
 		return tp_mk_bool(n->neg ? !ok : ok);
 	}
 	case N_NEG:
@@ -2673,28 +2844,46 @@ static struct tp_val eval_node(struct rt *r, struct frame *f, const struct tp_no
 			rt_err(r, n->line, "integer too large");
 		return tp_mk_int(-num_i(v));
 	}
-	case N_NOT: return tp_mk_bool(!tp_truthy(eval(r, f, n->a)));
+	/* truth: the shape fixes whether a content is empty or white space only */
+	case N_NOT: {
+		struct tp_val v = tp_mk_bool(!tp_truthy(eval(r, f, n->a)));
+		r->allow = 1;
+		return v;
+	}
 	case N_AND: {
 		struct tp_val a = eval(r, f, n->a);
-		return tp_truthy(a) ? eval(r, f, n->b) : a;
+		a = tp_truthy(a) ? eval(r, f, n->b) : a;
+		r->allow = 1;
+		return a;
 	}
 	case N_OR: {
 		struct tp_val a = eval(r, f, n->a);
-		return tp_truthy(a) ? a : eval(r, f, n->b);
+		a = tp_truthy(a) ? a : eval(r, f, n->b);
+		r->allow = 1;
+		return a;
 	}
 	case N_BIN: {
 		struct tp_val a = eval(r, f, n->a), b = eval(r, f, n->b);
-		return arith(r, n->line, n->op, a, b);
+		struct tp_val x = arith(r, n->line, n->op, a, b);
+		r->allow = n->op == OP_ADD && a.type == b.type && (a.type == TP_STR || a.type == TP_LIST);
+		return x;
 	}
 	case N_CONCAT: {
 		struct tp_val a = eval(r, f, n->a), b = eval(r, f, n->b);
-		return concat_str(r, to_str(r, a), to_str(r, b));
+		struct tp_val x = concat_str(r, to_str(r, a), to_str(r, b));
+		if (r->watch)
+			r->allow = (a.type == TP_STR || !held(a, 0)) && (b.type == TP_STR || !held(b, 0));
+		return x;
 	}
 	case N_CMP: {
 		struct tp_val left = eval(r, f, n->args[0]);
+		int keys = 1; /* watching: content held only by a message asked for a key */
 		for (uint32_t i = 1; i < n->nargs; i++) {
 			struct tp_val right = eval(r, f, n->args[i]);
 			int ok;
+			if (r->watch && (held(left, 0) || held(right, 0)) && !cmp_replays(n->cmps[i - 1], left, right))
+				keys = 0;
+			r->allow = keys;
 			switch (n->cmps[i - 1]) {
 			case C_EQ:
 			case C_NE:
@@ -2717,12 +2906,41 @@ static struct tp_val eval_node(struct rt *r, struct frame *f, const struct tp_no
 		}
 		return tp_mk_bool(1);
 	}
-	case N_COND:
+	case N_COND: {
+		struct tp_val v;
 		if (tp_truthy(eval(r, f, n->b)))
-			return eval(r, f, n->a);
-		return n->c ? eval(r, f, n->c) : tp_mk_undef("else");
+			v = eval(r, f, n->a);
+		else
+			v = n->c ? eval(r, f, n->c) : tp_mk_undef("else");
+		r->allow = 1;
+		return v;
+	}
 	}
 	rt_err(r, n->line, "cannot evaluate this expression");
+}
+
+static const char *const node_names[] = {
+	[N_LIT] = "a literal", [N_NAME] = "a name",	  [N_LIST] = "a list",	      [N_TUPLE] = "a tuple",
+	[N_DICT] = "a dict",   [N_ATTR] = "an attribute", [N_SUB] = "a subscript",    [N_SLICE] = "a slice",
+	[N_CALL] = "a call",   [N_FILTER] = "a filter",	  [N_TEST] = "a test",	      [N_NEG] = "unary -",
+	[N_POS] = "unary +",   [N_NOT] = "not",		  [N_AND] = "and",	      [N_OR] = "or",
+	[N_BIN] = "arithmetic", [N_CMP] = "a comparison", [N_COND] = "if-else",	      [N_CONCAT] = "~",
+};
+
+/* eval_kind, watched: a node whose operands held content must be one of
+ * the uses eval_kind allowed; its value tells the node above. */
+static struct tp_val eval_node(struct rt *r, struct frame *f, const struct tp_node *n)
+{
+	if (!r->watch)
+		return eval_kind(r, f, n);
+	int outer = r->saw;
+	r->saw = r->allow = 0;
+	struct tp_val v = eval_kind(r, f, n);
+	if (r->saw && !r->allow)
+		unreplayable(r, n->line, node_names[n->kind]);
+	r->saw = outer | held(v, 0);
+	r->allow = 0;
+	return v;
 }
 
 /* ---- statements ---- */
@@ -2731,6 +2949,8 @@ enum { FLOW_NEXT, FLOW_BREAK, FLOW_CONTINUE };
 
 static void emit(struct rt *r, struct tp_val v)
 {
+	if (r->watch && v.type != TP_STR && held(v, 0))
+		unreplayable(r, 0, "printing a message or a list of them");
 	if (v.type == TP_STR)
 		tp_sb_str(&r->a, r->out, v.u.s);
 	else
@@ -2744,6 +2964,8 @@ static void assign(struct rt *r, struct frame *f, int line, const struct tp_node
 		return;
 	}
 	if (t->kind == N_TUPLE) {
+		if (r->watch && held(v, 0))
+			unreplayable(r, line, "unpacking content");
 		struct tp_list *l = iter_list(r, line, v);
 		if (l->n != t->nargs)
 			rt_err(r, line, "cannot unpack %u values into %u names", l->n, t->nargs);
@@ -2755,6 +2977,8 @@ static void assign(struct rt *r, struct frame *f, int line, const struct tp_node
 		struct tp_val ns = eval(r, f, t->a);
 		if (ns.type != TP_NS)
 			rt_err(r, line, "cannot assign attribute on non-namespace object");
+		if (r->watch && held(v, 0))
+			unreplayable(r, line, "a namespace attribute set to content");
 		taint(r); /* state one turn leaves to the next */
 		tp_dict_set(&r->a, ns.u.d, str_val(r, t->name, tp_literal), v);
 		return;
@@ -2777,6 +3001,8 @@ static struct tp_val filter_chain(struct rt *r, struct frame *f, const struct tp
 	if (n->kind != N_FILTER && n->kind != N_TEST)
 		return v;
 	struct tp_val in = filter_chain(r, f, n->a, v);
+	if (r->watch && held(in, 0))
+		unreplayable(r, n->line, "a block's filter");
 	if (n->kind == N_TEST) {
 		struct args a;
 		eval_args(r, f, n, 0, &a);
@@ -3181,6 +3407,8 @@ static void turn_end(struct rt *r, int flow)
 static int exec_for(struct rt *r, struct frame *f, const struct tp_stmt *s, const struct tp_val *rec, int depth)
 {
 	struct tp_val it = rec ? *rec : eval(r, f, s->e);
+	if (r->watch && it.type != TP_LIST && held(it, 0))
+		unreplayable(r, s->line, "a loop over content");
 	struct tp_list *src = iter_list(r, s->line, it);
 	struct frame *lf = frame_new(r, f);
 	struct tp_list *items = src;
@@ -3250,8 +3478,12 @@ static void emit_chain(struct rt *r, struct frame *f, const struct tp_node *n)
 	uint32_t np = 0;
 	struct tp_val acc = eval(r, f, ops[0]->a);
 	int plain = cat || acc.type == TP_STR;
+	if (r->watch && acc.type != TP_STR && held(acc, 0))
+		unreplayable(r, n->line, "content turned into text");
 	for (uint32_t i = 0; i < k; i++) {
 		struct tp_val b = eval(r, f, ops[i]->b);
+		if (r->watch && b.type != TP_STR && held(b, 0))
+			unreplayable(r, n->line, "content turned into text");
 		if (cat) {
 			if (i == 0)
 				parts[np++] = to_str(r, acc);
@@ -3479,6 +3711,7 @@ struct tmpl_ctx {
 	const char **names;
 	struct tp_val *vals;
 	uint32_t messages, agp; /* the indexes of messages and add_generation_prompt, or n */
+	struct tmpl_watch *watch; /* tmpl_ctx_watch's, or NULL */
 };
 
 /* Variable name's value val converted into a: messages gets each message's
@@ -3607,6 +3840,47 @@ struct tmpl_ctx *tmpl_ctx_new_layered(jv base, jv more, const struct tmpl_var *v
 /* A whole context is the middle layer alone. */
 struct tmpl_ctx *tmpl_ctx_new(jv ctx, struct err *err) { return ctx_new(jv_invalid(), ctx, NULL, 0, NULL, err); }
 
+size_t tmpl_strftime_now(const char *fmt, char *buf, size_t n)
+{
+	time_t now = time(NULL);
+	struct tm tm;
+	localtime_r(&now, &tm);
+	return strftime(buf, n, fmt, &tm);
+}
+
+void tmpl_ctx_watch(struct tmpl_ctx *c, struct tmpl_watch *w)
+{
+	c->watch = w;
+}
+
+void tmpl_strip_span(const char *s, size_t n, size_t *lo, size_t *hi)
+{
+	size_t a = 0, b = n;
+	while (a < n) {
+		uint32_t i = (uint32_t)a;
+		if ((unsigned char)s[a] < 0x80 ? !py_space((unsigned char)s[i++]) : !py_space(u8_dec(s, (uint32_t)n, &i)))
+			break;
+		a = i;
+	}
+	while (b > a) { /* the last character starts after its continuation bytes (s is UTF-8) */
+		if ((unsigned char)s[b - 1] < 0x80) {
+			if (!py_space((unsigned char)s[b - 1]))
+				break;
+			b--;
+			continue;
+		}
+		size_t k = b - 1;
+		while (k > a && ((unsigned char)s[k] & 0xC0) == 0x80)
+			k--;
+		uint32_t i = (uint32_t)k;
+		if (!py_space(u8_dec(s, (uint32_t)n, &i)))
+			break;
+		b = k;
+	}
+	*lo = a;
+	*hi = b;
+}
+
 void tmpl_ctx_free(struct tmpl_ctx *c)
 {
 	if (!c)
@@ -3682,6 +3956,9 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 	volatile int ok = 0;
 	struct tp_sb main_out = { 0 };
 	r.cache = c->cache;
+	r.watch = c->watch;
+	if (c->watch && c->messages < c->n && c->vals[c->messages].type == TP_LIST)
+		r.holes = c->vals[c->messages].u.l;
 	if (setjmp(jb) == 0) {
 		/* the context's names are an object's keys, so distinct: set in place */
 		r.root = frame_new(&r, NULL);

@@ -4,8 +4,12 @@
  * an output whose runs tile it exactly and whose generation ranges lie
  * inside it. Every prefix of the conversation rendered with turns copied
  * from the traced whole rendering (tmpl_render_prefix) comes out as its
- * plain rendering does, or the plain one ran out of steps. No crash, no
- * leak, no hang. */
+ * plain rendering does, or the plain one ran out of steps. A rendering
+ * watched for chat's memo (tmpl_ctx_watch) is the same rendering; when
+ * the watch finds it replayable, the conversation with other contents of
+ * the same kinds (empty or not, white space around them or not) renders as
+ * the first one's text with each content put in its place, whole or
+ * trimmed as there. No crash, no leak, no hang. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +24,81 @@ static const char CTX[] =
 	" {\"role\": \"tool\", \"content\": \"{\\\"r\\\": 1}\"}],"
 	" \"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": {\"type\": \"object\"}}}],"
 	" \"add_generation_prompt\": true, \"bos_token\": \"<s>\", \"eos_token\": \"</s>\"}";
+
+/* CTX with other contents, each of the same kind. */
+static const char CTX_B[] =
+	"{\"messages\": [{\"role\": \"system\", \"content\": \"Talk at length, please\"},"
+	" {\"role\": \"user\", \"content\": \" \\u3000ok\\t\"},"
+	" {\"role\": \"assistant\", \"content\": \"x\", \"tool_calls\": [{\"type\": \"function\","
+	" \"function\": {\"name\": \"f\", \"arguments\": {\"a\": [1, 2.5, null, true], \"b\": \"s\"}}}]},"
+	" {\"role\": \"tool\", \"content\": \"plain, not JSON\"}],"
+	" \"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": {\"type\": \"object\"}}}],"
+	" \"add_generation_prompt\": true, \"bos_token\": \"<s>\", \"eos_token\": \"</s>\"}";
+
+/* Message i's content in the context text ctx (parsed again: small). */
+static jv content_of(const char *ctx, int i)
+{
+	jv c = jv_parse(ctx);
+	jv m = jv_array_get(jv_object_get(c, jv_string("messages")), i);
+	return jv_object_get(m, jv_string("content"));
+}
+
+/* The watched rendering against the plain one and against CTX_B's. */
+static void watched(const struct tmpl *t, const struct tmpl_limits *lim)
+{
+	struct err err = {0}, e2 = {0}, e3 = {0};
+	struct tmpl_ctx *ca = tmpl_ctx_new(jv_parse(CTX), &err), *cb = tmpl_ctx_new(jv_parse(CTX_B), &err);
+	if (!ca || !cb)
+		abort();
+	struct tmpl_watch w = {0};
+	tmpl_ctx_watch(ca, &w);
+	struct tmpl_output a, p, b;
+	int ra = tmpl_render_ctx(t, ca, SIZE_MAX, -1, lim, &a, &err);
+	tmpl_ctx_watch(ca, NULL);
+	int rp = tmpl_render_ctx(t, ca, SIZE_MAX, -1, lim, &p, &e2);
+	if (ra != rp || (ra == 0 && !tmpl_output_equal(&a, &p)) || (ra && strcmp(err.msg, e2.msg)))
+		abort();
+	int rb = tmpl_render_ctx(t, cb, SIZE_MAX, -1, lim, &b, &e3);
+	if (ra == 0 && !w.unreplayable) {
+		if (rb != 0 && !strstr(e3.msg, "output"))
+			abort(); /* the same shape renders, unless its longer contents pass the output limit */
+		char *want = malloc(a.len + a.nruns * 32 + 1); /* each content of CTX_B is under 32 bytes */
+		size_t n = 0;
+		int checkable = rb == 0;
+		for (size_t r = 0; r < a.nruns && checkable; r++) {
+			const struct tmpl_run *run = &a.runs[r];
+			const char *x = a.text + run->start;
+			size_t len = run->end - run->start;
+			if (run->origin != TMPL_MSG_CONTENT) {
+				memcpy(want + n, x, len), n += len;
+				continue;
+			}
+			jv ja = content_of(CTX, run->msg), jb = content_of(CTX_B, run->msg);
+			const char *sa = jv_string_value(ja), *sb = jv_string_value(jb);
+			size_t na = strlen(sa), nb = strlen(sb), lo, hi, blo, bhi;
+			tmpl_strip_span(sa, na, &lo, &hi);
+			tmpl_strip_span(sb, nb, &blo, &bhi);
+			if (len == na && !memcmp(x, sa, na))
+				memcpy(want + n, sb, nb), n += nb;
+			else if (len == hi - lo && !memcmp(x, sa + lo, len))
+				memcpy(want + n, sb + blo, bhi - blo), n += bhi - blo;
+			else
+				checkable = 0; /* not a content whole or trimmed: the memo refuses it */
+			jv_free(ja), jv_free(jb);
+		}
+		if (checkable && (n != b.len || memcmp(want, b.text, n)))
+			abort();
+		free(want);
+	}
+	if (ra == 0)
+		tmpl_output_free(&a);
+	if (rp == 0)
+		tmpl_output_free(&p);
+	if (rb == 0)
+		tmpl_output_free(&b);
+	tmpl_ctx_free(ca);
+	tmpl_ctx_free(cb);
+}
 
 /* The prefixes of the conversation, plain and with turns copied. */
 /* a rendering without runs (b) against one with them (a) */
@@ -88,6 +167,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				abort();
 		tmpl_output_free(&out);
 		prefixes(t, &lim);
+		watched(t, &lim);
 	} else if (!err.msg[0])
 		abort();
 	tmpl_free(t);

@@ -1,0 +1,210 @@
+"""ds-fmt's memo of shapes (lib/chat_memo.h) against rendering every record.
+
+A record of a shape ds-fmt has seen (the same messages but for their contents' text)
+is written from what the first one of the shape taught it, without rendering. The
+output must be the very bytes rendering gives. For every template of
+tests/ref/templates/manifest.json, the conversations of make_conversations that ds-fmt
+accepts are each written VARIANTS times with every string content replaced by a random
+text: words, Russian, CJK and emoji, quotes, backslashes, tabs, newlines and control
+characters, the templates' own markers (<|im_end|>, <think>...</think>,
+<tool_response> ...), JSON, and leading or trailing white space, ASCII and Unicode
+(U+00A0, U+3000, U+2028), sometimes all white space or empty, sometimes "x" (which the
+templates below compare with). ds-fmt formats the file with its memo and again with
+--no-memo, one thread each, in four modes (default, --add-generation-prompt,
+--train-turns last, --system TEXT) with --skip-bad: standard output, standard error
+and the exit status must be the same bytes. A case per template and mode; where the
+template lets the memo work (it refuses a shape whose rendering looked into a content:
+Qwen3 and DeepSeek V3 split at </think>), a case also checks that records were
+written from the memo, else the comparison would prove nothing.
+
+Then templates that look into the contents in each way the memo must refuse (a
+comparison, `in`, length, slicing, a method, a filter, tojson, a loop over a content,
+a namespace, a list of contents, printing a message, a trim of more than a content, a
+content as a dict key, selectattr by content) and the ways it allows (trim, strip(),
+truth, type tests, get(), default, macros, selectattr by role, two messages compared
+that differ elsewhere), each a ChatML loop with Qwen2.5's tokens: the same comparison,
+and the check that the memo wrote records for the allowed ones and none for the others.
+"""
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dsfmt_common as C  # noqa: E402
+from make_conversations import conversations  # noqa: E402
+
+VARIANTS = int(os.environ.get("DSFMT_MEMO_VARIANTS", "6"))
+MODES = {
+    "default": [],
+    "genprompt": ["--add-generation-prompt"],
+    "last": ["--train-turns", "last"],
+    "system": ["--system", "  You are terse.\n"],
+}
+PIECES = ["hello", "balance", "Привет, мир", "中文字符", "🌦", 'say "hi"', "back\\slash", "tab\there",
+          "line1\nline2", "\u0001ctl\u007f", "x", "<think>plan</think>answer", "</think>", "<tool_response>",
+          "</tool_call>", "<|im_end|>", "<|im_start|>", "<|eot_id|>", "<end_of_turn>", "[INST]", "[/INST]",
+          '{"a": 1, "b": [true, null]}', "\u00e9\u0301", "end."]
+# where the memo may write no record (its records still compared): templates that look
+# into the contents (Qwen3 and DeepSeek V3 split at </think>), and --system where the
+# template moves the system prompt into the last user message, so that the rendering of
+# a prefix is not the whole rendering's beginning
+LOOKS = {"qwen3", "deepseek_v3", ("mistral_nemo", "system"), ("mistral_v0_3", "system"), ("phi4_mini", "system")}
+SPACES = [" ", "\n", "\t", "\r\n", "\u00a0", "\u3000", "\u2028", "  \n"]
+
+
+def content(rng):
+    r = rng.random()
+    if r < 0.04:
+        return rng.choice(SPACES) * rng.randint(1, 3)  # all white space (bad where it must be learned)
+    if r < 0.08:
+        return "x"
+    text = "".join(rng.choice(PIECES) + rng.choice(["", " ", "\n"]) for _ in range(rng.randint(1, 4))).strip(" \n")
+    if rng.random() < 0.2:
+        text = rng.choice(SPACES) + text
+    if rng.random() < 0.2:
+        text = text + rng.choice(SPACES)
+    return text or "x"
+
+
+def vary(rec, rng):
+    out = json.loads(json.dumps(rec))
+    for m in out.get("messages", []):
+        if isinstance(m.get("content"), str) and m["content"] != "":
+            m["content"] = content(rng)
+    return out
+
+
+def run(cmd, path):
+    p = subprocess.run(cmd + ["--skip-bad", "--threads", "1", path], capture_output=True)
+    return p.returncode, p.stdout, p.stderr
+
+
+def memo_stats(cmd, path):
+    """(replayed, learned, refused) from --progress's last line."""
+    p = subprocess.run(cmd + ["--skip-bad", "--threads", "1", "--progress", "-o", os.devnull, path],
+                       capture_output=True)
+    m = re.search(rb"(\d+) records written from (\d+) shapes learned; (\d+) shapes rendered", p.stderr)
+    return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
+
+
+def compare(name, cmd, path, want_replays):
+    a = run(cmd, path)
+    b = run(cmd + ["--no-memo"], path)
+    if a != b:
+        why = "exit status" if a[0] != b[0] else "stdout" if a[1] != b[1] else "stderr"
+        if why == "stdout":
+            la, lb = a[1].split(b"\n"), b[1].split(b"\n")
+            k = next((i for i in range(min(len(la), len(lb))) if la[i] != lb[i]), min(len(la), len(lb)))
+            why += f" at line {k + 1}: {la[k][:300] if k < len(la) else b''!r} vs {lb[k][:300] if k < len(lb) else b''!r}"
+        print(f"not ok - {name}: memo and --no-memo differ ({why})")
+        return False
+    replayed, learned, refused = memo_stats(cmd, path)
+    if want_replays is True and replayed == 0:
+        print(f"not ok - {name}: the memo wrote no record ({learned} shapes learned, {refused} refused)")
+        return False
+    if want_replays is False and replayed:
+        print(f"not ok - {name}: the memo wrote {replayed} records of a template it must refuse")
+        return False
+    print(f"ok - {name} ({len(a[1].splitlines())} lines; {replayed} from the memo, {learned} shapes learned, "
+          f"{refused} refused)")
+    return True
+
+
+# ChatML loops with one use of the content each: (name, how the turn prints, memo may replay)
+CHATML = ("{%- for m in messages %}<|im_start|>{{ m.role }}\n" "{BODY}" "<|im_end|>\n{%- endfor %}"
+          "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}")
+ADVERSARIAL = [
+    ("compare", "{% if m.content == 'x' %}X{% endif %}{{ m.content }}", False),
+    ("compare-not", "{% if m.content != 'x' %}{{ m.content }}{% else %}X{% endif %}", False),
+    ("in", "{% if '<think>' in m.content %}T{% endif %}{{ m.content }}", False),
+    ("length", "{{ m.content | length }}:{{ m.content }}", False),
+    ("length-test", "{% if m.content | length > 6 %}L{% endif %}{{ m.content }}", False),
+    ("slice", "{{ m.content[:3] }}|{{ m.content }}", False),
+    ("index", "{{ m.content[0] }}{{ m.content }}", False),
+    ("method", "{{ m.content.split('</think>')[-1] }}", False),
+    ("startswith", "{% if m.content.startswith('<') %}<{% endif %}{{ m.content }}", False),
+    ("upper", "{{ m.content | upper }}", False),
+    ("replace", "{{ m.content | replace('x', 'y') }}", False),
+    ("tojson", "{{ m.content | tojson }}", False),
+    ("lstrip", "{{ m.content.lstrip() }}", False),
+    ("trim-concat", "{{ (m.content + '\n') | trim }}", False),
+    ("loop-chars", "{% for c in m.content %}{{ c }}{% endfor %}", False),
+    ("namespace", "{% set ns = namespace(c=m.content) %}{{ ns.c }}", False),
+    ("namespace-set", "{% set ns = namespace(c='') %}{% set ns.c = m.content %}{{ ns.c }}", False),
+    ("list", "{{ [m.content, 'z'] | join('') }}", False),
+    ("print-message", "{{ m }}{{ m.content }}", False),
+    ("messages-json", "{% if loop.first %}{{ messages | tojson }}{% endif %}{{ m.content }}", False),
+    ("dict-key", "{{ {'x': 'X'}.get(m.content, '') }}{{ m.content }}", False),
+    ("times", "{{ m.content * 2 }}", False),
+    ("format", "{{ '%s!' % m.content }}", False),
+    ("is-lower", "{% if m.content is lower %}l{% endif %}{{ m.content }}", False),
+    ("select", "{{ messages | selectattr('content', 'equalto', 'x') | list | length }}{{ m.content }}", False),
+    ("set-block-filter", "{% set t | upper %}{{ m.content }}{% endset %}{{ t }}", False),
+    ("filter-block", "{% filter trim %} {{ m.content }} {% endfilter %}", False),
+    ("message-eq", "{% if m == messages[0] %}F{% endif %}{{ m.content }}", None),
+    ("trim", "{{ m.content | trim }}", True),
+    ("strip", "{{ m.content.strip() }}", True),
+    ("truth", "{% if m.content %}{{ m.content }}{% else %}-{% endif %}", True),
+    ("truth-trim", "{% if m.content | trim %}{{ m.content | trim }}{% else %}-{% endif %}", True),
+    ("type-test", "{% if m.content is string %}{{ m.content }}{% endif %}", True),
+    ("get", "{{ m.get('content') }}", True),
+    ("default", "{{ m.content | default('none') }}", True),
+    ("macro", "{% macro say(t) %}[{{ t | trim }}]{% endmacro %}{{ say(m.content) }}", True),
+    ("concat", "{{ '>' + m.content + '<' }}{{ m.content ~ '.' }}", True),
+    ("set", "{% set c = m.content %}{{ c }}", True),
+    ("and-or", "{{ m.content and m.content or '-' }}", True),
+    ("key-in", "{% if 'content' in m %}{{ m['content'] }}{% endif %}", True),
+    ("selectattr-role", "{{ messages | selectattr('role', 'equalto', 'user') | list | length }}{{ m.content }}", True),
+]
+
+
+def main():
+    rng = random.Random(int(os.environ.get("DSFMT_MEMO_SEED", "20261202")))
+    ok = True
+    tmp = tempfile.mkdtemp(prefix="test-dsfmt-memo-")
+    qwen = None
+    for entry in C.manifest():
+        t = C.Template(entry, tmp)
+        if t.skip:
+            print(f"skip - memo {t.name}: {t.skip}")
+            continue
+        if t.name == "qwen2_5":
+            qwen = t
+        base = [r for r in conversations(t.features) if t.render(r["messages"], r.get("tools"))[0] == "ok"]
+        recs = []
+        for r in base:
+            recs.append(r)
+            recs.extend(vary(r, rng) for _ in range(VARIANTS))
+        path = os.path.join(tmp, t.name + ".jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            for i, r in enumerate(recs):
+                f.write(json.dumps(dict(r, id=i), ensure_ascii=False) + "\n")
+        for mode, flags in MODES.items():
+            want = None if t.name in LOOKS or (t.name, mode) in LOOKS else True
+            ok &= compare(f"memo {t.name} {mode}", t.dsfmt_cmd(*flags), path, want_replays=want)
+    if qwen is None:
+        print("skip - memo adversarial templates: no qwen2_5 model")
+        return 0
+    recs = []
+    for r in [r for r in conversations(qwen.features) if "tool_calls" not in json.dumps(r)][:30]:
+        recs.append(r)
+        recs.extend(vary(r, rng) for _ in range(VARIANTS))
+    path = os.path.join(tmp, "adversarial.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        for i, r in enumerate(recs):
+            f.write(json.dumps({"id": i, "messages": r["messages"]}, ensure_ascii=False) + "\n")
+    for name, body, replays in ADVERSARIAL:
+        tpl = os.path.join(tmp, f"adv-{name}.jinja")
+        with open(tpl, "w", encoding="utf-8") as f:
+            f.write(CHATML.replace("{BODY}", body))
+        cmd = [C.DSFMT, "--model", qwen.model, "--template", tpl]
+        ok &= compare(f"memo template {name}", cmd, path, want_replays=replays)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
