@@ -27,7 +27,7 @@ struct jsonl_reader {
 	char *iobuf;  /* f's stdio buffer, freed after fclose */
 };
 
-#define READ_BUFFER (1 << 20)
+#define READ_BUFFER (128 << 10)
 
 struct jsonl_reader *jsonl_from_file(FILE *f, const char *name)
 {
@@ -315,18 +315,26 @@ struct fastp {
  * scratch arena, whose blocks the kept value takes over). A value's text is
  * self-delimiting (an object, an array or a string), so a line holding the
  * same bytes at that place holds the same value, parsed at the same depth:
- * sharing it is exact. */
+ * sharing it is exact. A key whose values do not come again (the
+ * messages) has its values parsed into the record's arena and not kept,
+ * but for one in MEMO_RETRY, so that a value that starts repeating is
+ * caught: its score falls by one a miss, rises by MEMO_HIT a hit (so a key
+ * must find its last value again once in three to keep its values). */
 #define MEMO_KEYS 8
 #define MEMO_MIN 256 /* shorter values are cheaper to parse than to compare */
+#define MEMO_HIT 2
+#define MEMO_RETRY 64
 struct jsonl_memo {
 	struct memo_entry {
 		char *key, *text;
 		size_t klen, len;
 		struct jd_shared *v;
+		int score;       /* > 0: a new value is kept */
+		unsigned misses; /* since the score fell to 0 */
 	} e[MEMO_KEYS];
 	int n;
 	unsigned long long hits;
-	struct jd_arena scratch; /* a top-level value being parsed */
+	struct jd_arena scratch; /* a top-level value being parsed to be kept */
 };
 
 struct jsonl_memo *jsonl_memo_new(void) { return calloc(1, sizeof(struct jsonl_memo)); }
@@ -357,7 +365,7 @@ static struct memo_entry *memo_find(struct jsonl_memo *m, const struct jd *k, in
 	if (!(e->key = malloc((size_t)k->n + 1)))
 		return NULL;
 	memcpy(e->key, k->u.s, (size_t)k->n + 1);
-	e->klen = k->n, e->text = NULL, e->len = 0, e->v = NULL;
+	e->klen = k->n, e->text = NULL, e->len = 0, e->v = NULL, e->score = 1, e->misses = 0;
 	m->n++;
 	return e;
 }
@@ -374,9 +382,13 @@ static int fp_member(struct fastp *p, const struct jd *k, struct jd *out)
 	if (e && e->v && (size_t)(p->end - p->s) >= e->len && !memcmp(p->s, e->text, e->len)) {
 		p->s += e->len;
 		p->memo->hits++;
+		e->score = e->score + MEMO_HIT < 16 ? e->score + MEMO_HIT : 16;
 		*out = *jd_shared_value(e->v);
 		return 0;
 	}
+	if (e && e->score <= 0 && ++e->misses % MEMO_RETRY)
+		return fp_value(p, out); /* values that do not come again: parsed in place, not kept */
+	/* parsed into the memo's scratch arena, whose blocks a long value takes over */
 	const char *start = p->s;
 	struct jd_arena *rec = p->a;
 	jd_arena_reset(&p->memo->scratch);
@@ -387,7 +399,9 @@ static int fp_member(struct fastp *p, const struct jd *k, struct jd *out)
 		return -1;
 	size_t n = (size_t)(p->s - start);
 	char *t = n >= MEMO_MIN && (e || (e = memo_find(p->memo, k, 1))) ? realloc(e->text, n) : NULL;
-	if (t) { /* kept: the value takes the scratch arena's blocks over */
+	if (t) { /* kept */
+		if (e->score > 0)
+			e->score--;
 		memcpy(t, start, n);
 		e->text = t, e->len = n;
 		jd_shared_unref(e->v);

@@ -43,12 +43,14 @@ int jsonl_parse_record(const char *name, long lineno, const char *line, size_t l
 /* jsonl_parse_record making a jd (jdoc.h) in a, with the same checks and
  * errors. With a memo (or NULL), long top-level values are remembered from
  * one record to the next: a member whose text (an object, array or string
- * of 256 bytes or more) is byte for byte the last one seen under that key is
+ * of 256 bytes or more) is byte for byte the last one kept under that key is
  * not parsed again, and its value is the memo's jd_shared block's (the tool
  * list every record of a data set repeats), which the template's cache
- * knows again. Such values live in the memo: they stay valid until the
- * memo's next record or its end. The result is the same value either way. A
- * memo belongs to one thread. */
+ * knows again. A long value is kept while its key's values come again; a
+ * key whose values do not (the messages) has one kept in 64. Such values
+ * live in the memo: they stay valid until the memo's next record or its
+ * end. The result is the same value either way. A memo belongs to one
+ * thread. */
 struct jsonl_memo;
 struct jsonl_memo *jsonl_memo_new(void);
 void jsonl_memo_free(struct jsonl_memo *m);

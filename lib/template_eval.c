@@ -153,7 +153,7 @@ struct rt {
 	/* Watching (tmpl_ctx_watch): NULL, or where to say that the rendering
 	 * used a message's content other than as text to print whole. saw: an
 	 * operand of the node being evaluated held content; allow: the node's
-	 * use of it is one of those the shape replays (see eval_node). */
+	 * use of it is one of those the shape replays (see eval_watched). */
 	struct tmpl_watch *watch;
 	const struct tp_list *holes; /* the messages whose contents are watched */
 	int saw, allow;
@@ -985,9 +985,10 @@ static void args_done(struct rt *r, int line, struct args *a, const char *what)
 		}
 }
 
-static struct tp_val eval_node(struct rt *r, struct frame *f, const struct tp_node *n);
+static struct tp_val eval_kind(struct rt *r, struct frame *f, const struct tp_node *n);
+static struct tp_val eval_watched(struct rt *r, struct frame *f, const struct tp_node *n);
 
-/* A literal or a name without the call into eval_node, whose frame is
+/* A literal or a name without the call into eval_kind, whose frame is
  * large: they are half the nodes a chat template evaluates. */
 static inline struct tp_val eval(struct rt *r, struct frame *f, const struct tp_node *n)
 {
@@ -1002,7 +1003,7 @@ static inline struct tp_val eval(struct rt *r, struct frame *f, const struct tp_
 			r->saw = 1;
 		return v;
 	}
-	return eval_node(r, f, n);
+	return r->watch ? eval_watched(r, f, n) : eval_kind(r, f, n);
 }
 
 static void eval_args(struct rt *r, struct frame *f, const struct tp_node *n, uint32_t from, struct args *a)
@@ -2787,11 +2788,7 @@ static struct tp_val eval_kind(struct rt *r, struct frame *f, const struct tp_no
 		}
 		return d;
 	}
-	case N_ATTR: {
-		struct tp_val v = get_attr(r, n->line, eval(r, f, n->a), n->name, n->op);
-		r->allow = 1; /* a message's field, or a method checked when called */
-		return v;
-	}
+	case N_ATTR: return get_attr(r, n->line, eval(r, f, n->a), n->name, n->op);
 	case N_SUB: {
 		struct tp_val v = eval(r, f, n->a);
 		struct tp_val k = eval(r, f, n->b);
@@ -2844,29 +2841,20 @@ static struct tp_val eval_kind(struct rt *r, struct frame *f, const struct tp_no
 			rt_err(r, n->line, "integer too large");
 		return tp_mk_int(-num_i(v));
 	}
-	/* truth: the shape fixes whether a content is empty or white space only */
-	case N_NOT: {
-		struct tp_val v = tp_mk_bool(!tp_truthy(eval(r, f, n->a)));
-		r->allow = 1;
-		return v;
-	}
+	case N_NOT: return tp_mk_bool(!tp_truthy(eval(r, f, n->a)));
 	case N_AND: {
 		struct tp_val a = eval(r, f, n->a);
-		a = tp_truthy(a) ? eval(r, f, n->b) : a;
-		r->allow = 1;
-		return a;
+		return tp_truthy(a) ? eval(r, f, n->b) : a;
 	}
 	case N_OR: {
 		struct tp_val a = eval(r, f, n->a);
-		a = tp_truthy(a) ? a : eval(r, f, n->b);
-		r->allow = 1;
-		return a;
+		return tp_truthy(a) ? a : eval(r, f, n->b);
 	}
 	case N_BIN: {
 		struct tp_val a = eval(r, f, n->a), b = eval(r, f, n->b);
-		struct tp_val x = arith(r, n->line, n->op, a, b);
-		r->allow = n->op == OP_ADD && a.type == b.type && (a.type == TP_STR || a.type == TP_LIST);
-		return x;
+		if (r->watch)
+			r->allow = n->op == OP_ADD && a.type == b.type && (a.type == TP_STR || a.type == TP_LIST);
+		return arith(r, n->line, n->op, a, b);
 	}
 	case N_CONCAT: {
 		struct tp_val a = eval(r, f, n->a), b = eval(r, f, n->b);
@@ -2906,15 +2894,10 @@ static struct tp_val eval_kind(struct rt *r, struct frame *f, const struct tp_no
 		}
 		return tp_mk_bool(1);
 	}
-	case N_COND: {
-		struct tp_val v;
+	case N_COND:
 		if (tp_truthy(eval(r, f, n->b)))
-			v = eval(r, f, n->a);
-		else
-			v = n->c ? eval(r, f, n->c) : tp_mk_undef("else");
-		r->allow = 1;
-		return v;
-	}
+			return eval(r, f, n->a);
+		return n->c ? eval(r, f, n->c) : tp_mk_undef("else");
 	}
 	rt_err(r, n->line, "cannot evaluate this expression");
 }
@@ -2928,15 +2911,18 @@ static const char *const node_names[] = {
 };
 
 /* eval_kind, watched: a node whose operands held content must be one of
- * the uses eval_kind allowed; its value tells the node above. */
-static struct tp_val eval_node(struct rt *r, struct frame *f, const struct tp_node *n)
+ * the uses eval_kind allowed, or of those that take any operand: an
+ * attribute (a message's field; a method is checked when called), and
+ * truth (the shape fixes whether a content is empty or white space only),
+ * which picks one of its operands or a boolean. Its value tells the node
+ * above. */
+static struct tp_val eval_watched(struct rt *r, struct frame *f, const struct tp_node *n)
 {
-	if (!r->watch)
-		return eval_kind(r, f, n);
 	int outer = r->saw;
 	r->saw = r->allow = 0;
 	struct tp_val v = eval_kind(r, f, n);
-	if (r->saw && !r->allow)
+	int any = n->kind == N_ATTR || n->kind == N_NOT || n->kind == N_AND || n->kind == N_OR || n->kind == N_COND;
+	if (r->saw && !r->allow && !any)
 		unreplayable(r, n->line, node_names[n->kind]);
 	r->saw = outer | held(v, 0);
 	r->allow = 0;

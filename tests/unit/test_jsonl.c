@@ -838,7 +838,7 @@ static void test_parse_memo(void)
 	/* the last long tool list: its block is held, so that no later one can take its address */
 	struct jd_shared *last_long = NULL;
 	jv last_text = jv_invalid();
-	int repeats = 0;
+	int repeats = 0, kept = 0;
 	static const char *const keys[] = {"tools", "messages", "meta", "id"};
 	for (int rec = 0; rec < 400 && !check_case_failed; rec++) {
 		/* a record of some of the keys, values from the pool, sometimes changed */
@@ -878,18 +878,22 @@ static void test_parse_memo(void)
 			int is_long = t && (t->kind == JD_ARRAY || t->kind == JD_OBJECT || t->kind == JD_STRING) &&
 				      jv_string_length_bytes(jv_copy(tt)) >= 256;
 			if (is_long) {
-				CHECK(jd_shared_of(t) != NULL, "seed %u record %d: a long value not kept", seed, rec);
-				if (last_long) {
-					int same_text = jv_equal(jv_copy(tt), jv_copy(last_text));
+				/* shared: kept now or found; not kept: not the text last kept */
+				int same_text = last_long && jv_equal(jv_copy(tt), jv_copy(last_text));
+				if (!jd_shared_of(t)) {
+					CHECK(!same_text, "seed %u record %d: the text last kept not shared", seed, rec);
+					jv_free(tt);
+				} else {
 					int ident = jd_shared_of(t) == last_long;
 					CHECK(ident == same_text, "seed %u record %d: %s", seed, rec,
 					      ident ? "a different text shared" : "the same text not shared");
 					repeats += same_text;
+					kept++;
+					jd_shared_unref(last_long);
+					jv_free(last_text);
+					last_long = jd_shared_ref(jd_shared_of(t));
+					last_text = tt;
 				}
-				jd_shared_unref(last_long);
-				jv_free(last_text);
-				last_long = jd_shared_of(t) ? jd_shared_ref(jd_shared_of(t)) : NULL;
-				last_text = tt;
 			} else {
 				jv_free(tt);
 			}
@@ -899,7 +903,11 @@ static void test_parse_memo(void)
 		jv_free(text), jv_free(o);
 		jd_arena_reset(&ar);
 	}
-	CHECK(repeats > 0, "seed %u: no tool list repeated (the case is not exercised)", seed);
+	CHECK(repeats > 0 && kept > repeats, "seed %u: no tool list repeated, or none kept anew (%d, %d)", seed, repeats,
+	      kept);
+	/* a fresh memo: values that come again keep being shared */
+	jsonl_memo_free(memo);
+	memo = jsonl_memo_new();
 	/* the tool list of ds-gen's lines, three times, then with one byte changed */
 	char tools[1024], line[1200];
 	int n = snprintf(tools, sizeof tools, "[");
@@ -925,6 +933,24 @@ static void test_parse_memo(void)
 	}
 	jd_shared_unref(first);
 	CHECK(jsonl_memo_hits(memo) == hits0 + 2, "hits %llu", jsonl_memo_hits(memo) - hits0);
+	/* values that never come again are seldom kept; one that then repeats is kept and shared within 64 */
+	int kept_new = 0, shared_after = -1;
+	for (int i = 0; i < 300 && shared_after < 0; i++) {
+		char msgs[400];
+		snprintf(msgs, sizeof msgs, "[{\"role\": \"user\", \"content\": \"%0250d\"}]", i < 200 ? i : 200);
+		snprintf(line, sizeof line, "{\"id\": %d, \"messages\": %s}", i, msgs);
+		struct jd v;
+		struct err e = {0};
+		unsigned long long h = jsonl_memo_hits(memo);
+		CHECK(jsonl_parse_record_jd("t", 1, line, strlen(line), memo, &ar, &v, &e) == 1, "%s", e.msg);
+		if (i < 200)
+			kept_new += jd_shared_of(jd_get(&v, "messages")) != NULL;
+		else if (jsonl_memo_hits(memo) > h)
+			shared_after = i - 200;
+		jd_arena_reset(&ar);
+	}
+	CHECK(kept_new >= 1 && kept_new <= 2 + 200 / 64, "%d of 200 values that never came again kept", kept_new);
+	CHECK(shared_after >= 0 && shared_after <= 65, "a repeated value shared after %d records", shared_after);
 	jd_shared_unref(last_long);
 	jv_free(last_text);
 	jd_arena_free(&ar);
