@@ -384,7 +384,7 @@ int main(int argc, char **argv)
 		}
 		/* A bad record's lines were taken back: the batch's output is the
 		 * good records' lines in order, written at once. */
-		if (!stopping && b->out.n && fwrite(b->out.p, 1, b->out.n, out->f) != b->out.n) {
+		if (!stopping && b->out.n && outfile_write(out, b->out.p, b->out.n) < 0) {
 			err_sys(&stop, "write error:");
 			stopping = 1;
 		}

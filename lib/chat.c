@@ -341,7 +341,16 @@ static int validate(const struct jd *messages, unsigned char *roles, unsigned ch
 		const struct jd *m = &messages->u.items[u];
 		if (m->kind != JD_OBJECT)
 			return err_set(err, "message %d: expected an object", i);
-		const struct jd *role = jd_get(m, "role"), *content = jd_get(m, "content"), *calls = jd_get(m, "tool_calls");
+		const struct jd *role = NULL, *content = NULL, *calls = NULL;
+		for (uint32_t k = 0; k < m->n; k++) { /* the three keys looked at, in one pass */
+			const struct jd *key = &m->u.members[k].key;
+			if (key->n == 4 && !memcmp(key->u.s, "role", 4))
+				role = &m->u.members[k].val;
+			else if (key->n == 7 && !memcmp(key->u.s, "content", 7))
+				content = &m->u.members[k].val;
+			else if (key->n == 10 && !memcmp(key->u.s, "tool_calls", 10))
+				calls = &m->u.members[k].val;
+		}
 		int has_calls = calls && calls->kind != JD_NULL;
 		const char *r = role && role->kind == JD_STRING ? role->u.s : NULL;
 		int code = r ? role_code(r) : -1;

@@ -50,6 +50,9 @@ struct chat_memo {
 	size_t *at; /* chat_memo_put's: where each piece begins, and the end */
 	const char **src; /* and where each content piece's bytes are */
 	size_t atcap;
+	const struct jd *msgs; /* the messages of the last key, */
+	const struct jd **content; /* and each one's content (a string), or NULL */
+	size_t ccap;
 };
 
 struct chat_memo *chat_memo_new(void)
@@ -96,6 +99,7 @@ void chat_memo_free(struct chat_memo *m)
 	free(m->k);
 	free(m->at);
 	free(m->src);
+	free(m->content);
 	free(m);
 }
 
@@ -161,6 +165,9 @@ static void kvalue(struct chat_memo *m, const struct jd *v)
  * validation: only " \t\r\n"), all white space, white space first, last. */
 static unsigned content_class(const struct jd *c)
 {
+	if (c->n && (unsigned char)c->u.s[0] > ' ' && (unsigned char)c->u.s[0] < 0x80 &&
+	    (unsigned char)c->u.s[c->n - 1] > ' ' && (unsigned char)c->u.s[c->n - 1] < 0x80)
+		return 0; /* a printable ASCII byte at each end: none of them */
 	size_t lo, hi, i = 0;
 	tmpl_strip_span(c->u.s, c->n, &lo, &hi);
 	while (i < c->n && c->u.s[i] && strchr(" \t\r\n", c->u.s[i]))
@@ -188,15 +195,22 @@ struct memo_shape *chat_memo_find(struct chat_memo *m, const void *t, const stru
 {
 	if (!m || msgs->kind != JD_ARRAY)
 		return NULL;
-	m->kn = 0, m->koom = 0;
+	m->kn = 0, m->koom = 0, m->msgs = NULL;
 	if (!kroom(m, 64))
 		return NULL;
+	if (msgs->n > m->ccap) {
+		const struct jd **c = realloc(m->content, 2 * (size_t)msgs->n * sizeof *c);
+		if (!c)
+			return NULL;
+		m->content = c, m->ccap = 2 * (size_t)msgs->n;
+	}
 	memcpy(m->k, &t, sizeof t);
 	m->kn = sizeof t;
 	khead(m, JD_ARRAY, msgs->n);
 	size_t content = 0;
 	for (uint32_t i = 0; i < msgs->n; i++) {
 		const struct jd *msg = &msgs->u.items[i];
+		m->content[i] = NULL;
 		if (msg->kind != JD_OBJECT) {
 			kvalue(m, msg);
 			continue;
@@ -207,12 +221,14 @@ struct memo_shape *chat_memo_find(struct chat_memo *m, const void *t, const stru
 		for (uint32_t k = 0; k < msg->n; k++) {
 			const struct jd_member *mb = &msg->u.members[k];
 			kvalue(m, &mb->key);
-			if (mb->val.kind == JD_STRING && jd_is(&mb->key, "content")) {
+			int is_content = mb->key.n == 7 && !memcmp(mb->key.u.s, "content", 7);
+			if (is_content && mb->val.kind == JD_STRING) {
 				if (!kroom(m, 8))
 					return NULL;
 				khead(m, 0xff, content_class(&mb->val)); /* a content: its class, not its text */
 				content += mb->val.n;
-			} else if (mb->val.kind == JD_ARRAY && jd_is(&mb->key, "content")) {
+				m->content[i] = &mb->val;
+			} else if (is_content && mb->val.kind == JD_ARRAY) {
 				return NULL; /* content parts: their texts are not pieces */
 			} else {
 				kvalue(m, &mb->val);
@@ -231,6 +247,7 @@ struct memo_shape *chat_memo_find(struct chat_memo *m, const void *t, const stru
 	}
 	if (m->koom || content > MAX_CONTENT)
 		return NULL;
+	m->msgs = msgs;
 	uint64_t h = hash_bytes(m->k, m->kn);
 	size_t mask = 2 * MAX_ENTRIES - 1, i = h & mask;
 	for (; m->tab[i].key; i = (i + 1) & mask) {
@@ -496,7 +513,7 @@ int chat_memo_put(struct chat_memo *m, struct memo_shape *e, const struct jd *ms
 			pos += p->raw;
 			continue;
 		}
-		const struct jd *c = content_of(msgs, p->msg);
+		const struct jd *c = msgs == m->msgs ? m->content[p->msg] : content_of(msgs, p->msg);
 		if (!c)
 			return -1;
 		size_t lo = 0, hi = c->n;

@@ -219,6 +219,22 @@ static int outfile_sync_dir(const char *path, struct err *err)
 	return 0;
 }
 
+int outfile_write(struct outfile *o, const void *p, size_t n)
+{
+	if (fflush(o->f) != 0)
+		return -1;
+	int fd = fileno(o->f);
+	for (const char *s = p; n;) {
+		ssize_t k = write(fd, s, n);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return -1;
+		s += k, n -= (size_t)k;
+	}
+	return 0;
+}
+
 int outfile_commit(struct outfile *o, struct err *err)
 {
 	struct outfile_node *n = (struct outfile_node *)o;

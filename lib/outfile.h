@@ -28,6 +28,9 @@ struct outfile {
  * <errno>", "PATH: is a folder"). Refuses to write binary data to a terminal
  * when binary is set and the output is standard output. */
 struct outfile *outfile_open(const char *path, int binary, struct err *err);
+/* Writes n bytes at p straight to the file, after what f holds: a large
+ * block is not copied into stdio's buffer first. 0, or -1 with errno set. */
+int outfile_write(struct outfile *o, const void *p, size_t n);
 /* Flushes, fsyncs, renames into place, fsyncs the folder and frees. Returns 0
  * or -1 with "PATH: write error: <errno>" (temp removed; o freed either way).
  * Standard output and devices are only flushed and checked: a late ENOSPC or
