@@ -16,10 +16,11 @@ enum { MAX_ENTRIES = 4096, MAX_CONTENT = 64 << 10 };
 #define MAX_BYTES ((size_t)64 << 20) /* keys and programs of one memo; past it the memo starts over */
 
 /* A piece of the text: the literal bytes esc[off, off + len) (escaped;
- * raw bytes long), or message msg's content, trimmed or whole. */
+ * raw bytes long), or message msg's content as the template printed it. */
+enum { WHOLE, TRIMMED, JSON, JSON_INNER }; /* JSON: tojson's text; JSON_INNER: without its quotes */
 struct piece {
 	int32_t msg; /* -1: literal */
-	uint8_t trim;
+	uint8_t as;  /* for a content: WHOLE ... */
 	uint32_t off, len, raw;
 };
 struct program {
@@ -50,6 +51,8 @@ struct chat_memo {
 	size_t *at; /* chat_memo_put's: where each piece begins, and the end */
 	const char **src; /* and where each content piece's bytes are */
 	size_t atcap;
+	char *json; /* tojson's texts of the contents printed so */
+	size_t jcap;
 	const struct jd *msgs; /* the messages of the last key, */
 	const struct jd **content; /* and each one's content (a string), or NULL */
 	size_t ccap;
@@ -100,6 +103,7 @@ void chat_memo_free(struct chat_memo *m)
 	free(m->at);
 	free(m->src);
 	free(m->content);
+	free(m->json);
 	free(m);
 }
 
@@ -314,19 +318,28 @@ static int pieces_of(const struct tmpl_output *o, const struct jd *msgs, struct 
 			continue;
 		}
 		const struct jd *c = content_of(msgs, run->msg);
-		size_t lo = 0, hi = 0;
+		const char *x = o->text + run->start;
+		size_t lo = 0, hi = 0, jn = 0;
+		char *j = c && len >= 2 && len <= 6 * (size_t)c->n + 2 ? malloc(6 * (size_t)c->n + 2) : NULL;
 		if (c)
 			tmpl_strip_span(c->u.s, c->n, &lo, &hi);
-		int trim;
-		if (c && len == c->n && !memcmp(o->text + run->start, c->u.s, len))
-			trim = 0;
-		else if (c && len == hi - lo && !memcmp(o->text + run->start, c->u.s + lo, len))
-			trim = 1;
-		else {
+		if (j)
+			jn = tmpl_json_text(c->u.s, c->n, j);
+		int as = -1;
+		if (c && len == c->n && !memcmp(x, c->u.s, len))
+			as = WHOLE;
+		else if (c && len == hi - lo && !memcmp(x, c->u.s + lo, len))
+			as = TRIMMED;
+		else if (j && len == jn && !memcmp(x, j, len))
+			as = JSON;
+		else if (j && len == jn - 2 && !memcmp(x, j + 1, len))
+			as = JSON_INNER;
+		free(j);
+		if (as < 0) {
 			free(p);
 			return -1;
 		}
-		p[n++] = (struct piece){ .msg = run->msg, .trim = (uint8_t)trim, .off = run->start, .raw = len };
+		p[n++] = (struct piece){ .msg = run->msg, .as = (uint8_t)as, .off = run->start, .raw = len };
 	}
 	*out = p;
 	*nout = n;
@@ -377,7 +390,7 @@ void chat_memo_learn_prefix(struct memo_learn *l, const struct tmpl_output *po)
 		l->fail = 1;
 	for (uint32_t k = 0; k < nq && !l->fail; k++) {
 		const struct piece *a = &q[k], *b = &l->p[k];
-		if (a->msg != b->msg || a->trim != b->trim || a->off != b->off ||
+		if (a->msg != b->msg || a->as != b->as || a->off != b->off ||
 		    (a->raw != b->raw && (k + 1 < nq || a->msg >= 0 || a->raw > b->raw)))
 			l->fail = 1;
 	}
@@ -505,22 +518,44 @@ int chat_memo_put(struct chat_memo *m, struct memo_shape *e, const struct jd *ms
 			return -1;
 		m->atcap = cap;
 	}
-	size_t *at = m->at, pos = 0;
-	for (uint32_t k = 0; k < g->npieces; k++) {
-		const struct piece *p = &g->pieces[k];
-		at[k] = pos;
-		if (p->msg < 0) {
-			pos += p->raw;
-			continue;
+	size_t *at = m->at, pos = 0, jn = 0;
+	for (int pass = 0; pass < 2; pass++) { /* the room tojson's texts take, then the pieces */
+		pos = jn = 0;
+		for (uint32_t k = 0; k < g->npieces; k++) {
+			const struct piece *p = &g->pieces[k];
+			at[k] = pos;
+			if (p->msg < 0) {
+				pos += p->raw;
+				continue;
+			}
+			const struct jd *c = msgs == m->msgs ? m->content[p->msg] : content_of(msgs, p->msg);
+			if (!c)
+				return -1;
+			size_t lo = 0, hi = c->n;
+			if (p->as == TRIMMED)
+				tmpl_strip_span(c->u.s, c->n, &lo, &hi);
+			if (p->as == JSON || p->as == JSON_INNER) {
+				if (pass == 0) {
+					jn += 6 * (size_t)c->n + 2;
+					continue;
+				}
+				size_t t = tmpl_json_text(c->u.s, c->n, m->json + jn);
+				lo = jn + (p->as == JSON_INNER), hi = jn + t - (p->as == JSON_INNER);
+				jn += t;
+				m->src[k] = m->json + lo;
+			} else {
+				m->src[k] = c->u.s + lo;
+			}
+			pos += hi - lo;
 		}
-		const struct jd *c = msgs == m->msgs ? m->content[p->msg] : content_of(msgs, p->msg);
-		if (!c)
-			return -1;
-		size_t lo = 0, hi = c->n;
-		if (p->trim)
-			tmpl_strip_span(c->u.s, c->n, &lo, &hi);
-		m->src[k] = c->u.s + lo;
-		pos += hi - lo;
+		if (pass == 0 && jn > m->jcap) {
+			char *j = realloc(m->json, jn);
+			if (!j)
+				return -1;
+			m->json = j, m->jcap = jn;
+		}
+		if (pass == 0 && !jn)
+			break; /* no tojson: the first pass did it all */
 	}
 	at[g->npieces] = pos;
 	if (pos > max_output)

@@ -153,7 +153,8 @@ unsigned long long tmpl_trace_tailed(const struct tmpl_trace *tr);
  * used the contents only that way, and otherwise only to ask whether they
  * are empty (after a trim) or what type they are; to pass them on as
  * names, to macros, through `default`, or as the messages that hold them
- * (their fields, get(), their number, a slice, a loop over them). Any
+ * (their fields, get(), their number, a slice, a loop over them), or to
+ * print it whole through tojson. Any
  * other use (a comparison, a test, a filter, a method, `in`, a
  * container made of them, printing a message) sets unreplayable, with
  * the template line and what it was. strftime_now's texts are kept
@@ -171,6 +172,9 @@ struct tmpl_watch {
 };
 /* Renderings with c are watched into w (NULL: not). */
 void tmpl_ctx_watch(struct tmpl_ctx *c, struct tmpl_watch *w);
+/* tojson's text of the UTF-8 string s[0..n) (ensure_ascii off), quotes
+ * included, into out (6n + 2 bytes): its length. */
+size_t tmpl_json_text(const char *s, size_t n, char *out);
 /* strftime_now(fmt)'s text, in buf (n bytes): its length (0 when it does not fit). */
 size_t tmpl_strftime_now(const char *fmt, char *buf, size_t n);
 /* Where Python's str.strip() (and so trim) cuts the UTF-8 text s: the

@@ -2706,7 +2706,7 @@ static int filter_replays(const struct rt *r, const char *name, struct tp_val v,
 		return v.type == TP_LIST && a->n >= 1 && !a->kw[0] && a->v[0].type == TP_STR &&
 		       !memchr(a->v[0].u.s.s, '.', a->v[0].u.s.len) &&
 		       !(a->v[0].u.s.len == 7 && !memcmp(a->v[0].u.s.s, "content", 7));
-	if (!strcmp(name, "trim"))
+	if (!strcmp(name, "trim") || !strcmp(name, "tojson"))
 		return !a->n && v.type == TP_STR && whole_content(r, v.u.s);
 	if (!strcmp(name, "length") || !strcmp(name, "count"))
 		return v.type == TP_LIST || v.type == TP_DICT;

@@ -630,6 +630,43 @@ static uint32_t utf8_next(const char *s, uint32_t n, uint32_t *i)
 	return cp;
 }
 
+/* json.dumps' escape of the byte c below 0x80 (into esc), or NULL when it
+ * stands as it is. */
+static const char *json_escape(unsigned char c, char esc[8])
+{
+	switch (c) {
+	case '"': return "\\\"";
+	case '\\': return "\\\\";
+	case '\n': return "\\n";
+	case '\r': return "\\r";
+	case '\t': return "\\t";
+	case '\b': return "\\b";
+	case '\f': return "\\f";
+	default:
+		if (c >= 0x20)
+			return NULL;
+		snprintf(esc, 8, "\\u%04x", c);
+		return esc;
+	}
+}
+
+size_t tmpl_json_text(const char *s, size_t n, char *out)
+{
+	char *o = out, esc[8];
+	*o++ = '"';
+	for (size_t i = 0; i < n; i++) {
+		const char *e = (unsigned char)s[i] < 0x80 ? json_escape((unsigned char)s[i], esc) : NULL;
+		if (e) {
+			size_t k = strlen(e);
+			memcpy(o, e, k), o += k;
+		} else {
+			*o++ = s[i];
+		}
+	}
+	*o++ = '"';
+	return (size_t)(o - out);
+}
+
 static void json_str(struct tp_arena *a, struct tp_sb *b, struct tp_str s, struct tp_org o, int ascii)
 {
 	tp_sb_put(a, b, "\"", 1, o);
@@ -637,26 +674,9 @@ static void json_str(struct tp_arena *a, struct tp_sb *b, struct tp_str s, struc
 	while (i < s.len) {
 		unsigned char c = (unsigned char)s.s[i];
 		char esc[16];
-		const char *e = NULL;
+		const char *e = c < 0x80 ? json_escape(c, esc) : NULL;
 		uint32_t at = i;
-		if (c == '"')
-			e = "\\\"";
-		else if (c == '\\')
-			e = "\\\\";
-		else if (c == '\n')
-			e = "\\n";
-		else if (c == '\r')
-			e = "\\r";
-		else if (c == '\t')
-			e = "\\t";
-		else if (c == '\b')
-			e = "\\b";
-		else if (c == '\f')
-			e = "\\f";
-		else if (c < 0x20) {
-			snprintf(esc, sizeof esc, "\\u%04x", c);
-			e = esc;
-		} else if (c >= 0x80 && ascii) {
+		if (!e && c >= 0x80 && ascii) {
 			uint32_t cp = utf8_next(s.s, s.len, &i);
 			if (cp >= 0x10000) {
 				cp -= 0x10000;

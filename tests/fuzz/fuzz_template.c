@@ -8,8 +8,8 @@
  * watched for chat's memo (tmpl_ctx_watch) is the same rendering; when
  * the watch finds it replayable, the conversation with other contents of
  * the same kinds (empty or not, white space around them or not) renders as
- * the first one's text with each content put in its place, whole or
- * trimmed as there. No crash, no leak, no hang. */
+ * the first one's text with each content put in its place, whole, trimmed
+ * or as tojson as there. No crash, no leak, no hang. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,7 +62,7 @@ static void watched(const struct tmpl *t, const struct tmpl_limits *lim)
 	if (ra == 0 && !w.unreplayable) {
 		if (rb != 0 && !strstr(e3.msg, "output"))
 			abort(); /* the same shape renders, unless its longer contents pass the output limit */
-		char *want = malloc(a.len + a.nruns * 32 + 1); /* each content of CTX_B is under 32 bytes */
+		char *want = malloc(a.len + a.nruns * 6 * 32 + 1); /* each content of CTX_B is under 32 bytes */
 		size_t n = 0;
 		int checkable = rb == 0;
 		for (size_t r = 0; r < a.nruns && checkable; r++) {
@@ -76,14 +76,20 @@ static void watched(const struct tmpl *t, const struct tmpl_limits *lim)
 			jv ja = content_of(CTX, run->msg), jb = content_of(CTX_B, run->msg);
 			const char *sa = jv_string_value(ja), *sb = jv_string_value(jb);
 			size_t na = strlen(sa), nb = strlen(sb), lo, hi, blo, bhi;
+			char ta[6 * 64 + 2], tb[6 * 32 + 2]; /* tojson's texts */
+			size_t tan = na < 64 ? tmpl_json_text(sa, na, ta) : 0, tbn = tmpl_json_text(sb, nb, tb);
 			tmpl_strip_span(sa, na, &lo, &hi);
 			tmpl_strip_span(sb, nb, &blo, &bhi);
 			if (len == na && !memcmp(x, sa, na))
 				memcpy(want + n, sb, nb), n += nb;
 			else if (len == hi - lo && !memcmp(x, sa + lo, len))
 				memcpy(want + n, sb + blo, bhi - blo), n += bhi - blo;
+			else if (tan && len == tan && !memcmp(x, ta, len))
+				memcpy(want + n, tb, tbn), n += tbn;
+			else if (tan && len == tan - 2 && !memcmp(x, ta + 1, len))
+				memcpy(want + n, tb + 1, tbn - 2), n += tbn - 2;
 			else
-				checkable = 0; /* not a content whole or trimmed: the memo refuses it */
+				checkable = 0; /* not a content whole, trimmed or as tojson: the memo refuses it */
 			jv_free(ja), jv_free(jb);
 		}
 		if (checkable && (n != b.len || memcmp(want, b.text, n)))

@@ -18,9 +18,9 @@ Qwen3 and DeepSeek V3 split at </think>), a case also checks that records were
 written from the memo, else the comparison would prove nothing.
 
 Then templates that look into the contents in each way the memo must refuse (a
-comparison, `in`, length, slicing, a method, a filter, tojson, a loop over a content,
+comparison, `in`, length, slicing, a method, a filter, tojson of more than a content, a loop over a content,
 a namespace, a list of contents, printing a message, a trim of more than a content, a
-content as a dict key, selectattr by content) and the ways it allows (trim, strip(),
+content as a dict key, selectattr by content) and the ways it allows (trim, strip(), tojson,
 truth, type tests, get(), default, macros, selectattr by role, two messages compared
 that differ elsewhere), each a ChatML loop with Qwen2.5's tokens: the same comparison,
 and the check that the memo wrote records for the allowed ones and none for the others.
@@ -129,7 +129,9 @@ ADVERSARIAL = [
     ("startswith", "{% if m.content.startswith('<') %}<{% endif %}{{ m.content }}", False),
     ("upper", "{{ m.content | upper }}", False),
     ("replace", "{{ m.content | replace('x', 'y') }}", False),
-    ("tojson", "{{ m.content | tojson }}", False),
+    ("tojson", "{{ m.content | tojson }}", True),
+    ("tojson-concat", "{{ (m.content ~ '.') | tojson }}", False),
+    ("tojson-indent", "{{ m.content | tojson(indent=2) }}", False),
     ("lstrip", "{{ m.content.lstrip() }}", False),
     ("trim-concat", "{{ (m.content + '\n') | trim }}", False),
     ("loop-chars", "{% for c in m.content %}{{ c }}{% endfor %}", False),

@@ -2,7 +2,8 @@
  * differ only in their contents' text share a shape; anything else the
  * renderings see (a role, a key, a tool call, the template, the tool list,
  * white space around a content) makes another; content parts and long
- * contents make none. A shape learned from a watched rendering writes
+ * contents make none. A shape learned from a watched rendering (trim,
+ * strip(), truth, tojson) writes
  * another record of it as rendering that record gives (text and spans), on
  * random contents; a rendering that compared a content teaches nothing. A
  * full table starts over. tests/ref/test_dsfmt_memo.py checks ds-fmt's
@@ -111,6 +112,7 @@ static void test_learn_and_write(void)
 	static const char *const tpls[] = {
 		"{% for m in messages %}<{{ m.role }}>{{ m.content | trim }}</{{ m.role }}>\n{% endfor %}",
 		"{% for m in messages %}{% if m.content %}[{{ m.content }}]{% endif %}{{ m.content.strip() }};{% endfor %}",
+		"{% for m in messages %}{{ m.content | tojson }}{% endfor %}",
 	};
 	for (size_t ti = 0; ti < sizeof tpls / sizeof *tpls; ti++) {
 		struct err err = {0};
