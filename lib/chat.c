@@ -498,6 +498,7 @@ struct chat_model {
 	int args_json, args_json_tool_use; /* the probe saw the template print arguments as JSON */
 	struct tmpl_cache *cache; /* this model's own (each thread's copy has one): values records repeat */
 	struct chat_memo *memo;   /* the same: shapes of record (chat_memo.h) */
+	struct gguf *gguf;        /* while loading from a GGUF: it, opened once for the template and the markers */
 };
 
 /* A token value of tokenizer_config.json: a string or an AddedToken object. */
@@ -703,7 +704,7 @@ static int load_gguf(struct chat_model *m, const char *file, int want_template, 
 		else
 			rc = compile_into(&m->tmpl, src, len, "tokenizer.chat_template", err);
 	}
-	gguf_close(g);
+	m->gguf = g; /* for the markers; chat_model_load closes it */
 	return rc;
 }
 
@@ -852,7 +853,8 @@ static int gguf_marker(void *arg, uint32_t id, const char *s, size_t n, int spec
 static int markers_from_gguf(struct chat_model *m, const char *path, struct err *err)
 {
 	struct gguf_markers g = {.m = m, .err = err};
-	int rc = tokenizer_gguf_added(path, gguf_marker, &g, err);
+	int rc = m->gguf ? tokenizer_gguf_added_of(m->gguf, path, gguf_marker, &g, err)
+			 : tokenizer_gguf_added(path, gguf_marker, &g, err);
 	jv eos = obj_get(m->tokens, "eos_token");
 	if (rc == 0 && jv_get_kind(eos) == JV_KIND_STRING && *jv_string_value(eos))
 		rc = marker_add(m, &g.cap, jv_string_value(eos), strlen(jv_string_value(eos)), err);
@@ -1109,6 +1111,8 @@ struct chat_model *chat_model_load(const char *model, const char *template, stru
 	}
 	if (rc == 0)
 		rc = load_markers(m, model, err);
+	gguf_close(m->gguf);
+	m->gguf = NULL;
 	free(gguf);
 	if (rc < 0) {
 		chat_model_free(m);

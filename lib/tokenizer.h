@@ -40,6 +40,12 @@ struct tokenizer *tokenizer_load_gguf(const char *path, struct err *err);
  * called for each; a non-zero return stops the walk and is returned. */
 int tokenizer_gguf_added(const char *path, int (*fn)(void *arg, uint32_t id, const char *s, size_t n, int special),
 			 void *arg, struct err *err);
+/* The same of a GGUF already open (its name for messages): a caller that
+ * read its chat template does not parse the file twice. */
+struct gguf;
+int tokenizer_gguf_added_of(const struct gguf *g, const char *name,
+			    int (*fn)(void *arg, uint32_t id, const char *s, size_t n, int special), void *arg,
+			    struct err *err);
 void tokenizer_free(struct tokenizer *tk);
 
 /* One encoding: ids[i] covers text bytes [offsets[i][0], offsets[i][1]). */

@@ -667,18 +667,26 @@ static void conv_free(struct conv *c)
  *    two special tokens overlap in the text;
  *  - decoding: llama.cpp's clean_spaces (" ?" -> "?", ...) for the pre-types
  *    that set it, and unused/undefined tokens decode to nothing there. */
+int tokenizer_gguf_added_of(const struct gguf *g, const char *name,
+			    int (*fn)(void *arg, uint32_t id, const char *s, size_t n, int special), void *arg,
+			    struct err *err)
+{
+	struct conv c = {.g = g, .name = name, .err = err};
+	int rc = conv_tokens(&c);
+	for (uint64_t i = 0; rc == 0 && i < c.n; i++)
+		if (c.attr[i]) /* as conv_added */
+			rc = fn(arg, (uint32_t)i, c.tok[i], c.len[i], (c.attr[i] & (ATTR_CONTROL | ATTR_UNKNOWN)) != 0);
+	conv_free(&c);
+	return rc;
+}
+
 int tokenizer_gguf_added(const char *path, int (*fn)(void *arg, uint32_t id, const char *s, size_t n, int special),
 			 void *arg, struct err *err)
 {
 	struct gguf *g = gguf_open(path, err);
 	if (!g)
 		return -1;
-	struct conv c = {.g = g, .name = path, .err = err};
-	int rc = conv_tokens(&c);
-	for (uint64_t i = 0; rc == 0 && i < c.n; i++)
-		if (c.attr[i]) /* as conv_added */
-			rc = fn(arg, (uint32_t)i, c.tok[i], c.len[i], (c.attr[i] & (ATTR_CONTROL | ATTR_UNKNOWN)) != 0);
-	conv_free(&c);
+	int rc = tokenizer_gguf_added_of(g, path, fn, arg, err);
 	gguf_close(g);
 	return rc;
 }
