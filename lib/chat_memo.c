@@ -320,17 +320,17 @@ static int pieces_of(const struct tmpl_output *o, const struct jd *msgs, struct 
 		const struct jd *c = content_of(msgs, run->msg);
 		const char *x = o->text + run->start;
 		size_t lo = 0, hi = 0, jn = 0;
-		char *j = c && len >= 2 && len <= 6 * (size_t)c->n + 2 ? malloc(6 * (size_t)c->n + 2) : NULL;
 		if (c)
 			tmpl_strip_span(c->u.s, c->n, &lo, &hi);
-		if (j)
-			jn = tmpl_json_text(c->u.s, c->n, j);
 		int as = -1;
 		if (c && len == c->n && !memcmp(x, c->u.s, len))
 			as = WHOLE;
 		else if (c && len == hi - lo && !memcmp(x, c->u.s + lo, len))
 			as = TRIMMED;
-		else if (j && len == jn && !memcmp(x, j, len))
+		char *j = as < 0 && c && len <= 6 * (size_t)c->n + 2 ? malloc(6 * (size_t)c->n + 2) : NULL;
+		if (j)
+			jn = tmpl_json_text(c->u.s, c->n, j);
+		if (j && len == jn && !memcmp(x, j, len))
 			as = JSON;
 		else if (j && len == jn - 2 && !memcmp(x, j + 1, len))
 			as = JSON_INNER;

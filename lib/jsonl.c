@@ -24,10 +24,9 @@ struct jsonl_reader {
 	int eof;
 	long lineno;  /* lines read so far */
 	long recline; /* line of the record (or bad line) last returned */
-	char *iobuf;  /* f's stdio buffer, freed after fclose */
 };
 
-#define READ_BUFFER (128 << 10)
+#define READ_BUFFER (128 << 10) /* the least a read asks for: what two of them hold stays in L2 */
 
 struct jsonl_reader *jsonl_from_file(FILE *f, const char *name)
 {
@@ -59,10 +58,11 @@ struct jsonl_reader *jsonl_open(const char *path, struct err *err)
 		return NULL;
 	}
 	r->own = !std;
-	/* One read a megabyte, not stdio's few KiB (glibc takes the size only
-	 * with a buffer); standard input has one from msg_init. */
-	if (!std && (r->iobuf = malloc(READ_BUFFER)))
-		setvbuf(f, r->iobuf, _IOFBF, READ_BUFFER);
+	/* The reader reads large blocks into its own buffer: through stdio's
+	 * each byte would be copied once more. Standard input keeps its
+	 * buffer: a caller may have read from it (tok looks at its first byte). */
+	if (!std)
+		setvbuf(f, NULL, _IONBF, 0);
 	return r;
 }
 
@@ -72,7 +72,6 @@ void jsonl_close(struct jsonl_reader *r)
 		return;
 	if (r->own)
 		fclose(r->f);
-	free(r->iobuf);
 	free(r->buf);
 	free(r->name);
 	free(r);
@@ -1063,8 +1062,8 @@ int jsonl_jd_of(jv v, struct jd_arena *a, struct jd *out)
 }
 
 /* Reads more into r->buf, keeping [beg, end) at its front: 1, 0 at the
- * end of the input, -1 on a read error. Reads of a megabyte go straight
- * from the file into buf (one copy, where getline made three). */
+ * end of the input, -1 on a read error. A file's reads go straight into
+ * buf (one copy, where getline made three). */
 static int read_more(struct jsonl_reader *r)
 {
 	size_t keep = r->end - r->beg;
