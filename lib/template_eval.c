@@ -1726,6 +1726,24 @@ static struct tp_val call_cycler_joiner(struct rt *r, int line, struct tp_func *
 	return obj;
 }
 
+/* Watching: strftime_now printed out for fmt; a replay checks that the
+ * clock still reads the same (a text read before is kept once). */
+static void watch_clock(struct rt *r, int line, const char *fmt, const char *out)
+{
+	struct tmpl_watch *w = r->watch;
+	for (unsigned k = 0; k < w->nclock; k++)
+		if (!strcmp(w->clock[k].fmt, fmt) && !strcmp(w->clock[k].out, out))
+			return;
+	if (w->nclock == TMPL_WATCH_CLOCKS || strlen(fmt) >= sizeof w->clock[0].fmt ||
+	    strlen(out) >= sizeof w->clock[0].out) {
+		unreplayable(r, line, "strftime_now");
+		return;
+	}
+	strcpy(w->clock[w->nclock].fmt, fmt);
+	strcpy(w->clock[w->nclock].out, out);
+	w->nclock++;
+}
+
 static struct tp_val call_value(struct rt *r, struct frame *f, int line, struct tp_val fv, struct args *a,
 				struct tp_val caller)
 {
@@ -1756,22 +1774,9 @@ static struct tp_val call_value(struct rt *r, struct frame *f, int line, struct 
 		char fmt[256], buf[512];
 		snprintf(fmt, sizeof fmt, "%.*s", (int)x.u.s.len, x.u.s.s);
 		size_t n = tmpl_strftime_now(fmt, buf, sizeof buf);
-		if (r->watch) { /* a replay checks that the clock still reads the same */
-			struct tmpl_watch *w = r->watch;
-			unsigned k = 0;
-			while (k < w->nclock && (strcmp(w->clock[k].fmt, fmt) || strcmp(w->clock[k].out, buf)))
-				k++;
-			if (k < w->nclock) {
-				/* read before */
-			} else if (w->nclock < TMPL_WATCH_CLOCKS && strlen(fmt) < sizeof w->clock[0].fmt &&
-				   n < sizeof w->clock[0].out) {
-				memcpy(w->clock[w->nclock].fmt, fmt, strlen(fmt) + 1);
-				memcpy(w->clock[w->nclock].out, buf, n + 1);
-				w->nclock++;
-			} else {
-				unreplayable(r, line, "strftime_now");
-			}
-		}
+		buf[n] = 0; /* strftime leaves it undefined when the text does not fit */
+		if (r->watch)
+			watch_clock(r, line, fmt, buf);
 		return tp_mk_str(tp_str_lit(&r->a, buf, n, tp_literal));
 	}
 	case F_RANGE: {
