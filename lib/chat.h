@@ -7,7 +7,9 @@
  *   chat_args_normalize tool-call arguments as the template wants them (object or JSON text)
  *   tmpl_render        the context transformers' apply_chat_template would build
  *   chat_spans         train spans from the provenance of every output byte
- * chat_format_line() runs them all with a chat_model and chat_opts.
+ * chat_format_line() runs them all with a chat_model and chat_opts; a
+ * record of a shape the thread has seen is written from what the first one
+ * taught (chat_memo.h), the same bytes without rendering.
  *
  * A record is a jd (jdoc.h); what the steps make lives in the arena they are
  * given, beside it. Where jv values are taken (the model's tokens, --var
