@@ -66,7 +66,8 @@ static const char about[] =
 
 /* One input line: the records (after --jq) to format, then the lines made. */
 struct item {
-	size_t text, len; /* the line for the worker to parse, lines.p[text, text + len); len 0: none (--jq) */
+	const char *text; /* the line for the worker to parse, len bytes (0: none, --jq), in a block the batch holds */
+	size_t len;
 	jv recs;        /* else an array of records to format; consumed by the worker */
 	int rc;         /* 1: formatted; -1: bad record (err) */
 	long line;
@@ -77,8 +78,9 @@ struct item {
 struct batch {
 	struct item it[BATCH];
 	int n, done;
-	struct jsonl_buf lines; /* the input lines of the items, one after the other */
-	struct jsonl_buf out;   /* the lines the worker wrote for the batch's records */
+	struct jsonl_block *blocks[BATCH + 1]; /* the reader's blocks the lines lie in, held */
+	int nblocks;
+	struct jsonl_buf out; /* the lines the worker wrote for the batch's records */
 	struct batch *next;       /* in the queue of batches no worker has taken */
 	struct batch *order_next; /* in the main thread's list of batches in flight */
 };
@@ -120,7 +122,7 @@ static void format_item(struct worker *w, struct batch *b, struct item *it)
 	it->out = b->out.n;
 	struct jd rec;
 	if (it->len) {
-		it->rc = jsonl_parse_record_jd(w->p->name, it->line, b->lines.p + it->text, it->len, w->memo, &w->a, &rec,
+		it->rc = jsonl_parse_record_jd(w->p->name, it->line, it->text, it->len, w->memo, &w->a, &rec,
 					       &it->err);
 		if (it->rc > 0)
 			format_one(w, b, it, &rec);
@@ -201,9 +203,16 @@ static int thread_count(int asked)
 	return n < 1 ? 1 : n > DEFAULT_THREADS ? DEFAULT_THREADS : n;
 }
 
+static void batch_release_blocks(struct batch *b)
+{
+	for (int i = 0; i < b->nblocks; i++)
+		jsonl_block_release(b->blocks[i]);
+	b->nblocks = 0;
+}
+
 static void batch_free(struct batch *b)
 {
-	free(b->lines.p);
+	batch_release_blocks(b);
 	free(b->out.p);
 	free(b);
 }
@@ -215,8 +224,9 @@ static struct batch *spare;
 static void batch_recycle(struct batch *b)
 {
 	b->n = b->done = 0;
-	b->lines.n = b->out.n = 0;
-	b->lines.oom = b->out.oom = 0; /* a record that ran out of memory failed alone, as in a new batch */
+	batch_release_blocks(b);
+	b->out.n = 0;
+	b->out.oom = 0; /* a record that ran out of memory failed alone, as in a new batch */
 	b->order_next = NULL;
 	b->next = spare;
 	spare = b;
@@ -244,10 +254,11 @@ static struct batch *read_batch(struct jsonl_reader *in, struct chat_jq *jq, int
 		it->recs = jv_invalid();
 		it->len = 0;
 		if (rc > 0 && !jq) {
-			it->text = b->lines.n, it->len = len; /* not blank, so len > 0 */
-			jsonl_put(&b->lines, line, len);
-			if (b->lines.oom)
-				msg_die(EXIT_RUNTIME, "out of memory");
+			/* the line stays where the reader put it: the batch holds its block */
+			it->text = line, it->len = len; /* not blank, so len > 0 */
+			struct jsonl_block *blk = jsonl_line_block(in);
+			if (!b->nblocks || b->blocks[b->nblocks - 1] != blk)
+				b->blocks[b->nblocks++] = jsonl_block_ref(blk);
 		} else if (rc > 0) {
 			jv rec;
 			rc = jsonl_parse_record(jsonl_name(in), it->line, line, len, &rec, &it->err);

@@ -19,8 +19,9 @@ struct jsonl_reader {
 	FILE *f;
 	int own;      /* opened by jsonl_open, so closed by jsonl_close */
 	char *name;
-	char *buf;    /* what was read: the lines handed out point into it */
-	size_t cap, beg, end; /* buf's size; the bytes not yet handed out: [beg, end) */
+	struct jsonl_block *blk; /* what was read: the lines handed out point into it */
+	char *buf;               /* blk's bytes, */
+	size_t cap, beg, end;    /* its size; the bytes not yet handed out: [beg, end) */
 	int eof;
 	long lineno;  /* lines read so far */
 	long recline; /* line of the record (or bad line) last returned */
@@ -72,7 +73,7 @@ void jsonl_close(struct jsonl_reader *r)
 		return;
 	if (r->own)
 		fclose(r->f);
-	free(r->buf);
+	jsonl_block_release(r->blk);
 	free(r->name);
 	free(r);
 }
@@ -1061,26 +1062,56 @@ int jsonl_jd_of(jv v, struct jd_arena *a, struct jd *out)
 	}
 }
 
+struct jsonl_block {
+	int refs;
+	size_t cap;
+	char data[];
+};
+
+struct jsonl_block *jsonl_line_block(const struct jsonl_reader *r) { return r->blk; }
+
+struct jsonl_block *jsonl_block_ref(struct jsonl_block *b)
+{
+	b->refs++;
+	return b;
+}
+
+void jsonl_block_release(struct jsonl_block *b)
+{
+	if (b && --b->refs == 0)
+		free(b);
+}
+
 /* Reads more into r->buf, keeping [beg, end) at its front: 1, 0 at the
  * end of the input, -1 on a read error. A file's reads go straight into
- * buf (one copy, where getline made three). */
+ * buf (one copy, where getline made three). A block a caller still holds
+ * lines of is left to it: the unfinished line moves to a new one. */
 static int read_more(struct jsonl_reader *r)
 {
 	size_t keep = r->end - r->beg;
-	if (r->beg)
+	int lent = r->blk && r->blk->refs > 1;
+	if (r->beg && !lent)
 		memmove(r->buf, r->buf + r->beg, keep);
-	r->beg = 0, r->end = keep;
-	if (r->cap - keep < READ_BUFFER + 1) { /* + 1: the NUL after a last line without a newline */
-		size_t cap = r->cap ? 2 * r->cap : 2 * (size_t)READ_BUFFER;
+	if (lent || r->cap - keep < READ_BUFFER + 1) { /* + 1: the NUL after a last line without a newline */
+		size_t cap = r->cap ? r->cap : 2 * (size_t)READ_BUFFER;
 		while (cap - keep < READ_BUFFER + 1)
 			cap *= 2;
-		char *b = realloc(r->buf, cap);
+		struct jsonl_block *b = lent ? malloc(sizeof *b + cap) : realloc(r->blk, sizeof *b + cap);
 		if (!b) {
 			errno = ENOMEM;
 			return -1;
 		}
-		r->buf = b, r->cap = cap;
+		if (lent) {
+			memcpy(b->data, r->buf + r->beg, keep);
+			jsonl_block_release(r->blk);
+			b->refs = 1;
+		} else if (!r->blk) {
+			b->refs = 1;
+		}
+		b->cap = cap;
+		r->blk = b, r->buf = b->data, r->cap = cap;
 	}
+	r->beg = 0, r->end = keep;
 	size_t n = fread(r->buf + r->end, 1, r->cap - r->end - 1, r->f);
 	r->end += n;
 	if (n)

@@ -39,6 +39,15 @@ int jsonl_next(struct jsonl_reader *r, jv *out, struct err *err);
  * the record of such a line, with the same checks and errors as jsonl_next
  * (name and lineno are jsonl_name and jsonl_line of the line). */
 int jsonl_next_line(struct jsonl_reader *r, const char **line, size_t *len, struct err *err);
+/* The block of the reader's buffer the line last returned lies in. A
+ * caller that keeps lines past the next call holds a reference to their
+ * block: the reader then leaves it alone and reads on into another. The
+ * counts are not atomic: references are taken and dropped on the thread
+ * that reads. */
+struct jsonl_block;
+struct jsonl_block *jsonl_line_block(const struct jsonl_reader *r);
+struct jsonl_block *jsonl_block_ref(struct jsonl_block *b);
+void jsonl_block_release(struct jsonl_block *b); /* NULL allowed */
 int jsonl_parse_record(const char *name, long lineno, const char *line, size_t len, jv *out, struct err *err);
 /* jsonl_parse_record making a jd (jdoc.h) in a, with the same checks and
  * errors. With a memo (or NULL), long top-level values are remembered from
