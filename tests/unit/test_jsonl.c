@@ -311,6 +311,46 @@ static void test_long_line(void)
 	jsonl_close(r);
 }
 
+/* Lines whose block is held stay as they were while the reader reads on
+ * (into other blocks), and the blocks are freed with their last holder:
+ * 3000 lines of random lengths, some past a block's size, each kept. */
+static void test_held_blocks(void)
+{
+	enum { N = 3000 };
+	size_t total = 0, len[N];
+	for (int i = 0; i < N; i++)
+		total += (len[i] = i % 700 == 5 ? 300000 + (size_t)i : 1 + (size_t)rng_below(check_rng(), 3000)) + 1;
+	char *data = malloc(total), *at = data;
+	for (int i = 0; i < N; i++) {
+		for (size_t k = 0; k < len[i]; k++)
+			at[k] = (char)('a' + (i + k) % 26);
+		at += len[i];
+		*at++ = '\n';
+	}
+	put("held.jsonl", data, total);
+	struct err err;
+	struct jsonl_reader *r = jsonl_open(path, &err);
+	const char **line = malloc(N * sizeof *line);
+	struct jsonl_block **held = malloc(N * sizeof *held);
+	int n = 0, blocks = 0;
+	size_t got;
+	for (; n < N && jsonl_next_line(r, &line[n], &got, &err) == 1; n++) {
+		CHECK(got == len[n], "line %d: %zu bytes, want %zu", n + 1, got, len[n]);
+		held[n] = jsonl_block_ref(jsonl_line_block(r));
+		blocks += !n || held[n] != held[n - 1];
+	}
+	CHECK(n == N, "%d lines", n);
+	at = data;
+	for (int i = 0; i < n; i++) {
+		CHECK(!memcmp(line[i], at, len[i]), "line %d changed after the reader read on", i + 1);
+		at += len[i] + 1;
+		jsonl_block_release(held[i]);
+	}
+	CHECK(blocks > 3, "the lines lie in %d blocks: the case is not exercised", blocks);
+	jsonl_close(r);
+	free(held), free((void *)line), free(data);
+}
+
 static void test_open_errors(void)
 {
 	struct err err = {{0}, 0};
@@ -1070,6 +1110,7 @@ int main(void)
 	RUN(test_number_literals);
 	RUN(test_skip_bad);
 	RUN(test_long_line);
+	RUN(test_held_blocks);
 	RUN(test_open_errors);
 	RUN(test_stdin_name_and_errf);
 	RUN(test_empty_inputs);
