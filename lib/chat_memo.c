@@ -296,9 +296,10 @@ static const struct jd *content_of(const struct jd *msgs, int32_t i)
 	return c && c->kind == JD_STRING ? c : NULL;
 }
 
-/* o's pieces: its runs of content, each the message's content whole or
- * trimmed, and the literal stretches between them. -1 when a run of
- * content is neither. */
+/* o's pieces: its runs of content, each the message's content whole,
+ * trimmed, or as tojson prints it (with its quotes or without), and the
+ * literal stretches between them. -1 when a run of content is none of
+ * these. */
 static int pieces_of(const struct tmpl_output *o, const struct jd *msgs, struct piece **out, uint32_t *nout)
 {
 	struct piece *p = malloc((2 * o->nruns + 1) * sizeof *p);

@@ -2,11 +2,12 @@
  *
  * A data set repeats a few shapes of conversation: the same roles in the
  * same order, the same tool list and tool calls; only the messages' texts
- * differ. When the template used those texts only to print them, whole or
- * trimmed, and to ask whether they are empty or what type they are (the
- * renderings were watched: tmpl_ctx_watch says what that allows), a
- * record's text is the template's text of its shape with each content in
- * its place, and the learned spans lie at the same places around them.
+ * differ. When the template used those texts only to print them (whole,
+ * trimmed or through tojson) and to ask whether they are empty or what
+ * type they are (the renderings were watched: tmpl_ctx_watch says what
+ * that allows), a record's text is the template's text of its shape with
+ * each content in its place, and the learned spans lie at the same places
+ * around them.
  *
  * The first record of a shape is rendered as ever and learned from: its
  * rendering cut into literal pieces and contents (the origins say which
