@@ -1489,7 +1489,7 @@ struct formatted {
 	size_t nspans;
 	const struct jd *expected; /* or NULL */
 	const struct jd *rec;
-	int written; /* "text" and "train" were written from the memo instead */
+	int written; /* the text was written from the memo (ro is empty), the spans came from it */
 };
 
 static void formatted_free(struct formatted *f)
@@ -1513,7 +1513,7 @@ int chat_opts_check(const struct chat_opts *o, struct err *err)
 	return bad >= 0 ? err_set(err, "--system: not valid UTF-8 at byte %ld", bad) : 0;
 }
 
-/* b: where the memo may write the record's "text" and "train" (NULL: not). */
+/* b: where the memo may write the record's text, a JSON string (NULL: not). */
 static int format_record(const struct chat_model *m, const struct chat_opts *o, const struct jd *rec,
 			 struct jd_arena *ja, struct jsonl_buf *b, struct formatted *f, struct err *err)
 {
@@ -1590,7 +1590,7 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 	/* A shape seen before is written without rendering; the first record of
 	 * a shape is watched and learned from. */
 	if (b && !o->no_memo && (me = chat_memo_find(m->memo, t, &msgs, &tools)) &&
-	    chat_memo_put(m->memo, me, &msgs, CHAT_MAX_OUTPUT, b) == 0) {
+	    chat_memo_put(m->memo, me, &msgs, CHAT_MAX_OUTPUT, b, &f->spans, &f->nspans) == 0) {
 		f->written = 1;
 		goto done;
 	}
@@ -1684,25 +1684,23 @@ int chat_format_line(const struct chat_model *m, const struct chat_opts *o, cons
 {
 	struct formatted f;
 	size_t start = b->n;
-	jsonl_put(b, "{", 1);
+	jsonl_put(b, "{\"text\":", 8);
 	if (format_record(m, o, rec, a, b, &f, err) < 0) {
 		b->n = start;
 		return -1;
 	}
-	if (!f.written) {
-		jsonl_put(b, "\"text\":", 7);
+	if (!f.written)
 		jsonl_put_string(b, f.ro.text, f.ro.len);
-		jsonl_put(b, ",\"train\":", 9);
-		jsonl_put(b, "[", 1);
-		for (size_t k = 0; k < f.nspans; k++) {
-			jsonl_put(b, k ? ",[" : "[", k ? 2 : 1);
-			jsonl_put_long(b, f.spans[2 * k]);
-			jsonl_put(b, ",", 1);
-			jsonl_put_long(b, f.spans[2 * k + 1]);
-			jsonl_put(b, "]", 1);
-		}
+	jsonl_put(b, ",\"train\":", 9);
+	jsonl_put(b, "[", 1);
+	for (size_t k = 0; k < f.nspans; k++) {
+		jsonl_put(b, k ? ",[" : "[", k ? 2 : 1);
+		jsonl_put_long(b, f.spans[2 * k]);
+		jsonl_put(b, ",", 1);
+		jsonl_put_long(b, f.spans[2 * k + 1]);
 		jsonl_put(b, "]", 1);
 	}
+	jsonl_put(b, "]", 1);
 	if (f.expected) {
 		jsonl_put(b, ",\"expected\":", 12);
 		jsonl_put_jd(b, f.expected);

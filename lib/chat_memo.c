@@ -24,7 +24,7 @@ struct piece {
 	uint32_t off, len, raw;
 };
 struct program {
-	uint32_t npieces, nspans;
+	uint32_t npieces, nspans, njson; /* njson: the pieces printed through tojson */
 	struct piece *pieces;
 	uint32_t (*ends)[2]; /* 2 * nspans: piece, offset in it (a literal's, or 0) */
 	char *esc;
@@ -44,9 +44,7 @@ struct memo_shape {
 struct chat_memo {
 	struct memo_shape *tab; /* open addressing, MAX_ENTRIES * 2 slots */
 	size_t n, bytes;
-	char *k; /* the key being built */
-	size_t kn, kcap;
-	int koom;
+	struct jsonl_buf key; /* the key being built */
 	unsigned long long replayed, learned, refused;
 	size_t *at; /* chat_memo_put's: where each piece begins, and the end */
 	const char **src; /* and where each content piece's bytes are */
@@ -99,7 +97,7 @@ void chat_memo_free(struct chat_memo *m)
 		return;
 	entries_clear(m);
 	free(m->tab);
-	free(m->k);
+	free(m->key.p);
 	free(m->at);
 	free(m->src);
 	free(m->content);
@@ -109,29 +107,17 @@ void chat_memo_free(struct chat_memo *m)
 
 /* ---- the key ---- */
 
-/* Room for n more bytes of key (0), or -1 with koom set. */
-static int kgrow(struct chat_memo *m, size_t n)
+static inline int kroom(struct chat_memo *m, size_t n)
 {
-	size_t cap = m->kcap ? m->kcap * 2 : 1024;
-	while (cap < m->kn + n)
-		cap *= 2;
-	char *k = realloc(m->k, cap);
-	if (!k) {
-		m->koom = 1;
-		return -1;
-	}
-	m->k = k, m->kcap = cap;
-	return 0;
+	return m->key.n + n <= m->key.cap || jsonl_reserve(&m->key, n) == 0;
 }
-
-static inline int kroom(struct chat_memo *m, size_t n) { return m->kn + n <= m->kcap || kgrow(m, n) == 0; }
 
 /* A kind, a count, then bytes: the parts of a value's key (room made). */
 static inline void khead(struct chat_memo *m, unsigned char kind, uint32_t n)
 {
-	m->k[m->kn] = (char)kind;
-	memcpy(m->k + m->kn + 1, &n, sizeof n);
-	m->kn += 1 + sizeof n;
+	m->key.p[m->key.n] = (char)kind;
+	memcpy(m->key.p + m->key.n + 1, &n, sizeof n);
+	m->key.n += 1 + sizeof n;
 }
 
 static void kvalue(struct chat_memo *m, const struct jd *v)
@@ -141,13 +127,13 @@ static void kvalue(struct chat_memo *m, const struct jd *v)
 	switch (v->kind) {
 	case JD_NUMBER:
 		khead(m, v->kind, v->is_float);
-		memcpy(m->k + m->kn, &v->u.num, sizeof v->u.num);
-		m->kn += sizeof v->u.num;
+		memcpy(m->key.p + m->key.n, &v->u.num, sizeof v->u.num);
+		m->key.n += sizeof v->u.num;
 		break;
 	case JD_STRING:
 		khead(m, v->kind, v->n);
-		memcpy(m->k + m->kn, v->u.s, v->n);
-		m->kn += v->n;
+		memcpy(m->key.p + m->key.n, v->u.s, v->n);
+		m->key.n += v->n;
 		break;
 	case JD_ARRAY:
 		khead(m, v->kind, v->n);
@@ -199,7 +185,7 @@ struct memo_shape *chat_memo_find(struct chat_memo *m, const void *t, const stru
 {
 	if (!m || msgs->kind != JD_ARRAY)
 		return NULL;
-	m->kn = 0, m->koom = 0, m->msgs = NULL;
+	m->key.n = 0, m->key.oom = 0, m->msgs = NULL;
 	if (!kroom(m, 64))
 		return NULL;
 	if (msgs->n > m->ccap) {
@@ -208,8 +194,8 @@ struct memo_shape *chat_memo_find(struct chat_memo *m, const void *t, const stru
 			return NULL;
 		m->content = c, m->ccap = 2 * (size_t)msgs->n;
 	}
-	memcpy(m->k, &t, sizeof t);
-	m->kn = sizeof t;
+	memcpy(m->key.p, &t, sizeof t);
+	m->key.n = sizeof t;
 	khead(m, JD_ARRAY, msgs->n);
 	size_t content = 0;
 	for (uint32_t i = 0; i < msgs->n; i++) {
@@ -244,19 +230,19 @@ struct memo_shape *chat_memo_find(struct chat_memo *m, const void *t, const stru
 		if (!kroom(m, 8 + sizeof sh))
 			return NULL;
 		khead(m, 0xfe, 0);
-		memcpy(m->k + m->kn, &sh, sizeof sh);
-		m->kn += sizeof sh;
+		memcpy(m->key.p + m->key.n, &sh, sizeof sh);
+		m->key.n += sizeof sh;
 	} else {
 		kvalue(m, tools);
 	}
-	if (m->koom || content > MAX_CONTENT)
+	if (m->key.oom || content > MAX_CONTENT)
 		return NULL;
 	m->msgs = msgs;
-	uint64_t h = hash_bytes(m->k, m->kn);
+	uint64_t h = hash_bytes(m->key.p, m->key.n);
 	size_t mask = 2 * MAX_ENTRIES - 1, i = h & mask;
 	for (; m->tab[i].key; i = (i + 1) & mask) {
 		struct memo_shape *e = &m->tab[i];
-		if (e->hash == h && e->klen == m->kn && !memcmp(e->key, m->k, m->kn))
+		if (e->hash == h && e->klen == m->key.n && !memcmp(e->key, m->key.p, m->key.n))
 			return e;
 	}
 	if (m->n >= MAX_ENTRIES || m->bytes > MAX_BYTES) {
@@ -264,15 +250,15 @@ struct memo_shape *chat_memo_find(struct chat_memo *m, const void *t, const stru
 		i = h & mask;
 	}
 	struct memo_shape *e = &m->tab[i];
-	if (!(e->key = malloc(m->kn)))
+	if (!(e->key = malloc(m->key.n)))
 		return NULL;
-	memcpy(e->key, m->k, m->kn);
-	e->klen = m->kn;
+	memcpy(e->key, m->key.p, m->key.n);
+	e->klen = m->key.n;
 	e->hash = h;
 	e->state = UNTRIED;
 	e->tools = sh ? jd_shared_ref(sh) : NULL;
 	m->n++;
-	m->bytes += m->kn;
+	m->bytes += m->key.n;
 	return e;
 }
 
@@ -431,6 +417,7 @@ static struct program *program_of(const struct memo_learn *l, const long *spans,
 		goto fail;
 	for (uint32_t k = 0; k < l->n; k++) {
 		g->pieces[k] = l->p[k];
+		g->njson += l->p[k].as == JSON || l->p[k].as == JSON_INNER;
 		if (l->p[k].msg >= 0)
 			continue;
 		g->pieces[k].off = (uint32_t)eb.n;
@@ -494,8 +481,14 @@ static int clock_same(const char *fmt, const char *out)
 	return !strcmp(o, out);
 }
 
+/* Message msg's content, a string: from the key when msgs is its messages. */
+static const struct jd *piece_content(const struct chat_memo *m, const struct jd *msgs, int32_t msg)
+{
+	return msgs == m->msgs ? m->content[msg] : content_of(msgs, msg);
+}
+
 int chat_memo_put(struct chat_memo *m, struct memo_shape *e, const struct jd *msgs, size_t max_output,
-		  struct jsonl_buf *b)
+		  struct jsonl_buf *b, long **spans, size_t *nspans)
 {
 	struct program *g = e->prog;
 	if (e->state != LEARNED)
@@ -519,49 +512,47 @@ int chat_memo_put(struct chat_memo *m, struct memo_shape *e, const struct jd *ms
 			return -1;
 		m->atcap = cap;
 	}
+	size_t need = 0; /* room for the tojson texts, each at its longest */
+	for (uint32_t k = 0; g->njson && k < g->npieces; k++) {
+		const struct piece *p = &g->pieces[k];
+		const struct jd *c = p->as == JSON || p->as == JSON_INNER ? piece_content(m, msgs, p->msg) : NULL;
+		need += c ? 6 * (size_t)c->n + 2 : 0;
+	}
+	if (need > m->jcap) {
+		char *j = realloc(m->json, need);
+		if (!j)
+			return -1;
+		m->json = j, m->jcap = need;
+	}
 	size_t *at = m->at, pos = 0, jn = 0;
-	for (int pass = 0; pass < 2; pass++) { /* the room tojson's texts take, then the pieces */
-		pos = jn = 0;
-		for (uint32_t k = 0; k < g->npieces; k++) {
-			const struct piece *p = &g->pieces[k];
-			at[k] = pos;
-			if (p->msg < 0) {
-				pos += p->raw;
-				continue;
-			}
-			const struct jd *c = msgs == m->msgs ? m->content[p->msg] : content_of(msgs, p->msg);
-			if (!c)
-				return -1;
-			size_t lo = 0, hi = c->n;
-			if (p->as == TRIMMED)
-				tmpl_strip_span(c->u.s, c->n, &lo, &hi);
-			if (p->as == JSON || p->as == JSON_INNER) {
-				if (pass == 0) {
-					jn += 6 * (size_t)c->n + 2;
-					continue;
-				}
-				size_t t = tmpl_json_text(c->u.s, c->n, m->json + jn);
-				lo = jn + (p->as == JSON_INNER), hi = jn + t - (p->as == JSON_INNER);
-				jn += t;
-				m->src[k] = m->json + lo;
-			} else {
-				m->src[k] = c->u.s + lo;
-			}
-			pos += hi - lo;
+	for (uint32_t k = 0; k < g->npieces; k++) {
+		const struct piece *p = &g->pieces[k];
+		at[k] = pos;
+		if (p->msg < 0) {
+			pos += p->raw;
+			continue;
 		}
-		if (pass == 0 && jn > m->jcap) {
-			char *j = realloc(m->json, jn);
-			if (!j)
-				return -1;
-			m->json = j, m->jcap = jn;
+		const struct jd *c = piece_content(m, msgs, p->msg);
+		if (!c)
+			return -1;
+		size_t lo = 0, hi = c->n;
+		if (p->as == TRIMMED) {
+			tmpl_strip_span(c->u.s, c->n, &lo, &hi);
+		} else if (p->as == JSON || p->as == JSON_INNER) {
+			size_t t = tmpl_json_text(c->u.s, c->n, m->json + jn);
+			m->src[k] = m->json + jn + (p->as == JSON_INNER);
+			jn += t;
+			pos += t - 2 * (p->as == JSON_INNER);
+			continue;
 		}
-		if (pass == 0 && !jn)
-			break; /* no tojson: the first pass did it all */
+		m->src[k] = c->u.s + lo;
+		pos += hi - lo;
 	}
 	at[g->npieces] = pos;
-	if (pos > max_output)
+	long *sp = pos <= max_output ? malloc((2 * (size_t)g->nspans + 1) * sizeof *sp) : NULL;
+	if (!sp)
 		return -1;
-	jsonl_put(b, "\"text\":\"", 8);
+	jsonl_put(b, "\"", 1);
 	for (uint32_t k = 0; k < g->npieces; k++) {
 		const struct piece *p = &g->pieces[k];
 		if (p->msg < 0)
@@ -569,15 +560,10 @@ int chat_memo_put(struct chat_memo *m, struct memo_shape *e, const struct jd *ms
 		else
 			jsonl_put_escaped(b, m->src[k], at[k + 1] - at[k]);
 	}
-	jsonl_put(b, "\",\"train\":[", 11);
-	for (uint32_t s = 0; s < g->nspans; s++) {
-		jsonl_put(b, s ? ",[" : "[", s ? 2 : 1);
-		jsonl_put_long(b, (long)(at[g->ends[2 * s][0]] + g->ends[2 * s][1]));
-		jsonl_put(b, ",", 1);
-		jsonl_put_long(b, (long)(at[g->ends[2 * s + 1][0]] + g->ends[2 * s + 1][1]));
-		jsonl_put(b, "]", 1);
-	}
-	jsonl_put(b, "]", 1);
+	jsonl_put(b, "\"", 1);
+	for (uint32_t s = 0; s < 2 * g->nspans; s++)
+		sp[s] = (long)(at[g->ends[s][0]] + g->ends[s][1]);
+	*spans = sp, *nspans = g->nspans;
 	m->replayed++;
 	return 0;
 }

@@ -48,12 +48,13 @@ void chat_memo_free(struct chat_memo *m);
 struct memo_shape *chat_memo_find(struct chat_memo *m, const void *t, const struct jd *msgs, const struct jd *tools);
 /* Whether the shape has not been tried yet: its first record is to be watched and learned from. */
 int chat_memo_untried(const struct memo_shape *e);
-/* Writes the record's "text" and "train" members ("text":"...","train":[...])
- * from its shape's pieces and returns 0; -1 (b untouched) when the shape
- * is not learned, strftime_now would now print another text (the entry
- * is then tried again), or the text would pass max_output bytes. */
+/* Writes the record's text as a JSON string at the end of b, sets
+ * *spans (malloc'd, *nspans [start, end) pairs) to its train spans and
+ * returns 0; -1 (b untouched) when the shape is not learned, strftime_now
+ * would now print another text (the entry is then tried again), or the
+ * text would pass max_output bytes. */
 int chat_memo_put(struct chat_memo *m, struct memo_shape *e, const struct jd *msgs, size_t max_output,
-		  struct jsonl_buf *b);
+		  struct jsonl_buf *b, long **spans, size_t *nspans);
 
 /* Learning from the first record: its whole rendering ro (with runs),
  * then each prefix rendering po (with runs) that gave a turn's start, then

@@ -1177,7 +1177,7 @@ int jsonl_next(struct jsonl_reader *r, jv *out, struct err *err)
  * speed, as it builds no jv strings. */
 /* After a failure every put does nothing, and the block keeps what it held
  * before: the caller reports it and drops the line it was writing. */
-static int ob_reserve(struct jsonl_buf *b, size_t more)
+int jsonl_reserve(struct jsonl_buf *b, size_t more)
 {
 	if (b->oom)
 		return -1;
@@ -1197,7 +1197,7 @@ static int ob_reserve(struct jsonl_buf *b, size_t more)
 
 void jsonl_put(struct jsonl_buf *b, const char *s, size_t n)
 {
-	if (n == 0 || ob_reserve(b, n) < 0) /* n 0: b->p may still be NULL */
+	if (n == 0 || jsonl_reserve(b, n) < 0) /* n 0: b->p may still be NULL */
 		return;
 	memcpy(b->p + b->n, s, n);
 	b->n += n;
@@ -1262,7 +1262,7 @@ void jsonl_put_escaped(struct jsonl_buf *b, const char *s, size_t n)
 	enum { BLOCK = 4096 };
 	for (size_t i = 0; i < n;) {
 		size_t end = n - i > BLOCK ? i + BLOCK : n;
-		if (ob_reserve(b, 6 * (end - i) + 16) < 0) /* 16: a window stored whole past what it adds */
+		if (jsonl_reserve(b, 6 * (end - i) + 16) < 0) /* 16: a window stored whole past what it adds */
 			return;
 		char *o = b->p + b->n;
 #if defined(__SSE2__)

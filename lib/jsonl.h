@@ -148,6 +148,9 @@ void jsonl_put_escaped(struct jsonl_buf *b, const char *s, size_t n); /* the sam
 void jsonl_put_value(struct jsonl_buf *b, jv v);                     /* v, consumed, as jsonl_write */
 void jsonl_put_jd(struct jsonl_buf *b, const struct jd *d);          /* d as jsonl_put_value writes its jv */
 void jsonl_put_long(struct jsonl_buf *b, long x);                    /* x in decimal, as jq prints an integer */
+/* Room for more bytes past b->n (0), or -1 with b->oom set: for a caller
+ * writing into b->p itself. */
+int jsonl_reserve(struct jsonl_buf *b, size_t more);
 
 /* Where the value at path lies in the JSON text s[0..n), found by scanning,
  * without parsing the rest: path as messages write it, keys joined by '.',

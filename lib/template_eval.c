@@ -2690,6 +2690,9 @@ static int type_test(const char *name)
 	return 0;
 }
 
+/* Whether the key s[0..n) is "content". */
+static int is_content(const char *s, size_t n) { return n == 7 && !memcmp(s, "content", 7); }
+
 static int args_held(const struct args *a)
 {
 	for (uint32_t i = 0; i < a->n; i++)
@@ -2709,8 +2712,7 @@ static int filter_replays(const struct rt *r, const char *name, struct tp_val v,
 		return 0;
 	if (!strcmp(name, "selectattr") || !strcmp(name, "rejectattr"))
 		return v.type == TP_LIST && a->n >= 1 && !a->kw[0] && a->v[0].type == TP_STR &&
-		       !memchr(a->v[0].u.s.s, '.', a->v[0].u.s.len) &&
-		       !(a->v[0].u.s.len == 7 && !memcmp(a->v[0].u.s.s, "content", 7));
+		       !memchr(a->v[0].u.s.s, '.', a->v[0].u.s.len) && !is_content(a->v[0].u.s.s, a->v[0].u.s.len);
 	if (!strcmp(name, "trim") || !strcmp(name, "tojson"))
 		return !a->n && v.type == TP_STR && whole_content(r, v.u.s);
 	if (!strcmp(name, "length") || !strcmp(name, "count"))
@@ -2761,9 +2763,12 @@ static int cmp_replays(int op, struct tp_val left, struct tp_val right)
 		const struct tp_val *bv = tp_dict_get(b, a->k[i]);
 		if (!bv)
 			return 1;
-		int content = a->k[i].type == TP_STR && a->k[i].u.s.len == 7 && !memcmp(a->k[i].u.s.s, "content", 7);
-		if (!content && (held(a->v[i], 0) || held(*bv, 0) || !tp_equal(a->v[i], *bv)))
-			return held(a->v[i], 0) || held(*bv, 0) ? 0 : 1;
+		if (a->k[i].type == TP_STR && is_content(a->k[i].u.s.s, a->k[i].u.s.len))
+			continue;
+		if (held(a->v[i], 0) || held(*bv, 0))
+			return 0;
+		if (!tp_equal(a->v[i], *bv))
+			return 1;
 	}
 	return 0; /* equal but for the contents: they decide */
 }

@@ -630,8 +630,8 @@ static uint32_t utf8_next(const char *s, uint32_t n, uint32_t *i)
 	return cp;
 }
 
-/* json.dumps' escape of the byte c below 0x80 (into esc), or NULL when it
- * stands as it is. */
+/* json.dumps' escape of the byte c (into esc), or NULL when it stands as
+ * it is (every byte of a multi-byte character, with ensure_ascii off). */
 static const char *json_escape(unsigned char c, char esc[8])
 {
 	switch (c) {
@@ -655,7 +655,7 @@ size_t tmpl_json_text(const char *s, size_t n, char *out)
 	char *o = out, esc[8];
 	*o++ = '"';
 	for (size_t i = 0; i < n; i++) {
-		const char *e = (unsigned char)s[i] < 0x80 ? json_escape((unsigned char)s[i], esc) : NULL;
+		const char *e = json_escape((unsigned char)s[i], esc);
 		if (e) {
 			size_t k = strlen(e);
 			memcpy(o, e, k), o += k;
@@ -674,7 +674,7 @@ static void json_str(struct tp_arena *a, struct tp_sb *b, struct tp_str s, struc
 	while (i < s.len) {
 		unsigned char c = (unsigned char)s.s[i];
 		char esc[16];
-		const char *e = c < 0x80 ? json_escape(c, esc) : NULL;
+		const char *e = json_escape(c, esc);
 		uint32_t at = i;
 		if (!e && c >= 0x80 && ascii) {
 			uint32_t cp = utf8_next(s.s, s.len, &i);

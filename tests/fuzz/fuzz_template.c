@@ -35,12 +35,20 @@ static const char CTX_B[] =
 	" \"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": {\"type\": \"object\"}}}],"
 	" \"add_generation_prompt\": true, \"bos_token\": \"<s>\", \"eos_token\": \"</s>\"}";
 
-/* Message i's content in the context text ctx (parsed again: small). */
-static jv content_of(const char *ctx, int i)
+/* The four messages' contents of CTX ([0]) and CTX_B ([1]), read once. */
+static char *contents[2][4];
+
+static void contents_read(void)
 {
-	jv c = jv_parse(ctx);
-	jv m = jv_array_get(jv_object_get(c, jv_string("messages")), i);
-	return jv_object_get(m, jv_string("content"));
+	for (int k = 0; k < 2 && !contents[k][0]; k++) {
+		jv msgs = jv_object_get(jv_parse(k ? CTX_B : CTX), jv_string("messages"));
+		for (int i = 0; i < 4; i++) {
+			jv c = jv_object_get(jv_array_get(jv_copy(msgs), i), jv_string("content"));
+			contents[k][i] = strdup(jv_string_value(c));
+			jv_free(c);
+		}
+		jv_free(msgs);
+	}
 }
 
 /* The watched rendering against the plain one and against CTX_B's. */
@@ -62,6 +70,7 @@ static void watched(const struct tmpl *t, const struct tmpl_limits *lim)
 	if (ra == 0 && !w.unreplayable) {
 		if (rb != 0 && !strstr(e3.msg, "output"))
 			abort(); /* the same shape renders, unless its longer contents pass the output limit */
+		contents_read();
 		char *want = malloc(a.len + a.nruns * 6 * 32 + 1); /* each content of CTX_B is under 32 bytes */
 		size_t n = 0;
 		int checkable = rb == 0;
@@ -73,8 +82,7 @@ static void watched(const struct tmpl *t, const struct tmpl_limits *lim)
 				memcpy(want + n, x, len), n += len;
 				continue;
 			}
-			jv ja = content_of(CTX, run->msg), jb = content_of(CTX_B, run->msg);
-			const char *sa = jv_string_value(ja), *sb = jv_string_value(jb);
+			const char *sa = contents[0][run->msg], *sb = contents[1][run->msg];
 			size_t na = strlen(sa), nb = strlen(sb), lo, hi, blo, bhi;
 			char ta[6 * 64 + 2], tb[6 * 32 + 2]; /* tojson's texts */
 			size_t tan = na < 64 ? tmpl_json_text(sa, na, ta) : 0, tbn = tmpl_json_text(sb, nb, tb);
@@ -90,7 +98,6 @@ static void watched(const struct tmpl *t, const struct tmpl_limits *lim)
 				memcpy(want + n, tb + 1, tbn - 2), n += tbn - 2;
 			else
 				checkable = 0; /* not a content whole, trimmed or as tojson: the memo refuses it */
-			jv_free(ja), jv_free(jb);
 		}
 		if (checkable && (n != b.len || memcmp(want, b.text, n)))
 			abort();
