@@ -308,6 +308,8 @@ struct fastp {
 	struct jd *items;
 	struct jd_member *mems;
 	size_t nitems, citems, nmems, cmems;
+	char *scratch; /* where escaped strings are decoded */
+	size_t cscratch;
 };
 
 /* The memo: for each of a few top-level keys, the text of its last long
@@ -496,20 +498,6 @@ static jv string_checked(const char *s, size_t n)
 	return v;
 }
 
-/* The string s[0..n) in the arena, or -1 when s is not UTF-8 (or memory
- * ran out); high 0 says s is ASCII. */
-static int fp_text(struct fastp *p, const char *s, size_t n, unsigned high, struct jd *out)
-{
-	if (high && bad_utf8_at((const unsigned char *)s, n) >= 0)
-		return -1;
-	if (p->check_only) {
-		*out = jd_null();
-		return 0;
-	}
-	*out = jd_string(p->a, s, n);
-	return out->kind == JD_STRING ? 0 : -1;
-}
-
 /* The first quote, backslash or control byte in [q, end), or end: where a
  * plain run of a JSON string stops. *high is set when a byte before it is
  * not ASCII (a run without one needs no UTF-8 check). */
@@ -548,86 +536,91 @@ static const char *string_stop(const char *q, const char *end, unsigned *high)
 	return q;
 }
 
-/* Appends s[0..k) to the growing *buf (first small, malloc'ed past it): 0, or -1 out of memory. */
-static int unescaped_add(char **buf, size_t *n, size_t *cap, const char *small, const char *s, size_t k)
+long jsonl_string_decode(const char *s, size_t n, char *out, const char **text, size_t *len)
 {
-	if (*n + k > *cap) {
-		size_t ncap = *cap;
-		while (ncap < *n + k)
-			ncap *= 2;
-		char *nb = *buf == small ? malloc(ncap) : realloc(*buf, ncap);
-		if (!nb)
-			return -1;
-		if (*buf == small)
-			memcpy(nb, small, *n);
-		*buf = nb, *cap = ncap;
-	}
-	memcpy(*buf + *n, s, k);
-	*n += k;
-	return 0;
-}
-
-
-/* A string at p->s ('"'), or -1 when it is not of the simple kind. */
-static int fp_string(struct fastp *p, struct jd *out)
-{
+	if (!n)
+		return -1;
+	const char *end = s + n, *b = s + 1;
 	unsigned high = 0;
-	const char *s = ++p->s, *q = string_stop(s, p->end, &high);
-	if (q < p->end && *q == '"') { /* no escapes: the common case */
-		p->s = q + 1;
-		return fp_text(p, s, (size_t)(q - s), high, out);
+	const char *q = string_stop(b, end, &high);
+	if (q < end && *q == '"') { /* no escapes: the common case */
+		if (high && bad_utf8_at((const unsigned char *)b, (size_t)(q - b)) >= 0)
+			return -1;
+		*text = b, *len = (size_t)(q - b);
+		return q + 1 - s;
 	}
-	/* With escapes: the plain runs between them copied whole. */
-	char small[256];
-	size_t cap = sizeof small, n = 0;
-	char *buf = small;
-	int rc = -1;
-	for (q = s;;) {
-		const char *r = string_stop(q, p->end, &high); /* escapes decode to UTF-8: only the runs need checking */
-		if (unescaped_add(&buf, &n, &cap, small, q, (size_t)(r - q)) < 0 || r >= p->end)
-			break;
+	if (!out)
+		return 0;
+	/* With escapes: the plain runs between them copied whole; an escape
+	 * of k bytes decodes to at most k, so out never passes what was read. */
+	char *o = out;
+	for (q = b;;) {
+		const char *r = string_stop(q, end, &high); /* escapes decode to UTF-8: only the runs need checking */
+		memcpy(o, q, (size_t)(r - q));
+		o += r - q;
+		if (r >= end)
+			return -1;
 		q = r;
-		if (*q == '"') {
-			p->s = q + 1;
-			rc = fp_text(p, buf, n, high, out);
+		if (*q == '"')
 			break;
-		}
-		if (*q != '\\' || ++q >= p->end) /* a control byte, or the line ends */
-			break;
-		char enc[4];
-		size_t en = 1;
+		if (*q != '\\' || ++q >= end) /* a control byte, or the line ends */
+			return -1;
 		unsigned u;
 		switch (*q) {
-		case '"': case '\\': case '/': enc[0] = *q; break;
-		case 'b': enc[0] = '\b'; break;
-		case 'f': enc[0] = '\f'; break;
-		case 'n': enc[0] = '\n'; break;
-		case 'r': enc[0] = '\r'; break;
-		case 't': enc[0] = '\t'; break;
+		case '"': case '\\': case '/': *o++ = *q; break;
+		case 'b': *o++ = '\b'; break;
+		case 'f': *o++ = '\f'; break;
+		case 'n': *o++ = '\n'; break;
+		case 'r': *o++ = '\r'; break;
+		case 't': *o++ = '\t'; break;
 		case 'u':
-			if (p->end - q < 5 || jsonl_hex4(q + 1, &u) < 0 || u == 0 || (u >= 0xDC00 && u <= 0xDFFF))
-				goto give_up;
+			if (end - q < 5 || jsonl_hex4(q + 1, &u) < 0 || u == 0 || (u >= 0xDC00 && u <= 0xDFFF))
+				return -1;
 			q += 4;
 			if (u >= 0xD800 && u <= 0xDBFF) { /* only as the first of a pair */
 				unsigned lo;
-				if (p->end - q < 7 || q[1] != '\\' || q[2] != 'u' || jsonl_hex4(q + 3, &lo) < 0 ||
+				if (end - q < 7 || q[1] != '\\' || q[2] != 'u' || jsonl_hex4(q + 3, &lo) < 0 ||
 				    lo < 0xDC00 || lo > 0xDFFF)
-					goto give_up;
+					return -1;
 				q += 6;
 				u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
 			}
-			en = (size_t)utf8proc_encode_char((utf8proc_int32_t)u, (utf8proc_uint8_t *)enc);
+			o += utf8proc_encode_char((utf8proc_int32_t)u, (utf8proc_uint8_t *)o);
 			break;
-		default: goto give_up;
+		default: return -1;
 		}
-		if (unescaped_add(&buf, &n, &cap, small, enc, en) < 0)
-			break;
 		q++;
 	}
-give_up:
-	if (buf != small)
-		free(buf);
-	return rc;
+	if (high && bad_utf8_at((const unsigned char *)out, (size_t)(o - out)) >= 0)
+		return -1;
+	*text = out, *len = (size_t)(o - out);
+	return q + 1 - s;
+}
+
+/* A string at p->s ('"'), or -1 when it is not of the kind jsonl_string_decode takes. */
+static int fp_string(struct fastp *p, struct jd *out)
+{
+	size_t room = (size_t)(p->end - p->s), len;
+	const char *text;
+	long k = jsonl_string_decode(p->s, room, NULL, &text, &len);
+	if (k == 0) { /* escapes: decoded into the scratch, the rest of the line's size at most */
+		if (room > p->cscratch) {
+			char *nb = realloc(p->scratch, room);
+			if (!nb)
+				return -1;
+			p->scratch = nb, p->cscratch = room;
+		}
+		k = jsonl_string_decode(p->s, room, p->scratch, &text, &len);
+	}
+	if (k <= 0)
+		return -1;
+	p->s += k;
+	if (p->check_only) {
+		*out = jd_null();
+		return 0;
+	}
+	*out = jd_string(p->a, text, len);
+	return out->kind == JD_STRING ? 0 : -1;
 }
 
 /* Room for one more item or member on p's stacks; -1 when out of memory. */
@@ -861,6 +854,12 @@ static int fp_number(struct fastp *p, struct jd *out)
 	return 0;
 }
 
+int jsonl_number_decode(const char *s, size_t n, struct jd *out)
+{
+	struct fastp p = {.s = s, .end = s + n};
+	return fp_number(&p, out) == 0 && p.s == p.end ? 0 : -1;
+}
+
 static int fp_word(struct fastp *p, const char *w, size_t n)
 {
 	if ((size_t)(p->end - p->s) < n || memcmp(p->s, w, n))
@@ -902,8 +901,17 @@ static int fast_parse(const char *s, size_t n, struct jsonl_memo *memo, struct j
 	/* after true/false/null/a number jq wants a delimiter ("nullx" is an error) */
 	if (rc == 0 && p.s != p.end)
 		rc = -1;
-	free(p.items), free(p.mems);
+	free(p.items), free(p.mems), free(p.scratch);
 	return rc;
+}
+
+int jsonl_is_direct(const char *s, size_t n)
+{
+	struct jd_arena a = {0};
+	struct jd v;
+	int direct = n <= INT_MAX && fast_parse(s, n, NULL, &a, 0, &v) == 0;
+	jd_arena_free(&a);
+	return direct;
 }
 
 int jsonl_is_json(const char *s, size_t n)
@@ -1580,6 +1588,8 @@ static size_t scan_value(const char *s, size_t n)
 			return i;
 	}
 }
+
+size_t jsonl_value_len(const char *s, size_t n) { return scan_value(s, n); }
 
 static size_t scan_ws(const char *s, size_t n, size_t i)
 {

@@ -114,6 +114,9 @@ int jsonl_parse(const char *s, size_t n, const char *name, jv *out, struct err *
  * not, or holds a string the direct parser leaves to jq (a \u0000, a lone
  * surrogate escape), for jsonl_parse to settle and word. */
 int jsonl_is_json(const char *s, size_t n);
+/* Whether the direct parser reads s[0..n) itself, without jq, which would
+ * read it without the float marks (jsonl_number_is_float). */
+int jsonl_is_direct(const char *s, size_t n);
 /* Reads and parses a whole JSON file of at most max bytes (0: 1 GiB). Errors
  * name the path: "PATH: cannot open: ...", "PATH: bad JSON: ...". */
 int jsonl_load(const char *path, size_t max, jv *out, struct err *err);
@@ -175,6 +178,20 @@ int jsonl_array_next(const char *s, size_t n, size_t *at, size_t *a, size_t *b);
 int jsonl_object_next(const char *s, size_t n, size_t *at, size_t *ka, size_t *kb, size_t *a, size_t *b);
 /* Whether the JSON string s[0..n) (quotes included, escapes allowed) is key. */
 int jsonl_key_is(const char *s, size_t n, const char *key);
+/* The JSON string whose text (quotes included) begins s[0..n), read as
+ * the record parser reads strings: returns the length of its text, with
+ * its decoded bytes at *text, *len: s itself past the quote when it has no
+ * escape, else out, where at most that length is written (out NULL: 0 is
+ * returned instead). -1 when the parser would not take it: it does not
+ * end, holds a control byte or bytes that are not UTF-8, or an escape the
+ * parser leaves to jq (\u0000, a lone surrogate). */
+long jsonl_string_decode(const char *s, size_t n, char *out, const char **text, size_t *len);
+/* s[0..n) read as the record parser reads a number (0 with *out), or -1
+ * when it is not one the parser takes itself (it would go to jq). */
+int jsonl_number_decode(const char *s, size_t n, struct jd *out);
+/* The length of the JSON value s[0..n) begins with, its syntax checked only
+ * as far as finding its end takes, or 0 (jsonl_locate's scan). */
+size_t jsonl_value_len(const char *s, size_t n);
 /* The four hex digits at s (either case) into *u: 0, or -1 when they are not. */
 int jsonl_hex4(const char *s, unsigned *u);
 /* The 1-based line of byte off of s. */
