@@ -108,9 +108,9 @@ struct worker {
  * lines itself: the values it made never reach another thread. */
 /* Formats rec into the batch's output; a failure makes the item bad, its
  * message placed at the item's line. */
-static void format_one(struct worker *w, struct batch *b, struct item *it, const struct jd *rec)
+static void format_one(struct worker *w, struct batch *b, struct item *it, const struct jd *rec, const char *line)
 {
-	if (chat_format_line(w->m, &w->o, rec, &w->a, &b->out, &it->err) == 0)
+	if (chat_format_line(w->m, &w->o, rec, line, it->len, &w->a, &b->out, &it->err) == 0)
 		return;
 	char what[sizeof it->err.msg];
 	snprintf(what, sizeof what, "%s", it->err.msg);
@@ -121,11 +121,13 @@ static void format_item(struct worker *w, struct batch *b, struct item *it)
 {
 	it->out = b->out.n;
 	struct jd rec;
-	if (it->len) {
+	if (it->len && chat_format_seen(w->m, &w->o, it->text, it->len, &b->out)) {
+		it->len = 0;
+	} else if (it->len) {
 		it->rc = jsonl_parse_record_jd(w->p->name, it->line, it->text, it->len, w->memo, &w->a, &rec,
 					       &it->err);
 		if (it->rc > 0)
-			format_one(w, b, it, &rec);
+			format_one(w, b, it, &rec, it->text);
 		it->len = 0;
 		jd_arena_reset(&w->a);
 	} else if (it->rc > 0) { /* the records --jq made */
@@ -133,7 +135,7 @@ static void format_item(struct worker *w, struct batch *b, struct item *it)
 			if (it->rc > 0 && jsonl_jd_of(one, &w->a, &rec) < 0)
 				it->rc = err_sys(&it->err, "%s:%ld: out of memory", w->p->name, it->line);
 			if (it->rc > 0)
-				format_one(w, b, it, &rec);
+				format_one(w, b, it, &rec, NULL);
 			jv_free(one);
 			jd_arena_reset(&w->a);
 			(void)i;
@@ -424,14 +426,15 @@ int main(int argc, char **argv)
 	if (bad)
 		msg_warn("%llu bad records were skipped", bad);
 	if (opt_progress(&r) > 0) { /* what the memo of shapes saved */
-		unsigned long long replayed = 0, learned = 0, refused = 0;
+		struct chat_memo_stats t = {0};
 		for (int i = 0; i < nw; i++) {
-			unsigned long long x, y, z;
-			chat_model_memo_stats(w[i].m, &x, &y, &z);
-			replayed += x, learned += y, refused += z;
+			struct chat_memo_stats s = chat_model_memo_stats(w[i].m);
+			t.replayed += s.replayed, t.unparsed += s.unparsed, t.learned += s.learned, t.refused += s.refused;
 		}
-		fprintf(stderr, "%s: %llu records written from %llu shapes learned; %llu shapes rendered every time\n",
-			msg_prog(), replayed, learned, refused);
+		fprintf(stderr,
+			"%s: %llu records written from %llu shapes learned; %llu shapes rendered every time; "
+			"%llu lines not parsed\n",
+			msg_prog(), t.replayed, t.learned, t.refused, t.unparsed);
 	}
 	for (int i = 0; i < nw; i++) {
 		chat_model_free(w[i].m);

@@ -1490,6 +1490,7 @@ struct formatted {
 	const struct jd *expected; /* or NULL */
 	const struct jd *rec;
 	int written; /* the text was written from the memo (ro is empty), the spans came from it */
+	const struct memo_shape *shape; /* the memo's shape the record took, or NULL */
 };
 
 static void formatted_free(struct formatted *f)
@@ -1501,10 +1502,10 @@ static void formatted_free(struct formatted *f)
 /* Whether an input key passes through: not one the conversion consumed,
  * nor one of the output's own ("text", "train", "expected" when there is
  * one), which the input's would otherwise overwrite. */
-static int passes(const char *key, const struct formatted *f)
+static int passes(const char *key, const struct jd *expected)
 {
 	return !chat_key_consumed(key) && strcmp(key, "text") && strcmp(key, "train") &&
-	       !(f->expected && !strcmp(key, "expected"));
+	       !(expected && !strcmp(key, "expected"));
 }
 
 int chat_opts_check(const struct chat_opts *o, struct err *err)
@@ -1640,6 +1641,8 @@ fail:
 	rc = -1;
 	formatted_free(f);
 done:
+	if (rc == 0)
+		f->shape = me;
 	if (ml) /* learning cut short by an error: the shape is tried again */
 		chat_memo_learn_end(m->memo, NULL, ml, NULL, 0, &watch, 1);
 	tmpl_output_free(&ro);
@@ -1671,7 +1674,7 @@ int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv
 	if (f.expected)
 		res = jv_object_set(res, jv_string("expected"), jsonl_jv_of(f.expected));
 	for (uint32_t i = 0; i < r.n; i++)
-		if (passes(r.u.members[i].key.u.s, &f))
+		if (passes(r.u.members[i].key.u.s, f.expected))
 			res = jv_object_set(res, jsonl_jv_of(&r.u.members[i].key), jsonl_jv_of(&r.u.members[i].val));
 	formatted_free(&f);
 	jd_arena_free(&ja);
@@ -1679,8 +1682,66 @@ int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv
 	return 0;
 }
 
-int chat_format_line(const struct chat_model *m, const struct chat_opts *o, const struct jd *rec,
-		     struct jd_arena *a, struct jsonl_buf *b, struct err *err)
+/* What follows a record's text: its spans, the expected answer (or
+ * NULL), the input's members that pass through, and the line's end. */
+static void put_rest(struct jsonl_buf *b, const long *spans, size_t nspans, const struct jd *expected,
+		     const struct jd_member *mb, size_t n)
+{
+	jsonl_put(b, ",\"train\":[", 10);
+	for (size_t k = 0; k < nspans; k++) {
+		jsonl_put(b, k ? ",[" : "[", k ? 2 : 1);
+		jsonl_put_long(b, spans[2 * k]);
+		jsonl_put(b, ",", 1);
+		jsonl_put_long(b, spans[2 * k + 1]);
+		jsonl_put(b, "]", 1);
+	}
+	jsonl_put(b, "]", 1);
+	if (expected) {
+		jsonl_put(b, ",\"expected\":", 12);
+		jsonl_put_jd(b, expected);
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (!passes(mb[i].key.u.s, expected))
+			continue;
+		jsonl_put(b, ",", 1);
+		jsonl_put_string(b, mb[i].key.u.s, mb[i].key.n);
+		jsonl_put(b, ":", 1);
+		jsonl_put_jd(b, &mb[i].val);
+	}
+	jsonl_put(b, "}\n", 2);
+}
+
+/* Whether the line memo may take o's records: OpenAI ones, no prompts. */
+static int line_memo_on(const struct chat_opts *o)
+{
+	return !o->no_memo && !o->add_generation_prompt && (o->input == CHAT_INPUT_AUTO || o->input == CHAT_INPUT_OPENAI);
+}
+
+int chat_format_seen(const struct chat_model *m, const struct chat_opts *o, const char *line, size_t len,
+		     struct jsonl_buf *b)
+{
+	if (!line_memo_on(o))
+		return 0;
+	size_t start = b->n, ntop;
+	long *spans;
+	size_t nspans;
+	const struct jd_member *top;
+	jsonl_put(b, "{\"text\":", 8);
+	if (chat_memo_line_put(m->memo, line, len, o->system, CHAT_MAX_OUTPUT, b, &spans, &nspans, &top, &ntop) < 0) {
+		b->n = start;
+		return 0;
+	}
+	put_rest(b, spans, nspans, NULL, top, ntop); /* no array or object among them passes: see chat_format_line */
+	free(spans);
+	if (b->oom) {
+		b->n = start;
+		return 0;
+	}
+	return 1;
+}
+
+int chat_format_line(const struct chat_model *m, const struct chat_opts *o, const struct jd *rec, const char *line,
+		     size_t len, struct jd_arena *a, struct jsonl_buf *b, struct err *err)
 {
 	struct formatted f;
 	size_t start = b->n;
@@ -1691,30 +1752,16 @@ int chat_format_line(const struct chat_model *m, const struct chat_opts *o, cons
 	}
 	if (!f.written)
 		jsonl_put_string(b, f.ro.text, f.ro.len);
-	jsonl_put(b, ",\"train\":", 9);
-	jsonl_put(b, "[", 1);
-	for (size_t k = 0; k < f.nspans; k++) {
-		jsonl_put(b, k ? ",[" : "[", k ? 2 : 1);
-		jsonl_put_long(b, f.spans[2 * k]);
-		jsonl_put(b, ",", 1);
-		jsonl_put_long(b, f.spans[2 * k + 1]);
-		jsonl_put(b, "]", 1);
-	}
-	jsonl_put(b, "]", 1);
-	if (f.expected) {
-		jsonl_put(b, ",\"expected\":", 12);
-		jsonl_put_jd(b, f.expected);
-	}
-	for (uint32_t i = 0; i < rec->n; i++) {
-		const struct jd_member *mb = &rec->u.members[i];
-		if (!passes(mb->key.u.s, &f))
-			continue;
-		jsonl_put(b, ",", 1);
-		jsonl_put_string(b, mb->key.u.s, mb->key.n);
-		jsonl_put(b, ":", 1);
-		jsonl_put_jd(b, &mb->val);
-	}
-	jsonl_put(b, "}\n", 2);
+	put_rest(b, f.spans, f.nspans, f.expected, rec->u.members, rec->n);
+	/* The line memo hands back arrays and objects by their kind alone: a
+	 * line with one that passes through is not one to learn (nor, then,
+	 * any line of its skeleton). */
+	int learn = line && line_memo_on(o);
+	for (uint32_t i = 0; learn && i < rec->n; i++)
+		learn = !((rec->u.members[i].val.kind == JD_ARRAY || rec->u.members[i].val.kind == JD_OBJECT) &&
+			  passes(rec->u.members[i].key.u.s, NULL));
+	if (learn)
+		chat_memo_line_learn(m->memo, line, len, f.shape, jd_get(rec, "messages"), o->system);
 	formatted_free(&f);
 	if (b->oom) {
 		b->n = start;
@@ -1845,8 +1892,4 @@ jv chat_jq_run(struct chat_jq *q, jv rec, struct err *err)
 	return res;
 }
 
-void chat_model_memo_stats(const struct chat_model *m, unsigned long long *replayed, unsigned long long *learned,
-			   unsigned long long *refused)
-{
-	chat_memo_stats(m->memo, replayed, learned, refused);
-}
+struct chat_memo_stats chat_model_memo_stats(const struct chat_model *m) { return chat_memo_stats(m->memo); }

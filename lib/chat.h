@@ -9,7 +9,9 @@
  *   chat_spans         train spans from the provenance of every output byte
  * chat_format_line() runs them all with a chat_model and chat_opts; a
  * record of a shape the thread has seen is written from what the first one
- * taught (chat_memo.h), the same bytes without rendering.
+ * taught (chat_memo.h), the same bytes without rendering, and
+ * chat_format_seen() writes a line of a skeleton it has seen without
+ * parsing it.
  *
  * A record is a jd (jdoc.h); what the steps make lives in the arena they are
  * given, beside it. Where jv values are taken (the model's tokens, --var
@@ -25,6 +27,7 @@
 
 #include <jv.h>
 
+#include "chat_memo.h"
 #include "jdoc.h"
 #include "msg.h"
 #include "template.h"
@@ -120,10 +123,8 @@ struct chat_opts {
  * not UTF-8 (it would be written into the output as it is). 0 or -1. */
 int chat_opts_check(const struct chat_opts *o, struct err *err);
 
-/* Records chat_format_line wrote from a shape it had seen, shapes learned
- * and shapes refused, in this thread's copy of m (chat_memo.h). */
-void chat_model_memo_stats(const struct chat_model *m, unsigned long long *replayed, unsigned long long *learned,
-			   unsigned long long *refused);
+/* What the memo did in this thread's copy of m (chat_memo.h). */
+struct chat_memo_stats chat_model_memo_stats(const struct chat_model *m);
 
 /* Formats one record (consumed) into a format-2 record in *out:
  * {"text","train",["expected"], other keys of the input}; an input key of
@@ -133,9 +134,15 @@ int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv
 /* chat_format_record of the record rec, written as a line (newline
  * included) at the end of b: the bytes jsonl_format would write for its
  * result. What the steps make goes into a (rec's arena, say). On error b is
- * as it was. */
-int chat_format_line(const struct chat_model *m, const struct chat_opts *o, const struct jd *rec,
-		     struct jd_arena *a, struct jsonl_buf *b, struct err *err);
+ * as it was. line[0..len): the text rec was parsed from, after
+ * chat_format_seen said 0 for it (the line memo then learns it), or NULL. */
+int chat_format_line(const struct chat_model *m, const struct chat_opts *o, const struct jd *rec, const char *line,
+		     size_t len, struct jd_arena *a, struct jsonl_buf *b, struct err *err);
+/* The line of a record: 1 when it was written at the end of b from the
+ * line memo (chat_memo.h), the bytes chat_format_line would write for its
+ * parse; 0 when it is to be parsed and given to chat_format_line. */
+int chat_format_seen(const struct chat_model *m, const struct chat_opts *o, const char *line, size_t len,
+		     struct jsonl_buf *b);
 
 /* End-of-turn markers: strings of which the first one to begin in a turn's
  * closing template text ends the learned span. The first nfirst (special

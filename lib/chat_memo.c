@@ -1,4 +1,5 @@
 /* chat_memo: records of a shape seen before, formatted without rendering (see chat_memo.h). */
+#include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,10 @@ enum { UNTRIED, LEARNED, REFUSED };
  * that the renderer's limits meet the same texts they would (what a
  * template builds from the contents grows with them). */
 enum { MAX_ENTRIES = 4096, MAX_CONTENT = 64 << 10 };
+/* A line's top-level arrays and objects of KEPT_MIN bytes or more are kept
+ * (KEPT_MAX of them): a line's key names one by its number, so that a tool
+ * list every record repeats is neither scanned nor hashed again. */
+enum { KEPT_MIN = 128, KEPT_MAX = 64 };
 #define MAX_BYTES ((size_t)64 << 20) /* keys and programs of one memo; past it the memo starts over */
 
 /* A piece of the text: the literal bytes esc[off, off + len) (escaped;
@@ -41,11 +46,25 @@ struct memo_shape {
 	struct jd_shared *tools; /* held while the key names its block */
 	struct program *prog;
 };
+/* A line's skeleton and the shape its records take: final message j's
+ * content is the line's message from[j]'s, --system's (FROM_SYSTEM) or
+ * none (FROM_NONE). */
+enum { FROM_SYSTEM = -1, FROM_NONE = -2 };
+struct memo_line {
+	uint64_t hash;
+	char *key;
+	size_t klen;
+	struct memo_shape *shape;
+	int32_t *from;
+	uint32_t nfrom;
+};
 struct chat_memo {
 	struct memo_shape *tab; /* open addressing, MAX_ENTRIES * 2 slots */
-	size_t n, bytes;
+	struct memo_line *lines; /* the same */
+	size_t n, nlines, bytes;
+	uint32_t used[MAX_ENTRIES], lines_used[MAX_ENTRIES]; /* the slots in use */
 	struct jsonl_buf key; /* the key being built */
-	unsigned long long replayed, learned, refused;
+	struct chat_memo_stats stats;
 	size_t *at; /* chat_memo_put's: where each piece begins, and the end */
 	const char **src; /* and where each content piece's bytes are */
 	size_t atcap;
@@ -53,13 +72,35 @@ struct chat_memo {
 	size_t jcap;
 	const struct jd *msgs; /* the messages of the last key, */
 	const struct jd **content; /* and each one's content (a string), or NULL */
+	unsigned char *plain;      /* chat_memo_line_put's: put_text's plain */
+	uint32_t ncontent;
 	size_t ccap;
+	/* the line last scanned (chat_memo_line_find): */
+	const char *line;
+	size_t len;
+	struct jsonl_buf lkey;   /* its key */
+	uint64_t lhash;
+	char *dec;               /* its decoded strings, each at its own offset */
+	size_t dcap;
+	struct jd *lcontent;     /* each message's content, a string, or null */
+	unsigned char *lplain;   /* and whether it is its bytes in the line (put_text's plain) */
+	uint32_t nlmsgs;
+	size_t lccap, lbytes;    /* lbytes: the contents' in all */
+	struct jd_member *top;   /* the top-level members but "messages" */
+	size_t ntop, ctop;
+	struct {
+		char *text;
+		size_t len;
+	} kept[KEPT_MAX];
+	unsigned nkept, last_kept;
 };
 
 struct chat_memo *chat_memo_new(void)
 {
 	struct chat_memo *m = calloc(1, sizeof *m);
-	if (m && !(m->tab = calloc(2 * MAX_ENTRIES, sizeof *m->tab))) {
+	if (m && (!(m->tab = calloc(2 * MAX_ENTRIES, sizeof *m->tab)) ||
+		  !(m->lines = calloc(2 * MAX_ENTRIES, sizeof *m->lines)))) {
+		free(m->tab);
 		free(m);
 		m = NULL;
 	}
@@ -76,19 +117,26 @@ static void program_free(struct program *p)
 	}
 }
 
+/* Only the slots in use are visited: the tables' other pages stay untouched. */
 static void entries_clear(struct chat_memo *m)
 {
-	for (size_t i = 0; i < 2 * MAX_ENTRIES; i++) {
-		struct memo_shape *e = &m->tab[i];
-		if (e->key) {
-			free(e->key);
-			program_free(e->prog);
-			if (e->tools)
-				jd_shared_unref(e->tools);
-		}
+	for (size_t k = 0; k < m->n; k++) {
+		struct memo_shape *e = &m->tab[m->used[k]];
+		free(e->key);
+		program_free(e->prog);
+		if (e->tools)
+			jd_shared_unref(e->tools);
 		memset(e, 0, sizeof *e);
 	}
-	m->n = m->bytes = 0;
+	for (size_t k = 0; k < m->nlines; k++) {
+		struct memo_line *l = &m->lines[m->lines_used[k]];
+		free(l->key);
+		free(l->from);
+		memset(l, 0, sizeof *l);
+	}
+	for (unsigned k = 0; k < m->nkept; k++)
+		free(m->kept[k].text);
+	m->n = m->nlines = m->bytes = m->nkept = m->last_kept = 0;
 }
 
 void chat_memo_free(struct chat_memo *m)
@@ -97,10 +145,17 @@ void chat_memo_free(struct chat_memo *m)
 		return;
 	entries_clear(m);
 	free(m->tab);
+	free(m->lines);
 	free(m->key.p);
+	free(m->lkey.p);
+	free(m->dec);
+	free(m->lcontent);
+	free(m->lplain);
+	free(m->top);
 	free(m->at);
 	free(m->src);
 	free(m->content);
+	free(m->plain);
 	free(m->json);
 	free(m);
 }
@@ -181,6 +236,21 @@ static uint64_t hash_bytes(const char *s, size_t n)
 	return h ^ (h >> 29);
 }
 
+/* Room for n contents in m->content. */
+static int content_room(struct chat_memo *m, size_t n)
+{
+	if (n <= m->ccap)
+		return 0;
+	const struct jd **c = realloc(m->content, 2 * n * sizeof *c);
+	if (c)
+		m->content = c;
+	unsigned char *p = c ? realloc(m->plain, 2 * n) : NULL;
+	if (!p)
+		return -1;
+	m->plain = p, m->ccap = 2 * n;
+	return 0;
+}
+
 struct memo_shape *chat_memo_find(struct chat_memo *m, const void *t, const struct jd *msgs, const struct jd *tools)
 {
 	if (!m || msgs->kind != JD_ARRAY)
@@ -188,12 +258,8 @@ struct memo_shape *chat_memo_find(struct chat_memo *m, const void *t, const stru
 	m->key.n = 0, m->key.oom = 0, m->msgs = NULL;
 	if (!kroom(m, 64))
 		return NULL;
-	if (msgs->n > m->ccap) {
-		const struct jd **c = realloc(m->content, 2 * (size_t)msgs->n * sizeof *c);
-		if (!c)
-			return NULL;
-		m->content = c, m->ccap = 2 * (size_t)msgs->n;
-	}
+	if (content_room(m, msgs->n) < 0)
+		return NULL;
 	memcpy(m->key.p, &t, sizeof t);
 	m->key.n = sizeof t;
 	khead(m, JD_ARRAY, msgs->n);
@@ -237,7 +303,7 @@ struct memo_shape *chat_memo_find(struct chat_memo *m, const void *t, const stru
 	}
 	if (m->key.oom || content > MAX_CONTENT)
 		return NULL;
-	m->msgs = msgs;
+	m->msgs = msgs, m->ncontent = msgs->n;
 	uint64_t h = hash_bytes(m->key.p, m->key.n);
 	size_t mask = 2 * MAX_ENTRIES - 1, i = h & mask;
 	for (; m->tab[i].key; i = (i + 1) & mask) {
@@ -257,7 +323,7 @@ struct memo_shape *chat_memo_find(struct chat_memo *m, const void *t, const stru
 	e->hash = h;
 	e->state = UNTRIED;
 	e->tools = sh ? jd_shared_ref(sh) : NULL;
-	m->n++;
+	m->used[m->n++] = (uint32_t)(e - m->tab);
 	m->bytes += m->key.n;
 	return e;
 }
@@ -455,12 +521,12 @@ void chat_memo_learn_end(struct chat_memo *m, struct memo_shape *e, struct memo_
 	e->prog = g;
 	e->state = g ? LEARNED : REFUSED;
 	if (g) {
-		m->learned++;
+		m->stats.learned++;
 		m->bytes += g->npieces * sizeof *g->pieces + g->nspans * sizeof *g->ends;
 		for (uint32_t k = 0; k < g->npieces; k++)
 			m->bytes += g->pieces[k].msg < 0 ? g->pieces[k].len : 0;
 	} else {
-		m->refused++;
+		m->stats.refused++;
 	}
 }
 
@@ -481,14 +547,13 @@ static int clock_same(const char *fmt, const char *out)
 	return !strcmp(o, out);
 }
 
-/* Message msg's content, a string: from the key when msgs is its messages. */
-static const struct jd *piece_content(const struct chat_memo *m, const struct jd *msgs, int32_t msg)
-{
-	return msgs == m->msgs ? m->content[msg] : content_of(msgs, msg);
-}
-
-int chat_memo_put(struct chat_memo *m, struct memo_shape *e, const struct jd *msgs, size_t max_output,
-		  struct jsonl_buf *b, long **spans, size_t *nspans)
+/* The text of e's shape with content[j] (a string, or NULL) as message
+ * j's content: chat_memo_put's and chat_memo_line_put's. plain (or NULL):
+ * for each content whether it holds no byte a JSON string escapes, so
+ * that its bytes are copied as they are. */
+static int put_text(struct chat_memo *m, struct memo_shape *e, const struct jd *const *content,
+		    const unsigned char *plain, uint32_t ncontent, size_t max_output, struct jsonl_buf *b, long **spans,
+		    size_t *nspans)
 {
 	struct program *g = e->prog;
 	if (e->state != LEARNED)
@@ -515,7 +580,7 @@ int chat_memo_put(struct chat_memo *m, struct memo_shape *e, const struct jd *ms
 	size_t need = 0; /* room for the tojson texts, each at its longest */
 	for (uint32_t k = 0; g->njson && k < g->npieces; k++) {
 		const struct piece *p = &g->pieces[k];
-		const struct jd *c = p->as == JSON || p->as == JSON_INNER ? piece_content(m, msgs, p->msg) : NULL;
+		const struct jd *c = (p->as == JSON || p->as == JSON_INNER) && (uint32_t)p->msg < ncontent ? content[p->msg] : NULL;
 		need += c ? 6 * (size_t)c->n + 2 : 0;
 	}
 	if (need > m->jcap) {
@@ -532,7 +597,7 @@ int chat_memo_put(struct chat_memo *m, struct memo_shape *e, const struct jd *ms
 			pos += p->raw;
 			continue;
 		}
-		const struct jd *c = piece_content(m, msgs, p->msg);
+		const struct jd *c = (uint32_t)p->msg < ncontent ? content[p->msg] : NULL;
 		if (!c)
 			return -1;
 		size_t lo = 0, hi = c->n;
@@ -557,6 +622,8 @@ int chat_memo_put(struct chat_memo *m, struct memo_shape *e, const struct jd *ms
 		const struct piece *p = &g->pieces[k];
 		if (p->msg < 0)
 			jsonl_put(b, g->esc + p->off, p->len);
+		else if (plain && plain[p->msg] && p->as != JSON && p->as != JSON_INNER)
+			jsonl_put(b, m->src[k], at[k + 1] - at[k]);
 		else
 			jsonl_put_escaped(b, m->src[k], at[k + 1] - at[k]);
 	}
@@ -564,14 +631,351 @@ int chat_memo_put(struct chat_memo *m, struct memo_shape *e, const struct jd *ms
 	for (uint32_t s = 0; s < 2 * g->nspans; s++)
 		sp[s] = (long)(at[g->ends[s][0]] + g->ends[s][1]);
 	*spans = sp, *nspans = g->nspans;
-	m->replayed++;
+	m->stats.replayed++;
 	return 0;
 }
 
-void chat_memo_stats(const struct chat_memo *m, unsigned long long *replayed, unsigned long long *learned,
-		     unsigned long long *refused)
+int chat_memo_put(struct chat_memo *m, struct memo_shape *e, const struct jd *msgs, size_t max_output,
+		  struct jsonl_buf *b, long **spans, size_t *nspans)
 {
-	*replayed = m ? m->replayed : 0;
-	*learned = m ? m->learned : 0;
-	*refused = m ? m->refused : 0;
+	if (msgs != m->msgs) { /* not the last key's messages: their contents afresh */
+		if (content_room(m, msgs->n) < 0)
+			return -1;
+		for (uint32_t i = 0; i < msgs->n; i++)
+			m->content[i] = content_of(msgs, (int32_t)i);
+		m->msgs = msgs, m->ncontent = msgs->n;
+	}
+	return put_text(m, e, m->content, NULL, m->ncontent, max_output, b, spans, nspans);
+}
+
+/* ---- lines ---- */
+
+static inline const char *skip_ws(const char *s, const char *end)
+{
+	while (s < end && (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r'))
+		s++;
+	return s;
+}
+
+/* The line's bytes [a, b), a hole, left out of its key: the bytes before
+ * it go in, then a mark of its kind (content: with its class). */
+static void hole(struct chat_memo *m, const char **flushed, const char *a, const char *b, char kind, unsigned cls)
+{
+	char mark[3] = {(char)0xff, kind, (char)cls}; /* 0xff: never in UTF-8 */
+	jsonl_put(&m->lkey, *flushed, (size_t)(a - *flushed));
+	jsonl_put(&m->lkey, mark, sizeof mark);
+	*flushed = b;
+}
+
+/* The key at s ('"' expected), written without a backslash: its end past
+ * the ':' and the white space after it, or NULL. */
+static const char *plain_key(const char *s, const char *end, const char **ks, size_t *kn)
+{
+	const char *ke = s < end && *s == '"' ? memchr(s + 1, '"', (size_t)(end - s - 1)) : NULL;
+	if (!ke || memchr(s + 1, '\\', (size_t)(ke - s - 1)))
+		return NULL;
+	*ks = s + 1, *kn = (size_t)(ke - s - 1);
+	s = skip_ws(ke + 1, end);
+	return s < end && *s == ':' ? skip_ws(s + 1, end) : NULL;
+}
+
+/* The string at s decoded at its own offset in m->dec: its text's length,
+ * or -1 when the parser would not take it. */
+static long line_string(struct chat_memo *m, const char *s, const char *end, struct jd *out)
+{
+	const char *text;
+	size_t len;
+	long k = jsonl_string_decode(s, (size_t)(end - s), m->dec + (s - m->line), &text, &len);
+	*out = (struct jd){.kind = JD_STRING, .n = (uint32_t)len, .u.s = text};
+	return k;
+}
+
+/* Past the ',' (1) or the closing c (0) that follows a member or an
+ * element at *sp, and the white space after; -1 when neither does. */
+static int next_or_close(const char **sp, const char *end, char c)
+{
+	const char *s = skip_ws(*sp, end);
+	if (s >= end || (*s != ',' && *s != c))
+		return -1;
+	*sp = skip_ws(s + 1, end);
+	return *s == ',';
+}
+
+/* A value of the key, passed over: its length, or 0. */
+static size_t pass_value(const char *s, const char *end) { return jsonl_value_len(s, (size_t)(end - s)); }
+
+/* The length of the array or object at s when it is a kept text (found
+ * first where the last one was), its number in m->last_kept; else it is
+ * kept when long and there is room. 0 when not kept. The kept texts come
+ * from lines, whose values may be anything: a text matches a line only
+ * when the keys match too, and in a learned line it was a value whole. */
+static size_t kept_value(struct chat_memo *m, const char *s, const char *end)
+{
+	size_t room = (size_t)(end - s);
+	for (unsigned t = 0; t < m->nkept; t++) {
+		unsigned k = (m->last_kept + t) % m->nkept;
+		if (m->kept[k].len <= room && !memcmp(s, m->kept[k].text, m->kept[k].len)) {
+			m->last_kept = k;
+			return m->kept[k].len;
+		}
+	}
+	size_t v = m->nkept < KEPT_MAX ? pass_value(s, end) : 0;
+	char *text = v >= KEPT_MIN ? malloc(v) : NULL;
+	if (!text)
+		return 0;
+	memcpy(text, s, v);
+	m->kept[m->nkept].text = text, m->kept[m->nkept].len = v;
+	m->last_kept = m->nkept++;
+	m->bytes += v;
+	return v;
+}
+
+/* The messages' array at *sp: each message's content, a string, a hole. 0, or -1. */
+static int scan_messages(struct chat_memo *m, const char **sp, const char *end, const char **flushed)
+{
+	const char *s = *sp;
+	uint32_t i = 0;
+	int r = 1;
+	if (*s != '[')
+		return -1;
+	s = skip_ws(s + 1, end);
+	if (s < end && *s == ']')
+		s++, r = 0;
+	for (; r > 0; i++) {
+		if (i >= m->lccap) {
+			size_t cap = 2 * (size_t)i + 8;
+			struct jd *c = realloc(m->lcontent, cap * sizeof *c);
+			if (c)
+				m->lcontent = c;
+			unsigned char *p = c ? realloc(m->lplain, cap) : NULL;
+			if (!p)
+				return -1;
+			m->lplain = p, m->lccap = cap;
+		}
+		struct jd *c = &m->lcontent[i];
+		*c = jd_null();
+		if (s < end && *s == '{') {
+			s = skip_ws(s + 1, end);
+			int more = s >= end || *s != '}';
+			if (!more)
+				s++;
+			while (more > 0) {
+				const char *ks;
+				size_t kn, v;
+				if (!(s = plain_key(s, end, &ks, &kn)))
+					return -1;
+				/* a repeated "content": the last one's, as the parser keeps */
+				if (kn == 7 && !memcmp(ks, "content", 7) && s < end && *s == '"') {
+					m->lbytes -= c->kind == JD_STRING ? c->n : 0;
+					long k = line_string(m, s, end, c);
+					if (k <= 0)
+						return -1;
+					hole(m, flushed, s + 1, s + k - 1, 'c', content_class(c));
+					m->lbytes += c->n;
+					/* no escape in the line, and no DEL (which a JSON string escapes) */
+					m->lplain[i] = c->u.s == s + 1 && !memchr(c->u.s, 0x7f, c->n);
+					s += k;
+				} else if ((v = pass_value(s, end))) {
+					s += v;
+				} else {
+					return -1;
+				}
+				more = next_or_close(&s, end, '}');
+			}
+			if (more < 0)
+				return -1;
+		} else {
+			size_t v = pass_value(s, end);
+			if (!v)
+				return -1;
+			s += v;
+		}
+		if ((r = next_or_close(&s, end, ']')) < 0)
+			return -1;
+	}
+	m->nlmsgs = i;
+	*sp = s;
+	return 0;
+}
+
+/* The line's key: its bytes but the holes, each message's content and each
+ * top-level string or number (its members but "messages" go to m->top,
+ * those two decoded, a container only by its kind). 0, or -1 when the line
+ * memo does not take the line: it is not an object of plain keys, once
+ * each, with "messages"; a hole is not what the parser reads itself. */
+static int scan_line(struct chat_memo *m, const char *line, size_t len)
+{
+	const char *s = skip_ws(line, line + len), *end = line + len, *flushed = line;
+	int messages = 0, more = 1;
+	m->lkey.n = 0, m->lkey.oom = 0, m->ntop = 0, m->nlmsgs = 0, m->lbytes = 0;
+	m->line = line, m->len = len;
+	if (len > INT_MAX || s >= end || *s != '{')
+		return -1;
+	if (len + 1 > m->dcap) {
+		char *d = realloc(m->dec, len + 1);
+		if (!d)
+			return -1;
+		m->dec = d, m->dcap = len + 1;
+	}
+	for (s = skip_ws(s + 1, end); more > 0; more = next_or_close(&s, end, '}')) {
+		const char *ks;
+		size_t kn;
+		if (!(s = plain_key(s, end, &ks, &kn)) || s >= end)
+			return -1;
+		if (kn == 8 && !memcmp(ks, "messages", 8)) {
+			if (messages++ || scan_messages(m, &s, end, &flushed) < 0)
+				return -1;
+			continue;
+		}
+		for (size_t t = 0; t < m->ntop; t++)
+			if (m->top[t].key.n == kn && !memcmp(m->top[t].key.u.s, ks, kn))
+				return -1; /* the parser keeps the first place, the last value */
+		if (m->ntop == m->ctop) {
+			struct jd_member *t = realloc(m->top, (2 * m->ctop + 4) * sizeof *t);
+			if (!t)
+				return -1;
+			m->top = t, m->ctop = 2 * m->ctop + 4;
+		}
+		struct jd_member *mb = &m->top[m->ntop++];
+		char *key = m->dec + (ks - line); /* NUL-terminated, as jd keys are */
+		memcpy(key, ks, kn);
+		key[kn] = 0;
+		mb->key = (struct jd){.kind = JD_STRING, .n = (uint32_t)kn, .u.s = key};
+		size_t v = 0;
+		if (*s == '"') {
+			long k = line_string(m, s, end, &mb->val);
+			if (k <= 0)
+				return -1;
+			char *d = m->dec + (s - line); /* the text where it was decoded, NUL-terminated */
+			memmove(d, mb->val.u.s, mb->val.n);
+			d[mb->val.n] = 0;
+			mb->val.u.s = d;
+			hole(m, &flushed, s + 1, s + k - 1, 's', 0);
+			s += k;
+			continue;
+		}
+		while (s + v < end && strchr("0123456789+-.eE", s[v]) && s[v])
+			v++;
+		if (v) {
+			if (jsonl_number_decode(s, v, &mb->val) < 0)
+				return -1;
+			hole(m, &flushed, s, s + v, 'n', 0);
+			s += v;
+			continue;
+		}
+		if ((*s == '{' || *s == '[') && (v = kept_value(m, s, end))) {
+			mb->val = (struct jd){.kind = *s == '{' ? JD_OBJECT : JD_ARRAY};
+			hole(m, &flushed, s, s + v, 'k', m->last_kept);
+			s += v;
+			continue;
+		}
+		if (!(v = pass_value(s, end)))
+			return -1;
+		if (*s == '{' || *s == '[')
+			mb->val = (struct jd){.kind = *s == '{' ? JD_OBJECT : JD_ARRAY}; /* not read: only its kind */
+		else if (v == 4 && !memcmp(s, "null", 4))
+			mb->val = jd_null();
+		else if ((v == 4 && !memcmp(s, "true", 4)) || (v == 5 && !memcmp(s, "false", 5)))
+			mb->val = jd_bool(*s == 't');
+		else
+			return -1;
+		s += v;
+	}
+	if (more < 0 || s != end || !messages)
+		return -1;
+	jsonl_put(&m->lkey, flushed, (size_t)(end - flushed));
+	m->lhash = hash_bytes(m->lkey.p, m->lkey.n);
+	return m->lkey.oom ? -1 : 0;
+}
+
+static struct memo_line *line_slot(struct chat_memo *m)
+{
+	size_t mask = 2 * MAX_ENTRIES - 1, i = m->lhash & mask;
+	for (; m->lines[i].key; i = (i + 1) & mask) {
+		struct memo_line *l = &m->lines[i];
+		if (l->hash == m->lhash && l->klen == m->lkey.n && !memcmp(l->key, m->lkey.p, m->lkey.n))
+			break;
+	}
+	return &m->lines[i];
+}
+
+int chat_memo_line_put(struct chat_memo *m, const char *line, size_t len, const char *system, size_t max_output,
+		       struct jsonl_buf *b, long **spans, size_t *nspans, const struct jd_member **top, size_t *ntop)
+{
+	if (!m || scan_line(m, line, len) < 0) {
+		if (m)
+			m->line = NULL;
+		return -1;
+	}
+	const struct memo_line *l = line_slot(m);
+	if (!l->key || l->shape->state != LEARNED || content_room(m, l->nfrom) < 0)
+		return -1;
+	struct jd sys = jd_null();
+	size_t content = m->lbytes;
+	for (uint32_t j = 0; j < l->nfrom; j++) {
+		int32_t f = l->from[j];
+		if (f == FROM_SYSTEM) {
+			sys = (struct jd){.kind = JD_STRING, .n = system ? (uint32_t)strlen(system) : 0, .u.s = system};
+			content += sys.n;
+		}
+		if (f == FROM_SYSTEM ? !system : f >= 0 && ((uint32_t)f >= m->nlmsgs || m->lcontent[f].kind != JD_STRING))
+			return -1; /* not as the line learned from */
+		m->content[j] = f == FROM_SYSTEM ? &sys : f >= 0 ? &m->lcontent[f] : NULL;
+		m->plain[j] = f >= 0 && m->lplain[f];
+	}
+	m->msgs = NULL, m->ncontent = l->nfrom;
+	if (content > MAX_CONTENT || put_text(m, l->shape, m->content, m->plain, l->nfrom, max_output, b, spans, nspans) < 0)
+		return -1;
+	*top = m->top, *ntop = m->ntop;
+	m->stats.unparsed++;
+	return 0;
+}
+
+void chat_memo_line_learn(struct chat_memo *m, const char *line, size_t len, const struct memo_shape *e,
+			  const struct jd *recmsgs, const char *system)
+{
+	if (!m || m->line != line || m->len != len || !e || e->state != LEARNED || !m->msgs || !recmsgs ||
+	    recmsgs->kind != JD_ARRAY || recmsgs->n != m->nlmsgs || m->nlines >= MAX_ENTRIES || m->bytes > MAX_BYTES)
+		return;
+	struct memo_line *l = line_slot(m);
+	/* A line jq read (for a \u0000, a lone surrogate, a long integer
+	 * anywhere) lost its float marks; a line of its skeleton would be read
+	 * so too, not as the line memo reads its numbers. */
+	if (l->key || !jsonl_is_direct(line, len))
+		return;
+	for (size_t t = 0; t < m->ntop; t++) /* the tool list is the shape's: never a hole */
+		if (!strcmp(m->top[t].key.u.s, "tools") && (m->top[t].val.kind == JD_STRING || m->top[t].val.kind == JD_NUMBER))
+			return;
+	int32_t *from = malloc(((size_t)m->ncontent + 1) * sizeof *from);
+	char *key = from ? malloc(m->lkey.n) : NULL;
+	if (!key) {
+		free(from);
+		return;
+	}
+	/* each final content: the line's message's whose text it is, or --system's */
+	for (uint32_t j = 0; j < m->ncontent; j++) {
+		const struct jd *c = m->content[j];
+		from[j] = c ? -3 : FROM_NONE;
+		for (uint32_t i = 0; c && i < recmsgs->n && from[j] == -3; i++) {
+			const struct jd *rc = content_of(recmsgs, (int32_t)i);
+			if (rc && rc->u.s == c->u.s && rc->n == c->n)
+				from[j] = (int32_t)i;
+		}
+		if (from[j] == -3 && j == 0 && system && strlen(system) == c->n && !memcmp(system, c->u.s, c->n))
+			from[j] = FROM_SYSTEM;
+		if (from[j] == -3) {
+			free(from), free(key);
+			return;
+		}
+	}
+	memcpy(key, m->lkey.p, m->lkey.n);
+	*l = (struct memo_line){.hash = m->lhash, .key = key, .klen = m->lkey.n, .shape = (struct memo_shape *)e,
+				.from = from, .nfrom = m->ncontent};
+	m->lines_used[m->nlines++] = (uint32_t)(l - m->lines);
+	m->bytes += m->lkey.n + m->ncontent * sizeof *from;
+}
+
+struct chat_memo_stats chat_memo_stats(const struct chat_memo *m)
+{
+	return m ? m->stats : (struct chat_memo_stats){0};
 }

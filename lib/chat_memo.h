@@ -67,8 +67,39 @@ void chat_memo_learn_prefix(struct memo_learn *l, const struct tmpl_output *po);
 void chat_memo_learn_end(struct chat_memo *m, struct memo_shape *e, struct memo_learn *l, const long *spans,
 			 size_t nspans, const struct tmpl_watch *w, int fail);
 
-/* Records written from a shape, shapes learned, shapes refused (tests, --progress). */
-void chat_memo_stats(const struct chat_memo *m, unsigned long long *replayed, unsigned long long *learned,
-		     unsigned long long *refused);
+/* The line memo: a record whose line is, but for its holes, the line of a
+ * record formatted through a learned shape, is written without being
+ * parsed. The holes are each message's content (a string) and each
+ * top-level string or number; the rest of the line (its key) must be the
+ * same bytes, and each content of the same class (see above). The parse
+ * of such a line is the other's but for the holes' values, so its shape
+ * is the other's (the record's rendering sees "messages" and "tools",
+ * never a hole: a line whose "tools" is a string or a number is not
+ * learned): the contents are put in their places as chat_memo_put puts
+ * them, the other top-level values are handed back.
+ *
+ * chat_memo_line_put scans line[0..len) and writes its text as
+ * chat_memo_put does, setting *top, *ntop to its top-level members but
+ * "messages" (strings, numbers, true, false and null as their values;
+ * arrays and objects by their kind alone, unread), valid until the next
+ * scan. -1 when the line is not one the memo takes or knows; then, once
+ * the record was formatted through shape e, chat_memo_line_learn(line,
+ * len) remembers it: recmsgs its parsed "messages", system --system's
+ * text or NULL (whose content the shape's first message may be). The line
+ * memo takes only records of "messages"; with --add-generation-prompt the
+ * caller does not use it. */
+int chat_memo_line_put(struct chat_memo *m, const char *line, size_t len, const char *system, size_t max_output,
+		       struct jsonl_buf *b, long **spans, size_t *nspans, const struct jd_member **top, size_t *ntop);
+void chat_memo_line_learn(struct chat_memo *m, const char *line, size_t len, const struct memo_shape *e,
+			  const struct jd *recmsgs, const char *system);
+
+/* What the memo did (tests, --progress). */
+struct chat_memo_stats {
+	unsigned long long replayed; /* records written from a shape */
+	unsigned long long unparsed; /* of those, records written from their line (chat_memo_line_put) */
+	unsigned long long learned;  /* shapes learned */
+	unsigned long long refused;  /* shapes refused: rendered every time */
+};
+struct chat_memo_stats chat_memo_stats(const struct chat_memo *m); /* m NULL: all 0 */
 
 #endif

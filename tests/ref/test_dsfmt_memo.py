@@ -24,6 +24,17 @@ content as a dict key, selectattr by content) and the ways it allows (trim, stri
 truth, type tests, get(), default, macros, selectattr by role, two messages compared
 that differ elsewhere), each a ChatML loop with Qwen2.5's tokens: the same comparison,
 and the check that the memo wrote records for the allowed ones and none for the others.
+
+Then the line memo, which writes a line that is a learned line but for its contents and
+top-level strings and numbers without parsing it: with qwen2_5, llama3_2, gemma3 and
+mistral_v0_3, lines in groups of one skeleton (their contents and ids varied), written
+with json.dumps' escapes or UTF-8, compact or spaced, keys reversed, with extra members
+of every kind (strings with escapes and \u0000, negative, float and 20-digit numbers,
+objects, arrays, true, null, the output's own keys, a tool list jq must read) and made
+unusual or broken in one way (a key twice, an escaped key the parser reads as
+"content" or "messages", escapes the parser leaves to jq, bytes that are not UTF-8, a
+control byte, DEL, trailing bytes, a truncated line): the same comparison, and the check
+that lines were written without being parsed.
 """
 import json
 import os
@@ -87,11 +98,12 @@ def memo_stats(cmd, path):
     """(replayed, learned, refused) from --progress's last line."""
     p = subprocess.run(cmd + ["--skip-bad", "--threads", "1", "--progress", "-o", os.devnull, path],
                        capture_output=True)
-    m = re.search(rb"(\d+) records written from (\d+) shapes learned; (\d+) shapes rendered", p.stderr)
-    return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
+    m = re.search(rb"(\d+) records written from (\d+) shapes learned; (\d+) shapes rendered every time; "
+                  rb"(\d+) lines not parsed", p.stderr)
+    return tuple(int(x) for x in m.groups()) if m else (0, 0, 0, 0)
 
 
-def compare(name, cmd, path, want_replays):
+def compare(name, cmd, path, want_replays, want_unparsed=None):
     a = run(cmd, path)
     b = run(cmd + ["--no-memo"], path)
     if a != b:
@@ -102,15 +114,18 @@ def compare(name, cmd, path, want_replays):
             why += f" at line {k + 1}: {la[k][:300] if k < len(la) else b''!r} vs {lb[k][:300] if k < len(lb) else b''!r}"
         print(f"not ok - {name}: memo and --no-memo differ ({why})")
         return False
-    replayed, learned, refused = memo_stats(cmd, path)
+    replayed, learned, refused, unparsed = memo_stats(cmd, path)
+    if want_unparsed and unparsed == 0:
+        print(f"not ok - {name}: the line memo wrote no record ({replayed} from the memo)")
+        return False
     if want_replays is True and replayed == 0:
         print(f"not ok - {name}: the memo wrote no record ({learned} shapes learned, {refused} refused)")
         return False
     if want_replays is False and replayed:
         print(f"not ok - {name}: the memo wrote {replayed} records of a template it must refuse")
         return False
-    print(f"ok - {name} ({len(a[1].splitlines())} lines; {replayed} from the memo, {learned} shapes learned, "
-          f"{refused} refused)")
+    print(f"ok - {name} ({len(a[1].splitlines())} lines; {replayed} from the memo, {unparsed} of them not parsed, "
+          f"{learned} shapes learned, {refused} refused)")
     return True
 
 
@@ -164,6 +179,71 @@ ADVERSARIAL = [
 ]
 
 
+# The line memo: lines of one skeleton but for their contents (and top-level strings
+# and numbers) are written without being parsed. Each group below is LINE_REPEATS lines
+# of one serialization, extra members and mutation, their contents and ids varied.
+LINE_REPEATS = 4
+STYLES = {
+    "ascii": dict(),  # json.dumps' default: \uXXXX escapes, surrogate pairs for emoji
+    "utf8": dict(ensure_ascii=False),
+    "compact": dict(ensure_ascii=False, separators=(",", ":")),
+    "spaced": dict(ensure_ascii=False, separators=(" , ", " : ")),
+}
+EXTRAS = [
+    {}, {"source": "bank"}, {"n": -5}, {"score": 1.5}, {"score": 1e3}, {"big": 12345678901234567890},
+    {"note": 'say "hi"\n\t/'}, {"note": "nul\u0000here"}, {"meta": {"a": [1, 2.0]}}, {"tags": ["x"]},
+    {"ok": True}, {"none": None}, {"text": "in"}, {"train": [[0, 1]]}, {"expected": "e"}, {"system": "ignored"},
+    {"tools": None}, {"tools": "nope"},
+    # a line jq reads (a \u0000 in its tool list) has no float marks: its score is 2, not 2.0
+    {"score": 2.0, "tools": [{"type": "function", "function": {"name": "f", "description": "nul\u0000"}}]},
+]
+
+
+# Lines made unusual, or broken, each in one way.
+TWO = b'[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]'
+STRING = rb'"content": "((?:[^"\\]|\\.)*)"'
+MUTATIONS = {
+    None: lambda x: x,
+    "dup-top": lambda x: x[:-1] + b', "id": 7}',
+    "dup-messages": lambda x: x[:-1] + b', "messages": ' + TWO + b"}",
+    "dup-content": lambda x: x.replace(b'"content":', b'"content": "dup", "content":', 1),
+    "escaped-key": lambda x: x.replace(b'"content"', b'"cont\\u0065nt"', 1),
+    # the escaped key is the parser's "content", and the last one
+    "escaped-dup": lambda x: re.sub(STRING, lambda m: m.group(0) + b', "cont\\u0065nt": "fixed"', x, count=1),
+    "escaped-dup-messages": lambda x: x[:-1] + b', "m\\u0065ssages": ' + TWO + b"}",
+    "escaped-messages": lambda x: x.replace(b'"messages"', b'"m\\u0065ssages"', 1),
+    "slash": lambda x: x.replace(b'"content": "', b'"content": "\\/a\\b\\f', 1),
+    "lone-surrogate": lambda x: x.replace(b'"content": "', b'"content": "\\ud800', 1),
+    "nul-escape": lambda x: x.replace(b'"content": "', b'"content": "\\u0000', 1),
+    "bad-utf8": lambda x: x.replace(b'"content": "', b'"content": "\xff', 1),
+    "raw-control": lambda x: x.replace(b'"content": "', b'"content": "\x01', 1),
+    "del": lambda x: x.replace(b'"content": "', b'"content": "\x7f', 1),
+    "trailing": lambda x: x + b" x",
+    "truncated": lambda x: x[:-1],
+    "content-number": lambda x: x.replace(b'"content": "', b'"content": 5, "c": "', 1),
+}
+
+
+def line_records(base, rng):
+    """Lines of base's conversations in groups of one skeleton."""
+    out = []
+    for r in base:
+        for _ in range(3):
+            style = rng.choice(list(STYLES))
+            extra = rng.choice(EXTRAS)
+            what = rng.choice(list(MUTATIONS)) if rng.random() < 0.4 else None
+            order = rng.random() < 0.3
+            for k in range(LINE_REPEATS):
+                rec = dict(vary(r, rng) if k else r, id=rng.randint(0, 10 ** 6), **extra)
+                if order:
+                    rec = dict(reversed(list(rec.items())))
+                sep = dict(STYLES[style])
+                if "compact" not in style and "spaced" not in style:
+                    sep.setdefault("separators", (", ", ": "))
+                out.append(MUTATIONS[what if style != "compact" else None](json.dumps(rec, **sep).encode()))
+    return out
+
+
 def main():
     rng = random.Random(int(os.environ.get("DSFMT_MEMO_SEED", "20261202")))
     ok = True
@@ -191,6 +271,18 @@ def main():
     if qwen is None:
         print("skip - memo adversarial templates: no qwen2_5 model")
         return 0
+    for entry in C.manifest():
+        t = C.Template(entry, tmp)
+        if t.skip or t.name not in ("qwen2_5", "llama3_2", "gemma3", "mistral_v0_3"):
+            continue
+        base = [r for r in conversations(t.features) if t.render(r["messages"], r.get("tools"))[0] == "ok"]
+        path = os.path.join(tmp, t.name + ".lines.jsonl")
+        with open(path, "wb") as f:
+            f.write(b"\n".join(line_records(base, rng)) + b"\n")
+        for mode, flags in MODES.items():
+            want = mode not in ("genprompt",) and (t.name, mode) not in LOOKS
+            ok &= compare(f"memo lines {t.name} {mode}", t.dsfmt_cmd(*flags), path, want_replays=None,
+                          want_unparsed=want)
     recs = []
     for r in [r for r in conversations(qwen.features) if "tool_calls" not in json.dumps(r)][:30]:
         recs.append(r)

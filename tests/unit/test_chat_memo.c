@@ -6,7 +6,9 @@
  * strip(), truth, tojson) writes
  * another record of it as rendering that record gives (text and spans), on
  * random contents; a rendering that compared a content teaches nothing. A
- * full table starts over. tests/ref/test_dsfmt_memo.py checks ds-fmt's
+ * full table starts over. The line memo writes a line of a skeleton it
+ * learned as rendering its parse gives, and refuses lines the parser
+ * would read otherwise. tests/ref/test_dsfmt_memo.py checks ds-fmt's
  * output with and without the memo on real templates. */
 #include <stdio.h>
 #include <string.h>
@@ -83,12 +85,13 @@ static void test_shapes(void)
 	chat_memo_free(m);
 }
 
-/* A rendering of t with the messages msgs, watched into w (or not). */
-static int render(const struct tmpl *t, const struct jd *msgs, struct tmpl_watch *w, struct tmpl_output *out)
+/* A rendering of t with the messages msgs (and tools, or NULL), watched into w (or not). */
+static int render_with(const struct tmpl *t, const struct jd *msgs, const struct jd *tools, struct tmpl_watch *w,
+		       struct tmpl_output *out)
 {
 	struct err err = {0};
-	struct tmpl_var vars[] = { { "messages", msgs } };
-	struct tmpl_ctx *c = tmpl_ctx_new_layered(jv_invalid(), jv_invalid(), vars, 1, NULL, &err);
+	struct tmpl_var vars[] = { { "messages", msgs }, { "tools", tools } };
+	struct tmpl_ctx *c = tmpl_ctx_new_layered(jv_invalid(), jv_invalid(), vars, tools ? 2 : 1, NULL, &err);
 	CHECK(c, "%s", err.msg);
 	if (!c)
 		return -1;
@@ -97,6 +100,11 @@ static int render(const struct tmpl *t, const struct jd *msgs, struct tmpl_watch
 	CHECK(rc == 0, "%s", err.msg);
 	tmpl_ctx_free(c);
 	return rc;
+}
+
+static int render(const struct tmpl *t, const struct jd *msgs, struct tmpl_watch *w, struct tmpl_output *out)
+{
+	return render_with(t, msgs, NULL, w, out);
 }
 
 static void random_text(char *s, size_t cap)
@@ -161,10 +169,9 @@ static void test_learn_and_write(void)
 			}
 			free(got.p), free(want.p), free(sp), free(none);
 		}
-		unsigned long long replayed, learned, refused;
-		chat_memo_stats(m, &replayed, &learned, &refused);
-		CHECK(replayed > 50 && learned > 0 && !refused, "%llu written, %llu learned, %llu refused", replayed, learned,
-		      refused);
+		struct chat_memo_stats st = chat_memo_stats(m);
+		CHECK(st.replayed > 50 && st.learned > 0 && !st.refused, "%llu written, %llu learned, %llu refused",
+		      st.replayed, st.learned, st.refused);
 		jd_arena_free(&a);
 		chat_memo_free(m);
 		tmpl_free(t);
@@ -201,12 +208,114 @@ static void test_refused(void)
 	tmpl_free(t);
 }
 
+/* The line memo: lines of one skeleton, their contents and top-level
+ * strings and numbers random, are written as rendering their parse gives
+ * once one was learned; lines it must not take are refused even when their
+ * skeleton is one it knows. */
+static void test_lines(void)
+{
+	const char *src = "{% for m in messages %}<{{ m.role }}>{{ m.content | trim }}</{{ m.role }}>\n{% endfor %}"
+			  "{{ tools | tojson }}";
+	struct err err = {0};
+	struct tmpl *t = tmpl_compile(src, strlen(src), "t", &err);
+	CHECK(t, "%s", err.msg);
+	struct chat_memo *m = chat_memo_new();
+	struct jd_arena a = {0};
+	int written = 0;
+	/* tool lists kept by the line memo: two of the same beginning */
+	static const char *const tool_lists[] = {
+		"",
+		"{\"type\": \"function\", \"function\": {\"name\": \"get_balance\", \"description\": \"The balance of "
+		"the user's account, in euros, as the bank's ledger holds it today.\"}}",
+		"{\"type\": \"function\", \"function\": {\"name\": \"get_balance\", \"description\": \"The balance of "
+		"the user's account, in euros, as the bank's ledger held it yesterday.\"}}",
+	};
+	for (int round = 0; round < 200; round++) {
+		char u[256], r[256], line[1000];
+		random_text(u, sizeof u), random_text(r, sizeof r);
+		snprintf(line, sizeof line,
+			 "{\"id\": %d, \"messages\": " CONV("%s", "%s") ", \"src\": \"s%d\\n\", \"tools\": [%s]}",
+			 round - 100, u, r, round, tool_lists[round % 3]);
+		jd_arena_reset(&a);
+		struct jd rec = parse(&a, line);
+		const struct jd *msgs = jd_get(&rec, "messages"), *tools = jd_get(&rec, "tools");
+		struct jsonl_buf got = {0};
+		long *sp = NULL;
+		size_t nsp = 0, ntop = 0;
+		const struct jd_member *top = NULL;
+		if (chat_memo_line_put(m, line, strlen(line), NULL, 1 << 20, &got, &sp, &nsp, &top, &ntop) == 0) {
+			struct jsonl_buf want = {0}, gtop = {0}, wtop = {0};
+			struct tmpl_output o;
+			if (render_with(t, msgs, tools, NULL, &o) == 0) {
+				jsonl_put_string(&want, o.text, o.len);
+				CHECK(got.n == want.n && !memcmp(got.p, want.p, got.n), "%s: %.*s, rendered %.*s", line,
+				      (int)got.n, got.p, (int)want.n, want.p);
+				CHECK(nsp == 1 && sp[0] == 0 && sp[1] == (long)o.len, "%s: the span", line);
+				tmpl_output_free(&o);
+			}
+			for (size_t k = 0; k < ntop; k++) /* the members but "messages", as parsed */
+				if (top[k].val.kind != JD_ARRAY)
+					jsonl_put_string(&gtop, top[k].key.u.s, top[k].key.n), jsonl_put_jd(&gtop, &top[k].val);
+			for (uint32_t k = 0; k < rec.n; k++)
+				if (strcmp(rec.u.members[k].key.u.s, "messages") && rec.u.members[k].val.kind != JD_ARRAY)
+					jsonl_put_string(&wtop, rec.u.members[k].key.u.s, rec.u.members[k].key.n),
+						jsonl_put_jd(&wtop, &rec.u.members[k].val);
+			CHECK(ntop == 3 && gtop.n == wtop.n && !memcmp(gtop.p, wtop.p, gtop.n), "%s: its members %.*s",
+			      line, (int)gtop.n, gtop.p);
+			written++;
+			free(want.p), free(gtop.p), free(wtop.p);
+		} else {
+			struct memo_shape *e = chat_memo_find(m, t, msgs, tools);
+			struct tmpl_watch w = {0};
+			struct tmpl_output o;
+			if (e && chat_memo_untried(e) && render_with(t, msgs, tools, &w, &o) == 0) {
+				long spans[2] = { 0, (long)o.len };
+				chat_memo_learn_end(m, e, chat_memo_learn_begin(&o, msgs, 0), spans, 1, &w, 0);
+				tmpl_output_free(&o);
+			}
+			chat_memo_line_learn(m, line, strlen(line), e, msgs, NULL);
+		}
+		free(got.p), free(sp);
+	}
+	CHECK(written > 100 && chat_memo_stats(m).unparsed == (unsigned long long)written, "%d of 200 lines written",
+	      written);
+	/* lines the memo must not take, though their skeleton is that of a line it learned */
+	static const char *const refused[] = {
+		"{\"id\": 1, \"messages\": " CONV("a\\u0000", "b") ", \"src\": \"s\\n\", \"tools\": []}", /* jq's */
+		"{\"id\": 1, \"messages\": " CONV("a\\ud800", "b") ", \"src\": \"s\\n\", \"tools\": []}",
+		"{\"id\": 1, \"messages\": " CONV("a\xff", "b") ", \"src\": \"s\\n\", \"tools\": []}",  /* not UTF-8 */
+		"{\"id\": 1, \"messages\": " CONV("a\x01", "b") ", \"src\": \"s\\n\", \"tools\": []}",  /* a control byte */
+		"{\"id\": 12345678901234567, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": []}",
+		"{\"id\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\u0000\", \"tools\": []}",
+		"{\"id\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": [], \"id\": 2}",
+		"{\"\\u0069d\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": []}",
+		"{\"id\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": []} x",
+		"{\"id\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": []",
+		"{\"id\": 1, \"src\": \"s\\n\", \"tools\": []}",
+		"[{\"id\": 1}]",
+	};
+	for (size_t k = 0; k < sizeof refused / sizeof *refused; k++) {
+		struct jsonl_buf b = {0};
+		long *sp = NULL;
+		size_t nsp = 0, ntop = 0;
+		const struct jd_member *top = NULL;
+		CHECK(chat_memo_line_put(m, refused[k], strlen(refused[k]), NULL, 1 << 20, &b, &sp, &nsp, &top, &ntop) < 0 &&
+			      !b.n,
+		      "refused: %s", refused[k]);
+		free(b.p), free(sp);
+	}
+	jd_arena_free(&a);
+	chat_memo_free(m);
+	tmpl_free(t);
+}
+
 int main(void)
 {
 	check_seed_init();
 	RUN(test_shapes);
 	RUN(test_learn_and_write);
 	RUN(test_refused);
+	RUN(test_lines);
 	tmpl_thread_release();
 	return check_done();
 }
