@@ -667,12 +667,22 @@ static void hole(struct chat_memo *m, const char **flushed, const char *a, const
 	*flushed = b;
 }
 
+/* The closing quote of the string whose text begins at s (past its
+ * quote), when no backslash comes first; else NULL. A byte at a time:
+ * keys and roles are a few bytes long. */
+static inline const char *plain_end(const char *s, const char *end)
+{
+	while (s < end && *s != '"' && *s != '\\')
+		s++;
+	return s < end && *s == '"' ? s : NULL;
+}
+
 /* The key at s ('"' expected), written without a backslash: its end past
  * the ':' and the white space after it, or NULL. */
 static const char *plain_key(const char *s, const char *end, const char **ks, size_t *kn)
 {
-	const char *ke = s < end && *s == '"' ? memchr(s + 1, '"', (size_t)(end - s - 1)) : NULL;
-	if (!ke || memchr(s + 1, '\\', (size_t)(ke - s - 1)))
+	const char *ke = s < end && *s == '"' ? plain_end(s + 1, end) : NULL;
+	if (!ke)
 		return NULL;
 	*ks = s + 1, *kn = (size_t)(ke - s - 1);
 	s = skip_ws(ke + 1, end);
@@ -702,7 +712,11 @@ static int next_or_close(const char **sp, const char *end, char c)
 }
 
 /* A value of the key, passed over: its length, or 0. */
-static size_t pass_value(const char *s, const char *end) { return jsonl_value_len(s, (size_t)(end - s)); }
+static size_t pass_value(const char *s, const char *end)
+{
+	const char *q = s < end && *s == '"' ? plain_end(s + 1, end) : NULL;
+	return q ? (size_t)(q + 1 - s) : jsonl_value_len(s, (size_t)(end - s));
+}
 
 /* The length of the array or object at s when it is a kept text (found
  * first where the last one was), its number in m->last_kept; else it is

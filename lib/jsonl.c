@@ -15,11 +15,17 @@
 
 #include "wholefile.h"
 
+/* Blocks a reader keeps: a new one would be fresh pages (a fault and a
+ * zeroing each) and, freed, an unmapping that stops every other thread. */
+#define KEPT_BLOCKS 8
+
 struct jsonl_reader {
 	FILE *f;
 	int own;      /* opened by jsonl_open, so closed by jsonl_close */
 	char *name;
 	struct jsonl_block *blk; /* what was read: the lines handed out point into it */
+	struct jsonl_block *lent[KEPT_BLOCKS]; /* blocks moved off while lent, kept to read into again */
+	int nlent;
 	char *buf;               /* blk's bytes, */
 	size_t cap, beg, end;    /* its size; the bytes not yet handed out: [beg, end) */
 	int eof;
@@ -74,6 +80,8 @@ void jsonl_close(struct jsonl_reader *r)
 	if (r->own)
 		fclose(r->f);
 	jsonl_block_release(r->blk);
+	for (int k = 0; k < r->nlent; k++)
+		jsonl_block_release(r->lent[k]);
 	free(r->name);
 	free(r);
 }
@@ -102,14 +110,19 @@ static long bad_utf8_at(const unsigned char *s, size_t n)
 {
 	size_t i = 0;
 	while (i < n) {
-		/* ASCII and two-byte characters (Cyrillic, Greek ...), sixteen bytes
-		 * at a time: most of any record is. A window starts at a character;
-		 * it passes when each byte past ASCII is a lead C2-DF followed by a
-		 * continuation 80-BF, or that continuation, and it moves on past its
-		 * last whole character. Anything else is left to the bytes below. */
+		/* ASCII, two-byte characters (Cyrillic, Greek ...) and three-byte
+		 * ones (CJK ...), sixteen bytes at a time: most of any record is. A
+		 * window starts at a character; it passes when each byte past ASCII
+		 * is a lead C2-DF followed by one continuation 80-BF, a lead E1-EC
+		 * or EE-EF followed by two (their second byte may be any
+		 * continuation: E0's and ED's may not), or such a continuation, and
+		 * it moves on past its last whole character. A window that does not
+		 * pass is read a character at a time, then the windows go on. */
 #if defined(__SSE2__)
 		const __m128i c0 = _mm_set1_epi8((char)0xC0), b80 = _mm_set1_epi8((char)0x80),
-			      c2 = _mm_set1_epi8((char)0xC2), span = _mm_set1_epi8(0xDF - 0xC2), zero = _mm_setzero_si128();
+			      c2 = _mm_set1_epi8((char)0xC2), span2 = _mm_set1_epi8(0xDF - 0xC2),
+			      e1 = _mm_set1_epi8((char)0xE1), span3 = _mm_set1_epi8(0xEC - 0xE1),
+			      ee = _mm_set1_epi8((char)0xEE), one = _mm_set1_epi8(1), zero = _mm_setzero_si128();
 		while (i + 16 <= n) {
 			__m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
 			unsigned high = (unsigned)_mm_movemask_epi8(x);
@@ -117,60 +130,52 @@ static long bad_utf8_at(const unsigned char *s, size_t n)
 				i += 16;
 				continue;
 			}
+#define IN_RANGE(lo, span) (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_subs_epu8(_mm_sub_epi8(x, lo), span), zero))
 			unsigned cont = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_and_si128(x, c0), b80));
-			unsigned lead = (unsigned)_mm_movemask_epi8(
-				_mm_cmpeq_epi8(_mm_subs_epu8(_mm_sub_epi8(x, c2), span), zero));
-			if ((high & ~(cont | lead)) || cont != ((lead << 1) & 0xFFFF))
-				break;
-			i += lead & 0x8000 ? 15 : 16; /* a lead last: its character starts the next window */
+			unsigned lead2 = IN_RANGE(c2, span2), lead3 = 0;
+			if ((high & ~(cont | lead2)) || cont != ((lead2 << 1) & 0xFFFF)) { /* not two-byte alone */
+				lead3 = IN_RANGE(e1, span3) | IN_RANGE(ee, one);
+				if ((high & ~(cont | lead2 | lead3)) || cont != (((lead2 | lead3) << 1 | lead3 << 2) & 0xFFFF))
+					break;
+			}
+#undef IN_RANGE
+			/* a character cut by the window's end starts the next one */
+			i += (lead2 | lead3) & 0x8000 ? 15 : lead3 & 0x4000 ? 14 : 16;
 		}
 #endif
-		uint64_t w;
-		while (i + 8 <= n && (memcpy(&w, s + i, 8), !(w & 0x8080808080808080ull)))
-			i += 8;
-		if (i >= n)
-			break;
-		/* Two-byte characters (Cyrillic, Greek ...) and the single ASCII
-		 * bytes between them (spaces, punctuation) the short way. */
-		for (;;) {
-			if (i + 1 < n && s[i] >= 0xC2 && s[i] <= 0xDF && (s[i + 1] & 0xC0) == 0x80)
-				i += 2;
-			else if (i + 1 < n && s[i] < 0x80 && s[i + 1] >= 0x80)
+		/* A character at a time: the window that did not pass, or the last
+		 * bytes (all of them where SSE2 is not). */
+		for (size_t stop = n - i > 16 ? i + 16 : n; i < stop;) {
+			unsigned char c = s[i];
+			size_t len;
+			unsigned char lo = 0x80, hi = 0xBF;
+			if (c < 0x80) {
 				i++;
-			else
-				break;
-		}
-		if (i >= n)
-			break;
-		unsigned char c = s[i];
-		size_t len;
-		unsigned char lo = 0x80, hi = 0xBF;
-		if (c < 0x80) {
-			i++;
-			continue;
-		} else if (c >= 0xC2 && c <= 0xDF) {
-			len = 2;
-		} else if (c >= 0xE0 && c <= 0xEF) {
-			len = 3;
-			if (c == 0xE0)
-				lo = 0xA0;
-			else if (c == 0xED)
-				hi = 0x9F;
-		} else if (c >= 0xF0 && c <= 0xF4) {
-			len = 4;
-			if (c == 0xF0)
-				lo = 0x90;
-			else if (c == 0xF4)
-				hi = 0x8F;
-		} else {
-			return (long)i;
-		}
-		if (i + len > n || s[i + 1] < lo || s[i + 1] > hi)
-			return (long)i;
-		for (size_t k = 2; k < len; k++)
-			if (s[i + k] < 0x80 || s[i + k] > 0xBF)
+				continue;
+			} else if (c >= 0xC2 && c <= 0xDF) {
+				len = 2;
+			} else if (c >= 0xE0 && c <= 0xEF) {
+				len = 3;
+				if (c == 0xE0)
+					lo = 0xA0;
+				else if (c == 0xED)
+					hi = 0x9F;
+			} else if (c >= 0xF0 && c <= 0xF4) {
+				len = 4;
+				if (c == 0xF0)
+					lo = 0x90;
+				else if (c == 0xF4)
+					hi = 0x8F;
+			} else {
 				return (long)i;
-		i += len;
+			}
+			if (i + len > n || s[i + 1] < lo || s[i + 1] > hi)
+				return (long)i;
+			for (size_t k = 2; k < len; k++)
+				if (s[i + k] < 0x80 || s[i + k] > 0xBF)
+					return (long)i;
+			i += len;
+		}
 	}
 	return -1;
 }
@@ -1104,18 +1109,28 @@ static int read_more(struct jsonl_reader *r)
 		size_t cap = r->cap ? r->cap : 2 * (size_t)READ_BUFFER;
 		while (cap - keep < READ_BUFFER + 1)
 			cap *= 2;
-		struct jsonl_block *b = lent ? malloc(sizeof *b + cap) : realloc(r->blk, sizeof *b + cap);
+		struct jsonl_block *b = NULL;
+		for (int k = 0; lent && !b && k < r->nlent; k++)
+			if (r->lent[k]->refs == 1 && r->lent[k]->cap >= cap) { /* no line of it is held now */
+				b = r->lent[k];
+				r->lent[k] = r->lent[--r->nlent];
+				cap = b->cap;
+			}
+		if (!b)
+			b = lent ? malloc(sizeof *b + cap) : realloc(r->blk, sizeof *b + cap);
 		if (!b) {
 			errno = ENOMEM;
 			return -1;
 		}
 		if (lent) {
 			memcpy(b->data, r->buf + r->beg, keep);
-			jsonl_block_release(r->blk);
-			b->refs = 1;
-		} else if (!r->blk) {
-			b->refs = 1;
+			if (r->nlent < KEPT_BLOCKS) /* its reference kept, to read into once it is given back */
+				r->lent[r->nlent++] = r->blk;
+			else
+				jsonl_block_release(r->blk);
 		}
+		if (lent || !r->blk)
+			b->refs = 1;
 		b->cap = cap;
 		r->blk = b, r->buf = b->data, r->cap = cap;
 	}
@@ -1203,7 +1218,7 @@ int jsonl_reserve(struct jsonl_buf *b, size_t more)
 	return 0;
 }
 
-void jsonl_put(struct jsonl_buf *b, const char *s, size_t n)
+void jsonl_put_grow(struct jsonl_buf *b, const char *s, size_t n)
 {
 	if (n == 0 || jsonl_reserve(b, n) < 0) /* n 0: b->p may still be NULL */
 		return;

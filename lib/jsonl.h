@@ -12,6 +12,7 @@
 #define LORAPIPE_JSONL_H
 
 #include <stdio.h>
+#include <string.h>
 
 #include <jq.h>
 
@@ -145,7 +146,17 @@ struct jsonl_buf {
 	size_t n, cap;
 	int oom;
 };
-void jsonl_put(struct jsonl_buf *b, const char *s, size_t n);        /* the bytes as they are */
+void jsonl_put_grow(struct jsonl_buf *b, const char *s, size_t n);   /* jsonl_put where b has no room */
+/* the bytes as they are (inline: a record is written in hundreds of short pieces) */
+static inline void jsonl_put(struct jsonl_buf *b, const char *s, size_t n)
+{
+	if (n && !b->oom && n <= b->cap - b->n) {
+		memcpy(b->p + b->n, s, n);
+		b->n += n;
+	} else {
+		jsonl_put_grow(b, s, n);
+	}
+}
 void jsonl_put_string(struct jsonl_buf *b, const char *s, size_t n); /* a JSON string of s (UTF-8) */
 void jsonl_put_escaped(struct jsonl_buf *b, const char *s, size_t n); /* the same without its quotes */
 void jsonl_put_value(struct jsonl_buf *b, jv v);                     /* v, consumed, as jsonl_write */

@@ -689,8 +689,8 @@ static int utf8_by_utf8proc(const char *s, size_t n)
 
 /* The first byte that is not UTF-8, as jsonl_unsafe_at finds it, is the
  * first that utf8proc cannot read, on random texts of ASCII, two- to
- * four-byte characters, long runs of two-byte text (the validator's short
- * way) and broken sequences (lone continuations, overlongs, surrogates, past
+ * four-byte characters, long runs of two-byte or three-byte text (the
+ * validator's short way) and broken sequences (lone continuations, overlongs, surrogates, past
  * U+10FFFF, cut short), at every alignment. */
 static void test_utf8_offsets(void)
 {
@@ -698,6 +698,7 @@ static void test_utf8_offsets(void)
 	srand(seed);
 	static const char *good[] = {"a", " ", ",", "\xd0\x9f", "\xd1\x8f", "\xc2\x80", "\xdf\xbf", "\xe4\xb8\xad",
 				     "\xe0\xa0\x80", "\xed\x9f\xbf", "\xef\xbf\xbf", "\xf0\x90\x80\x80", "\xf4\x8f\xbf\xbf"};
+	static const char *good3[] = {"a", " ", "\xe4\xb8\xad", "\xe1\x80\x80", "\xec\xbf\xbf", "\xef\xbf\xbf"};
 	static const char *bad[] = {"\x80", "\xbf", "\xc0\x80", "\xc1\xbf", "\xe0\x80\x80", "\xed\xa0\x80",
 				    "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\xff", "\xd0", "\xe4\xb8", "\xf0\x9f\x99", "\xd0" "a"};
 	char s[600];
@@ -706,7 +707,12 @@ static void test_utf8_offsets(void)
 		size_t n = 0, want_n = (size_t)(rand() % 500);
 		int nbad = rand() % 3;
 		while (n < want_n) {
-			const char *u = rand() % 60 < nbad ? bad[rand() % 13] : good[rand() % (rand() % 2 ? 13 : 5)];
+			/* all kinds, or ASCII and two-byte, or ASCII and three-byte (each the validator's short way) */
+			int kind = rand() % 3;
+			const char *u = rand() % 60 < nbad ? bad[rand() % 13]
+				      : kind == 0      ? good[rand() % 13]
+				      : kind == 1      ? good[rand() % 5]
+						       : good3[rand() % 6];
 			memcpy(s + n, u, strlen(u));
 			n += strlen(u);
 		}
