@@ -318,8 +318,9 @@ int main(int argc, char **argv)
 	}
 	struct chat_model *m = chat_model_load(model, opt_str(&r, "template", NULL), &err);
 	msg_die_if(!m, &err);
-	struct jsonl_reader *in = jsonl_open(input, &err);
+	struct jsonl_reader *in = jsonl_open_mapped(input, &err);
 	msg_die_if(!in, &err);
+	msg_catch_bus(jsonl_name(in));
 	struct outfile *out = outfile_open(opt_str(&r, "output", "-"), 0, &err);
 	msg_die_if(!out, &err);
 

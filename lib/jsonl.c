@@ -7,6 +7,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <utf8proc.h>
 #if defined(__SSE2__)
@@ -26,6 +30,7 @@ struct jsonl_reader {
 	struct jsonl_block *blk; /* what was read: the lines handed out point into it */
 	struct jsonl_block *lent[KEPT_BLOCKS]; /* blocks moved off while lent, kept to read into again */
 	int nlent;
+	int mapped; /* buf is the whole file, mapped: lines are not NUL-terminated */
 	char *buf;               /* blk's bytes, */
 	size_t cap, beg, end;    /* its size; the bytes not yet handed out: [beg, end) */
 	int eof;
@@ -1078,6 +1083,7 @@ int jsonl_jd_of(jv v, struct jd_arena *a, struct jd *out)
 struct jsonl_block {
 	int refs;
 	size_t cap;
+	char *map; /* a mapped file's bytes (cap of them), unmapped at the end; else data */
 	char data[];
 };
 
@@ -1091,8 +1097,42 @@ struct jsonl_block *jsonl_block_ref(struct jsonl_block *b)
 
 void jsonl_block_release(struct jsonl_block *b)
 {
-	if (b && --b->refs == 0)
+	if (b && --b->refs == 0) {
+		if (b->map)
+			munmap(b->map, b->cap);
 		free(b);
+	}
+}
+
+struct jsonl_reader *jsonl_open_mapped(const char *path, struct err *err)
+{
+	if (!path || !strcmp(path, "-"))
+		return jsonl_open(path, err);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 ||
+	    (uintmax_t)st.st_size > SIZE_MAX / 2) { /* not a file to map: read, errors worded as jsonl_open's */
+		if (fd >= 0)
+			close(fd);
+		return jsonl_open(path, err);
+	}
+	size_t size = (size_t)st.st_size;
+	char *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+	close(fd);
+	if (map == MAP_FAILED)
+		return jsonl_open(path, err);
+	madvise(map, size, MADV_SEQUENTIAL);
+	struct jsonl_reader *r = jsonl_from_file(NULL, path);
+	struct jsonl_block *b = r ? malloc(sizeof *b) : NULL;
+	if (!b) {
+		munmap(map, size);
+		free(r ? r->name : NULL), free(r);
+		err_sys(err, "%s: out of memory", path);
+		return NULL;
+	}
+	*b = (struct jsonl_block){.refs = 1, .cap = size, .map = map};
+	r->blk = b, r->buf = map, r->cap = size, r->end = size, r->eof = 1, r->mapped = 1;
+	return r;
 }
 
 /* Reads more into r->buf, keeping [beg, end) at its front: 1, 0 at the
@@ -1131,7 +1171,7 @@ static int read_more(struct jsonl_reader *r)
 		}
 		if (lent || !r->blk)
 			b->refs = 1;
-		b->cap = cap;
+		b->cap = cap, b->map = NULL;
 		r->blk = b, r->buf = b->data, r->cap = cap;
 	}
 	r->beg = 0, r->end = keep;
@@ -1168,7 +1208,8 @@ int jsonl_next_line(struct jsonl_reader *r, const char **out, size_t *outlen, st
 			len--;
 		if (len && line[len - 1] == '\r') /* files written on Windows */
 			len--;
-		line[len] = '\0';
+		if (!r->mapped)
+			line[len] = '\0';
 		/* A byte-order mark some editors put at the top of a file. */
 		if (r->lineno == 1 && len >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) {
 			line += 3;

@@ -25,6 +25,12 @@ struct jsonl_reader;
  * jsonl_from_file does not take f over: jsonl_close leaves it open. It returns
  * NULL only when out of memory; name NULL means "<stdin>". */
 struct jsonl_reader *jsonl_open(const char *path, struct err *err);
+/* jsonl_open, a regular file mapped into memory instead of read: no byte
+ * is copied, and jsonl_next_line's lines lie in the mapping, not
+ * NUL-terminated. A file that shrinks while mapped raises SIGBUS where a
+ * line past its new end is read: the caller catches it (msg_catch_bus).
+ * Standard input and other files are read as jsonl_open reads them. */
+struct jsonl_reader *jsonl_open_mapped(const char *path, struct err *err);
 struct jsonl_reader *jsonl_from_file(FILE *f, const char *name);
 void jsonl_close(struct jsonl_reader *r);
 /* Reads the next record: 1 and *out set, 0 at the end, -1 with err set to

@@ -138,6 +138,30 @@ volatile sig_atomic_t msg_interrupted;
 
 static void on_signal(int sig) { msg_interrupted = sig; }
 
+static const char *bus_name;
+
+/* Only what a signal handler may call: the read of the mapping cannot go on. */
+static void on_bus(int sig)
+{
+	(void)sig;
+	static const char what[] = ": the file shrank while it was read (a mapped input must not change)\n";
+	if (write(2, prog, strlen(prog)) < 0 || write(2, ": ", 2) < 0 || write(2, bus_name, strlen(bus_name)) < 0 ||
+	    write(2, what, sizeof what - 1) < 0) {
+		/* nothing more to say */
+	}
+	if (cleanup)
+		cleanup();
+	_exit(EXIT_RUNTIME);
+}
+
+void msg_catch_bus(const char *name)
+{
+	bus_name = name;
+	struct sigaction sa = {.sa_handler = on_bus};
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, NULL);
+}
+
 void msg_catch_signals(void)
 {
 	struct sigaction sa = {.sa_handler = on_signal};

@@ -62,5 +62,9 @@ void msg_die_if(int failed, const struct err *err);
  * and exit 130; SIGPIPE is ignored so a closed pipe is a write error. */
 extern volatile sig_atomic_t msg_interrupted;
 void msg_catch_signals(void);
+/* SIGBUS, raised where a mapped file (jsonl_open_mapped) shrank under the
+ * tool, ends it with "PROG: NAME: the file shrank while it was read ...",
+ * the msg_atexit cleanup run (partial outputs removed), and exit status 1. */
+void msg_catch_bus(const char *name);
 
 #endif

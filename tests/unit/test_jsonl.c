@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/wait.h>
 
 #include <utf8proc.h>
 
@@ -349,6 +350,98 @@ static void test_held_blocks(void)
 	CHECK(blocks > 3, "the lines lie in %d blocks: the case is not exercised", blocks);
 	jsonl_close(r);
 	free(held), free((void *)line), free(data);
+}
+
+/* Lines whose blocks are held a while (the last W read) and then given
+ * back: the reader reads into blocks given back again, never into one a
+ * line is still held in; and the same file mapped (jsonl_open_mapped) gives
+ * the same lines, unterminated, in one block. */
+static void test_blocks_given_back(void)
+{
+	enum { N = 4000, W = 7 };
+	size_t total = 0, len[N];
+	for (int i = 0; i < N; i++)
+		total += (len[i] = 1 + (size_t)rng_below(check_rng(), i % 500 == 7 ? 200000 : 4000)) + 1;
+	char *data = malloc(total), *at = data;
+	for (int i = 0; i < N; i++) {
+		for (size_t k = 0; k < len[i]; k++)
+			at[k] = (char)('a' + (i * 7 + k) % 26);
+		at += len[i];
+		*at++ = '\n';
+	}
+	put("given-back.jsonl", data, total);
+	struct err err;
+	for (int mapped = 0; mapped < 2; mapped++) {
+		struct jsonl_reader *r = mapped ? jsonl_open_mapped(path, &err) : jsonl_open(path, &err);
+		const char **line = malloc(N * sizeof *line);
+		size_t *off = malloc(N * sizeof *off);
+		struct jsonl_block **held = malloc(N * sizeof *held);
+		int n = 0, bad = 0;
+		size_t got, o = 0;
+		for (; n < N && jsonl_next_line(r, &line[n], &got, &err) == 1; n++) {
+			CHECK(got == len[n], "line %d: %zu bytes, want %zu", n + 1, got, len[n]);
+			off[n] = o, o += len[n] + 1;
+			held[n] = jsonl_block_ref(jsonl_line_block(r));
+			if (n >= W) { /* the oldest held line, still as read, given back */
+				bad += memcmp(line[n - W], data + off[n - W], len[n - W]) != 0;
+				jsonl_block_release(held[n - W]);
+			}
+		}
+		CHECK(n == N && !bad, "%s: %d lines, %d changed while held", mapped ? "mapped" : "read", n, bad);
+		for (int i = n > W ? n - W : 0; i < n; i++)
+			jsonl_block_release(held[i]);
+		if (mapped)
+			CHECK(line[0] == line[1] - len[0] - 1, "mapped: the lines lie where the file has them");
+		jsonl_close(r);
+		free(held), free(off), free((void *)line);
+	}
+	free(data);
+}
+
+/* A mapped file that shrinks under the reader: msg_catch_bus ends the
+ * process with its message and status 1 (in a child). Standard input and
+ * an empty file are read, not mapped. */
+static void test_mapped_shrinks(void)
+{
+	char big[20000];
+	for (size_t i = 0; i < sizeof big; i++)
+		big[i] = i % 100 == 99 ? '\n' : (char)('a' + i % 26);
+	put("shrinks.jsonl", big, sizeof big);
+	char errpath[300];
+	snprintf(errpath, sizeof errpath, "%s/shrinks.err", dir);
+	fflush(stdout);
+	pid_t pid = fork();
+	if (pid == 0) {
+		int fd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		dup2(fd, 2);
+		struct err err;
+		struct jsonl_reader *r = jsonl_open_mapped(path, &err);
+		msg_catch_bus(jsonl_name(r));
+		const char *line;
+		size_t len;
+		if (truncate(path, 0) != 0)
+			_exit(3);
+		while (jsonl_next_line(r, &line, &len, &err) == 1)
+			;
+		_exit(0); /* the shrunk file was read to its old end */
+	}
+	int status = 0;
+	waitpid(pid, &status, 0);
+	char msg[512] = "";
+	FILE *f = fopen(errpath, "r");
+	size_t k = f ? fread(msg, 1, sizeof msg - 1, f) : 0;
+	msg[k] = 0;
+	if (f)
+		fclose(f);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1 && strstr(msg, "shrinks.jsonl: the file shrank while it was read"),
+	      "status %d, said: %s", status, msg);
+	PUT("empty.jsonl", "");
+	struct err err;
+	struct jsonl_reader *r = jsonl_open_mapped(path, &err);
+	const char *line;
+	size_t len;
+	CHECK(r && jsonl_next_line(r, &line, &len, &err) == 0, "an empty file: no line");
+	jsonl_close(r);
 }
 
 static void test_open_errors(void)
@@ -1117,6 +1210,8 @@ int main(void)
 	RUN(test_skip_bad);
 	RUN(test_long_line);
 	RUN(test_held_blocks);
+	RUN(test_blocks_given_back);
+	RUN(test_mapped_shrinks);
 	RUN(test_open_errors);
 	RUN(test_stdin_name_and_errf);
 	RUN(test_empty_inputs);
