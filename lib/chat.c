@@ -760,64 +760,49 @@ static int markers_from_json(struct chat_model *m, const char *path, struct err 
 		wholefile_unmap(map, len);
 		return 0;
 	}
-	/* Each entry's "content" and "special" alone are read: a tokenizer of
-	 * thousands of added tokens (Gemma 3's) would cost more to parse whole. */
 	const char *at_s = found ? text + a : "[]";
 	size_t at_n = found ? b - a : 2;
 	if (at_n == 4 && !memcmp(at_s, "null", 4))
 		at_s = "[]", at_n = 2;
-	int n = 0, ok = 1;
-	size_t next = 0, ea, eb;
-	jv contents = jv_array(), special_set = jv_object(); /* every content some special entry has */
-	int r;
-	while (ok && (r = jsonl_array_next(at_s, at_n, &next, &ea, &eb)) > 0) {
-		/* one pass over the entry's members; a repeated key means its last value */
-		const char *e = at_s + ea;
-		size_t en = eb - ea, mat = 0, ka, kb, va, vb, ca = 0, cb = 0, sa = 0, sb = 0;
-		int hc = 0, hs = 0, rm;
-		while ((rm = jsonl_object_next(e, en, &mat, &ka, &kb, &va, &vb)) > 0) {
-			if (jsonl_key_is(e + ka, kb - ka, "content"))
-				ca = va, cb = vb, hc = 1;
-			else if (jsonl_key_is(e + ka, kb - ka, "special"))
-				sa = va, sb = vb, hs = 1;
-		}
-		jv c = rm == 0 && hc && e[ca] == '"' ? jsonl_parse_value(e + ca, cb - ca) : jv_invalid();
-		int is_true = hs && sb - sa == 4 && !memcmp(e + sa, "true", 4);
-		ok = jv_get_kind(c) == JV_KIND_STRING &&
-		     (!hs || is_true || (sb - sa == 5 && !memcmp(e + sa, "false", 5)) ||
-		      (sb - sa == 4 && !memcmp(e + sa, "null", 4)));
-		if (!ok) {
-			jv_free(c);
-			break;
-		}
-		if (is_true)
-			special_set = jv_object_set(special_set, jv_copy(c), jv_true());
-		contents = jv_array_append(contents, c);
-		n++;
-	}
-	ok = ok && r == 0;
+	/* The list parsed whole (the direct parser is faster than scanning its
+	 * entries for two members); a repeated key means its last value. */
+	struct jd_arena ar = {0};
+	struct jd list;
+	int ok = jsonl_parse_jd(at_s, at_n, &ar, &list, &ignored) == 0 && list.kind == JD_ARRAY;
 	wholefile_unmap(map, len);
-	if (!ok) {
-		jv_free(special_set), jv_free(contents);
-		return 0;
+	uint32_t n = ok ? list.n : 0;
+	size_t size = 16;
+	while (size < 2 * (size_t)n)
+		size *= 2;
+	uint32_t *slot = calloc(size, sizeof *slot); /* index + 1 of the first entry of a content */
+	unsigned char *first = calloc((size_t)n + 1, 2), *special = first + n + 1; /* special: of a first entry */
+	const struct jd **content = malloc(((size_t)n + 1) * sizeof *content);
+	int oom = !slot || !first || !content;
+	ok = ok && !oom;
+	for (uint32_t i = 0; ok && i < n; i++) {
+		const struct jd *e = &list.u.items[i], *c = jd_get(e, "content"), *sp = jd_get(e, "special");
+		ok = e->kind == JD_OBJECT && c && c->kind == JD_STRING &&
+		     (!sp || sp->kind == JD_TRUE || sp->kind == JD_FALSE || sp->kind == JD_NULL);
+		if (!ok)
+			break;
+		content[i] = c;
+		uint32_t h = 2166136261u; /* FNV-1a */
+		for (uint32_t k = 0; k < c->n; k++)
+			h = (h ^ (unsigned char)c->u.s[k]) * 16777619u;
+		size_t at = h & (size - 1);
+		while (slot[at] && !(content[slot[at] - 1]->n == c->n && !memcmp(content[slot[at] - 1]->u.s, c->u.s, c->n)))
+			at = (at + 1) & (size - 1);
+		if (!slot[at])
+			slot[at] = i + 1, first[i] = 1;
+		special[slot[at] - 1] |= sp && sp->kind == JD_TRUE; /* special when any entry of it is */
 	}
 	/* The special ones first, then eos_token, then the rest. */
 	size_t cap = 0;
 	int rc = 0;
-	for (int tier = 0; tier < 2 && rc == 0; tier++) {
-		jv seen = jv_object();
-		for (int i = 0; i < n && rc == 0; i++) {
-			jv c = jv_array_get(jv_copy(contents), i);
-			int len_c = jv_string_length_bytes(jv_copy(c));
-			int is_special = jv_object_has(jv_copy(special_set), jv_copy(c));
-			if (len_c > 0 && *jv_string_value(c) && is_special == !tier &&
-			    !jv_object_has(jv_copy(seen), jv_copy(c))) {
-				rc = marker_add(m, &cap, jv_string_value(c), (size_t)len_c, err);
-				seen = jv_object_set(seen, jv_copy(c), jv_true());
-			}
-			jv_free(c);
-		}
-		jv_free(seen);
+	for (int tier = 0; ok && tier < 2 && rc == 0; tier++) {
+		for (uint32_t i = 0; i < n && rc == 0; i++)
+			if (first[i] && content[i]->n && content[i]->u.s[0] && special[i] == !tier)
+				rc = marker_add(m, &cap, content[i]->u.s, content[i]->n, err);
 		jv eos = obj_get(m->tokens, "eos_token");
 		if (tier == 0 && rc == 0 && jv_get_kind(eos) == JV_KIND_STRING && *jv_string_value(eos))
 			rc = marker_add(m, &cap, jv_string_value(eos), strlen(jv_string_value(eos)), err);
@@ -825,7 +810,12 @@ static int markers_from_json(struct chat_model *m, const char *path, struct err 
 		if (tier == 0)
 			m->mk.nfirst = m->mk.n;
 	}
-	jv_free(special_set), jv_free(contents);
+	free(slot), free(first), free(content);
+	jd_arena_free(&ar);
+	if (oom)
+		return err_sys(err, "out of memory");
+	if (!ok) /* not of the simple form: the tokenizer's loader says why */
+		return 0;
 	return rc < 0 ? -1 : 1;
 }
 
