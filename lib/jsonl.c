@@ -1669,6 +1669,25 @@ static int key_is(const char *s, size_t k, const char *key, size_t kn)
 	return is;
 }
 
+/* Whether s[0..n) holds q[0..qn): where q has a byte rarer in JSON text
+ * than lowercase letters, quotes and spaces ("added_tokens"' '_': a few
+ * thousand in a 33 MB tokenizer.json), memchr for it and a compare around
+ * each, fifteen times faster than memmem over megabytes; else memmem. */
+static int holds(const char *s, size_t n, const char *q, size_t qn)
+{
+	size_t r = 0;
+	while (r < qn && ((q[r] >= 'a' && q[r] <= 'z') || q[r] == '"' || q[r] == ' '))
+		r++;
+	if (r == qn)
+		return memmem(s, n, q, qn) != NULL;
+	if (n < qn)
+		return 0;
+	for (const char *p = s + r, *last = s + n - qn + r; p <= last && (p = memchr(p, q[r], (size_t)(last - p) + 1)); p++)
+		if (!memcmp(p - r, q, qn))
+			return 1;
+	return 0;
+}
+
 /* Whether the JSON text s[0..n) may name the key key[0..kn) again: it holds
  * "key" written plainly, or a \\u escape of one of its characters, the
  * only escape that can stand for a letter, a digit or most punctuation. A
@@ -1687,7 +1706,7 @@ static int key_may_recur(const char *s, size_t n, const char *key, size_t kn)
 	if (kn + 2 > sizeof quoted)
 		return 1;
 	quoted[0] = '"', memcpy(quoted + 1, key, kn), quoted[kn + 1] = '"';
-	if (memmem(s, n, quoted, kn + 2))
+	if (holds(s, n, quoted, kn + 2))
 		return 1;
 	for (const char *q = s; (q = memchr(q, '\\', (size_t)(s + n - q))) != NULL; q += 2) {
 		unsigned u;

@@ -1146,6 +1146,11 @@ static void test_locate(void)
 		{"{\"ab\": 1 \"x\": 2}", "ab", -1, NULL},     /* as is a missing comma after it */
 		{"[5, [6, 7], 8", "[1][0]", -1, NULL},
 		{"[5, [6, 7], 8]", "[1][0]", 1, "6"},
+		/* a key with a byte rarer than letters: searched for by that byte */
+		{"{\"a_b\": 1, \"x\": 2, \"a_b\": 3}", "a_b", 1, "3"},
+		{"{\"a_b\": 1,\"a_b\":[2]}", "a_b", 1, "[2]"},
+		{"{\"a_b\": 1, \"x\": \"_ a_b _\"}", "a_b", 1, "1"},
+		{"{\"a_b\": 1, \"_\": \"a_c\", \"y\": \"_b\"}", "a_b", 1, "1"},
 	};
 	for (size_t i = 0; i < sizeof early / sizeof *early; i++) {
 		int rc = jsonl_locate(early[i].text, strlen(early[i].text), early[i].path, &a, &b);
@@ -1155,24 +1160,24 @@ static void test_locate(void)
 	/* Random objects with repeated keys, plain and escaped: the value found is jq's. */
 	unsigned seed = (unsigned)time(NULL);
 	srand(seed);
-	static const char *keys[] = {"ab", "a\\u0062", "\\u0061b", "ba", "k", "\\u006b"};
-	static const char *names[] = {"ab", "ab", "ab", "ba", "k", "k"};
+	static const char *keys[] = {"ab", "a\\u0062", "\\u0061b", "ba", "k", "\\u006b", "a_b", "a\\u005fb"};
+	static const char *names[] = {"ab", "ab", "ab", "ba", "k", "k", "a_b", "a_b"};
 	char doc[4096];
 	for (int c = 0; c < 2000 && !check_case_failed; c++) {
 		size_t m = 0;
 		int members = 1 + rand() % 6;
 		m += (size_t)snprintf(doc + m, sizeof doc - m, "{");
 		for (int k = 0; k < members; k++) {
-			int w = rand() % 6;
+			int w = rand() % 8;
 			m += (size_t)snprintf(doc + m, sizeof doc - m, "%s\"%s\": ", k ? ", " : "", keys[w]);
 			switch (rand() % 3) {
 			case 0: m += (size_t)snprintf(doc + m, sizeof doc - m, "%d", k); break;
-			case 1: m += (size_t)snprintf(doc + m, sizeof doc - m, "[%d, \"%s\"]", k, keys[rand() % 6]); break;
-			default: m += (size_t)snprintf(doc + m, sizeof doc - m, "{\"%s\": %d}", keys[rand() % 6], k);
+			case 1: m += (size_t)snprintf(doc + m, sizeof doc - m, "[%d, \"%s\"]", k, keys[rand() % 8]); break;
+			default: m += (size_t)snprintf(doc + m, sizeof doc - m, "{\"%s\": %d}", keys[rand() % 8], k);
 			}
 		}
 		m += (size_t)snprintf(doc + m, sizeof doc - m, "}\n");
-		const char *name = names[rand() % 6];
+		const char *name = names[rand() % 8];
 		jv whole = jv_parse_sized(doc, (int)m);
 		jv want = jv_object_get(jv_copy(whole), jv_string(name));
 		int rc = jsonl_locate(doc, m, name, &a, &b);
