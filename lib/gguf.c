@@ -915,8 +915,12 @@ int64_t gguf_get_arr_n(const struct gguf *g, const char *key, enum gguf_type ele
 
 const char *gguf_get_arr_str(const struct gguf *g, const char *key, uint64_t i, size_t *len)
 {
-	int64_t k = gguf_find_key(g, key);
-	if (k < 0)
+	return gguf_kv_arr_str(g, gguf_find_key(g, key), i, len);
+}
+
+const char *gguf_kv_arr_str(const struct gguf *g, int64_t k, uint64_t i, size_t *len)
+{
+	if (k < 0 || k >= g->n_kv)
 		return NULL;
 	const struct gguf_kv *kv = &g->kv[k];
 	if (kv->type != GGUF_TYPE_ARRAY || kv->arr_type != GGUF_TYPE_STRING || i >= kv->n)

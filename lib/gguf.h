@@ -180,6 +180,8 @@ int64_t gguf_get_arr_n(const struct gguf *g, const char *key, enum gguf_type ele
 /* Element i of an array of strings, NUL-terminated, *len without the NUL.
  * NULL when key is no array of strings or i is out of range. */
 const char *gguf_get_arr_str(const struct gguf *g, const char *key, uint64_t i, size_t *len);
+/* The same by the key's index (gguf_find_key), for a loop over a long array. */
+const char *gguf_kv_arr_str(const struct gguf *g, int64_t k, uint64_t i, size_t *len);
 /* The elements of a numeric or bool array (bool as one byte, 0 or 1), aligned
  * for their type, in host order; *n the count. NULL with err set when key is
  * missing or is no array of elem. */

@@ -250,7 +250,7 @@ static int gguf_special(const struct gguf *g, struct model_config *cfg, struct e
 	uint64_t n = tk >= 0 && gguf_kv_arr_type(g, tk) == GGUF_TYPE_STRING ? gguf_kv_arr_n(g, tk) : 0;
 	for (uint64_t i = 0; i < n && i <= INT32_MAX; i++) {
 		size_t len;
-		const char *t = gguf_get_arr_str(g, "tokenizer.ggml.tokens", i, &len);
+		const char *t = gguf_kv_arr_str(g, tk, i, &len);
 		if (!t || len < 5 || len > 20 || (t[0] != '<' && t[0] != '_'))
 			continue;
 		for (size_t j = 0; j < sizeof eog_text / sizeof eog_text[0]; j++)

@@ -243,9 +243,10 @@ static int conv_tokens(struct conv *c)
 				       (unsigned long long)nt, (unsigned long long)c->n);
 	}
 
+	int64_t tokens = gguf_find_key(c->g, "tokenizer.ggml.tokens");
 	for (uint64_t i = 0; i < c->n; i++) {
 		size_t len;
-		const char *s = gguf_get_arr_str(c->g, "tokenizer.ggml.tokens", i, &len);
+		const char *s = gguf_kv_arr_str(c->g, tokens, i, &len);
 		if (len == 0) {
 			char buf[32];
 			int k = snprintf(buf, sizeof buf, "[EMPTY_%llu]", (unsigned long long)i);
@@ -345,9 +346,10 @@ static int conv_merges_gpt2(const struct conv *c, jv *out)
 	int rc = 0;
 	char *both = NULL;
 	size_t both_cap = 0;
+	int64_t merges_key = gguf_find_key(c->g, "tokenizer.ggml.merges");
 	for (int64_t i = 0; i < n; i++) {
 		size_t len;
-		const char *m = gguf_get_arr_str(c->g, "tokenizer.ggml.merges", (uint64_t)i, &len);
+		const char *m = gguf_kv_arr_str(c->g, merges_key, (uint64_t)i, &len);
 		/* llama.cpp splits at the first space after the first byte */
 		const char *sp = len > 1 ? memchr(m + 1, ' ', len - 1) : NULL;
 		if (!sp) {
