@@ -47,7 +47,7 @@ static const struct opt opts[] = {
 	{"var", 0, OPT_STRING, "NAME=JSON", "an extra template variable (repeatable), e.g. enable_thinking=false",
 	 .repeat = 1},
 	{"skip-bad", 0, OPT_FLAG, NULL, "skip and count bad records instead of stopping"},
-	{"no-memo", 0, OPT_FLAG, NULL, "render every record, even one of a shape seen before (the output is the same)"},
+	{"no-memo", 0, OPT_FLAG, NULL, "parse and render every record, even one of a line or shape seen before (the output is the same)"},
 	{"threads", 0, OPT_INT, "N", "worker threads (default 0: one per CPU, at most 16)", .min = 0, .max = MAX_THREADS},
 	{"output", 'o', OPT_STRING, "FILE", "write here (atomically) instead of standard output"},
 	OPT_COMMON_ROWS,
