@@ -137,6 +137,7 @@ static void entries_clear(struct chat_memo *m)
 	for (unsigned k = 0; k < m->nkept; k++)
 		free(m->kept[k].text);
 	m->n = m->nlines = m->bytes = m->nkept = m->last_kept = 0;
+	m->line = NULL; /* a line scanned before names kept texts that are gone: not to be learned */
 }
 
 void chat_memo_free(struct chat_memo *m)

@@ -208,6 +208,23 @@ static void test_refused(void)
 	tmpl_free(t);
 }
 
+/* A line the line memo did not write, as ds-fmt goes on with it: its
+ * shape found (and learned, the first time, from a watched rendering with
+ * one span over it all), then the line learned. */
+static void learn_line(struct chat_memo *m, const struct tmpl *t, const char *line, const struct jd *msgs,
+		       const struct jd *tools)
+{
+	struct memo_shape *e = chat_memo_find(m, t, msgs, tools);
+	struct tmpl_watch w = {0};
+	struct tmpl_output o;
+	if (e && chat_memo_untried(e) && render_with(t, msgs, tools, &w, &o) == 0) {
+		long spans[2] = {0, (long)o.len};
+		chat_memo_learn_end(m, e, chat_memo_learn_begin(&o, msgs, 0), spans, 1, &w, 0);
+		tmpl_output_free(&o);
+	}
+	chat_memo_line_learn(m, line, strlen(line), e, msgs, NULL);
+}
+
 /* The line memo: lines of one skeleton, their contents and top-level
  * strings and numbers random, are written as rendering their parse gives
  * once one was learned; lines it must not take are refused even when their
@@ -265,15 +282,7 @@ static void test_lines(void)
 			written++;
 			free(want.p), free(gtop.p), free(wtop.p);
 		} else {
-			struct memo_shape *e = chat_memo_find(m, t, msgs, tools);
-			struct tmpl_watch w = {0};
-			struct tmpl_output o;
-			if (e && chat_memo_untried(e) && render_with(t, msgs, tools, &w, &o) == 0) {
-				long spans[2] = { 0, (long)o.len };
-				chat_memo_learn_end(m, e, chat_memo_learn_begin(&o, msgs, 0), spans, 1, &w, 0);
-				tmpl_output_free(&o);
-			}
-			chat_memo_line_learn(m, line, strlen(line), e, msgs, NULL);
+			learn_line(m, t, line, msgs, tools);
 		}
 		free(got.p), free(sp);
 	}
@@ -309,6 +318,65 @@ static void test_lines(void)
 	tmpl_free(t);
 }
 
+/* The memo starts over (a full table) between a line's scan and its
+ * learning: the line's key names kept texts that are gone, and a later
+ * line whose other tool list took the same number must not be written
+ * from the shape of the first. */
+static void test_lines_start_over(void)
+{
+	const char *src = "{% for m in messages %}{{ m.content }};{% endfor %}{{ tools | tojson }}";
+	struct err err = {0};
+	struct tmpl *t = tmpl_compile(src, strlen(src), "t", &err);
+	struct chat_memo *m = chat_memo_new();
+	struct jd_arena a = {0};
+	struct jd none = jd_null();
+	const char *fmt = "{\"messages\": " CONV("%s", "b") ", \"tools\": [{\"type\": \"function\", \"function\": "
+			  "{\"name\": \"%s\", \"description\": \"a tool list long enough to be kept by the line memo, "
+			  "named by its number in the key\"}}]}";
+	char l1[600], l2[600], l3[600];
+	snprintf(l1, sizeof l1, fmt, "q", "first");
+	snprintf(l2, sizeof l2, fmt, "q", "other");
+	snprintf(l3, sizeof l3, fmt, "r", "other");
+	struct jsonl_buf b = {0};
+	long *sp = NULL;
+	size_t nsp = 0, ntop = 0;
+	const struct jd_member *top;
+	/* a full table of shapes */
+	for (int i = 0; i < 4096; i++) {
+		char json[200];
+		snprintf(json, sizeof json, "[{\"role\":\"user\",\"content\":\"x\",\"n\":%d}]", i);
+		jd_arena_reset(&a);
+		struct jd msgs = parse(&a, json);
+		chat_memo_find(m, t, &msgs, &none);
+	}
+	/* l1: scanned (its tool list kept), then its shape starts the memo over, then learned */
+	const char *lines[] = {l1, l2, l3};
+	for (int k = 0; k < 3; k++) {
+		jd_arena_reset(&a);
+		struct jd rec = parse(&a, lines[k]);
+		const struct jd *msgs = jd_get(&rec, "messages"), *tools = jd_get(&rec, "tools");
+		b.n = 0;
+		if (chat_memo_line_put(m, lines[k], strlen(lines[k]), NULL, 1 << 20, &b, &sp, &nsp, &top, &ntop) == 0) {
+			struct tmpl_output o;
+			struct jsonl_buf want = {0};
+			if (render_with(t, msgs, tools, NULL, &o) == 0) {
+				jsonl_put_string(&want, o.text, o.len);
+				CHECK(b.n == want.n && !memcmp(b.p, want.p, b.n), "line %d: %.*s, rendered %.*s", k + 1, (int)b.n,
+				      b.p, (int)want.n, want.p);
+				tmpl_output_free(&o);
+			}
+			free(want.p);
+		} else {
+			learn_line(m, t, lines[k], msgs, tools);
+		}
+		free(sp), sp = NULL;
+	}
+	free(b.p);
+	jd_arena_free(&a);
+	chat_memo_free(m);
+	tmpl_free(t);
+}
+
 int main(void)
 {
 	check_seed_init();
@@ -316,6 +384,7 @@ int main(void)
 	RUN(test_learn_and_write);
 	RUN(test_refused);
 	RUN(test_lines);
+	RUN(test_lines_start_over);
 	tmpl_thread_release();
 	return check_done();
 }
