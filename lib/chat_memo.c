@@ -682,7 +682,17 @@ static inline const char *plain_end(const char *s, const char *end)
  * the ':' and the white space after it, or NULL. */
 static const char *plain_key(const char *s, const char *end, const char **ks, size_t *kn)
 {
-	const char *ke = s < end && *s == '"' ? plain_end(s + 1, end) : NULL;
+	/* the keys of nearly every message, compared whole before the byte scan */
+	static const struct {
+		const char *q;
+		size_t n;
+	} common[] = {{"\"role\"", 6}, {"\"content\"", 9}};
+	const char *ke = NULL;
+	for (size_t k = 0; !ke && k < sizeof common / sizeof *common; k++)
+		if ((size_t)(end - s) > common[k].n && !memcmp(s, common[k].q, common[k].n))
+			ke = s + common[k].n - 1;
+	if (!ke && s < end && *s == '"')
+		ke = plain_end(s + 1, end);
 	if (!ke)
 		return NULL;
 	*ks = s + 1, *kn = (size_t)(ke - s - 1);
