@@ -38,10 +38,14 @@ struct program {
 		char fmt[64], out[128];
 	} clock[TMPL_WATCH_CLOCKS];
 };
-struct memo_shape {
+/* A key kept in a table's slot (each slot's first member). */
+struct memo_key {
 	uint64_t hash;
-	char *key;
-	size_t klen;
+	char *p; /* NULL: the slot is empty */
+	size_t n;
+};
+struct memo_shape {
+	struct memo_key k;
 	int state;
 	struct jd_shared *tools; /* held while the key names its block */
 	struct program *prog;
@@ -49,11 +53,9 @@ struct memo_shape {
 /* A line's skeleton and the shape its records take: final message j's
  * content is the line's message from[j]'s, --system's (FROM_SYSTEM) or
  * none (FROM_NONE). */
-enum { FROM_SYSTEM = -1, FROM_NONE = -2 };
+enum { FROM_SYSTEM = -1, FROM_NONE = -2, FROM_UNKNOWN = -3 /* while learning */ };
 struct memo_line {
-	uint64_t hash;
-	char *key;
-	size_t klen;
+	struct memo_key k;
 	struct memo_shape *shape;
 	int32_t *from;
 	uint32_t nfrom;
@@ -75,7 +77,7 @@ struct chat_memo {
 	unsigned char *plain;      /* chat_memo_line_put's: put_text's plain */
 	uint32_t ncontent;
 	size_t ccap;
-	/* the line last scanned (chat_memo_line_find): */
+	/* the line last scanned (chat_memo_line_put): */
 	const char *line;
 	size_t len;
 	struct jsonl_buf lkey;   /* its key */
@@ -122,7 +124,7 @@ static void entries_clear(struct chat_memo *m)
 {
 	for (size_t k = 0; k < m->n; k++) {
 		struct memo_shape *e = &m->tab[m->used[k]];
-		free(e->key);
+		free(e->k.p);
 		program_free(e->prog);
 		if (e->tools)
 			jd_shared_unref(e->tools);
@@ -130,7 +132,7 @@ static void entries_clear(struct chat_memo *m)
 	}
 	for (size_t k = 0; k < m->nlines; k++) {
 		struct memo_line *l = &m->lines[m->lines_used[k]];
-		free(l->key);
+		free(l->k.p);
 		free(l->from);
 		memset(l, 0, sizeof *l);
 	}
@@ -237,6 +239,29 @@ static uint64_t hash_bytes(const char *s, size_t n)
 	return h ^ (h >> 29);
 }
 
+/* The slot of the key b (hash h) in a table of 2 * MAX_ENTRIES slots of
+ * size bytes each, a memo_key first: where the key is, or the empty slot
+ * where it goes. */
+static size_t slot_of(const void *tab, size_t size, uint64_t h, const struct jsonl_buf *b)
+{
+	size_t mask = 2 * MAX_ENTRIES - 1, i = h & mask;
+	for (;; i = (i + 1) & mask) {
+		const struct memo_key *k = (const void *)((const char *)tab + i * size);
+		if (!k->p || (k->hash == h && k->n == b->n && !memcmp(k->p, b->p, b->n)))
+			return i;
+	}
+}
+
+/* k made a copy of the key b (hash h): 0, or -1 when memory is short. */
+static int key_keep(struct memo_key *k, uint64_t h, const struct jsonl_buf *b)
+{
+	if (!(k->p = malloc(b->n)))
+		return -1;
+	memcpy(k->p, b->p, b->n);
+	k->n = b->n, k->hash = h;
+	return 0;
+}
+
 /* Room for n contents in m->content. */
 static int content_room(struct chat_memo *m, size_t n)
 {
@@ -306,22 +331,15 @@ struct memo_shape *chat_memo_find(struct chat_memo *m, const void *t, const stru
 		return NULL;
 	m->msgs = msgs, m->ncontent = msgs->n;
 	uint64_t h = hash_bytes(m->key.p, m->key.n);
-	size_t mask = 2 * MAX_ENTRIES - 1, i = h & mask;
-	for (; m->tab[i].key; i = (i + 1) & mask) {
-		struct memo_shape *e = &m->tab[i];
-		if (e->hash == h && e->klen == m->key.n && !memcmp(e->key, m->key.p, m->key.n))
-			return e;
-	}
+	struct memo_shape *e = &m->tab[slot_of(m->tab, sizeof *m->tab, h, &m->key)];
+	if (e->k.p)
+		return e;
 	if (m->n >= MAX_ENTRIES || m->bytes > MAX_BYTES) {
 		entries_clear(m);
-		i = h & mask;
+		e = &m->tab[slot_of(m->tab, sizeof *m->tab, h, &m->key)];
 	}
-	struct memo_shape *e = &m->tab[i];
-	if (!(e->key = malloc(m->key.n)))
+	if (key_keep(&e->k, h, &m->key) < 0)
 		return NULL;
-	memcpy(e->key, m->key.p, m->key.n);
-	e->klen = m->key.n;
-	e->hash = h;
 	e->state = UNTRIED;
 	e->tools = sh ? jd_shared_ref(sh) : NULL;
 	m->used[m->n++] = (uint32_t)(e - m->tab);
@@ -548,14 +566,15 @@ static int clock_same(const char *fmt, const char *out)
 	return !strcmp(o, out);
 }
 
-/* The text of e's shape with content[j] (a string, or NULL) as message
- * j's content: chat_memo_put's and chat_memo_line_put's. plain (or NULL):
- * for each content whether it holds no byte a JSON string escapes, so
- * that its bytes are copied as they are. */
-static int put_text(struct chat_memo *m, struct memo_shape *e, const struct jd *const *content,
-		    const unsigned char *plain, uint32_t ncontent, size_t max_output, struct jsonl_buf *b, long **spans,
-		    size_t *nspans)
+/* The text of e's shape with m->content[j] (a string, or NULL) as message
+ * j's content: chat_memo_put's and chat_memo_line_put's. With plain,
+ * m->plain says of each content whether it holds no byte a JSON string
+ * escapes, so that its bytes are copied as they are. */
+static int put_text(struct chat_memo *m, struct memo_shape *e, int plain, size_t max_output, struct jsonl_buf *b,
+		    long **spans, size_t *nspans)
 {
+	const struct jd *const *content = m->content;
+	uint32_t ncontent = m->ncontent;
 	struct program *g = e->prog;
 	if (e->state != LEARNED)
 		return -1;
@@ -623,7 +642,7 @@ static int put_text(struct chat_memo *m, struct memo_shape *e, const struct jd *
 		const struct piece *p = &g->pieces[k];
 		if (p->msg < 0)
 			jsonl_put(b, g->esc + p->off, p->len);
-		else if (plain && plain[p->msg] && p->as != JSON && p->as != JSON_INNER)
+		else if (plain && m->plain[p->msg] && p->as != JSON && p->as != JSON_INNER)
 			jsonl_put(b, m->src[k], at[k + 1] - at[k]);
 		else
 			jsonl_put_escaped(b, m->src[k], at[k + 1] - at[k]);
@@ -646,7 +665,7 @@ int chat_memo_put(struct chat_memo *m, struct memo_shape *e, const struct jd *ms
 			m->content[i] = content_of(msgs, (int32_t)i);
 		m->msgs = msgs, m->ncontent = msgs->n;
 	}
-	return put_text(m, e, m->content, NULL, m->ncontent, max_output, b, spans, nspans);
+	return put_text(m, e, 0, max_output, b, spans, nspans);
 }
 
 /* ---- lines ---- */
@@ -915,13 +934,7 @@ static int scan_line(struct chat_memo *m, const char *line, size_t len)
 
 static struct memo_line *line_slot(struct chat_memo *m)
 {
-	size_t mask = 2 * MAX_ENTRIES - 1, i = m->lhash & mask;
-	for (; m->lines[i].key; i = (i + 1) & mask) {
-		struct memo_line *l = &m->lines[i];
-		if (l->hash == m->lhash && l->klen == m->lkey.n && !memcmp(l->key, m->lkey.p, m->lkey.n))
-			break;
-	}
-	return &m->lines[i];
+	return &m->lines[slot_of(m->lines, sizeof *m->lines, m->lhash, &m->lkey)];
 }
 
 int chat_memo_line_put(struct chat_memo *m, const char *line, size_t len, const char *system, size_t max_output,
@@ -933,7 +946,7 @@ int chat_memo_line_put(struct chat_memo *m, const char *line, size_t len, const 
 		return -1;
 	}
 	const struct memo_line *l = line_slot(m);
-	if (!l->key || l->shape->state != LEARNED || content_room(m, l->nfrom) < 0)
+	if (!l->k.p || l->shape->state != LEARNED || content_room(m, l->nfrom) < 0)
 		return -1;
 	struct jd sys = jd_null();
 	size_t content = m->lbytes;
@@ -949,7 +962,7 @@ int chat_memo_line_put(struct chat_memo *m, const char *line, size_t len, const 
 		m->plain[j] = f >= 0 && m->lplain[f];
 	}
 	m->msgs = NULL, m->ncontent = l->nfrom;
-	if (content > MAX_CONTENT || put_text(m, l->shape, m->content, m->plain, l->nfrom, max_output, b, spans, nspans) < 0)
+	if (content > MAX_CONTENT || put_text(m, l->shape, 1, max_output, b, spans, nspans) < 0)
 		return -1;
 	*top = m->top, *ntop = m->ntop;
 	m->stats.unparsed++;
@@ -966,36 +979,35 @@ void chat_memo_line_learn(struct chat_memo *m, const char *line, size_t len, con
 	/* A line jq read (for a \u0000, a lone surrogate, a long integer
 	 * anywhere) lost its float marks; a line of its skeleton would be read
 	 * so too, not as the line memo reads its numbers. */
-	if (l->key || !jsonl_is_direct(line, len))
+	if (l->k.p || !jsonl_is_direct(line, len))
 		return;
 	for (size_t t = 0; t < m->ntop; t++) /* the tool list is the shape's: never a hole */
 		if (!strcmp(m->top[t].key.u.s, "tools") && (m->top[t].val.kind == JD_STRING || m->top[t].val.kind == JD_NUMBER))
 			return;
 	int32_t *from = malloc(((size_t)m->ncontent + 1) * sizeof *from);
-	char *key = from ? malloc(m->lkey.n) : NULL;
-	if (!key) {
-		free(from);
+	if (!from)
 		return;
-	}
 	/* each final content: the line's message's whose text it is, or --system's */
 	for (uint32_t j = 0; j < m->ncontent; j++) {
 		const struct jd *c = m->content[j];
-		from[j] = c ? -3 : FROM_NONE;
-		for (uint32_t i = 0; c && i < recmsgs->n && from[j] == -3; i++) {
+		from[j] = c ? FROM_UNKNOWN : FROM_NONE;
+		for (uint32_t i = 0; c && i < recmsgs->n && from[j] == FROM_UNKNOWN; i++) {
 			const struct jd *rc = content_of(recmsgs, (int32_t)i);
 			if (rc && rc->u.s == c->u.s && rc->n == c->n)
 				from[j] = (int32_t)i;
 		}
-		if (from[j] == -3 && j == 0 && system && strlen(system) == c->n && !memcmp(system, c->u.s, c->n))
+		if (from[j] == FROM_UNKNOWN && j == 0 && system && strlen(system) == c->n && !memcmp(system, c->u.s, c->n))
 			from[j] = FROM_SYSTEM;
-		if (from[j] == -3) {
-			free(from), free(key);
+		if (from[j] == FROM_UNKNOWN) {
+			free(from);
 			return;
 		}
 	}
-	memcpy(key, m->lkey.p, m->lkey.n);
-	*l = (struct memo_line){.hash = m->lhash, .key = key, .klen = m->lkey.n, .shape = (struct memo_shape *)e,
-				.from = from, .nfrom = m->ncontent};
+	if (key_keep(&l->k, m->lhash, &m->lkey) < 0) {
+		free(from);
+		return;
+	}
+	l->shape = (struct memo_shape *)e, l->from = from, l->nfrom = m->ncontent;
 	m->lines_used[m->nlines++] = (uint32_t)(l - m->lines);
 	m->bytes += m->lkey.n + m->ncontent * sizeof *from;
 }

@@ -612,7 +612,8 @@ static int fp_string(struct fastp *p, struct jd *out)
 {
 	size_t room = (size_t)(p->end - p->s), len;
 	const char *text;
-	long k = jsonl_string_decode(p->s, room, NULL, &text, &len);
+	/* the scratch, once grown for a string, has room for every later one */
+	long k = jsonl_string_decode(p->s, room, room <= p->cscratch ? p->scratch : NULL, &text, &len);
 	if (k == 0) { /* escapes: decoded into the scratch, the rest of the line's size at most */
 		if (room > p->cscratch) {
 			char *nb = realloc(p->scratch, room);

@@ -341,6 +341,7 @@ static void test_lines_start_over(void)
 	long *sp = NULL;
 	size_t nsp = 0, ntop = 0;
 	const struct jd_member *top;
+	int written = 0;
 	/* a full table of shapes */
 	for (int i = 0; i < 4096; i++) {
 		char json[200];
@@ -359,6 +360,7 @@ static void test_lines_start_over(void)
 		if (chat_memo_line_put(m, lines[k], strlen(lines[k]), NULL, 1 << 20, &b, &sp, &nsp, &top, &ntop) == 0) {
 			struct tmpl_output o;
 			struct jsonl_buf want = {0};
+			written |= 1 << k;
 			if (render_with(t, msgs, tools, NULL, &o) == 0) {
 				jsonl_put_string(&want, o.text, o.len);
 				CHECK(b.n == want.n && !memcmp(b.p, want.p, b.n), "line %d: %.*s, rendered %.*s", k + 1, (int)b.n,
@@ -371,6 +373,8 @@ static void test_lines_start_over(void)
 		}
 		free(sp), sp = NULL;
 	}
+	/* l2 learned afresh after the start over; l3, of its tool list, written from it */
+	CHECK(written == 1 << 2, "lines written: %#x, want line 3 alone", written);
 	free(b.p);
 	jd_arena_free(&a);
 	chat_memo_free(m);
