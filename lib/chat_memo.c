@@ -61,10 +61,15 @@ struct memo_line {
 	uint32_t nfrom;
 };
 struct chat_memo {
-	struct memo_shape *tab; /* open addressing, MAX_ENTRIES * 2 slots */
-	struct memo_line *lines; /* the same */
+	/* Each table: its entries in the order learned (n of MAX_ENTRIES), and
+	 * an index of 2 * MAX_ENTRIES slots by key hash (open addressing), each
+	 * an entry's number + 1 or 0. The entries' pages are first touched by
+	 * a write: a slot table read before it is written would map the zero
+	 * page, whose copy on the write flushes the other threads' TLBs. */
+	struct memo_shape *tab;
+	struct memo_line *lines;
+	uint32_t *tab_index, *lines_index;
 	size_t n, nlines, bytes;
-	uint32_t used[MAX_ENTRIES], lines_used[MAX_ENTRIES]; /* the slots in use */
 	struct jsonl_buf key; /* the key being built */
 	struct chat_memo_stats stats;
 	size_t *at; /* chat_memo_put's: where each piece begins, and the end */
@@ -97,15 +102,23 @@ struct chat_memo {
 	unsigned nkept, last_kept;
 };
 
+enum { INDEX_BYTES = 2 * MAX_ENTRIES * sizeof(uint32_t) };
+
 struct chat_memo *chat_memo_new(void)
 {
 	struct chat_memo *m = calloc(1, sizeof *m);
-	if (m && (!(m->tab = calloc(2 * MAX_ENTRIES, sizeof *m->tab)) ||
-		  !(m->lines = calloc(2 * MAX_ENTRIES, sizeof *m->lines)))) {
-		free(m->tab);
-		free(m);
-		m = NULL;
+	if (!m)
+		return NULL;
+	m->tab = malloc(MAX_ENTRIES * sizeof *m->tab);
+	m->lines = malloc(MAX_ENTRIES * sizeof *m->lines);
+	m->tab_index = malloc(INDEX_BYTES);
+	m->lines_index = malloc(INDEX_BYTES);
+	if (!m->tab || !m->lines || !m->tab_index || !m->lines_index) {
+		chat_memo_free(m);
+		return NULL;
 	}
+	memset(m->tab_index, 0, INDEX_BYTES); /* written, not calloc's: see the tables */
+	memset(m->lines_index, 0, INDEX_BYTES);
 	return m;
 }
 
@@ -119,25 +132,27 @@ static void program_free(struct program *p)
 	}
 }
 
-/* Only the slots in use are visited: the tables' other pages stay untouched. */
-static void entries_clear(struct chat_memo *m)
+/* Frees the entries learned (only those: the tables' other pages stay
+ * untouched) and empties the indexes unless the memo is freed. */
+static void entries_clear(struct chat_memo *m, int freeing)
 {
-	for (size_t k = 0; k < m->n; k++) {
-		struct memo_shape *e = &m->tab[m->used[k]];
+	for (size_t k = 0; m->tab && k < m->n; k++) {
+		struct memo_shape *e = &m->tab[k];
 		free(e->k.p);
 		program_free(e->prog);
 		if (e->tools)
 			jd_shared_unref(e->tools);
-		memset(e, 0, sizeof *e);
 	}
-	for (size_t k = 0; k < m->nlines; k++) {
-		struct memo_line *l = &m->lines[m->lines_used[k]];
-		free(l->k.p);
-		free(l->from);
-		memset(l, 0, sizeof *l);
+	for (size_t k = 0; m->lines && k < m->nlines; k++) {
+		free(m->lines[k].k.p);
+		free(m->lines[k].from);
 	}
 	for (unsigned k = 0; k < m->nkept; k++)
 		free(m->kept[k].text);
+	if (!freeing) {
+		memset(m->tab_index, 0, INDEX_BYTES);
+		memset(m->lines_index, 0, INDEX_BYTES);
+	}
 	m->n = m->nlines = m->bytes = m->nkept = m->last_kept = 0;
 	m->line = NULL; /* a line scanned before names kept texts that are gone: not to be learned */
 }
@@ -146,9 +161,11 @@ void chat_memo_free(struct chat_memo *m)
 {
 	if (!m)
 		return;
-	entries_clear(m);
+	entries_clear(m, 1);
 	free(m->tab);
 	free(m->lines);
+	free(m->tab_index);
+	free(m->lines_index);
 	free(m->key.p);
 	free(m->lkey.p);
 	free(m->dec);
@@ -239,15 +256,17 @@ static uint64_t hash_bytes(const char *s, size_t n)
 	return h ^ (h >> 29);
 }
 
-/* The slot of the key b (hash h) in a table of 2 * MAX_ENTRIES slots of
- * size bytes each, a memo_key first: where the key is, or the empty slot
- * where it goes. */
-static size_t slot_of(const void *tab, size_t size, uint64_t h, const struct jsonl_buf *b)
+/* The slot of the key b (hash h) in a table's index, its entries of
+ * size bytes each, a memo_key first: where the key's entry is, or the
+ * empty slot where it goes. */
+static size_t slot_of(const uint32_t *index, const void *entries, size_t size, uint64_t h, const struct jsonl_buf *b)
 {
 	size_t mask = 2 * MAX_ENTRIES - 1, i = h & mask;
 	for (;; i = (i + 1) & mask) {
-		const struct memo_key *k = (const void *)((const char *)tab + i * size);
-		if (!k->p || (k->hash == h && k->n == b->n && !memcmp(k->p, b->p, b->n)))
+		if (!index[i])
+			return i;
+		const struct memo_key *k = (const void *)((const char *)entries + (index[i] - 1) * size);
+		if (k->hash == h && k->n == b->n && !memcmp(k->p, b->p, b->n))
 			return i;
 	}
 }
@@ -331,18 +350,19 @@ struct memo_shape *chat_memo_find(struct chat_memo *m, const void *t, const stru
 		return NULL;
 	m->msgs = msgs, m->ncontent = msgs->n;
 	uint64_t h = hash_bytes(m->key.p, m->key.n);
-	struct memo_shape *e = &m->tab[slot_of(m->tab, sizeof *m->tab, h, &m->key)];
-	if (e->k.p)
-		return e;
+	size_t i = slot_of(m->tab_index, m->tab, sizeof *m->tab, h, &m->key);
+	if (m->tab_index[i])
+		return &m->tab[m->tab_index[i] - 1];
 	if (m->n >= MAX_ENTRIES || m->bytes > MAX_BYTES) {
-		entries_clear(m);
-		e = &m->tab[slot_of(m->tab, sizeof *m->tab, h, &m->key)];
+		entries_clear(m, 0);
+		i = slot_of(m->tab_index, m->tab, sizeof *m->tab, h, &m->key);
 	}
+	struct memo_shape *e = &m->tab[m->n];
+	*e = (struct memo_shape){.state = UNTRIED};
 	if (key_keep(&e->k, h, &m->key) < 0)
 		return NULL;
-	e->state = UNTRIED;
 	e->tools = sh ? jd_shared_ref(sh) : NULL;
-	m->used[m->n++] = (uint32_t)(e - m->tab);
+	m->tab_index[i] = (uint32_t)++m->n;
 	m->bytes += m->key.n;
 	return e;
 }
@@ -932,9 +952,10 @@ static int scan_line(struct chat_memo *m, const char *line, size_t len)
 	return m->lkey.oom ? -1 : 0;
 }
 
-static struct memo_line *line_slot(struct chat_memo *m)
+/* The slot of the line last scanned in the lines' index. */
+static size_t line_slot(const struct chat_memo *m)
 {
-	return &m->lines[slot_of(m->lines, sizeof *m->lines, m->lhash, &m->lkey)];
+	return slot_of(m->lines_index, m->lines, sizeof *m->lines, m->lhash, &m->lkey);
 }
 
 int chat_memo_line_put(struct chat_memo *m, const char *line, size_t len, const char *system, size_t max_output,
@@ -945,8 +966,9 @@ int chat_memo_line_put(struct chat_memo *m, const char *line, size_t len, const 
 			m->line = NULL;
 		return -1;
 	}
-	const struct memo_line *l = line_slot(m);
-	if (!l->k.p || l->shape->state != LEARNED || content_room(m, l->nfrom) < 0)
+	size_t i = line_slot(m);
+	const struct memo_line *l = m->lines_index[i] ? &m->lines[m->lines_index[i] - 1] : NULL;
+	if (!l || l->shape->state != LEARNED || content_room(m, l->nfrom) < 0)
 		return -1;
 	struct jd sys = jd_null();
 	size_t content = m->lbytes;
@@ -975,11 +997,11 @@ void chat_memo_line_learn(struct chat_memo *m, const char *line, size_t len, con
 	if (!m || m->line != line || m->len != len || !e || e->state != LEARNED || !m->msgs || !recmsgs ||
 	    recmsgs->kind != JD_ARRAY || recmsgs->n != m->nlmsgs || m->nlines >= MAX_ENTRIES || m->bytes > MAX_BYTES)
 		return;
-	struct memo_line *l = line_slot(m);
+	size_t i = line_slot(m);
 	/* A line jq read (for a \u0000, a lone surrogate, a long integer
 	 * anywhere) lost its float marks; a line of its skeleton would be read
 	 * so too, not as the line memo reads its numbers. */
-	if (l->k.p || !jsonl_is_direct(line, len))
+	if (m->lines_index[i] || !jsonl_is_direct(line, len))
 		return;
 	for (size_t t = 0; t < m->ntop; t++) /* the tool list is the shape's: never a hole */
 		if (!strcmp(m->top[t].key.u.s, "tools") && (m->top[t].val.kind == JD_STRING || m->top[t].val.kind == JD_NUMBER))
@@ -1003,12 +1025,13 @@ void chat_memo_line_learn(struct chat_memo *m, const char *line, size_t len, con
 			return;
 		}
 	}
+	struct memo_line *l = &m->lines[m->nlines];
 	if (key_keep(&l->k, m->lhash, &m->lkey) < 0) {
 		free(from);
 		return;
 	}
 	l->shape = (struct memo_shape *)e, l->from = from, l->nfrom = m->ncontent;
-	m->lines_used[m->nlines++] = (uint32_t)(l - m->lines);
+	m->lines_index[i] = (uint32_t)++m->nlines;
 	m->bytes += m->lkey.n + m->ncontent * sizeof *from;
 }
 
