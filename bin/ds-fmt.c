@@ -4,11 +4,12 @@
  *   ds-fmt --model M < pairs.jsonl > text.jsonl
  *
  * Only wiring lives here: input forms, validation, rendering and spans in
- * lib/chat, the Jinja engine in lib/template. Lines are read in order by
- * the main thread (which also runs --jq), parsed and formatted in batches by
- * one worker thread per CPU, and written, warned about or stopped at in input
- * order by the main thread again, so the output is the same whatever the
- * thread count.
+ * lib/chat, the Jinja engine in lib/template. A FILE (mapped) is cut into
+ * byte ranges, in which one worker thread per CPU finds its lines and
+ * formats them; standard input is read in order by the main thread (which
+ * also runs --jq), in batches of lines for the workers. The main thread
+ * writes, warns about or stops at the batches' records in input order, so
+ * the output is the same whatever the thread count.
  */
 #include <pthread.h>
 #include <sched.h>
@@ -27,7 +28,8 @@
 
 #define DSFMT_VERSION "0.1.0"
 
-#define BATCH 64        /* records handed to a worker at once */
+#define BATCH 64        /* lines read for a worker at once */
+#define RANGE (256 << 10) /* bytes of a mapped file a worker finds its lines in at once */
 #define MAX_THREADS 64
 #define DEFAULT_THREADS 16 /* most a default run uses */
 
@@ -64,20 +66,25 @@ static const char about[] =
 
 
 
-/* One input line: the records (after --jq) to format, then the lines made. */
+/* One input line: the records (after --jq) to format, then the lines made.
+ * A range batch keeps only its bad lines' items. */
 struct item {
 	const char *text; /* the line for the worker to parse, len bytes (0: none, --jq), in a block the batch holds */
 	size_t len;
 	jv recs;        /* else an array of records to format; consumed by the worker */
 	int rc;         /* 1: formatted; -1: bad record (err) */
-	long line;
+	long line;      /* in a range batch: among the lines that start in the range */
 	struct err err;
 	size_t out;     /* where its output lines begin in the batch's out (taken back if it is bad) */
 };
 
 struct batch {
-	struct item it[BATCH];
-	int n, done;
+	struct item *it;
+	int n, cap, done;
+	int range;            /* 1: the lines that start in [from, to) of the mapping */
+	size_t from, to;
+	long lines, good;     /* a range's lines (blank ones too) and records formatted */
+	int lost;             /* a bad line of the range found no room to be kept */
 	struct jsonl_block *blocks[BATCH + 1]; /* the reader's blocks the lines lie in, held */
 	int nblocks;
 	struct jsonl_buf out; /* the lines the worker wrote for the batch's records */
@@ -91,6 +98,8 @@ struct pool {
 	struct batch *todo, *todo_tail;
 	int quit;
 	const char *name; /* the input's name, for messages */
+	const char *map;  /* a mapped input's bytes, size of them */
+	size_t size;
 };
 
 struct worker {
@@ -103,6 +112,20 @@ struct worker {
 	struct jd_arena a;       /* the record being formatted and what is made from it */
 };
 
+/* The input's name for a message of the batch's line: NULL in a range,
+ * whose line numbers are not yet the file's (the main thread names them). */
+static const char *line_name(const struct worker *w, const struct batch *b) { return b->range ? NULL : w->p->name; }
+
+/* Puts "NAME:LINE: " in front of e's message; its code stays. */
+static void err_at_line(struct err *e, const char *name, long line)
+{
+	int code = e->code;
+	char what[sizeof e->msg];
+	snprintf(what, sizeof what, "%s", e->msg);
+	err_set(e, "%s:%ld: %s", name, line, what);
+	e->code = code;
+}
+
 /* Formats one record's results into the batch's output, all before any is
  * written, so a skipped record leaves nothing behind. The worker writes the
  * lines itself: the values it made never reach another thread. */
@@ -112,9 +135,9 @@ static void format_one(struct worker *w, struct batch *b, struct item *it, const
 {
 	if (chat_format_line(w->m, &w->o, rec, line, it->len, &w->a, &b->out, &it->err) == 0)
 		return;
-	char what[sizeof it->err.msg];
-	snprintf(what, sizeof what, "%s", it->err.msg);
-	it->rc = err_set(&it->err, "%s:%ld: %s", w->p->name, it->line, what);
+	it->rc = -1;
+	if (line_name(w, b))
+		err_at_line(&it->err, w->p->name, it->line);
 }
 
 static void format_item(struct worker *w, struct batch *b, struct item *it)
@@ -124,7 +147,7 @@ static void format_item(struct worker *w, struct batch *b, struct item *it)
 	if (it->len && chat_format_seen(w->m, &w->o, it->text, it->len, &b->out)) {
 		it->len = 0;
 	} else if (it->len) {
-		it->rc = jsonl_parse_record_jd(w->p->name, it->line, it->text, it->len, w->memo, &w->a, &rec,
+		it->rc = jsonl_parse_record_jd(line_name(w, b), it->line, it->text, it->len, w->memo, &w->a, &rec,
 					       &it->err);
 		if (it->rc > 0)
 			format_one(w, b, it, &rec, it->text);
@@ -147,6 +170,43 @@ static void format_item(struct worker *w, struct batch *b, struct item *it)
 		b->out.n = it->out;
 }
 
+/* Room for one more item in b: 0, or -1. */
+static int item_room(struct batch *b)
+{
+	if (b->n < b->cap)
+		return 0;
+	int cap = b->cap ? 2 * b->cap : BATCH;
+	struct item *it = realloc(b->it, (size_t)cap * sizeof *it);
+	if (!it)
+		return -1;
+	b->it = it, b->cap = cap;
+	return 0;
+}
+
+/* Finds and formats the lines that start in the batch's range; keeps the bad ones. */
+static void format_range(struct worker *w, struct batch *b)
+{
+	struct jsonl_lines g;
+	jsonl_lines_start(&g, w->p->map, w->p->size, b->from, b->to);
+	struct item one;
+	while (jsonl_lines_next(&g, &one.text, &one.len)) {
+		one.recs = jv_invalid();
+		one.rc = 1;
+		one.line = g.lineno;
+		format_item(w, b, &one);
+		if (one.rc > 0) {
+			b->good++;
+			continue;
+		}
+		if (item_room(b) < 0) { /* the main thread stops */
+			b->lost = 1;
+			break;
+		}
+		b->it[b->n++] = one;
+	}
+	b->lines = g.lineno;
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -165,8 +225,11 @@ static void *worker_main(void *arg)
 		if (!p->todo)
 			p->todo_tail = NULL;
 		pthread_mutex_unlock(&p->mu);
-		for (int i = 0; i < b->n; i++)
-			format_item(w, b, &b->it[i]);
+		if (b->range)
+			format_range(w, b);
+		else
+			for (int i = 0; i < b->n; i++)
+				format_item(w, b, &b->it[i]);
 		pthread_mutex_lock(&p->mu);
 		b->done = 1;
 		pthread_cond_broadcast(&p->done);
@@ -216,6 +279,7 @@ static void batch_free(struct batch *b)
 {
 	batch_release_blocks(b);
 	free(b->out.p);
+	free(b->it);
 	free(b);
 }
 
@@ -225,7 +289,9 @@ static struct batch *spare;
 
 static void batch_recycle(struct batch *b)
 {
-	b->n = b->done = 0;
+	b->n = b->done = b->range = 0;
+	b->lines = b->good = 0;
+	b->lost = 0;
 	batch_release_blocks(b);
 	b->out.n = 0;
 	b->out.oom = 0; /* a record that ran out of memory failed alone, as in a new batch */
@@ -234,14 +300,34 @@ static void batch_recycle(struct batch *b)
 	spare = b;
 }
 
-/* Reads up to BATCH records into a batch; *eof set at the end. Without
- * --jq the workers parse the lines; jq's state is the main thread's. */
-static struct batch *read_batch(struct jsonl_reader *in, struct chat_jq *jq, int *eof)
+static struct batch *batch_new(void)
 {
 	struct batch *b = spare;
 	if (b)
 		spare = b->next, b->next = NULL;
 	else if (!(b = calloc(1, sizeof *b)))
+		msg_die(EXIT_RUNTIME, "out of memory");
+	return b;
+}
+
+/* The next range of the mapping, [*at, *at + RANGE), for a worker to find its lines in. */
+static struct batch *range_batch(size_t *at, size_t size, int *eof)
+{
+	struct batch *b = batch_new();
+	b->range = 1;
+	b->from = *at;
+	b->to = size - *at > RANGE ? *at + RANGE : size;
+	*at = b->to;
+	*eof = *at == size;
+	return b;
+}
+
+/* Reads up to BATCH records into a batch; *eof set at the end. Without
+ * --jq the workers parse the lines; jq's state is the main thread's. */
+static struct batch *read_batch(struct jsonl_reader *in, struct chat_jq *jq, int *eof)
+{
+	struct batch *b = batch_new();
+	if (item_room(b) < 0)
 		msg_die(EXIT_RUNTIME, "out of memory");
 	while (b->n < BATCH && !msg_interrupted) {
 		struct item *it = &b->it[b->n];
@@ -329,6 +415,9 @@ int main(int argc, char **argv)
 	/* The workers' copies are made here, before any thread runs: even
 	 * jv_copy of a shared value is a write. */
 	struct pool pool = {.name = jsonl_name(in)};
+	int ranges = !jq && jsonl_mapped(in, &pool.map, &pool.size); /* else lines read here */
+	size_t range_at = 0;
+	long lines_before = 0; /* in the ranges written so far */
 	pthread_mutex_init(&pool.mu, NULL);
 	pthread_cond_init(&pool.work, NULL);
 	pthread_cond_init(&pool.done, NULL);
@@ -365,8 +454,8 @@ int main(int argc, char **argv)
 	int stopping = 0; /* 1: die with stop; 2: interrupted */
 	while (!stopping) {
 		while (!eof && !msg_interrupted && inflight < 2 * nw + 1) {
-			struct batch *b = read_batch(in, jq, &eof);
-			if (!b->n) {
+			struct batch *b = ranges ? range_batch(&range_at, pool.size, &eof) : read_batch(in, jq, &eof);
+			if (!b->n && !b->range) {
 				batch_recycle(b);
 				break;
 			}
@@ -382,8 +471,18 @@ int main(int argc, char **argv)
 			break;
 		struct batch *b = head;
 		pool_wait(&pool, b);
+		if (b->range) {
+			done += (unsigned long long)b->good;
+			progress_update(&prog, done, 0);
+			if (b->lost) {
+				err_sys(&stop, "out of memory");
+				stopping = 1;
+			}
+		}
 		for (int i = 0; i < b->n && !stopping; i++) {
 			struct item *it = &b->it[i];
+			if (b->range) /* its line named in the file */
+				err_at_line(&it->err, pool.name, lines_before + it->line);
 			if (it->rc > 0)
 				progress_update(&prog, ++done, 0);
 			else if (msg_interrupted)
@@ -404,6 +503,7 @@ int main(int argc, char **argv)
 		}
 		if (msg_interrupted)
 			stopping = 2;
+		lines_before += b->lines;
 		head = b->order_next;
 		inflight--;
 		if (!head)

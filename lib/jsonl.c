@@ -962,7 +962,7 @@ static int line_errf(const char *name, long lineno, struct err *err, const char 
 	va_start(ap, fmt);
 	vsnprintf(what, sizeof what, fmt, ap);
 	va_end(ap);
-	return err_set(err, "%s:%ld: %s", name, lineno, what);
+	return name ? err_set(err, "%s:%ld: %s", name, lineno, what) : err_set(err, "%s", what);
 }
 
 static const char *kind_name(enum jd_kind k)
@@ -1183,6 +1183,27 @@ static int read_more(struct jsonl_reader *r)
 	return ferror(r->f) ? -1 : 0;
 }
 
+/* A line of n bytes (its '\n' included, if any) as it is handed out: its
+ * ending (LF or CRLF) taken off, and on the first line a byte-order mark
+ * some editors put at the top of a file. 0 when what is left is blank
+ * (blank lines separate nothing but are common at the end). */
+static int line_trim(const char **line, size_t *n, int first)
+{
+	const char *s = *line;
+	size_t len = *n;
+	if (len && s[len - 1] == '\n')
+		len--;
+	if (len && s[len - 1] == '\r') /* files written on Windows */
+		len--;
+	if (first && len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0)
+		s += 3, len -= 3;
+	size_t k = 0;
+	while (k < len && (s[k] == ' ' || s[k] == '\t' || s[k] == '\r'))
+		k++;
+	*line = s, *n = len;
+	return k < len;
+}
+
 int jsonl_next_line(struct jsonl_reader *r, const char **out, size_t *outlen, struct err *err)
 {
 	for (;;) {
@@ -1199,32 +1220,54 @@ int jsonl_next_line(struct jsonl_reader *r, const char **out, size_t *outlen, st
 		}
 		if (!nl && r->beg == r->end)
 			return 0;
-		char *line = r->buf + r->beg;
+		const char *line = r->buf + r->beg;
 		size_t n = nl ? (size_t)(nl - line) + 1 : r->end - r->beg;
 		r->beg += n;
 		r->lineno++;
 		r->recline = r->lineno;
-		size_t len = n;
-		if (len && line[len - 1] == '\n')
-			len--;
-		if (len && line[len - 1] == '\r') /* files written on Windows */
-			len--;
+		if (!line_trim(&line, &n, r->lineno == 1))
+			continue;
 		if (!r->mapped)
-			line[len] = '\0';
-		/* A byte-order mark some editors put at the top of a file. */
-		if (r->lineno == 1 && len >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) {
-			line += 3;
-			len -= 3;
-		}
-		size_t k = 0;
-		while (k < len && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r'))
-			k++;
-		if (k == len)
-			continue; /* blank lines separate nothing but are common at the end */
+			((char *)line)[n] = '\0'; /* where its ending was, or the room read_more leaves */
 		*out = line;
-		*outlen = len;
+		*outlen = n;
 		return 1;
 	}
+}
+
+int jsonl_mapped(const struct jsonl_reader *r, const char **s, size_t *n)
+{
+	if (!r->mapped)
+		return 0;
+	*s = r->buf, *n = r->end;
+	return 1;
+}
+
+void jsonl_lines_start(struct jsonl_lines *g, const char *s, size_t n, size_t from, size_t to)
+{
+	g->s = s, g->n = n, g->to = to < n ? to : n, g->lineno = 0;
+	g->at = from;
+	if (from > 0 && from < g->to) { /* the first line that starts at or after from */
+		const char *nl = memchr(s + from - 1, '\n', g->to - from + 1);
+		g->at = nl ? (size_t)(nl - s) + 1 : g->to;
+	}
+}
+
+int jsonl_lines_next(struct jsonl_lines *g, const char **out, size_t *outlen)
+{
+	while (g->at < g->to) {
+		const char *line = g->s + g->at;
+		const char *nl = memchr(line, '\n', g->n - g->at);
+		size_t n = nl ? (size_t)(nl - line) + 1 : g->n - g->at;
+		int first = g->at == 0;
+		g->at += n;
+		g->lineno++;
+		if (line_trim(&line, &n, first)) {
+			*out = line, *outlen = n;
+			return 1;
+		}
+	}
+	return 0;
 }
 
 int jsonl_next(struct jsonl_reader *r, jv *out, struct err *err)

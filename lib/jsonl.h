@@ -46,6 +46,20 @@ int jsonl_next(struct jsonl_reader *r, jv *out, struct err *err);
  * the record of such a line, with the same checks and errors as jsonl_next
  * (name and lineno are jsonl_name and jsonl_line of the line). */
 int jsonl_next_line(struct jsonl_reader *r, const char **line, size_t *len, struct err *err);
+/* Lines found by other threads: a mapped reader's bytes s[0..n) (1), or
+ * 0 for a reader that reads. jsonl_lines_next gives the lines that start
+ * in [from, to) of them (from 0 or at most n), as jsonl_next_line would,
+ * its lineno counting the lines started so far, blank ones too: parts
+ * side by side give every line once, and their counts add up to the line
+ * numbers. A line that starts in a part may end past it. */
+int jsonl_mapped(const struct jsonl_reader *r, const char **s, size_t *n);
+struct jsonl_lines {
+	const char *s;
+	size_t n, at, to;
+	long lineno;
+};
+void jsonl_lines_start(struct jsonl_lines *g, const char *s, size_t n, size_t from, size_t to);
+int jsonl_lines_next(struct jsonl_lines *g, const char **line, size_t *len);
 /* The block of the reader's buffer the line last returned lies in. A
  * caller that keeps lines past the next call holds a reference to their
  * block: the reader then leaves it alone and reads on into another. The
@@ -57,7 +71,7 @@ struct jsonl_block *jsonl_block_ref(struct jsonl_block *b);
 void jsonl_block_release(struct jsonl_block *b); /* NULL allowed */
 int jsonl_parse_record(const char *name, long lineno, const char *line, size_t len, jv *out, struct err *err);
 /* jsonl_parse_record making a jd (jdoc.h) in a, with the same checks and
- * errors. With a memo (or NULL), long top-level values are remembered from
+ * errors (name NULL: without the "NAME:LINE: " in front). With a memo (or NULL), long top-level values are remembered from
  * one record to the next: a member whose text (an object, array or string
  * of 256 bytes or more) is byte for byte the last one kept under that key is
  * not parsed again, and its value is the memo's jd_shared block's (the tool

@@ -444,6 +444,75 @@ static void test_mapped_shrinks(void)
 	jsonl_close(r);
 }
 
+/* A mapped file cut into random ranges, each range's lines found as
+ * jsonl_lines_next finds them: together, every line jsonl_next_line gives,
+ * once, in order, with its number (the ranges' counts added up). Lines of
+ * every ending, blank ones, a byte-order mark, lines longer than a range
+ * and a last line with and without a newline. */
+static void test_lines_in_ranges(void)
+{
+	check_seed_init();
+	static const char *pieces[] = {"{\"a\":1}", "", " \t", "\r", "x", "\xEF\xBB\xBF{}", "[1, 2]"};
+	for (int round = 0; round < 200; round++) {
+		size_t cap = 1 << 16, n = 0;
+		char *text = malloc(cap);
+		if (check_urand() < 0.3)
+			memcpy(text, "\xEF\xBB\xBF", 3), n = 3;
+		int nlines = 1 + (int)(check_urand() * 60);
+		for (int i = 0; i < nlines; i++) {
+			const char *p = pieces[(int)(check_urand() * 7)];
+			size_t k = strlen(p), reps = check_urand() < 0.1 ? 1 + (size_t)(check_urand() * 400) : 1;
+			for (size_t r = 0; r < reps && n + k + 2 < cap; r++)
+				memcpy(text + n, p, k), n += k;
+			if (i + 1 < nlines || check_urand() < 0.5) {
+				if (check_urand() < 0.3)
+					text[n++] = '\r';
+				text[n++] = '\n';
+			}
+		}
+		put("ranges.jsonl", text, n);
+		struct err err;
+		struct jsonl_reader *r = jsonl_open_mapped(path, &err);
+		const char *s = NULL;
+		size_t size = 0;
+		int mapped = r && jsonl_mapped(r, &s, &size);
+		CHECK(n == 0 || (mapped && size == n), "round %d: mapped, %zu bytes of %zu", round, size, n);
+		if (!mapped) {
+			jsonl_close(r), free(text);
+			continue;
+		}
+		/* the lines as the reader gives them, read from a second reader */
+		struct jsonl_reader *r2 = jsonl_open_mapped(path, &err);
+		const char *s2 = NULL, *line, *want;
+		CHECK(r2 && jsonl_mapped(r2, &s2, &size), "round %d: mapped again", round);
+		size_t len, wlen;
+		long before = 0;
+		int bad = 0;
+		for (size_t from = 0; from < size && !bad;) {
+			size_t to = from + 1 + (size_t)(check_urand() * (check_urand() < 0.5 ? 8 : 3000));
+			struct jsonl_lines g;
+			jsonl_lines_start(&g, s, size, from, to);
+			while (!bad && jsonl_lines_next(&g, &line, &len)) {
+				bad = jsonl_next_line(r2, &want, &wlen, &err) != 1 || wlen != len || want - s2 != line - s ||
+				      jsonl_line(r2) != before + g.lineno;
+				CHECK(!bad, "round %d: range [%zu, %zu): line %ld of it (%zu bytes) is the reader's line %ld (%zu bytes)",
+				      round, from, to, g.lineno, len, jsonl_line(r2), wlen);
+			}
+			before += g.lineno;
+			from = to;
+		}
+		CHECK(bad || jsonl_next_line(r2, &want, &wlen, &err) == 0, "round %d: the ranges left lines out", round);
+		jsonl_close(r2), jsonl_close(r), free(text);
+	}
+	PUT("read.jsonl", "{}\n");
+	struct err err;
+	struct jsonl_reader *r = jsonl_open("-", &err);
+	const char *s;
+	size_t size;
+	CHECK(r && !jsonl_mapped(r, &s, &size), "standard input is read, not mapped");
+	jsonl_close(r);
+}
+
 static void test_open_errors(void)
 {
 	struct err err = {{0}, 0};
@@ -1217,6 +1286,7 @@ int main(void)
 	RUN(test_held_blocks);
 	RUN(test_blocks_given_back);
 	RUN(test_mapped_shrinks);
+	RUN(test_lines_in_ranges);
 	RUN(test_open_errors);
 	RUN(test_stdin_name_and_errf);
 	RUN(test_empty_inputs);
