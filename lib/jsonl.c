@@ -107,12 +107,125 @@ int jsonl_errf(const struct jsonl_reader *r, struct err *err, const char *fmt, .
 	return err_set(err, "%s:%ld: %s", r->name, r->recline, what);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_AVX2_PATH 1
+
+/* The AVX2 check of well-formed UTF-8: 1 when s[0..n) is. Each byte is
+ * judged with the one before it through three 16-entry tables (Keiser and
+ * Lemire, "Validating UTF-8 in less than one instruction per byte", 2021):
+ * the high and low nibbles of the byte before and the high nibble of the
+ * byte itself each give the errors that pair could be, and a pair is wrong
+ * where all three agree on one. Which continuation bytes must follow a lead
+ * two or three back is checked apart: TWO_CONTS marks a continuation after
+ * a continuation, right exactly where a three- or four-byte lead is two or
+ * three bytes back. Blocks of 32 bytes; one all ASCII passes at once. */
+enum {
+	TOO_SHORT = 1 << 0,      /* a lead, then no continuation */
+	TOO_LONG = 1 << 1,       /* ASCII, then a continuation */
+	OVERLONG_3 = 1 << 2,     /* E0 80-9F */
+	TOO_LARGE = 1 << 3,      /* F4 90-BF, F5-FF */
+	SURROGATE = 1 << 4,      /* ED A0-BF */
+	OVERLONG_2 = 1 << 5,     /* C0, C1 */
+	TOO_LARGE_1000 = 1 << 6, /* F5-FF 80-8F */
+	OVERLONG_4 = 1 << 6,     /* F0 80-8F */
+	TWO_CONTS = 1 << 7,      /* a continuation, then one */
+	CARRY = TOO_SHORT | TOO_LONG | TWO_CONTS,
+};
+
+/* The tables, by the byte before's high nibble, its low nibble, and the byte's own high nibble. */
+static const unsigned char before_high_tab[16] = {
+	TOO_LONG, TOO_LONG, TOO_LONG, TOO_LONG, TOO_LONG, TOO_LONG, TOO_LONG, TOO_LONG,
+	TWO_CONTS, TWO_CONTS, TWO_CONTS, TWO_CONTS,
+	TOO_SHORT | OVERLONG_2, TOO_SHORT, TOO_SHORT | OVERLONG_3 | SURROGATE,
+	TOO_SHORT | TOO_LARGE | TOO_LARGE_1000 | OVERLONG_4};
+static const unsigned char before_low_tab[16] = {
+	CARRY | OVERLONG_3 | OVERLONG_2 | OVERLONG_4, CARRY | OVERLONG_2, CARRY, CARRY, CARRY | TOO_LARGE,
+	CARRY | TOO_LARGE | TOO_LARGE_1000, CARRY | TOO_LARGE | TOO_LARGE_1000, CARRY | TOO_LARGE | TOO_LARGE_1000,
+	CARRY | TOO_LARGE | TOO_LARGE_1000, CARRY | TOO_LARGE | TOO_LARGE_1000, CARRY | TOO_LARGE | TOO_LARGE_1000,
+	CARRY | TOO_LARGE | TOO_LARGE_1000, CARRY | TOO_LARGE | TOO_LARGE_1000,
+	CARRY | TOO_LARGE | TOO_LARGE_1000 | SURROGATE, CARRY | TOO_LARGE | TOO_LARGE_1000,
+	CARRY | TOO_LARGE | TOO_LARGE_1000};
+static const unsigned char own_high_tab[16] = {
+	TOO_SHORT, TOO_SHORT, TOO_SHORT, TOO_SHORT, TOO_SHORT, TOO_SHORT, TOO_SHORT, TOO_SHORT,
+	TOO_LONG | OVERLONG_2 | TWO_CONTS | OVERLONG_3 | TOO_LARGE_1000 | OVERLONG_4,
+	TOO_LONG | OVERLONG_2 | TWO_CONTS | OVERLONG_3 | TOO_LARGE,
+	TOO_LONG | OVERLONG_2 | TWO_CONTS | SURROGATE | TOO_LARGE,
+	TOO_LONG | OVERLONG_2 | TWO_CONTS | SURROGATE | TOO_LARGE, TOO_SHORT, TOO_SHORT, TOO_SHORT, TOO_SHORT};
+/* a lead in the last three bytes whose character the block does not finish: above these */
+static const unsigned char last_max_tab[32] = {
+	0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+	0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xEF, 0xDF, 0xBF};
+
+/* The 32 bytes before each byte of x by k (1 to 3), prev the block before. */
+#define BEFORE(x, prev, k) _mm256_alignr_epi8(x, _mm256_permute2x128_si256(prev, x, 0x21), 16 - (k))
+#define TABLE16(t) _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(t)))
+
+__attribute__((target("avx2"))) static int utf8_valid_avx2(const unsigned char *s, size_t n)
+{
+	const __m256i before_high = TABLE16(before_high_tab), before_low = TABLE16(before_low_tab),
+		      own_high = TABLE16(own_high_tab);
+	const __m256i last_max = _mm256_loadu_si256((const __m256i *)(const void *)last_max_tab);
+	const __m256i nibble = _mm256_set1_epi8(0x0F), b80 = _mm256_set1_epi8((char)0x80);
+	const __m256i third = _mm256_set1_epi8(0xE0 - 0x80), fourth = _mm256_set1_epi8(0xF0 - 0x80);
+	__m256i prev = _mm256_setzero_si256(), bad = prev, unfinished = prev;
+	unsigned char tail[32];
+	for (size_t i = 0; i < n; i += 32) {
+		const unsigned char *p = s + i;
+		if (n - i < 32) { /* the last bytes, then ASCII: a character they cut is too short */
+			memset(tail, 0, sizeof tail);
+			memcpy(tail, p, n - i);
+			p = tail;
+		}
+		__m256i x = _mm256_loadu_si256((const __m256i *)(const void *)p);
+		if (!_mm256_movemask_epi8(x)) { /* ASCII: right unless the block before left a character unfinished */
+			bad = _mm256_or_si256(bad, unfinished);
+			unfinished = _mm256_setzero_si256();
+			prev = x;
+			continue;
+		}
+		__m256i p1 = BEFORE(x, prev, 1);
+		__m256i pairs = _mm256_and_si256(
+			_mm256_and_si256(_mm256_shuffle_epi8(before_high, _mm256_and_si256(_mm256_srli_epi16(p1, 4), nibble)),
+					 _mm256_shuffle_epi8(before_low, _mm256_and_si256(p1, nibble))),
+			_mm256_shuffle_epi8(own_high, _mm256_and_si256(_mm256_srli_epi16(x, 4), nibble)));
+		__m256i must = _mm256_and_si256(_mm256_or_si256(_mm256_subs_epu8(BEFORE(x, prev, 2), third),
+								_mm256_subs_epu8(BEFORE(x, prev, 3), fourth)),
+						b80);
+		bad = _mm256_or_si256(bad, _mm256_xor_si256(must, pairs));
+		unfinished = _mm256_subs_epu8(x, last_max);
+		prev = x;
+	}
+	bad = _mm256_or_si256(bad, unfinished);
+	return _mm256_testz_si256(bad, bad);
+}
+#undef BEFORE
+#undef TABLE16
+
+static int have_avx2(void)
+{
+	static int state; /* 0 unknown, 1 yes, -1 no */
+	int st = __atomic_load_n(&state, __ATOMIC_RELAXED);
+	if (!st) {
+		st = __builtin_cpu_supports("avx2") ? 1 : -1;
+		__atomic_store_n(&state, st, __ATOMIC_RELAXED);
+	}
+	return st > 0;
+}
+#endif
+
 /* Offset of the first byte that is not part of well-formed UTF-8 (RFC 3629:
  * no overlongs, no surrogates, nothing above U+10FFFF), or -1. jq would
  * silently turn such bytes into U+FFFD, which would move every byte offset
  * after them; a record is refused instead. */
 static long bad_utf8_at(const unsigned char *s, size_t n)
 {
+#ifdef HAVE_AVX2_PATH
+	/* where AVX2 is, its check says whether; the offset of a bad byte
+	 * (rare) is then found below */
+	if (n >= 32 && have_avx2() && utf8_valid_avx2(s, n))
+		return -1;
+#endif
 	size_t i = 0;
 	while (i < n) {
 		/* ASCII, two-byte characters (Cyrillic, Greek ...) and three-byte
@@ -511,9 +624,36 @@ static jv string_checked(const char *s, size_t n)
 /* The first quote, backslash or control byte in [q, end), or end: where a
  * plain run of a JSON string stops. *high is set when a byte before it is
  * not ASCII (a run without one needs no UTF-8 check). */
+#ifdef HAVE_AVX2_PATH
+/* string_stop's first part where AVX2 is: 32 bytes at a time, up to the
+ * stop or to the last 31 bytes, which string_stop goes on from. */
+__attribute__((target("avx2"))) static const char *string_stop_avx2(const char *q, const char *end, unsigned *hi)
+{
+	const __m256i quote = _mm256_set1_epi8('"'), bslash = _mm256_set1_epi8('\\'), ctl = _mm256_set1_epi8(0x1f);
+	__m256i high = _mm256_setzero_si256();
+	for (; end - q >= 32; q += 32) {
+		__m256i x = _mm256_loadu_si256((const __m256i *)(const void *)q);
+		__m256i sp = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(x, quote), _mm256_cmpeq_epi8(x, bslash)),
+					     _mm256_cmpeq_epi8(_mm256_min_epu8(x, ctl), x));
+		unsigned m = (unsigned)_mm256_movemask_epi8(sp);
+		if (m) {
+			*hi |= (unsigned)_mm256_movemask_epi8(x) & ((m & -m) - 1); /* the bytes before the stop */
+			break;
+		}
+		high = _mm256_or_si256(high, x);
+	}
+	*hi |= (unsigned)_mm256_movemask_epi8(high);
+	return q;
+}
+#endif
+
 static const char *string_stop(const char *q, const char *end, unsigned *high)
 {
 	unsigned hi = 0;
+#ifdef HAVE_AVX2_PATH
+	if (end - q >= 64 && have_avx2())
+		q = string_stop_avx2(q, end, &hi);
+#endif
 #if defined(__SSE2__)
 	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f);
 	for (; end - q >= 16; q += 16) {

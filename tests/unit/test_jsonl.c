@@ -854,6 +854,19 @@ static int utf8_by_utf8proc(const char *s, size_t n)
  * four-byte characters, long runs of two-byte or three-byte text (the
  * validator's short way) and broken sequences (lone continuations, overlongs, surrogates, past
  * U+10FFFF, cut short), at every alignment. */
+/* The reference: the offset of the first byte utf8proc does not read as UTF-8, or -1. */
+static long utf8proc_bad_at(const char *s, size_t n)
+{
+	for (size_t k = 0; k < n;) {
+		utf8proc_int32_t c;
+		utf8proc_ssize_t m = utf8proc_iterate((const utf8proc_uint8_t *)s + k, (utf8proc_ssize_t)(n - k), &c);
+		if (m <= 0)
+			return (long)k;
+		k += (size_t)m;
+	}
+	return -1;
+}
+
 static void test_utf8_offsets(void)
 {
 	unsigned seed = (unsigned)time(NULL);
@@ -878,16 +891,7 @@ static void test_utf8_offsets(void)
 			memcpy(s + n, u, strlen(u));
 			n += strlen(u);
 		}
-		long want = -1;
-		for (size_t k = 0; k < n;) {
-			utf8proc_int32_t c;
-			utf8proc_ssize_t m = utf8proc_iterate((const utf8proc_uint8_t *)s + k, (utf8proc_ssize_t)(n - k), &c);
-			if (m <= 0) {
-				want = (long)k;
-				break;
-			}
-			k += (size_t)m;
-		}
+		long want = utf8proc_bad_at(s, n);
 		broken += want >= 0;
 		const char *why = NULL;
 		long got = jsonl_unsafe_at(s, n, &why);
@@ -895,6 +899,29 @@ static void test_utf8_offsets(void)
 	}
 	CHECK(broken > 5000 && broken < 15000, "seed %u: %d of 20000 texts broken (the cases are not exercised)", seed,
 	      broken);
+}
+
+/* Every character, good and bad, at every offset of ASCII texts of 31 to
+ * 129 bytes: across the 32-byte blocks of the vector check, at their ends,
+ * before blocks all ASCII and at the text's end. */
+static void test_utf8_at_every_offset(void)
+{
+	static const char *pieces[] = {"\xd0\x9f", "\xe4\xb8\xad", "\xf0\x9f\x98\x80", "\xf4\x8f\xbf\xbf", "\xed\x9f\xbf",
+				       "\x80", "\xc1\xbf", "\xe0\x9f\xbf", "\xed\xa0\x80", "\xf0\x8f\xbf\xbf", "\xf4\x90\x80\x80",
+				       "\xf5\x80\x80\x80", "\xff", "\xd0", "\xe4\xb8", "\xf0\x9f\x98", "\xd0\x9f\x9f"};
+	char s[160];
+	for (size_t n = 31; n <= 129; n++)
+		for (size_t k = 0; k < sizeof pieces / sizeof *pieces; k++)
+			for (size_t at = 0; at + strlen(pieces[k]) <= n; at++) {
+				memset(s, 'a', n);
+				memcpy(s + at, pieces[k], strlen(pieces[k]));
+				long want = utf8proc_bad_at(s, n);
+				const char *why = NULL;
+				long got = jsonl_unsafe_at(s, n, &why);
+				CHECK(got == want, "piece %zu at %zu of %zu bytes: first bad byte %ld, utf8proc %ld", k, at, n, got, want);
+				if (got != want)
+					return;
+			}
 }
 
 /* jsonl_is_json says 1 for what jq prints, and never for what jq refuses or
@@ -1301,6 +1328,7 @@ int main(void)
 	RUN(test_object_next);
 	RUN(test_is_json);
 	RUN(test_utf8_offsets);
+	RUN(test_utf8_at_every_offset);
 	if (access("/dev/full", W_OK) == 0)
 		RUN(test_write_error);
 	else
