@@ -202,16 +202,26 @@ __attribute__((target("avx2"))) static int utf8_valid_avx2(const unsigned char *
 #undef BEFORE
 #undef TABLE16
 
+/* glibc's own reading of the CPU, made at start-up for its string
+ * functions: __builtin_cpu_supports would add a constructor that asks the
+ * CPU again at every start, and in a virtual machine each cpuid is a trap. */
+#if __has_include(<sys/platform/x86.h>)
+#include <sys/platform/x86.h>
+#define CPU_AVX2() CPU_FEATURE_ACTIVE(AVX2)
+#else
+#define CPU_AVX2() __builtin_cpu_supports("avx2")
+#endif
 static int have_avx2(void)
 {
 	static int state; /* 0 unknown, 1 yes, -1 no */
 	int st = __atomic_load_n(&state, __ATOMIC_RELAXED);
 	if (!st) {
-		st = __builtin_cpu_supports("avx2") ? 1 : -1;
+		st = CPU_AVX2() ? 1 : -1;
 		__atomic_store_n(&state, st, __ATOMIC_RELAXED);
 	}
 	return st > 0;
 }
+#undef CPU_AVX2
 #endif
 
 /* Offset of the first byte that is not part of well-formed UTF-8 (RFC 3629:
@@ -621,32 +631,34 @@ static jv string_checked(const char *s, size_t n)
 	return v;
 }
 
-/* The first quote, backslash or control byte in [q, end), or end: where a
- * plain run of a JSON string stops. *high is set when a byte before it is
- * not ASCII (a run without one needs no UTF-8 check). */
 #ifdef HAVE_AVX2_PATH
 /* string_stop's first part where AVX2 is: 32 bytes at a time, up to the
  * stop or to the last 31 bytes, which string_stop goes on from. */
 __attribute__((target("avx2"))) static const char *string_stop_avx2(const char *q, const char *end, unsigned *hi)
 {
-	const __m256i quote = _mm256_set1_epi8('"'), bslash = _mm256_set1_epi8('\\'), ctl = _mm256_set1_epi8(0x1f);
-	__m256i high = _mm256_setzero_si256();
+	const __m256i quote = _mm256_set1_epi8('"'), bslash = _mm256_set1_epi8('\\'), ctl = _mm256_set1_epi8(0x1f),
+		      one = _mm256_set1_epi8(1);
+	__m256i high = _mm256_setzero_si256(); /* bytes 7F and up: their high bit once 1 is added, saturating */
 	for (; end - q >= 32; q += 32) {
 		__m256i x = _mm256_loadu_si256((const __m256i *)(const void *)q);
 		__m256i sp = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(x, quote), _mm256_cmpeq_epi8(x, bslash)),
 					     _mm256_cmpeq_epi8(_mm256_min_epu8(x, ctl), x));
 		unsigned m = (unsigned)_mm256_movemask_epi8(sp);
 		if (m) {
-			*hi |= (unsigned)_mm256_movemask_epi8(x) & ((m & -m) - 1); /* the bytes before the stop */
+			*hi |= (unsigned)_mm256_movemask_epi8(_mm256_adds_epu8(x, one)) & ((m & -m) - 1); /* before the stop */
 			break;
 		}
-		high = _mm256_or_si256(high, x);
+		high = _mm256_or_si256(high, _mm256_adds_epu8(x, one));
 	}
 	*hi |= (unsigned)_mm256_movemask_epi8(high);
 	return q;
 }
 #endif
 
+/* The first quote, backslash or control byte in [q, end), or end: where a
+ * plain run of a JSON string stops. *high is set when a byte before it is
+ * 7F or above: a run without one is ASCII with no DEL, needs no UTF-8 check
+ * and is written as it is. */
 static const char *string_stop(const char *q, const char *end, unsigned *high)
 {
 	unsigned hi = 0;
@@ -655,12 +667,13 @@ static const char *string_stop(const char *q, const char *end, unsigned *high)
 		q = string_stop_avx2(q, end, &hi);
 #endif
 #if defined(__SSE2__)
-	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f);
+	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f),
+		      one = _mm_set1_epi8(1);
 	for (; end - q >= 16; q += 16) {
 		__m128i x = _mm_loadu_si128((const __m128i *)(const void *)q);
 		__m128i sp = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, bslash)),
 					  _mm_cmpeq_epi8(_mm_min_epu8(x, ctl), x));
-		unsigned m = (unsigned)_mm_movemask_epi8(sp), hb = (unsigned)_mm_movemask_epi8(x);
+		unsigned m = (unsigned)_mm_movemask_epi8(sp), hb = (unsigned)_mm_movemask_epi8(_mm_adds_epu8(x, one));
 		if (m) {
 			*high |= hi | (hb & ((m & -m) - 1)); /* the bytes before the stop */
 			return q + __builtin_ctz(m);
@@ -671,7 +684,7 @@ static const char *string_stop(const char *q, const char *end, unsigned *high)
 #if WORDS_LE
 	for (uint64_t w, m; end - q >= 8; q += 8) {
 		memcpy(&w, q, 8);
-		uint64_t hw = w & 0x8080808080808080ull;
+		uint64_t hw = (w & 0x8080808080808080ull) | bytes_eq(w, 0x7f); /* may flag more above a 7F: only checked more */
 		if ((m = word_stops_string(w))) {
 			int k = __builtin_ctzll(m) >> 3;
 			*high |= hi | (k && (hw & (~0ull >> (64 - 8 * k))));
@@ -681,13 +694,15 @@ static const char *string_stop(const char *q, const char *end, unsigned *high)
 	}
 #endif
 	while (q < end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20)
-		hi |= (unsigned char)*q++ & 0x80;
+		hi |= (unsigned char)*q++ >= 0x7f;
 	*high |= hi;
 	return q;
 }
 
-long jsonl_string_decode(const char *s, size_t n, char *out, const char **text, size_t *len)
+long jsonl_string_decode(const char *s, size_t n, char *out, const char **text, size_t *len, int *ascii)
 {
+	if (ascii)
+		*ascii = 0;
 	if (!n)
 		return -1;
 	const char *end = s + n, *b = s + 1;
@@ -697,6 +712,8 @@ long jsonl_string_decode(const char *s, size_t n, char *out, const char **text, 
 		if (high && bad_utf8_at((const unsigned char *)b, (size_t)(q - b)) >= 0)
 			return -1;
 		*text = b, *len = (size_t)(q - b);
+		if (ascii)
+			*ascii = !high;
 		return q + 1 - s;
 	}
 	if (!out)
@@ -753,7 +770,7 @@ static int fp_string(struct fastp *p, struct jd *out)
 	size_t room = (size_t)(p->end - p->s), len;
 	const char *text;
 	/* the scratch, once grown for a string, has room for every later one */
-	long k = jsonl_string_decode(p->s, room, room <= p->cscratch ? p->scratch : NULL, &text, &len);
+	long k = jsonl_string_decode(p->s, room, room <= p->cscratch ? p->scratch : NULL, &text, &len, NULL);
 	if (k == 0) { /* escapes: decoded into the scratch, the rest of the line's size at most */
 		if (room > p->cscratch) {
 			char *nb = realloc(p->scratch, room);
@@ -761,7 +778,7 @@ static int fp_string(struct fastp *p, struct jd *out)
 				return -1;
 			p->scratch = nb, p->cscratch = room;
 		}
-		k = jsonl_string_decode(p->s, room, p->scratch, &text, &len);
+		k = jsonl_string_decode(p->s, room, p->scratch, &text, &len, NULL);
 	}
 	if (k <= 0)
 		return -1;
@@ -1853,32 +1870,63 @@ static int key_is(const char *s, size_t k, const char *key, size_t kn)
 	return is;
 }
 
-/* Whether s[0..n) holds q[0..qn): where q has a byte rarer in JSON text
- * than lowercase letters, quotes and spaces ("added_tokens"' '_': a few
- * thousand in a 33 MB tokenizer.json), memchr for it and a compare around
- * each, fifteen times faster than memmem over megabytes; else memmem. */
-static int holds(const char *s, size_t n, const char *q, size_t qn)
+/* The first byte of [p, end) that is a or b, or NULL: memchr for either. */
+#ifdef HAVE_AVX2_PATH
+__attribute__((target("avx2"))) static const char *find2_avx2(const char *p, const char *end, char a, char b)
 {
-	size_t r = 0;
-	while (r < qn && ((q[r] >= 'a' && q[r] <= 'z') || q[r] == '"' || q[r] == ' '))
-		r++;
-	if (r == qn)
-		return memmem(s, n, q, qn) != NULL;
-	if (n < qn)
-		return 0;
-	for (const char *p = s + r, *last = s + n - qn + r; p <= last && (p = memchr(p, q[r], (size_t)(last - p) + 1)); p++)
-		if (!memcmp(p - r, q, qn))
-			return 1;
-	return 0;
+	const __m256i va = _mm256_set1_epi8(a), vb = _mm256_set1_epi8(b);
+	for (; end - p >= 32; p += 32) {
+		__m256i x = _mm256_loadu_si256((const __m256i *)(const void *)p);
+		unsigned m = (unsigned)_mm256_movemask_epi8(_mm256_or_si256(_mm256_cmpeq_epi8(x, va), _mm256_cmpeq_epi8(x, vb)));
+		if (m)
+			return p + __builtin_ctz(m);
+	}
+	return p;
+}
+#endif
+
+static const char *find2(const char *p, const char *end, char a, char b)
+{
+#ifdef HAVE_AVX2_PATH
+	if (have_avx2()) {
+		p = find2_avx2(p, end, a, b);
+		if (end - p >= 32)
+			return p;
+	}
+#endif
+#if defined(__SSE2__)
+	const __m128i va = _mm_set1_epi8(a), vb = _mm_set1_epi8(b);
+	for (; end - p >= 16; p += 16) {
+		__m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+		unsigned m = (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(x, va), _mm_cmpeq_epi8(x, vb)));
+		if (m)
+			return p + __builtin_ctz(m);
+	}
+#endif
+	for (; p < end; p++)
+		if (*p == a || *p == b)
+			return p;
+	return NULL;
+}
+
+/* Whether the \\u escape at q (a backslash, then 'u') may stand for a
+ * character of key[0..kn): it is cut short, not hex, or of one of them. */
+static int escape_may_name(const char *q, const char *end, const char *key, size_t kn)
+{
+	unsigned u;
+	return end - q < 6 || jsonl_hex4(q + 2, &u) < 0 || (u < 0x80 && memchr(key, (int)u, kn));
 }
 
 /* Whether the JSON text s[0..n) may name the key key[0..kn) again: it holds
  * "key" written plainly, or a \\u escape of one of its characters, the
  * only escape that can stand for a letter, a digit or most punctuation. A
  * key with a quote, a backslash, a slash, a control byte or a byte past
- * ASCII may be written in more ways, and may always recur. Two passes of
- * memchr and memmem, where scanning the rest (megabytes of a
- * tokenizer.json after its added_tokens) would take far longer. */
+ * ASCII may be written in more ways, and may always recur. One pass over
+ * the text (megabytes of a tokenizer.json after its added_tokens) for its
+ * backslashes and for the key's byte rarest in JSON text (rarer than
+ * lowercase letters, quotes and spaces: "added_tokens"' '_', a few
+ * thousand in a 33 MB tokenizer.json), compared around; memmem for a key
+ * without one. */
 static int key_may_recur(const char *s, size_t n, const char *key, size_t kn)
 {
 	for (size_t k = 0; k < kn; k++) {
@@ -1886,18 +1934,34 @@ static int key_may_recur(const char *s, size_t n, const char *key, size_t kn)
 		if (c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '/')
 			return 1;
 	}
-	char quoted[258];
-	if (kn + 2 > sizeof quoted)
+	char q[258];
+	size_t qn = kn + 2, r = 0;
+	if (qn > sizeof q)
 		return 1;
-	quoted[0] = '"', memcpy(quoted + 1, key, kn), quoted[kn + 1] = '"';
-	if (holds(s, n, quoted, kn + 2))
-		return 1;
-	for (const char *q = s; (q = memchr(q, '\\', (size_t)(s + n - q))) != NULL; q += 2) {
-		unsigned u;
-		if (s + n - q < 2)
-			break;
-		if (q[1] == 'u' && (s + n - q < 6 || jsonl_hex4(q + 2, &u) < 0 || (u < 0x80 && memchr(key, (int)u, kn))))
+	q[0] = '"', memcpy(q + 1, key, kn), q[kn + 1] = '"';
+	while (r < qn && ((q[r] >= 'a' && q[r] <= 'z') || q[r] == '"' || q[r] == ' '))
+		r++;
+	const char *end = s + n;
+	if (r == qn) { /* no rare byte: the key, then the backslashes */
+		if (memmem(s, n, q, qn))
 			return 1;
+		for (const char *p = s; (p = memchr(p, '\\', (size_t)(end - p))) != NULL && end - p >= 2; p += 2)
+			if (p[1] == 'u' && escape_may_name(p, end, key, kn))
+				return 1;
+		return 0;
+	}
+	for (const char *p = s; (p = find2(p, end, q[r], '\\')) != NULL;) {
+		if (*p != '\\') { /* the rare byte: the key around it? */
+			if ((size_t)(p - s) >= r && (size_t)(end - p) >= qn - r && !memcmp(p - r, q, qn))
+				return 1;
+			p++;
+			continue;
+		}
+		if (end - p < 2)
+			break;
+		if (p[1] == 'u' && escape_may_name(p, end, key, kn))
+			return 1;
+		p += p[1] == q[r] ? 1 : 2; /* past the escaped byte, unless it is the rare one */
 	}
 	return 0;
 }
