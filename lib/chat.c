@@ -1,6 +1,8 @@
 #include "chat.h"
 #include "chat_memo.h"
 
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -736,11 +738,21 @@ static int marker_add(struct chat_model *m, size_t *cap, const char *s, size_t n
 	return strs_add(&m->mk_store, &m->mk.n, cap, s, n, err);
 }
 
-/* The markers from tokenizer.json's added_tokens alone, which say all the
- * loaded tokenizer would: an added token is special when any entry with its
- * content is. Returns 1 when done, 0 when the file is not of the simple form
- * (the caller loads the tokenizer, which says what is wrong), or -1. */
-static int markers_from_json(struct chat_model *m, const char *path, struct err *err)
+/* tokenizer.json's added_tokens, read on a thread of their own while the
+ * main thread reads tokenizer_config.json and compiles the template (a
+ * 33 MB tokenizer.json is scanned to its end: see jsonl_locate). */
+struct added {
+	char path[4096];
+	pthread_t th;
+	int started;
+	int state; /* 1 read; 0 not of the simple form (the tokenizer's loader says why); -1 out of memory */
+	uint32_t n;
+	struct jd_arena ar;
+	const struct jd **content;   /* each entry's content */
+	unsigned char *first, *special; /* first entry of its content; special: any entry of it is */
+};
+
+static void added_read(struct added *d)
 {
 	/* mapped, not read: of tens of megabytes only the added tokens are parsed,
 	 * and copying the rest would cost more than scanning it. A file that
@@ -748,8 +760,9 @@ static int markers_from_json(struct chat_model *m, const char *path, struct err 
 	const void *map;
 	size_t len;
 	struct err ignored = {0};
-	if (wholefile_map(path, &map, &len, &ignored) < 0)
-		return 0;
+	d->state = 0;
+	if (wholefile_map(d->path, &map, &len, &ignored) < 0)
+		return;
 	const char *text = map;
 	size_t a, b;
 	size_t at = 0;
@@ -758,7 +771,7 @@ static int markers_from_json(struct chat_model *m, const char *path, struct err 
 	int found = text && at < len && text[at] == '{' ? jsonl_locate(text, len, "added_tokens", &a, &b) : -1;
 	if (found < 0) {
 		wholefile_unmap(map, len);
-		return 0;
+		return;
 	}
 	const char *at_s = found ? text + a : "[]";
 	size_t at_n = found ? b - a : 2;
@@ -766,43 +779,99 @@ static int markers_from_json(struct chat_model *m, const char *path, struct err 
 		at_s = "[]", at_n = 2;
 	/* The list parsed whole (the direct parser is faster than scanning its
 	 * entries for two members); a repeated key means its last value. */
-	struct jd_arena ar = {0};
 	struct jd list;
-	int ok = jsonl_parse_jd(at_s, at_n, &ar, &list, &ignored) == 0 && list.kind == JD_ARRAY;
+	int ok = jsonl_parse_jd(at_s, at_n, &d->ar, &list, &ignored) == 0 && list.kind == JD_ARRAY;
 	wholefile_unmap(map, len);
 	uint32_t n = ok ? list.n : 0;
 	size_t size = 16;
 	while (size < 2 * (size_t)n)
 		size *= 2;
 	uint32_t *slot = calloc(size, sizeof *slot); /* index + 1 of the first entry of a content */
-	unsigned char *first = calloc((size_t)n + 1, 2), *special = first + n + 1; /* special: of a first entry */
-	const struct jd **content = malloc(((size_t)n + 1) * sizeof *content);
-	int oom = !slot || !first || !content;
-	ok = ok && !oom;
+	d->first = calloc((size_t)n + 1, 2), d->special = d->first + n + 1;
+	d->content = malloc(((size_t)n + 1) * sizeof *d->content);
+	if (!slot || !d->first || !d->content) {
+		free(slot);
+		d->state = -1;
+		return;
+	}
 	for (uint32_t i = 0; ok && i < n; i++) {
 		const struct jd *e = &list.u.items[i], *c = jd_get(e, "content"), *sp = jd_get(e, "special");
 		ok = e->kind == JD_OBJECT && c && c->kind == JD_STRING &&
 		     (!sp || sp->kind == JD_TRUE || sp->kind == JD_FALSE || sp->kind == JD_NULL);
 		if (!ok)
 			break;
-		content[i] = c;
+		d->content[i] = c;
 		uint32_t h = 2166136261u; /* FNV-1a */
 		for (uint32_t k = 0; k < c->n; k++)
 			h = (h ^ (unsigned char)c->u.s[k]) * 16777619u;
-		size_t at = h & (size - 1);
-		while (slot[at] && !(content[slot[at] - 1]->n == c->n && !memcmp(content[slot[at] - 1]->u.s, c->u.s, c->n)))
-			at = (at + 1) & (size - 1);
-		if (!slot[at])
-			slot[at] = i + 1, first[i] = 1;
-		special[slot[at] - 1] |= sp && sp->kind == JD_TRUE; /* special when any entry of it is */
+		size_t s = h & (size - 1);
+		while (slot[s] && !(d->content[slot[s] - 1]->n == c->n && !memcmp(d->content[slot[s] - 1]->u.s, c->u.s, c->n)))
+			s = (s + 1) & (size - 1);
+		if (!slot[s])
+			slot[s] = i + 1, d->first[i] = 1;
+		d->special[slot[s] - 1] |= sp && sp->kind == JD_TRUE; /* special when any entry of it is */
 	}
+	free(slot);
+	d->n = n;
+	d->state = ok;
+}
+
+static void *added_main(void *arg)
+{
+	added_read(arg);
+	return NULL;
+}
+
+/* Starts reading folder model's tokenizer.json's added tokens on a thread
+ * (or here, if none can start); added_wait has them. */
+static void added_start(struct added *d, const char *model)
+{
+	struct stat st;
+	snprintf(d->path, sizeof d->path, "%s/tokenizer.json", model);
+	if (stat(model, &st) < 0 || !S_ISDIR(st.st_mode) || stat(d->path, &st) < 0)
+		return;
+	sigset_t all, old; /* signals stay the caller's */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	d->started = pthread_create(&d->th, NULL, added_main, d) == 0;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (!d->started)
+		added_read(d);
+	d->started = 1 + d->started; /* 1: read here, 2: on its thread */
+}
+
+static void added_wait(struct added *d)
+{
+	if (d->started == 2)
+		pthread_join(d->th, NULL);
+	d->started = d->started ? 1 : 0;
+}
+
+static void added_free(struct added *d)
+{
+	added_wait(d);
+	free(d->first), free(d->content);
+	jd_arena_free(&d->ar);
+}
+
+/* The markers from tokenizer.json's added_tokens alone, which say all the
+ * loaded tokenizer would: an added token is special when any entry with its
+ * content is. Returns 1 when done, 0 when the file is not of the simple form
+ * (the caller loads the tokenizer, which says what is wrong), or -1. */
+static int markers_from_json(struct chat_model *m, struct added *d, struct err *err)
+{
+	added_wait(d);
+	if (d->state < 0)
+		return err_sys(err, "out of memory");
+	if (!d->state)
+		return 0;
 	/* The special ones first, then eos_token, then the rest. */
 	size_t cap = 0;
 	int rc = 0;
-	for (int tier = 0; ok && tier < 2 && rc == 0; tier++) {
-		for (uint32_t i = 0; i < n && rc == 0; i++)
-			if (first[i] && content[i]->n && content[i]->u.s[0] && special[i] == !tier)
-				rc = marker_add(m, &cap, content[i]->u.s, content[i]->n, err);
+	for (int tier = 0; tier < 2 && rc == 0; tier++) {
+		for (uint32_t i = 0; i < d->n && rc == 0; i++)
+			if (d->first[i] && d->content[i]->n && d->content[i]->u.s[0] && d->special[i] == !tier)
+				rc = marker_add(m, &cap, d->content[i]->u.s, d->content[i]->n, err);
 		jv eos = obj_get(m->tokens, "eos_token");
 		if (tier == 0 && rc == 0 && jv_get_kind(eos) == JV_KIND_STRING && *jv_string_value(eos))
 			rc = marker_add(m, &cap, jv_string_value(eos), strlen(jv_string_value(eos)), err);
@@ -810,12 +879,6 @@ static int markers_from_json(struct chat_model *m, const char *path, struct err 
 		if (tier == 0)
 			m->mk.nfirst = m->mk.n;
 	}
-	free(slot), free(first), free(content);
-	jd_arena_free(&ar);
-	if (oom)
-		return err_sys(err, "out of memory");
-	if (!ok) /* not of the simple form: the tokenizer's loader says why */
-		return 0;
 	return rc < 0 ? -1 : 1;
 }
 
@@ -861,15 +924,13 @@ static int markers_from_gguf(struct chat_model *m, const char *path, struct err 
 
 /* The end-of-turn candidates: every special added token and eos_token first,
  * then the other added tokens (see struct chat_markers). */
-static int load_markers(struct chat_model *m, const char *model, struct err *err)
+static int load_markers(struct chat_model *m, const char *model, struct added *added, struct err *err)
 {
-	char path[4096];
 	struct stat st;
-	snprintf(path, sizeof path, "%s/tokenizer.json", model);
 	int dir = stat(model, &st) == 0 && S_ISDIR(st.st_mode);
-	int json = dir && stat(path, &st) == 0;
+	int json = added->started;
 	if (json) {
-		int rc = markers_from_json(m, path, err);
+		int rc = markers_from_json(m, added, err);
 		if (rc < 0)
 			return -1;
 		if (rc > 0)
@@ -1072,6 +1133,8 @@ struct chat_model *chat_model_load(const char *model, const char *template, stru
 		return err_sys(err, "out of memory"), NULL;
 	}
 	m->tokens = jv_invalid();
+	struct added added = {0};
+	added_start(&added, model);
 	int rc, count;
 	struct stat st;
 	char *gguf = NULL; /* a folder's only file of a model: a GGUF */
@@ -1099,22 +1162,23 @@ struct chat_model *chat_model_load(const char *model, const char *template, stru
 					  "mistral, alpaca)", template);
 		}
 	}
+	if (rc == 0 && m->tmpl) { /* while the added tokens are read */
+		probe_args(m->tmpl, m->tokens, &m->args, &m->args_json);
+		m->agp = probe_agp(m->tmpl, m->tokens);
+	}
+	if (rc == 0 && m->tool_use) {
+		probe_args(m->tool_use, m->tokens, &m->args_tool_use, &m->args_json_tool_use);
+		m->agp_tool_use = probe_agp(m->tool_use, m->tokens);
+	}
 	if (rc == 0)
-		rc = load_markers(m, model, err);
+		rc = load_markers(m, model, &added, err);
+	added_free(&added);
 	gguf_close(m->gguf);
 	m->gguf = NULL;
 	free(gguf);
 	if (rc < 0) {
 		chat_model_free(m);
 		return NULL;
-	}
-	if (m->tmpl) {
-		probe_args(m->tmpl, m->tokens, &m->args, &m->args_json);
-		m->agp = probe_agp(m->tmpl, m->tokens);
-	}
-	if (m->tool_use) {
-		probe_args(m->tool_use, m->tokens, &m->args_tool_use, &m->args_json_tool_use);
-		m->agp_tool_use = probe_agp(m->tool_use, m->tokens);
 	}
 	return m;
 }
