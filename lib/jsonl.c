@@ -1,6 +1,8 @@
 #include "jsonl.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -1917,6 +1919,72 @@ static int escape_may_name(const char *q, const char *end, const char *key, size
 	return end - q < 6 || jsonl_hex4(q + 2, &u) < 0 || (u < 0x80 && memchr(key, (int)u, kn));
 }
 
+/* key_may_recur's pass over the text from..to of s..end (the bytes past to
+ * read where a key or an escape begun before it runs on): the quoted key
+ * q[0..qn), found by its rare byte q[r], or a \\u escape that may stand for
+ * one of key's characters. from is not an escaped byte. */
+static int recur_scan(const char *s, const char *from, const char *to, const char *end, const char *q, size_t qn,
+		      size_t r, const char *key, size_t kn)
+{
+	for (const char *p = from; p < to && (p = find2(p, to, q[r], '\\')) != NULL;) {
+		if (*p != '\\') { /* the rare byte: the key around it? */
+			if ((size_t)(p - s) >= r && (size_t)(end - p) >= qn - r && !memcmp(p - r, q, qn))
+				return 1;
+			p++;
+			continue;
+		}
+		if (end - p < 2)
+			break;
+		if (p[1] == 'u' && escape_may_name(p, end, key, kn))
+			return 1;
+		p += p[1] == q[r] ? 1 : 2; /* past the escaped byte, unless it is the rare one */
+	}
+	return 0;
+}
+
+/* A text of megabytes (a tokenizer.json past its added_tokens) is scanned
+ * in two halves at once: start-up waits on it, and the other core idles. */
+enum { RECUR_HALVES = 4 << 20 };
+
+struct recur_half {
+	const char *s, *from, *to, *end, *q, *key;
+	size_t qn, r, kn;
+	int found;
+};
+
+static void *recur_half_main(void *arg)
+{
+	struct recur_half *h = arg;
+	h->found = recur_scan(h->s, h->from, h->to, h->end, h->q, h->qn, h->r, h->key, h->kn);
+	return NULL;
+}
+
+/* recur_scan of s..end in two halves, the second on a thread: 1 with
+ * *found set, or 0 when no thread could start. */
+static int recur_halves(const char *s, const char *end, const char *q, size_t qn, size_t r, const char *key, size_t kn,
+			int *found)
+{
+	const char *mid = s + (end - s) / 2, *from = mid;
+	size_t run = 0; /* the backslashes just before mid: an odd run escapes its byte */
+	while (mid - run > s && mid[-1 - (long)run] == '\\')
+		run++;
+	if (run % 2 && *mid != q[r])
+		from = mid + 1;
+	struct recur_half h = {s, from, end, end, q, key, qn, r, kn, 0};
+	pthread_t th;
+	sigset_t all, old; /* signals stay the caller's threads' */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	int started = pthread_create(&th, NULL, recur_half_main, &h) == 0;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (!started)
+		return 0;
+	int first = recur_scan(s, s, mid, end, q, qn, r, key, kn);
+	pthread_join(th, NULL);
+	*found = first || h.found;
+	return 1;
+}
+
 /* Whether the JSON text s[0..n) may name the key key[0..kn) again: it holds
  * "key" written plainly, or a \\u escape of one of its characters, the
  * only escape that can stand for a letter, a digit or most punctuation. A
@@ -1950,20 +2018,10 @@ static int key_may_recur(const char *s, size_t n, const char *key, size_t kn)
 				return 1;
 		return 0;
 	}
-	for (const char *p = s; (p = find2(p, end, q[r], '\\')) != NULL;) {
-		if (*p != '\\') { /* the rare byte: the key around it? */
-			if ((size_t)(p - s) >= r && (size_t)(end - p) >= qn - r && !memcmp(p - r, q, qn))
-				return 1;
-			p++;
-			continue;
-		}
-		if (end - p < 2)
-			break;
-		if (p[1] == 'u' && escape_may_name(p, end, key, kn))
-			return 1;
-		p += p[1] == q[r] ? 1 : 2; /* past the escaped byte, unless it is the rare one */
-	}
-	return 0;
+	int found;
+	if (n < RECUR_HALVES || !recur_halves(s, end, q, qn, r, key, kn, &found))
+		return recur_scan(s, s, end, end, q, qn, r, key, kn);
+	return found;
 }
 
 /* In the container at s[*i] ('{' or '['): the value of the last member named

@@ -1195,6 +1195,41 @@ static void test_parse_memo(void)
 }
 
 /* jsonl_locate finds a path's value by scanning; jsonl_err_line puts its line in a message. */
+/* A text of megabytes is scanned for a repeat of the key in two halves at
+ * once: a repeat written plainly or with an escape at every offset around
+ * the halves' border is found, and a text without one gives the first value. */
+static void test_locate_halves(void)
+{
+	enum { N = 5 << 20 };
+	char *t = malloc(N + 1);
+	const char *head = "{\"added_tokens\": [1], \"pad\": \"", *keys[] = {"\"added_tokens\"", "\"added\\u005ftokens\""};
+	size_t hn = strlen(head), S = hn - strlen(", \"pad\": \""); /* the scan for a repeat starts at the ',' */
+	size_t mid = S + (N - S) / 2;
+	for (int form = 0; form < 3 && !check_case_failed; form++)
+		for (int shift = -24; shift <= 8 && !check_case_failed; shift++) {
+			const char *key = keys[form == 1];
+			size_t at = mid + (size_t)(shift + 24) - 24; /* where the repeated key begins */
+			memcpy(t, head, hn);
+			memset(t + hn, 'a', N - hn);
+			size_t k = at - 3; /* the pad string ends, then ", " */
+			memcpy(t + k, "\", ", 3);
+			k += 3;
+			if (form < 2) {
+				memcpy(t + k, key, strlen(key));
+				k += strlen(key);
+				memcpy(t + k, ": [2]", 5), k += 5;
+			}
+			memset(t + k, ' ', N - 1 - k); /* the rest white space, then the end */
+			t[N - 1] = '}';
+			size_t a, b;
+			int rc = jsonl_locate(t, N, "added_tokens", &a, &b);
+			const char *want = form < 2 ? "[2]" : "[1]";
+			CHECK(rc == 1 && b - a == 3 && !memcmp(t + a, want, 3), "form %d, key at the border %+d: %d '%.*s'", form,
+			      shift, rc, rc == 1 ? (int)(b - a) : 0, rc == 1 ? t + a : "");
+		}
+	free(t);
+}
+
 static void test_locate(void)
 {
 	const char *t = "{\n \"a\": {\"b\": [10, {\"c\": \"x\\\"y\"}, [1]]},\n \"a\": {\"b\": [20, {\"c\": 7}]},\n"
@@ -1324,6 +1359,7 @@ int main(void)
 	RUN(test_parsed_strings_are_jqs);
 	RUN(test_parse_memo);
 	RUN(test_locate);
+	RUN(test_locate_halves);
 	RUN(test_array_next);
 	RUN(test_object_next);
 	RUN(test_is_json);
