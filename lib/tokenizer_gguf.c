@@ -207,9 +207,38 @@ struct conv {
 	size_t *len;
 	char **renamed; /* "[EMPTY_i]" strings we made */
 	uint8_t *attr;
-	struct tk_strmap ids; /* token text -> id */
+	struct tk_strmap ids; /* token text -> id (with named_only, of the tokens named_maybe takes) */
+	int named_only;       /* only the tokens' attributes are wanted (tokenizer_gguf_added_of) */
 	struct err *err;
 };
+
+/* Whether token s[0..n) may be one of the texts above, which all begin
+ * with '<', '[', '_' or "▁<": the tokens a named_only conversion maps. */
+static int named_maybe(const char *s, size_t n)
+{
+	return n && (s[0] == '<' || s[0] == '[' || s[0] == '_' || (n > 3 && !memcmp(s, "\xE2\x96\x81<", 4)));
+}
+
+/* Whether every text named above passes named_maybe (checked once, so
+ * that a text added to them cannot be missed: else the map takes all). */
+static int named_texts_ok(void)
+{
+	static int state; /* 0 unchecked, 1 holds, -1 does not */
+	int st = __atomic_load_n(&state, __ATOMIC_RELAXED);
+	if (st)
+		return st > 0;
+	int ok = named_maybe("<|end|>", 7) && named_maybe("<|return|>", 10) && named_maybe("<|call|>", 8) &&
+		 named_maybe("<|calls|>", 9) && named_maybe("<|flush|>", 9);
+	for (int k = 0; eog_texts[k]; k++)
+		ok = ok && named_maybe(eog_texts[k], strlen(eog_texts[k]));
+	for (int k = 0; user_texts[k]; k++)
+		ok = ok && named_maybe(user_texts[k], strlen(user_texts[k]));
+	for (size_t f = 0; f < sizeof fim_texts / sizeof fim_texts[0]; f++)
+		for (int k = 0; k < 9 && fim_texts[f].texts[k]; k++)
+			ok = ok && named_maybe(fim_texts[f].texts[k], strlen(fim_texts[f].texts[k]));
+	__atomic_store_n(&state, ok ? 1 : -1, __ATOMIC_RELAXED);
+	return ok;
+}
 
 static int64_t conv_id(const struct conv *c, const char *s, size_t n)
 {
@@ -244,6 +273,7 @@ static int conv_tokens(struct conv *c)
 	}
 
 	int64_t tokens = gguf_find_key(c->g, "tokenizer.ggml.tokens");
+	int named_only = c->named_only && named_texts_ok();
 	for (uint64_t i = 0; i < c->n; i++) {
 		size_t len;
 		const char *s = gguf_kv_arr_str(c->g, tokens, i, &len);
@@ -255,23 +285,27 @@ static int conv_tokens(struct conv *c)
 			s = c->renamed[i];
 			len = (size_t)k;
 		}
-		if (!utf8_valid((const unsigned char *)s, len))
-			return err_set(err, "%s: key 'tokenizer.ggml.tokens': token %llu is not valid UTF-8", c->name,
-				       (unsigned long long)i);
 		c->tok[i] = s;
 		c->len[i] = len;
-		int r = tk_strmap_put(&c->ids, s, len, (uint32_t)i, 0);
-		if (r < 0)
-			return err_sys(err, "out of memory:");
-		if (r == 0)
-			return err_set(err, "%s: key 'tokenizer.ggml.tokens': token %llu '%s' repeats token %lld", c->name,
-				       (unsigned long long)i, s, (long long)conv_id(c, s, len));
 		switch (types ? types[i] : GGUF_TOK_NORMAL) {
 		case GGUF_TOK_CONTROL: c->attr[i] = ATTR_CONTROL; break;
 		case GGUF_TOK_USER_DEFINED: c->attr[i] = ATTR_USER; break;
 		case GGUF_TOK_UNKNOWN: c->attr[i] = ATTR_UNKNOWN; break;
 		default: c->attr[i] = 0; break;
 		}
+		/* named_only: the vocabulary's checks are the tokenizer's; only the
+		 * tokens that may be named below are mapped */
+		if (named_only && !named_maybe(s, len))
+			continue;
+		if (!named_only && !utf8_valid((const unsigned char *)s, len))
+			return err_set(err, "%s: key 'tokenizer.ggml.tokens': token %llu is not valid UTF-8", c->name,
+				       (unsigned long long)i);
+		int r = tk_strmap_put(&c->ids, s, len, (uint32_t)i, 0);
+		if (r < 0)
+			return err_sys(err, "out of memory:");
+		if (r == 0)
+			return err_set(err, "%s: key 'tokenizer.ggml.tokens': token %llu '%s' repeats token %lld", c->name,
+				       (unsigned long long)i, s, (long long)conv_id(c, s, len));
 	}
 
 	/* llama.cpp's retyping by text, in its order */
@@ -300,6 +334,10 @@ static int conv_tokens(struct conv *c)
 	int calls = conv_id(c, "<|calls|>", 9) >= 0, flush = conv_id(c, "<|flush|>", 9) >= 0;
 	if (end >= 0 && ((ret && call) || (calls && flush)))
 		c->attr[end] = ATTR_USER;
+	for (uint64_t i = 0; named_only && i < c->n; i++) /* the tokens taken: valid UTF-8 */
+		if (c->attr[i] && !utf8_valid((const unsigned char *)c->tok[i], c->len[i]))
+			return err_set(err, "%s: key 'tokenizer.ggml.tokens': token %llu is not valid UTF-8", c->name,
+				       (unsigned long long)i);
 	return 0;
 }
 
@@ -673,7 +711,7 @@ int tokenizer_gguf_added_of(const struct gguf *g, const char *name,
 			    int (*fn)(void *arg, uint32_t id, const char *s, size_t n, int special), void *arg,
 			    struct err *err)
 {
-	struct conv c = {.g = g, .name = name, .err = err};
+	struct conv c = {.g = g, .name = name, .err = err, .named_only = 1};
 	int rc = conv_tokens(&c);
 	for (uint64_t i = 0; rc == 0 && i < c.n; i++)
 		if (c.attr[i]) /* as conv_added */

@@ -702,7 +702,9 @@ static char byte_tok[BYTE_TOKENS][3];
 
 /* A byte-level vocabulary: the 256 bytes (id = byte), then "he" 256, "ll" 257,
  * "hell" 258, "hello" 259, "Ġw" 260, "<|end|>" 261 (control), "<user>" 262
- * (user-defined). which_bad breaks one thing on purpose. */
+ * (user-defined). which_bad breaks one thing on purpose; 4 makes the last
+ * two "<|im_end|>" and "▁<PRE>", both normal: llama.cpp's retyping by
+ * text makes them control tokens. */
 static int write_gpt2(const char *path, const char *model, const char *pre, int which_bad)
 {
 	const char *toks[BYTE_TOKENS + 7];
@@ -719,6 +721,10 @@ static int write_gpt2(const char *path, const char *model, const char *pre, int 
 	}
 	types[BYTE_TOKENS + 5] = 3;
 	types[BYTE_TOKENS + 6] = 4;
+	if (which_bad == 4) {
+		toks[BYTE_TOKENS + 5] = "<|im_end|>", toks[BYTE_TOKENS + 6] = "\xE2\x96\x81<PRE>";
+		types[BYTE_TOKENS + 5] = types[BYTE_TOKENS + 6] = 1;
+	}
 	if (which_bad == 1)
 		toks[BYTE_TOKENS + 1] = "he"; /* a repeated token */
 	const char *merges[5] = {"h e", "l l", "he ll", "hell o", "\xc4\xa0 w"};
@@ -818,6 +824,29 @@ static void test_tokenizer_gpt2(void)
 			CHECK(strcmp(text, "hello world<user>") == 0, "decoded '%s'", text);
 			free(text);
 		}
+		tokenizer_free(tk);
+	}
+	unlink(path);
+}
+
+/* Tokens made control by their text alone: tokenizer_gguf_added, which maps
+ * only the tokens such a text may be, finds them as the loaded tokenizer does. */
+static void test_tokenizer_retyped(void)
+{
+	char path[] = "/tmp/test_gguf_tok_XXXXXX.gguf";
+	int fd = mkstemps(path, 5);
+	CHECK(fd >= 0, "mkstemps");
+	if (fd < 0)
+		return;
+	close(fd);
+	CHECK(write_gpt2(path, "gpt2", "gpt-2", 4) == 0, "write");
+	struct err e = {{0}, 0};
+	struct tokenizer *tk = tokenizer_load(path, &e);
+	CHECK(tk, "%s", e.msg);
+	if (tk) {
+		CHECK(tokenizer_is_special(tk, BYTE_TOKENS + 5) && tokenizer_is_special(tk, BYTE_TOKENS + 6),
+		      "retyped as control");
+		check_added_walk(path, tk, 2);
 		tokenizer_free(tk);
 	}
 	unlink(path);
@@ -934,6 +963,7 @@ int main(void)
 	RUN(test_no_tensors);
 	RUN(test_mutations);
 	RUN(test_tokenizer_gpt2);
+	RUN(test_tokenizer_retyped);
 	RUN(test_tokenizer_refused);
 	RUN(test_tokenizer_spm);
 	return check_done();
