@@ -796,17 +796,24 @@ static void check_added_walk(const char *path, const struct tokenizer *tk, int w
 	CHECK(w.bad == 0 && w.n == want_n, "added tokens walked: %d, %d differ from the tokenizer's", w.n, w.bad);
 }
 
+/* write_gpt2's vocabulary (variant which) written to path (a mkstemps
+ * pattern ending ".gguf") and loaded, or NULL with e set. */
+static struct tokenizer *gpt2_loaded(char *path, int which, struct err *e)
+{
+	int fd = mkstemps(path, 5);
+	if (fd < 0)
+		return err_sys(e, "mkstemps:"), NULL;
+	close(fd);
+	if (write_gpt2(path, "gpt2", "gpt-2", which) < 0)
+		return err_sys(e, "%s: cannot write", path), NULL;
+	return tokenizer_load(path, e);
+}
+
 static void test_tokenizer_gpt2(void)
 {
 	char path[] = "/tmp/test_gguf_tok_XXXXXX.gguf";
-	int fd = mkstemps(path, 5);
-	CHECK(fd >= 0, "mkstemps");
-	if (fd < 0)
-		return;
-	close(fd);
-	CHECK(write_gpt2(path, "gpt2", "gpt-2", 0) == 0, "write");
 	struct err e = {{0}, 0};
-	struct tokenizer *tk = tokenizer_load(path, &e);
+	struct tokenizer *tk = gpt2_loaded(path, 0, &e);
 	CHECK(tk, "%s", e.msg);
 	if (tk) {
 		uint32_t ids[32];
@@ -834,14 +841,8 @@ static void test_tokenizer_gpt2(void)
 static void test_tokenizer_retyped(void)
 {
 	char path[] = "/tmp/test_gguf_tok_XXXXXX.gguf";
-	int fd = mkstemps(path, 5);
-	CHECK(fd >= 0, "mkstemps");
-	if (fd < 0)
-		return;
-	close(fd);
-	CHECK(write_gpt2(path, "gpt2", "gpt-2", 4) == 0, "write");
 	struct err e = {{0}, 0};
-	struct tokenizer *tk = tokenizer_load(path, &e);
+	struct tokenizer *tk = gpt2_loaded(path, 4, &e);
 	CHECK(tk, "%s", e.msg);
 	if (tk) {
 		CHECK(tokenizer_is_special(tk, BYTE_TOKENS + 5) && tokenizer_is_special(tk, BYTE_TOKENS + 6),
