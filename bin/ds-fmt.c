@@ -96,6 +96,7 @@ struct pool {
 	pthread_mutex_t mu;
 	pthread_cond_t work, done;
 	struct batch *todo, *todo_tail;
+	struct batch *awaited; /* the batch the main thread waits for: only its end wakes it */
 	int quit;
 	const char *name; /* the input's name, for messages */
 	const char *map;  /* a mapped input's bytes, size of them */
@@ -232,7 +233,8 @@ static void *worker_main(void *arg)
 				format_item(w, b, &b->it[i]);
 		pthread_mutex_lock(&p->mu);
 		b->done = 1;
-		pthread_cond_broadcast(&p->done);
+		if (p->awaited == b)
+			pthread_cond_signal(&p->done);
 		pthread_mutex_unlock(&p->mu);
 	}
 }
@@ -253,8 +255,10 @@ static void pool_submit(struct pool *p, struct batch *b)
 static void pool_wait(struct pool *p, struct batch *b)
 {
 	pthread_mutex_lock(&p->mu);
+	p->awaited = b;
 	while (!b->done)
 		pthread_cond_wait(&p->done, &p->mu);
+	p->awaited = NULL;
 	pthread_mutex_unlock(&p->mu);
 }
 
