@@ -634,8 +634,8 @@ static jv string_checked(const char *s, size_t n)
 }
 
 #ifdef HAVE_AVX2_PATH
-/* string_stop's first part where AVX2 is: 32 bytes at a time, up to the
- * stop or to the last 31 bytes, which string_stop goes on from. */
+/* string_stop's first part where AVX2 is, 32 bytes at a time: the stop,
+ * or where 31 bytes or fewer are left, which string_stop goes on from. */
 __attribute__((target("avx2"))) static const char *string_stop_avx2(const char *q, const char *end, unsigned *hi)
 {
 	const __m256i quote = _mm256_set1_epi8('"'), bslash = _mm256_set1_epi8('\\'), ctl = _mm256_set1_epi8(0x1f),
@@ -648,6 +648,7 @@ __attribute__((target("avx2"))) static const char *string_stop_avx2(const char *
 		unsigned m = (unsigned)_mm256_movemask_epi8(sp);
 		if (m) {
 			*hi |= (unsigned)_mm256_movemask_epi8(_mm256_adds_epu8(x, one)) & ((m & -m) - 1); /* before the stop */
+			q += __builtin_ctz(m);
 			break;
 		}
 		high = _mm256_or_si256(high, _mm256_adds_epu8(x, one));
@@ -665,8 +666,13 @@ static const char *string_stop(const char *q, const char *end, unsigned *high)
 {
 	unsigned hi = 0;
 #ifdef HAVE_AVX2_PATH
-	if (end - q >= 64 && have_avx2())
+	if (end - q >= 64 && have_avx2()) {
 		q = string_stop_avx2(q, end, &hi);
+		if (end - q >= 32) { /* at the stop */
+			*high |= hi;
+			return q;
+		}
+	}
 #endif
 #if defined(__SSE2__)
 	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f),
