@@ -339,6 +339,30 @@ for n in 1 3 7; do
 done
 expect threads-bad 2 "$DS" --model "$Q" --threads -1 "$T/many.jsonl" && ok "--threads -1 is refused" || unreported threads-bad
 
+# A FILE is cut into ranges of 256 KiB in which the workers find their own
+# lines: lines longer than a range, blank ones, a CRLF file with a byte-order
+# mark, bad records past the first ranges (named by their line in the file,
+# skipped or stopped at) give what the same bytes through a pipe give.
+python3 - "$T/ranges.jsonl" <<'PY'
+import json, sys
+with open(sys.argv[1], "w", encoding="utf-8", newline="") as f:
+    f.write("\ufeff")
+    for i in range(3000):
+        content = ("Сообщение %d " % i) * (40000 if i % 997 == 5 else 3)  # some lines of ~600 KB
+        rec = {"id": i, "messages": [{"role": "user", "content": content}, {"role": "assistant", "content": "ok %d" % i}]}
+        f.write(("   \r\n" if i % 50 == 7 else "") + json.dumps(rec, ensure_ascii=False) + "\r\n")
+    f.write('{"messages":[{"role":"robot","content":"x"}]}\r\n')  # a bad record, the file's line 3061
+    f.write(json.dumps({"id": "last", "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}))
+PY
+"$DS" --model "$Q" --skip-bad < "$T/ranges.jsonl" 2>&1 > "$T/want" | sed "s|<stdin>|$T/ranges.jsonl|" > "$T/want.err"
+for n in 1 2 3; do
+	expect "ranges-$n" 0 "$DS" --model "$Q" --skip-bad --threads "$n" "$T/ranges.jsonl" && cmp -s "$T/out" "$T/want" &&
+		cmp -s "$T/err" "$T/want.err" && [ "$(wc -l < "$T/out")" -eq 3001 ] && stderr_has "ranges-$n" 'ranges.jsonl:3061: message 0' &&
+		ok "a 4 MB file in ranges, --threads $n: the pipe's output and warnings" || unreported "ranges-$n"
+done
+expect ranges-stop 2 "$DS" --model "$Q" -o "$T/ranges.out" "$T/ranges.jsonl" && stderr_has ranges-stop 'ranges.jsonl:3061: message 0' &&
+	[ ! -e "$T/ranges.out" ] && ok "a bad record past the first ranges: its line, exit 2, no output" || unreported ranges-stop
+
 # --skip-bad goes on past bad records and counts them.
 printf '%b' "$good{oops\n{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}\n$good" > "$T/skip.jsonl"
 expect skip-bad 0 "$DS" --model "$Q" --skip-bad "$T/skip.jsonl" && [ "$(wc -l < "$T/out")" -eq 2 ] &&
