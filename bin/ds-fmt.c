@@ -13,7 +13,6 @@
  */
 #include <pthread.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -438,16 +437,9 @@ int main(int argc, char **argv)
 		w[i].o.tools = w[i].tools ? jd_shared_value(w[i].tools) : NULL;
 		w[i].o.vars = chat_jv_clone(jv_copy(o.vars));
 	}
-	/* SIGINT and SIGTERM stay the main thread's, so that they interrupt its read. */
-	sigset_t sigs, old;
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGINT);
-	sigaddset(&sigs, SIGTERM);
-	pthread_sigmask(SIG_BLOCK, &sigs, &old);
-	for (int i = 0; i < nw; i++)
-		if (pthread_create(&w[i].th, NULL, worker_main, &w[i]) != 0)
+	for (int i = 0; i < nw; i++) /* SIGINT and SIGTERM stay the main thread's, to interrupt its read */
+		if (msg_thread_start(&w[i].th, worker_main, &w[i]) < 0)
 			msg_die(EXIT_RUNTIME, "cannot start a thread");
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
 
 	struct progress prog;
 	progress_start(&prog, "records", 0, opt_progress(&r));

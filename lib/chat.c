@@ -2,7 +2,6 @@
 #include "chat_memo.h"
 
 #include <pthread.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -743,8 +742,9 @@ static int marker_add(struct chat_model *m, size_t *cap, const char *s, size_t n
  * 33 MB tokenizer.json is scanned to its end: see jsonl_locate). */
 struct added {
 	char path[4096];
+	int json;    /* the folder has a tokenizer.json */
+	int running; /* read on th, not yet joined */
 	pthread_t th;
-	int started;
 	int state; /* 1 read; 0 not of the simple form (the tokenizer's loader says why); -1 out of memory */
 	uint32_t n;
 	struct jd_arena ar;
@@ -828,23 +828,19 @@ static void added_start(struct added *d, const char *model)
 {
 	struct stat st;
 	snprintf(d->path, sizeof d->path, "%s/tokenizer.json", model);
-	if (stat(model, &st) < 0 || !S_ISDIR(st.st_mode) || stat(d->path, &st) < 0)
+	d->json = stat(model, &st) == 0 && S_ISDIR(st.st_mode) && stat(d->path, &st) == 0;
+	if (!d->json)
 		return;
-	sigset_t all, old; /* signals stay the caller's */
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	d->started = pthread_create(&d->th, NULL, added_main, d) == 0;
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (!d->started)
+	d->running = msg_thread_start(&d->th, added_main, d) == 0;
+	if (!d->running)
 		added_read(d);
-	d->started = 1 + d->started; /* 1: read here, 2: on its thread */
 }
 
 static void added_wait(struct added *d)
 {
-	if (d->started == 2)
+	if (d->running)
 		pthread_join(d->th, NULL);
-	d->started = d->started ? 1 : 0;
+	d->running = 0;
 }
 
 static void added_free(struct added *d)
@@ -928,7 +924,7 @@ static int load_markers(struct chat_model *m, const char *model, struct added *a
 {
 	struct stat st;
 	int dir = stat(model, &st) == 0 && S_ISDIR(st.st_mode);
-	int json = added->started;
+	int json = added->json;
 	if (json) {
 		int rc = markers_from_json(m, added, err);
 		if (rc < 0)

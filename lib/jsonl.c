@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -1978,12 +1977,7 @@ static int recur_halves(const char *s, const char *end, const char *q, size_t qn
 		from = mid + 1;
 	struct recur_half h = {s, from, end, end, q, key, qn, r, kn, 0};
 	pthread_t th;
-	sigset_t all, old; /* signals stay the caller's threads' */
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &old);
-	int started = pthread_create(&th, NULL, recur_half_main, &h) == 0;
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (!started)
+	if (msg_thread_start(&th, recur_half_main, &h) < 0)
 		return 0;
 	int first = recur_scan(s, s, mid, end, q, qn, r, key, kn);
 	pthread_join(th, NULL);

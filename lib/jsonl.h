@@ -71,16 +71,16 @@ struct jsonl_block *jsonl_block_ref(struct jsonl_block *b);
 void jsonl_block_release(struct jsonl_block *b); /* NULL allowed */
 int jsonl_parse_record(const char *name, long lineno, const char *line, size_t len, jv *out, struct err *err);
 /* jsonl_parse_record making a jd (jdoc.h) in a, with the same checks and
- * errors (name NULL: without the "NAME:LINE: " in front). With a memo (or NULL), long top-level values are remembered from
- * one record to the next: a member whose text (an object, array or string
- * of 256 bytes or more) is byte for byte the last one kept under that key is
- * not parsed again, and its value is the memo's jd_shared block's (the tool
- * list every record of a data set repeats), which the template's cache
- * knows again. A long value is kept while its key's values come again; a
- * key whose values do not (the messages) has one kept in 64. Such values
- * live in the memo: they stay valid until the memo's next record or its
- * end. The result is the same value either way. A memo belongs to one
- * thread. */
+ * errors (name NULL: without the "NAME:LINE: " in front). With a memo (or
+ * NULL), long top-level values are remembered from one record to the next:
+ * a member whose text (an object, array or string of 256 bytes or more) is
+ * byte for byte the last one kept under that key is not parsed again, and
+ * its value is the memo's jd_shared block's (the tool list every record of
+ * a data set repeats), which the template's cache knows again. A long value
+ * is kept while its key's values come again; a key whose values do not (the
+ * messages) has one kept in 64. Such values live in the memo: they stay
+ * valid until the memo's next record or its end. The result is the same
+ * value either way. A memo belongs to one thread. */
 struct jsonl_memo;
 struct jsonl_memo *jsonl_memo_new(void);
 void jsonl_memo_free(struct jsonl_memo *m);

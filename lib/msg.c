@@ -162,6 +162,18 @@ void msg_catch_bus(const char *name)
 	sigaction(SIGBUS, &sa, NULL);
 }
 
+int msg_thread_start(pthread_t *th, void *(*fn)(void *), void *arg)
+{
+	sigset_t stop, old;
+	sigemptyset(&stop);
+	sigaddset(&stop, SIGINT);
+	sigaddset(&stop, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &stop, &old); /* the new thread inherits the mask */
+	int rc = pthread_create(th, NULL, fn, arg) == 0 ? 0 : -1;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return rc;
+}
+
 void msg_catch_signals(void)
 {
 	struct sigaction sa = {.sa_handler = on_signal};

@@ -11,6 +11,7 @@
 #ifndef LORAPIPE_MSG_H
 #define LORAPIPE_MSG_H
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 
@@ -66,5 +67,9 @@ void msg_catch_signals(void);
  * tool, ends it with "PROG: NAME: the file shrank while it was read ...",
  * the msg_atexit cleanup run (partial outputs removed), and exit status 1. */
 void msg_catch_bus(const char *name);
+/* Starts fn(arg) on a thread with SIGINT and SIGTERM blocked: they stay the
+ * thread's that catches them and reads or waits (its blocking read is what
+ * they interrupt). 0, or -1 when no thread could start. */
+int msg_thread_start(pthread_t *th, void *(*fn)(void *), void *arg);
 
 #endif

@@ -219,29 +219,16 @@ static int named_maybe(const char *s, size_t n)
 	return n && (s[0] == '<' || s[0] == '[' || s[0] == '_' || (n > 3 && !memcmp(s, "\xE2\x96\x81<", 4)));
 }
 
-/* Whether every text named above passes named_maybe (checked once, so
- * that a text added to them cannot be missed: else the map takes all). */
-static int named_texts_ok(void)
-{
-	static int state; /* 0 unchecked, 1 holds, -1 does not */
-	int st = __atomic_load_n(&state, __ATOMIC_RELAXED);
-	if (st)
-		return st > 0;
-	int ok = named_maybe("<|end|>", 7) && named_maybe("<|return|>", 10) && named_maybe("<|call|>", 8) &&
-		 named_maybe("<|calls|>", 9) && named_maybe("<|flush|>", 9);
-	for (int k = 0; eog_texts[k]; k++)
-		ok = ok && named_maybe(eog_texts[k], strlen(eog_texts[k]));
-	for (int k = 0; user_texts[k]; k++)
-		ok = ok && named_maybe(user_texts[k], strlen(user_texts[k]));
-	for (size_t f = 0; f < sizeof fim_texts / sizeof fim_texts[0]; f++)
-		for (int k = 0; k < 9 && fim_texts[f].texts[k]; k++)
-			ok = ok && named_maybe(fim_texts[f].texts[k], strlen(fim_texts[f].texts[k]));
-	__atomic_store_n(&state, ok ? 1 : -1, __ATOMIC_RELAXED);
-	return ok;
-}
-
+/* The id of token text s[0..n), or -1. A named_only conversion's map holds
+ * only what named_maybe takes: a text it does not is looked for in turn. */
 static int64_t conv_id(const struct conv *c, const char *s, size_t n)
 {
+	if (c->named_only && !named_maybe(s, n)) {
+		for (uint64_t i = 0; i < c->n; i++)
+			if (c->len[i] == n && !memcmp(c->tok[i], s, n))
+				return (int64_t)i;
+		return -1;
+	}
 	return tk_strmap_get(&c->ids, s, n);
 }
 
@@ -273,7 +260,6 @@ static int conv_tokens(struct conv *c)
 	}
 
 	int64_t tokens = gguf_find_key(c->g, "tokenizer.ggml.tokens");
-	int named_only = c->named_only && named_texts_ok();
 	for (uint64_t i = 0; i < c->n; i++) {
 		size_t len;
 		const char *s = gguf_kv_arr_str(c->g, tokens, i, &len);
@@ -295,9 +281,9 @@ static int conv_tokens(struct conv *c)
 		}
 		/* named_only: the vocabulary's checks are the tokenizer's; only the
 		 * tokens that may be named below are mapped */
-		if (named_only && !named_maybe(s, len))
+		if (c->named_only && !named_maybe(s, len))
 			continue;
-		if (!named_only && !utf8_valid((const unsigned char *)s, len))
+		if (!c->named_only && !utf8_valid((const unsigned char *)s, len))
 			return err_set(err, "%s: key 'tokenizer.ggml.tokens': token %llu is not valid UTF-8", c->name,
 				       (unsigned long long)i);
 		int r = tk_strmap_put(&c->ids, s, len, (uint32_t)i, 0);
@@ -334,7 +320,7 @@ static int conv_tokens(struct conv *c)
 	int calls = conv_id(c, "<|calls|>", 9) >= 0, flush = conv_id(c, "<|flush|>", 9) >= 0;
 	if (end >= 0 && ((ret && call) || (calls && flush)))
 		c->attr[end] = ATTR_USER;
-	for (uint64_t i = 0; named_only && i < c->n; i++) /* the tokens taken: valid UTF-8 */
+	for (uint64_t i = 0; c->named_only && i < c->n; i++) /* the tokens taken: valid UTF-8 */
 		if (c->attr[i] && !utf8_valid((const unsigned char *)c->tok[i], c->len[i]))
 			return err_set(err, "%s: key 'tokenizer.ggml.tokens': token %llu is not valid UTF-8", c->name,
 				       (unsigned long long)i);

@@ -836,24 +836,6 @@ static void test_array_next(void)
 	}
 }
 
-/* Whether s[0..n) is UTF-8, as utf8proc reads it (the reference here). */
-static int utf8_by_utf8proc(const char *s, size_t n)
-{
-	for (size_t i = 0; i < n;) {
-		utf8proc_int32_t c;
-		utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &c);
-		if (k <= 0)
-			return 0;
-		i += (size_t)k;
-	}
-	return 1;
-}
-
-/* The first byte that is not UTF-8, as jsonl_unsafe_at finds it, is the
- * first that utf8proc cannot read, on random texts of ASCII, two- to
- * four-byte characters, long runs of two-byte or three-byte text (the
- * validator's short way) and broken sequences (lone continuations, overlongs, surrogates, past
- * U+10FFFF, cut short), at every alignment. */
 /* The reference: the offset of the first byte utf8proc does not read as UTF-8, or -1. */
 static long utf8proc_bad_at(const char *s, size_t n)
 {
@@ -867,6 +849,11 @@ static long utf8proc_bad_at(const char *s, size_t n)
 	return -1;
 }
 
+/* The first byte that is not UTF-8, as jsonl_unsafe_at finds it, is the
+ * first that utf8proc cannot read, on random texts of ASCII, two- to
+ * four-byte characters, long runs of two-byte or three-byte text (the
+ * validator's short way) and broken sequences (lone continuations, overlongs, surrogates, past
+ * U+10FFFF, cut short), at every alignment. */
 static void test_utf8_offsets(void)
 {
 	unsigned seed = (unsigned)time(NULL);
@@ -949,7 +936,7 @@ static void test_is_json(void)
 			/* jq is asked only about what we take: libjq 1.6 leaks on some texts it refuses */
 			if (jsonl_is_json(m, mn)) {
 				jv back = jv_parse_sized(m, (int)mn);
-				CHECK(jv_is_valid(back) && utf8_by_utf8proc(m, mn),
+				CHECK(jv_is_valid(back) && utf8proc_bad_at(m, mn) < 0,
 				      "seed %u value %d: we take what is not JSON in UTF-8: %.*s", seed, i, (int)mn, m);
 				jv_free(back);
 			} else {
@@ -1194,7 +1181,6 @@ static void test_parse_memo(void)
 		jv_free(pool[i]);
 }
 
-/* jsonl_locate finds a path's value by scanning; jsonl_err_line puts its line in a message. */
 /* A text of megabytes is scanned for a repeat of the key in two halves at
  * once: a repeat written plainly or with an escape at every offset around
  * the halves' border is found, and a text without one gives the first value. */
@@ -1208,7 +1194,7 @@ static void test_locate_halves(void)
 	for (int form = 0; form < 3 && !check_case_failed; form++)
 		for (int shift = -24; shift <= 8 && !check_case_failed; shift++) {
 			const char *key = keys[form == 1];
-			size_t at = mid + (size_t)(shift + 24) - 24; /* where the repeated key begins */
+			size_t at = (size_t)((long)mid + shift); /* where the repeated key begins */
 			memcpy(t, head, hn);
 			memset(t + hn, 'a', N - hn);
 			size_t k = at - 3; /* the pad string ends, then ", " */
@@ -1230,6 +1216,7 @@ static void test_locate_halves(void)
 	free(t);
 }
 
+/* jsonl_locate finds a path's value by scanning; jsonl_err_line puts its line in a message. */
 static void test_locate(void)
 {
 	const char *t = "{\n \"a\": {\"b\": [10, {\"c\": \"x\\\"y\"}, [1]]},\n \"a\": {\"b\": [20, {\"c\": 7}]},\n"
