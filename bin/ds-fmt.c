@@ -49,7 +49,7 @@ static const struct opt opts[] = {
 	 .repeat = 1},
 	{"skip-bad", 0, OPT_FLAG, NULL, "skip and count bad records instead of stopping"},
 	{"no-memo", 0, OPT_FLAG, NULL, "parse and render every record, even one of a line or shape seen before (the output is the same)"},
-	{"threads", 0, OPT_INT, "N", "worker threads (default 0: one per CPU, at most 16)", .min = 0, .max = MAX_THREADS},
+	{"threads", 0, OPT_INT, "N", "threads that format records, the main one included (default 0: one per CPU, at most 16)", .min = 0, .max = MAX_THREADS},
 	{"output", 'o', OPT_STRING, "FILE", "write here (atomically) instead of standard output"},
 	OPT_COMMON_ROWS,
 	{0},
@@ -207,6 +207,31 @@ static void format_range(struct worker *w, struct batch *b)
 	b->lines = g.lineno;
 }
 
+/* Formats batch b, taken off the queue, and marks it done. */
+static void batch_run(struct worker *w, struct batch *b)
+{
+	struct pool *p = w->p;
+	if (b->range)
+		format_range(w, b);
+	else
+		for (int i = 0; i < b->n; i++)
+			format_item(w, b, &b->it[i]);
+	pthread_mutex_lock(&p->mu);
+	b->done = 1;
+	if (p->awaited == b)
+		pthread_cond_signal(&p->done);
+	pthread_mutex_unlock(&p->mu);
+}
+
+/* The queue's first batch taken off it (p->mu held), or NULL. */
+static struct batch *pool_take(struct pool *p)
+{
+	struct batch *b = p->todo;
+	if (b && !(p->todo = b->next))
+		p->todo_tail = NULL;
+	return b;
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -220,21 +245,9 @@ static void *worker_main(void *arg)
 			tmpl_thread_release();
 			return NULL;
 		}
-		struct batch *b = p->todo;
-		p->todo = b->next;
-		if (!p->todo)
-			p->todo_tail = NULL;
+		struct batch *b = pool_take(p);
 		pthread_mutex_unlock(&p->mu);
-		if (b->range)
-			format_range(w, b);
-		else
-			for (int i = 0; i < b->n; i++)
-				format_item(w, b, &b->it[i]);
-		pthread_mutex_lock(&p->mu);
-		b->done = 1;
-		if (p->awaited == b)
-			pthread_cond_signal(&p->done);
-		pthread_mutex_unlock(&p->mu);
+		batch_run(w, b);
 	}
 }
 
@@ -251,13 +264,25 @@ static void pool_submit(struct pool *p, struct batch *b)
 	pthread_mutex_unlock(&p->mu);
 }
 
-static void pool_wait(struct pool *p, struct batch *b)
+/* Waits for batch b, formatting queued batches meanwhile as worker self:
+ * the main thread is one of the threads that format, and sleeps only when
+ * none is left to take. (Woken for each batch, it used to take a context
+ * switch on a core a worker was using.) */
+static void pool_wait(struct pool *p, struct batch *b, struct worker *self)
 {
 	pthread_mutex_lock(&p->mu);
-	p->awaited = b;
-	while (!b->done)
+	while (!b->done) {
+		struct batch *t = pool_take(p);
+		if (t) {
+			pthread_mutex_unlock(&p->mu);
+			batch_run(self, t);
+			pthread_mutex_lock(&p->mu);
+			continue;
+		}
+		p->awaited = b;
 		pthread_cond_wait(&p->done, &p->mu);
-	p->awaited = NULL;
+		p->awaited = NULL;
+	}
 	pthread_mutex_unlock(&p->mu);
 }
 
@@ -437,7 +462,8 @@ int main(int argc, char **argv)
 		w[i].o.tools = w[i].tools ? jd_shared_value(w[i].tools) : NULL;
 		w[i].o.vars = chat_jv_clone(jv_copy(o.vars));
 	}
-	for (int i = 0; i < nw; i++) /* SIGINT and SIGTERM stay the main thread's, to interrupt its read */
+	/* w[0] is the main thread's own; SIGINT and SIGTERM stay the main thread's, to interrupt its read */
+	for (int i = 1; i < nw; i++)
 		if (msg_thread_start(&w[i].th, worker_main, &w[i]) < 0)
 			msg_die(EXIT_RUNTIME, "cannot start a thread");
 
@@ -466,7 +492,7 @@ int main(int argc, char **argv)
 		if (!head)
 			break;
 		struct batch *b = head;
-		pool_wait(&pool, b);
+		pool_wait(&pool, b, &w[0]);
 		if (b->range) {
 			done += (unsigned long long)b->good;
 			progress_update(&prog, done, 0);
@@ -511,7 +537,7 @@ int main(int argc, char **argv)
 	pool.quit = 1;
 	pthread_cond_broadcast(&pool.work);
 	pthread_mutex_unlock(&pool.mu);
-	for (int i = 0; i < nw; i++)
+	for (int i = 1; i < nw; i++)
 		pthread_join(w[i].th, NULL);
 	if (stopping == 1)
 		msg_die_err(&stop);
