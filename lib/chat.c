@@ -752,6 +752,32 @@ struct added {
 	unsigned char *first, *special; /* first entry of its content; special: any entry of it is */
 };
 
+/* The list of added tokens at s[0..n) (null: none) parsed into d->ar:
+ * whole, as the direct parser is faster than scanning its entries for two
+ * members. 1, or 0 when it is not a JSON array. */
+static int added_parse(struct added *d, const char *s, size_t n, struct jd *list)
+{
+	struct err ignored = {0};
+	if (n == 4 && !memcmp(s, "null", 4))
+		s = "[]", n = 2;
+	jd_arena_reset(&d->ar);
+	return jsonl_parse_jd(s, n, &d->ar, list, &ignored) == 0 && list->kind == JD_ARRAY;
+}
+
+/* jsonl_key_may_recur on a thread of its own. */
+struct recur_check {
+	const char *s;
+	size_t n;
+	int may;
+};
+
+static void *recur_check_main(void *arg)
+{
+	struct recur_check *r = arg;
+	r->may = jsonl_key_may_recur(r->s, r->n, "added_tokens");
+	return NULL;
+}
+
 static void added_read(struct added *d)
 {
 	/* mapped, not read: of tens of megabytes only the added tokens are parsed,
@@ -764,23 +790,37 @@ static void added_read(struct added *d)
 	if (wholefile_map(d->path, &map, &len, &ignored) < 0)
 		return;
 	const char *text = map;
-	size_t a, b;
+	size_t a = 0, b = 0;
 	size_t at = 0;
 	while (text && at < len && strchr(" \t\r\n", text[at]))
 		at++;
-	int found = text && at < len && text[at] == '{' ? jsonl_locate(text, len, "added_tokens", &a, &b) : -1;
+	int found = text && at < len && text[at] == '{' ? jsonl_locate_first(text, len, "added_tokens", &a, &b) : -1;
 	if (found < 0) {
 		wholefile_unmap(map, len);
 		return;
 	}
-	const char *at_s = found ? text + a : "[]";
-	size_t at_n = found ? b - a : 2;
-	if (at_n == 4 && !memcmp(at_s, "null", 4))
-		at_s = "[]", at_n = 2;
-	/* The list parsed whole (the direct parser is faster than scanning its
-	 * entries for two members); a repeated key means its last value. */
+	/* The rest of the text (33 MB of Gemma 3's) is searched for a repeat of
+	 * the key while the first list is parsed; a repeated key means its last
+	 * value, which jsonl_locate then finds. */
+	struct recur_check rc = {0};
+	if (found)
+		rc.s = text + b, rc.n = len - b;
+	pthread_t th;
+	int running = found && msg_thread_start(&th, recur_check_main, &rc) == 0;
 	struct jd list;
-	int ok = jsonl_parse_jd(at_s, at_n, &d->ar, &list, &ignored) == 0 && list.kind == JD_ARRAY;
+	int ok = added_parse(d, found ? text + a : "[]", found ? b - a : 2, &list);
+	if (running)
+		pthread_join(th, NULL);
+	else if (found)
+		recur_check_main(&rc);
+	size_t a2, b2;
+	if (rc.may) {
+		int again = jsonl_locate(text, len, "added_tokens", &a2, &b2);
+		if (again < 0)
+			ok = 0;
+		else if (again && a2 != a)
+			ok = added_parse(d, text + a2, b2 - a2, &list);
+	}
 	wholefile_unmap(map, len);
 	uint32_t n = ok ? list.n : 0;
 	size_t size = 16;

@@ -2027,8 +2027,8 @@ static int key_may_recur(const char *s, size_t n, const char *key, size_t kn)
 /* In the container at s[*i] ('{' or '['): the value of the last member named
  * key (an object) or element number idx (an array; key NULL) into [*a, *b).
  * Returns 1, 0 when there is none, -1 when the scan finds no valid container. */
-static int scan_in(const char *s, size_t n, size_t i, const char *key, size_t kn, long idx, size_t *a, size_t *b,
-		   size_t *end)
+static int scan_in(const char *s, size_t n, size_t i, const char *key, size_t kn, long idx, int first, size_t *a,
+		   size_t *b, size_t *end)
 {
 	int obj = s[i] == '{', found = 0;
 	if ((key != NULL) != obj)
@@ -2057,7 +2057,7 @@ static int scan_in(const char *s, size_t n, size_t i, const char *key, size_t kn
 			*a = i, *b = i + v, found = 1;
 		i = scan_ws(s, n, i + v);
 		if (hit && i < n && (s[i] == ',' || s[i] == (obj ? '}' : ']')) &&
-		    (!obj || !key_may_recur(s + i, n - i, key, kn))) {
+		    (!obj || first || !key_may_recur(s + i, n - i, key, kn))) {
 			*end = 0; /* not scanned to its end */
 			return 1;
 		}
@@ -2122,7 +2122,10 @@ int jsonl_object_next(const char *s, size_t n, size_t *at, size_t *ka, size_t *k
 
 int jsonl_key_is(const char *s, size_t n, const char *key) { return key_is(s, n, key, strlen(key)); }
 
-int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b)
+int jsonl_key_may_recur(const char *s, size_t n, const char *key) { return key_may_recur(s, n, key, strlen(key)); }
+
+/* jsonl_locate; first: the last key's first member, not searched for again. */
+static int locate(const char *s, size_t n, const char *path, int first, size_t *a, size_t *b)
 {
 	size_t i = scan_ws(s, n, 0);
 	if (!*path) { /* the whole text: one value, then only white space */
@@ -2165,7 +2168,7 @@ int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b
 			size_t v = *a < n ? scan_value(s + *a, n - *a) : 0;
 			return v && scan_ws(s, n, *a + v) == n ? 0 : -1;
 		}
-		int r = scan_in(s, n, *a, idx < 0 ? key : NULL, kn, idx, &na, &nb, &end);
+		int r = scan_in(s, n, *a, idx < 0 ? key : NULL, kn, idx, first && !*p, &na, &nb, &end);
 		/* Only white space may follow the top-level value; where its scan
 		 * stopped early, it must at least end in its closing bracket. */
 		if (top && r >= 0 && end && scan_ws(s, n, end) != n)
@@ -2183,6 +2186,15 @@ int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b
 		*a = na, *b = nb;
 	}
 	return 1;
+}
+
+int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b) { return locate(s, n, path, 0, a, b); }
+
+int jsonl_locate_first(const char *s, size_t n, const char *key, size_t *a, size_t *b)
+{
+	if (!*key || strpbrk(key, ".[\"") || strlen(key) >= 256) /* not a plain name: the whole search */
+		return jsonl_locate(s, n, key, a, b);
+	return locate(s, n, key, 1, a, b);
 }
 
 long jsonl_line_at(const char *s, size_t off)

@@ -200,6 +200,15 @@ int jsonl_reserve(struct jsonl_buf *b, size_t more);
  * rest of a text of 4 MB or more is searched for the key in two halves, the
  * second on a thread of its own, joined before the answer. */
 int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b);
+/* jsonl_locate of a top-level key in two steps, for a caller with work to
+ * do meanwhile: the value of the key's first member, the rest of the text
+ * not searched for it (a key that is not a plain name is searched as
+ * jsonl_locate does); then jsonl_key_may_recur(s + *b, n - *b, key) says
+ * whether a later member may name it again, which jsonl_locate answers. */
+int jsonl_locate_first(const char *s, size_t n, const char *key, size_t *a, size_t *b);
+/* Whether the JSON text s[0..n) may name key again: the rest-of-the-text
+ * search of jsonl_locate, 1 when unsure (4 MB and more: on two threads). */
+int jsonl_key_may_recur(const char *s, size_t n, const char *key);
 /* The elements of the JSON array s[0..n) one by one, scanned as jsonl_locate
  * scans: *at starts at 0; each call sets s[*a, *b) to the next element and
  * returns 1, then 0 after the last, or -1 when the text is not an array as far

@@ -1281,6 +1281,7 @@ static void test_locate(void)
 	static const char *keys[] = {"ab", "a\\u0062", "\\u0061b", "ba", "k", "\\u006b", "a_b", "a\\u005fb"};
 	static const char *names[] = {"ab", "ab", "ab", "ba", "k", "k", "a_b", "a_b"};
 	char doc[4096];
+	int settled = 0; /* found first, with no repeat possible */
 	for (int c = 0; c < 2000 && !check_case_failed; c++) {
 		size_t m = 0;
 		int members = 1 + rand() % 6;
@@ -1302,8 +1303,18 @@ static void test_locate(void)
 		jv got = rc == 1 ? jv_parse_sized(doc + a, (int)(b - a)) : jv_invalid();
 		CHECK(jv_is_valid(whole) && (jv_is_valid(want) ? rc == 1 && jv_equal(jv_copy(got), jv_copy(want)) : rc == 0),
 		      "seed %u case %d: %s: rc %d in %s", seed, c, name, rc, doc);
-		jv_free(got), jv_free(want), jv_free(whole);
+		/* In two steps: the first member's value, which is jq's unless a
+		 * repeat may follow; a repeat is never missed. */
+		size_t fa, fb;
+		int frc = jsonl_locate_first(doc, m, name, &fa, &fb);
+		int may = frc == 1 && jsonl_key_may_recur(doc + fb, m - fb, name);
+		jv first = frc == 1 ? jv_parse_sized(doc + fa, (int)(fb - fa)) : jv_invalid();
+		CHECK(frc == rc && (frc != 1 || may || jv_equal(jv_copy(first), jv_copy(want))),
+		      "seed %u case %d: %s: first rc %d, may recur %d in %s", seed, c, name, frc, may, doc);
+		settled += frc == 1 && !may;
+		jv_free(first), jv_free(got), jv_free(want), jv_free(whole);
 	}
+	CHECK(settled > 0, "seed %u: no key found first without a possible repeat", seed);
 	CHECK(jsonl_line_at(t, 0) == 1 && jsonl_line_at(t, 2) == 2 && jsonl_line_at(t, n) == 6, "lines");
 	struct err e = {0};
 	err_set(&e, "f.json: a.b[1].c: must be a string");
