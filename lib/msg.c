@@ -1,6 +1,7 @@
 #include "msg.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,15 +163,66 @@ void msg_catch_bus(const char *name)
 	sigaction(SIGBUS, &sa, NULL);
 }
 
+/* A new thread is queued on its creator's CPU (the scheduler's wake-up
+ * affinity), and an idle CPU may leave it there for a millisecond or more:
+ * on a 2-CPU VM, the first milliseconds of ds-fmt's workers ran one at a
+ * time. So a thread starts on another CPU the process may use (each new
+ * thread the next one) and then may run on any of them. */
+struct started {
+	void *(*fn)(void *);
+	void *arg;
+	cpu_set_t allowed;
+};
+
+static void *started_main(void *p)
+{
+	struct started st = *(struct started *)p;
+	free(p);
+	sched_setaffinity(0, sizeof st.allowed, &st.allowed);
+	return st.fn(st.arg);
+}
+
+/* In *at, a CPU of allowed but the caller's, the next one round; 0, or -1
+ * when there is no other. */
+static int other_cpu(const cpu_set_t *allowed, cpu_set_t *at)
+{
+	static _Atomic unsigned turn;
+	int here = sched_getcpu(), n = CPU_COUNT(allowed) - (here >= 0 && CPU_ISSET(here, allowed));
+	if (here < 0 || n < 1)
+		return -1;
+	unsigned k = turn++ % (unsigned)n;
+	for (int c = 0; c < CPU_SETSIZE; c++)
+		if (c != here && CPU_ISSET(c, allowed) && k-- == 0) {
+			CPU_ZERO(at);
+			CPU_SET(c, at);
+			return 0;
+		}
+	return -1;
+}
+
 int msg_thread_start(pthread_t *th, void *(*fn)(void *), void *arg)
 {
+	struct started *st = malloc(sizeof *st);
+	if (!st)
+		return -1;
+	st->fn = fn, st->arg = arg;
+	pthread_attr_t attr;
+	pthread_attr_init(&attr);
+	cpu_set_t at;
+	if (sched_getaffinity(0, sizeof st->allowed, &st->allowed) == 0 && other_cpu(&st->allowed, &at) == 0)
+		pthread_attr_setaffinity_np(&attr, sizeof at, &at);
 	sigset_t stop, old;
 	sigemptyset(&stop);
 	sigaddset(&stop, SIGINT);
 	sigaddset(&stop, SIGTERM);
 	pthread_sigmask(SIG_BLOCK, &stop, &old); /* the new thread inherits the mask */
-	int rc = pthread_create(th, NULL, fn, arg) == 0 ? 0 : -1;
+	int rc = pthread_create(th, &attr, started_main, st) == 0 ? 0 : -1;
+	if (rc < 0) /* the CPU may have gone offline */
+		rc = pthread_create(th, NULL, started_main, st) == 0 ? 0 : -1;
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&attr);
+	if (rc < 0)
+		free(st);
 	return rc;
 }
 

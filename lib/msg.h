@@ -69,7 +69,9 @@ void msg_catch_signals(void);
 void msg_catch_bus(const char *name);
 /* Starts fn(arg) on a thread with SIGINT and SIGTERM blocked: they stay the
  * thread's that catches them and reads or waits (its blocking read is what
- * they interrupt). 0, or -1 when no thread could start. */
+ * they interrupt). The thread starts on a CPU other than the caller's, when
+ * the process may use one, and may then move. 0, or -1 when no thread could
+ * start. */
 int msg_thread_start(pthread_t *th, void *(*fn)(void *), void *arg);
 
 #endif
