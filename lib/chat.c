@@ -1777,15 +1777,8 @@ int chat_format_record(const struct chat_model *m, const struct chat_opts *o, jv
 static void put_rest(struct jsonl_buf *b, const long *spans, size_t nspans, const struct jd *expected,
 		     const struct jd_member *mb, size_t n)
 {
-	jsonl_put(b, ",\"train\":[", 10);
-	for (size_t k = 0; k < nspans; k++) {
-		jsonl_put(b, k ? ",[" : "[", k ? 2 : 1);
-		jsonl_put_long(b, spans[2 * k]);
-		jsonl_put(b, ",", 1);
-		jsonl_put_long(b, spans[2 * k + 1]);
-		jsonl_put(b, "]", 1);
-	}
-	jsonl_put(b, "]", 1);
+	jsonl_put(b, ",\"train\":", 9);
+	jsonl_put_pairs(b, spans, nspans);
 	if (expected) {
 		jsonl_put(b, ",\"expected\":", 12);
 		jsonl_put_jd(b, expected);

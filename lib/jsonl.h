@@ -182,6 +182,7 @@ void jsonl_put_escaped(struct jsonl_buf *b, const char *s, size_t n); /* the sam
 void jsonl_put_value(struct jsonl_buf *b, jv v);                     /* v, consumed, as jsonl_write */
 void jsonl_put_jd(struct jsonl_buf *b, const struct jd *d);          /* d as jsonl_put_value writes its jv */
 void jsonl_put_long(struct jsonl_buf *b, long x);                    /* x in decimal, as jq prints an integer */
+void jsonl_put_pairs(struct jsonl_buf *b, const long *v, size_t npairs); /* [[v0,v1],[v2,v3],...] */
 /* Room for more bytes past b->n (0), or -1 with b->oom set: for a caller
  * writing into b->p itself. */
 int jsonl_reserve(struct jsonl_buf *b, size_t more);

@@ -1216,6 +1216,40 @@ static void test_locate_halves(void)
 	free(t);
 }
 
+/* Integers as printf writes them: the span lists' numbers, one and in pairs. */
+static void test_put_integers(void)
+{
+	check_seed_init();
+	static const long edge[] = {0, 9, 10, 99, 100, 101, 999, 1000, 65535, 99999999, 100000000, -1, -9, -10, -100,
+				    2147483647L, -2147483648L, LONG_MAX, LONG_MIN, LONG_MAX - 1, LONG_MIN + 1};
+	long v[64];
+	for (int c = 0; c < 3000 && !check_case_failed; c++) {
+		size_t n = 1 + (size_t)rng_below(check_rng(), 64);
+		for (size_t i = 0; i < n; i++) {
+			uint64_t r = rng_next(check_rng());
+			int digits = 1 + (int)rng_below(check_rng(), 19); /* short and long numbers alike */
+			long x = c < 2 ? edge[(size_t)(c * 64 + (int)i) % (sizeof edge / sizeof *edge)]
+				       : (long)(r % (uint64_t)(digits >= 19 ? LONG_MAX : (long)pow(10, digits)));
+			v[i] = rng_below(check_rng(), 4) ? x : -x;
+		}
+		struct jsonl_buf b = {0};
+		char want[64 * 21 + 8];
+		int k = 0;
+		jsonl_put_long(&b, v[0]);
+		k += snprintf(want + k, sizeof want - (size_t)k, "%ld", v[0]);
+		CHECK(b.n == (size_t)k && !memcmp(b.p, want, b.n), "case %d: %ld written as '%.*s'", c, v[0], (int)b.n, b.p);
+		b.n = 0, k = 0;
+		size_t pairs = n / 2;
+		jsonl_put_pairs(&b, v, pairs);
+		k += snprintf(want + k, sizeof want - (size_t)k, "[");
+		for (size_t i = 0; i < pairs; i++)
+			k += snprintf(want + k, sizeof want - (size_t)k, "%s[%ld,%ld]", i ? "," : "", v[2 * i], v[2 * i + 1]);
+		k += snprintf(want + k, sizeof want - (size_t)k, "]");
+		CHECK(b.n == (size_t)k && !memcmp(b.p, want, b.n), "case %d: '%s' written as '%.*s'", c, want, (int)b.n, b.p);
+		free(b.p);
+	}
+}
+
 /* jsonl_locate finds a path's value by scanning; jsonl_err_line puts its line in a message. */
 static void test_locate(void)
 {
@@ -1356,6 +1390,7 @@ int main(void)
 	RUN(test_put_string_matches_jq);
 	RUN(test_parsed_strings_are_jqs);
 	RUN(test_parse_memo);
+	RUN(test_put_integers);
 	RUN(test_locate);
 	RUN(test_locate_halves);
 	RUN(test_array_next);
