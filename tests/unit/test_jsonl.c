@@ -1309,6 +1309,29 @@ static void test_locate(void)
 		CHECK(rc == early[i].rc && (rc != 1 || (b - a == strlen(early[i].want) && !memcmp(early[i].text + a, early[i].want, b - a))),
 		      "'%s' %s: %d '%.*s'", early[i].text, early[i].path, rc, rc == 1 ? (int)(b - a) : 0, early[i].text + a);
 	}
+	/* What may name the key again: an escape of one of its characters, not
+	 * an escaped backslash before a 'u', nor the key's rare byte elsewhere. */
+	static const struct {
+		const char *rest;
+		int may;
+	} again[] = {
+		{", \"x\": \"\\u0061\"}", 1},         /* \u0061: 'a' */
+		{", \"x\": \"\\\\u0061\"}", 0},       /* \\ then u0061 */
+		{", \"x\": \"\\\\\\u0061\"}", 1},     /* \\ then \u0061 */
+		{", \"x\": \"\\u0078 a_c _b\"}", 0}, /* \u0078: 'x'; '_' between other bytes */
+		{", \"x\": \"a_b\"}", 1},              /* the key's text, in a string: maybe */
+		{"\\u005f", 1},                          /* an escape at the start */
+		{", \"x\": \"\\u00", 1},               /* cut short */
+	};
+	for (size_t i = 0; i < 2 * sizeof again / sizeof *again; i++) {
+		const char *rest = again[i / 2].rest;
+		const char *key = "a_b"; /* found by its '_' */
+		char text[256];
+		int pad = i % 2 && *rest == ',' ? 100 : 0; /* white space first: the vector paths */
+		snprintf(text, sizeof text, "%*s%s", pad, "", rest);
+		CHECK(jsonl_key_may_recur(text, strlen(text), key) == again[i / 2].may, "%s in '%s': not %d", key, text,
+		      again[i / 2].may);
+	}
 	/* Random objects with repeated keys, plain and escaped: the value found is jq's. */
 	unsigned seed = (unsigned)time(NULL);
 	srand(seed);
