@@ -54,11 +54,26 @@ struct memo_shape {
  * content is the line's message from[j]'s, --system's (FROM_SYSTEM) or
  * none (FROM_NONE). */
 enum { FROM_SYSTEM = -1, FROM_NONE = -2, FROM_UNKNOWN = -3 /* while learning */ };
+/* A hole of a line: the literal bytes of its key before it (lit), its kind
+ * ('c' a message's content, 's' a top-level string, 'n' a top-level number,
+ * 'k' a kept text), its class (a content's; a kept text's number) and at,
+ * the message's or the top-level member's number. */
+struct line_hole {
+	uint32_t lit, at;
+	unsigned char kind, cls;
+};
 struct memo_line {
 	struct memo_key k;
 	struct memo_shape *shape;
 	int32_t *from;
 	uint32_t nfrom;
+	/* what matches a line of the same key without scanning it (match_line):
+	 * its holes, its messages' count, its top-level members (keys copied,
+	 * the values of those that are no hole) */
+	struct line_hole *holes;
+	uint32_t nholes, nmsgs;
+	struct jd_member *top;
+	uint32_t ntop;
 };
 struct chat_memo {
 	/* Each table: its entries in the order learned (n of MAX_ENTRIES), and
@@ -95,6 +110,15 @@ struct chat_memo {
 	size_t lccap, lbytes;    /* lbytes: the contents' in all */
 	struct jd_member *top;   /* the top-level members but "messages" */
 	size_t ntop, ctop;
+	struct line_hole *holes; /* its holes, in order */
+	size_t nholes, choles;
+	int holes_oom;
+	/* The entry of the line last put (its number + 1), and whether the one
+	 * before had it too: a run of lines of one key, whose next line is read
+	 * against it first (match_line). matched: the entry the line last
+	 * scanned matched so (its lkey and lhash not set until line_key_built). */
+	size_t last_line, matched;
+	int run;
 	struct {
 		char *text;
 		size_t len;
@@ -146,6 +170,8 @@ static void entries_clear(struct chat_memo *m, int freeing)
 	for (size_t k = 0; m->lines && k < m->nlines; k++) {
 		free(m->lines[k].k.p);
 		free(m->lines[k].from);
+		free(m->lines[k].holes);
+		free(m->lines[k].top);
 	}
 	for (unsigned k = 0; k < m->nkept; k++)
 		free(m->kept[k].text);
@@ -153,7 +179,8 @@ static void entries_clear(struct chat_memo *m, int freeing)
 		memset(m->tab_index, 0, INDEX_BYTES);
 		memset(m->lines_index, 0, INDEX_BYTES);
 	}
-	m->n = m->nlines = m->bytes = m->nkept = m->last_kept = 0;
+	m->n = m->nlines = m->bytes = m->nkept = m->last_kept = m->last_line = m->matched = 0;
+	m->run = 0;
 	m->line = NULL; /* a line scanned before names kept texts that are gone: not to be learned */
 }
 
@@ -172,6 +199,7 @@ void chat_memo_free(struct chat_memo *m)
 	free(m->lcontent);
 	free(m->lplain);
 	free(m->top);
+	free(m->holes);
 	free(m->at);
 	free(m->src);
 	free(m->content);
@@ -709,12 +737,25 @@ static inline const char *skip_ws(const char *s, const char *end)
 }
 
 /* The line's bytes [a, b), a hole, left out of its key: the bytes before
- * it go in, then a mark of its kind (content: with its class). */
-static void hole(struct chat_memo *m, const char **flushed, const char *a, const char *b, char kind, unsigned cls)
+ * it go in, then a mark of its kind (content: with its class). at: the
+ * message's or top-level member's number. */
+static void hole(struct chat_memo *m, const char **flushed, const char *a, const char *b, char kind, unsigned cls,
+		 size_t at)
 {
 	char mark[3] = {(char)0xff, kind, (char)cls}; /* 0xff: never in UTF-8 */
 	jsonl_put(&m->lkey, *flushed, (size_t)(a - *flushed));
 	jsonl_put(&m->lkey, mark, sizeof mark);
+	if (m->nholes == m->choles) {
+		size_t cap = 2 * m->choles + 16;
+		struct line_hole *h = realloc(m->holes, cap * sizeof *h);
+		if (!h) {
+			m->holes_oom = 1;
+			return;
+		}
+		m->holes = h, m->choles = cap;
+	}
+	m->holes[m->nholes++] = (struct line_hole){(uint32_t)(a - *flushed), (uint32_t)at, (unsigned char)kind,
+						   (unsigned char)cls};
 	*flushed = b;
 }
 
@@ -805,6 +846,49 @@ static size_t kept_value(struct chat_memo *m, const char *s, const char *end)
 	return v;
 }
 
+/* Room to decode a line of len bytes, each string at its own offset
+ * (dec): 0, or -1 (a line past INT_MAX too). */
+static int dec_room(struct chat_memo *m, size_t len)
+{
+	if (len > INT_MAX)
+		return -1;
+	if (len + 1 > m->dcap) {
+		char *d = realloc(m->dec, len + 1);
+		if (!d)
+			return -1;
+		m->dec = d, m->dcap = len + 1;
+	}
+	return 0;
+}
+
+/* Room for n messages' contents (lcontent, lplain): 0, or -1. */
+static int lcontent_room(struct chat_memo *m, size_t n)
+{
+	if (n <= m->lccap)
+		return 0;
+	size_t cap = 2 * n + 8;
+	struct jd *c = realloc(m->lcontent, cap * sizeof *c);
+	if (c)
+		m->lcontent = c;
+	unsigned char *p = c ? realloc(m->lplain, cap) : NULL;
+	if (!p)
+		return -1;
+	m->lplain = p, m->lccap = cap;
+	return 0;
+}
+
+/* Room for n top-level members (top): 0, or -1. */
+static int top_room(struct chat_memo *m, size_t n)
+{
+	if (n <= m->ctop)
+		return 0;
+	struct jd_member *t = realloc(m->top, (2 * n + 4) * sizeof *t);
+	if (!t)
+		return -1;
+	m->top = t, m->ctop = 2 * n + 4;
+	return 0;
+}
+
 /* The messages' array at *sp: each message's content, a string, a hole. 0, or -1. */
 static int scan_messages(struct chat_memo *m, const char **sp, const char *end, const char **flushed)
 {
@@ -817,16 +901,8 @@ static int scan_messages(struct chat_memo *m, const char **sp, const char *end, 
 	if (s < end && *s == ']')
 		s++, r = 0;
 	for (; r > 0; i++) {
-		if (i >= m->lccap) {
-			size_t cap = 2 * (size_t)i + 8;
-			struct jd *c = realloc(m->lcontent, cap * sizeof *c);
-			if (c)
-				m->lcontent = c;
-			unsigned char *p = c ? realloc(m->lplain, cap) : NULL;
-			if (!p)
-				return -1;
-			m->lplain = p, m->lccap = cap;
-		}
+		if (lcontent_room(m, (size_t)i + 1) < 0)
+			return -1;
 		struct jd *c = &m->lcontent[i];
 		*c = jd_null();
 		if (s < end && *s == '{') {
@@ -846,7 +922,7 @@ static int scan_messages(struct chat_memo *m, const char **sp, const char *end, 
 					long k = line_string(m, s, end, c, &ascii);
 					if (k <= 0)
 						return -1;
-					hole(m, flushed, s + 1, s + k - 1, 'c', content_class(c));
+					hole(m, flushed, s + 1, s + k - 1, 'c', content_class(c), i);
 					m->lbytes += c->n;
 					/* no escape in the line, and no DEL (which a JSON string escapes) */
 					m->lplain[i] = ascii || (c->u.s == s + 1 && !memchr(c->u.s, 0x7f, c->n));
@@ -884,15 +960,10 @@ static int scan_line(struct chat_memo *m, const char *line, size_t len)
 	const char *s = skip_ws(line, line + len), *end = line + len, *flushed = line;
 	int messages = 0, more = 1;
 	m->lkey.n = 0, m->lkey.oom = 0, m->ntop = 0, m->nlmsgs = 0, m->lbytes = 0;
+	m->nholes = 0, m->holes_oom = 0, m->matched = 0;
 	m->line = line, m->len = len;
-	if (len > INT_MAX || s >= end || *s != '{')
+	if (s >= end || *s != '{' || dec_room(m, len) < 0)
 		return -1;
-	if (len + 1 > m->dcap) {
-		char *d = realloc(m->dec, len + 1);
-		if (!d)
-			return -1;
-		m->dec = d, m->dcap = len + 1;
-	}
 	for (s = skip_ws(s + 1, end); more > 0; more = next_or_close(&s, end, '}')) {
 		const char *ks;
 		size_t kn;
@@ -906,12 +977,8 @@ static int scan_line(struct chat_memo *m, const char *line, size_t len)
 		for (size_t t = 0; t < m->ntop; t++)
 			if (m->top[t].key.n == kn && !memcmp(m->top[t].key.u.s, ks, kn))
 				return -1; /* the parser keeps the first place, the last value */
-		if (m->ntop == m->ctop) {
-			struct jd_member *t = realloc(m->top, (2 * m->ctop + 4) * sizeof *t);
-			if (!t)
-				return -1;
-			m->top = t, m->ctop = 2 * m->ctop + 4;
-		}
+		if (top_room(m, m->ntop + 1) < 0)
+			return -1;
 		struct jd_member *mb = &m->top[m->ntop++];
 		char *key = m->dec + (ks - line); /* NUL-terminated, as jd keys are */
 		memcpy(key, ks, kn);
@@ -926,7 +993,7 @@ static int scan_line(struct chat_memo *m, const char *line, size_t len)
 			memmove(d, mb->val.u.s, mb->val.n);
 			d[mb->val.n] = 0;
 			mb->val.u.s = d;
-			hole(m, &flushed, s + 1, s + k - 1, 's', 0);
+			hole(m, &flushed, s + 1, s + k - 1, 's', 0, m->ntop - 1);
 			s += k;
 			continue;
 		}
@@ -935,13 +1002,13 @@ static int scan_line(struct chat_memo *m, const char *line, size_t len)
 		if (v) {
 			if (jsonl_number_decode(s, v, &mb->val) < 0)
 				return -1;
-			hole(m, &flushed, s, s + v, 'n', 0);
+			hole(m, &flushed, s, s + v, 'n', 0, m->ntop - 1);
 			s += v;
 			continue;
 		}
 		if ((*s == '{' || *s == '[') && (v = kept_value(m, s, end))) {
 			mb->val = (struct jd){.kind = *s == '{' ? JD_OBJECT : JD_ARRAY};
-			hole(m, &flushed, s, s + v, 'k', m->last_kept);
+			hole(m, &flushed, s, s + v, 'k', m->last_kept, m->ntop - 1);
 			s += v;
 			continue;
 		}
@@ -964,22 +1031,131 @@ static int scan_line(struct chat_memo *m, const char *line, size_t len)
 	return m->lkey.oom ? -1 : 0;
 }
 
+/* line[0..len) read as a line of l's key: the key's literal bytes compared,
+ * the holes read as scan_line reads them, with what scan_line sets set (but
+ * lkey and lhash). A line that matches has l's key, which scan_line would
+ * build from it. 0, or -1 when it does not match. */
+static int match_line(struct chat_memo *m, const struct memo_line *l, const char *line, size_t len)
+{
+	if (!l->holes || dec_room(m, len) < 0 || lcontent_room(m, l->nmsgs) < 0 || top_room(m, l->ntop) < 0)
+		return -1;
+	m->line = line, m->len = len, m->lbytes = 0, m->nlmsgs = l->nmsgs, m->ntop = l->ntop;
+	for (uint32_t i = 0; i < l->nmsgs; i++)
+		m->lcontent[i] = jd_null(), m->lplain[i] = 0;
+	memcpy(m->top, l->top, l->ntop * sizeof *l->top);
+	const char *p = line, *end = line + len, *k = l->k.p;
+	for (uint32_t h = 0; h < l->nholes; h++) {
+		const struct line_hole *o = &l->holes[h];
+		if ((size_t)(end - p) < o->lit || memcmp(p, k, o->lit))
+			return -1;
+		p += o->lit, k += o->lit + 3; /* past the mark */
+		long n;
+		switch (o->kind) {
+		case 'c': {
+			struct jd *c = &m->lcontent[o->at];
+			int ascii;
+			m->lbytes -= c->kind == JD_STRING ? c->n : 0; /* a repeated "content": the last one's */
+			if ((n = line_string(m, p - 1, end, c, &ascii)) <= 0 || content_class(c) != o->cls)
+				return -1;
+			m->lbytes += c->n;
+			m->lplain[o->at] = ascii || (c->u.s == p && !memchr(c->u.s, 0x7f, c->n));
+			p += n - 2; /* at the closing quote */
+			break;
+		}
+		case 's': {
+			struct jd *v = &m->top[o->at].val;
+			if ((n = line_string(m, p - 1, end, v, NULL)) <= 0)
+				return -1;
+			char *d = m->dec + (p - 1 - line);
+			memmove(d, v->u.s, v->n);
+			d[v->n] = 0;
+			v->u.s = d;
+			p += n - 2;
+			break;
+		}
+		case 'n': {
+			size_t v = 0;
+			while (p + v < end && strchr("0123456789+-.eE", p[v]) && p[v])
+				v++;
+			if (!v || jsonl_number_decode(p, v, &m->top[o->at].val) < 0)
+				return -1;
+			p += v;
+			break;
+		}
+		default: /* 'k' */
+			if ((size_t)(end - p) < m->kept[o->cls].len || memcmp(p, m->kept[o->cls].text, m->kept[o->cls].len))
+				return -1;
+			p += m->kept[o->cls].len;
+			m->last_kept = o->cls;
+		}
+	}
+	size_t rest = l->k.n - (size_t)(k - l->k.p);
+	return (size_t)(end - p) == rest && !memcmp(p, k, rest) ? 0 : -1;
+}
+
+/* lkey and lhash of the line last read, for one match_line matched: 0, or
+ * -1 when memory is short. */
+static int line_key_built(struct chat_memo *m)
+{
+	if (!m->matched)
+		return 0;
+	const struct memo_key *k = &m->lines[m->matched - 1].k;
+	m->lkey.n = 0, m->lkey.oom = 0;
+	jsonl_put(&m->lkey, k->p, k->n);
+	m->lhash = k->hash, m->matched = 0;
+	return m->lkey.oom ? -1 : 0;
+}
+
 /* The slot of the line last scanned in the lines' index. */
 static size_t line_slot(const struct chat_memo *m)
 {
 	return slot_of(m->lines_index, m->lines, sizeof *m->lines, m->lhash, &m->lkey);
 }
 
+/* What match_line needs of the line last scanned, kept in l: 0, or -1. */
+static int line_program(struct chat_memo *m, struct memo_line *l)
+{
+	size_t keys = 0;
+	for (size_t t = 0; t < m->ntop; t++)
+		keys += m->top[t].key.n + 1;
+	l->holes = m->holes_oom ? NULL : malloc((m->nholes + 1) * sizeof *l->holes);
+	l->top = l->holes ? malloc(m->ntop * sizeof *l->top + keys) : NULL;
+	if (!l->top) {
+		free(l->holes);
+		l->holes = NULL;
+		return -1;
+	}
+	memcpy(l->holes, m->holes, m->nholes * sizeof *l->holes);
+	char *kd = (char *)(l->top + m->ntop);
+	for (size_t t = 0; t < m->ntop; t++) {
+		l->top[t] = m->top[t]; /* a hole's value is read from each line */
+		memcpy(kd, m->top[t].key.u.s, m->top[t].key.n + 1);
+		l->top[t].key.u.s = kd;
+		kd += m->top[t].key.n + 1;
+	}
+	l->nholes = (uint32_t)m->nholes, l->nmsgs = m->nlmsgs, l->ntop = (uint32_t)m->ntop;
+	m->bytes += (m->nholes + 1) * sizeof *l->holes + m->ntop * sizeof *l->top + keys;
+	return 0;
+}
+
 int chat_memo_line_put(struct chat_memo *m, const char *line, size_t len, const char *system, size_t max_output,
 		       struct jsonl_buf *b, long **spans, size_t *nspans, const struct jd_member **top, size_t *ntop)
 {
-	if (!m || scan_line(m, line, len) < 0) {
-		if (m)
-			m->line = NULL;
+	if (!m)
 		return -1;
+	const struct memo_line *l = NULL;
+	if (m->run && match_line(m, &m->lines[m->last_line - 1], line, len) == 0) {
+		l = &m->lines[m->last_line - 1];
+		m->matched = m->last_line;
+	} else if (scan_line(m, line, len) < 0) {
+		m->line = NULL, m->run = 0;
+		return -1;
+	} else {
+		size_t i = line_slot(m);
+		l = m->lines_index[i] ? &m->lines[m->lines_index[i] - 1] : NULL;
 	}
-	size_t i = line_slot(m);
-	const struct memo_line *l = m->lines_index[i] ? &m->lines[m->lines_index[i] - 1] : NULL;
+	size_t e = l ? (size_t)(l - m->lines) + 1 : 0;
+	m->run = e && e == m->last_line, m->last_line = e;
 	if (!l || l->shape->state != LEARNED || content_room(m, l->nfrom) < 0)
 		return -1;
 	struct jd sys = jd_null();
@@ -1007,7 +1183,8 @@ void chat_memo_line_learn(struct chat_memo *m, const char *line, size_t len, con
 			  const struct jd *recmsgs, const char *system)
 {
 	if (!m || m->line != line || m->len != len || !e || e->state != LEARNED || !m->msgs || !recmsgs ||
-	    recmsgs->kind != JD_ARRAY || recmsgs->n != m->nlmsgs || m->nlines >= MAX_ENTRIES || m->bytes > MAX_BYTES)
+	    recmsgs->kind != JD_ARRAY || recmsgs->n != m->nlmsgs || m->nlines >= MAX_ENTRIES || m->bytes > MAX_BYTES ||
+	    line_key_built(m) < 0)
 		return;
 	size_t i = line_slot(m);
 	/* A line jq read (for a \u0000, a lone surrogate, a long integer
@@ -1043,6 +1220,8 @@ void chat_memo_line_learn(struct chat_memo *m, const char *line, size_t len, con
 		return;
 	}
 	l->shape = (struct memo_shape *)e, l->from = from, l->nfrom = m->ncontent;
+	l->holes = NULL, l->top = NULL;
+	line_program(m, l); /* without it, lines of its key are scanned */
 	m->lines_index[i] = (uint32_t)++m->nlines;
 	m->bytes += m->lkey.n + m->ncontent * sizeof *from;
 }

