@@ -1119,13 +1119,14 @@ static int line_program(struct chat_memo *m, struct memo_line *l)
 	for (size_t t = 0; t < m->ntop; t++)
 		keys += m->top[t].key.n + 1;
 	l->holes = m->holes_oom ? NULL : malloc((m->nholes + 1) * sizeof *l->holes);
-	l->top = l->holes ? malloc(m->ntop * sizeof *l->top + keys) : NULL;
+	l->top = l->holes ? malloc(m->ntop * sizeof *l->top + keys + 1) : NULL;
 	if (!l->top) {
 		free(l->holes);
 		l->holes = NULL;
 		return -1;
 	}
-	memcpy(l->holes, m->holes, m->nholes * sizeof *l->holes);
+	if (m->nholes) /* m->holes may still be NULL */
+		memcpy(l->holes, m->holes, m->nholes * sizeof *l->holes);
 	char *kd = (char *)(l->top + m->ntop);
 	for (size_t t = 0; t < m->ntop; t++) {
 		l->top[t] = m->top[t]; /* a hole's value is read from each line */
