@@ -60,7 +60,8 @@ static int next_both(struct jsonl_reader *r, struct jsonl_memo *memo, struct jd_
 	return rc;
 }
 
-/* jsonl_locate on the whole input: in bounds, and what it finds is one value. */
+/* jsonl_locate on the whole input: in bounds, and what it finds is one
+ * value; jsonl_locate_first's value is the same where no repeat may follow. */
 static void locate(const char *s, size_t n)
 {
 	static const char *const paths[] = {"", "a", "a[0]", "a.b[1].c", "added_tokens", "\"x y\"[2].k"};
@@ -70,6 +71,15 @@ static void locate(const char *s, size_t n)
 		if (rc < -1 || rc > 1 || (rc == 1 && !(a < b && b <= n)))
 			abort();
 		if (rc == 1 && jsonl_line_at(s, a) < 1)
+			abort();
+		/* in two steps: the first member, jsonl_locate's answer unless a
+		 * repeat may follow */
+		size_t fa = 0, fb = 0;
+		int frc = jsonl_locate_first(s, n, paths[i], &fa, &fb);
+		if (frc == 1 && !(fa < fb && fb <= n))
+			abort();
+		int may = frc == 1 && jsonl_key_may_recur(s + fb, n - fb, paths[i]);
+		if (frc == 1 && !may ? rc != 1 || a != fa || b != fb : frc != 1 && rc != frc)
 			abort();
 	}
 	/* the elements of an array, each in bounds and after the last */
