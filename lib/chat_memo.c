@@ -813,6 +813,15 @@ static int next_or_close(const char **sp, const char *end, char c)
 	return *s == ',';
 }
 
+/* The bytes at s a number may be made of: its length, or 0. */
+static size_t number_len(const char *s, const char *end)
+{
+	const char *p = s;
+	while (p < end && ((*p >= '0' && *p <= '9') || *p == '-' || *p == '+' || *p == '.' || *p == 'e' || *p == 'E'))
+		p++;
+	return (size_t)(p - s);
+}
+
 /* A value of the key, passed over: its length, or 0. */
 static size_t pass_value(const char *s, const char *end)
 {
@@ -997,9 +1006,7 @@ static int scan_line(struct chat_memo *m, const char *line, size_t len)
 			s += k;
 			continue;
 		}
-		while (s + v < end && strchr("0123456789+-.eE", s[v]) && s[v])
-			v++;
-		if (v) {
+		if ((v = number_len(s, end))) {
 			if (jsonl_number_decode(s, v, &mb->val) < 0)
 				return -1;
 			hole(m, &flushed, s, s + v, 'n', 0, m->ntop - 1);
@@ -1074,9 +1081,7 @@ static int match_line(struct chat_memo *m, const struct memo_line *l, const char
 			break;
 		}
 		case 'n': {
-			size_t v = 0;
-			while (p + v < end && strchr("0123456789+-.eE", p[v]) && p[v])
-				v++;
+			size_t v = number_len(p, end);
 			if (!v || jsonl_number_decode(p, v, &m->top[o->at].val) < 0)
 				return -1;
 			p += v;
