@@ -1407,10 +1407,12 @@ int jsonl_mapped(const struct jsonl_reader *r, const char **s, size_t *n)
 	return 1;
 }
 
+enum { LINES_AHEAD = 4096 };
+
 void jsonl_lines_start(struct jsonl_lines *g, const char *s, size_t n, size_t from, size_t to)
 {
 	g->s = s, g->n = n, g->to = to < n ? to : n, g->lineno = 0;
-	g->at = from;
+	g->at = g->ahead = from;
 	if (from > 0 && from < g->to) { /* the first line that starts at or after from */
 		const char *nl = memchr(s + from - 1, '\n', g->to - from + 1);
 		g->at = nl ? (size_t)(nl - s) + 1 : g->to;
@@ -1426,6 +1428,10 @@ int jsonl_lines_next(struct jsonl_lines *g, const char **out, size_t *outlen)
 		int first = g->at == 0;
 		g->at += n;
 		g->lineno++;
+		/* The next lines asked of memory while this one is formatted: the
+		 * search for their ends is what first reads them. */
+		for (size_t end = g->at + LINES_AHEAD < g->n ? g->at + LINES_AHEAD : g->n; g->ahead < end; g->ahead += 64)
+			__builtin_prefetch(g->s + g->ahead);
 		if (line_trim(&line, &n, first)) {
 			*out = line, *outlen = n;
 			return 1;

@@ -57,6 +57,7 @@ struct jsonl_lines {
 	const char *s;
 	size_t n, at, to;
 	long lineno;
+	size_t ahead; /* prefetched up to */
 };
 void jsonl_lines_start(struct jsonl_lines *g, const char *s, size_t n, size_t from, size_t to);
 int jsonl_lines_next(struct jsonl_lines *g, const char **line, size_t *len);
