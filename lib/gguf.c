@@ -156,7 +156,9 @@ struct gguf_kv {
 	uint64_t u;
 	double f;
 	struct gguf_str str; /* a scalar string */
-	void *arr;           /* numeric array (aligned copy) or struct gguf_str[n] */
+	void *arr;           /* numeric array (aligned copy), or for strings uint32_t[n]: where
+				each one's bytes begin, from sbase */
+	const uint8_t *sbase; /* an array of strings: its first element's length */
 };
 
 struct gguf_tensor_rec {
@@ -244,15 +246,23 @@ static int rd_u32(struct rd *r, uint32_t *v, const char *what) { return rd_bytes
 static int rd_u64(struct rd *r, uint64_t *v, const char *what) { return rd_bytes(r, v, 8, what); }
 
 /* A string: u64 length then the bytes, copied NUL-terminated into the arena. */
+/* A string's length, checked against the bytes left: 0, or -1. */
+static int rd_str_len(struct rd *r, uint64_t *len, const char *what)
+{
+	if (rd_u64(r, len, what) < 0)
+		return -1;
+	if (*len > rd_left(r))
+		return err_set(r->err, "%s: length %" PRIu64 " at offset %" PRIu64 " runs past the end of the file (%" PRIu64
+				       " bytes left)",
+			       what, *len, r->pos - 8, rd_left(r));
+	return 0;
+}
+
 static int rd_str(struct gguf *g, struct rd *r, struct gguf_str *out, const char *what)
 {
 	uint64_t len;
-	if (rd_u64(r, &len, what) < 0)
+	if (rd_str_len(r, &len, what) < 0)
 		return -1;
-	if (len > rd_left(r))
-		return err_set(r->err, "%s: length %" PRIu64 " at offset %" PRIu64 " runs past the end of the file (%" PRIu64
-				       " bytes left)",
-			       what, len, r->pos - 8, rd_left(r));
 	char *s = arena_copy(g, r->p + r->pos, (size_t)len);
 	if (!s)
 		return err_sys(r->err, "out of memory:");
@@ -322,16 +332,23 @@ static int kv_read_value(struct gguf *g, struct rd *r, struct gguf_kv *kv)
 		if (n > rd_left(r) / 8)
 			return err_set(r->err, "array of %" PRIu64 " strings cannot fit in the %" PRIu64 " bytes left", n,
 				       rd_left(r));
-		struct gguf_str *a = n ? calloc((size_t)n, sizeof *a) : NULL;
-		if (n && !a)
+		/* not copied (a vocabulary's 100k tokens and merges cost milliseconds
+		 * to copy): each element is found where it lies, by its offset */
+		uint32_t *at = n ? malloc((size_t)n * sizeof *at) : NULL;
+		if (n && !at)
 			return err_sys(r->err, "out of memory:");
-		kv->arr = a;
+		kv->arr = n ? (void *)at : (void *)empty_array;
+		kv->sbase = r->p + r->pos;
+		uint64_t start = r->pos;
 		for (uint64_t i = 0; i < n; i++) {
-			if (rd_str(g, r, &a[i], "string") < 0)
+			uint64_t len;
+			if (rd_str_len(r, &len, "string") < 0)
 				return err_wrap(r->err, "element %" PRIu64, i);
+			if (r->pos - start > UINT32_MAX)
+				return err_set(r->err, "element %" PRIu64 ": an array of strings of more than 4 GiB", i);
+			at[i] = (uint32_t)(r->pos - start);
+			r->pos += len;
 		}
-		if (!n)
-			kv->arr = (void *)empty_array;
 		return 0;
 	}
 
@@ -925,10 +942,13 @@ const char *gguf_kv_arr_str(const struct gguf *g, int64_t k, uint64_t i, size_t 
 	const struct gguf_kv *kv = &g->kv[k];
 	if (kv->type != GGUF_TYPE_ARRAY || kv->arr_type != GGUF_TYPE_STRING || i >= kv->n)
 		return NULL;
-	const struct gguf_str *a = kv->arr;
-	if (len)
-		*len = a[i].len;
-	return a[i].s;
+	const uint8_t *s = kv->sbase + ((const uint32_t *)kv->arr)[i];
+	if (len) {
+		uint64_t n;
+		memcpy(&n, s - 8, 8);
+		*len = (size_t)n;
+	}
+	return (const char *)s;
 }
 
 const void *gguf_get_arr_data(const struct gguf *g, const char *key, enum gguf_type elem, uint64_t *n,

@@ -33,9 +33,11 @@
  * ranges must lie inside the file and must not overlap.
  *
  * Ownership: gguf_open() maps the file read-only; every pointer the getters
- * return (strings, array data, tensor data) lives until gguf_close(). Strings
- * are NUL-terminated copies, their length is given too because a GGUF string
- * may hold NUL bytes. Numeric arrays are aligned copies in host order.
+ * return (strings, array data, tensor data) lives until gguf_close(). A
+ * string value is a NUL-terminated copy; the strings of an array are where
+ * they lie in the file, not NUL-terminated (a vocabulary's 100k tokens and
+ * merges are not copied). Their length is given, as a GGUF string may hold
+ * NUL bytes. Numeric arrays are aligned copies in host order.
  */
 #ifndef LORAPIPE_GGUF_H
 #define LORAPIPE_GGUF_H
@@ -177,8 +179,9 @@ int gguf_get_bool(const struct gguf *g, const char *key, int *out, struct err *e
 /* Arrays: checks that key holds an array whose elements have type elem
  * (GGUF_TYPE_COUNT accepts any) and returns its length, or -1 with err set. */
 int64_t gguf_get_arr_n(const struct gguf *g, const char *key, enum gguf_type elem, struct err *err);
-/* Element i of an array of strings, NUL-terminated, *len without the NUL.
- * NULL when key is no array of strings or i is out of range. */
+/* Element i of an array of strings: its bytes in the file (not
+ * NUL-terminated), *len of them. NULL when key is no array of strings or i
+ * is out of range. */
 const char *gguf_get_arr_str(const struct gguf *g, const char *key, uint64_t i, size_t *len);
 /* The same by the key's index (gguf_find_key), for a loop over a long array. */
 const char *gguf_kv_arr_str(const struct gguf *g, int64_t k, uint64_t i, size_t *len);

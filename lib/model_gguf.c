@@ -254,7 +254,7 @@ static int gguf_special(const struct gguf *g, struct model_config *cfg, struct e
 		if (!t || len < 5 || len > 20 || (t[0] != '<' && t[0] != '_'))
 			continue;
 		for (size_t j = 0; j < sizeof eog_text / sizeof eog_text[0]; j++)
-			if (!strcmp(t, eog_text[j]))
+			if (len == strlen(eog_text[j]) && !memcmp(t, eog_text[j], len))
 				add_stop(cfg, (int)i);
 	}
 	return 0;

@@ -37,7 +37,8 @@ struct tokenizer *tokenizer_from_jv(jv config, const char *name, struct err *err
 struct tokenizer *tokenizer_load_gguf(const char *path, struct err *err);
 /* The added tokens tokenizer_load_gguf(path) would have, in id order, without
  * building the tokenizer (milliseconds instead of a tenth of a second): fn is
- * called for each; a non-zero return stops the walk and is returned. */
+ * called for each, s[0..n) its text (not NUL-terminated); a non-zero return
+ * stops the walk and is returned. */
 int tokenizer_gguf_added(const char *path, int (*fn)(void *arg, uint32_t id, const char *s, size_t n, int special),
 			 void *arg, struct err *err);
 /* The same of a GGUF already open (its name for messages): a caller that

@@ -290,8 +290,8 @@ static int conv_tokens(struct conv *c)
 		if (r < 0)
 			return err_sys(err, "out of memory:");
 		if (r == 0)
-			return err_set(err, "%s: key 'tokenizer.ggml.tokens': token %llu '%s' repeats token %lld", c->name,
-				       (unsigned long long)i, s, (long long)conv_id(c, s, len));
+			return err_set(err, "%s: key 'tokenizer.ggml.tokens': token %llu '%.*s' repeats token %lld", c->name,
+				       (unsigned long long)i, (int)len, s, (long long)conv_id(c, s, len));
 	}
 
 	/* llama.cpp's retyping by text, in its order */
@@ -377,8 +377,8 @@ static int conv_merges_gpt2(const struct conv *c, jv *out)
 		/* llama.cpp splits at the first space after the first byte */
 		const char *sp = len > 1 ? memchr(m + 1, ' ', len - 1) : NULL;
 		if (!sp) {
-			rc = err_set(err, "%s: key 'tokenizer.ggml.merges': merge %lld '%s' has no space", c->name,
-				     (long long)i, m);
+			rc = err_set(err, "%s: key 'tokenizer.ggml.merges': merge %lld '%.*s' has no space", c->name,
+				     (long long)i, (int)len, m);
 			break;
 		}
 		size_t ln = (size_t)(sp - m), rn = len - ln - 1;
@@ -396,8 +396,8 @@ static int conv_merges_gpt2(const struct conv *c, jv *out)
 		memcpy(both + ln, sp + 1, rn);
 		int64_t ab = conv_id(c, both, ln + rn);
 		if (a < 0 || b < 0 || ab < 0) {
-			rc = err_set(err, "%s: key 'tokenizer.ggml.merges': merge %lld '%s': '%.*s' is not a token", c->name,
-				     (long long)i, m, a < 0 ? (int)ln : b < 0 ? (int)rn : (int)(ln + rn),
+			rc = err_set(err, "%s: key 'tokenizer.ggml.merges': merge %lld '%.*s': '%.*s' is not a token", c->name,
+				     (long long)i, (int)len, m, a < 0 ? (int)ln : b < 0 ? (int)rn : (int)(ln + rn),
 				     a < 0 ? m : b < 0 ? sp + 1 : both);
 			break;
 		}

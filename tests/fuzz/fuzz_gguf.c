@@ -66,7 +66,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (gguf_kv_arr_type(g, i) == GGUF_TYPE_STRING) {
 				for (uint64_t j = 0; j < n; j++) {
 					s = gguf_get_arr_str(g, key, j, &len);
-					sink += len + (size_t)s[len];
+					for (size_t k = 0; k < len; k++) /* its bytes are in the image */
+						sink += (unsigned char)s[k];
 				}
 			} else {
 				uint64_t m;
