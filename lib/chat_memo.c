@@ -743,20 +743,20 @@ static void hole(struct chat_memo *m, const char **flushed, const char *a, const
 		 size_t at)
 {
 	char mark[3] = {(char)0xff, kind, (char)cls}; /* 0xff: never in UTF-8 */
-	jsonl_put(&m->lkey, *flushed, (size_t)(a - *flushed));
+	size_t lit = (size_t)(a - *flushed);
+	jsonl_put(&m->lkey, *flushed, lit);
 	jsonl_put(&m->lkey, mark, sizeof mark);
+	*flushed = b;
 	if (m->nholes == m->choles) {
 		size_t cap = 2 * m->choles + 16;
 		struct line_hole *h = realloc(m->holes, cap * sizeof *h);
-		if (!h) {
+		if (!h) { /* the line is scanned as before, only not kept for match_line */
 			m->holes_oom = 1;
 			return;
 		}
 		m->holes = h, m->choles = cap;
 	}
-	m->holes[m->nholes++] = (struct line_hole){(uint32_t)(a - *flushed), (uint32_t)at, (unsigned char)kind,
-						   (unsigned char)cls};
-	*flushed = b;
+	m->holes[m->nholes++] = (struct line_hole){(uint32_t)lit, (uint32_t)at, (unsigned char)kind, (unsigned char)cls};
 }
 
 /* The closing quote of the string whose text begins at s (past its
