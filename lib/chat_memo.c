@@ -1049,7 +1049,8 @@ static int match_line(struct chat_memo *m, const struct memo_line *l, const char
 	m->line = line, m->len = len, m->lbytes = 0, m->nlmsgs = l->nmsgs, m->ntop = l->ntop;
 	for (uint32_t i = 0; i < l->nmsgs; i++)
 		m->lcontent[i] = jd_null(), m->lplain[i] = 0;
-	memcpy(m->top, l->top, l->ntop * sizeof *l->top);
+	if (l->ntop) /* m->top may still be NULL */
+		memcpy(m->top, l->top, l->ntop * sizeof *l->top);
 	const char *p = line, *end = line + len, *k = l->k.p;
 	for (uint32_t h = 0; h < l->nholes; h++) {
 		const struct line_hole *o = &l->holes[h];
