@@ -5,8 +5,8 @@
  *
  * Only wiring lives here: input forms, validation, rendering and spans in
  * lib/chat, the Jinja engine in lib/template. A FILE (mapped) is cut into
- * byte ranges, in which one worker thread per CPU finds its lines and
- * formats them; standard input is read in order by the main thread (which
+ * byte ranges, in which one thread per CPU (the main one among them) finds
+ * its lines and formats them; standard input is read in order by the main thread (which
  * also runs --jq), in batches of lines for the workers. The main thread
  * writes, warns about or stops at the batches' records in input order, so
  * the output is the same whatever the thread count.

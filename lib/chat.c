@@ -738,8 +738,9 @@ static int marker_add(struct chat_model *m, size_t *cap, const char *s, size_t n
 }
 
 /* tokenizer.json's added_tokens, read on a thread of their own while the
- * main thread reads tokenizer_config.json and compiles the template (a
- * 33 MB tokenizer.json is scanned to its end: see jsonl_locate). */
+ * main thread reads tokenizer_config.json and compiles the template (the
+ * rest of a 33 MB tokenizer.json is searched for a repeat of the key: see
+ * added_read). */
 struct added {
 	char path[4096];
 	int json;    /* the folder has a tokenizer.json */
@@ -1594,10 +1595,9 @@ static void formatted_free(struct formatted *f)
  * one), which the input's would otherwise overwrite. */
 static int passes(const char *key, const struct jd *expected)
 {
-	if (key[0] != 't' && key[0] != 'e') /* "text", "train", "expected" */
-		return !chat_key_consumed(key);
-	return !chat_key_consumed(key) && strcmp(key, "text") && strcmp(key, "train") &&
-	       !(expected && !strcmp(key, "expected"));
+	/* told first by their first byte: strcmp is a call each */
+	return !chat_key_consumed(key) && !(key[0] == 't' && (!strcmp(key, "text") || !strcmp(key, "train"))) &&
+	       !(expected && key[0] == 'e' && !strcmp(key, "expected"));
 }
 
 int chat_opts_check(const struct chat_opts *o, struct err *err)

@@ -2056,10 +2056,9 @@ static int recur_halves(const char *s, const char *end, const char *q, size_t qn
  * key with a quote, a backslash, a slash, a control byte or a byte past
  * ASCII may be written in more ways, and may always recur. One pass over
  * the text (megabytes of a tokenizer.json after its added_tokens) for its
- * backslashes and for the key's byte rarest in JSON text (rarer than
- * lowercase letters, quotes and spaces: "added_tokens"' '_', a few
- * thousand in a 33 MB tokenizer.json), compared around; memmem for a key
- * without one. */
+ * \u escapes and for the key's byte rarest in JSON text (rarer than
+ * lowercase letters, quotes and spaces: "added_tokens"' '_') between its
+ * neighbours (recur_scan); memmem for a key without one. */
 static int key_may_recur(const char *s, size_t n, const char *key, size_t kn)
 {
 	for (size_t k = 0; k < kn; k++) {
