@@ -1712,6 +1712,11 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 				body[i] = (long)po.len;
 				if (ml)
 					chat_memo_learn_prefix(ml, &po);
+			} else if (!tmpl_reads_agp(t)) {
+				/* prompt_shared's -1: without the flag, the rendering
+				 * before the prompt is po itself */
+				if (ml)
+					chat_memo_learn_apart(ml, &po);
 			} else {
 				body[i] = prompt_shared(t, cx, (int)i, &po, &ro, trace);
 				unlearnable = 1;

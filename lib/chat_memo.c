@@ -21,22 +21,34 @@ enum { KEPT_MIN = 128, KEPT_MAX = 64 };
 #define MAX_BYTES ((size_t)64 << 20) /* keys and programs of one memo; past it the memo starts over */
 
 /* A piece of the text: the literal bytes esc[off, off + len) (escaped;
- * raw bytes long), or message msg's content as the template printed it. */
+ * raw bytes long, unescaped at plain[roff] where a program keeps them),
+ * or message msg's content as the template printed it. */
 enum { WHOLE, TRIMMED, JSON, JSON_INNER }; /* JSON: tojson's text; JSON_INNER: without its quotes */
 struct piece {
 	int32_t msg; /* -1: literal */
 	uint8_t as;  /* for a content: WHOLE ... */
-	uint32_t off, len, raw;
+	uint32_t off, len, raw, roff;
+};
+/* The pieces of a prefix's rendering that was not the text's beginning
+ * (literals: their bytes at plain[roff]): a record whose text it begins
+ * is rendered, its turn's start being another (chat_memo_learn_apart). */
+struct apart {
+	struct piece *q;
+	uint32_t n;
 };
 struct program {
 	uint32_t npieces, nspans, njson; /* njson: the pieces printed through tojson */
 	struct piece *pieces;
 	uint32_t (*ends)[2]; /* 2 * nspans: piece, offset in it (a literal's, or 0) */
 	char *esc;
-	unsigned nclock;
+	unsigned nclock, nsame;
 	struct {
 		char fmt[64], out[128];
 	} clock[TMPL_WATCH_CLOCKS];
+	struct tmpl_same *same; /* messages whose contents must be the same, or not, as they were */
+	struct apart *apart;
+	uint32_t napart;
+	char *plain; /* the literals' bytes unescaped, when napart */
 };
 /* A key kept in a table's slot (each slot's first member). */
 struct memo_key {
@@ -146,12 +158,22 @@ struct chat_memo *chat_memo_new(void)
 	return m;
 }
 
+static void aparts_free(struct apart *a, uint32_t n)
+{
+	for (uint32_t k = 0; a && k < n; k++)
+		free(a[k].q);
+	free(a);
+}
+
 static void program_free(struct program *p)
 {
 	if (p) {
 		free(p->pieces);
 		free(p->ends);
 		free(p->esc);
+		free(p->same);
+		aparts_free(p->apart, p->napart);
+		free(p->plain);
 		free(p);
 	}
 }
@@ -416,6 +438,9 @@ struct memo_learn {
 	struct piece *p; /* off: where the piece begins in ro's text */
 	uint32_t n;
 	int fail;
+	struct apart *apart; /* chat_memo_learn_apart's, their literals' bytes in plain */
+	uint32_t napart;
+	struct jsonl_buf plain;
 };
 
 static const struct jd *content_of(const struct jd *msgs, int32_t i)
@@ -528,6 +553,28 @@ void chat_memo_learn_prefix(struct memo_learn *l, const struct tmpl_output *po)
 	free(q);
 }
 
+void chat_memo_learn_apart(struct memo_learn *l, const struct tmpl_output *po)
+{
+	struct piece *q;
+	uint32_t nq;
+	struct apart *a = l->fail ? NULL : realloc(l->apart, (l->napart + 1) * sizeof *a);
+	if (!a || pieces_of(po, l->msgs, &q, &nq) < 0) {
+		l->fail = 1;
+		return;
+	}
+	l->apart = a;
+	a[l->napart++] = (struct apart){q, nq};
+	for (uint32_t k = 0; k < nq; k++) {
+		if (q[k].msg >= 0 && q[k].as != WHOLE && q[k].as != TRIMMED)
+			l->fail = 1; /* its tojson text is not at hand when the check runs */
+		if (q[k].msg >= 0)
+			continue;
+		q[k].roff = (uint32_t)l->plain.n;
+		jsonl_put(&l->plain, po->text + q[k].off, q[k].raw);
+	}
+	l->fail |= l->plain.oom;
+}
+
 /* Where p lies: a piece and an offset in it, a content's only at its start. */
 static int place(const struct memo_learn *l, long p, uint32_t out[2])
 {
@@ -547,7 +594,27 @@ static int place(const struct memo_learn *l, long p, uint32_t out[2])
 	return 0;
 }
 
-static struct program *program_of(const struct memo_learn *l, const long *spans, size_t nspans,
+static int same_text(const struct jd *a, const struct jd *b)
+{
+	return a->n == b->n && !memcmp(a->u.s, b->u.s, a->n);
+}
+
+/* l's aparts and their literals, and its pieces', move to g. */
+static int program_aparts(struct program *g, struct memo_learn *l)
+{
+	for (uint32_t k = 0; k < l->n; k++)
+		if (l->p[k].msg < 0) {
+			g->pieces[k].roff = (uint32_t)l->plain.n;
+			jsonl_put(&l->plain, l->ro->text + l->p[k].off, l->p[k].raw);
+		}
+	if (l->plain.oom)
+		return -1;
+	g->plain = l->plain.p, g->apart = l->apart, g->napart = l->napart;
+	l->plain = (struct jsonl_buf){0}, l->apart = NULL, l->napart = 0;
+	return 0;
+}
+
+static struct program *program_of(struct memo_learn *l, const long *spans, size_t nspans,
 				  const struct tmpl_watch *w)
 {
 	struct program *g = calloc(1, sizeof *g);
@@ -573,9 +640,20 @@ static struct program *program_of(const struct memo_learn *l, const long *spans,
 	for (size_t s = 0; s < 2 * nspans; s++)
 		if (place(l, spans[s], g->ends[s]) < 0)
 			goto fail;
-	g->esc = eb.p;
+	g->esc = eb.p, eb.p = NULL;
 	g->nclock = w->nclock;
 	memcpy(g->clock, w->clock, sizeof g->clock);
+	if (w->nsame && !(g->same = malloc(w->nsame * sizeof *g->same)))
+		goto fail;
+	g->nsame = w->nsame;
+	for (unsigned s = 0; s < w->nsame; s++) {
+		const struct jd *a = content_of(l->msgs, w->same[s].a), *b = content_of(l->msgs, w->same[s].b);
+		if (!a || !b || same_text(a, b) != w->same[s].same)
+			goto fail; /* not what the renderer compared */
+		g->same[s] = w->same[s];
+	}
+	if (l->napart && program_aparts(g, l) < 0)
+		goto fail;
 	return g;
 fail:
 	free(eb.p);
@@ -591,6 +669,8 @@ void chat_memo_learn_end(struct chat_memo *m, struct memo_shape *e, struct memo_
 		g = program_of(l, spans, nspans, w);
 	if (l) {
 		free(l->p);
+		aparts_free(l->apart, l->napart);
+		free(l->plain.p);
 		free(l);
 	}
 	if (!e)
@@ -600,9 +680,12 @@ void chat_memo_learn_end(struct chat_memo *m, struct memo_shape *e, struct memo_
 	e->state = g ? LEARNED : REFUSED;
 	if (g) {
 		m->stats.learned++;
-		m->bytes += g->npieces * sizeof *g->pieces + g->nspans * sizeof *g->ends;
+		m->bytes += g->npieces * sizeof *g->pieces + g->nspans * sizeof *g->ends + g->nsame * sizeof *g->same;
 		for (uint32_t k = 0; k < g->npieces; k++)
-			m->bytes += g->pieces[k].msg < 0 ? g->pieces[k].len : 0;
+			m->bytes += g->pieces[k].msg < 0 ? g->pieces[k].len + (g->napart ? g->pieces[k].raw : 0) : 0;
+		for (uint32_t a = 0; a < g->napart; a++)
+			for (uint32_t k = 0; k < g->apart[a].n; k++)
+				m->bytes += sizeof *g->apart[a].q + (g->apart[a].q[k].msg < 0 ? g->apart[a].q[k].raw : 0);
 	} else {
 		m->stats.refused++;
 	}
@@ -625,6 +708,43 @@ static int clock_same(const char *fmt, const char *out)
 	return !strcmp(o, out);
 }
 
+/* Whether the text of apart a, contents in place, is where the record's
+ * text begins: g's pieces, piece k's bytes at src[k] (a content's) and
+ * at[k + 1] - at[k] long. A content a lacks counts as a beginning: the
+ * record is rendered. */
+static int text_begins(const struct program *g, const struct apart *a, const struct jd *const *content,
+		       uint32_t ncontent, const char *const *src, const size_t *at)
+{
+	uint32_t k = 0;
+	size_t ko = 0; /* in piece k */
+	for (uint32_t j = 0; j < a->n; j++) {
+		const struct piece *q = &a->q[j];
+		const char *s = g->plain + q->roff;
+		size_t n = q->raw;
+		if (q->msg >= 0) {
+			const struct jd *c = (uint32_t)q->msg < ncontent ? content[q->msg] : NULL;
+			size_t lo = 0, hi = c ? c->n : 0;
+			if (!c)
+				return 1;
+			if (q->as == TRIMMED)
+				tmpl_strip_span(c->u.s, c->n, &lo, &hi);
+			s = c->u.s + lo, n = hi - lo;
+		}
+		while (n) {
+			while (k < g->npieces && ko == at[k + 1] - at[k])
+				k++, ko = 0;
+			if (k == g->npieces)
+				return 0; /* longer than the text */
+			const char *t = (g->pieces[k].msg < 0 ? g->plain + g->pieces[k].roff : src[k]) + ko;
+			size_t c = at[k + 1] - at[k] - ko < n ? at[k + 1] - at[k] - ko : n;
+			if (memcmp(s, t, c))
+				return 0;
+			s += c, n -= c, ko += c;
+		}
+	}
+	return 1;
+}
+
 /* The text of e's shape with m->content[j] (a string, or NULL) as message
  * j's content: chat_memo_put's and chat_memo_line_put's. With plain,
  * m->plain says of each content whether it holds no byte a JSON string
@@ -644,6 +764,13 @@ static int put_text(struct chat_memo *m, struct memo_shape *e, int plain, size_t
 			e->state = UNTRIED;
 			return -1;
 		}
+	for (unsigned s = 0; s < g->nsame; s++) {
+		const struct tmpl_same *q = &g->same[s];
+		const struct jd *x = (uint32_t)q->a < ncontent ? content[q->a] : NULL;
+		const struct jd *y = (uint32_t)q->b < ncontent ? content[q->b] : NULL;
+		if (!x || !y || same_text(x, y) != q->same)
+			return -1; /* the renderer's comparison would go the other way */
+	}
 	if (g->npieces + 1 > m->atcap) {
 		size_t cap = 2 * ((size_t)g->npieces + 1);
 		size_t *at = realloc(m->at, cap * sizeof *at);
@@ -693,6 +820,9 @@ static int put_text(struct chat_memo *m, struct memo_shape *e, int plain, size_t
 		pos += hi - lo;
 	}
 	at[g->npieces] = pos;
+	for (uint32_t a = 0; a < g->napart; a++)
+		if (text_begins(g, &g->apart[a], content, ncontent, m->src, at))
+			return -1; /* the turn's start would be where the prefix ends */
 	long *sp = pos <= max_output ? malloc((2 * (size_t)g->nspans + 1) * sizeof *sp) : NULL;
 	if (!sp)
 		return -1;

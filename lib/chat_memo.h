@@ -14,9 +14,16 @@
  * bytes are a message's content), each end of a learned span as a piece
  * and an offset in it. The rendering of each prefix that gave a turn's
  * start must be the whole rendering's pieces up to a point, so that the
- * start falls in the same place for every record of the shape. The next
- * records of the shape are written from the pieces, their contents
- * escaped in place: the bytes the renderer would give.
+ * start falls in the same place for every record of the shape. A template
+ * that never reads add_generation_prompt may render a prefix that is not
+ * the whole rendering's beginning (Mistral's print the system prompt in
+ * the last user message only): that turn starts at its content, and a
+ * record whose text the prefix's pieces begin after all is rendered. Two
+ * messages compared that are equal but for their contents (Mistral's
+ * `message == user_messages[-1]`) are kept with whether the contents were
+ * the same; a record where that differs is rendered. The next records of
+ * the shape are written from the pieces, their contents escaped in place:
+ * the bytes the renderer would give.
  *
  * The shape (the key) is everything the renderings see but the contents'
  * text: the template, each message's keys and values (tool calls
@@ -63,6 +70,11 @@ int chat_memo_put(struct chat_memo *m, struct memo_shape *e, const struct jd *ms
 /* args_checked: chat checked that the tool calls' arguments, as printed, parse back. */
 struct memo_learn *chat_memo_learn_begin(const struct tmpl_output *ro, const struct jd *msgs, int args_checked);
 void chat_memo_learn_prefix(struct memo_learn *l, const struct tmpl_output *po);
+/* A prefix rendering po (with runs) that was not ro's beginning, of a
+ * template that never reads add_generation_prompt: its turn starts where
+ * its content does, unless po is the text's beginning, which the replay
+ * checks (a record whose text po's pieces begin is rendered). */
+void chat_memo_learn_apart(struct memo_learn *l, const struct tmpl_output *po);
 /* Also where the learning failed (fail set): the shape is refused. */
 void chat_memo_learn_end(struct chat_memo *m, struct memo_shape *e, struct memo_learn *l, const long *spans,
 			 size_t nspans, const struct tmpl_watch *w, int fail);

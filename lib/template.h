@@ -30,6 +30,9 @@ struct tmpl;
 /* Parses a template; name is used in messages ("chat_template:12: ..."). */
 struct tmpl *tmpl_compile(const char *src, size_t len, const char *name, struct err *err);
 void tmpl_free(struct tmpl *t);
+/* Whether t names add_generation_prompt anywhere: when not, a rendering
+ * is the same bytes with the flag or without. */
+int tmpl_reads_agp(const struct tmpl *t);
 
 struct tmpl_limits {
 	size_t max_output;  /* bytes; 0 = 16 MiB */
@@ -159,16 +162,24 @@ unsigned long long tmpl_trace_tailed(const struct tmpl_trace *tr);
  * container made of them, printing a message) sets unreplayable, with
  * the template line and what it was. strftime_now's texts are kept
  * (TMPL_WATCH_CLOCKS of them), for a replay to check that the clock still
- * reads the same. */
+ * reads the same. Two messages compared (== or !=) that are equal but
+ * for their contents are kept too (TMPL_WATCH_SAMES pairs; more make the
+ * rendering unreplayable): their numbers and whether the contents were
+ * the same, which a replay must find again. */
 #define TMPL_WATCH_CLOCKS 4
+#define TMPL_WATCH_SAMES 64
 struct tmpl_watch {
 	int unreplayable;
 	int line;
 	const char *why;
-	unsigned nclock;
+	unsigned nclock, nsame;
 	struct {
 		char fmt[64], out[128];
 	} clock[TMPL_WATCH_CLOCKS];
+	struct tmpl_same {
+		int32_t a, b; /* a < b */
+		int same;
+	} same[TMPL_WATCH_SAMES];
 };
 /* Renderings with c are watched into w (NULL: not). */
 void tmpl_ctx_watch(struct tmpl_ctx *c, struct tmpl_watch *w);

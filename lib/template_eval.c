@@ -2748,9 +2748,30 @@ static struct tp_val eval_filter(struct rt *r, struct frame *f, const struct tp_
 	return x;
 }
 
+/* Two messages equal but for their contents: the pair is kept in the
+ * watch (see struct tmpl_watch); 0 when it cannot be. */
+static int watch_same(struct rt *r, struct tp_val x, struct tp_val y)
+{
+	if (x.type != TP_STR || y.type != TP_STR || !whole_content(r, x.u.s) || !whole_content(r, y.u.s))
+		return 0;
+	int32_t a = x.u.s.runs[0].o.msg, b = y.u.s.runs[0].o.msg;
+	if (a == b)
+		return 0;
+	struct tmpl_watch *w = r->watch;
+	struct tmpl_same s = {a < b ? a : b, a < b ? b : a, tp_equal(x, y)};
+	for (unsigned k = 0; k < w->nsame; k++)
+		if (w->same[k].a == s.a && w->same[k].b == s.b)
+			return 1;
+	if (w->nsame == TMPL_WATCH_SAMES)
+		return 0;
+	w->same[w->nsame++] = s;
+	return 1;
+}
+
 /* Comparisons: a key asked of a message; two messages equal or not
- * whatever their contents say (the same one, or differing elsewhere). */
-static int cmp_replays(int op, struct tp_val left, struct tp_val right)
+ * whatever their contents say (the same one, or differing elsewhere), or
+ * as their contents' sameness says (kept for the replay to check). */
+static int cmp_replays(struct rt *r, int op, struct tp_val left, struct tp_val right)
 {
 	if (op == C_IN || op == C_NOTIN)
 		return !held(left, 0) && right.type == TP_DICT;
@@ -2759,18 +2780,21 @@ static int cmp_replays(int op, struct tp_val left, struct tp_val right)
 	const struct tp_dict *a = left.u.d, *b = right.u.d;
 	if (a == b || a->n != b->n)
 		return 1;
+	const struct tp_val *ac = NULL, *bc = NULL;
 	for (uint32_t i = 0; i < a->n; i++) {
 		const struct tp_val *bv = tp_dict_get(b, a->k[i]);
 		if (!bv)
 			return 1;
-		if (a->k[i].type == TP_STR && is_content(a->k[i].u.s.s, a->k[i].u.s.len))
+		if (a->k[i].type == TP_STR && is_content(a->k[i].u.s.s, a->k[i].u.s.len)) {
+			ac = &a->v[i], bc = bv;
 			continue;
+		}
 		if (held(a->v[i], 0) || held(*bv, 0))
 			return 0;
 		if (!tp_equal(a->v[i], *bv))
 			return 1;
 	}
-	return 0; /* equal but for the contents: they decide */
+	return ac && watch_same(r, *ac, *bc); /* equal but for the contents: they decide */
 }
 
 static struct tp_val eval_kind(struct rt *r, struct frame *f, const struct tp_node *n)
@@ -2879,7 +2903,7 @@ static struct tp_val eval_kind(struct rt *r, struct frame *f, const struct tp_no
 		for (uint32_t i = 1; i < n->nargs; i++) {
 			struct tp_val right = eval(r, f, n->args[i]);
 			int ok;
-			if (r->watch && (held(left, 0) || held(right, 0)) && !cmp_replays(n->cmps[i - 1], left, right))
+			if (r->watch && (held(left, 0) || held(right, 0)) && !cmp_replays(r, n->cmps[i - 1], left, right))
 				keys = 0;
 			r->allow = keys;
 			switch (n->cmps[i - 1]) {
@@ -3645,6 +3669,8 @@ struct tmpl *tmpl_compile(const char *src, size_t len, const char *name, struct 
 	code_attrs(t->body);
 	return t;
 }
+
+int tmpl_reads_agp(const struct tmpl *t) { return t->reads_agp; }
 
 void tmpl_free(struct tmpl *t)
 {

@@ -253,6 +253,7 @@ struct tmpl {
 	const char *name;
 	const struct tp_stmt *turns; /* the loop whose turns prefix renderings may copy, or NULL */
 	const char *loop_name;       /* "loop", the very string the template's names use (see intern) */
+	int reads_agp;               /* a name reads add_generation_prompt somewhere */
 };
 /* Parses into t (its arena set up); returns -1 with err set. */
 int tp_parse(struct tmpl *t, const char *src, size_t len, struct err *err);

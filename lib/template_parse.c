@@ -826,6 +826,8 @@ static struct tp_node *parse_primary(struct parser *p)
 		else {
 			n->kind = N_NAME;
 			n->name = k->s;
+			/* the only way a template reads a variable: a name */
+			p->t->reads_agp |= !strcmp(k->s, "add_generation_prompt");
 		}
 		return n;
 	case T_STRING: {

@@ -13,8 +13,10 @@
 #include "jsonl.h"
 #include "template.h"
 
+/* the message comparison: a shape whose contents must be the same, or not, as they were */
 static const char SRC[] = "{% for m in messages %}<{{ m.role }}>{{ m.content | trim }}|{{ m.content }}"
-			  "{% if m.content %}!{% endif %}</{{ m.role }}>{% endfor %}{{ tools | tojson }}";
+			  "{% if m.content %}!{% endif %}{% if m == messages[0] %}F{% endif %}</{{ m.role }}>{% endfor %}"
+			  "{{ tools | tojson }}";
 
 static int render(const struct tmpl *t, const struct jd *msgs, const struct jd *tools, struct tmpl_watch *w,
 		  struct tmpl_output *out)

@@ -60,10 +60,11 @@ PIECES = ["hello", "balance", "Привет, мир", "中文字符", "🌦", 's
           "</tool_call>", "<|im_end|>", "<|im_start|>", "<|eot_id|>", "<end_of_turn>", "[INST]", "[/INST]",
           '{"a": 1, "b": [true, null]}', "\u00e9\u0301", "end."]
 # where the memo may write no record (its records still compared): templates that look
-# into the contents (Qwen3 and DeepSeek V3 split at </think>), and --system where the
-# template moves the system prompt into the last user message, so that the rendering of
-# a prefix is not the whole rendering's beginning
-LOOKS = {"qwen3", "deepseek_v3", ("mistral_nemo", "system"), ("mistral_v0_3", "system"), ("phi4_mini", "system")}
+# into the contents (Qwen3 and DeepSeek V3 split at </think>), and --system with Phi-4
+# mini, whose prefix renderings (it reads add_generation_prompt) are not the whole
+# rendering's beginning. Mistral's templates move the system prompt into the last user
+# message too, but never read the flag: their shapes are replayed.
+LOOKS = {"qwen3", "deepseek_v3", ("phi4_mini", "system")}
 SPACES = [" ", "\n", "\t", "\r\n", "\u00a0", "\u3000", "\u2028", "  \n"]
 
 
@@ -162,7 +163,7 @@ ADVERSARIAL = [
     ("select", "{{ messages | selectattr('content', 'equalto', 'x') | list | length }}{{ m.content }}", False),
     ("set-block-filter", "{% set t | upper %}{{ m.content }}{% endset %}{{ t }}", False),
     ("filter-block", "{% filter trim %} {{ m.content }} {% endfilter %}", False),
-    ("message-eq", "{% if m == messages[0] %}F{% endif %}{{ m.content }}", None),
+    ("message-eq", "{% if m == messages[0] %}F{% endif %}{{ m.content }}", True),
     ("trim", "{{ m.content | trim }}", True),
     ("strip", "{{ m.content.strip() }}", True),
     ("truth", "{% if m.content %}{{ m.content }}{% else %}-{% endif %}", True),
@@ -297,7 +298,68 @@ def main():
             f.write(CHATML.replace("{BODY}", body))
         cmd = [C.DSFMT, "--model", qwen.model, "--template", tpl]
         ok &= compare(f"memo template {name}", cmd, path, want_replays=replays)
+    ok &= check_sames(qwen, tmp, rng)
+    ok &= check_apart(qwen, tmp, rng)
     return 0 if ok else 1
+
+
+def write_template(tmp, name, text):
+    tpl = os.path.join(tmp, name + ".jinja")
+    with open(tpl, "w", encoding="utf-8") as f:
+        f.write(text)
+    return tpl
+
+
+def check_sames(qwen, tmp, rng):
+    """Two messages compared that are equal but for their contents: the memo keeps
+    whether the contents were the same, and a record where they are not as they were
+    is rendered. Contents from three words, so that both happen often."""
+    tpl = write_template(tmp, "sames", CHATML.replace("{BODY}", "{% if m == messages[0] %}F{% endif %}{{ m.content }}"))
+    path = os.path.join(tmp, "sames.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(120):
+            turns = rng.choice([1, 2, 3])
+            msgs = []
+            for _ in range(turns):
+                msgs += [{"role": "user", "content": rng.choice(["x", "yes", "no"])},
+                         {"role": "assistant", "content": rng.choice(["x", "yes", "no"])}]
+            f.write(json.dumps({"id": i, "messages": msgs}) + "\n")
+    return compare("memo template message-eq (contents the same or not)",
+                   [C.DSFMT, "--model", qwen.model, "--template", tpl], path, want_replays=True)
+
+
+# The system prompt printed in the last user message only, as Mistral's templates do: the
+# rendering before a turn is not the whole one's beginning, and the turn starts at its
+# content. Unless the contents make it the beginning after all (system "A[/INST]", user
+# "A"): then the turn starts where that rendering ends, and ">> " is learned too.
+APART = ("{%- if messages[0].role == 'system' %}{% set sys = messages[0].content %}{% set msgs = messages[1:] %}"
+         "{%- else %}{% set msgs = messages %}{% endif %}"
+         "{%- for m in msgs %}{% if m.role == 'user' %}[INST]{% if loop.last and sys is defined %}{{ sys }} {% endif %}"
+         "{{ m.content }}[/INST]{% else %} A[/INST]>> {{ m.content }}<|im_end|>{% endif %}{% endfor %}")
+
+
+def check_apart(qwen, tmp, rng):
+    tpl = write_template(tmp, "apart", APART)
+    path = os.path.join(tmp, "apart.jsonl")
+    words = ["hello", "Be brief.", "what is it?", "A", "A[/INST]"]
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(120):
+            odd = i and rng.random() < 0.3
+            msgs = [{"role": "system", "content": "A[/INST]" if odd else rng.choice(words)}]
+            for t in range(rng.choice([1, 2])):
+                msgs += [{"role": "user", "content": "A" if odd and t == 0 else rng.choice(words)},
+                         {"role": "assistant", "content": rng.choice(words)}]
+            f.write(json.dumps({"id": i, "messages": msgs}) + "\n")
+    cmd = [C.DSFMT, "--model", qwen.model, "--template", tpl]
+    rc, out, _ = run(cmd + ["--no-memo"], path)
+    header = 0  # records whose rendering learns ">> ": the case the replay must catch
+    for line in out.splitlines():
+        r = json.loads(line)
+        header += any(r["text"].encode()[s:s + 3] == b">> " for s, _ in r["train"])
+    if rc != 0 or not header:
+        print(f"not ok - memo template apart: no record learns the header (exit {rc})")
+        return False
+    return compare(f"memo template apart ({header} records learn the header)", cmd, path, want_replays=True)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,82 @@ static void test_refused(void)
 	tmpl_free(t);
 }
 
+/* Two messages compared that are equal but for their contents: the watch
+ * keeps the pair and whether they were the same; a record where they are
+ * not as they were is not written, the others are as rendering gives.
+ * More pairs than the watch holds make the rendering unreplayable. */
+static void test_sames(void)
+{
+	const char *src = "{% for m in messages %}{% if m == messages[0] %}F{% endif %}{{ m.content }};{% endfor %}";
+	struct err err = {0};
+	struct tmpl *t = tmpl_compile(src, strlen(src), "t", &err);
+	struct chat_memo *m = chat_memo_new();
+	struct jd_arena a = {0};
+	struct jd none = jd_null();
+	int learned_same = -1, written = 0, declined = 0;
+	for (int round = 0; t && round < 200; round++) {
+		const char *w[] = {"x", "y"};
+		int u0 = rng_below(check_rng(), 2), u2 = rng_below(check_rng(), 2);
+		char json[300];
+		snprintf(json, sizeof json,
+			 "[{\"role\":\"user\",\"content\":\"%s\"},{\"role\":\"assistant\",\"content\":\"a\"},"
+			 "{\"role\":\"user\",\"content\":\"%s\"}]",
+			 w[u0], w[u2]);
+		jd_arena_reset(&a);
+		struct jd msgs = parse(&a, json);
+		struct memo_shape *e = chat_memo_find(m, t, &msgs, &none);
+		struct tmpl_output o;
+		struct tmpl_watch wt = {0};
+		if (!e || render(t, &msgs, &wt, &o) < 0)
+			continue;
+		CHECK(!wt.unreplayable && wt.nsame == 1 && wt.same[0].a == 0 && wt.same[0].b == 2 &&
+			      wt.same[0].same == (u0 == u2),
+		      "%s: %u pairs kept (%d %d %d), unreplayable %d", json, wt.nsame, wt.same[0].a, wt.same[0].b,
+		      wt.same[0].same, wt.unreplayable);
+		if (chat_memo_untried(e)) {
+			long spans[2] = {0, (long)o.len};
+			chat_memo_learn_end(m, e, chat_memo_learn_begin(&o, &msgs, 0), spans, 1, &wt, 0);
+			learned_same = u0 == u2;
+		} else {
+			struct jsonl_buf got = {0}, want = {0};
+			long *sp = NULL;
+			size_t nsp = 0;
+			int rc = chat_memo_put(m, e, &msgs, 1 << 20, &got, &sp, &nsp);
+			jsonl_put_string(&want, o.text, o.len);
+			CHECK(rc == ((u0 == u2) == learned_same ? 0 : -1), "%s: put %d, contents the same %d, learned %d",
+			      json, rc, u0 == u2, learned_same);
+			CHECK(rc < 0 || (got.n == want.n && !memcmp(got.p, want.p, got.n)), "%s: %.*s, rendered %.*s", json,
+			      (int)got.n, got.p, (int)want.n, want.p);
+			written += rc == 0, declined += rc < 0;
+			free(got.p), free(want.p), free(sp);
+		}
+		tmpl_output_free(&o);
+	}
+	CHECK(written > 20 && declined > 20, "%d written, %d not", written, declined);
+	tmpl_free(t);
+	/* every user message with every other: 78 pairs */
+	src = "{% for m in messages %}{% for k in messages %}{% if m == k %}={% endif %}{% endfor %}{% endfor %}";
+	t = tmpl_compile(src, strlen(src), "t", &err);
+	char j[1024];
+	size_t n = 0;
+	for (int i = 0; i < 13; i++)
+		n += (size_t)snprintf(j + n, sizeof j - n, "%s{\"role\":\"user\",\"content\":\"%d\"}", i ? "," : "[", i);
+	snprintf(j + n, sizeof j - n, "]");
+	jd_arena_reset(&a);
+	struct jd msgs = parse(&a, j);
+	struct tmpl_watch wt = {0};
+	struct tmpl_output o;
+	if (t && render(t, &msgs, &wt, &o) == 0) {
+		CHECK(wt.unreplayable && wt.nsame == TMPL_WATCH_SAMES, "78 pairs: unreplayable %d, %u kept", wt.unreplayable,
+		      wt.nsame);
+		tmpl_output_free(&o);
+	}
+	CHECK(t, "%s", err.msg);
+	jd_arena_free(&a);
+	chat_memo_free(m);
+	tmpl_free(t);
+}
+
 /* A line the line memo did not write, as ds-fmt goes on with it: its
  * shape found (and learned, the first time, from a watched rendering with
  * one span over it all), then the line learned. */
@@ -437,6 +513,7 @@ int main(void)
 	RUN(test_shapes);
 	RUN(test_learn_and_write);
 	RUN(test_refused);
+	RUN(test_sames);
 	RUN(test_lines);
 	RUN(test_lines_in_runs);
 	RUN(test_lines_start_over);

@@ -399,6 +399,30 @@ static void test_cuts(void)
 	tmpl_output_free(&o);
 }
 
+/* Whether a template reads add_generation_prompt: only a name does, in a
+ * macro or a set too; a string or an attribute of that name does not. */
+static void test_reads_agp(void)
+{
+	static const struct {
+		const char *src;
+		int reads;
+	} cases[] = {
+		{"{% if add_generation_prompt %}a{% endif %}", 1},
+		{"{% macro m() %}{{ add_generation_prompt }}{% endmacro %}", 1},
+		{"{% set g = add_generation_prompt or false %}", 1},
+		{"{{ 'add_generation_prompt' }}{{ ns.add_generation_prompt }}", 0},
+		{"{% for m in messages %}{{ m.content }}{% endfor %}", 0},
+		{"{{ add_generation_prompts }}", 0},
+	};
+	for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+		struct err err = {0};
+		struct tmpl *t = tmpl_compile(cases[i].src, strlen(cases[i].src), "t", &err);
+		CHECK(t && tmpl_reads_agp(t) == cases[i].reads, "%s: reads the flag %d, want %d", cases[i].src,
+		      t ? tmpl_reads_agp(t) : -1, cases[i].reads);
+		tmpl_free(t);
+	}
+}
+
 int main(void)
 {
 	RUN(test_jinja_cases);
@@ -412,5 +436,6 @@ int main(void)
 	RUN(test_render_ctx);
 	RUN(test_cuts);
 	RUN(test_tojson);
+	RUN(test_reads_agp);
 	return check_done();
 }
