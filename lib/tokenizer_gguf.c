@@ -202,15 +202,47 @@ enum { ATTR_CONTROL = 1, ATTR_USER = 2, ATTR_UNKNOWN = 4 };
 struct conv {
 	const struct gguf *g;
 	const char *name;
-	uint64_t n; /* tokens */
-	const char **tok;
-	size_t *len;
-	char **renamed; /* "[EMPTY_i]" strings we made */
+	uint64_t n;     /* tokens */
+	int64_t tokens; /* the key of their texts, read where they lie (tok_at) */
+	struct renamed {
+		uint64_t id;
+		char *s; /* "[EMPTY_id]" */
+	} *renamed;     /* the empty tokens' names, by id */
+	size_t nrenamed;
 	uint8_t *attr;
 	struct tk_strmap ids; /* token text -> id (with named_only, of the tokens named_maybe takes) */
 	int named_only;       /* only the tokens' attributes are wanted (tokenizer_gguf_added_of) */
 	struct err *err;
 };
+
+/* Token i's text and its length: an empty one's is its name "[EMPTY_i]"
+ * once conv_tokens made it. */
+static const char *tok_at(const struct conv *c, uint64_t i, size_t *len)
+{
+	const char *s = gguf_kv_arr_str(c->g, c->tokens, i, len);
+	if (*len)
+		return s;
+	size_t lo = 0, hi = c->nrenamed;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (c->renamed[mid].id < i)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < c->nrenamed && c->renamed[lo].id == i) {
+		*len = strlen(c->renamed[lo].s);
+		return c->renamed[lo].s;
+	}
+	return s;
+}
+
+static jv jv_tok(const struct conv *c, uint64_t i)
+{
+	size_t n;
+	const char *s = tok_at(c, i, &n);
+	return jv_string_sized(s, (int)n);
+}
 
 /* Whether token s[0..n) may be one of the texts above, which all begin
  * with '<', '[', '_' or "▁<": the tokens a named_only conversion maps. */
@@ -224,9 +256,12 @@ static int named_maybe(const char *s, size_t n)
 static int64_t conv_id(const struct conv *c, const char *s, size_t n)
 {
 	if (c->named_only && !named_maybe(s, n)) {
-		for (uint64_t i = 0; i < c->n; i++)
-			if (c->len[i] == n && !memcmp(c->tok[i], s, n))
+		for (uint64_t i = 0; i < c->n; i++) {
+			size_t len;
+			const char *t = tok_at(c, i, &len);
+			if (len == n && !memcmp(t, s, n))
 				return (int64_t)i;
+		}
 		return -1;
 	}
 	return tk_strmap_get(&c->ids, s, n);
@@ -241,11 +276,8 @@ static int conv_tokens(struct conv *c)
 	if (n == 0 || n > INT32_MAX)
 		return err_set(err, "%s: key 'tokenizer.ggml.tokens': %lld tokens", c->name, (long long)n);
 	c->n = (uint64_t)n;
-	c->tok = calloc((size_t)n, sizeof *c->tok);
-	c->len = calloc((size_t)n, sizeof *c->len);
-	c->renamed = calloc((size_t)n, sizeof *c->renamed);
 	c->attr = calloc((size_t)n, 1);
-	if (!c->tok || !c->len || !c->renamed || !c->attr)
+	if (!c->attr)
 		return err_sys(err, "out of memory:");
 
 	const int32_t *types = NULL;
@@ -259,20 +291,25 @@ static int conv_tokens(struct conv *c)
 				       (unsigned long long)nt, (unsigned long long)c->n);
 	}
 
-	int64_t tokens = gguf_find_key(c->g, "tokenizer.ggml.tokens");
+	c->tokens = gguf_find_key(c->g, "tokenizer.ggml.tokens");
+	size_t rcap = 0;
 	for (uint64_t i = 0; i < c->n; i++) {
 		size_t len;
-		const char *s = gguf_kv_arr_str(c->g, tokens, i, &len);
+		const char *s = gguf_kv_arr_str(c->g, c->tokens, i, &len);
 		if (len == 0) {
 			char buf[32];
 			int k = snprintf(buf, sizeof buf, "[EMPTY_%llu]", (unsigned long long)i);
-			if (!(c->renamed[i] = strdup(buf)))
+			if (c->nrenamed == rcap) {
+				struct renamed *r = realloc(c->renamed, (rcap = 2 * rcap + 8) * sizeof *r);
+				if (!r)
+					return err_sys(err, "out of memory:");
+				c->renamed = r;
+			}
+			if (!(s = strdup(buf)))
 				return err_sys(err, "out of memory:");
-			s = c->renamed[i];
+			c->renamed[c->nrenamed++] = (struct renamed){i, (char *)s};
 			len = (size_t)k;
 		}
-		c->tok[i] = s;
-		c->len[i] = len;
 		switch (types ? types[i] : GGUF_TOK_NORMAL) {
 		case GGUF_TOK_CONTROL: c->attr[i] = ATTR_CONTROL; break;
 		case GGUF_TOK_USER_DEFINED: c->attr[i] = ATTR_USER; break;
@@ -320,10 +357,13 @@ static int conv_tokens(struct conv *c)
 	int calls = conv_id(c, "<|calls|>", 9) >= 0, flush = conv_id(c, "<|flush|>", 9) >= 0;
 	if (end >= 0 && ((ret && call) || (calls && flush)))
 		c->attr[end] = ATTR_USER;
-	for (uint64_t i = 0; c->named_only && i < c->n; i++) /* the tokens taken: valid UTF-8 */
-		if (c->attr[i] && !utf8_valid((const unsigned char *)c->tok[i], c->len[i]))
+	for (uint64_t i = 0; c->named_only && i < c->n; i++) { /* the tokens taken: valid UTF-8 */
+		size_t len;
+		const char *s = c->attr[i] ? tok_at(c, i, &len) : NULL;
+		if (s && !utf8_valid((const unsigned char *)s, len))
 			return err_set(err, "%s: key 'tokenizer.ggml.tokens': token %llu is not valid UTF-8", c->name,
 				       (unsigned long long)i);
+	}
 	return 0;
 }
 
@@ -333,7 +373,7 @@ static jv conv_vocab(const struct conv *c)
 {
 	jv vocab = jv_object();
 	for (uint64_t i = 0; i < c->n; i++)
-		vocab = jv_object_set(vocab, jv_str(c->tok[i], c->len[i]), jv_number((double)i));
+		vocab = jv_object_set(vocab, jv_tok(c, i), jv_number((double)i));
 	return vocab;
 }
 
@@ -345,7 +385,7 @@ static jv conv_added(const struct conv *c)
 			continue;
 		jv t = jv_object();
 		t = jv_object_set(t, jv_string("id"), jv_number((double)i));
-		t = jv_object_set(t, jv_string("content"), jv_str(c->tok[i], c->len[i]));
+		t = jv_object_set(t, jv_string("content"), jv_tok(c, i));
 		t = jv_object_set(t, jv_string("single_word"), jv_false());
 		t = jv_object_set(t, jv_string("lstrip"), jv_false());
 		t = jv_object_set(t, jv_string("rstrip"), jv_false());
@@ -457,8 +497,8 @@ static int conv_merges_spm(const struct conv *c, jv *out)
 	size_t nm = 0, cap = 0;
 	for (uint64_t i = 0; i < c->n; i++) {
 		/* every token, added ones too: llama.cpp's bigrams look up any token text */
-		const char *s = c->tok[i];
-		size_t len = c->len[i];
+		size_t len;
+		const char *s = tok_at(c, i, &len);
 		for (size_t k = utf8_char_len((unsigned char)s[0]); k < len; k += utf8_char_len((unsigned char)s[k])) {
 			int64_t l = conv_id(c, s, k), r = conv_id(c, s + k, len - k);
 			if (l < 0 || r < 0)
@@ -480,8 +520,8 @@ static int conv_merges_spm(const struct conv *c, jv *out)
 	jv merges = jv_array();
 	for (size_t i = 0; i < nm; i++) {
 		jv pair = jv_array();
-		pair = jv_array_append(pair, jv_str(c->tok[m[i].left], c->len[m[i].left]));
-		pair = jv_array_append(pair, jv_str(c->tok[m[i].right], c->len[m[i].right]));
+		pair = jv_array_append(pair, jv_tok(c, m[i].left));
+		pair = jv_array_append(pair, jv_tok(c, m[i].right));
 		merges = jv_array_append(merges, pair);
 	}
 	free(m);
@@ -515,7 +555,7 @@ static int conv_flag(const struct conv *c, const char *key, int def, int *out)
 static jv special_piece(const struct conv *c, int64_t id)
 {
 	jv p = jv_object();
-	p = jv_object_set(p, jv_string("id"), jv_str(c->tok[id], c->len[id]));
+	p = jv_object_set(p, jv_string("id"), jv_tok(c, (uint64_t)id));
 	p = jv_object_set(p, jv_string("type_id"), jv_number(0));
 	return jv_object_set(jv_object(), jv_string("SpecialToken"), p);
 }
@@ -531,10 +571,10 @@ static jv conv_post(const struct conv *c, int64_t bos, int64_t eos)
 		if (ids[k] < 0)
 			continue;
 		jv st = jv_object();
-		st = jv_object_set(st, jv_string("id"), jv_str(c->tok[ids[k]], c->len[ids[k]]));
+		st = jv_object_set(st, jv_string("id"), jv_tok(c, (uint64_t)ids[k]));
 		st = jv_object_set(st, jv_string("ids"), jv_array_append(jv_array(), jv_number((double)ids[k])));
-		st = jv_object_set(st, jv_string("tokens"), jv_array_append(jv_array(), jv_str(c->tok[ids[k]], c->len[ids[k]])));
-		specials = jv_object_set(specials, jv_str(c->tok[ids[k]], c->len[ids[k]]), st);
+		st = jv_object_set(st, jv_string("tokens"), jv_array_append(jv_array(), jv_tok(c, (uint64_t)ids[k])));
+		specials = jv_object_set(specials, jv_tok(c, (uint64_t)ids[k]), st);
 	}
 	if (bos >= 0)
 		single = jv_array_append(single, special_piece(c, bos));
@@ -614,7 +654,7 @@ static int conv_config(struct conv *c, jv *out, int64_t *bos_out)
 	bpe = jv_object_set(bpe, jv_string("type"), jv_string("BPE"));
 	bpe = jv_object_set(bpe, jv_string("dropout"), jv_null());
 	bpe = jv_object_set(bpe, jv_string("unk_token"),
-			    spm && unk >= 0 ? jv_str(c->tok[unk], c->len[unk]) : jv_null());
+			    spm && unk >= 0 ? jv_tok(c, (uint64_t)unk) : jv_null());
 	bpe = jv_object_set(bpe, jv_string("continuing_subword_prefix"), jv_null());
 	bpe = jv_object_set(bpe, jv_string("end_of_word_suffix"), jv_null());
 	bpe = jv_object_set(bpe, jv_string("fuse_unk"), jv_bool(spm));
@@ -672,12 +712,9 @@ static int conv_config(struct conv *c, jv *out, int64_t *bos_out)
 
 static void conv_free(struct conv *c)
 {
-	if (c->renamed)
-		for (uint64_t i = 0; i < c->n; i++)
-			free(c->renamed[i]);
+	for (size_t i = 0; i < c->nrenamed; i++)
+		free(c->renamed[i].s);
 	free(c->renamed);
-	free(c->tok);
-	free(c->len);
 	free(c->attr);
 	tk_strmap_free(&c->ids);
 }
@@ -699,9 +736,12 @@ int tokenizer_gguf_added_of(const struct gguf *g, const char *name,
 {
 	struct conv c = {.g = g, .name = name, .err = err, .named_only = 1};
 	int rc = conv_tokens(&c);
-	for (uint64_t i = 0; rc == 0 && i < c.n; i++)
-		if (c.attr[i]) /* as conv_added */
-			rc = fn(arg, (uint32_t)i, c.tok[i], c.len[i], (c.attr[i] & (ATTR_CONTROL | ATTR_UNKNOWN)) != 0);
+	for (uint64_t i = 0; rc == 0 && i < c.n; i++) {
+		size_t len;
+		const char *s = c.attr[i] ? tok_at(&c, i, &len) : NULL; /* as conv_added */
+		if (s)
+			rc = fn(arg, (uint32_t)i, s, len, (c.attr[i] & (ATTR_CONTROL | ATTR_UNKNOWN)) != 0);
+	}
 	conv_free(&c);
 	return rc;
 }

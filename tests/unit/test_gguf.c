@@ -704,7 +704,7 @@ static char byte_tok[BYTE_TOKENS][3];
  * "hell" 258, "hello" 259, "Ġw" 260, "<|end|>" 261 (control), "<user>" 262
  * (user-defined). which_bad breaks one thing on purpose; 4 makes the last
  * two "<|im_end|>" and "▁<PRE>", both normal: llama.cpp's retyping by
- * text makes them control tokens. */
+ * text makes them control tokens; 5 makes them empty (named "[EMPTY_id]"). */
 static int write_gpt2(const char *path, const char *model, const char *pre, int which_bad)
 {
 	const char *toks[BYTE_TOKENS + 7];
@@ -725,6 +725,8 @@ static int write_gpt2(const char *path, const char *model, const char *pre, int 
 		toks[BYTE_TOKENS + 5] = "<|im_end|>", toks[BYTE_TOKENS + 6] = "\xE2\x96\x81<PRE>";
 		types[BYTE_TOKENS + 5] = types[BYTE_TOKENS + 6] = 1;
 	}
+	if (which_bad == 5)
+		toks[BYTE_TOKENS + 5] = toks[BYTE_TOKENS + 6] = "";
 	if (which_bad == 1)
 		toks[BYTE_TOKENS + 1] = "he"; /* a repeated token */
 	const char *merges[5] = {"h e", "l l", "he ll", "hell o", "\xc4\xa0 w"};
@@ -853,6 +855,24 @@ static void test_tokenizer_retyped(void)
 	unlink(path);
 }
 
+/* Empty tokens are named "[EMPTY_id]", in the loaded tokenizer and in
+ * tokenizer_gguf_added's walk. */
+static void test_tokenizer_empty(void)
+{
+	char path[] = "/tmp/test_gguf_tok_XXXXXX.gguf";
+	struct err e = {{0}, 0};
+	struct tokenizer *tk = gpt2_loaded(path, 5, &e);
+	CHECK(tk, "%s", e.msg);
+	if (tk) {
+		const char *a = tokenizer_token(tk, BYTE_TOKENS + 5), *b = tokenizer_token(tk, BYTE_TOKENS + 6);
+		CHECK(a && b && !strcmp(a, "[EMPTY_261]") && !strcmp(b, "[EMPTY_262]"), "named %s and %s", a ? a : "-",
+		      b ? b : "-");
+		check_added_walk(path, tk, 2);
+		tokenizer_free(tk);
+	}
+	unlink(path);
+}
+
 static void tok_refused(int bad, const char *model, const char *pre, const char *want)
 {
 	char path[] = "/tmp/test_gguf_tok_XXXXXX.gguf";
@@ -964,6 +984,7 @@ int main(void)
 	RUN(test_no_tensors);
 	RUN(test_mutations);
 	RUN(test_tokenizer_gpt2);
+	RUN(test_tokenizer_empty);
 	RUN(test_tokenizer_retyped);
 	RUN(test_tokenizer_refused);
 	RUN(test_tokenizer_spm);
