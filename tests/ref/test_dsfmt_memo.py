@@ -324,8 +324,11 @@ def check_sames(qwen, tmp, rng):
                 msgs += [{"role": "user", "content": rng.choice(["x", "yes", "no"])},
                          {"role": "assistant", "content": rng.choice(["x", "yes", "no"])}]
             f.write(json.dumps({"id": i, "messages": msgs}) + "\n")
-    return compare("memo template message-eq (contents the same or not)",
-                   [C.DSFMT, "--model", qwen.model, "--template", tpl], path, want_replays=True)
+    ok = True
+    for mode, flags in MODES.items():
+        ok &= compare(f"memo template message-eq (contents the same or not) {mode}",
+                      [C.DSFMT, "--model", qwen.model, "--template", tpl] + flags, path, want_replays=True)
+    return ok
 
 
 # The system prompt printed in the last user message only, as Mistral's templates do: the
@@ -359,7 +362,11 @@ def check_apart(qwen, tmp, rng):
     if rc != 0 or not header:
         print(f"not ok - memo template apart: no record learns the header (exit {rc})")
         return False
-    return compare(f"memo template apart ({header} records learn the header)", cmd, path, want_replays=True)
+    ok = True
+    for mode, flags in MODES.items():
+        ok &= compare(f"memo template apart ({header} records learn the header) {mode}", cmd + flags, path,
+                      want_replays=True)
+    return ok
 
 
 if __name__ == "__main__":
