@@ -558,11 +558,12 @@ void chat_memo_learn_apart(struct memo_learn *l, const struct tmpl_output *po)
 	struct piece *q;
 	uint32_t nq;
 	struct apart *a = l->fail ? NULL : realloc(l->apart, (l->napart + 1) * sizeof *a);
+	if (a)
+		l->apart = a;
 	if (!a || pieces_of(po, l->msgs, &q, &nq) < 0) {
 		l->fail = 1;
 		return;
 	}
-	l->apart = a;
 	a[l->napart++] = (struct apart){q, nq};
 	for (uint32_t k = 0; k < nq; k++) {
 		if (q[k].msg >= 0 && q[k].as != WHOLE && q[k].as != TRIMMED)

@@ -86,8 +86,9 @@ static void test_shapes(void)
 }
 
 /* A rendering of t with the messages msgs (and tools, or NULL), watched into w (or not). */
-static int render_with(const struct tmpl *t, const struct jd *msgs, const struct jd *tools, struct tmpl_watch *w,
-		       struct tmpl_output *out)
+/* The rendering of msgs' first nmsg messages (SIZE_MAX: all), watched into w (NULL: not). */
+static int render_n(const struct tmpl *t, const struct jd *msgs, const struct jd *tools, size_t nmsg,
+		    struct tmpl_watch *w, struct tmpl_output *out)
 {
 	struct err err = {0};
 	struct tmpl_var vars[] = { { "messages", msgs }, { "tools", tools } };
@@ -96,10 +97,16 @@ static int render_with(const struct tmpl *t, const struct jd *msgs, const struct
 	if (!c)
 		return -1;
 	tmpl_ctx_watch(c, w);
-	int rc = tmpl_render_ctx(t, c, SIZE_MAX, -1, NULL, out, &err);
+	int rc = tmpl_render_ctx(t, c, nmsg, -1, NULL, out, &err);
 	CHECK(rc == 0, "%s", err.msg);
 	tmpl_ctx_free(c);
 	return rc;
+}
+
+static int render_with(const struct tmpl *t, const struct jd *msgs, const struct jd *tools, struct tmpl_watch *w,
+		       struct tmpl_output *out)
+{
+	return render_n(t, msgs, tools, SIZE_MAX, w, out);
 }
 
 static int render(const struct tmpl *t, const struct jd *msgs, struct tmpl_watch *w, struct tmpl_output *out)
@@ -279,6 +286,101 @@ static void test_sames(void)
 		tmpl_output_free(&o);
 	}
 	CHECK(t, "%s", err.msg);
+	jd_arena_free(&a);
+	chat_memo_free(m);
+	tmpl_free(t);
+}
+
+/* A prefix's rendering that is not the text's beginning (the system
+ * prompt printed in the last user message only): a record is written as
+ * rendering gives, text and span, unless that prefix's rendering with its
+ * contents begins its text after all (system "p]q", user "p", answer
+ * "q p]r"), which it declines. A second such prefix whose contents are not
+ * pieces (printed from its second byte) makes the shape unlearnable. */
+static void test_apart(void)
+{
+	const char *src = "{%- for m in messages %}{% if m.role == 'user' %}[{% if loop.last and messages[0].role == "
+			  "'system' %}{{ messages[0].content }} {% endif %}{{ m.content }}]{% elif m.role == 'assistant' "
+			  "%}{{ m.content }};{% endif %}{% endfor %}";
+	struct err err = {0};
+	struct tmpl *t = tmpl_compile(src, strlen(src), "t", &err);
+	struct chat_memo *m = chat_memo_new();
+	struct jd_arena a = {0};
+	struct jd none = jd_null();
+	int written = 0, declined = 0;
+	for (int round = 0; t && round < 300; round++) {
+		static const char *const sys[] = {"sys", "p]q"}, *const user[] = {"u", "p"}, *const ans[] = {"ans", "q p]r"};
+		int k = round ? rng_below(check_rng(), 8) : 0;
+		char json[300];
+		snprintf(json, sizeof json,
+			 "[{\"role\":\"system\",\"content\":\"%s\"},{\"role\":\"user\",\"content\":\"%s\"},"
+			 "{\"role\":\"assistant\",\"content\":\"%s\"}]",
+			 sys[k & 1], user[k >> 1 & 1], ans[k >> 2 & 1]);
+		jd_arena_reset(&a);
+		struct jd msgs = parse(&a, json);
+		struct memo_shape *e = chat_memo_find(m, t, &msgs, &none);
+		struct tmpl_output o, po;
+		struct tmpl_watch w = {0};
+		if (!e || render_with(t, &msgs, NULL, &w, &o) < 0)
+			continue;
+		if (render_n(t, &msgs, NULL, 2, &w, &po) < 0) {
+			tmpl_output_free(&o);
+			continue;
+		}
+		int begins = po.len <= o.len && !memcmp(po.text, o.text, po.len);
+		long spans[2] = {(long)(o.len - strlen(ans[k >> 2 & 1]) - 1), (long)o.len};
+		if (chat_memo_untried(e)) {
+			CHECK(!begins && !w.unreplayable, "the first record: the prefix is not the text's beginning");
+			struct memo_learn *l = chat_memo_learn_begin(&o, &msgs, 0);
+			chat_memo_learn_apart(l, &po);
+			chat_memo_learn_end(m, e, l, spans, 1, &w, 0);
+		} else {
+			struct jsonl_buf got = {0}, want = {0};
+			long *sp = NULL;
+			size_t nsp = 0;
+			int rc = chat_memo_put(m, e, &msgs, 1 << 20, &got, &sp, &nsp);
+			jsonl_put_string(&want, o.text, o.len);
+			CHECK(rc == (begins ? -1 : 0), "%s: put %d, the prefix begins the text %d", json, rc, begins);
+			CHECK(rc < 0 || (got.n == want.n && !memcmp(got.p, want.p, got.n) && nsp == 1 && sp[0] == spans[0] &&
+					 sp[1] == spans[1]),
+			      "%s: %.*s, rendered %.*s", json, (int)got.n, got.p, (int)want.n, want.p);
+			written += rc == 0, declined += rc < 0;
+			free(got.p), free(want.p), free(sp);
+		}
+		tmpl_output_free(&po);
+		tmpl_output_free(&o);
+	}
+	CHECK(written > 50 && declined > 10, "%d written, %d declined", written, declined);
+	tmpl_free(t);
+	/* a second prefix whose content is printed from its second byte: not pieces */
+	src = "{%- for m in messages %}{% if m.role == 'user' %}[{% if loop.last and messages[0].role == 'system' %}"
+	      "{{ messages[0].content }} {% endif %}{% if loop.last and loop.index > 2 %}{{ m.content[1:] }}{% else %}"
+	      "{{ m.content }}{% endif %}]{% elif m.role == 'assistant' %}{{ m.content }};{% endif %}{% endfor %}";
+	t = tmpl_compile(src, strlen(src), "t", &err);
+	jd_arena_reset(&a);
+	struct jd msgs = parse(&a, "[{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"user\",\"content\":\"u\"},"
+				   "{\"role\":\"assistant\",\"content\":\"a\"},{\"role\":\"user\",\"content\":\"vw\"},"
+				   "{\"role\":\"assistant\",\"content\":\"b\"}]");
+	struct memo_shape *e = t ? chat_memo_find(m, t, &msgs, &none) : NULL;
+	struct tmpl_output o, p1, p2;
+	struct tmpl_watch w = {0};
+	if (e && render_with(t, &msgs, NULL, &w, &o) == 0) {
+		struct memo_learn *l = chat_memo_learn_begin(&o, &msgs, 0);
+		if (render_n(t, &msgs, NULL, 2, &w, &p1) == 0) {
+			chat_memo_learn_apart(l, &p1);
+			tmpl_output_free(&p1);
+		}
+		if (render_n(t, &msgs, NULL, 4, &w, &p2) == 0) {
+			chat_memo_learn_apart(l, &p2);
+			tmpl_output_free(&p2);
+		}
+		long spans[2] = {0, (long)o.len};
+		chat_memo_learn_end(m, e, l, spans, 1, &w, 0);
+		CHECK(!chat_memo_untried(e) && chat_memo_stats(m).refused == 1, "refused: %llu",
+		      chat_memo_stats(m).refused);
+		tmpl_output_free(&o);
+	}
+	CHECK(t && e, "%s", err.msg);
 	jd_arena_free(&a);
 	chat_memo_free(m);
 	tmpl_free(t);
@@ -514,6 +616,7 @@ int main(void)
 	RUN(test_learn_and_write);
 	RUN(test_refused);
 	RUN(test_sames);
+	RUN(test_apart);
 	RUN(test_lines);
 	RUN(test_lines_in_runs);
 	RUN(test_lines_start_over);
