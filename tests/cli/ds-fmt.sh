@@ -339,7 +339,7 @@ for n in 1 3 7; do
 done
 expect threads-bad 2 "$DS" --model "$Q" --threads -1 "$T/many.jsonl" && ok "--threads -1 is refused" || unreported threads-bad
 
-# A FILE is cut into ranges of 256 KiB in which the workers find their own
+# A FILE is cut into ranges of 64 KiB in which the workers find their own
 # lines: lines longer than a range, blank ones, a CRLF file with a byte-order
 # mark, bad records past the first ranges (named by their line in the file,
 # skipped or stopped at) give what the same bytes through a pipe give.
