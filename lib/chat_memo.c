@@ -595,11 +595,6 @@ static int place(const struct memo_learn *l, long p, uint32_t out[2])
 	return 0;
 }
 
-static int same_text(const struct jd *a, const struct jd *b)
-{
-	return a->n == b->n && !memcmp(a->u.s, b->u.s, a->n);
-}
-
 /* l's aparts and their literals, and its pieces', move to g. */
 static int program_aparts(struct program *g, struct memo_learn *l)
 {
@@ -649,7 +644,7 @@ static struct program *program_of(struct memo_learn *l, const long *spans, size_
 	g->nsame = w->nsame;
 	for (unsigned s = 0; s < w->nsame; s++) {
 		const struct jd *a = content_of(l->msgs, w->same[s].a), *b = content_of(l->msgs, w->same[s].b);
-		if (!a || !b || same_text(a, b) != w->same[s].same)
+		if (!a || !b || jd_equal(a, b) != w->same[s].same)
 			goto fail; /* not what the renderer compared */
 		g->same[s] = w->same[s];
 	}
@@ -769,7 +764,7 @@ static int put_text(struct chat_memo *m, struct memo_shape *e, int plain, size_t
 		const struct tmpl_same *q = &g->same[s];
 		const struct jd *x = (uint32_t)q->a < ncontent ? content[q->a] : NULL;
 		const struct jd *y = (uint32_t)q->b < ncontent ? content[q->b] : NULL;
-		if (!x || !y || same_text(x, y) != q->same)
+		if (!x || !y || jd_equal(x, y) != q->same)
 			return -1; /* the renderer's comparison would go the other way */
 	}
 	if (g->npieces + 1 > m->atcap) {
@@ -933,6 +928,37 @@ static long line_string(struct chat_memo *m, const char *s, const char *end, str
 	return k;
 }
 
+/* Message i's content, the string at s ('"'), read into m->lcontent[i]
+ * (a repeated "content": the last one's, as the parser keeps): its
+ * length, or <= 0 when the parser would not take it. */
+static long read_content(struct chat_memo *m, const char *s, const char *end, uint32_t i)
+{
+	struct jd *c = &m->lcontent[i];
+	int ascii;
+	m->lbytes -= c->kind == JD_STRING ? c->n : 0;
+	long k = line_string(m, s, end, c, &ascii);
+	if (k <= 0)
+		return k;
+	m->lbytes += c->n;
+	/* no escape in the line, and no DEL (which a JSON string escapes) */
+	m->lplain[i] = ascii || (c->u.s == s + 1 && !memchr(c->u.s, 0x7f, c->n));
+	return k;
+}
+
+/* A top-level string at s ('"') read into v, its text NUL-terminated
+ * where it was decoded: its length, or <= 0. */
+static long read_top_string(struct chat_memo *m, const char *s, const char *end, struct jd *v)
+{
+	long k = line_string(m, s, end, v, NULL);
+	if (k <= 0)
+		return k;
+	char *d = m->dec + (s - m->line);
+	memmove(d, v->u.s, v->n);
+	d[v->n] = 0;
+	v->u.s = d;
+	return k;
+}
+
 /* Past the ',' (1) or the closing c (0) that follows a member or an
  * element at *sp, and the white space after; -1 when neither does. */
 static int next_or_close(const char **sp, const char *end, char c)
@@ -1055,17 +1081,11 @@ static int scan_messages(struct chat_memo *m, const char **sp, const char *end, 
 				size_t kn, v;
 				if (!(s = plain_key(s, end, &ks, &kn)))
 					return -1;
-				/* a repeated "content": the last one's, as the parser keeps */
 				if (kn == 7 && !memcmp(ks, "content", 7) && s < end && *s == '"') {
-					m->lbytes -= c->kind == JD_STRING ? c->n : 0;
-					int ascii;
-					long k = line_string(m, s, end, c, &ascii);
+					long k = read_content(m, s, end, i);
 					if (k <= 0)
 						return -1;
 					hole(m, flushed, s + 1, s + k - 1, 'c', content_class(c), i);
-					m->lbytes += c->n;
-					/* no escape in the line, and no DEL (which a JSON string escapes) */
-					m->lplain[i] = ascii || (c->u.s == s + 1 && !memchr(c->u.s, 0x7f, c->n));
 					s += k;
 				} else if ((v = pass_value(s, end))) {
 					s += v;
@@ -1126,13 +1146,9 @@ static int scan_line(struct chat_memo *m, const char *line, size_t len)
 		mb->key = (struct jd){.kind = JD_STRING, .n = (uint32_t)kn, .u.s = key};
 		size_t v = 0;
 		if (*s == '"') {
-			long k = line_string(m, s, end, &mb->val, NULL);
+			long k = read_top_string(m, s, end, &mb->val);
 			if (k <= 0)
 				return -1;
-			char *d = m->dec + (s - line); /* the text where it was decoded, NUL-terminated */
-			memmove(d, mb->val.u.s, mb->val.n);
-			d[mb->val.n] = 0;
-			mb->val.u.s = d;
 			hole(m, &flushed, s + 1, s + k - 1, 's', 0, m->ntop - 1);
 			s += k;
 			continue;
@@ -1190,28 +1206,16 @@ static int match_line(struct chat_memo *m, const struct memo_line *l, const char
 		p += o->lit, k += o->lit + 3; /* past the mark */
 		long n;
 		switch (o->kind) {
-		case 'c': {
-			struct jd *c = &m->lcontent[o->at];
-			int ascii;
-			m->lbytes -= c->kind == JD_STRING ? c->n : 0; /* a repeated "content": the last one's */
-			if ((n = line_string(m, p - 1, end, c, &ascii)) <= 0 || content_class(c) != o->cls)
+		case 'c':
+			if ((n = read_content(m, p - 1, end, o->at)) <= 0 || content_class(&m->lcontent[o->at]) != o->cls)
 				return -1;
-			m->lbytes += c->n;
-			m->lplain[o->at] = ascii || (c->u.s == p && !memchr(c->u.s, 0x7f, c->n));
 			p += n - 2; /* at the closing quote */
 			break;
-		}
-		case 's': {
-			struct jd *v = &m->top[o->at].val;
-			if ((n = line_string(m, p - 1, end, v, NULL)) <= 0)
+		case 's':
+			if ((n = read_top_string(m, p - 1, end, &m->top[o->at].val)) <= 0)
 				return -1;
-			char *d = m->dec + (p - 1 - line);
-			memmove(d, v->u.s, v->n);
-			d[v->n] = 0;
-			v->u.s = d;
 			p += n - 2;
 			break;
-		}
 		case 'n': {
 			size_t v = number_len(p, end);
 			if (!v || jsonl_number_decode(p, v, &m->top[o->at].val) < 0)

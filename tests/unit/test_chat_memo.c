@@ -306,7 +306,8 @@ static void test_sames(void)
  * rendering gives, text and span, unless that prefix's rendering with its
  * contents begins its text after all (system "p]q", user "p", answer
  * "q p]r"), which it declines. A second such prefix whose contents are not
- * pieces (printed from its second byte) makes the shape unlearnable. */
+ * pieces (printed from its second byte) leaves the shape refused, its
+ * kept prefixes freed once (ASan). */
 static void test_apart(void)
 {
 	const char *src = "{%- for m in messages %}{% if m.role == 'user' %}[{% if loop.last and messages[0].role == "
