@@ -10,6 +10,9 @@
 #include "jsonl.h"
 
 enum { UNTRIED, LEARNED, REFUSED };
+/* Records of a shape learning is tried on, when each prefix rendering that
+ * began its text did so only by its bytes (see chat_memo_learn_end). */
+enum { MEMO_TRIES = 4 };
 /* MAX_CONTENT: a record's contents in all; longer ones are rendered, so
  * that the renderer's limits meet the same texts they would (what a
  * template builds from the contents grows with them). */
@@ -59,6 +62,7 @@ struct memo_key {
 struct memo_shape {
 	struct memo_key k;
 	int state;
+	int tries; /* records learning failed on, by a prefix's bytes alone */
 	struct jd_shared *tools; /* held while the key names its block */
 	struct program *prog;
 };
@@ -438,6 +442,7 @@ struct memo_learn {
 	struct piece *p; /* off: where the piece begins in ro's text */
 	uint32_t n;
 	int fail;
+	int again; /* a prefix rendering that was ro's beginning by its bytes, not its pieces */
 	struct apart *apart; /* chat_memo_learn_apart's, their literals' bytes in plain */
 	uint32_t napart;
 	struct jsonl_buf plain;
@@ -533,7 +538,9 @@ struct memo_learn *chat_memo_learn_begin(const struct tmpl_output *ro, const str
 }
 
 /* po, a byte prefix of ro, must be ro's pieces up to a point: the same
- * contents in the same places, the last piece a literal's beginning. */
+ * contents in the same places, the last piece a literal's beginning.
+ * Other pieces with the same bytes (a content that reads as the literal
+ * the text has there) make this record one not to learn from. */
 void chat_memo_learn_prefix(struct memo_learn *l, const struct tmpl_output *po)
 {
 	struct piece *q;
@@ -542,14 +549,13 @@ void chat_memo_learn_prefix(struct memo_learn *l, const struct tmpl_output *po)
 		l->fail = 1;
 		return;
 	}
-	if (nq > l->n)
-		l->fail = 1;
-	for (uint32_t k = 0; k < nq && !l->fail; k++) {
+	int same = nq <= l->n;
+	for (uint32_t k = 0; k < nq && same; k++) {
 		const struct piece *a = &q[k], *b = &l->p[k];
-		if (a->msg != b->msg || a->as != b->as || a->off != b->off ||
-		    (a->raw != b->raw && (k + 1 < nq || a->msg >= 0 || a->raw > b->raw)))
-			l->fail = 1;
+		same = a->msg == b->msg && a->as == b->as && a->off == b->off &&
+		       (a->raw == b->raw || (k + 1 == nq && a->msg < 0 && a->raw < b->raw));
 	}
+	l->again |= !same;
 	free(q);
 }
 
@@ -661,7 +667,8 @@ void chat_memo_learn_end(struct chat_memo *m, struct memo_shape *e, struct memo_
 			 size_t nspans, const struct tmpl_watch *w, int fail)
 {
 	struct program *g = NULL;
-	if (l && !l->fail && !fail && !w->unreplayable)
+	int again = l && l->again && !l->fail && !fail && !w->unreplayable;
+	if (l && !l->fail && !l->again && !fail && !w->unreplayable)
 		g = program_of(l, spans, nspans, w);
 	if (l) {
 		free(l->p);
@@ -673,7 +680,9 @@ void chat_memo_learn_end(struct chat_memo *m, struct memo_shape *e, struct memo_
 		return;
 	program_free(e->prog);
 	e->prog = g;
-	e->state = g ? LEARNED : REFUSED;
+	/* A prefix that began the text by its bytes alone says nothing of the
+	 * shape: its next record is learned from (MEMO_TRIES records in all). */
+	e->state = g ? LEARNED : again && ++e->tries < MEMO_TRIES ? UNTRIED : REFUSED;
 	if (g) {
 		m->stats.learned++;
 		m->bytes += g->npieces * sizeof *g->pieces + g->nspans * sizeof *g->ends + g->nsame * sizeof *g->same;
@@ -682,7 +691,7 @@ void chat_memo_learn_end(struct chat_memo *m, struct memo_shape *e, struct memo_
 		for (uint32_t a = 0; a < g->napart; a++)
 			for (uint32_t k = 0; k < g->apart[a].n; k++)
 				m->bytes += sizeof *g->apart[a].q + (g->apart[a].q[k].msg < 0 ? g->apart[a].q[k].raw : 0);
-	} else {
+	} else if (e->state == REFUSED) {
 		m->stats.refused++;
 	}
 }

@@ -66,7 +66,10 @@ int chat_memo_put(struct chat_memo *m, struct memo_shape *e, const struct jd *ms
 /* Learning from the first record: its whole rendering ro (with runs),
  * then each prefix rendering po (with runs) that gave a turn's start, then
  * the spans. Any step may find the shape unreplayable: the entry is then
- * never tried again. chat_memo_learn_end frees l. */
+ * never tried again. But a prefix rendering that begins ro's text only by
+ * its bytes (other pieces: a content that reads as a literal) makes the
+ * record one not to learn from: the shape's next record is learned from,
+ * up to four records. chat_memo_learn_end frees l. */
 /* args_checked: chat checked that the tool calls' arguments, as printed, parse back. */
 struct memo_learn *chat_memo_learn_begin(const struct tmpl_output *ro, const struct jd *msgs, int args_checked);
 void chat_memo_learn_prefix(struct memo_learn *l, const struct tmpl_output *po);

@@ -321,7 +321,9 @@ static void test_apart(void)
 	int written = 0, declined = 0;
 	for (int round = 0; t && round < 300; round++) {
 		static const char *const sys[] = {"sys", "p]q"}, *const user[] = {"u", "p"}, *const ans[] = {"ans", "q p]r"};
-		int k = round ? rng_below(check_rng(), 8) : 0;
+		/* k = 7: "[p]q p]" is the beginning of "[p]q p]r;", the text,
+		 * by its bytes: the first three records teach nothing */
+		int k = round < 3 ? 7 : round == 3 ? 0 : rng_below(check_rng(), 8);
 		char json[300];
 		snprintf(json, sizeof json,
 			 "[{\"role\":\"system\",\"content\":\"%s\"},{\"role\":\"user\",\"content\":\"%s\"},"
@@ -340,11 +342,15 @@ static void test_apart(void)
 		}
 		int begins = po.len <= o.len && !memcmp(po.text, o.text, po.len);
 		long spans[2] = {(long)(o.len - strlen(ans[k >> 2 & 1]) - 1), (long)o.len};
-		if (chat_memo_untried(e)) {
-			CHECK(!begins && !w.unreplayable, "the first record: the prefix is not the text's beginning");
+		if (chat_memo_untried(e)) { /* as chat.c learns */
+			CHECK(begins == (round < 3) && !w.unreplayable && round <= 3, "round %d: begins %d", round, begins);
 			struct memo_learn *l = chat_memo_learn_begin(&o, &msgs, 0);
-			chat_memo_learn_apart(l, &po);
+			if (begins)
+				chat_memo_learn_prefix(l, &po);
+			else
+				chat_memo_learn_apart(l, &po);
 			chat_memo_learn_end(m, e, l, spans, 1, &w, 0);
+			CHECK(chat_memo_untried(e) == begins, "round %d: untried %d", round, chat_memo_untried(e));
 		} else {
 			int put = put_checked(m, e, &msgs, &o, spans, json);
 			CHECK(put == !begins, "%s: written %d, the prefix begins the text %d", json, put, begins);
@@ -353,7 +359,32 @@ static void test_apart(void)
 		tmpl_output_free(&po);
 		tmpl_output_free(&o);
 	}
-	CHECK(written > 50 && declined > 10, "%d written, %d declined", written, declined);
+	CHECK(written > 50 && declined > 10 && chat_memo_stats(m).refused == 0, "%d written, %d declined", written,
+	      declined);
+	/* a shape whose prefix begins the text by its bytes in record after
+	 * record is refused at the fourth */
+	struct chat_memo *m4 = chat_memo_new();
+	for (int round = 0; t && round < 4; round++) {
+		jd_arena_reset(&a);
+		struct jd msgs = parse(&a, "[{\"role\":\"system\",\"content\":\"p]q\"},{\"role\":\"user\","
+					   "\"content\":\"p\"},{\"role\":\"assistant\",\"content\":\"q p]r\"}]");
+		struct memo_shape *e = chat_memo_find(m4, t, &msgs, &none);
+		struct tmpl_output o, po;
+		struct tmpl_watch w = {0};
+		if (!e || !chat_memo_untried(e) || render_with(t, &msgs, NULL, &w, &o) < 0)
+			break;
+		if (render_n(t, &msgs, NULL, 2, &w, &po) == 0) {
+			struct memo_learn *l = chat_memo_learn_begin(&o, &msgs, 0);
+			chat_memo_learn_prefix(l, &po);
+			long spans[2] = {(long)po.len, (long)o.len};
+			chat_memo_learn_end(m4, e, l, spans, 1, &w, 0);
+			tmpl_output_free(&po);
+		}
+		tmpl_output_free(&o);
+		CHECK(chat_memo_untried(e) == (round < 3) && chat_memo_stats(m4).refused == (round == 3),
+		      "round %d: untried %d, refused %llu", round, chat_memo_untried(e), chat_memo_stats(m4).refused);
+	}
+	chat_memo_free(m4);
 	tmpl_free(t);
 	/* a second prefix whose content is printed from its second byte: not pieces */
 	src = "{%- for m in messages %}{% if m.role == 'user' %}[{% if loop.last and messages[0].role == 'system' %}"
