@@ -15,7 +15,8 @@ templates below compare with). ds-fmt formats the file with its memo and again w
 and the exit status must be the same bytes. A case per template and mode; where the
 template lets the memo work (it refuses a shape whose rendering looked into a content:
 Qwen3 and DeepSeek V3 split at </think>), a case also checks that records were
-written from the memo, else the comparison would prove nothing.
+written from the memo, else the comparison would prove nothing. The texts are drawn
+afresh each run; the seed is printed first, and DSFMT_MEMO_SEED replays it.
 
 Then templates that look into the contents in each way the memo must refuse (a
 comparison, `in`, length, slicing, a method, a filter, tojson of more than a content, a loop over a content,
@@ -43,6 +44,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dsfmt_common as C  # noqa: E402
@@ -246,7 +248,10 @@ def line_records(base, rng):
 
 
 def main():
-    rng = random.Random(int(os.environ.get("DSFMT_MEMO_SEED", "20261202")))
+    # fresh texts each run: DSFMT_MEMO_SEED (or LORAPIPE_SEED) replays a run
+    seed = int(os.environ.get("DSFMT_MEMO_SEED", os.environ.get("LORAPIPE_SEED", int(time.time()) % 100000)))
+    print(f"# seed {seed} (DSFMT_MEMO_SEED={seed} replays it)", flush=True)
+    rng = random.Random(seed)
     ok = True
     tmp = tempfile.mkdtemp(prefix="test-dsfmt-memo-")
     qwen = None
