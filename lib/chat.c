@@ -262,13 +262,13 @@ int chat_to_messages(const struct jd *rec, enum chat_input fmt, struct jd_arena 
 /* -------------------------------------------------------------- validation */
 
 /* Content that is only white space counts as empty: templates trim it to
- * nothing, and an answer of nothing teaches nothing. */
+ * nothing, and an answer of nothing teaches nothing. White space as their
+ * trim sees it, Python's (U+3000, U+2028 ... too). */
 static int blank(const struct jd *s)
 {
-	for (uint32_t i = 0; i < s->n; i++)
-		if (!s->u.s[i] || !strchr(" \t\r\n", s->u.s[i]))
-			return 0;
-	return 1;
+	size_t lo, hi;
+	tmpl_strip_span(s->u.s, s->n, &lo, &hi);
+	return lo == hi;
 }
 
 static int content_ok(const struct jd *c)

@@ -280,18 +280,16 @@ static void kvalue(struct chat_memo *m, const struct jd *v)
 	}
 }
 
-/* What a trim or a truth test sees of a content: empty, blank (chat's
- * validation: only " \t\r\n"), all white space, white space first, last. */
+/* What a trim, a truth test or chat's validation sees of a content:
+ * empty, all white space (Python's), white space first, last. */
 static unsigned content_class(const struct jd *c)
 {
 	if (c->n && (unsigned char)c->u.s[0] > ' ' && (unsigned char)c->u.s[0] < 0x80 &&
 	    (unsigned char)c->u.s[c->n - 1] > ' ' && (unsigned char)c->u.s[c->n - 1] < 0x80)
 		return 0; /* a printable ASCII byte at each end: none of them */
-	size_t lo, hi, i = 0;
+	size_t lo, hi;
 	tmpl_strip_span(c->u.s, c->n, &lo, &hi);
-	while (i < c->n && c->u.s[i] && strchr(" \t\r\n", c->u.s[i]))
-		i++;
-	return (c->n == 0) | (i == c->n) << 1 | (lo == c->n) << 2 | (lo > 0) << 3 | (hi < c->n) << 4;
+	return (c->n == 0) | (lo == c->n) << 1 | (lo > 0) << 2 | (hi < c->n) << 3;
 }
 
 /* Four lanes of 8 bytes side by side, so that a long key (a 20-turn

@@ -308,6 +308,7 @@ bad unknown-role "$good$good{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"
 bad assistant-first '{"messages":[{"role":"system","content":"s"},{"role":"assistant","content":"a"}]}\n' 'bad\.jsonl:1: message 1: .*assistant'
 bad empty-content '{"messages":[{"role":"user","content":""},{"role":"assistant","content":"a"}]}\n' 'bad\.jsonl:1: message 0: empty content'
 bad blank-content '{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":" \\n"}]}\n' 'bad\.jsonl:1: message 1: empty content'
+bad blank-unicode '{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":"\\u3000\\u2028"}]}\n' 'bad\.jsonl:1: message 1: empty content'
 bad null-content '{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":null}]}\n' 'bad\.jsonl:1: message 1: empty content'
 bad orphan-tool '{"messages":[{"role":"user","content":"u"},{"role":"tool","content":"r"},{"role":"assistant","content":"a"}]}\n' 'bad\.jsonl:1: message 1: a tool result without a preceding'
 bad bad-tool-calls '{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":null,"tool_calls":[{"function":{"arguments":{}}}]}]}\n' 'bad\.jsonl:1: message 1: tool call 0: "function.name"'

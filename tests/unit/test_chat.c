@@ -150,6 +150,9 @@ static void test_validate(void)
 		{"[{\"role\":\"user\",\"content\":5}]", "message 0: bad content"},
 		{"[{\"role\":\"user\",\"content\":[{\"text\":\"u\"}]}]", "message 0: bad content"},
 		{"[{\"role\":\"user\",\"content\":\" \\n\\t\"}]", "message 0: empty content (white space"},
+		/* white space as a template's trim (Python's) sees it */
+		{"[{\"role\":\"user\",\"content\":\"\\u3000\\u2028\\u00a0\\u001c\\u000b\\u0085\"}]", "message 0: empty content"},
+		{"[{\"role\":\"user\",\"content\":\"\\u200b\"},{\"role\":\"assistant\",\"content\":\"a\"}]", NULL}, /* ZWSP: not white space */
 		{"[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"tool\",\"content\":\"r\"}]",
 		 "message 1: a tool result without a preceding assistant tool call"},
 		{"[{\"role\":\"user\",\"content\":\"u\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":{}}]",
