@@ -77,7 +77,7 @@ def measure(t, label, base, tmp, n=None):
         for r in base:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     p = subprocess.run(t.dsfmt_cmd("--skip-bad", probe), capture_output=True)
-    took = {json.loads(x).get("id") for x in p.stdout.decode().splitlines() if x.strip()}
+    took = {json.loads(x).get("id") for x in C.output_lines(p.stdout)}
     base = [r for r in base if r["id"] in took]
     if not base:
         print(f"{label:14s} ds-fmt accepts none of the conversations ({p.returncode}): {p.stderr.decode(errors='replace')[:200]}")

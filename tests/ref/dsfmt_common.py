@@ -199,9 +199,49 @@ class Template:
             return "error", f"{type(e).__name__}: {e}"
 
 
+def output_lines(data):
+    """ds-fmt's output (bytes) cut into its lines: at "\n" only, as str.splitlines
+    would also cut at U+2028, U+0085 and the like, which its JSON holds raw."""
+    return [x for x in data.split(b"\n") if x.strip()]
+
+
 def gen_prompt_messages(messages):
     """What --add-generation-prompt renders: the conversation less its final
     assistant message (if it ends with one)."""
     if messages and messages[-1].get("role") == "assistant":
         return messages[:-1]
     return messages
+
+
+# Random contents (tests/ref/test_dsfmt_memo.py, test_dsfmt_hf.py): words, Russian, CJK
+# and emoji, quotes, backslashes, tabs, newlines and control characters, the
+# templates' own markers, JSON, leading or trailing white space (ASCII and Unicode),
+# sometimes all white space, sometimes "x" (which some templates compare with).
+PIECES = ["hello", "balance", "Привет, мир", "中文字符", "🌦", 'say "hi"', "back\\slash", "tab\there",
+          "line1\nline2", "\u0001ctl\u007f", "x", "<think>plan</think>answer", "</think>", "<tool_response>",
+          "</tool_call>", "<|im_end|>", "<|im_start|>", "<|eot_id|>", "<end_of_turn>", "[INST]", "[/INST]",
+          '{"a": 1, "b": [true, null]}', "\u00e9\u0301", "end."]
+SPACES = [" ", "\n", "\t", "\r\n", "\u00a0", "\u3000", "\u2028", "  \n"]
+
+
+def random_content(rng):
+    r = rng.random()
+    if r < 0.04:
+        return rng.choice(SPACES) * rng.randint(1, 3)  # all white space (bad where it must be learned)
+    if r < 0.08:
+        return "x"
+    text = "".join(rng.choice(PIECES) + rng.choice(["", " ", "\n"]) for _ in range(rng.randint(1, 4))).strip(" \n")
+    if rng.random() < 0.2:
+        text = rng.choice(SPACES) + text
+    if rng.random() < 0.2:
+        text = text + rng.choice(SPACES)
+    return text or "x"
+
+
+def vary_contents(rec, rng):
+    """rec with each non-empty string content replaced by a random_content."""
+    out = json.loads(json.dumps(rec))
+    for m in out.get("messages", []):
+        if isinstance(m.get("content"), str) and m["content"] != "":
+            m["content"] = random_content(rng)
+    return out

@@ -51,6 +51,12 @@ Cases, per template:
                         was checked must have no other trained byte. Counts are printed.
   eot-label         bin/tok --jsonl --offsets on ds-fmt's output: in every trained span the
                     last token is the end-of-turn marker (by its bytes) and it is labeled.
+  render-random, render-genprompt-random, spans-random
+                    the same on DSFMT_HF_VARIANTS (default 2) copies of each conversation
+                    with every content replaced by a random text (dsfmt_common.random_content:
+                    the templates' markers, quotes, control characters, Unicode white
+                    space ...), drawn afresh each run: the seed is printed first and
+                    DSFMT_HF_SEED replays it.
 The other options (--train-turns, --system, --tools, --var) and input forms (Alpaca,
 ShareGPT, --jq): tests/ref/test_dsfmt_options.py, with this file's references.
 Environment: DSFMT_TEMPLATES=a,b limits the run to those manifest names;
@@ -60,6 +66,7 @@ still exercised (renders and span references computed and counted).
 """
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -78,6 +85,10 @@ SKIP_REASONS = "\0skip-reasons"  # key of run_dsfmt's result holding ds-fmt's re
 # transformers renders but ds-fmt refuses for one of these reasons are counted and shown
 # as a skip line, not a failure.
 VALIDATION = re.compile(r"no assistant message to learn|empty content|conversation starts with the user")
+# Random contents may also leave a learned message with nothing printed (Qwen3 prints
+# only what follows </think>: "</think>\n" is nothing), which ds-fmt refuses too.
+VALIDATION_RANDOM = re.compile(VALIDATION.pattern + r"|the template does not print the assistant's content")
+RANDOM_VARIANTS = int(os.environ.get("DSFMT_HF_VARIANTS", "2"))
 failed = False
 
 
@@ -128,17 +139,16 @@ def run_dsfmt(t, records, flags, tmp, tag=None):
         if m and 0 < int(m.group(1)) <= len(records):
             why[records[int(m.group(1)) - 1]["id"]] = m.group(2)
     out[SKIP_REASONS] = why
-    for line in p.stdout.decode("utf-8", "replace").splitlines():
-        if line.strip():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            out[rec.get("id")] = rec
+    for line in C.output_lines(p.stdout):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        out[rec.get("id")] = rec
     return out, p.stderr.decode("utf-8", "replace"), p.returncode
 
 
-def compare_renders(t, records, got, refs, case):
+def compare_renders(t, records, got, refs, case, validation=VALIDATION):
     """refs: {id: (status, text)}. Reports one case."""
     bad = []
     refused = {}
@@ -154,7 +164,7 @@ def compare_renders(t, records, got, refs, case):
             continue
         if rec is None:
             reason = got.get(SKIP_REASONS, {}).get(r["id"], "(no reason on stderr)")
-            if VALIDATION.search(reason):
+            if validation.search(reason):
                 refused.setdefault(reason, []).append(r["id"])
             else:
                 bad.append(f"{r['id']}: ds-fmt rejected it ({reason}); transformers renders {want[:160]!r}")
@@ -374,8 +384,42 @@ def check_eot_labels(t, got, tmp):
     return not bad, f"{n_spans} trained spans", bad
 
 
+def check_random(t, records, refs, tmp, rng):
+    """render, render-genprompt and spans again, on RANDOM_VARIANTS copies of each
+    conversation transformers renders with every content replaced by a random text
+    (dsfmt_common.random_content: markers, quotes, control characters, Unicode white
+    space ...)."""
+    recs = [dict(C.vary_contents(r, rng), id=f"{r['id']}~{k}") for r in records if refs[r["id"]][0] == "ok"
+            for k in range(RANDOM_VARIANTS)]
+    refs_r = {r["id"]: t.render(r["messages"], r.get("tools"), False) for r in recs}
+    refs_gp = {r["id"]: t.render(C.gen_prompt_messages(r["messages"]), r.get("tools"), True) for r in recs}
+    got = None
+    for flags, tag, case, want in (([], "random", "render-random", refs_r),
+                                   (["--add-generation-prompt"], "random.gp", "render-genprompt-random", refs_gp)):
+        out, err, rc = run_dsfmt(t, recs, flags, tmp, tag)
+        if rc != 0 and len(out) <= 1:
+            report(False, f"{case} {t.name}", f"ds-fmt exited {rc}: {err.strip()[:400]}")
+            return
+        compare_renders(t, recs, out, want, case, VALIDATION_RANDOM)
+        got = got or out
+    if t.features.get("generation"):
+        n, n_match, n_missing, bad = check_spans_generation(t, recs, refs_r, got)
+        report(not bad and n_match > 0, f"spans-random {t.name} (assistant_masks): {n_match}/{n} conversations agree",
+               f"{len(bad)} disagree" if bad else "no conversation to compare", bad[:SHOW])
+        return
+    n_turns, n_checked, n_match, n_nc, n_missing, reasons, bad = check_spans_prefix(t, recs, refs_r, got)
+    why = "; ".join(f"{v} {k}" for k, v in sorted(reasons.items()))
+    report(not bad and n_match > 0, f"spans-random {t.name} (prefix renders): {n_match}/{n_checked} checked turns "
+           f"agree, {n_nc} of {n_turns} not checkable" + (f" ({why})" if why else ""),
+           f"{len(bad)} conversations disagree" if bad else "no turn to check", bad[:SHOW])
+
+
 def main():
     t0 = time.time()
+    # fresh random contents each run (check_random): DSFMT_HF_SEED (or LORAPIPE_SEED) replays a run
+    seed = int(os.environ.get("DSFMT_HF_SEED", os.environ.get("LORAPIPE_SEED", int(time.time()) % 100000)))
+    say(f"# seed {seed} (DSFMT_HF_SEED={seed} replays it)")
+    rng = random.Random(seed)
     have_dsfmt = os.access(C.DSFMT, os.X_OK)
     have_tok = os.access(C.TOK, os.X_OK)
     if not have_dsfmt:
@@ -397,6 +441,8 @@ def main():
         refs_gp = {r["id"]: t.render(C.gen_prompt_messages(r["messages"]), r.get("tools"), True) for r in records}
         n_err = sum(1 for v in refs.values() if v[0] != "ok")
         got = got_gp = None
+        if have_dsfmt:
+            check_random(t, records, refs, tmp, rng)
         if have_dsfmt:
             got, err, rc = run_dsfmt(t, records, [], tmp)
             if rc != 0 and len(got) <= 1:

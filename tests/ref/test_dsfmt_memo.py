@@ -57,39 +57,12 @@ MODES = {
     "last": ["--train-turns", "last"],
     "system": ["--system", "  You are terse.\n"],
 }
-PIECES = ["hello", "balance", "Привет, мир", "中文字符", "🌦", 'say "hi"', "back\\slash", "tab\there",
-          "line1\nline2", "\u0001ctl\u007f", "x", "<think>plan</think>answer", "</think>", "<tool_response>",
-          "</tool_call>", "<|im_end|>", "<|im_start|>", "<|eot_id|>", "<end_of_turn>", "[INST]", "[/INST]",
-          '{"a": 1, "b": [true, null]}', "\u00e9\u0301", "end."]
 # where the memo may write no record (its records still compared): templates that look
 # into the contents (Qwen3 and DeepSeek V3 split at </think>), and --system with Phi-4
 # mini, whose prefix renderings (it reads add_generation_prompt) are not the whole
 # rendering's beginning. Mistral's templates move the system prompt into the last user
 # message too, but never read the flag: their shapes are replayed.
 LOOKS = {"qwen3", "deepseek_v3", ("phi4_mini", "system")}
-SPACES = [" ", "\n", "\t", "\r\n", "\u00a0", "\u3000", "\u2028", "  \n"]
-
-
-def content(rng):
-    r = rng.random()
-    if r < 0.04:
-        return rng.choice(SPACES) * rng.randint(1, 3)  # all white space (bad where it must be learned)
-    if r < 0.08:
-        return "x"
-    text = "".join(rng.choice(PIECES) + rng.choice(["", " ", "\n"]) for _ in range(rng.randint(1, 4))).strip(" \n")
-    if rng.random() < 0.2:
-        text = rng.choice(SPACES) + text
-    if rng.random() < 0.2:
-        text = text + rng.choice(SPACES)
-    return text or "x"
-
-
-def vary(rec, rng):
-    out = json.loads(json.dumps(rec))
-    for m in out.get("messages", []):
-        if isinstance(m.get("content"), str) and m["content"] != "":
-            m["content"] = content(rng)
-    return out
 
 
 def run(cmd, path):
@@ -237,7 +210,7 @@ def line_records(base, rng):
             what = rng.choice(list(MUTATIONS)) if rng.random() < 0.4 else None
             order = rng.random() < 0.3
             for k in range(LINE_REPEATS):
-                rec = dict(vary(r, rng) if k else r, id=rng.randint(0, 10 ** 6), **extra)
+                rec = dict(C.vary_contents(r, rng) if k else r, id=rng.randint(0, 10 ** 6), **extra)
                 if order:
                     rec = dict(reversed(list(rec.items())))
                 sep = dict(STYLES[style])
@@ -266,7 +239,7 @@ def main():
         recs = []
         for r in base:
             recs.append(r)
-            recs.extend(vary(r, rng) for _ in range(VARIANTS))
+            recs.extend(C.vary_contents(r, rng) for _ in range(VARIANTS))
         path = os.path.join(tmp, t.name + ".jsonl")
         with open(path, "w", encoding="utf-8") as f:
             for i, r in enumerate(recs):
@@ -292,7 +265,7 @@ def main():
     recs = []
     for r in [r for r in conversations(qwen.features) if "tool_calls" not in json.dumps(r)][:30]:
         recs.append(r)
-        recs.extend(vary(r, rng) for _ in range(VARIANTS))
+        recs.extend(C.vary_contents(r, rng) for _ in range(VARIANTS))
     path = os.path.join(tmp, "adversarial.jsonl")
     with open(path, "w", encoding="utf-8") as f:
         for i, r in enumerate(recs):
