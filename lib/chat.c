@@ -1606,6 +1606,31 @@ int chat_opts_check(const struct chat_opts *o, struct err *err)
 	return bad >= 0 ? err_set(err, "--system: not valid UTF-8 at byte %ld", bad) : 0;
 }
 
+/* The first number in v marked rounded, or NULL. */
+static const struct jd *rounded_in(const struct jd *v)
+{
+	uint32_t n = v->kind == JD_ARRAY || v->kind == JD_OBJECT ? v->n : 0;
+	for (uint32_t i = 0; i < n; i++) {
+		const struct jd *r = rounded_in(v->kind == JD_ARRAY ? &v->u.items[i] : &v->u.members[i].val);
+		if (r)
+			return r;
+	}
+	return v->kind == JD_NUMBER && v->rounded ? v : NULL;
+}
+
+/* An integer past 64 bits in the messages or the tools (jq read it, and
+ * jsonl marked it rounded): json.loads keeps it whole, and the template
+ * would print jq's rounding of it. added: --system's message is first. */
+static int rounded_check(const struct jd *msgs, const struct jd *tools, int added, struct err *err)
+{
+	static const char why[] = "an integer of more than 19 digits, past 64 bits (json.loads keeps it whole, "
+				  "ds-fmt would round it): write it as a string";
+	for (uint32_t i = 0; i < msgs->n; i++)
+		if (rounded_in(&msgs->u.items[i]))
+			return err_set(err, "message %u: %s", i - (uint32_t)added, why);
+	return rounded_in(tools) ? err_set(err, "\"tools\": %s", why) : 0;
+}
+
 /* b: where the memo may write the record's text, a JSON string (NULL: not). */
 static int format_record(const struct chat_model *m, const struct chat_opts *o, const struct jd *rec,
 			 struct jd_arena *ja, struct jsonl_buf *b, struct formatted *f, struct err *err)
@@ -1637,7 +1662,8 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 	if (validate(&msgs, roles, calls, err) < 0)
 		goto fail;
 	/* --system: only when the record has no system prompt. */
-	if (o->system && roles[0] != ROLE_SYSTEM) {
+	int added = o->system && roles[0] != ROLE_SYSTEM;
+	if (added) {
 		struct jd *items = jd_alloc(ja, ((size_t)n + 1) * sizeof *items);
 		if (!items) {
 			err_sys(err, "out of memory");
@@ -1664,6 +1690,8 @@ static int format_record(const struct chat_model *m, const struct chat_opts *o, 
 		goto fail;
 	}
 	if (args_normalize(&msgs, mode, calls, ja, &msgs, err) < 0)
+		goto fail;
+	if (ja->rounded && rounded_check(&msgs, &tools, added, err) < 0)
 		goto fail;
 	int last_asst = -1;
 	for (uint32_t i = 0; i < n; i++) {
@@ -1890,19 +1918,28 @@ jv chat_var_add(jv vars, const char *arg, struct err *err)
 struct jd_shared *chat_tools_load(const char *path, struct err *err)
 {
 	jv v;
-	if (jsonl_load(path, CHAT_MAX_FILE, &v, err) < 0)
+	char *text;
+	size_t len;
+	if (jsonl_load_text(path, CHAT_MAX_FILE, &v, &text, &len, err) < 0) /* its errors name the line */
 		return NULL;
-	if (jv_get_kind(v) != JV_KIND_ARRAY) {
-		jv_free(v);
-		return err_set(err, "--tools %s: expected a JSON array of tools", path), NULL;
-	}
+	int array = jv_get_kind(v) == JV_KIND_ARRAY;
+	jv_free(v);
+	/* read again as records are, numbers as json.loads reads them */
 	struct jd_arena a = {0};
 	struct jd d;
-	struct jd_shared *sh = jsonl_jd_of(v, &a, &d) == 0 ? jd_shared_new(&d) : NULL;
-	jd_arena_free(&a);
-	jv_free(v);
-	if (!sh)
+	struct err e2 = {0};
+	struct jd_shared *sh = NULL;
+	if (!array)
+		err_set(err, "--tools %s: expected a JSON array of tools", path);
+	else if (jsonl_parse_jd(text, len, &a, &d, &e2) < 0)
+		err_set(err, "--tools %s: %s", path, e2.msg);
+	else if (a.rounded)
+		err_set(err, "--tools %s: an integer of more than 19 digits, past 64 bits (json.loads keeps it whole, "
+			     "ds-fmt would round it): write it as a string", path);
+	else if (!(sh = jd_shared_new(&d)))
 		err_sys(err, "out of memory");
+	jd_arena_free(&a);
+	free(text);
 	return sh;
 }
 

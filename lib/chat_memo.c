@@ -255,7 +255,7 @@ static void kvalue(struct chat_memo *m, const struct jd *v)
 		return;
 	switch (v->kind) {
 	case JD_NUMBER:
-		khead(m, v->kind, v->is_float);
+		khead(m, v->kind, v->is_float | v->exact << 1 | v->rounded << 2); /* u's bytes: a double's or an integer's */
 		memcpy(m->key.p + m->key.n, &v->u.num, sizeof v->u.num);
 		m->key.n += sizeof v->u.num;
 		break;

@@ -54,7 +54,7 @@ void jd_arena_reset(struct jd_arena *a)
 	if (keep)
 		keep->used = 0, keep->next = NULL;
 	a->head = keep;
-	a->oom = 0;
+	a->oom = a->rounded = 0;
 }
 
 void jd_arena_free(struct jd_arena *a)
@@ -99,7 +99,7 @@ int jd_equal(const struct jd *a, const struct jd *b)
 	if (a->kind != b->kind)
 		return 0;
 	switch (a->kind) {
-	case JD_NUMBER: return a->u.num == b->u.num;
+	case JD_NUMBER: return a->exact && b->exact ? a->u.i == b->u.i : jd_num(a) == jd_num(b);
 	case JD_STRING: return a->n == b->n && !memcmp(a->u.s, b->u.s, a->n);
 	case JD_ARRAY:
 		if (a->n != b->n)

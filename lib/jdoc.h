@@ -9,7 +9,10 @@
  *
  * The values are jq's: numbers are doubles, marked when written with a
  * fraction or an exponent (a float to json.loads, printed "1.0" by a
- * template; jsonl_number_is_float is the same mark on a jv); strings are
+ * template; jsonl_number_is_float is the same mark on a jv), but for an
+ * integer of 16 to 19 digits, which json.loads keeps exact and a double
+ * would round (an order id): that one is held whole (exact); a longer one
+ * is jq's double, marked rounded (json.loads keeps it whole); strings are
  * UTF-8, NUL-terminated and counted (they may hold NUL); an object keeps its
  * members in document order, each key once (a repeated key keeps its first
  * place and its last value, as jq does).
@@ -29,9 +32,12 @@ struct jd {
 	uint8_t kind;     /* enum jd_kind */
 	uint8_t is_float; /* JD_NUMBER: written with a fraction or an exponent */
 	uint8_t shared;   /* the value of a jd_shared block (jd_shared_of) */
+	uint8_t exact;    /* JD_NUMBER: the integer is u.i, not u.num */
+	uint8_t rounded;  /* JD_NUMBER: an integer past 64 bits, which u.num (jq's) rounds */
 	uint32_t n;       /* bytes of a string, items of an array, members of an object */
 	union {
 		double num;
+		int64_t i;
 		const char *s;
 		const struct jd *items;
 		const struct jd_member *members;
@@ -47,6 +53,7 @@ struct jd_member {
 struct jd_arena {
 	struct jd_block *head;
 	int oom;
+	int rounded; /* a number parsed into it is marked rounded (see struct jd); until a reset */
 };
 void *jd_alloc(struct jd_arena *a, size_t n); /* 8-byte aligned, not zeroed */
 void jd_arena_reset(struct jd_arena *a);      /* empties a, keeping a block for what comes next */
@@ -58,6 +65,9 @@ static inline struct jd jd_number(double d, int is_float)
 {
 	return (struct jd){.kind = JD_NUMBER, .is_float = (uint8_t)(is_float != 0), .u.num = d};
 }
+static inline struct jd jd_int(int64_t i) { return (struct jd){.kind = JD_NUMBER, .exact = 1, .u.i = i}; }
+/* A number's value as a double (an exact integer rounded). */
+static inline double jd_num(const struct jd *v) { return v->exact ? (double)v->u.i : v->u.num; }
 /* v and all it holds copied into a: 0, or -1 with a->oom set. */
 int jd_copy(struct jd_arena *a, const struct jd *v, struct jd *out);
 /* A copy of s[0..n) in a (NUL added); null with a->oom set when out of memory. */

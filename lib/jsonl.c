@@ -424,7 +424,7 @@ static uint64_t word_special(uint64_t w) { return word_stops_string(w) | bytes_e
  * faster than jq 1.6's byte-at-a-time one, building jd values (jdoc.h) with
  * jq's meaning: a repeated key keeps its first place and its last value. It
  * takes only what it is sure to read exactly as jq does; anything else
- * (integers of more than 15 digits, \u escapes of NUL or of a surrogate not
+ * (integers past 64 bits, \u escapes of NUL or of a surrogate not
  * in a pair, control bytes in strings, deep nesting, every error) makes it
  * give up, and jq parses the line. It also marks the numbers json.loads
  * would make floats (jd is_float, jsonl_number_is_float on a jv), which jq
@@ -969,20 +969,22 @@ jv jsonl_float(double d)
 
 static int is_digit(const char *q, const char *end) { return q < end && *q >= '0' && *q <= '9'; }
 
-/* Integers of up to 15 digits (exact as doubles, printed back the same) and
- * numbers with a fraction or an exponent, which are marked as floats; the
- * double is strtod's, correctly rounded as jq's own. "-0" and longer
- * integers go to jq. A check only takes every number JSON allows. */
+/* Integers of up to 15 digits (exact as doubles, printed back the same),
+ * integers of up to 19 that fit 64 bits held whole (json.loads' ints: a
+ * double would round them), and numbers with a fraction or an exponent,
+ * which are marked as floats; the double is strtod's, correctly rounded as
+ * jq's own. Longer integers go to jq. A check only takes every number JSON
+ * allows. */
 static int fp_number(struct fastp *p, struct jd *out)
 {
 	const char *q = p->s, *end = p->end;
 	int neg = q < end && *q == '-';
 	q += neg;
-	long long v = 0;
+	uint64_t v = 0;
 	int nd = 0;
 	for (; is_digit(q, end); q++, nd++)
-		if (nd < 16)
-			v = v * 10 + (*q - '0');
+		if (nd < 20)
+			v = v * 10 + (uint64_t)(*q - '0'); /* wraps past 19 digits: not used then */
 	if (nd == 0 || (nd > 1 && p->s[neg] == '0'))
 		return -1;
 	int frac = q < end && *q == '.', exp = 0;
@@ -1006,10 +1008,13 @@ static int fp_number(struct fastp *p, struct jd *out)
 		return 0;
 	}
 	if (!frac && !exp) {
-		if (nd > 15 || (neg && v == 0) || is_digit(q, end))
+		if (nd > 19 || v > (uint64_t)INT64_MAX + neg)
 			return -1;
 		p->s = q;
-		*out = jd_number(neg ? -(double)v : (double)v, 0);
+		if (nd <= 15) /* "-0" too: -0.0 as jq reads it, an int 0 to a template, written back "-0" as jq does */
+			*out = jd_number(neg ? -(double)v : (double)v, 0);
+		else
+			*out = jd_int(neg ? (int64_t)(0 - v) : (int64_t)v);
 		return 0;
 	}
 	char small[64];
@@ -1135,6 +1140,82 @@ static const char *kind_name(enum jd_kind k)
 	return names[k];
 }
 
+static size_t scan_string(const char *s, size_t n);
+static size_t scan_value(const char *s, size_t n);
+static int is_json_space(char c);
+
+/* The numbers of v, which jq read from the text s[0..n) at *i (valid JSON:
+ * jq took it), made what the direct parser makes of them, as jq's doubles
+ * are not json.loads' numbers: a fraction or an exponent marks a float, an
+ * integer of 16 to 19 digits is held whole, and one past 64 bits is marked
+ * rounded (json.loads keeps it whole; jq's double is kept). v may be NULL
+ * (a value jq did not keep: a repeated key's first, whose numbers are told
+ * from the last's by their values). Returns the rounded integers' count;
+ * where the text is one of jq's extensions (".5", 01, nan), the walk stops
+ * and *i is n. Its depth is jq's (256 at most). */
+static size_t numbers_as_written(const char *s, size_t n, size_t *i, struct jd *v)
+{
+	while (*i < n && is_json_space(s[*i]))
+		(*i)++;
+	if (*i >= n)
+		return 0;
+	char c = s[*i];
+	size_t rounded = 0;
+	if (c == '[' || c == '{') {
+		uint32_t k = 0;
+		for ((*i)++; *i < n;) {
+			while (*i < n && (is_json_space(s[*i]) || s[*i] == ','))
+				(*i)++;
+			if (*i >= n || s[*i] == ']' || s[*i] == '}') {
+				(*i)++;
+				return rounded;
+			}
+			struct jd *item = NULL;
+			if (c == '{') { /* the member of the key, whose value is the last one written */
+				size_t kn = scan_string(s + *i, n - *i);
+				char small[256];
+				const char *key;
+				size_t klen;
+				if (!kn) {
+					*i = n;
+					return rounded;
+				}
+				long d = jsonl_string_decode(s + *i, kn, kn <= sizeof small ? small : NULL, &key, &klen, NULL);
+				for (uint32_t m = 0; d > 0 && v && v->kind == JD_OBJECT && m < v->n && !item; m++)
+					if (v->u.members[m].key.n == klen && !memcmp(v->u.members[m].key.u.s, key, klen))
+						item = (struct jd *)&v->u.members[m].val; /* jsonl_jd_of's, in the caller's arena */
+				*i += kn;
+				while (*i < n && (is_json_space(s[*i]) || s[*i] == ':'))
+					(*i)++;
+			} else if (v && v->kind == JD_ARRAY && k < v->n) {
+				item = (struct jd *)&v->u.items[k];
+			}
+			k++;
+			rounded += numbers_as_written(s, n, i, item);
+		}
+		return rounded;
+	}
+	size_t len = c == '"' ? scan_string(s + *i, n - *i) : scan_value(s + *i, n - *i);
+	struct jd num;
+	if (len && v && v->kind == JD_NUMBER && c != '"' && c != 't' && c != 'f' && c != 'n') {
+		const char *d = s + *i + (c == '-');
+		size_t nd = len - (c == '-');
+		if (jsonl_number_decode(s + *i, len, &num) == 0) {
+			if (jd_num(&num) == jd_num(v)) /* else a repeated key's earlier value */
+				*v = num;
+		} else if (nd > 1 && d[0] != '0' && strspn(d, "0123456789") >= nd) { /* JSON's integer, past 64 bits */
+			char *lit = strndup(s + *i, len);
+			if (lit && strtod(lit, NULL) == v->u.num) /* else a repeated key's earlier value */
+				v->rounded = 1, rounded++;
+			free(lit);
+		} else {
+			len = 0; /* jq's extension (01) or a float past a double (1e999), as jq read it */
+		}
+	}
+	*i = len ? *i + len : n;
+	return rounded;
+}
+
 int jsonl_parse_record_jd(const char *name, long lineno, const char *line, size_t len, struct jsonl_memo *memo,
 			  struct jd_arena *a, struct jd *out, struct err *err)
 {
@@ -1161,6 +1242,8 @@ int jsonl_parse_record_jd(const char *name, long lineno, const char *line, size_
 				err->code = EXIT_RUNTIME;
 			return -1;
 		}
+		size_t i = 0;
+		a->rounded |= numbers_as_written(line, len, &i, out) > 0;
 	}
 	if (out->kind != JD_OBJECT)
 		return line_errf(name, lineno, err, "expected an object, got %s", kind_name((enum jd_kind)out->kind));
@@ -1183,7 +1266,7 @@ jv jsonl_jv_of(const struct jd *d)
 	switch (d->kind) {
 	case JD_TRUE: return jv_true();
 	case JD_FALSE: return jv_false();
-	case JD_NUMBER: return d->is_float ? jsonl_float(d->u.num) : jv_number(d->u.num);
+	case JD_NUMBER: return d->is_float ? jsonl_float(d->u.num) : jv_number(jd_num(d)); /* jq's: a double */
 	case JD_STRING: return string_checked(d->u.s, d->n);
 	case JD_ARRAY: {
 		jv a = jv_array();
@@ -1728,7 +1811,11 @@ void jsonl_put_jd(struct jsonl_buf *b, const struct jd *d)
 	case JD_NULL: jsonl_put(b, "null", 4); break;
 	case JD_TRUE: jsonl_put(b, "true", 4); break;
 	case JD_FALSE: jsonl_put(b, "false", 5); break;
-	default: put_number(b, d->u.num, d->is_float);
+	default:
+		if (d->exact)
+			jsonl_put_long(b, d->u.i);
+		else
+			put_number(b, d->u.num, d->is_float);
 	}
 }
 
@@ -1768,7 +1855,11 @@ int jsonl_parse_jd(const char *s, size_t n, struct jd_arena *a, struct jd *out, 
 	}
 	int rc = jsonl_jd_of(v, a, out);
 	jv_free(v);
-	return rc < 0 ? err_sys(err, "out of memory") : 0;
+	if (rc < 0)
+		return err_sys(err, "out of memory");
+	size_t i = 0;
+	a->rounded |= numbers_as_written(s, n, &i, out) > 0;
+	return 0;
 }
 
 int jsonl_parse(const char *s, size_t n, const char *name, jv *out, struct err *err)

@@ -843,7 +843,9 @@ static struct tp_val from_jd(struct tp_arena *a, const struct jd *v, struct tp_o
 	case JD_FALSE: r = tp_mk_bool(0); break;
 	case JD_NUMBER: {
 		double d = v->u.num;
-		if (!v->is_float && d == floor(d) && fabs(d) < 9.2e18)
+		if (v->exact)
+			r = tp_mk_int(v->u.i);
+		else if (!v->is_float && d == floor(d) && fabs(d) < 9.2e18)
 			r = tp_mk_int((int64_t)d);
 		else
 			r = tp_mk_float(d);

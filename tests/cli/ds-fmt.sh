@@ -147,6 +147,18 @@ fi
 if expect tools-str 0 "$DS" --model "$Q" --tools "$T/tools.json" "$T/call-str.jsonl"; then
 	cmp -s "$T/out" "$T/call-obj.out" && ok "arguments as JSON text = as an object" || notok tools-str "outputs differ"
 fi
+# Integers json.loads keeps whole: up to 64 bits printed as written (a double
+# would round them), past 64 bits refused where the template would print them,
+# passed through as jq writes them elsewhere.
+printf '%s\n' '{"id":123456789012345678901,"messages":[{"role":"user","content":"Order?"},{"role":"assistant","content":null,"tool_calls":[{"type":"function","function":{"name":"check_access","arguments":{"order":1234567890123456789,"floor":-9223372036854775808,"price":10.0}}}]},{"role":"tool","content":"ok"},{"role":"assistant","content":"Done."}]}' > "$T/ints.jsonl"
+if expect long-integers 0 "$DS" --model "$Q" "$T/ints.jsonl"; then
+	grep -q '{\\"order\\": 1234567890123456789, \\"floor\\": -9223372036854775808, \\"price\\": 10.0}' "$T/out" &&
+		grep -q '"id":123456789012345680000' "$T/out" && ok "integers of 19 digits printed whole; a longer id passed through as jq writes it" ||
+		notok long-integers "$(head -c 600 "$T/out")"
+fi
+printf '%s\n' '[{"type":"function","function":{"name":"f","parameters":{"type":"object","maximum":123456789012345678901}}}]' > "$T/tools-long.json"
+expect tools-long 2 "$DS" --model "$Q" --tools "$T/tools-long.json" "$T/chat.jsonl" && stderr_has tools-long 'tools-long\.json: an integer of more than 19 digits' &&
+	ok "--tools with an integer past 64 bits is refused" || unreported tools-long
 
 # --add-generation-prompt: the final answer becomes "expected", nothing is learned.
 if expect agp 0 "$DS" --model "$Q" --add-generation-prompt "$T/chat.jsonl"; then
@@ -309,6 +321,8 @@ bad assistant-first '{"messages":[{"role":"system","content":"s"},{"role":"assis
 bad empty-content '{"messages":[{"role":"user","content":""},{"role":"assistant","content":"a"}]}\n' 'bad\.jsonl:1: message 0: empty content'
 bad blank-content '{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":" \\n"}]}\n' 'bad\.jsonl:1: message 1: empty content'
 bad blank-unicode '{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":"\\u3000\\u2028"}]}\n' 'bad\.jsonl:1: message 1: empty content'
+bad long-integer '{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":null,"tool_calls":[{"type":"function","function":{"name":"f","arguments":{"id":123456789012345678901}}}]},{"role":"tool","content":"r"},{"role":"assistant","content":"a"}]}\n' 'bad\.jsonl:1: message 1: an integer of more than 19 digits'
+bad long-integer-text '{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":null,"tool_calls":[{"type":"function","function":{"name":"f","arguments":"{\\"id\\": -123456789012345678901}"}}]},{"role":"tool","content":"r"},{"role":"assistant","content":"a"}]}\n' 'bad\.jsonl:1: message 1: an integer of more than 19 digits'
 bad null-content '{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":null}]}\n' 'bad\.jsonl:1: message 1: empty content'
 bad orphan-tool '{"messages":[{"role":"user","content":"u"},{"role":"tool","content":"r"},{"role":"assistant","content":"a"}]}\n' 'bad\.jsonl:1: message 1: a tool result without a preceding'
 bad bad-tool-calls '{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":null,"tool_calls":[{"function":{"arguments":{}}}]}]}\n' 'bad\.jsonl:1: message 1: tool call 0: "function.name"'

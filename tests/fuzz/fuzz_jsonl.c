@@ -9,9 +9,20 @@
 
 #include "jsonl.h"
 
+/* Whether v holds an integer the jd keeps whole and a jv (jq's double) may not. */
+static int has_exact(const struct jd *v)
+{
+	uint32_t n = v->kind == JD_ARRAY || v->kind == JD_OBJECT ? v->n : 0;
+	for (uint32_t i = 0; i < n; i++)
+		if (has_exact(v->kind == JD_ARRAY ? &v->u.items[i] : &v->u.members[i].val))
+			return 1;
+	return v->kind == JD_NUMBER && v->exact;
+}
+
 /* jsonl_next, each line also parsed into a jd with a memo that earlier
  * lines filled: the same result, value and message, and jsonl_put_jd writes
- * the jd as jsonl_put_value writes the jv. */
+ * the jd as jsonl_put_value writes the jv (where the jd holds no integer
+ * a double would round; else as the jv of the jd is written). */
 static int next_both(struct jsonl_reader *r, struct jsonl_memo *memo, struct jd_arena *ar, jv *out, struct err *err)
 {
 	const char *line;
@@ -28,7 +39,10 @@ static int next_both(struct jsonl_reader *r, struct jsonl_memo *memo, struct jd_
 	if (rc > 0) {
 		struct jsonl_buf x = {0}, y = {0};
 		jsonl_put_value(&x, jv_copy(*out));
-		jsonl_put_jd(&y, &d);
+		if (has_exact(&d))
+			jsonl_put_value(&y, jsonl_jv_of(&d));
+		else
+			jsonl_put_jd(&y, &d);
 		if (x.n != y.n || memcmp(x.p, y.p, x.n))
 			abort(); /* the jd (or the memo) changed a value */
 		/* and the jd made of the jv is the same value, as jq's equality

@@ -166,14 +166,18 @@ def with_tools(features):
                                                  {"role": "assistant", "content": c, "tool_calls": [tc1]},
                                                  {"role": "tool", "tool_call_id": tc1["id"], "name": "check_access", "content": "inactive"},
                                                  msg("assistant", "Your access is not active.")], True))
-        # float arguments: whole (100.0), small (1e-07), large (1e+16), negative zero
+        # float arguments: whole (100.0), small (1e-07), large (1e+16), negative zero; and
+        # integers json.loads keeps whole that a double would round (an order id, 2**53 + 1,
+        # the least of 64 bits)
         tc3 = call(4, "transfer", {"amount": 100.0, "fee_rate": 0.0025, "payee": 7, "tiny": 1e-7,
-                                   "cap": 1e16, "delta": -0.0, "rates": [1.5, 2.0, 3]}, as_str)
-        out.append((f"tool-float-args-{form}", [msg("user", "Send 100 euros to payee 7."),
-                                                {"role": "assistant", "content": c, "tool_calls": [tc3]},
-                                                {"role": "tool", "tool_call_id": tc3["id"], "name": "transfer",
-                                                 "content": "{\"sent\": 100.0, \"fee\": 0.25}"},
-                                                msg("assistant", "Sent 100.00 euros; the fee was 0.25.")], True))
+                                   "cap": 1e16, "delta": -0.0, "rates": [1.5, 2.0, 3],
+                                   "order_id": 1234567890123456789, "near": 2 ** 53 + 1, "floor": -2 ** 63}, as_str)
+        for nul in ("", "-nul"):  # -nul: a NUL in the request, which jq parses (the numbers must stay)
+            out.append((f"tool-float-args{nul}-{form}", [msg("user", "Send 100 euros to payee 7." + nul.replace("-nul", "\0")),
+                                                         {"role": "assistant", "content": c, "tool_calls": [tc3]},
+                                                         {"role": "tool", "tool_call_id": tc3["id"], "name": "transfer",
+                                                          "content": "{\"sent\": 100.0, \"fee\": 0.25}"},
+                                                         msg("assistant", "Sent 100.00 euros; the fee was 0.25.")], True))
         if not content_none:
             # text alongside a tool call
             out.append((f"tool-call-with-text-{form}", [msg("user", "Is my access active?"),

@@ -487,7 +487,7 @@ static void refuse_lines(struct chat_memo *m, const struct tmpl *t, struct jd_ar
 		"{\"id\": 1, \"messages\": " CONV("a\\ud800", "b") ", \"src\": \"s\\n\", \"tools\": []}",
 		"{\"id\": 1, \"messages\": " CONV("a\xff", "b") ", \"src\": \"s\\n\", \"tools\": []}",  /* not UTF-8 */
 		"{\"id\": 1, \"messages\": " CONV("a\x01", "b") ", \"src\": \"s\\n\", \"tools\": []}",  /* a control byte */
-		"{\"id\": 12345678901234567, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": []}",
+		"{\"id\": 123456789012345678901, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": []}",
 		"{\"id\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\u0000\", \"tools\": []}",
 		"{\"id\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": [], \"id\": 2}",
 		"{\"\\u0069d\": 1, \"messages\": " CONV("a", "b") ", \"src\": \"s\\n\", \"tools\": []}",
@@ -505,6 +505,19 @@ static void refuse_lines(struct chat_memo *m, const struct tmpl *t, struct jd_ar
 	const char *good = "{\"id\": 7, \"messages\": " CONV("c", "d") ", \"src\": \"t\\n\", \"tools\": []}";
 	for (int k = 0; k < 3; k++) /* learned, then written */
 		put_line(m, t, a, good);
+	/* an id a double would round is a hole like any other, written whole */
+	const char *big = "{\"id\": -1234567890123456789, \"messages\": " CONV("e", "f") ", \"src\": \"u\\n\", \"tools\": []}";
+	CHECK(put_line(m, t, a, big), "a 19-digit id: not written");
+	struct jsonl_buf bb = {0}, id = {0};
+	long *bsp = NULL;
+	size_t bnsp = 0, bntop = 0;
+	const struct jd_member *btop = NULL;
+	if (chat_memo_line_put(m, big, strlen(big), NULL, 1 << 20, &bb, &bsp, &bnsp, &btop, &bntop) == 0)
+		for (size_t k = 0; k < bntop; k++)
+			if (jd_is(&btop[k].key, "id"))
+				jsonl_put_jd(&id, &btop[k].val);
+	CHECK(id.n == 20 && !memcmp(id.p, "-1234567890123456789", 20), "the id written %.*s", (int)id.n, id.p);
+	free(bb.p), free(bsp), free(id.p);
 	for (size_t k = 0; k < sizeof refused / sizeof *refused; k++) {
 		CHECK(put_line(m, t, a, good) && put_line(m, t, a, good), "a line of the skeleton is not written");
 		struct jsonl_buf b = {0};

@@ -145,24 +145,66 @@ static int json_float_literal(const char *s)
 	return fancy && !*s;
 }
 
+/* Whether s (spaces around it) is an integer as RFC 8259 writes one: 1 with
+ * *v its value, -1 when 64 bits cannot hold it, 0 when it is none. */
+static int json_integer(const char *s, int64_t *v)
+{
+	while (*s == ' ')
+		s++;
+	int neg = *s == '-';
+	const char *d = s + neg;
+	size_t nd = strspn(d, "0123456789");
+	if (!nd || (nd > 1 && d[0] == '0') || d[nd + strspn(d + nd, " ")])
+		return 0;
+	if (nd > 19)
+		return -1;
+	unsigned long long u = strtoull(d, NULL, 10); /* 19 digits fit */
+	if (u > (unsigned long long)INT64_MAX + (unsigned)neg)
+		return -1;
+	*v = neg ? (int64_t)(0 - u) : (int64_t)u;
+	return 1;
+}
+
 /* Numbers and \u escapes read as jq reads them, and a number written with a
  * fraction or an exponent marked as a float (json.loads's float), in the jd
- * and in its jv, through arrays, objects and the memo. */
+ * and in its jv, through arrays, objects and the memo; an integer json.loads
+ * keeps whole held whole, or marked rounded when 64 bits cannot hold it. The
+ * same through jq, which reads the line when a string holds \u0000. */
 static void test_number_literals(void)
 {
+	static const char *const edges[] = {"9223372036854775807", "-9223372036854775808", "9223372036854775808",
+					    "-9223372036854775809", "9007199254740993", "-0", "1234567890123456789",
+					    "10000000000000000000", "0", "-1234567890123456", "123456789012345"};
 	check_seed_init();
 	struct jsonl_memo *memo = jsonl_memo_new();
 	struct jd_arena ar = {0};
-	for (int i = 0; i < 4000 && !check_case_failed; i++) {
+	for (int i = 0; i < 8000 && !check_case_failed; i++) {
 		char lit[64], line[160];
-		random_number(lit, sizeof lit);
-		snprintf(line, sizeof line, "{\"x\":[%s],\"s\":\"a\\u00e9\\ud83d\\ude00\\u20ac\"}", lit);
+		if (i / 2 < (int)(sizeof edges / sizeof *edges))
+			snprintf(lit, sizeof lit, "%s", edges[i / 2]);
+		else
+			random_number(lit, sizeof lit);
+		int nul = i % 4 >= 2; /* jq parses it */
+		snprintf(line, sizeof line, "{\"x\":[%s],\"s\":\"a\\u00e9\\ud83d\\ude00\\u20ac%s\"}", lit,
+			 nul ? "\\u0000" : "");
 		jv want = jv_parse(line);
 		struct jd got;
 		struct err err = {0};
+		int64_t iv = 0;
+		int integer = json_integer(lit, &iv);
 		int rc = jsonl_parse_record_jd("t", 1, line, strlen(line), i % 2 ? memo : NULL, &ar, &got, &err);
 		CHECK((rc == 1) == jv_is_valid(want), "%s: ours %d (%s), jq %s", line, rc, err.msg,
 		      jv_is_valid(want) ? "parses" : "refuses");
+		if (rc == 1 && jd_get(&got, "x")->n) { /* past 64 bits: jq's double, marked rounded, and the arena says so */
+			const struct jd *x = &jd_get(&got, "x")->u.items[0];
+			CHECK(x->rounded == (integer < 0) && ar.rounded == (integer < 0), "%s: rounded %d, the arena's %d",
+			      line, x->rounded, ar.rounded);
+		}
+		if (rc == 1 && integer > 0) {
+			const struct jd *x = &jd_get(&got, "x")->u.items[0];
+			CHECK(x->kind == JD_NUMBER && !x->is_float && (x->exact ? x->u.i == iv : x->u.num == (double)iv),
+			      "%s: read %lld", line, x->exact ? (long long)x->u.i : (long long)x->u.num);
+		}
 		if (rc == 1 && jv_is_valid(want)) {
 			jv gv = jsonl_jv_of(&got);
 			CHECK(jv_equal(jv_copy(gv), jv_copy(want)), "%s: values differ", line);
@@ -178,8 +220,33 @@ static void test_number_literals(void)
 		jv_free(want);
 		jd_arena_reset(&ar);
 	}
-	jd_arena_free(&ar);
 	jsonl_memo_free(memo);
+	/* through jq (a \u0000), a repeated key's value is its last, marks and all,
+	 * even where the walk of the text stops early (jq's 01) */
+	static const struct {
+		const char *line, *want;
+		int rounded;
+	} rep[] = {
+		{"{\"a\":123456789012345678901,\"a\":5,\"s\":\"\\u0000\"}", "{\"a\":5,\"s\":\"\\u0000\"}", 0},
+		{"{\"a\":5,\"a\":123456789012345678901}", "{\"a\":123456789012345680000}", 1},
+		{"{\"a\":2.5,\"b\":[01],\"a\":1,\"s\":\"\\u0000\"}", "{\"a\":1,\"b\":[1],\"s\":\"\\u0000\"}"},
+		{"{\"a\":1,\"a\":1.0,\"s\":\"\\u0000\"}", "{\"a\":1.0,\"s\":\"\\u0000\"}"},
+		{"{\"a\":{\"x\":1.5},\"a\":{\"x\":2},\"s\":\"\\u0000\"}", "{\"a\":{\"x\":2},\"s\":\"\\u0000\"}"},
+		{"{\"x\":[1.0,12345678901234567,-0],\"s\":\"\\u0000\"}", "{\"x\":[1.0,12345678901234567,-0],\"s\":\"\\u0000\"}"},
+	};
+	for (size_t k = 0; k < sizeof rep / sizeof *rep; k++) {
+		struct jd got;
+		struct jsonl_buf b = {0};
+		struct err e = {0};
+		int rc = jsonl_parse_record_jd("t", 1, rep[k].line, strlen(rep[k].line), NULL, &ar, &got, &e);
+		if (rc == 1)
+			jsonl_put_jd(&b, &got);
+		CHECK(rc == 1 && b.n == strlen(rep[k].want) && !memcmp(b.p, rep[k].want, b.n) && ar.rounded == rep[k].rounded,
+		      "%s: %d %.*s %s, rounded %d", rep[k].line, rc, (int)b.n, b.p, e.msg, ar.rounded);
+		free(b.p);
+		jd_arena_reset(&ar);
+	}
+	jd_arena_free(&ar);
 	/* a lone surrogate goes to jq, which refuses it, as before */
 	const char *lone = "{\"s\":\"\\ud83d x\"}";
 	jv a, b = jv_parse(lone);
