@@ -51,7 +51,7 @@ Cases, per template:
                         was checked must have no other trained byte. Counts are printed.
   eot-label         bin/tok --jsonl --offsets on ds-fmt's output: in every trained span the
                     last token is the end-of-turn marker (by its bytes) and it is labeled.
-  render-random, render-genprompt-random, spans-random
+  render-random, render-genprompt-random, spans-random, eot-label-random
                     the same on DSFMT_HF_VARIANTS (default 2) copies of each conversation
                     with every content replaced by a random text (dsfmt_common.random_content:
                     the templates' markers, quotes, control characters, Unicode white
@@ -384,8 +384,8 @@ def check_eot_labels(t, got, tmp):
     return not bad, f"{n_spans} trained spans", bad
 
 
-def check_random(t, records, refs, tmp, rng):
-    """render, render-genprompt and spans again, on RANDOM_VARIANTS copies of each
+def check_random(t, records, refs, tmp, rng, have_tok):
+    """render, render-genprompt, spans and eot-label again, on RANDOM_VARIANTS copies of each
     conversation transformers renders with every content replaced by a random text
     (dsfmt_common.random_content: markers, quotes, control characters, Unicode white
     space ...)."""
@@ -406,12 +406,16 @@ def check_random(t, records, refs, tmp, rng):
         n, n_match, n_missing, bad = check_spans_generation(t, recs, refs_r, got)
         report(not bad and n_match > 0, f"spans-random {t.name} (assistant_masks): {n_match}/{n} conversations agree",
                f"{len(bad)} disagree" if bad else "no conversation to compare", bad[:SHOW])
-        return
-    n_turns, n_checked, n_match, n_nc, n_missing, reasons, bad = check_spans_prefix(t, recs, refs_r, got)
-    why = "; ".join(f"{v} {k}" for k, v in sorted(reasons.items()))
-    report(not bad and n_match > 0, f"spans-random {t.name} (prefix renders): {n_match}/{n_checked} checked turns "
-           f"agree, {n_nc} of {n_turns} not checkable" + (f" ({why})" if why else ""),
-           f"{len(bad)} conversations disagree" if bad else "no turn to check", bad[:SHOW])
+    else:
+        n_turns, n_checked, n_match, n_nc, n_missing, reasons, bad = check_spans_prefix(t, recs, refs_r, got)
+        why = "; ".join(f"{v} {k}" for k, v in sorted(reasons.items()))
+        report(not bad and n_match > 0, f"spans-random {t.name} (prefix renders): {n_match}/{n_checked} checked turns "
+               f"agree, {n_nc} of {n_turns} not checkable" + (f" ({why})" if why else ""),
+               f"{len(bad)} conversations disagree" if bad else "no turn to check", bad[:SHOW])
+    if have_tok:  # contents holding the markers' text: still the closer's marker ends each span
+        ok, what, bad = check_eot_labels(t, got, tmp)
+        report(ok, f"eot-label-random {t.name}: {t.eot} ends and is learned in each of {what}",
+               f"{len(bad)} spans wrong" if bad else what, bad[:SHOW])
 
 
 def main():
@@ -442,7 +446,7 @@ def main():
         n_err = sum(1 for v in refs.values() if v[0] != "ok")
         got = got_gp = None
         if have_dsfmt:
-            check_random(t, records, refs, tmp, rng)
+            check_random(t, records, refs, tmp, rng, have_tok)
         if have_dsfmt:
             got, err, rc = run_dsfmt(t, records, [], tmp)
             if rc != 0 and len(got) <= 1:
