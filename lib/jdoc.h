@@ -76,8 +76,9 @@ struct jd jd_string(struct jd_arena *a, const char *s, size_t n);
 const struct jd *jd_get(const struct jd *o, const char *key);
 /* Whether the string s is text (NUL-terminated, compared whole). */
 int jd_is(const struct jd *s, const char *text);
-/* jq's equality (jv_equal): numbers by value, strings by bytes, arrays item
- * by item, objects as sets of members. */
+/* jq's equality (jv_equal): numbers by value (two integers held whole
+ * exactly, as json.loads' ints), strings by bytes, arrays item by item,
+ * objects as sets of members. */
 int jd_equal(const struct jd *a, const struct jd *b);
 
 /* A value kept past one arena: jsonl's memo shares the long values records

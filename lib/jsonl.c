@@ -1199,11 +1199,13 @@ static size_t numbers_as_written(const char *s, size_t n, size_t *i, struct jd *
 	struct jd num;
 	if (len && v && v->kind == JD_NUMBER && c != '"' && c != 't' && c != 'f' && c != 'n') {
 		const char *d = s + *i + (c == '-');
-		size_t nd = len - (c == '-');
+		size_t nd = len - (c == '-'), digits = 0; /* s is not NUL-terminated */
+		while (digits < nd && d[digits] >= '0' && d[digits] <= '9')
+			digits++;
 		if (jsonl_number_decode(s + *i, len, &num) == 0) {
 			if (jd_num(&num) == jd_num(v)) /* else a repeated key's earlier value */
 				*v = num;
-		} else if (nd > 1 && d[0] != '0' && strspn(d, "0123456789") >= nd) { /* JSON's integer, past 64 bits */
+		} else if (nd > 1 && d[0] != '0' && digits == nd) { /* JSON's integer, past 64 bits */
 			char *lit = strndup(s + *i, len);
 			if (lit && strtod(lit, NULL) == v->u.num) /* else a repeated key's earlier value */
 				v->rounded = 1, rounded++;
@@ -1214,6 +1216,19 @@ static size_t numbers_as_written(const char *s, size_t n, size_t *i, struct jd *
 	}
 	*i = len ? *i + len : n;
 	return rounded;
+}
+
+/* jq's value v (consumed) of the text s[0..n) as a jd in a, its numbers as
+ * written (numbers_as_written): 0, or -1 when out of memory. */
+static int jd_of_jq(const char *s, size_t n, jv v, struct jd_arena *a, struct jd *out)
+{
+	int rc = jsonl_jd_of(v, a, out);
+	jv_free(v);
+	if (rc < 0)
+		return -1;
+	size_t i = 0;
+	a->rounded |= numbers_as_written(s, n, &i, out) > 0;
+	return 0;
 }
 
 int jsonl_parse_record_jd(const char *name, long lineno, const char *line, size_t len, struct jsonl_memo *memo,
@@ -1234,16 +1249,12 @@ int jsonl_parse_record_jd(const char *name, long lineno, const char *line, size_
 				return line_errf(name, lineno, err, "more than one JSON value on the line");
 			return line_errf(name, lineno, err, "not valid JSON: %s", msg);
 		}
-		int rc = jsonl_jd_of(v, a, out);
-		jv_free(v);
-		if (rc < 0) {
+		if (jd_of_jq(line, len, v, a, out) < 0) {
 			line_errf(name, lineno, err, "out of memory");
 			if (err)
 				err->code = EXIT_RUNTIME;
 			return -1;
 		}
-		size_t i = 0;
-		a->rounded |= numbers_as_written(line, len, &i, out) > 0;
 	}
 	if (out->kind != JD_OBJECT)
 		return line_errf(name, lineno, err, "expected an object, got %s", kind_name((enum jd_kind)out->kind));
@@ -1832,6 +1843,8 @@ jv jsonl_parse_value(const char *s, size_t n)
 		v = jsonl_jv_of(&d);
 	else if (at >= 0)
 		v = jv_invalid_with_msg(jv_string_fmt("%s at byte %ld", why, at));
+	else if (jv_is_valid(v)) /* its numbers as written, as the direct parser's */
+		v = jd_of_jq(s, n, v, &a, &d) == 0 ? jsonl_jv_of(&d) : jv_invalid_with_msg(jv_string("out of memory"));
 	jd_arena_free(&a);
 	return v;
 }
@@ -1853,13 +1866,7 @@ int jsonl_parse_jd(const char *s, size_t n, struct jd_arena *a, struct jd *out, 
 		jv_free(msg);
 		return -1;
 	}
-	int rc = jsonl_jd_of(v, a, out);
-	jv_free(v);
-	if (rc < 0)
-		return err_sys(err, "out of memory");
-	size_t i = 0;
-	a->rounded |= numbers_as_written(s, n, &i, out) > 0;
-	return 0;
+	return jd_of_jq(s, n, v, a, out) < 0 ? err_sys(err, "out of memory") : 0;
 }
 
 int jsonl_parse(const char *s, size_t n, const char *name, jv *out, struct err *err)
