@@ -172,12 +172,11 @@ def with_tools(features):
         tc3 = call(4, "transfer", {"amount": 100.0, "fee_rate": 0.0025, "payee": 7, "tiny": 1e-7,
                                    "cap": 1e16, "delta": -0.0, "rates": [1.5, 2.0, 3],
                                    "order_id": 1234567890123456789, "near": 2 ** 53 + 1, "floor": -2 ** 63}, as_str)
-        for nul in ("", "-nul"):  # -nul: a NUL in the request, which jq parses (the numbers must stay)
-            out.append((f"tool-float-args{nul}-{form}", [msg("user", "Send 100 euros to payee 7." + nul.replace("-nul", "\0")),
-                                                         {"role": "assistant", "content": c, "tool_calls": [tc3]},
-                                                         {"role": "tool", "tool_call_id": tc3["id"], "name": "transfer",
-                                                          "content": "{\"sent\": 100.0, \"fee\": 0.25}"},
-                                                         msg("assistant", "Sent 100.00 euros; the fee was 0.25.")], True))
+        out.append((f"tool-float-args-{form}", [msg("user", "Send 100 euros to payee 7."),
+                                                {"role": "assistant", "content": c, "tool_calls": [tc3]},
+                                                {"role": "tool", "tool_call_id": tc3["id"], "name": "transfer",
+                                                 "content": "{\"sent\": 100.0, \"fee\": 0.25}"},
+                                                msg("assistant", "Sent 100.00 euros; the fee was 0.25.")], True))
         if not content_none:
             # text alongside a tool call
             out.append((f"tool-call-with-text-{form}", [msg("user", "Is my access active?"),
@@ -189,6 +188,19 @@ def with_tools(features):
                                        {"role": "tool", "tool_call_id": "call00003", "name": "check_access", "content": "active"},
                                        msg("assistant", "Active.")], False))
     del single
+    return out
+
+
+def jq_read(features):
+    """conversations(features)' float-argument ones with a NUL in the request:
+    ds-fmt's jq reads such a line (its numbers must come out as written). Not in
+    conversations(): a line jq reads takes ~30 us, and the bench's data holds none."""
+    out = []
+    for r in conversations(features):
+        if r["id"].startswith("tool-float-args-"):
+            m = json.loads(json.dumps(r["messages"]))
+            m[0]["content"] += "\0"
+            out.append(dict(r, id=r["id"].replace("tool-float-args-", "tool-float-args-nul-"), messages=m))
     return out
 
 

