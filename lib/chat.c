@@ -1606,6 +1606,10 @@ int chat_opts_check(const struct chat_opts *o, struct err *err)
 	return bad >= 0 ? err_set(err, "--system: not valid UTF-8 at byte %ld", bad) : 0;
 }
 
+/* Why an integer past 64 bits is refused where a template would print it. */
+static const char rounded_why[] = "an integer of more than 19 digits, past 64 bits (json.loads keeps it whole, "
+				  "ds-fmt would round it): write it as a string";
+
 /* The first number in v marked rounded, or NULL. */
 static const struct jd *rounded_in(const struct jd *v)
 {
@@ -1623,12 +1627,10 @@ static const struct jd *rounded_in(const struct jd *v)
  * would print jq's rounding of it. added: --system's message is first. */
 static int rounded_check(const struct jd *msgs, const struct jd *tools, int added, struct err *err)
 {
-	static const char why[] = "an integer of more than 19 digits, past 64 bits (json.loads keeps it whole, "
-				  "ds-fmt would round it): write it as a string";
 	for (uint32_t i = 0; i < msgs->n; i++)
 		if (rounded_in(&msgs->u.items[i]))
-			return err_set(err, "message %u: %s", i - (uint32_t)added, why);
-	return rounded_in(tools) ? err_set(err, "\"tools\": %s", why) : 0;
+			return err_set(err, "message %u: %s", i - (uint32_t)added, rounded_why);
+	return rounded_in(tools) ? err_set(err, "\"tools\": %s", rounded_why) : 0;
 }
 
 /* b: where the memo may write the record's text, a JSON string (NULL: not). */
@@ -1917,27 +1919,26 @@ jv chat_var_add(jv vars, const char *arg, struct err *err)
 
 struct jd_shared *chat_tools_load(const char *path, struct err *err)
 {
-	jv v;
-	char *text;
 	size_t len;
-	if (jsonl_load_text(path, CHAT_MAX_FILE, &v, &text, &len, err) < 0) /* its errors name the line */
+	char *text = wholefile_read(path, CHAT_MAX_FILE, &len, err);
+	if (!text)
 		return NULL;
-	int array = jv_get_kind(v) == JV_KIND_ARRAY;
-	jv_free(v);
-	/* read again as records are, numbers as json.loads reads them */
+	/* read as records are, numbers as json.loads reads them */
 	struct jd_arena a = {0};
 	struct jd d;
-	struct err e2 = {0};
+	struct err ignored = {0};
 	struct jd_shared *sh = NULL;
-	if (!array)
+	jv v;
+	if (jsonl_parse_jd(text, len, &a, &d, &ignored) < 0) {
+		if (jsonl_parse(text, len, path, &v, err) == 0) /* it says where the text is not JSON; else memory ran short */
+			jv_free(v), err_sys(err, "out of memory");
+	} else if (d.kind != JD_ARRAY) {
 		err_set(err, "--tools %s: expected a JSON array of tools", path);
-	else if (jsonl_parse_jd(text, len, &a, &d, &e2) < 0)
-		err_set(err, "--tools %s: %s", path, e2.msg);
-	else if (a.rounded)
-		err_set(err, "--tools %s: an integer of more than 19 digits, past 64 bits (json.loads keeps it whole, "
-			     "ds-fmt would round it): write it as a string", path);
-	else if (!(sh = jd_shared_new(&d)))
+	} else if (a.rounded) {
+		err_set(err, "--tools %s: %s", path, rounded_why);
+	} else if (!(sh = jd_shared_new(&d))) {
 		err_sys(err, "out of memory");
+	}
 	jd_arena_free(&a);
 	free(text);
 	return sh;

@@ -665,8 +665,8 @@ void chat_memo_learn_end(struct chat_memo *m, struct memo_shape *e, struct memo_
 			 size_t nspans, const struct tmpl_watch *w, int fail)
 {
 	struct program *g = NULL;
-	int again = l && l->again && !l->fail && !fail && !w->unreplayable;
-	if (l && !l->fail && !l->again && !fail && !w->unreplayable)
+	int ok = l && !l->fail && !fail && !w->unreplayable, again = ok && l->again;
+	if (ok && !again)
 		g = program_of(l, spans, nspans, w);
 	if (l) {
 		free(l->p);

@@ -969,6 +969,21 @@ jv jsonl_float(double d)
 
 static int is_digit(const char *q, const char *end) { return q < end && *q >= '0' && *q <= '9'; }
 
+/* strtod of the number s[0..n) (not NUL-terminated): 0, or -1 when out of memory. */
+static int literal_double(const char *s, size_t n, double *d)
+{
+	char small[64];
+	char *buf = n < sizeof small ? small : malloc(n + 1);
+	if (!buf)
+		return -1;
+	memcpy(buf, s, n);
+	buf[n] = 0;
+	*d = strtod(buf, NULL);
+	if (buf != small)
+		free(buf);
+	return 0;
+}
+
 /* Integers of up to 15 digits (exact as doubles, printed back the same),
  * integers of up to 19 that fit 64 bits held whole (json.loads' ints: a
  * double would round them), and numbers with a fraction or an exponent,
@@ -1017,18 +1032,9 @@ static int fp_number(struct fastp *p, struct jd *out)
 			*out = jd_int(neg ? (int64_t)(0 - v) : (int64_t)v);
 		return 0;
 	}
-	char small[64];
-	size_t n = (size_t)(q - p->s);
-	char *buf = n < sizeof small ? small : malloc(n + 1);
-	if (!buf)
-		return -1;
-	memcpy(buf, p->s, n);
-	buf[n] = 0;
-	double d = strtod(buf, NULL);
-	if (buf != small)
-		free(buf);
-	if (!isfinite(d))
-		return -1; /* jq's business: it clamps, json.loads gives inf */
+	double d;
+	if (literal_double(p->s, (size_t)(q - p->s), &d) < 0 || !isfinite(d))
+		return -1; /* not finite: jq's business (it clamps, json.loads gives inf) */
 	p->s = q;
 	*out = jd_number(d, 1);
 	return 0;
@@ -1206,10 +1212,9 @@ static size_t numbers_as_written(const char *s, size_t n, size_t *i, struct jd *
 			if (jd_num(&num) == jd_num(v)) /* else a repeated key's earlier value */
 				*v = num;
 		} else if (nd > 1 && d[0] != '0' && digits == nd) { /* JSON's integer, past 64 bits */
-			char *lit = strndup(s + *i, len);
-			if (lit && strtod(lit, NULL) == v->u.num) /* else a repeated key's earlier value */
+			double dv;
+			if (literal_double(s + *i, len, &dv) == 0 && dv == v->u.num) /* else a repeated key's earlier value */
 				v->rounded = 1, rounded++;
-			free(lit);
 		} else {
 			len = 0; /* jq's extension (01) or a float past a double (1e999), as jq read it */
 		}
