@@ -141,6 +141,7 @@ struct rt {
 	struct tp_sb *out, *main;
 	struct frame *root;
 	uint64_t steps, max_steps;
+	int line; /* the last step's */
 	size_t max_out;
 	int depth, max_depth;
 	uint32_t (*gen)[2];
@@ -169,6 +170,7 @@ static void rt_err(struct rt *r, int line, const char *fmt, ...)
 
 static void step(struct rt *r, int line)
 {
+	r->line = line;
 	if (++r->steps > r->max_steps)
 		rt_err(r, line, "template took more than %llu steps", (unsigned long long)r->max_steps);
 }
@@ -411,10 +413,19 @@ static int py_space(uint32_t c)
 
 /* ---- conversions ---- */
 
+/* A generator's text would be jinja2's <generator object ... at 0x...>. */
+static void printable(struct rt *r, struct tp_val v)
+{
+	if (v.type == TP_LIST && v.u.l->lazy == LAZY_GEN)
+		rt_err(r, r->line, "printing a generator (map, select, reverse ...) is not supported: jinja2 prints "
+				   "its address; add | list");
+}
+
 static struct tp_str to_str(struct rt *r, struct tp_val v)
 {
 	if (v.type == TP_STR)
 		return v.u.s;
+	printable(r, v);
 	struct tp_sb b = sb_new(r);
 	tp_str_of(&r->a, &b, v);
 	return tp_sb_done(&b);
@@ -438,7 +449,15 @@ static struct tp_list *iter_list(struct rt *r, int line, struct tp_val v)
 	static struct tp_list empty;
 	switch (v.type) {
 	case TP_UNDEF: return &empty;
-	case TP_LIST: return v.u.l;
+	case TP_LIST: {
+		struct tp_list *l = v.u.l;
+		if (l->lazy != LAZY_GEN)
+			return l;
+		struct tp_list *rest = tp_alloc(&r->a, sizeof *rest); /* what is left, then nothing */
+		rest->v = l->v + l->at, rest->n = l->n - l->at;
+		l->at = l->n;
+		return rest;
+	}
 	case TP_DICT: {
 		struct tp_val l = tp_mk_list(&r->a, v.u.d->n, 0);
 		for (uint32_t i = 0; i < v.u.d->n; i++)
@@ -504,12 +523,19 @@ static int contains(struct rt *r, int line, struct tp_val hay, struct tp_val nee
 			rt_err(r, line, "'in <string>' requires string as left operand, not %s", tname(needle));
 		charge(r, line, hay.u.s.len / 64);
 		return needle.u.s.len == 0 || memmem(hay.u.s.s, hay.u.s.len, needle.u.s.s, needle.u.s.len) != NULL;
-	case TP_LIST:
-		charge(r, line, hay.u.l->n);
-		for (uint32_t i = 0; i < hay.u.l->n; i++)
-			if (tp_equal(hay.u.l->v[i], needle))
+	case TP_LIST: {
+		struct tp_list *l = hay.u.l;
+		charge(r, line, l->n);
+		for (uint32_t i = l->lazy == LAZY_GEN ? l->at : 0; i < l->n; i++)
+			if (tp_equal(l->v[i], needle)) {
+				if (l->lazy == LAZY_GEN) /* read up to the item found */
+					l->at = i + 1;
 				return 1;
+			}
+		if (l->lazy == LAZY_GEN)
+			l->at = l->n;
 		return 0;
+	}
 	case TP_DICT:
 	case TP_NS: charge(r, line, hay.u.d->n); return tp_dict_get(hay.u.d, needle) != NULL;
 	case TP_UNDEF: return 0; /* Undefined iterates as empty */
@@ -576,10 +602,32 @@ static struct tp_val py_percent(struct rt *r, int line, struct tp_str f0, const 
 	return tp_mk_str(tp_sb_done(&o));
 }
 
+static struct tp_val html_escape(struct rt *r, struct tp_str s);
+
+/* Markup + str: the str's text escaped first, as jinja2's Markup does on
+ * either side (what a template's "..."|safe + x prints under transformers). */
+static struct tp_val markup_add(struct rt *r, int line, struct tp_val a, struct tp_val b)
+{
+	struct tp_val *plain = a.markup ? &b : &a;
+	if (r->watch && held(*plain, 0))
+		unreplayable(r, line, "content escaped by a Markup's +");
+	*plain = html_escape(r, plain->u.s);
+	struct tp_val s = concat_str(r, a.u.s, b.u.s);
+	s.markup = 1;
+	return s;
+}
+
 static struct tp_val arith(struct rt *r, int line, int op, struct tp_val a, struct tp_val b)
 {
-	if (op == OP_ADD && a.type == TP_STR && b.type == TP_STR)
-		return concat_str(r, a.u.s, b.u.s);
+	if (op == OP_ADD && a.type == TP_STR && b.type == TP_STR) {
+		if (a.markup != b.markup)
+			return markup_add(r, line, a, b);
+		struct tp_val s = concat_str(r, a.u.s, b.u.s);
+		s.markup = a.markup;
+		return s;
+	}
+	if (op == OP_MOD && a.type == TP_STR && a.markup)
+		rt_err(r, line, "%% of a Markup (|safe) string is not supported");
 	if (op == OP_MOD && a.type == TP_STR) {
 		if (b.type == TP_LIST && b.u.l->tuple)
 			return py_percent(r, line, a.u.s, b.u.l->v, b.u.l->n, 0);
@@ -589,6 +637,9 @@ static struct tp_val arith(struct rt *r, int line, int op, struct tp_val a, stru
 		 * argument, and no complaint when the format uses none */
 		return py_percent(r, line, a.u.s, &b, 1, b.type == TP_LIST);
 	}
+	if ((a.type == TP_LIST && a.u.l->lazy) || (b.type == TP_LIST && b.u.l->lazy))
+		rt_err(r, line, "unsupported operand type(s) for %s: an iterator (map, select, items() ...)",
+		       op == OP_ADD ? "+" : op == OP_MUL ? "*" : "this operator");
 	if (op == OP_ADD && a.type == TP_LIST && b.type == TP_LIST) {
 		struct tp_val l = tp_mk_list(&r->a, a.u.l->n + b.u.l->n, a.u.l->tuple);
 		memcpy(l.u.l->v, a.u.l->v, a.u.l->n * sizeof(struct tp_val));
@@ -604,7 +655,9 @@ static struct tp_val arith(struct rt *r, int line, int op, struct tp_val a, stru
 			step(r, line);
 			tp_sb_str(&r->a, &o, s);
 		}
-		return tp_mk_str(tp_sb_done(&o));
+		struct tp_val x = tp_mk_str(tp_sb_done(&o));
+		x.markup = a.type == TP_STR ? a.markup : b.markup;
+		return x;
 	}
 	if (op == OP_MUL && ((a.type == TP_LIST && (b.type == TP_INT || b.type == TP_BOOL)) ||
 			     (b.type == TP_LIST && (a.type == TP_INT || a.type == TP_BOOL)))) {
@@ -814,6 +867,8 @@ static struct tp_val cycler_attr(struct rt *r, struct tp_val c, const char *name
 
 static struct tp_val get_item(struct rt *r, int line, struct tp_val v, struct tp_val k)
 {
+	if (v.type == TP_LIST && v.u.l->lazy)
+		return tp_mk_undef("item of an iterator");
 	switch (v.type) {
 	case TP_LIST:
 		if (r->tk)
@@ -849,7 +904,9 @@ static struct tp_val get_item(struct rt *r, int line, struct tp_val v, struct tp
 				return tp_mk_undef("string index");
 			struct tp_sb o = sb_new(r);
 			tp_sb_sub(&r->a, &o, v.u.s, off[i], off[i + 1]);
-			return tp_mk_str(tp_sb_done(&o));
+			struct tp_val c = tp_mk_str(tp_sb_done(&o));
+			c.markup = v.markup;
+			return c;
 		}
 		return tp_mk_undef("string index");
 	case TP_LOOP:
@@ -1524,10 +1581,52 @@ static struct tp_val loop_changed(struct rt *r, int line, struct tp_loop *lp, st
 	return tp_mk_bool(1);
 }
 
+/* A method of a Markup string, as markupsafe 3.0 has them: replace escapes
+ * its new text and join its items, and they give Markup back, as do the
+ * case and strip methods and split's parts; the str ones it does not wrap
+ * (find, startswith ...) answer of the text. Others are refused. */
+static struct tp_val call_markup_method(struct rt *r, int line, struct tp_str s, const char *m, struct args *a)
+{
+	static const char *const keep[] = {"upper", "lower", "title", "capitalize", "swapcase", "casefold", "split",
+					   "rsplit", "splitlines", "strip", "lstrip", "rstrip", "removeprefix",
+					   "removesuffix", NULL};
+	static const char *const plain[] = {"startswith", "endswith", "find", "rfind", "index", "rindex", "count",
+					    "isdigit", "isalpha", "isalnum", "isspace", "islower", "isupper", NULL};
+	int mark = -1;
+	for (int i = 0; keep[i] && mark < 0; i++)
+		mark = !strcmp(m, keep[i]) ? 1 : -1;
+	for (int i = 0; plain[i] && mark < 0; i++)
+		mark = !strcmp(m, plain[i]) ? 0 : -1;
+	if (!strcmp(m, "replace") && a->n >= 2) {
+		mark = 1;
+		if (a->v[1].type == TP_STR && !a->v[1].markup)
+			a->v[1] = html_escape(r, a->v[1].u.s);
+	}
+	if (!strcmp(m, "join") && a->n >= 1) {
+		mark = 1;
+		struct tp_list *l = iter_list(r, line, a->v[0]);
+		struct tp_val e = tp_mk_list(&r->a, l->n, 0);
+		for (uint32_t k = 0; k < l->n; k++)
+			e.u.l->v[k] = l->v[k].type == TP_STR && !l->v[k].markup ? html_escape(r, l->v[k].u.s) : l->v[k];
+		a->v[0] = e;
+	}
+	if (mark < 0)
+		rt_err(r, line, "str.%s of a Markup (|safe) string is not supported", m);
+	struct tp_val x = call_str_method(r, line, s, m, a);
+	if (mark && x.type == TP_STR)
+		x.markup = 1;
+	if (mark && x.type == TP_LIST)
+		for (uint32_t i = 0; i < x.u.l->n; i++)
+			x.u.l->v[i].markup = x.u.l->v[i].type == TP_STR;
+	return x;
+}
+
 static struct tp_val call_method(struct rt *r, int line, struct tp_func *fn, struct args *a)
 {
 	struct tp_val self = fn->self, x;
 	const char *m = fn->name;
+	if (self.type == TP_STR && self.markup)
+		return call_markup_method(r, line, self.u.s, m, a);
 	if (self.type == TP_STR)
 		return call_str_method(r, line, self.u.s, m, a);
 	if (self.type == TP_DICT) {
@@ -1549,6 +1648,7 @@ static struct tp_val call_method(struct rt *r, int line, struct tp_func *fn, str
 				}
 			}
 			l.o = self.o;
+			l.u.l->lazy = m[0] == 'k' ? LAZY_KEYS : m[0] == 'v' ? LAZY_VALUES : LAZY_ITEMS;
 			return l;
 		}
 		if (!strcmp(m, "get")) {
@@ -1845,7 +1945,7 @@ static int run_test(struct rt *r, int line, const char *name, struct tp_val v, s
 	if (IS("iterable"))
 		return v.type == TP_STR || v.type == TP_LIST || v.type == TP_DICT || v.type == TP_UNDEF;
 	if (IS("sequence"))
-		return v.type == TP_STR || v.type == TP_LIST || v.type == TP_DICT;
+		return v.type == TP_STR || (v.type == TP_LIST && !v.u.l->lazy) || v.type == TP_DICT;
 	if (IS("number"))
 		return is_num(v);
 	if (IS("integer"))
@@ -1903,6 +2003,8 @@ static int run_test(struct rt *r, int line, const char *name, struct tp_val v, s
 
 static struct tp_val apply_filter(struct rt *r, struct frame *f, int line, const char *name, struct tp_val v,
 				  struct args *a);
+static struct tp_val filter_body(struct rt *r, struct frame *f, int line, const char *name, struct tp_val v,
+				 struct args *a);
 
 /* Jinja's attribute paths for map/sort/...: "a.b.0". */
 static struct tp_val attr_path(struct rt *r, int line, struct tp_val v, struct tp_str path)
@@ -2205,15 +2307,78 @@ static struct tp_val filter_slice(struct rt *r, int line, struct tp_val v, struc
 	return out;
 }
 
+/* A filter of a Markup string, as jinja2 without autoescape runs it: the
+ * ones that go through Markup's own methods keep the mark, the ones that
+ * take str() or count give what they give of the text; the others (which
+ * would escape their arguments) are refused rather than guessed. */
+static struct tp_val markup_filter(struct rt *r, struct frame *f, int line, const char *name, struct tp_val v,
+				   struct args *a)
+{
+	static const char *const keep[] = {"upper", "lower", "capitalize", "title", "reverse", "trim", NULL};
+	static const char *const plain[] = {"length", "count", "tojson", "first", "last", "list", "join", "replace",
+					    "int", "float", "wordcount", "forceescape", NULL};
+	struct tp_val text = v;
+	text.markup = 0;
+	if (!strcmp(name, "escape") || !strcmp(name, "e") || !strcmp(name, "string")) {
+		args_done(r, line, a, name);
+		return v;
+	}
+	if (!strcmp(name, "default") || !strcmp(name, "d")) { /* v itself, or (empty, boolean=true) the default */
+		struct tp_val x = filter_body(r, f, line, name, text, a);
+		x.markup = x.type == TP_STR && x.u.s.s == v.u.s.s && x.u.s.len == v.u.s.len ? 1 : x.markup;
+		return x;
+	}
+	for (int i = 0; keep[i]; i++)
+		if (!strcmp(name, keep[i])) {
+			struct tp_val x = apply_filter(r, f, line, name, text, a);
+			x.markup = x.type == TP_STR;
+			return x;
+		}
+	for (int i = 0; plain[i]; i++)
+		if (!strcmp(name, plain[i]))
+			return apply_filter(r, f, line, name, text, a);
+	rt_err(r, line, "the %s filter of a Markup (|safe) string is not supported", name);
+}
+
+/* The filters jinja2 writes as generators, and reverse, which gives
+ * reversed(list): what they give is used up as it is read. */
+static const char *const gen_filters[] = {"map", "select", "reject", "selectattr", "rejectattr", "unique",
+					  "batch", "slice", "items", "reverse", NULL};
+
 static struct tp_val apply_filter(struct rt *r, struct frame *f, int line, const char *name, struct tp_val v,
 				  struct args *a)
+{
+	int gen = v.type == TP_LIST && v.u.l->lazy == LAZY_GEN;
+	if (gen && (!strcmp(name, "length") || !strcmp(name, "count")))
+		rt_err(r, line, "object of type 'generator' has no len()");
+	if (gen && !strcmp(name, "last"))
+		rt_err(r, line, "'generator' object is not reversible");
+	if (gen && !strcmp(name, "first")) { /* next(): one item read */
+		args_done(r, line, a, name);
+		struct tp_list *l = v.u.l;
+		return l->at < l->n ? l->v[l->at++] : tp_mk_undef("first");
+	}
+	struct tp_val x = filter_body(r, f, line, name, v, a);
+	int reread = gen && !strcmp(name, "reverse"); /* reversed() fails: list() of it, reversed */
+	for (int i = 0; gen_filters[i] && !reread; i++)
+		if (!strcmp(name, gen_filters[i]) && x.type == TP_LIST)
+			x.u.l->lazy = LAZY_GEN;
+	return x;
+}
+
+static struct tp_val filter_body(struct rt *r, struct frame *f, int line, const char *name, struct tp_val v,
+				 struct args *a)
 {
 	struct tp_val x, y;
 #define IS(n) (!strcmp(name, n))
 	if (IS("safe")) {
 		args_done(r, line, a, name);
-		return v;
+		struct tp_val m = v.type == TP_STR ? v : tp_mk_str(to_str(r, v));
+		m.markup = 1;
+		return m;
 	}
+	if (v.type == TP_STR && v.markup)
+		return markup_filter(r, f, line, name, v, a);
 	if (IS("default") || IS("d")) {
 		struct tp_val def = tp_mk_str((struct tp_str){ "", 0, 0, NULL });
 		arg(a, 0, "default_value", &def);
@@ -2574,7 +2739,9 @@ static struct tp_val apply_filter(struct rt *r, struct frame *f, int line, const
 	}
 	if (IS("escape") || IS("e") || IS("forceescape")) {
 		args_done(r, line, a, name);
-		return html_escape(r, to_str(r, v));
+		struct tp_val m = html_escape(r, to_str(r, v));
+		m.markup = 1;
+		return m;
 	}
 	if (IS("attr")) {
 		if (!arg(a, 0, "name", &x) || x.type != TP_STR)
@@ -2835,7 +3002,10 @@ static struct tp_val eval_kind(struct rt *r, struct frame *f, const struct tp_no
 		struct tp_val v = eval(r, f, n->a);
 		struct tp_val lo = n->b ? eval(r, f, n->b) : tp_mk_none(), hi = n->c ? eval(r, f, n->c) : tp_mk_none();
 		struct tp_val st = n->args[0] ? eval(r, f, n->args[0]) : tp_mk_none();
+		if (v.type == TP_LIST && v.u.l->lazy)
+			rt_err(r, n->line, "an iterator (map, select, items() ...) is not subscriptable");
 		struct tp_val x = do_slice(r, n->line, v, lo, hi, st);
+		x.markup = v.type == TP_STR && v.markup;
 		if (r->watch)
 			r->allow = v.type == TP_LIST && !held(lo, 0) && !held(hi, 0) && !held(st, 0);
 		return x;
@@ -2971,6 +3141,7 @@ static void emit(struct rt *r, struct tp_val v)
 {
 	if (r->watch && v.type != TP_STR && held(v, 0))
 		unreplayable(r, 0, "printing a message or a list of them");
+	printable(r, v);
 	if (v.type == TP_STR)
 		tp_sb_str(&r->a, r->out, v.u.s);
 	else
@@ -3497,7 +3668,7 @@ static void emit_chain(struct rt *r, struct frame *f, const struct tp_node *n)
 	struct tp_str *parts = tp_alloc(&r->a, ((size_t)k + 1) * sizeof *parts);
 	uint32_t np = 0;
 	struct tp_val acc = eval(r, f, ops[0]->a);
-	int plain = cat || acc.type == TP_STR;
+	int plain = cat || (acc.type == TP_STR && !acc.markup);
 	if (r->watch && acc.type != TP_STR && held(acc, 0))
 		unreplayable(r, n->line, "content turned into text");
 	for (uint32_t i = 0; i < k; i++) {
@@ -3510,7 +3681,7 @@ static void emit_chain(struct rt *r, struct frame *f, const struct tp_node *n)
 			parts[np++] = to_str(r, b);
 			continue;
 		}
-		if (plain && b.type == TP_STR) {
+		if (plain && b.type == TP_STR && !b.markup) {
 			if (i == 0)
 				parts[np++] = acc.u.s;
 			parts[np++] = b.u.s;

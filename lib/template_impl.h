@@ -119,10 +119,18 @@ enum tp_type {
 	TP_LOOP,
 };
 struct tp_val;
+/* What jinja2 gives as an iterator rather than a list: map, select,
+ * unique ... are generators, used up as they are read (v[at..n) is what is
+ * left; true even when empty, no len, no json, no index), and a dict's
+ * items(), keys() and values() are views (read again at will, no json,
+ * no index, printed as dict_items([...])). */
+enum tp_lazy { LAZY_NO, LAZY_GEN, LAZY_ITEMS, LAZY_KEYS, LAZY_VALUES };
 struct tp_list {
 	struct tp_val *v;
 	uint32_t n;
 	uint8_t tuple;
+	uint8_t lazy; /* enum tp_lazy */
+	uint32_t at;  /* LAZY_GEN: the items read */
 };
 struct tp_dict {
 	struct tp_val *k, *v;
@@ -130,6 +138,9 @@ struct tp_dict {
 };
 struct tp_val {
 	uint8_t type;
+	/* TP_STR: a jinja2 Markup (|safe, |escape): its + escapes the other
+	 * side's &<>"' and it keeps the mark where Markup's methods do */
+	uint8_t markup;
 	struct tp_org o; /* the origin of the value's text when it is turned into text */
 	union {
 		int b;

@@ -342,7 +342,7 @@ int tp_truthy(struct tp_val v)
 	case TP_INT: return v.u.i != 0;
 	case TP_FLOAT: return v.u.f != 0;
 	case TP_STR: return v.u.s.len != 0;
-	case TP_LIST: return v.u.l->n != 0;
+	case TP_LIST: return v.u.l->n != 0 || v.u.l->lazy == LAZY_GEN;
 	case TP_DICT:
 	case TP_NS: return v.u.d->n != 0 || v.type == TP_NS;
 	default: return 1;
@@ -375,6 +375,8 @@ static int equal_at(struct tp_val a, struct tp_val b, int depth)
 	case TP_NONE: return 1;
 	case TP_STR: return a.u.s.len == b.u.s.len && memcmp(a.u.s.s, b.u.s.s, a.u.s.len) == 0;
 	case TP_LIST:
+		if (a.u.l->lazy || b.u.l->lazy) /* an iterator equals only itself */
+			return a.u.l == b.u.l;
 		if (a.u.l->n != b.u.l->n || a.u.l->tuple != b.u.l->tuple)
 			return 0;
 		for (uint32_t i = 0; i < a.u.l->n; i++)
@@ -571,7 +573,14 @@ static void text_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v, int re
 			tp_sb_str(a, b, v.u.s);
 		return;
 	case TP_LIST: {
+		static const char *const views[] = {[LAZY_ITEMS] = "dict_items(", [LAZY_KEYS] = "dict_keys(",
+						    [LAZY_VALUES] = "dict_values("};
 		struct tp_list *l = v.u.l;
+		if (l->lazy == LAZY_GEN) /* jinja2 prints <generator object ... at 0x7f...> */
+			tp_fail(a, EXIT_USAGE, "printing a generator (map, select, reverse ...) is not supported: "
+					       "jinja2 prints its address; add | list");
+		if (l->lazy)
+			put_c(a, b, views[l->lazy], v.o);
 		put_c(a, b, l->tuple ? "(" : "[", v.o);
 		for (uint32_t i = 0; i < l->n; i++) {
 			if (i)
@@ -581,6 +590,8 @@ static void text_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v, int re
 		if (l->tuple && l->n == 1)
 			put_c(a, b, ",", v.o);
 		put_c(a, b, l->tuple ? ")" : "]", v.o);
+		if (l->lazy)
+			put_c(a, b, ")", v.o);
 		return;
 	}
 	case TP_DICT: {
@@ -748,6 +759,11 @@ int tp_json_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v, const struc
 	case TP_STR: json_str(a, b, v.u.s, v.o, jo->ensure_ascii); return 0;
 	case TP_LIST: {
 		struct tp_list *l = v.u.l;
+		if (l->lazy) {
+			*why = l->lazy == LAZY_GEN ? "Object of type generator is not JSON serializable"
+						   : "Object of type dict_items (keys, values) is not JSON serializable";
+			return -1;
+		}
 		if (l->n == 0) {
 			put_c(a, b, "[]", v.o);
 			return 0;

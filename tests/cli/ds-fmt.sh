@@ -204,6 +204,12 @@ expect template-file 0 "$DS" --model "$Q" --template "$T/mine.jinja" "$T/chat.js
 	ok "--template FILE (it ignores add_generation_prompt: no header is learned)" || unreported template-file
 expect template-unknown 2 "$DS" --model "$Q" --template vicuna "$T/chat.jsonl" && stderr_has template-unknown 'vicuna' &&
 	ok "unknown built-in template" || unreported template-unknown
+# jinja2 prints a generator as its address: refused, naming the record and the template's line
+printf '%s' "{% for m in messages %}{{ m.content }}<|im_end|>{% endfor %}
+{{ messages|map(attribute='role') }}" > "$T/gen-print.jinja"
+expect template-generator 2 "$DS" --model "$Q" --template "$T/gen-print.jinja" -o "$T/gen-print.out" "$T/chat.jsonl" &&
+	stderr_has template-generator 'chat\.jsonl:1: .*gen-print\.jinja:2: printing a generator' && [ ! -e "$T/gen-print.out" ] &&
+	ok "a template printing a generator is refused with its line, no output" || unreported template-generator
 
 # A list of named templates: "tool_use" when tools are given, else "default";
 # chat_template.jinja in the folder wins over tokenizer_config.json.
