@@ -144,7 +144,7 @@ class Template:
             # must be one special token, not pieces)
             have = {a["content"] for a in tj["added_tokens"]}
             nxt = max([a["id"] for a in tj["added_tokens"]] + list(tj["model"]["vocab"].values())) + 1
-            for s in sorted(set(self.tokens.values()) | {self.eot}):
+            for s in sorted(set(self.tokens.values()) | set(self.eots)):
                 if s not in have:
                     tj["added_tokens"].append({"id": nxt, "content": s, "single_word": False, "lstrip": False,
                                                "rstrip": False, "normalized": False, "special": True})

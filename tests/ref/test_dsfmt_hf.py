@@ -240,9 +240,11 @@ def prefix_reference(t, r, full, kw=None, last_only=False):
                 cands.append((P, P + T[m.end():]))
             if P.endswith(think):
                 cands.append((P[:-len(think)], P[:-len(think)] + T))
+        # a tool-call turn may close with its own marker (DeepSeek V3's, Functionary's
+        # <|eom_id|>): the one that comes last in the turn, not one its contents hold
         eot = t.eot
-        if T.rfind(eot) < 0 and t.eot_tool_call and msgs[k].get("tool_calls"):
-            eot = t.eot_tool_call
+        if t.eot_tool_call and msgs[k].get("tool_calls"):
+            eot = max(t.eots, key=T.rfind)
         if T.rfind(eot) < 0:
             out.append((k, "nc", "no end-of-turn marker in the turn"))
             continue
