@@ -413,12 +413,15 @@ static int py_space(uint32_t c)
 
 /* ---- conversions ---- */
 
-/* A generator's text would be jinja2's <generator object ... at 0x...>. */
+/* A generator's text would be jinja2's <generator object ... at 0x...>, a
+ * range's range(0, 3). */
 static void printable(struct rt *r, struct tp_val v)
 {
 	if (v.type == TP_LIST && v.u.l->lazy == LAZY_GEN)
 		rt_err(r, r->line, "printing a generator (map, select, reverse ...) is not supported: jinja2 prints "
 				   "its address; add | list");
+	if (v.type == TP_LIST && v.u.l->lazy == LAZY_RANGE)
+		rt_err(r, r->line, "printing a range() is not supported: jinja2 prints range(start, stop); add | list");
 }
 
 static struct tp_str to_str(struct rt *r, struct tp_val v)
@@ -867,7 +870,7 @@ static struct tp_val cycler_attr(struct rt *r, struct tp_val c, const char *name
 
 static struct tp_val get_item(struct rt *r, int line, struct tp_val v, struct tp_val k)
 {
-	if (v.type == TP_LIST && v.u.l->lazy)
+	if (v.type == TP_LIST && v.u.l->lazy && v.u.l->lazy != LAZY_RANGE)
 		return tp_mk_undef("item of an iterator");
 	switch (v.type) {
 	case TP_LIST:
@@ -945,7 +948,7 @@ static struct tp_val get_attr(struct rt *r, int line, struct tp_val v, const cha
 	case TP_LIST:
 		if (v.u.l->tuple == 2 && (!strcmp(name, "grouper") || !strcmp(name, "list")))
 			return v.u.l->v[name[0] == 'l']; /* groupby's (grouper, list) tuples */
-		if (code & LIST_METHOD)
+		if ((code & LIST_METHOD) && (!v.u.l->lazy || v.u.l->lazy == LAZY_RANGE)) /* a range has count, index */
 			return mk_func(r, F_METHOD, name, v);
 		return tp_mk_undef(name);
 	case TP_LOOP: return loop_attr(r, line, v.u.loop, name, code);
@@ -1900,6 +1903,7 @@ static struct tp_val call_value(struct rt *r, struct frame *f, int line, struct 
 		struct tp_val l = tp_mk_list(&r->a, (uint32_t)n, 0);
 		for (int64_t i = 0; i < n; i++)
 			l.u.l->v[i] = tp_mk_int(lo + i * st);
+		l.u.l->lazy = LAZY_RANGE;
 		return l;
 	}
 	case F_NAMESPACE:
@@ -1945,7 +1949,8 @@ static int run_test(struct rt *r, int line, const char *name, struct tp_val v, s
 	if (IS("iterable"))
 		return v.type == TP_STR || v.type == TP_LIST || v.type == TP_DICT || v.type == TP_UNDEF;
 	if (IS("sequence"))
-		return v.type == TP_STR || (v.type == TP_LIST && !v.u.l->lazy) || v.type == TP_DICT;
+		return v.type == TP_STR || (v.type == TP_LIST && (!v.u.l->lazy || v.u.l->lazy == LAZY_RANGE)) ||
+		       v.type == TP_DICT;
 	if (IS("number"))
 		return is_num(v);
 	if (IS("integer"))
@@ -3002,9 +3007,11 @@ static struct tp_val eval_kind(struct rt *r, struct frame *f, const struct tp_no
 		struct tp_val v = eval(r, f, n->a);
 		struct tp_val lo = n->b ? eval(r, f, n->b) : tp_mk_none(), hi = n->c ? eval(r, f, n->c) : tp_mk_none();
 		struct tp_val st = n->args[0] ? eval(r, f, n->args[0]) : tp_mk_none();
-		if (v.type == TP_LIST && v.u.l->lazy)
+		if (v.type == TP_LIST && v.u.l->lazy && v.u.l->lazy != LAZY_RANGE)
 			rt_err(r, n->line, "an iterator (map, select, items() ...) is not subscriptable");
 		struct tp_val x = do_slice(r, n->line, v, lo, hi, st);
+		if (v.type == TP_LIST && v.u.l->lazy == LAZY_RANGE)
+			x.u.l->lazy = LAZY_RANGE; /* a range's slice is a range */
 		x.markup = v.type == TP_STR && v.markup;
 		if (r->watch)
 			r->allow = v.type == TP_LIST && !held(lo, 0) && !held(hi, 0) && !held(st, 0);

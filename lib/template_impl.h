@@ -119,12 +119,13 @@ enum tp_type {
 	TP_LOOP,
 };
 struct tp_val;
-/* What jinja2 gives as an iterator rather than a list: map, select,
+/* What jinja2 gives as another Python type than a list: map, select,
  * unique ... are generators, used up as they are read (v[at..n) is what is
- * left; true even when empty, no len, no json, no index), and a dict's
- * items(), keys() and values() are views (read again at will, no json,
- * no index, printed as dict_items([...])). */
-enum tp_lazy { LAZY_NO, LAZY_GEN, LAZY_ITEMS, LAZY_KEYS, LAZY_VALUES };
+ * left; true even when empty, no len, no json, no index); a dict's items(),
+ * keys() and values() are views (read again at will, no json, no index,
+ * printed as dict_items([...])); range() is a range (no json, equal to no
+ * list, printed as range(0, 3), which is refused). */
+enum tp_lazy { LAZY_NO, LAZY_GEN, LAZY_ITEMS, LAZY_KEYS, LAZY_VALUES, LAZY_RANGE };
 struct tp_list {
 	struct tp_val *v;
 	uint32_t n;

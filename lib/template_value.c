@@ -375,8 +375,8 @@ static int equal_at(struct tp_val a, struct tp_val b, int depth)
 	case TP_NONE: return 1;
 	case TP_STR: return a.u.s.len == b.u.s.len && memcmp(a.u.s.s, b.u.s.s, a.u.s.len) == 0;
 	case TP_LIST:
-		if (a.u.l->lazy || b.u.l->lazy) /* an iterator equals only itself */
-			return a.u.l == b.u.l;
+		if ((a.u.l->lazy || b.u.l->lazy) && !(a.u.l->lazy == LAZY_RANGE && b.u.l->lazy == LAZY_RANGE))
+			return a.u.l == b.u.l; /* an iterator or a view equals only itself, a range only a range */
 		if (a.u.l->n != b.u.l->n || a.u.l->tuple != b.u.l->tuple)
 			return 0;
 		for (uint32_t i = 0; i < a.u.l->n; i++)
@@ -567,18 +567,23 @@ static void text_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v, int re
 		put_c(a, b, buf, v.o);
 		return;
 	case TP_STR:
+		if (repr && v.markup)
+			put_c(a, b, "Markup(", v.o);
 		if (repr)
 			repr_str(a, b, v.u.s, v.o);
 		else
 			tp_sb_str(a, b, v.u.s);
+		if (repr && v.markup)
+			put_c(a, b, ")", v.o);
 		return;
 	case TP_LIST: {
 		static const char *const views[] = {[LAZY_ITEMS] = "dict_items(", [LAZY_KEYS] = "dict_keys(",
 						    [LAZY_VALUES] = "dict_values("};
 		struct tp_list *l = v.u.l;
-		if (l->lazy == LAZY_GEN) /* jinja2 prints <generator object ... at 0x7f...> */
-			tp_fail(a, EXIT_USAGE, "printing a generator (map, select, reverse ...) is not supported: "
-					       "jinja2 prints its address; add | list");
+		if (l->lazy == LAZY_GEN || l->lazy == LAZY_RANGE) /* <generator object ... at 0x7f...>, range(0, 3) */
+			tp_fail(a, EXIT_USAGE, "printing a %s is not supported: jinja2 prints %s; add | list",
+				l->lazy == LAZY_GEN ? "generator (map, select, reverse ...)" : "range()",
+				l->lazy == LAZY_GEN ? "its address" : "range(start, stop)");
 		if (l->lazy)
 			put_c(a, b, views[l->lazy], v.o);
 		put_c(a, b, l->tuple ? "(" : "[", v.o);
@@ -760,8 +765,9 @@ int tp_json_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v, const struc
 	case TP_LIST: {
 		struct tp_list *l = v.u.l;
 		if (l->lazy) {
-			*why = l->lazy == LAZY_GEN ? "Object of type generator is not JSON serializable"
-						   : "Object of type dict_items (keys, values) is not JSON serializable";
+			*why = l->lazy == LAZY_GEN     ? "Object of type generator is not JSON serializable"
+			       : l->lazy == LAZY_RANGE ? "Object of type range is not JSON serializable"
+						       : "Object of type dict_items (keys, values) is not JSON serializable";
 			return -1;
 		}
 		if (l->n == 0) {

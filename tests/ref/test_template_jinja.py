@@ -277,6 +277,11 @@ CASES += [
     ("{{ d.keys()[0] }}|{% for k, v in d.items() %}{{ k }}{{ v }}{% endfor %}{% for k in d.keys() %}{{ k }}{% endfor %}{{ d.items()|list|tojson }}", {"d": {"a": 1, "b": 2}}),
     ("{% set m = messages|selectattr('role', 'equalto', 'system') %}{% if m %}S{% endif %}{{ m|list|length }}", {"messages": [{"role": "user"}]}),
     ("{{ tools|map(attribute='function')|tojson(indent=2) }}", {"tools": [{"function": {"name": "f"}}]}),
+    ("{{ ('a,<'|e).split(',') }}{{ ['x'|safe, 'y'] }}{{ [1, 2]|map('string')|map('safe')|list }}", {}),
+    ("{{ range(3) == [0, 1, 2] }}{{ range(3) == range(0, 3) }}{{ range(3)[1] }}{{ range(3)|length }}{{ range(3) is sequence }}{{ range(4).index(2) }}{{ range(3)|list }}", {}),
+    ("{{ range(3)|tojson }}", {}),
+    ("{{ range(3) + [1] }}", {}),
+    ("{{ ([1, 2]|select).count(1) }}", {}),
 ]
 
 CONVS = [
@@ -294,12 +299,16 @@ CONVS = [
 
 
 # What jinja2 renders but we refuse, with a word of our message: a generator's
-# text is its address (<generator object ... at 0x7f...>), and % and format() of
-# a Markup string (which escape their arguments) are not implemented.
+# text is its address (<generator object ... at 0x7f...>), a range's range(0, 3)
+# is not kept, and % and format() of a Markup string (which escape their
+# arguments) are not implemented.
 REFUSED = [
     ("{{ [1, 2]|map('string') }}", "generator"),
     ("{{ [1]|select ~ '' }}", "generator"),
     ("{{ messages|reverse }}", "generator"),
+    ("{{ range(3) }}", "range"),
+    ("{{ [range(2)] }}", "range"),
+    ("{{ (range(5))[1:3] }}", "range"),
     ("{{ '%s'|safe % '<' }}", "Markup"),
     ("{{ ('{}'|safe).format('<') }}", "Markup"),
     ("{{ 'a'|safe|indent(2) }}", "Markup"),
