@@ -7,9 +7,12 @@ transformers' own _compile_jinja_template (jinja2 3.1, trim_blocks,
 lstrip_blocks, its tojson/raise_exception/strftime_now, loopcontrols,
 {% generation %}) and by build/ref/template_driver; the texts must be equal
 byte for byte, or both sides must fail. Our runs must cover our output.
-Cases: the small ones below, then every fixture chat template
-(/work/shared/fixtures/tokenizers/*/tokenizer_config.json, plus SmolLM2's
-ChatML) with a few conversations.
+Cases: the small ones below (and REFUSED: what jinja2 renders and we refuse,
+with our reason); the public templates of tests/ref/templates (the manifest's
+and public.json's: llama.cpp's and chujiezheng/chat_templates' copies) over
+make_conversations' records, add_generation_prompt both ways; then every
+fixture chat template (/work/shared/fixtures/tokenizers/*/tokenizer_config.json,
+plus SmolLM2's ChatML) with a few conversations.
 Prints one "ok - ..." / "not ok - ..." line per group.
 """
 import glob
@@ -314,10 +317,6 @@ REFUSED = [
     ("{{ 'a'|safe|indent(2) }}", "Markup"),
 ]
 
-# Public templates beyond the fixtures (tests/ref/templates): the manifest's and
-# llama.cpp's DeepSeek R1 template, whose tool list is tojson of a map() (a
-# generator: transformers fails to render it with tools, and so must we).
-PUBLIC = ["llama-cpp-deepseek-r1.jinja"]
 
 
 def check_refused():
@@ -333,10 +332,14 @@ def check_refused():
 
 
 def public_templates():
+    """The public templates beyond the fixtures (tests/ref/templates): the
+    manifest's and those of public.json."""
     here = os.path.join(ROOT, "tests", "ref", "templates")
     with open(os.path.join(here, "manifest.json"), encoding="utf-8") as f:
         files = [e["source"]["file"] for e in json.load(f)["templates"] if e["source"]["kind"] == "file"]
-    for name in files + PUBLIC:
+    with open(os.path.join(here, "public.json"), encoding="utf-8") as f:
+        files += [e["file"] for e in json.load(f)["templates"]]
+    for name in files:
         with open(os.path.join(here, name), encoding="utf-8", newline="") as f:
             yield name, f.read()
 
