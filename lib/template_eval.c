@@ -1948,9 +1948,9 @@ static int run_test(struct rt *r, int line, const char *name, struct tp_val v, s
 		return v.type == TP_DICT;
 	if (IS("iterable"))
 		return v.type == TP_STR || v.type == TP_LIST || v.type == TP_DICT || v.type == TP_UNDEF;
-	if (IS("sequence"))
+	if (IS("sequence")) /* Undefined has a len() and a __getitem__ */
 		return v.type == TP_STR || (v.type == TP_LIST && (!v.u.l->lazy || v.u.l->lazy == LAZY_RANGE)) ||
-		       v.type == TP_DICT;
+		       v.type == TP_DICT || v.type == TP_UNDEF;
 	if (IS("number"))
 		return is_num(v);
 	if (IS("integer"))
@@ -2789,12 +2789,26 @@ static struct tp_val filter_body(struct rt *r, struct frame *f, int line, const 
 		if (arg(a, 3, "leeway", &x) && x.type != TP_NONE)
 			leeway = int_arg(r, line, x, "leeway");
 		args_done(r, line, a, name);
-		struct tp_str s = to_str(r, v), e = to_str(r, end);
-		uint32_t n, *off = cp_offsets(r, s, &n), en = cp_len(e);
+		struct tp_str e = to_str(r, end);
+		uint32_t en = cp_len(e);
 		if (len < (int64_t)en)
 			rt_err(r, line, "expected length >= %u, got %lld", en, (long long)len);
 		if (leeway < 0)
 			rt_err(r, line, "expected leeway >= 0");
+		if (v.type != TP_STR) { /* jinja2 takes len() of the value itself and gives it back when short */
+			int64_t vn = -1;
+			if (v.type == TP_UNDEF)
+				vn = 0;
+			else if (v.type == TP_LIST && v.u.l->lazy != LAZY_GEN)
+				vn = v.u.l->n;
+			else if (v.type == TP_DICT || v.type == TP_NS)
+				vn = v.u.d->n;
+			if (vn < 0 || vn > len + leeway)
+				rt_err(r, line, "truncate of a %s is not supported", tname(v));
+			return v;
+		}
+		struct tp_str s = v.u.s;
+		uint32_t n, *off = cp_offsets(r, s, &n);
 		if ((int64_t)n <= len + leeway)
 			return tp_mk_str(s);
 		uint32_t cut = (uint32_t)(len - en);

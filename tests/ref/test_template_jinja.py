@@ -285,6 +285,10 @@ CASES += [
     ("{{ range(3)|tojson }}", {}),
     ("{{ range(3) + [1] }}", {}),
     ("{{ ([1, 2]|select).count(1) }}", {}),
+    ("{{ y is sequence }}{{ d.y is sequence }}{{ d.y is iterable }}{{ d.y is mapping }}", {"d": {"a": 1}}),
+    ("{% for k in d|truncate(5) %}{{ k }}{% endfor %}|{{ l|truncate(5) }}|{{ d.x|truncate(5) }}|", {"d": {"a": 1, "b": 2}, "l": [1, 2]}),
+    ("{{ 5|truncate(5) }}", {}),
+    ("{{ range(20)|truncate(5) }}", {}),
 ]
 
 CONVS = [
