@@ -505,7 +505,8 @@ static int cmp_at(struct rt *r, int line, struct tp_val a, struct tp_val b, int 
 			return c < 0 ? -1 : 1;
 		return (a.u.s.len > b.u.s.len) - (a.u.s.len < b.u.s.len);
 	}
-	if (a.type == TP_LIST && b.type == TP_LIST) {
+	/* lists with lists and tuples with tuples: not iterators, views or ranges */
+	if (a.type == TP_LIST && b.type == TP_LIST && !a.u.l->lazy && !b.u.l->lazy && a.u.l->tuple == b.u.l->tuple) {
 		for (uint32_t i = 0; i < a.u.l->n && i < b.u.l->n; i++) {
 			step(r, line);
 			if (!tp_equal(a.u.l->v[i], b.u.l->v[i]))
@@ -540,7 +541,11 @@ static int contains(struct rt *r, int line, struct tp_val hay, struct tp_val nee
 		return 0;
 	}
 	case TP_DICT:
-	case TP_NS: charge(r, line, hay.u.d->n); return tp_dict_get(hay.u.d, needle) != NULL;
+	case TP_NS:
+		if (needle.type == TP_DICT || needle.type == TP_NS || (needle.type == TP_LIST && !needle.u.l->tuple))
+			rt_err(r, line, "unhashable type: '%s'", tname(needle)); /* a dict's key must hash */
+		charge(r, line, hay.u.d->n);
+		return tp_dict_get(hay.u.d, needle) != NULL;
 	case TP_UNDEF: return 0; /* Undefined iterates as empty */
 	default: rt_err(r, line, "argument of type '%s' is not iterable", tname(hay));
 	}
@@ -638,12 +643,16 @@ static struct tp_val arith(struct rt *r, int line, int op, struct tp_val a, stru
 			rt_err(r, line, "str %% %s is not supported", tname(b));
 		/* Python takes a list (it has __getitem__) as a mapping: one
 		 * argument, and no complaint when the format uses none */
-		return py_percent(r, line, a.u.s, &b, 1, b.type == TP_LIST);
+		return py_percent(r, line, a.u.s, &b, 1,
+				  b.type == TP_LIST && (!b.u.l->lazy || b.u.l->lazy == LAZY_RANGE));
 	}
 	if ((a.type == TP_LIST && a.u.l->lazy) || (b.type == TP_LIST && b.u.l->lazy))
 		rt_err(r, line, "unsupported operand type(s) for %s: an iterator (map, select, items() ...)",
 		       op == OP_ADD ? "+" : op == OP_MUL ? "*" : "this operator");
 	if (op == OP_ADD && a.type == TP_LIST && b.type == TP_LIST) {
+		if (a.u.l->tuple != b.u.l->tuple)
+			rt_err(r, line, "can only concatenate %s (not \"%s\") to %s", a.u.l->tuple ? "tuple" : "list",
+			       b.u.l->tuple ? "tuple" : "list", a.u.l->tuple ? "tuple" : "list");
 		struct tp_val l = tp_mk_list(&r->a, a.u.l->n + b.u.l->n, a.u.l->tuple);
 		memcpy(l.u.l->v, a.u.l->v, a.u.l->n * sizeof(struct tp_val));
 		memcpy(l.u.l->v + a.u.l->n, b.u.l->v, b.u.l->n * sizeof(struct tp_val));
@@ -2589,6 +2598,8 @@ static struct tp_val filter_body(struct rt *r, struct frame *f, int line, const 
 		uint32_t cap = 0, scap = 0;
 		for (uint32_t i = 0; i < l->n; i++) {
 			struct tp_val k = sort_key(r, has_attr ? attr_path(r, line, l->v[i], to_str(r, x)) : l->v[i], ci);
+			if (k.type == TP_DICT || k.type == TP_NS || (k.type == TP_LIST && !k.u.l->tuple))
+				rt_err(r, line, "unhashable type: '%s'", tname(k)); /* jinja2 keeps a set of them */
 			int dup = 0;
 			charge(r, line, seen.u.l->n);
 			for (uint32_t j = 0; j < seen.u.l->n && !dup; j++)
