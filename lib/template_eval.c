@@ -413,15 +413,16 @@ static int py_space(uint32_t c)
 
 /* ---- conversions ---- */
 
-/* A generator's text would be jinja2's <generator object ... at 0x...>, a
- * range's range(0, 3). */
+/* A list, a tuple or a range: what has Python's __getitem__ (an iterator
+ * or a dict view has not). */
+static int indexed(const struct tp_list *l) { return l->lazy == LAZY_NO || l->lazy == LAZY_RANGE; }
+
+/* tp_unprintable's refusal, at the template's line (nested, text_of's has none). */
 static void printable(struct rt *r, struct tp_val v)
 {
-	if (v.type == TP_LIST && v.u.l->lazy == LAZY_GEN)
-		rt_err(r, r->line, "printing a generator (map, select, reverse ...) is not supported: jinja2 prints "
-				   "its address; add | list");
-	if (v.type == TP_LIST && v.u.l->lazy == LAZY_RANGE)
-		rt_err(r, r->line, "printing a range() is not supported: jinja2 prints range(start, stop); add | list");
+	const char *why = tp_unprintable(v);
+	if (why)
+		rt_err(r, r->line, "%s", why);
 }
 
 static struct tp_str to_str(struct rt *r, struct tp_val v)
@@ -644,7 +645,7 @@ static struct tp_val arith(struct rt *r, int line, int op, struct tp_val a, stru
 		/* Python takes a list (it has __getitem__) as a mapping: one
 		 * argument, and no complaint when the format uses none */
 		return py_percent(r, line, a.u.s, &b, 1,
-				  b.type == TP_LIST && (!b.u.l->lazy || b.u.l->lazy == LAZY_RANGE));
+				  b.type == TP_LIST && indexed(b.u.l));
 	}
 	if ((a.type == TP_LIST && a.u.l->lazy) || (b.type == TP_LIST && b.u.l->lazy))
 		rt_err(r, line, "unsupported operand type(s) for %s: an iterator (map, select, items() ...)",
@@ -879,7 +880,7 @@ static struct tp_val cycler_attr(struct rt *r, struct tp_val c, const char *name
 
 static struct tp_val get_item(struct rt *r, int line, struct tp_val v, struct tp_val k)
 {
-	if (v.type == TP_LIST && v.u.l->lazy && v.u.l->lazy != LAZY_RANGE)
+	if (v.type == TP_LIST && !indexed(v.u.l))
 		return tp_mk_undef("item of an iterator");
 	switch (v.type) {
 	case TP_LIST:
@@ -957,7 +958,7 @@ static struct tp_val get_attr(struct rt *r, int line, struct tp_val v, const cha
 	case TP_LIST:
 		if (v.u.l->tuple == 2 && (!strcmp(name, "grouper") || !strcmp(name, "list")))
 			return v.u.l->v[name[0] == 'l']; /* groupby's (grouper, list) tuples */
-		if ((code & LIST_METHOD) && (!v.u.l->lazy || v.u.l->lazy == LAZY_RANGE)) /* a range has count, index */
+		if ((code & LIST_METHOD) && indexed(v.u.l)) /* a range has count, index */
 			return mk_func(r, F_METHOD, name, v);
 		return tp_mk_undef(name);
 	case TP_LOOP: return loop_attr(r, line, v.u.loop, name, code);
@@ -1599,16 +1600,11 @@ static struct tp_val loop_changed(struct rt *r, int line, struct tp_loop *lp, st
  * (find, startswith ...) answer of the text. Others are refused. */
 static struct tp_val call_markup_method(struct rt *r, int line, struct tp_str s, const char *m, struct args *a)
 {
-	static const char *const keep[] = {"upper", "lower", "title", "capitalize", "swapcase", "casefold", "split",
-					   "rsplit", "splitlines", "strip", "lstrip", "rstrip", "removeprefix",
-					   "removesuffix", NULL};
-	static const char *const plain[] = {"startswith", "endswith", "find", "rfind", "index", "rindex", "count",
-					    "isdigit", "isalpha", "isalnum", "isspace", "islower", "isupper", NULL};
-	int mark = -1;
-	for (int i = 0; keep[i] && mark < 0; i++)
-		mark = !strcmp(m, keep[i]) ? 1 : -1;
-	for (int i = 0; plain[i] && mark < 0; i++)
-		mark = !strcmp(m, plain[i]) ? 0 : -1;
+	static const char *keep[] = {"upper", "lower", "title", "capitalize", "swapcase", "casefold", "split", "rsplit",
+				     "splitlines", "strip", "lstrip", "rstrip", "removeprefix", "removesuffix", NULL};
+	static const char *plain[] = {"startswith", "endswith", "find", "rfind", "index", "rindex", "count",
+				      "isdigit", "isalpha", "isalnum", "isspace", "islower", "isupper", NULL};
+	int mark = in_names(keep, m) ? 1 : in_names(plain, m) ? 0 : -1;
 	if (!strcmp(m, "replace") && a->n >= 2) {
 		mark = 1;
 		if (a->v[1].type == TP_STR && !a->v[1].markup)
@@ -1958,8 +1954,7 @@ static int run_test(struct rt *r, int line, const char *name, struct tp_val v, s
 	if (IS("iterable"))
 		return v.type == TP_STR || v.type == TP_LIST || v.type == TP_DICT || v.type == TP_UNDEF;
 	if (IS("sequence")) /* Undefined has a len() and a __getitem__ */
-		return v.type == TP_STR || (v.type == TP_LIST && (!v.u.l->lazy || v.u.l->lazy == LAZY_RANGE)) ||
-		       v.type == TP_DICT || v.type == TP_UNDEF;
+		return v.type == TP_STR || (v.type == TP_LIST && indexed(v.u.l)) || v.type == TP_DICT || v.type == TP_UNDEF;
 	if (IS("number"))
 		return is_num(v);
 	if (IS("integer"))
@@ -2328,9 +2323,9 @@ static struct tp_val filter_slice(struct rt *r, int line, struct tp_val v, struc
 static struct tp_val markup_filter(struct rt *r, struct frame *f, int line, const char *name, struct tp_val v,
 				   struct args *a)
 {
-	static const char *const keep[] = {"upper", "lower", "capitalize", "title", "reverse", "trim", NULL};
-	static const char *const plain[] = {"length", "count", "tojson", "first", "last", "list", "join", "replace",
-					    "int", "float", "wordcount", "forceescape", NULL};
+	static const char *keep[] = {"upper", "lower", "capitalize", "title", "reverse", "trim", NULL};
+	static const char *plain[] = {"length", "count", "tojson", "first", "last", "list", "join", "replace",
+				      "int", "float", "wordcount", "forceescape", NULL};
 	struct tp_val text = v;
 	text.markup = 0;
 	if (!strcmp(name, "escape") || !strcmp(name, "e") || !strcmp(name, "string")) {
@@ -2342,22 +2337,20 @@ static struct tp_val markup_filter(struct rt *r, struct frame *f, int line, cons
 		x.markup = x.type == TP_STR && x.u.s.s == v.u.s.s && x.u.s.len == v.u.s.len ? 1 : x.markup;
 		return x;
 	}
-	for (int i = 0; keep[i]; i++)
-		if (!strcmp(name, keep[i])) {
-			struct tp_val x = apply_filter(r, f, line, name, text, a);
-			x.markup = x.type == TP_STR;
-			return x;
-		}
-	for (int i = 0; plain[i]; i++)
-		if (!strcmp(name, plain[i]))
-			return apply_filter(r, f, line, name, text, a);
+	if (in_names(keep, name)) {
+		struct tp_val x = apply_filter(r, f, line, name, text, a);
+		x.markup = x.type == TP_STR;
+		return x;
+	}
+	if (in_names(plain, name))
+		return apply_filter(r, f, line, name, text, a);
 	rt_err(r, line, "the %s filter of a Markup (|safe) string is not supported", name);
 }
 
 /* The filters jinja2 writes as generators, and reverse, which gives
  * reversed(list): what they give is used up as it is read. */
-static const char *const gen_filters[] = {"map", "select", "reject", "selectattr", "rejectattr", "unique",
-					  "batch", "slice", "items", "reverse", NULL};
+static const char *gen_filters[] = {"map", "select", "reject", "selectattr", "rejectattr", "unique",
+				    "batch", "slice", "items", "reverse", NULL};
 
 static struct tp_val apply_filter(struct rt *r, struct frame *f, int line, const char *name, struct tp_val v,
 				  struct args *a)
@@ -2374,9 +2367,8 @@ static struct tp_val apply_filter(struct rt *r, struct frame *f, int line, const
 	}
 	struct tp_val x = filter_body(r, f, line, name, v, a);
 	int reread = gen && !strcmp(name, "reverse"); /* reversed() fails: list() of it, reversed */
-	for (int i = 0; gen_filters[i] && !reread; i++)
-		if (!strcmp(name, gen_filters[i]) && x.type == TP_LIST)
-			x.u.l->lazy = LAZY_GEN;
+	if (!reread && x.type == TP_LIST && in_names(gen_filters, name))
+		x.u.l->lazy = LAZY_GEN;
 	return x;
 }
 
@@ -3032,7 +3024,7 @@ static struct tp_val eval_kind(struct rt *r, struct frame *f, const struct tp_no
 		struct tp_val v = eval(r, f, n->a);
 		struct tp_val lo = n->b ? eval(r, f, n->b) : tp_mk_none(), hi = n->c ? eval(r, f, n->c) : tp_mk_none();
 		struct tp_val st = n->args[0] ? eval(r, f, n->args[0]) : tp_mk_none();
-		if (v.type == TP_LIST && v.u.l->lazy && v.u.l->lazy != LAZY_RANGE)
+		if (v.type == TP_LIST && !indexed(v.u.l))
 			rt_err(r, n->line, "an iterator (map, select, items() ...) is not subscriptable");
 		struct tp_val x = do_slice(r, n->line, v, lo, hi, st);
 		if (v.type == TP_LIST && v.u.l->lazy == LAZY_RANGE)

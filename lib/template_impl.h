@@ -177,6 +177,8 @@ const char *tp_type_name(struct tp_val v);
 /* str(v) and repr(v) into b; the text of a non-string takes the origin of
  * the value that made it, element by element. */
 void tp_str_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v);
+/* Why v's text cannot be jinja2's (a generator, a range), or NULL. */
+const char *tp_unprintable(struct tp_val v);
 void tp_repr_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v);
 struct json_opts {
 	const char *indent; /* NULL: none */

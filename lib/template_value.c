@@ -580,10 +580,8 @@ static void text_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v, int re
 		static const char *const views[] = {[LAZY_ITEMS] = "dict_items(", [LAZY_KEYS] = "dict_keys(",
 						    [LAZY_VALUES] = "dict_values("};
 		struct tp_list *l = v.u.l;
-		if (l->lazy == LAZY_GEN || l->lazy == LAZY_RANGE) /* <generator object ... at 0x7f...>, range(0, 3) */
-			tp_fail(a, EXIT_USAGE, "printing a %s is not supported: jinja2 prints %s; add | list",
-				l->lazy == LAZY_GEN ? "generator (map, select, reverse ...)" : "range()",
-				l->lazy == LAZY_GEN ? "its address" : "range(start, stop)");
+		if (tp_unprintable(v))
+			tp_fail(a, EXIT_USAGE, "%s", tp_unprintable(v));
 		if (l->lazy)
 			put_c(a, b, views[l->lazy], v.o);
 		put_c(a, b, l->tuple ? "(" : "[", v.o);
@@ -617,6 +615,18 @@ static void text_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v, int re
 	case TP_FUNC: put_c(a, b, "<function>", v.o); return;
 	case TP_LOOP: put_c(a, b, "<LoopContext>", v.o); return;
 	}
+}
+
+const char *tp_unprintable(struct tp_val v)
+{
+	if (v.type != TP_LIST)
+		return NULL;
+	if (v.u.l->lazy == LAZY_GEN) /* <generator object ... at 0x7f...> */
+		return "printing a generator (map, select, reverse ...) is not supported: jinja2 prints its address; "
+		       "add | list";
+	if (v.u.l->lazy == LAZY_RANGE) /* range(0, 3): the arguments are not kept */
+		return "printing a range() is not supported: jinja2 prints range(start, stop); add | list";
+	return NULL;
 }
 
 void tp_str_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v) { text_of(a, b, v, 0, 0); }

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from make_conversations import conversations  # beside this file
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DRIVER = os.path.join(ROOT, "build", "ref", "template_driver")
 FIXTURES = os.environ.get("LORAPIPE_TOKENIZER_FIXTURES", "/work/shared/fixtures/tokenizers")
@@ -352,8 +354,6 @@ def public_templates():
 
 
 def check_public():
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from make_conversations import conversations
     feats = {"system": True, "tools": True, "tool_calls": True, "tool_results": True}
     # the driver reads contexts through jq, which rounds integers past 2**53
     # (ds-fmt keeps them: test_dsfmt_hf); such records are left out here
