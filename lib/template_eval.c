@@ -805,6 +805,17 @@ static struct tp_val do_slice(struct rt *r, int line, struct tp_val v, struct tp
 		cnt = 0;
 		for (int64_t i = a; step_ > 0 ? i < b : i > b; i += step_)
 			l.u.l->v[cnt++] = v.u.l->v[i];
+		if (v.u.l->lazy == LAZY_RANGE) { /* a range's slice is a range, its ends as Python computes them */
+			const int64_t *g = v.u.l->range;
+			__int128 e[3] = {(__int128)g[0] + (__int128)a * g[2], (__int128)g[0] + (__int128)b * g[2],
+					 (__int128)g[2] * step_};
+			for (int k = 0; k < 3; k++) {
+				if (e[k] < INT64_MIN || e[k] > INT64_MAX)
+					rt_err(r, line, "a range whose ends pass 64 bits is not supported");
+				l.u.l->range[k] = (int64_t)e[k];
+			}
+			l.u.l->lazy = LAZY_RANGE;
+		}
 		int li = r->tk ? track_find(r->tk, v.u.l) : -1;
 		if (li >= 0) { /* messages[K:] is tracked too; any other slice tells the number of messages */
 			if (step_ == 1 && !hh && (!hl || num_i(lo) >= 0))
@@ -1901,7 +1912,8 @@ static struct tp_val call_value(struct rt *r, struct frame *f, int line, struct 
 		a->used = ~0u;
 		if (st == 0)
 			rt_err(r, line, "range() arg 3 must not be zero");
-		int64_t n = st > 0 ? (hi > lo ? (hi - lo + st - 1) / st : 0) : (lo > hi ? (lo - hi - st - 1) / -st : 0);
+		__int128 n = st > 0 ? (hi > lo ? ((__int128)hi - lo + st - 1) / st : 0)
+				    : (lo > hi ? ((__int128)lo - hi - st - 1) / -(__int128)st : 0);
 		/* The sandbox's limit. */
 		if (n > 100000)
 			rt_err(r, line, "Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
@@ -1909,6 +1921,7 @@ static struct tp_val call_value(struct rt *r, struct frame *f, int line, struct 
 		for (int64_t i = 0; i < n; i++)
 			l.u.l->v[i] = tp_mk_int(lo + i * st);
 		l.u.l->lazy = LAZY_RANGE;
+		l.u.l->range[0] = lo, l.u.l->range[1] = hi, l.u.l->range[2] = st;
 		return l;
 	}
 	case F_NAMESPACE:
@@ -3027,8 +3040,6 @@ static struct tp_val eval_kind(struct rt *r, struct frame *f, const struct tp_no
 		if (v.type == TP_LIST && !indexed(v.u.l))
 			rt_err(r, n->line, "an iterator (map, select, items() ...) is not subscriptable");
 		struct tp_val x = do_slice(r, n->line, v, lo, hi, st);
-		if (v.type == TP_LIST && v.u.l->lazy == LAZY_RANGE)
-			x.u.l->lazy = LAZY_RANGE; /* a range's slice is a range */
 		x.markup = v.type == TP_STR && v.markup;
 		if (r->watch)
 			r->allow = v.type == TP_LIST && !held(lo, 0) && !held(hi, 0) && !held(st, 0);

@@ -124,7 +124,7 @@ struct tp_val;
  * left; true even when empty, no len, no json, no index); a dict's items(),
  * keys() and values() are views (read again at will, no json, no index,
  * printed as dict_items([...])); range() is a range (no json, equal to no
- * list, printed as range(0, 3), which is refused). */
+ * list, printed as range(0, 3) from the start, stop and step it keeps). */
 enum tp_lazy { LAZY_NO, LAZY_GEN, LAZY_ITEMS, LAZY_KEYS, LAZY_VALUES, LAZY_RANGE };
 struct tp_list {
 	struct tp_val *v;
@@ -132,6 +132,7 @@ struct tp_list {
 	uint8_t tuple;
 	uint8_t lazy; /* enum tp_lazy */
 	uint32_t at;  /* LAZY_GEN: the items read */
+	int64_t range[3]; /* LAZY_RANGE: start, stop, step, as Python prints them */
 };
 struct tp_dict {
 	struct tp_val *k, *v;

@@ -582,6 +582,16 @@ static void text_of(struct tp_arena *a, struct tp_sb *b, struct tp_val v, int re
 		struct tp_list *l = v.u.l;
 		if (tp_unprintable(v))
 			tp_fail(a, EXIT_USAGE, "%s", tp_unprintable(v));
+		if (l->lazy == LAZY_RANGE) {
+			char rb[96];
+			if (l->range[2] == 1)
+				snprintf(rb, sizeof rb, "range(%lld, %lld)", (long long)l->range[0], (long long)l->range[1]);
+			else
+				snprintf(rb, sizeof rb, "range(%lld, %lld, %lld)", (long long)l->range[0],
+					 (long long)l->range[1], (long long)l->range[2]);
+			put_c(a, b, rb, v.o);
+			return;
+		}
 		if (l->lazy)
 			put_c(a, b, views[l->lazy], v.o);
 		put_c(a, b, l->tuple ? "(" : "[", v.o);
@@ -624,8 +634,6 @@ const char *tp_unprintable(struct tp_val v)
 	if (v.u.l->lazy == LAZY_GEN) /* <generator object ... at 0x7f...> */
 		return "printing a generator (map, select, reverse ...) is not supported: jinja2 prints its address; "
 		       "add | list";
-	if (v.u.l->lazy == LAZY_RANGE) /* range(0, 3): the arguments are not kept */
-		return "printing a range() is not supported: jinja2 prints range(start, stop); add | list";
 	return NULL;
 }
 

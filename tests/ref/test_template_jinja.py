@@ -294,6 +294,8 @@ CASES += [
     ("{% for k in d|truncate(5) %}{{ k }}{% endfor %}|{{ l|truncate(5) }}|{{ d.x|truncate(5) }}|", {"d": {"a": 1, "b": 2}, "l": [1, 2]}),
     ("{{ 5|truncate(5) }}", {}),
     ("{{ range(20)|truncate(5) }}", {}),
+    ("{{ range(3) }}|{{ range(5, 2) }}|{{ range(-3) }}|{{ range(0, 10, 3) }}|{{ [range(2), (range(1),)] }}|{{ {'a': range(-5, 5, 2)} }}|{{ range(3) ~ 'x' }}|{{ range(3)|string }}", {}),
+    ("{{ range(10)[::-1] }}|{{ range(0, 10, 3)[1:100] }}|{{ range(5, 2)[::-1] }}|{{ range(3)[-100:100] }}|{{ range(10)[8:1:-2] }}|{{ range(10)[100:-100:-1] }}|{{ range(10)[::3][1:] }}|{{ range(10)[-2::-4][::-1] }}", {}),
 ]
 
 CONVS = [
@@ -311,16 +313,12 @@ CONVS = [
 
 
 # What jinja2 renders but we refuse, with a word of our message: a generator's
-# text is its address (<generator object ... at 0x7f...>), a range's range(0, 3)
-# is not kept, and % and format() of a Markup string (which escape their
-# arguments) are not implemented.
+# text is its address (<generator object ... at 0x7f...>), and % and format()
+# of a Markup string (which escape their arguments) are not implemented.
 REFUSED = [
     ("{{ [1, 2]|map('string') }}", "generator"),
     ("{{ [1]|select ~ '' }}", "generator"),
     ("{{ messages|reverse }}", "generator"),
-    ("{{ range(3) }}", "range"),
-    ("{{ [range(2)] }}", "range"),
-    ("{{ (range(5))[1:3] }}", "range"),
     ("{{ '%s'|safe % '<' }}", "Markup"),
     ("{{ ('{}'|safe).format('<') }}", "Markup"),
     ("{{ 'a'|safe|indent(2) }}", "Markup"),
