@@ -560,10 +560,14 @@ static struct tp_val concat_str(struct rt *r, struct tp_str a, struct tp_str b)
 	return tp_mk_str(tp_sb_done(&s));
 }
 
+static struct tp_val html_escape(struct rt *r, struct tp_str s);
+
 /* Python's printf-style str % args, for the format filter and the % operator:
- * %s %r %d %i and %%; anything else is refused rather than rendered wrong. */
+ * %s %r %d %i and %%; anything else is refused rather than rendered wrong.
+ * markup: the format is a Markup, whose % escapes what %s and %r write of
+ * each argument (not a Markup's %s) and gives a Markup, as markupsafe's. */
 static struct tp_val py_percent(struct rt *r, int line, struct tp_str f0, const struct tp_val *av, uint32_t an,
-			       int lenient)
+			       int lenient, int markup)
 {
 	struct tp_sb o = sb_new(r);
 	uint32_t i = 0, ai = 0;
@@ -582,6 +586,20 @@ static struct tp_val py_percent(struct rt *r, int line, struct tp_str f0, const 
 			if (ai >= an)
 				rt_err(r, line, "not enough arguments for format string");
 			struct tp_val x1 = av[ai++];
+			if (markup && (c == 'r' || !(x1.type == TP_STR && x1.markup))) {
+				if (r->watch && held(x1, 0))
+					unreplayable(r, line, "content escaped by a Markup's %");
+				if (c == 'd' || c == 'i') { /* markupsafe takes int() of it: int('3') is 3 */
+					if (!is_num(x1))
+						rt_err(r, line, "%%%c of a %s in a Markup's %% is not supported", c, tname(x1));
+				} else {
+					struct tp_sb t = sb_new(r);
+					(c == 's' ? tp_str_of : tp_repr_of)(&r->a, &t, x1);
+					tp_sb_str(&r->a, &o, html_escape(r, tp_sb_done(&t)).u.s);
+					i = e + 2;
+					continue;
+				}
+			}
 			if (c == 's')
 				tp_str_of(&r->a, &o, x1);
 			else if (c == 'r')
@@ -608,10 +626,10 @@ static struct tp_val py_percent(struct rt *r, int line, struct tp_str f0, const 
 	}
 	if (ai < an && !lenient)
 		rt_err(r, line, "not all arguments converted during string formatting");
-	return tp_mk_str(tp_sb_done(&o));
+	struct tp_val x = tp_mk_str(tp_sb_done(&o));
+	x.markup = markup;
+	return x;
 }
-
-static struct tp_val html_escape(struct rt *r, struct tp_str s);
 
 /* Markup + str: the str's text escaped first, as jinja2's Markup does on
  * either side (what a template's "..."|safe + x prints under transformers). */
@@ -635,17 +653,14 @@ static struct tp_val arith(struct rt *r, int line, int op, struct tp_val a, stru
 		s.markup = a.markup;
 		return s;
 	}
-	if (op == OP_MOD && a.type == TP_STR && a.markup)
-		rt_err(r, line, "%% of a Markup (|safe) string is not supported");
 	if (op == OP_MOD && a.type == TP_STR) {
 		if (b.type == TP_LIST && b.u.l->tuple)
-			return py_percent(r, line, a.u.s, b.u.l->v, b.u.l->n, 0);
+			return py_percent(r, line, a.u.s, b.u.l->v, b.u.l->n, 0, a.markup);
 		if (b.type == TP_DICT || b.type == TP_UNDEF)
 			rt_err(r, line, "str %% %s is not supported", tname(b));
 		/* Python takes a list (it has __getitem__) as a mapping: one
 		 * argument, and no complaint when the format uses none */
-		return py_percent(r, line, a.u.s, &b, 1,
-				  b.type == TP_LIST && indexed(b.u.l));
+		return py_percent(r, line, a.u.s, &b, 1, b.type == TP_LIST && indexed(b.u.l), a.markup);
 	}
 	if ((a.type == TP_LIST && a.u.l->lazy) || (b.type == TP_LIST && b.u.l->lazy))
 		rt_err(r, line, "unsupported operand type(s) for %s: an iterator (map, select, items() ...)",
@@ -2345,6 +2360,7 @@ static struct tp_val markup_filter(struct rt *r, struct frame *f, int line, cons
 		args_done(r, line, a, name);
 		return v;
 	}
+
 	if (!strcmp(name, "default") || !strcmp(name, "d")) { /* v itself, or (empty, boolean=true) the default */
 		struct tp_val x = filter_body(r, f, line, name, text, a);
 		x.markup = x.type == TP_STR && x.u.s.s == v.u.s.s && x.u.s.len == v.u.s.len ? 1 : x.markup;
@@ -2396,7 +2412,7 @@ static struct tp_val filter_body(struct rt *r, struct frame *f, int line, const 
 		m.markup = 1;
 		return m;
 	}
-	if (v.type == TP_STR && v.markup)
+	if (v.type == TP_STR && v.markup && !IS("format")) /* format is the Markup's own %, below */
 		return markup_filter(r, f, line, name, v, a);
 	if (IS("default") || IS("d")) {
 		struct tp_val def = tp_mk_str((struct tp_str){ "", 0, 0, NULL });
@@ -2846,7 +2862,7 @@ static struct tp_val filter_body(struct rt *r, struct frame *f, int line, const 
 			if (a->kw[i])
 				rt_err(r, line, "format: keyword arguments are not supported");
 		a->used = ~0u;
-		return py_percent(r, line, to_str(r, v), a->v, a->n, 0);
+		return py_percent(r, line, to_str(r, v), a->v, a->n, 0, v.type == TP_STR && v.markup);
 	}
 	if (IS("center")) {
 		int64_t w = 80;

@@ -258,6 +258,10 @@ CASES += [
     ("{{ ('ab'|safe)[0:1] + '<' }}{{ ('a'|safe) * 2 + '<' }}{{ ('a'|safe).startswith('a') }}{{ ('x'|safe|list)[0] + '<' }}", {}),
     ("{{ 'a'|safe + 1 }}", {}),
     ("{{ t.name|safe + ': ' + t.description }}", {"t": {"name": "f", "description": "the user's \"id\" <x> & y"}}),
+    # a Markup's % and format filter escape what %s and %r write of each argument
+    ("{{ '%s|%r|%d|%i'|safe % ('<a>', '<b>', 3.7, True) }}|{{ '%s'|safe % [1, '<'] }}|{{ '%s'|safe % '<' }}|{{ '%s %s'|safe % ('<'|safe, none) }}|{{ '%r'|safe % ('<'|safe,) }}", {}),
+    ("{{ '%s'|safe|format('<&') }}|{{ 'x'|safe % [] }}|{{ '%s'|safe % (('<',),) }}|{{ ('%s'|safe % 1) + '<' }}|{{ '%s-%s'|safe|format(x, 1) }}|{{ ('%s'|format('<'|safe)) + '<' }}|{{ '%%%s'|safe % \"'\" }}", {"x": ["<"]}),
+    ("{{ '%s'|safe|format() }}", {}),
     # generators (map, select, reject, selectattr, rejectattr, unique, batch,
     # slice, items, reverse of a list): used up as they are read, true when
     # empty, no len, no json, no index; dict views: no json, no index
@@ -313,13 +317,14 @@ CONVS = [
 
 
 # What jinja2 renders but we refuse, with a word of our message: a generator's
-# text is its address (<generator object ... at 0x7f...>), and % and format()
-# of a Markup string (which escape their arguments) are not implemented.
+# text is its address (<generator object ... at 0x7f...>); str.format() and the
+# filters of a Markup string that would escape their arguments are not
+# implemented, nor %d of a string in a Markup's % (int() of it).
 REFUSED = [
     ("{{ [1, 2]|map('string') }}", "generator"),
     ("{{ [1]|select ~ '' }}", "generator"),
     ("{{ messages|reverse }}", "generator"),
-    ("{{ '%s'|safe % '<' }}", "Markup"),
+    ("{{ '%d'|safe % '3' }}", "Markup"),
     ("{{ ('{}'|safe).format('<') }}", "Markup"),
     ("{{ 'a'|safe|indent(2) }}", "Markup"),
 ]
