@@ -108,9 +108,29 @@ def write_requests(path, n, start=0, with_ids=True):
             f.write(json.dumps(rec) + "\n")
 
 
-def kill_at(cmd, delay, env):
-    """Starts cmd, SIGKILLs it after delay seconds (if still running); returns its status."""
+def lines_in(path):
+    """The number of whole lines in path (0 when it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def wait_lines(p, path, n, limit=20.0):
+    """Waits until path holds n whole lines or p has ended (at most limit seconds)."""
+    t0 = time.time()
+    while p.poll() is None and lines_in(path) < n and time.time() - t0 < limit:
+        time.sleep(0.005)
+
+
+def kill_at(cmd, delay, env, out=None, after_lines=0):
+    """Starts cmd, SIGKILLs it delay seconds after out holds after_lines whole
+    lines (at once when 0), if still running; returns its status. Counting
+    lines rather than seconds keeps "a kill lands mid-run" true on a slow host."""
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    if after_lines:
+        wait_lines(p, out, after_lines)
     try:
         p.wait(delay)
     except subprocess.TimeoutExpired:

@@ -16,8 +16,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dsgen_common import (DSGEN, ROOT, FaultServer, check, dsgen, env_without_key, finish, kill_at, notok, ok,  # noqa: E402
-                          read_jsonl, skip, write_requests)
+from dsgen_common import (DSGEN, ROOT, FaultServer, check, dsgen, env_without_key, finish, kill_at, lines_in,  # noqa: E402
+                          notok, ok, read_jsonl, skip, wait_lines, write_requests)
 
 SPEC = os.path.join(ROOT, "tests", "ref", "dsgen_test_spec.json")
 FAST = ["--retry-base-ms", "5", "--retry-max-ms", "50"]
@@ -217,7 +217,10 @@ def sigkill_spec(tmp):
         cmd = [DSGEN, "--spec", SPEC, "--base-url", srv.url, "-o", out, "-j", "2", "--per-request", "1", "-n", "30",
                *FAST, "-q"]
         for k in range(5):
-            kill_at(cmd, rng.uniform(0.05, 0.5), env_without_key())
+            # the first at a random time (start-up included), the others a
+            # random time after the run has written a line more than the last
+            after = lines_in(out) + 1 if k else 0
+            kill_at(cmd, rng.uniform(0.0, 0.12) if k else rng.uniform(0.05, 0.5), env_without_key(), out, after)
             n = len(open(out, encoding="utf-8").read().splitlines()) if os.path.exists(out) else 0
             counts.append(n)
             if k == 2 and os.path.exists(out):
@@ -248,7 +251,8 @@ def sigkill_batch(tmp):
     with FaultServer(d, "--delay", "0.02", "--faults", "503") as srv:
         cmd = [DSGEN, "--requests", inp, "--base-url", srv.url, "-o", out, "-j", "2", *FAST, "-q"]
         for k in range(4):
-            kill_at(cmd, rng.uniform(0.05, 0.4), env_without_key())
+            after = lines_in(out) + 1 if k else 0  # as in sigkill_spec
+            kill_at(cmd, rng.uniform(0.0, 0.1) if k else rng.uniform(0.05, 0.4), env_without_key(), out, after)
             counts.append(len(read_jsonl(out)))
         p = dsgen("--requests", inp, "--base-url", srv.url, "-o", out, "-j", "2", *FAST)
     recs = read_jsonl(out)
@@ -273,7 +277,8 @@ def sigint(tmp):
     with FaultServer(d, "--delay", "0.1") as srv:
         pr = subprocess.Popen([DSGEN, "--requests", inp, "--base-url", srv.url, "-o", out, "-j", "2", *FAST],
                               stderr=subprocess.PIPE, text=True, env=env_without_key())
-        time.sleep(0.45)
+        wait_lines(pr, out, 1)  # a line written, many left: the signal lands mid-run however slow the host
+        time.sleep(0.05)
         pr.send_signal(signal.SIGINT)
         t0 = time.time()
         err = pr.communicate(timeout=10)[1]
