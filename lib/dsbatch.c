@@ -56,7 +56,7 @@ static jv record_id(jv rec, long lineno)
 
 static uint64_t id_key(jv id)
 {
-	jv s = jv_dump_string(id, 0);
+	jv s = jsonl_text(id);
 	uint64_t h = dsgen_hash(0, jv_string_value(s), (size_t)jv_string_length_bytes(jv_copy(s)));
 	jv_free(s);
 	return h;
@@ -131,7 +131,7 @@ struct dsbatch *dsbatch_load(const char *path, const struct dsbatch_opts *o, str
 		*l = (struct line){.lineno = lineno, .len = len};
 		jv id = record_id(rec, lineno);
 		l->key = id_key(jv_copy(id));
-		jv ids = jv_dump_string(id, 0);
+		jv ids = jsonl_text(id);
 		l->id = strdup(jv_string_value(ids));
 		jv_free(ids);
 		jv_free(rec);
@@ -236,7 +236,7 @@ int dsbatch_next(struct dsbatch *b, struct http_request *req)
 	long est = jv_get_kind(mt) == JV_KIND_NUMBER ? (long)jv_number_value(mt) : 256;
 	jv_free(mt);
 	jv_free(rec);
-	jv s = jv_dump_string(body, 0);
+	jv s = jsonl_text(body);
 	req->len = (size_t)jv_string_length_bytes(jv_copy(s));
 	req->body = strdup(jv_string_value(s));
 	jv_free(s);

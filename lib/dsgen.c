@@ -989,7 +989,7 @@ static char *prompt(const struct dsgen *g, const struct bucket *b, long n)
 			jv_get_kind(desc) == JV_KIND_STRING ? ": " : "",
 			jv_get_kind(desc) == JV_KIND_STRING ? jv_string_value(desc) : "");
 		jv_free(desc), jv_free(fn);
-		jv ps = jv_dump_string(jv_copy(it->params), 0);
+		jv ps = jsonl_text(jv_copy(it->params)); /* the numbers as the spec writes them */
 		fprintf(f, "%s\n\n", jv_string_value(ps));
 		jv_free(ps);
 		fprintf(f, "Write %ld different messages in %s that a user sends to the assistant and that need this tool", n,
@@ -1021,7 +1021,7 @@ static char *prompt(const struct dsgen *g, const struct bucket *b, long n)
 			jv t = get(e, "text"), a = get(e, "arguments");
 			fprintf(f, "- %s", jv_string_value(t));
 			if (jv_is_valid(a)) {
-				jv s = jv_dump_string(jv_copy(a), 0);
+				jv s = jsonl_text(jv_copy(a));
 				fprintf(f, "  (arguments: %s)", jv_string_value(s));
 				jv_free(s);
 			}
@@ -1042,7 +1042,7 @@ static char *prompt(const struct dsgen *g, const struct bucket *b, long n)
 	if (!jv_is_valid(ex_text))
 		jv_free(ex_text);
 	jv_free(ex_args), jv_free(ex);
-	jv shown = jv_dump_string(JV_OBJECT(jv_string("items"), JV_ARRAY(shape)), 0);
+	jv shown = jsonl_text(JV_OBJECT(jv_string("items"), JV_ARRAY(shape)));
 	fprintf(f, "\nReply with a JSON object only, of this shape, with %ld new messages: %s", n, jv_string_value(shown));
 	jv_free(shown);
 	fclose(f);
@@ -1110,7 +1110,7 @@ int dsgen_next(struct dsgen *g, struct http_request *req)
 	else if (g->o.format == DSGEN_FORMAT_JSON_OBJECT)
 		body = jv_object_set(body, jv_string("response_format"),
 				     JV_OBJECT(jv_string("type"), jv_string("json_object")));
-	jv s = jv_dump_string(body, 0);
+	jv s = jsonl_text(body);
 	req->len = (size_t)jv_string_length_bytes(jv_copy(s));
 	req->body = strdup(jv_string_value(s));
 	jv_free(s);
@@ -1211,8 +1211,8 @@ static jv assemble(const struct dsgen *g, const struct bucket *b, long k, const 
 		msgs = jv_array_append(msgs, JV_OBJECT(jv_string("role"), jv_string("assistant"), jv_string("content"),
 						       jv_string(answer)));
 	} else {
-		if (g->spec->args_string)
-			args = jv_dump_string(args, 0);
+		if (g->spec->args_string) /* a float keeps its fraction, a long integer its digits */
+			args = jsonl_text(args);
 		jv call = JV_OBJECT(jv_string("type"), jv_string("function"), jv_string("function"),
 				    JV_OBJECT(jv_string("name"), jv_string(it->tool), jv_string("arguments"), args));
 		msgs = jv_array_append(msgs, JV_OBJECT(jv_string("role"), jv_string("assistant"), jv_string("content"),

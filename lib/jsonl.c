@@ -430,6 +430,7 @@ static uint64_t word_special(uint64_t w) { return word_stops_string(w) | bytes_e
  * would make floats (jd is_float, jsonl_number_is_float on a jv), which jq
  * cannot. */
 #define JSONL_FLOAT_MARK 0x46 /* in a number's pad_: see jsonl_number_is_float */
+#define JSONL_EXACT_MARK 0x49 /* in a number's pad_, its size the integer less the double: see jsonl_number_exact */
 
 struct fastp {
 	const char *s, *end;
@@ -967,6 +968,29 @@ jv jsonl_float(double d)
 	return v;
 }
 
+/* Past 2^53 even an integer the double holds is marked: jq writes 17
+ * digits (2^63 as 9223372036854775800). long double holds any int64 and any
+ * double exactly on x86-64 (64-bit mantissa), so their difference is exact;
+ * it is at most half a double's step near 2^63, 2^10. */
+jv jsonl_exact(long i)
+{
+	double d = (double)i;
+	jv v = jv_number(d);
+	if (i > (1L << 53) || i < -(1L << 53)) {
+		v.pad_ = JSONL_EXACT_MARK;
+		v.size = (int)(long)((long double)i - (long double)d);
+	}
+	return v;
+}
+
+int jsonl_number_exact(jv v, long *i)
+{
+	if (jv_get_kind(v) != JV_KIND_NUMBER || v.pad_ != JSONL_EXACT_MARK)
+		return 0;
+	*i = (long)((long double)jv_number_value(v) + v.size);
+	return 1;
+}
+
 static int is_digit(const char *q, const char *end) { return q < end && *q >= '0' && *q <= '9'; }
 
 /* strtod of the number s[0..n) (not NUL-terminated): 0, or -1 when out of memory. */
@@ -1282,7 +1306,8 @@ jv jsonl_jv_of(const struct jd *d)
 	switch (d->kind) {
 	case JD_TRUE: return jv_true();
 	case JD_FALSE: return jv_false();
-	case JD_NUMBER: return d->is_float ? jsonl_float(d->u.num) : jv_number(jd_num(d)); /* jq's: a double */
+	case JD_NUMBER: /* jq's is a double: the floats and the integers past 2^53 marked */
+		return d->is_float ? jsonl_float(d->u.num) : d->exact ? jsonl_exact(d->u.i) : jv_number(d->u.num);
 	case JD_STRING: return string_checked(d->u.s, d->n);
 	case JD_ARRAY: {
 		jv a = jv_array();
@@ -1305,7 +1330,11 @@ int jsonl_jd_of(jv v, struct jd_arena *a, struct jd *out)
 	switch (jv_get_kind(v)) {
 	case JV_KIND_TRUE: *out = jd_bool(1); return 0;
 	case JV_KIND_FALSE: *out = jd_bool(0); return 0;
-	case JV_KIND_NUMBER: *out = jd_number(jv_number_value(v), jsonl_number_is_float(v)); return 0;
+	case JV_KIND_NUMBER: {
+		long i;
+		*out = jsonl_number_exact(v, &i) ? jd_int(i) : jd_number(jv_number_value(v), jsonl_number_is_float(v));
+		return 0;
+	}
 	case JV_KIND_STRING:
 		*out = jd_string(a, jv_string_value(v), (size_t)jv_string_length_bytes(jv_copy(v)));
 		return out->kind == JD_STRING ? 0 : -1;
@@ -1790,7 +1819,14 @@ void jsonl_put_value(struct jsonl_buf *b, jv v)
 	case JV_KIND_NULL: jsonl_put(b, "null", 4); break;
 	case JV_KIND_TRUE: jsonl_put(b, "true", 4); break;
 	case JV_KIND_FALSE: jsonl_put(b, "false", 5); break;
-	case JV_KIND_NUMBER: put_number(b, jv_number_value(v), jsonl_number_is_float(v)); break;
+	case JV_KIND_NUMBER: {
+		long i;
+		if (jsonl_number_exact(v, &i))
+			jsonl_put_long(b, i);
+		else
+			put_number(b, jv_number_value(v), jsonl_number_is_float(v));
+		break;
+	}
 	default: { /* invalid: what jq writes for it */
 		jv s = jv_dump_string(jv_copy(v), 0);
 		jsonl_put(b, jv_string_value(s), strlen(jv_string_value(s)));
@@ -1925,6 +1961,15 @@ int jsonl_format(jv v, char **buf, size_t *len, size_t *cap, struct err *err)
 		return err_sys(err, "out of memory");
 	*len = b.n;
 	return 0;
+}
+
+jv jsonl_text(jv v)
+{
+	struct jsonl_buf b = {0};
+	jsonl_put_value(&b, v);
+	jv s = b.oom ? jv_invalid() : jv_string_sized(b.p ? b.p : "", (int)b.n);
+	free(b.p);
+	return s;
 }
 
 int jsonl_write(FILE *f, jv v, struct err *err)

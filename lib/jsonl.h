@@ -105,6 +105,14 @@ int jsonl_errf(const struct jsonl_reader *r, struct err *err, const char *fmt, .
  * and objects (numbers jq computes are unmarked). jsonl_float makes one. */
 int jsonl_number_is_float(jv v);
 jv jsonl_float(double d);
+/* An integer a double cannot hold (an order id of 19 digits, which
+ * json.loads keeps whole): the parsers here mark it in the jv (pad_, and the
+ * difference from the double in size), so that jsonl_write and jsonl_jd_of
+ * give it back whole, where jq would round it; jq itself sees the double.
+ * jsonl_exact makes one (unmarked within 2^53);
+ * jsonl_number_exact gives it back: 1, or 0 for a number not so marked. */
+jv jsonl_exact(long i);
+int jsonl_number_exact(jv v, long *i);
 
 /* The first byte of s[0..n) that is not part of well-formed UTF-8 (RFC 3629:
  * no overlongs, no surrogates, nothing past U+10FFFF), or -1. */
@@ -158,6 +166,10 @@ int jsonl_write(FILE *f, jv v, struct err *err);
  * *buf, a malloc'ed block of *cap bytes holding *len (all three updated; *buf
  * may be NULL with *cap 0). On error *len is left as it was. */
 int jsonl_format(jv v, char **buf, size_t *len, size_t *cap, struct err *err);
+/* v (consumed) as jsonl_write writes it, without the newline, as a jv string
+ * (for JSON text inside a prompt or a record, where jq 1.6 would write
+ * 1000000000000000001 as 1e+18); invalid when out of memory. */
+jv jsonl_text(jv v);
 /* The writer under both, for lines built a piece at a time: a malloc'ed
  * block p of cap bytes holding n (p may be NULL with cap 0). Running out of
  * memory sets oom, after which puts do nothing; the caller reports it and

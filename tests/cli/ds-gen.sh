@@ -169,5 +169,43 @@ if expect args-string 0 "$DG" "$T/strargs.json" --base-url "$URL" -n 8 --retry-b
 		ok "tool_call_format string: arguments as JSON text, accepted by ds-fmt"
 	else notok args-string "argument kinds: $kinds; $(head -c 200 "$T/err")"; fi
 fi
+# An integer argument past 2^53 (a 19-digit account number) reaches the record
+# whole, as an object and as JSON text, as json.loads reads the reply; jq 1.6
+# alone would round it (1000000000123456791 -> 1000000000123456800).
+python3 - "$ROOT/tests/ref/dsgen_test_spec.json" "$T/bigint" <<'PY'
+import json, sys
+spec = json.load(open(sys.argv[1]))
+spec["tools"][1]["function"]["parameters"] = {"type": "object", "required": ["account"], "additionalProperties": False,
+                                              "properties": {"account": {"type": "integer", "minimum": 10 ** 18}}}
+spec["intents"][1]["examples"] = ["Block the card of account 1000000000000000001"]
+json.dump(spec, open(sys.argv[2] + ".json", "w"))
+json.dump(dict(spec, tool_call_format="string"), open(sys.argv[2] + "-str.json", "w"))
+PY
+for form in "" -str; do
+	if expect "bigint$form" 0 "$DG" "$T/bigint$form.json" --base-url "$URL" -n 8 --retry-base-ms 5 -o "$T/bigint$form.jsonl"; then
+		if python3 - "$T/bigint$form.jsonl" <<'PY'; then ok "integer argument past 2^53 kept whole (tool_call_format $([ -n "$form" ] && echo string || echo object))"; else notok "bigint$form" "$(head -c 300 "$T/bigint$form.jsonl")"; fi
+import json, sys
+accounts = []
+for line in open(sys.argv[1]):
+    for call in json.loads(line)["messages"][2].get("tool_calls", []):
+        if call["function"]["name"] != "block_card":
+            continue
+        a = call["function"]["arguments"]
+        accounts.append((json.loads(a) if isinstance(a, str) else a)["account"])
+# the fault server writes 10**18 + 246913579 + 2n: odd, and no double is odd up there
+sys.exit(0 if accounts and all(type(x) is int and x % 2 == 1 and 10 ** 18 < x < 10 ** 18 + 10 ** 9 for x in accounts) else 1)
+PY
+	fi
+done
+# --requests: two ids a double cannot tell apart stay two, whole, and a rerun finds both done
+printf '%s\n' '{"id": 1234567890123456789, "messages": [{"role": "user", "content": "a"}], "n": 9007199254740993}' \
+	'{"id": 1234567890123456791, "messages": [{"role": "user", "content": "b"}], "n": 1.0}' > "$T/bigid.in"
+if expect bigid 0 "$DG" --requests "$T/bigid.in" --base-url "$URL" --retry-base-ms 5 -o "$T/bigid.jsonl" &&
+	expect bigid-rerun 0 "$DG" --requests "$T/bigid.in" --base-url "$URL" -o "$T/bigid.jsonl"; then
+	got=$(python3 -c 'import json, sys; print(sorted((r["id"], r["n"]) for r in map(json.loads, open(sys.argv[1]))))' "$T/bigid.jsonl")
+	[ "$got" = "[(1234567890123456789, 9007199254740993), (1234567890123456791, 1.0)]" ] &&
+		stderr_has bigid-rerun '0 new, 2 already there' && ok "--requests: 19-digit ids and integers past 2^53 kept whole, resumed" ||
+		notok bigid "$got; $(head -c 200 "$T/err")"
+fi
 kill "$SPID" 2>/dev/null; wait "$SPID" 2>/dev/null
 finish

@@ -74,8 +74,8 @@ def fake_value(schema, n):
         t = t[0]
     if "enum" in schema:
         return schema["enum"][0]
-    if t == "integer":
-        return 1 + n % 9
+    if t == "integer":  # past 2**53 where the schema asks (an account number): a double would round it
+        return schema["minimum"] // 2 * 2 + 246913579 + 2 * n if schema.get("minimum", 0) > 2 ** 53 else 1 + n % 9
     if t == "number":
         return 1.5
     if t == "boolean":

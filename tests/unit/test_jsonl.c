@@ -276,6 +276,65 @@ static void test_number_literals(void)
 	free(buf);
 }
 
+/* An integer past 2^53 (an order id of 19 digits) read into a jv comes back
+ * whole from jsonl_format and jsonl_jd_of, as json.loads keeps it, though jq
+ * sees the double; through jq's parser (a \u0000) too. The reference is the
+ * integer itself, drawn afresh. */
+static void test_exact_integers_through_jv(void)
+{
+	static const long edge[] = {LONG_MAX, LONG_MIN, LONG_MAX - 1, LONG_MIN + 1, 9007199254740993L, -9007199254740993L,
+				    9007199254740992L, 1000000000000000000L, 1234567890123456789L};
+	check_seed_init();
+	for (int c = 0; c < 4000 && !check_case_failed; c++) {
+		long x;
+		if (c < (int)(sizeof edge / sizeof *edge))
+			x = edge[c];
+		else {
+			int digits = 16 + (int)rng_below(check_rng(), 4); /* 16 to 19 */
+			uint64_t lo = digits == 16 ? 1000000000000000ULL : (uint64_t)pow(10, digits - 1);
+			uint64_t span = digits == 19 ? (uint64_t)LONG_MAX - lo : 9 * lo;
+			x = (long)(lo + rng_next(check_rng()) % span);
+			if (rng_below(check_rng(), 2))
+				x = -x;
+		}
+		char line[256];
+		snprintf(line, sizeof line, "{\"x\":[%ld,{\"y\":%ld},2.0],\"s\":\"%s\"}", x, x, c % 2 ? "\\u0000" : "a");
+		jv v = jsonl_parse_value(line, strlen(line));
+		jv first = jv_array_get(jv_object_get(jv_copy(v), jv_string("x")), 0);
+		long back = 0;
+		int marked = jsonl_number_exact(first, &back);
+		CHECK(jv_number_value(first) == (double)x, "%ld: jq sees %.17g", x, jv_number_value(first));
+		CHECK(marked == (x > (1L << 53) || x < -(1L << 53)) && (!marked || back == x),
+		      "%ld: marked %d, %ld", x, marked, back);
+		jv_free(first);
+		/* copied, put in other arrays and objects, then written */
+		jv moved = jv_object_set(jv_object(), jv_string("m"), jv_object_get(jv_copy(v), jv_string("x")));
+		char *buf = NULL, want[256];
+		size_t len = 0, cap = 0;
+		struct err err = {0};
+		snprintf(want, sizeof want, "{\"m\":[%ld,{\"y\":%ld},2.0]}\n", x, x);
+		CHECK(jsonl_format(moved, &buf, &len, &cap, &err) == 0 && len == strlen(want) && !memcmp(buf, want, len),
+		      "wrote %.*s for %s", (int)len, buf ? buf : "", want);
+		/* into a jd (what ds-fmt renders) and written from it */
+		struct jd_arena ar = {0};
+		struct jd d;
+		struct jsonl_buf b = {0};
+		CHECK(jsonl_jd_of(v, &ar, &d) == 0, "jd_of");
+		jsonl_put_jd(&b, jd_get(&d, "x"));
+		snprintf(want, sizeof want, "[%ld,{\"y\":%ld},2.0]", x, x);
+		CHECK(b.n == strlen(want) && !memcmp(b.p, want, b.n), "jd wrote %.*s for %s", (int)b.n, b.p, want);
+		free(b.p), free(buf);
+		jd_arena_free(&ar);
+		jv_free(v);
+	}
+	/* what jq computes is not marked; an integer a double holds is written as jq writes it */
+	long i;
+	CHECK(!jsonl_number_exact(jv_number(1e19), &i) && !jsonl_number_exact(jsonl_exact(9007199254740992L), &i) &&
+		      jsonl_number_exact(jsonl_exact(LONG_MIN), &i) && i == LONG_MIN &&
+		      jsonl_number_exact(jsonl_exact(9007199254740993L), &i) && i == 9007199254740993L,
+	      "made numbers");
+}
+
 /* One bad line among good ones: the message names the file and the line. */
 static void test_bad_lines(void)
 {
@@ -1465,6 +1524,7 @@ int main(void)
 	RUN(test_values);
 	RUN(test_bad_lines);
 	RUN(test_number_literals);
+	RUN(test_exact_integers_through_jv);
 	RUN(test_skip_bad);
 	RUN(test_long_line);
 	RUN(test_held_blocks);
