@@ -769,9 +769,12 @@ static struct tp_val arith(struct rt *r, int line, int op, struct tp_val a, stru
 		if (m != 0 && ((m < 0) != (y < 0))) {
 			m += y;
 			d -= 1.0;
-		}
+		} else if (m == 0)
+			m = copysign(0.0, y); /* 0 % -2.0 is -0.0 */
 		if (op == OP_MOD)
 			return tp_mk_float(m);
+		if (d == 0)
+			return tp_mk_float(copysign(0.0, x / y));
 		double fd = floor(d);
 		if (d - fd > 0.5)
 			fd += 1.0;
