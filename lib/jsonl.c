@@ -991,6 +991,38 @@ int jsonl_number_exact(jv v, long *i)
 	return 1;
 }
 
+/* A number's value in long double: exact for every int64 and every double. */
+static long double number_ld(jv v)
+{
+	long i;
+	return jsonl_number_exact(v, &i) ? (long double)i : (long double)jv_number_value(v);
+}
+
+int jsonl_equal(jv a, jv b)
+{
+	int eq = jv_get_kind(a) == jv_get_kind(b);
+	if (eq && jv_get_kind(a) == JV_KIND_NUMBER)
+		eq = number_ld(a) == number_ld(b);
+	else if (eq && jv_get_kind(a) == JV_KIND_ARRAY) {
+		int n = jv_array_length(jv_copy(a));
+		eq = n == jv_array_length(jv_copy(b));
+		for (int i = 0; eq && i < n; i++)
+			eq = jsonl_equal(jv_array_get(jv_copy(a), i), jv_array_get(jv_copy(b), i));
+	} else if (eq && jv_get_kind(a) == JV_KIND_OBJECT) {
+		eq = jv_object_length(jv_copy(a)) == jv_object_length(jv_copy(b));
+		jv_object_foreach(a, k, x) {
+			if (eq) {
+				jv y = jv_object_get(jv_copy(b), jv_copy(k));
+				eq = jv_is_valid(y) && jsonl_equal(jv_copy(x), y);
+			}
+			jv_free(k), jv_free(x);
+		}
+	} else if (eq)
+		eq = jv_equal(jv_copy(a), jv_copy(b));
+	jv_free(a), jv_free(b);
+	return eq;
+}
+
 static int is_digit(const char *q, const char *end) { return q < end && *q >= '0' && *q <= '9'; }
 
 /* strtod of the number s[0..n) (not NUL-terminated): 0, or -1 when out of memory. */

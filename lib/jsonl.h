@@ -113,6 +113,9 @@ jv jsonl_float(double d);
  * jsonl_number_exact gives it back: 1, or 0 for a number not so marked. */
 jv jsonl_exact(long i);
 int jsonl_number_exact(jv v, long *i);
+/* jv_equal (both consumed), numbers by their exact values: two integers past
+ * 2^53 that a double cannot tell apart differ; 1 and 1.0 are equal. */
+int jsonl_equal(jv a, jv b);
 
 /* The first byte of s[0..n) that is not part of well-formed UTF-8 (RFC 3629:
  * no overlongs, no surrogates, nothing past U+10FFFF), or -1. */

@@ -8,6 +8,8 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include "jsonl.h"
+
 static const char *const type_names[] = {"string", "number", "integer", "boolean", "object", "array", "null"};
 
 static jv get(jv obj, const char *key)
@@ -262,7 +264,7 @@ static int validate_at(jv s, jv v, const char *at, struct err *err)
 	if (jv_get_kind(en) == JV_KIND_ARRAY) {
 		int found = 0;
 		jv_array_foreach(en, i, e) {
-			found |= jv_equal(e, jv_copy(v));
+			found |= jsonl_equal(e, jv_copy(v));
 			(void)i;
 		}
 		if (!found)
@@ -270,7 +272,7 @@ static int validate_at(jv s, jv v, const char *at, struct err *err)
 	}
 	jv_free(en);
 	jv cst = get(s, "const");
-	if (rc == 0 && jv_is_valid(cst) && !jv_equal(jv_copy(cst), jv_copy(v)))
+	if (rc == 0 && jv_is_valid(cst) && !jsonl_equal(jv_copy(cst), jv_copy(v)))
 		rc = err_set(err, "%s: not the required value", place);
 	jv_free(cst);
 	if (rc)

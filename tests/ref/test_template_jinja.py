@@ -393,13 +393,18 @@ R_FILTERS = ["list", "length", "first", "last", "join(',')", "join", "upper", "l
              "selectattr('role')", "selectattr('role', 'equalto', 'user')", "rejectattr('content')", "default('D')",
              "default('D', true)", "int", "float", "abs", "count", "sum", "max", "min", "items", "dictsort", "batch(2)",
              "slice(2)", "capitalize", "title", "replace('a', '<')", "indent(2)", "center(9)", "wordcount",
-             "truncate(5)", "round", "format(1)", "groupby('role')", "forceescape"]
+             "truncate(5)", "round", "format(1)", "groupby('role')", "forceescape", "round(1)", "round(0, 'ceil')",
+             "wordwrap(3)", "indent(2, true)", "tojson(indent=1)", "dictsort(reverse=true)", "batch(2, 'x')",
+             "map('upper')", "join('-', attribute='r')", "sum(attribute='r')", "title", "int(7)", "float(0.5)",
+             "default(none)", "attr('r')", "min(attribute='r')", "sort(reverse=true)", "unique(attribute='r')"]
 R_METHODS = ["upper()", "lower()", "strip()", "split()", "split(',')", "startswith('a')", "replace('a', '<')",
              "join(['x', '<'])", "items()", "keys()", "values()", "get('a')", "get('role')", "title()", "count('a')",
-             "find('b')", "endswith('>')"]
+             "find('b')", "endswith('>')", "rstrip('x')", "lstrip()", "center(7)", "ljust(4)", "rjust(4)", "zfill(4)",
+             "splitlines()", "isdigit()", "isalpha()", "islower()", "swapcase()", "casefold()", "partition(' ')",
+             "rsplit(',', 1)", "index('a')", "rfind('a')", "capitalize()", "format(1)", "pop()", "copy()", "sort()"]
 R_TESTS = ["defined", "none", "string", "number", "sequence", "mapping", "iterable", "odd", "even", "true", "false",
            "in([1, 2])", "equalto(1)"]
-R_OPS = ["+", "~", "*", "%", "==", "!=", "in", "not in", "and", "or", "<", "-"]
+R_OPS = ["+", "~", "*", "%", "==", "!=", "in", "not in", "and", "or", "<", "-", "//", "/", "**", ">=", "<="]
 
 
 def random_expr(rng, depth=0):

@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "jsonl.h"
 #include "jsonschema.h"
 
 static jv parse(const char *s)
@@ -102,10 +103,39 @@ static void test_schema_check(void)
 	}
 }
 
+/* enum and const compare numbers by their exact values: integers past 2^53
+ * (drawn afresh, 18 and 19 digits) that one double holds differ, 1 is 1.0. */
+static void test_big_integers(void)
+{
+	check_seed_init();
+	for (int c = 0; c < 500 && !check_case_failed; c++) {
+		long x = 100000000000000000L + (long)(rng_next(check_rng()) % 9000000000000000000UL / 2 * 2);
+		if (c & 1)
+			x = -x;
+		long other = x + (c % 3 ? 2 : 1); /* within a double's step of x */
+		char schema[160], same[80], near[80];
+		snprintf(schema, sizeof schema, c % 2 ? "{\"enum\":[\"a\",%ld]}" : "{\"const\":{\"n\":[%ld]}}", x);
+		snprintf(same, sizeof same, c % 2 ? "%ld" : "{\"n\":[%ld]}", x);
+		snprintf(near, sizeof near, c % 2 ? "%ld" : "{\"n\":[%ld]}", other);
+		jv sv = jsonl_parse_value(schema, strlen(schema));
+		jv a = jsonl_parse_value(same, strlen(same)), b = jsonl_parse_value(near, strlen(near));
+		struct err e = {0}, e2 = {0};
+		CHECK(jsonschema_validate(sv, a, "v", &e) == 0, "%s refused %s: %s", schema, same, e.msg);
+		CHECK(jsonschema_validate(sv, b, "v", &e2) < 0, "%s took %s", schema, near);
+		jv_free(sv), jv_free(a), jv_free(b);
+	}
+	struct err e = {0};
+	jv sv = jsonl_parse_value("{\"enum\":[1,[2.0]]}", 18), a = jsonl_parse_value("1.0", 3),
+	   b = jsonl_parse_value("[2]", 3);
+	CHECK(jsonschema_validate(sv, a, "v", &e) == 0 && jsonschema_validate(sv, b, "v", &e) == 0, "1 is 1.0: %s", e.msg);
+	jv_free(sv), jv_free(a), jv_free(b);
+}
+
 int main(void)
 {
 	RUN(test_valid_arguments);
 	RUN(test_invalid_arguments);
 	RUN(test_schema_check);
+	RUN(test_big_integers);
 	return check_done();
 }
