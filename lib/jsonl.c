@@ -991,8 +991,7 @@ int jsonl_number_exact(jv v, long *i)
 	return 1;
 }
 
-/* A number's value in long double: exact for every int64 and every double. */
-static long double number_ld(jv v)
+long double jsonl_number_ld(jv v)
 {
 	long i;
 	return jsonl_number_exact(v, &i) ? (long double)i : (long double)jv_number_value(v);
@@ -1002,7 +1001,7 @@ int jsonl_equal(jv a, jv b)
 {
 	int eq = jv_get_kind(a) == jv_get_kind(b);
 	if (eq && jv_get_kind(a) == JV_KIND_NUMBER)
-		eq = number_ld(a) == number_ld(b);
+		eq = jsonl_number_ld(a) == jsonl_number_ld(b);
 	else if (eq && jv_get_kind(a) == JV_KIND_ARRAY) {
 		int n = jv_array_length(jv_copy(a));
 		eq = n == jv_array_length(jv_copy(b));

@@ -113,6 +113,8 @@ jv jsonl_float(double d);
  * jsonl_number_exact gives it back: 1, or 0 for a number not so marked. */
 jv jsonl_exact(long i);
 int jsonl_number_exact(jv v, long *i);
+/* A number's value, exact (long double holds every int64 and every double on x86-64). */
+long double jsonl_number_ld(jv v);
 /* jv_equal (both consumed), numbers by their exact values: two integers past
  * 2^53 that a double cannot tell apart differ; 1 and 1.0 are equal. */
 int jsonl_equal(jv a, jv b);

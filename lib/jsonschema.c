@@ -230,6 +230,26 @@ static double num_or(jv s, const char *key, double def, int *present)
 	return d;
 }
 
+/* A bound's exact value (an integer past 2^53 whole), as num_or. */
+static long double bound_or(jv s, const char *key, int *present)
+{
+	jv n = get(s, key);
+	*present = jv_get_kind(n) == JV_KIND_NUMBER;
+	long double x = *present ? jsonl_number_ld(n) : 0;
+	jv_free(n);
+	return x;
+}
+
+/* x for a message: a whole number in its digits, else as %g. */
+static const char *num_text(char buf[40], long double x)
+{
+	if (x == floorl(x) && fabsl(x) < 0x1p63L)
+		snprintf(buf, 40, "%lld", (long long)x);
+	else
+		snprintf(buf, 40, "%g", (double)x);
+	return buf;
+}
+
 static int validate_at(jv s, jv v, const char *at, struct err *err)
 {
 	const char *place = *at ? at : "value";
@@ -279,15 +299,16 @@ static int validate_at(jv s, jv v, const char *at, struct err *err)
 		return rc;
 	int p;
 	if (jv_get_kind(v) == JV_KIND_NUMBER) {
-		double d = jv_number_value(v), lim;
-		if ((lim = num_or(s, "minimum", 0, &p)), p && d < lim)
-			return err_set(err, "%s: %g is below the minimum %g", place, d, lim);
-		if ((lim = num_or(s, "maximum", 0, &p)), p && d > lim)
-			return err_set(err, "%s: %g is above the maximum %g", place, d, lim);
-		if ((lim = num_or(s, "exclusiveMinimum", 0, &p)), p && d <= lim)
-			return err_set(err, "%s: %g is not above %g", place, d, lim);
-		if ((lim = num_or(s, "exclusiveMaximum", 0, &p)), p && d >= lim)
-			return err_set(err, "%s: %g is not below %g", place, d, lim);
+		long double d = jsonl_number_ld(v), lim; /* exact: 2^53 + 1 is above a maximum of 2^53 */
+		char a[40], b[40];
+		if ((lim = bound_or(s, "minimum", &p)), p && d < lim)
+			return err_set(err, "%s: %s is below the minimum %s", place, num_text(a, d), num_text(b, lim));
+		if ((lim = bound_or(s, "maximum", &p)), p && d > lim)
+			return err_set(err, "%s: %s is above the maximum %s", place, num_text(a, d), num_text(b, lim));
+		if ((lim = bound_or(s, "exclusiveMinimum", &p)), p && d <= lim)
+			return err_set(err, "%s: %s is not above %s", place, num_text(a, d), num_text(b, lim));
+		if ((lim = bound_or(s, "exclusiveMaximum", &p)), p && d >= lim)
+			return err_set(err, "%s: %s is not below %s", place, num_text(a, d), num_text(b, lim));
 	}
 	if (jv_get_kind(v) == JV_KIND_STRING) {
 		double n = (double)utf8_chars(jv_string_value(v)), lim;

@@ -123,6 +123,18 @@ static void test_big_integers(void)
 		CHECK(jsonschema_validate(sv, a, "v", &e) == 0, "%s refused %s: %s", schema, same, e.msg);
 		CHECK(jsonschema_validate(sv, b, "v", &e2) < 0, "%s took %s", schema, near);
 		jv_free(sv), jv_free(a), jv_free(b);
+		/* bounds too, and the message gives the digits */
+		snprintf(schema, sizeof schema, "{\"type\":\"integer\",\"maximum\":%ld}", x);
+		snprintf(same, sizeof same, "%ld", x - 1);
+		snprintf(near, sizeof near, "%ld", x + 1);
+		char want[160];
+		snprintf(want, sizeof want, "v: %ld is above the maximum %ld", x + 1, x);
+		sv = jsonl_parse_value(schema, strlen(schema));
+		a = jsonl_parse_value(same, strlen(same)), b = jsonl_parse_value(near, strlen(near));
+		CHECK(jsonschema_validate(sv, a, "v", &e) == 0, "%s refused %s: %s", schema, same, e.msg);
+		CHECK(jsonschema_validate(sv, b, "v", &e2) < 0 && !strcmp(e2.msg, want), "%s took %s (%s)", schema, near,
+		      e2.msg);
+		jv_free(sv), jv_free(a), jv_free(b);
 	}
 	struct err e = {0};
 	jv sv = jsonl_parse_value("{\"enum\":[1,[2.0]]}", 18), a = jsonl_parse_value("1.0", 3),
