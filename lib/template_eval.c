@@ -562,6 +562,34 @@ static struct tp_val concat_str(struct rt *r, struct tp_str a, struct tp_str b)
 
 static struct tp_val html_escape(struct rt *r, struct tp_str s);
 
+/* s[i, j) with its origins. */
+static struct tp_str str_sub(struct rt *r, struct tp_str s, uint32_t i, uint32_t j)
+{
+	struct tp_sb o = sb_new(r);
+	tp_sb_sub(&r->a, &o, s, i, j);
+	return tp_sb_done(&o);
+}
+
+/* s padded with fill (one code point) to width code points, as Python's
+ * str.center ('c'), ljust ('l'), rjust ('r') and the center filter do. */
+static struct tp_val str_pad(struct rt *r, int line, struct tp_str s, int64_t width, struct tp_str fill, char how)
+{
+	int64_t n = cp_len(s);
+	if (width <= n)
+		return tp_mk_str(s);
+	int64_t pad = width - n, left = how == 'c' ? pad / 2 + (pad & width & 1) : how == 'r' ? pad : 0;
+	if ((uint64_t)pad > r->max_out / (fill.len ? fill.len : 1))
+		rt_err(r, line, "output too long");
+	charge(r, line, (uint32_t)(pad / 64));
+	struct tp_sb o = sb_new(r);
+	for (int64_t i = 0; i < left; i++)
+		tp_sb_str(&r->a, &o, fill);
+	tp_sb_str(&r->a, &o, s);
+	for (int64_t i = left; i < pad; i++)
+		tp_sb_str(&r->a, &o, fill);
+	return tp_mk_str(tp_sb_done(&o));
+}
+
 /* Python's printf-style str % args, for the format filter and the % operator:
  * %s %r %d %i and %%; anything else is refused rather than rendered wrong.
  * markup: the format is a Markup, whose % escapes what %s and %r write of
@@ -987,7 +1015,9 @@ static struct tp_val get_attr(struct rt *r, int line, struct tp_val v, const cha
 	case TP_LIST:
 		if (v.u.l->tuple == 2 && (!strcmp(name, "grouper") || !strcmp(name, "list")))
 			return v.u.l->v[name[0] == 'l']; /* groupby's (grouper, list) tuples */
-		if ((code & LIST_METHOD) && indexed(v.u.l)) /* a range has count, index */
+		/* a tuple and a range have count and index only */
+		if ((code & LIST_METHOD) && indexed(v.u.l) &&
+		    ((!v.u.l->tuple && !v.u.l->lazy) || !strcmp(name, "count") || !strcmp(name, "index")))
 			return mk_func(r, F_METHOD, name, v);
 		return tp_mk_undef(name);
 	case TP_LOOP: return loop_attr(r, line, v.u.loop, name, code);
@@ -1559,6 +1589,51 @@ static struct tp_val call_str_method(struct rt *r, int line, struct tp_str s, co
 	}
 	if (!strcmp(m, "format"))
 		return str_format(r, line, s, a);
+	if (!strcmp(m, "center") || !strcmp(m, "ljust") || !strcmp(m, "rjust") || !strcmp(m, "zfill")) {
+		struct tp_val fill = tp_mk_str(tp_str_lit(&r->a, m[0] == 'z' ? "0" : " ", 1, tp_literal));
+		if (!arg(a, 0, NULL, &x))
+			rt_err(r, line, "%s expected an argument", m);
+		int64_t w = int_arg(r, line, x, "width");
+		if (m[0] != 'z' && arg(a, 1, NULL, &fill) && (fill.type != TP_STR || cp_len(fill.u.s) != 1))
+			rt_err(r, line, "The fill character must be exactly one character long");
+		args_done(r, line, a, m);
+		if (m[0] != 'z')
+			return str_pad(r, line, s, w, fill.u.s, m[0] == 'c' ? 'c' : m[0] == 'l' ? 'l' : 'r');
+		/* zfill: the zeros go after a leading sign */
+		if (!(s.len && (s.s[0] == '+' || s.s[0] == '-')) || (int64_t)cp_len(s) >= w)
+			return str_pad(r, line, s, w, fill.u.s, 'r');
+		struct tp_sb o = sb_new(r);
+		tp_sb_sub(&r->a, &o, s, 0, 1);
+		tp_sb_str(&r->a, &o, str_pad(r, line, str_sub(r, s, 1, s.len), w - 1, fill.u.s, 'r').u.s);
+		return tp_mk_str(tp_sb_done(&o));
+	}
+	if (!strcmp(m, "partition") || !strcmp(m, "rpartition")) {
+		if (!arg(a, 0, NULL, &x) || x.type != TP_STR)
+			rt_err(r, line, "%s takes a string", m);
+		args_done(r, line, a, m);
+		if (!x.u.s.len)
+			rt_err(r, line, "empty separator");
+		const char *at = NULL;
+		if (m[0] == 'p')
+			at = memmem(s.s, s.len, x.u.s.s, x.u.s.len);
+		else
+			for (uint32_t i = s.len >= x.u.s.len ? s.len - x.u.s.len + 1 : 0; !at && i-- > 0;)
+				if (!memcmp(s.s + i, x.u.s.s, x.u.s.len))
+					at = s.s + i;
+		struct tp_val t = tp_mk_list(&r->a, 3, 1);
+		struct tp_str none = { "", 0, 0, NULL };
+		if (!at) {
+			t.u.l->v[0] = tp_mk_str(m[0] == 'p' ? s : none);
+			t.u.l->v[1] = tp_mk_str(none);
+			t.u.l->v[2] = tp_mk_str(m[0] == 'p' ? none : s);
+		} else {
+			uint32_t i = (uint32_t)(at - s.s);
+			t.u.l->v[0] = tp_mk_str(str_sub(r, s, 0, i));
+			t.u.l->v[1] = tp_mk_str(str_sub(r, s, i, i + x.u.s.len));
+			t.u.l->v[2] = tp_mk_str(str_sub(r, s, i + x.u.s.len, s.len));
+		}
+		return t;
+	}
 	if (!strcmp(m, "join")) {
 		if (!arg(a, 0, NULL, &x))
 			rt_err(r, line, "join takes an argument");
@@ -2872,20 +2947,7 @@ static struct tp_val filter_body(struct rt *r, struct frame *f, int line, const 
 		if (arg(a, 0, "width", &x))
 			w = int_arg(r, line, x, "width");
 		args_done(r, line, a, name);
-		struct tp_str s = to_str(r, v);
-		int64_t n = cp_len(s);
-		if (w > 4096)
-			w = 4096;
-		if (w <= n)
-			return tp_mk_str(s);
-		int64_t pad = w - n, left = pad / 2 + (pad & w & 1);
-		struct tp_sb o = sb_new(r);
-		for (int64_t i = 0; i < left; i++)
-			tp_sb_put(&r->a, &o, " ", 1, tp_literal);
-		tp_sb_str(&r->a, &o, s);
-		for (int64_t i = 0; i < pad - left; i++)
-			tp_sb_put(&r->a, &o, " ", 1, tp_literal);
-		return tp_mk_str(tp_sb_done(&o));
+		return str_pad(r, line, to_str(r, v), w, tp_str_lit(&r->a, " ", 1, tp_literal), 'c');
 	}
 	if (IS("groupby"))
 		return filter_groupby(r, line, v, a);
