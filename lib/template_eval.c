@@ -457,6 +457,8 @@ static struct tp_list *iter_list(struct rt *r, int line, struct tp_val v)
 		struct tp_list *l = v.u.l;
 		if (l->lazy != LAZY_GEN)
 			return l;
+		if (l->poison)
+			rt_err(r, line, "%s", l->poison);
 		struct tp_list *rest = tp_alloc(&r->a, sizeof *rest); /* what is left, then nothing */
 		rest->v = l->v + l->at, rest->n = l->n - l->at;
 		l->at = l->n;
@@ -530,6 +532,8 @@ static int contains(struct rt *r, int line, struct tp_val hay, struct tp_val nee
 		return needle.u.s.len == 0 || memmem(hay.u.s.s, hay.u.s.len, needle.u.s.s, needle.u.s.len) != NULL;
 	case TP_LIST: {
 		struct tp_list *l = hay.u.l;
+		if (l->poison)
+			rt_err(r, line, "%s", l->poison);
 		charge(r, line, l->n);
 		for (uint32_t i = l->lazy == LAZY_GEN ? l->at : 0; i < l->n; i++)
 			if (tp_equal(l->v[i], needle)) {
@@ -2459,6 +2463,29 @@ static struct tp_val markup_filter(struct rt *r, struct frame *f, int line, cons
 static const char *gen_filters[] = {"map", "select", "reject", "selectattr", "rejectattr", "unique",
 				    "batch", "slice", "items", "reverse", NULL};
 
+/* jinja2's map, select, reject, selectattr, rejectattr, unique, batch,
+ * slice and items are generator functions: none of them runs until the
+ * generator is read. Over a value they cannot read, the generator is made
+ * (true, a generator for every test) and its first read fails: the error it
+ * raises, or NULL where the value can be read. map and the selects give an
+ * empty one for a false value (their "if value:"), which filter_body does. */
+static const char *read_fails(struct tp_val v, const char *name)
+{
+	static const char *lazy[] = {"map", "select", "reject", "selectattr", "rejectattr", "unique", "batch", "slice",
+				     NULL};
+	static const char *const not_iterable[] = {
+		[TP_NONE] = "'NoneType' object is not iterable", [TP_BOOL] = "'bool' object is not iterable",
+		[TP_INT] = "'int' object is not iterable", [TP_FLOAT] = "'float' object is not iterable"};
+	if (!strcmp(name, "items"))
+		return v.type == TP_DICT || v.type == TP_UNDEF ? NULL : "Can only get item pairs from a mapping.";
+	if (!in_names(lazy, name) || (unsigned)v.type >= sizeof not_iterable / sizeof *not_iterable ||
+	    !not_iterable[v.type])
+		return NULL;
+	if (!tp_truthy(v) && strcmp(name, "unique") && strcmp(name, "batch") && strcmp(name, "slice"))
+		return NULL; /* an empty generator */
+	return not_iterable[v.type];
+}
+
 static struct tp_val apply_filter(struct rt *r, struct frame *f, int line, const char *name, struct tp_val v,
 				  struct args *a)
 {
@@ -2470,7 +2497,17 @@ static struct tp_val apply_filter(struct rt *r, struct frame *f, int line, const
 	if (gen && !strcmp(name, "first")) { /* next(): one item read */
 		args_done(r, line, a, name);
 		struct tp_list *l = v.u.l;
+		if (l->poison)
+			rt_err(r, line, "%s", l->poison);
 		return l->at < l->n ? l->v[l->at++] : tp_mk_undef("first");
+	}
+	const char *why = read_fails(v, name);
+	if (why) { /* jinja2 runs none of the filter until its generator is read */
+		a->used = ~0u;
+		struct tp_val g = tp_mk_list(&r->a, 0, 0);
+		g.u.l->lazy = LAZY_GEN;
+		g.u.l->poison = why;
+		return g;
 	}
 	struct tp_val x = filter_body(r, f, line, name, v, a);
 	int reread = gen && !strcmp(name, "reverse"); /* reversed() fails: list() of it, reversed */

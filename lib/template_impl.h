@@ -132,6 +132,7 @@ struct tp_list {
 	uint8_t tuple;
 	uint8_t lazy; /* enum tp_lazy */
 	uint32_t at;  /* LAZY_GEN: the items read */
+	const char *poison; /* LAZY_GEN: the error its first read raises (map over a number), or NULL */
 	int64_t range[3]; /* LAZY_RANGE: start, stop, step, as Python prints them */
 };
 struct tp_dict {

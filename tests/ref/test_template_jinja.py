@@ -305,6 +305,12 @@ CASES += [
     ("{{ (1, 2).copy() }}", {}),
     ("{{ range(3).append(1) }}", {}),
     ("{{ (1, 2).count(1) }}{{ range(4).index(2) }}", {}),
+    # a generator over what cannot be read fails when read, not when made
+    ("{% if 1|select %}T{% endif %}{% if 0|unique %}T{% endif %}{% if 'ab'|items %}T{% endif %}{{ none|batch(2) is iterable }}{{ 0|map('string')|list }}{{ x|items|list }}{% set g = 5|unique %}{{ g is sequence }}", {}),
+    ("{{ 3|map('string')|list }}", {}),
+    ("{{ [1]|items|first }}", {}),
+    ("{{ 1 in (2|select) }}", {}),
+    ("{% for x in true|slice(2) %}{{ x }}{% else %}E{% endfor %}", {}),
     ("{{ false % -2.0 }} {{ 0 % -2.0 }} {{ -0.0 % 2.0 }} {{ -0.0 % -2.0 }} {{ 4.0 % -2.0 }} {{ -4.0 % 2.0 }} {{ 1 % -2.0 }} {{ 0 // -2.0 }} {{ -0.0 // 3 }} {{ 1 // -3.0 }} {{ -1 // 3.0 }} {{ 5.5 // 2 }} {{ -0.0 // -3.0 }}", {}),
     ("{{ range(3) }}|{{ range(5, 2) }}|{{ range(-3) }}|{{ range(0, 10, 3) }}|{{ [range(2), (range(1),)] }}|{{ {'a': range(-5, 5, 2)} }}|{{ range(3) ~ 'x' }}|{{ range(3)|string }}", {}),
     ("{{ range(10)[::-1] }}|{{ range(0, 10, 3)[1:100] }}|{{ range(5, 2)[::-1] }}|{{ range(3)[-100:100] }}|{{ range(10)[8:1:-2] }}|{{ range(10)[100:-100:-1] }}|{{ range(10)[::3][1:] }}|{{ range(10)[-2::-4][::-1] }}", {}),
