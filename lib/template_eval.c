@@ -2478,6 +2478,8 @@ static const char *read_fails(struct tp_val v, const char *name)
 		[TP_INT] = "'int' object is not iterable", [TP_FLOAT] = "'float' object is not iterable"};
 	if (!strcmp(name, "items"))
 		return v.type == TP_DICT || v.type == TP_UNDEF ? NULL : "Can only get item pairs from a mapping.";
+	if (in_names(lazy, name) && v.type == TP_LIST && v.u.l->poison)
+		return v.u.l->poison; /* a generator of one that fails fails when read */
 	if (!in_names(lazy, name) || (unsigned)v.type >= sizeof not_iterable / sizeof *not_iterable ||
 	    !not_iterable[v.type])
 		return NULL;

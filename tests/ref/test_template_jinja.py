@@ -308,6 +308,8 @@ CASES += [
     # a generator over what cannot be read fails when read, not when made
     ("{% if 1|select %}T{% endif %}{% if 0|unique %}T{% endif %}{% if 'ab'|items %}T{% endif %}{{ none|batch(2) is iterable }}{{ 0|map('string')|list }}{{ x|items|list }}{% set g = 5|unique %}{{ g is sequence }}", {}),
     ("{{ 3|map('string')|list }}", {}),
+    ("{% if ' pad '|items|reject %}T{% endif %}{% if 0|batch(2, 'x')|map('string') %}T{% endif %}", {}),
+    ("{{ (1|reject|selectattr('role'))|list }}", {}),
     ("{{ [1]|items|first }}", {}),
     ("{{ 1 in (2|select) }}", {}),
     ("{% for x in true|slice(2) %}{{ x }}{% else %}E{% endfor %}", {}),
