@@ -2283,37 +2283,170 @@ static struct tp_val to_json(struct rt *r, int line, struct tp_val v, struct arg
 	return tp_mk_str(text);
 }
 
-static struct tp_val to_int(struct rt *r, struct tp_val v, struct tp_val def, int64_t base)
+/* ---- Python's int(str, base) and float(str) ----
+ * Both strip Python's white space, then read: int a sign, a base prefix
+ * (0x 0o 0b where base is 0 or its own; base 0 refuses 007) and digits;
+ * float a sign and inf, infinity, nan or a decimal (no hex). Underscores
+ * may stand alone between digits (and after a prefix). Each gives 1 with
+ * the value, 0 where Python raises ValueError, -1 for digits of other
+ * scripts (which Python reads and we do not), and int 2 past 64 bits. */
+
+/* s[*a, *b): s with Python's white space stripped and its sign read
+ * (*neg); -1 when a non-ASCII decimal digit is in it. */
+static int py_num_span(const char *s, uint32_t n, uint32_t *a, uint32_t *b, int *neg)
 {
+	uint32_t i = 0, first = n, last = n;
+	while (i < n) {
+		uint32_t j = i, c = u8_dec(s, n, &j);
+		if (!py_space(c)) {
+			if (first == n)
+				first = i;
+			last = j;
+			if (c >= 0x80 && utf8proc_category((utf8proc_int32_t)c) == UTF8PROC_CATEGORY_ND)
+				return -1;
+		}
+		i = j;
+	}
+	*a = first, *b = last, *neg = 0;
+	if (first < last && (s[first] == '-' || s[first] == '+'))
+		*neg = s[(*a)++] == '-';
+	return 0;
+}
+
+static int digit_value(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'z' ? c - 'a' + 10 : c >= 'A' && c <= 'Z' ? c - 'A' + 10 : 99;
+}
+
+/* Digits of base b from s[*i, e), single underscores between them (and
+ * one before the first where under_first): their count, or -1. The value
+ * goes to *v, *big set when it passes 64 bits; all_zero tells whether
+ * every digit was 0. */
+static int py_digits(const char *s, uint32_t *i, uint32_t e, int b, int under_first, uint64_t *v, int *big, int *all_zero)
+{
+	int nd = 0;
+	*all_zero = 1;
+	while (*i < e) {
+		if (s[*i] == '_') {
+			if ((!nd && !under_first) || *i + 1 >= e || digit_value(s[*i + 1]) >= b)
+				return -1;
+			(*i)++, under_first = 0;
+		}
+		int d = digit_value(s[*i]);
+		if (d >= b)
+			break;
+		*all_zero &= d == 0;
+		if (v)
+			*big |= __builtin_mul_overflow(*v, (uint64_t)b, v) | __builtin_add_overflow(*v, (uint64_t)d, v);
+		(*i)++, nd++;
+	}
+	return nd;
+}
+
+static int py_int_text(const char *s, uint32_t n, int base, int64_t *out)
+{
+	uint32_t i, e;
+	int neg;
+	if (py_num_span(s, n, &i, &e, &neg) < 0)
+		return -1;
+	int b = base, prefixed = 0;
+	if (e - i >= 2 && s[i] == '0') {
+		char p = (char)(s[i + 1] | 0x20);
+		int pb = p == 'x' ? 16 : p == 'o' ? 8 : p == 'b' ? 2 : 0;
+		if (pb && (base == 0 || base == pb))
+			b = pb, i += 2, prefixed = 1;
+	}
+	int plain0 = b == 0; /* base 0 without a prefix: decimal, no leading zero */
+	if (plain0)
+		b = 10;
+	uint64_t v = 0;
+	int big = 0, all_zero;
+	uint32_t at = i;
+	int nd = py_digits(s, &i, e, b, prefixed, &v, &big, &all_zero);
+	if (nd <= 0 || i != e || (plain0 && s[at] == '0' && !all_zero))
+		return 0;
+	if (big || v > (uint64_t)INT64_MAX + (uint64_t)neg)
+		return 2;
+	*out = neg ? (int64_t)(0 - v) : (int64_t)v;
+	return 1;
+}
+
+static int py_float_text(struct rt *r, const char *s, uint32_t n, double *out)
+{
+	uint32_t i, e;
+	int neg;
+	if (py_num_span(s, n, &i, &e, &neg) < 0)
+		return -1;
+	uint32_t len = e - i;
+	if ((len == 3 || len == 8) && !strncasecmp(s + i, "infinity", len))
+		return *out = neg ? -INFINITY : INFINITY, 1;
+	if (len == 3 && !strncasecmp(s + i, "nan", 3))
+		return *out = neg ? -NAN : NAN, 1;
+	/* digitpart ["." [digitpart]] | "." digitpart, then [e [sign] digitpart] */
+	uint32_t a = i;
+	int z, big = 0;
+	int n1 = py_digits(s, &i, e, 10, 0, NULL, &big, &z), n2 = 0;
+	if (n1 < 0)
+		return 0;
+	if (i < e && s[i] == '.') {
+		i++;
+		if (i < e && s[i] == '_')
+			return 0;
+		n2 = py_digits(s, &i, e, 10, 0, NULL, &big, &z);
+		if (n2 < 0)
+			return 0;
+	}
+	if (!n1 && !n2)
+		return 0;
+	if (i < e && (s[i] | 0x20) == 'e') {
+		i++;
+		if (i < e && (s[i] == '-' || s[i] == '+'))
+			i++;
+		if (py_digits(s, &i, e, 10, 0, NULL, &big, &z) <= 0)
+			return 0;
+	}
+	if (i != e)
+		return 0;
+	char *t = tp_alloc(&r->a, (size_t)(e - a) + 2), *q = t; /* without its underscores, for strtod */
+	if (neg)
+		*q++ = '-';
+	for (uint32_t k = a; k < e; k++)
+		if (s[k] != '_')
+			*q++ = s[k];
+	*q = 0;
+	*out = strtod(t, NULL);
+	return 1;
+}
+
+/* jinja2's int filter: int(value, base), else int(float(value)), else the default. */
+static struct tp_val to_int(struct rt *r, int line, struct tp_val v, struct tp_val def, int64_t base)
+{
+	double d;
 	if (v.type == TP_INT)
 		return v;
 	if (v.type == TP_BOOL)
 		return tp_mk_int(v.u.b);
 	if (v.type == TP_FLOAT)
-		return isfinite(v.u.f) && fabs(v.u.f) < 9.2e18 ? tp_mk_int((int64_t)v.u.f) : def;
-	if (v.type == TP_STR) {
-		char *s = tp_strndup(&r->a, v.u.s.s, v.u.s.len), *e;
-		while (*s == ' ' || *s == '\t' || *s == '\n')
-			s++;
-		if (*s) {
-			char *t = s;
-			for (char *q = t; *q; q++)
-				if (*q == '_')
-					goto flt;
-			long long i = strtoll(s, &e, (int)base);
-			while (*e == ' ' || *e == '\t' || *e == '\n')
-				e++;
-			if (!*e && e != s)
-				return tp_mk_int(i);
-		flt:;
-			double d = strtod(s, &e);
-			while (*e == ' ' || *e == '\t' || *e == '\n')
-				e++;
-			if (!*e && e != s && isfinite(d) && fabs(d) < 9.2e18)
-				return tp_mk_int((int64_t)d);
-		}
+		d = v.u.f;
+	else if (v.type != TP_STR)
+		return def;
+	else {
+		int64_t i;
+		int rc = py_int_text(v.u.s.s, v.u.s.len, (int)base, &i);
+		if (rc == 1)
+			return tp_mk_int(i);
+		if (rc == 2)
+			rt_err(r, line, "integer too large");
+		if (rc < 0 || (rc = py_float_text(r, v.u.s.s, v.u.s.len, &d)) < 0)
+			rt_err(r, line, "digits of other scripts than ASCII are not supported");
+		if (rc == 0)
+			return def;
 	}
-	return def;
+	if (!isfinite(d))
+		return def; /* int() raises ValueError or OverflowError, which jinja2 catches */
+	if (fabs(d) >= 0x1p63)
+		rt_err(r, line, "integer too large");
+	return tp_mk_int((int64_t)d);
 }
 
 /* Jinja's make_attrgetter: attribute is a path "a.b.0" (all-digit parts index) or any other
@@ -2614,7 +2747,7 @@ static struct tp_val filter_body(struct rt *r, struct frame *f, int line, const 
 		check_defined(r, line, v);
 		if (base < 0 || base == 1 || base > 36)
 			rt_err(r, line, "int() base must be >= 2 and <= 36, or 0");
-		return to_int(r, v, def, base);
+		return to_int(r, line, v, def, base);
 	}
 	if (IS("float")) {
 		struct tp_val def = tp_mk_float(0);
@@ -2623,15 +2756,11 @@ static struct tp_val filter_body(struct rt *r, struct frame *f, int line, const 
 		check_defined(r, line, v);
 		if (is_num(v))
 			return tp_mk_float(num_f(v));
-		if (v.type == TP_STR) {
-			char *s = tp_strndup(&r->a, v.u.s.s, v.u.s.len), *e;
-			double d = strtod(s, &e);
-			while (*e == ' ' || *e == '\t' || *e == '\n')
-				e++;
-			if (e != s && !*e)
-				return tp_mk_float(d);
-		}
-		return def;
+		double d;
+		int rc = v.type == TP_STR ? py_float_text(r, v.u.s.s, v.u.s.len, &d) : 0;
+		if (rc < 0)
+			rt_err(r, line, "digits of other scripts than ASCII are not supported");
+		return rc ? tp_mk_float(d) : def;
 	}
 	if (IS("abs")) {
 		args_done(r, line, a, name);

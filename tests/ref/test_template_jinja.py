@@ -485,6 +485,43 @@ def check_random():
     return True
 
 
+# Strings the int and float filters read as Python's int(s, base) and
+# float(s) do (and jinja2's fall-backs): signs, base prefixes, underscores,
+# exponents, inf and nan, Unicode white space, overflow. Fresh each run.
+N_PARTS = ["0", "1", "7", "9", "_", "-", "+", ".", "e", "E", "x", "X", "o", "b", "B", "a", "f", " ", "\t", "\u3000",
+           "\u00a0", "inf", "nan", "Infinity", "0x", "0o", "0b", "12", "00", "1e5", "1e400", "99999999999999999999"]
+N_FILTERS = ["int", "int(base=16)", "int(0, 0)", "int(-1, 2)", "int(0, 8)", "float", "float(-1.5)"]
+
+
+def check_numbers():
+    """Our text must be jinja2's; we may refuse only integers past 64 bits."""
+    seed = int(os.environ.get("TEMPLATE_JINJA_SEED", os.environ.get("LORAPIPE_SEED", int(time.time()) % 100000)))
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(3000):
+        s = "".join(rng.choice(N_PARTS) for _ in range(rng.randint(0, 5)))
+        cases.append(("{{ s|%s }}" % rng.choice(N_FILTERS), {"s": s}))
+    lines = "".join(json.dumps({"template": t, "context": c}) + "\n" for t, c in cases)
+    p = subprocess.run([DRIVER], input=lines.encode(), capture_output=True)
+    got = [json.loads(x) for x in p.stdout.decode("utf-8").split("\n") if x]
+    bad = []
+    for (t, c), g in zip(cases, got):
+        kind, want = python_render(t, c)
+        if kind == "ok" and "error" in g and "too large" not in g["error"]:
+            bad.append("%s s=%r: jinja %r, ours %s" % (t, c["s"], want, g["error"]))
+        elif kind == "ok" and "error" not in g and g["text"] != want:
+            bad.append("%s s=%r: jinja %r, ours %r" % (t, c["s"], want, g["text"]))
+        elif kind != "ok" and "error" not in g:
+            bad.append("%s s=%r: jinja fails (%s), ours %r" % (t, c["s"], want, g["text"]))
+    if len(got) != len(cases) or bad:
+        print("not ok - numbers: %d of %d differ (seed %d)" % (len(bad), len(cases), seed))
+        for b in bad[:SHOW]:
+            print("    " + b)
+        return False
+    print("ok - numbers (%d strings through int and float, seed %d)" % (len(cases), seed))
+    return True
+
+
 def python_render(src, ctx):
     try:
         return ("ok", compile_template(src).render(**ctx))
@@ -591,6 +628,7 @@ def main():
     ok &= check_generation()
     ok &= check_public()
     ok &= check_random()
+    ok &= check_numbers()
     for name, src, cfg in fixture_templates():
         cases = []
         for conv in CONVS:
