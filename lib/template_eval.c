@@ -2418,6 +2418,54 @@ static int py_float_text(struct rt *r, const char *s, uint32_t n, double *out)
 	return 1;
 }
 
+/* Python's round(x, n) of a float: the decimal nearest to x's exact value
+ * (ties to even), read back; glibc's printf rounds exactly, as dtoa does. */
+static double py_round(double x, int64_t n)
+{
+	char buf[720];
+	if (!isfinite(x) || x == 0 || n > 323)
+		return x;
+	if (n < -308)
+		return 0.0 * x;
+	if (n >= 0) {
+		snprintf(buf, sizeof buf, "%.*f", (int)n, x);
+		return strtod(buf, NULL);
+	}
+	/* to 10^-n: keep the digits above it, as %e rounds them */
+	snprintf(buf, sizeof buf, "%.16e", x);
+	int64_t e10 = strtol(strchr(buf, 'e') + 1, NULL, 10), keep = e10 + 1 + n;
+	if (keep >= 1) {
+		snprintf(buf, sizeof buf, "%.*e", (int)keep - 1, x);
+		return strtod(buf, NULL);
+	}
+	/* nothing kept: 0, or 10^-n when x is past half of it (a tie is 0, the even) */
+	double unit = pow(10, (double)-n);
+	if (keep == 0 && fabs(x) > unit / 2)
+		return copysign(unit, x);
+	return 0.0 * x;
+}
+
+/* Python's round(i, n) of an int: i for n >= 0, else to 10^-n, ties to even. */
+static struct tp_val int_round(struct rt *r, int line, int64_t i, int64_t n)
+{
+	if (n >= 0)
+		return tp_mk_int(i);
+	if (n < -18)
+		return tp_mk_int(0);
+	int64_t p = 1;
+	for (int64_t k = 0; k < -n; k++)
+		p *= 10;
+	int64_t m = i % p;
+	if (m < 0)
+		m += p;
+	int64_t base = i - m; /* a multiple of p, at most i */
+	int up = m > p - m || (m == p - m && (base / p) % 2 != 0);
+	int64_t out;
+	if (__builtin_sub_overflow(i, m, &base) || (up && __builtin_add_overflow(base, p, &out)))
+		rt_err(r, line, "integer too large");
+	return tp_mk_int(up ? out : base);
+}
+
 /* jinja2's int filter: int(value, base), else int(float(value)), else the default. */
 static struct tp_val to_int(struct rt *r, int line, struct tp_val v, struct tp_val def, int64_t base)
 {
@@ -2783,24 +2831,32 @@ static struct tp_val filter_body(struct rt *r, struct frame *f, int line, const 
 		if (arg(a, 1, "method", &x))
 			method = need_str(r, line, x, "method");
 		args_done(r, line, a, name);
+		int common = method.len == 6 && !memcmp(method.s, "common", 6);
+		int ceil_ = method.len == 4 && !memcmp(method.s, "ceil", 4);
+		if (!common && !ceil_ && !(method.len == 5 && !memcmp(method.s, "floor", 5)))
+			rt_err(r, line, "method must be common, ceil or floor");
 		if (!is_num(v))
 			rt_err(r, line, "round: '%s' is not a number", tname(v));
-		if (prec > 15)
-			prec = 15;
-		if (prec < -15)
-			prec = -15;
-		double p = pow(10, (double)prec), d = num_f(v) * p, res;
-		if (method.len == 6 && !memcmp(method.s, "common", 6)) {
-			if (v.type != TP_FLOAT && prec >= 0)
-				return tp_mk_int(num_i(v));
-			res = nearbyint(d); /* Python's round: half to even */
-		} else if (method.len == 4 && !memcmp(method.s, "ceil", 4))
-			res = ceil(d);
-		else if (method.len == 5 && !memcmp(method.s, "floor", 5))
-			res = floor(d);
-		else
-			rt_err(r, line, "method must be common, ceil or floor");
-		return tp_mk_float(res / p);
+		if (common)
+			return v.type == TP_FLOAT ? tp_mk_float(py_round(v.u.f, prec)) : int_round(r, line, num_i(v), prec);
+		/* math.ceil or floor of value * 10**precision (an int), over
+		 * 10**precision: exact for an int value and a precision >= 0 */
+		if (v.type != TP_FLOAT && prec >= 0)
+			return tp_mk_float((double)num_i(v));
+		char buf[400];
+		if (prec > 308)
+			rt_err(r, line, "int too large to convert to float");
+		snprintf(buf, sizeof buf, "1e%lld", (long long)prec);
+		double p = prec >= 0 ? strtod(buf, NULL) : pow(10, (double)prec), d = num_f(v) * p;
+		if (!isfinite(d) || p == 0)
+			rt_err(r, line, "round: %s", p == 0 ? "float division by zero" : "cannot convert float to integer");
+		double c = ceil_ ? ceil(d) : floor(d);
+		if (c == 0)
+			c = 0; /* an int has no -0 */
+		if (prec < 0)
+			return tp_mk_float(c / p);
+		snprintf(buf, sizeof buf, "%.0fe-%lld", c, (long long)prec); /* int / int, rounded once */
+		return tp_mk_float(strtod(buf, NULL));
 	}
 	if (IS("reverse")) {
 		args_done(r, line, a, name);

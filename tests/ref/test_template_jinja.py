@@ -501,6 +501,13 @@ def check_numbers():
     for _ in range(3000):
         s = "".join(rng.choice(N_PARTS) for _ in range(rng.randint(0, 5)))
         cases.append(("{{ s|%s }}" % rng.choice(N_FILTERS), {"s": s}))
+    for _ in range(2000):  # round: Python's correctly rounded round(), and ceil/floor over 10**precision
+        k = rng.random()
+        s = (rng.choice([2.675, 0.5, 1.5, 2.5, -0.5, 0.125, 1e22, 123.456, -0.0, 5.0, 15.0, 1250, -1250, 7, True])
+             if k < 0.3 else round(rng.uniform(-1000, 1000), rng.randint(0, 6)) if k < 0.6
+             else rng.randint(-10 ** 6, 10 ** 6) if k < 0.8 else rng.uniform(-1, 1) * 10 ** rng.randint(-10, 20))
+        cases.append(("{{ s|round(%d%s) }}" % (rng.choice([0, 1, 2, 3, 5, 10, 16, 17, 20, 30, -1, -2, -5, -20, 400]),
+                                              rng.choice(["", ", 'common'", ", 'ceil'", ", 'floor'"])), {"s": s}))
     lines = "".join(json.dumps({"template": t, "context": c}) + "\n" for t, c in cases)
     p = subprocess.run([DRIVER], input=lines.encode(), capture_output=True)
     got = [json.loads(x) for x in p.stdout.decode("utf-8").split("\n") if x]
@@ -518,7 +525,7 @@ def check_numbers():
         for b in bad[:SHOW]:
             print("    " + b)
         return False
-    print("ok - numbers (%d strings through int and float, seed %d)" % (len(cases), seed))
+    print("ok - numbers (%d strings through int and float, numbers through round, seed %d)" % (len(cases), seed))
     return True
 
 
