@@ -54,10 +54,13 @@ static jv record_id(jv rec, long lineno)
 	return jv_string(buf);
 }
 
-static uint64_t id_key(jv id)
+/* An id's key: the hash of its JSON text (which *text gets, malloc'ed, unless NULL). */
+static uint64_t id_key(jv id, char **text)
 {
 	jv s = jsonl_text(id);
 	uint64_t h = dsgen_hash(0, jv_string_value(s), (size_t)jv_string_length_bytes(jv_copy(s)));
+	if (text)
+		*text = strdup(jv_string_value(s));
 	jv_free(s);
 	return h;
 }
@@ -130,10 +133,7 @@ struct dsbatch *dsbatch_load(const char *path, const struct dsbatch_opts *o, str
 		struct line *l = &b->l[b->n];
 		*l = (struct line){.lineno = lineno, .len = len};
 		jv id = record_id(rec, lineno);
-		l->key = id_key(jv_copy(id));
-		jv ids = jsonl_text(id);
-		l->id = strdup(jv_string_value(ids));
-		jv_free(ids);
+		l->key = id_key(id, &l->id);
 		jv_free(rec);
 		l->text = malloc(len + 1);
 		if (!l->text || !l->id) {
@@ -179,7 +179,7 @@ void dsbatch_add_existing(struct dsbatch *b, jv rec)
 		b->c.unknown_ids++;
 		return;
 	}
-	dsgen_set_add(&b->ids, id_key(id));
+	dsgen_set_add(&b->ids, id_key(id, NULL));
 }
 
 /* Lines already answered are marked on the first call (after every existing

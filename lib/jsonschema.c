@@ -219,19 +219,8 @@ static size_t utf8_chars(const char *s)
 	return n;
 }
 
-static double num_or(jv s, const char *key, double def, int *present)
-{
-	jv n = get(s, key);
-	double d = def;
-	*present = jv_get_kind(n) == JV_KIND_NUMBER;
-	if (*present)
-		d = jv_number_value(n);
-	jv_free(n);
-	return d;
-}
-
-/* A bound's exact value (an integer past 2^53 whole), as num_or. */
-static long double bound_or(jv s, const char *key, int *present)
+/* The number s[key], exact (an integer past 2^53 whole); *present says whether there is one. */
+static long double num_or(jv s, const char *key, int *present)
 {
 	jv n = get(s, key);
 	*present = jv_get_kind(n) == JV_KIND_NUMBER;
@@ -301,20 +290,20 @@ static int validate_at(jv s, jv v, const char *at, struct err *err)
 	if (jv_get_kind(v) == JV_KIND_NUMBER) {
 		long double d = jsonl_number_ld(v), lim; /* exact: 2^53 + 1 is above a maximum of 2^53 */
 		char a[40], b[40];
-		if ((lim = bound_or(s, "minimum", &p)), p && d < lim)
+		if ((lim = num_or(s, "minimum", &p)), p && d < lim)
 			return err_set(err, "%s: %s is below the minimum %s", place, num_text(a, d), num_text(b, lim));
-		if ((lim = bound_or(s, "maximum", &p)), p && d > lim)
+		if ((lim = num_or(s, "maximum", &p)), p && d > lim)
 			return err_set(err, "%s: %s is above the maximum %s", place, num_text(a, d), num_text(b, lim));
-		if ((lim = bound_or(s, "exclusiveMinimum", &p)), p && d <= lim)
+		if ((lim = num_or(s, "exclusiveMinimum", &p)), p && d <= lim)
 			return err_set(err, "%s: %s is not above %s", place, num_text(a, d), num_text(b, lim));
-		if ((lim = bound_or(s, "exclusiveMaximum", &p)), p && d >= lim)
+		if ((lim = num_or(s, "exclusiveMaximum", &p)), p && d >= lim)
 			return err_set(err, "%s: %s is not below %s", place, num_text(a, d), num_text(b, lim));
 	}
 	if (jv_get_kind(v) == JV_KIND_STRING) {
 		double n = (double)utf8_chars(jv_string_value(v)), lim;
-		if ((lim = num_or(s, "minLength", 0, &p)), p && n < lim)
+		if ((lim = num_or(s, "minLength", &p)), p && n < lim)
 			return err_set(err, "%s: shorter than %g characters", place, lim);
-		if ((lim = num_or(s, "maxLength", 0, &p)), p && n > lim)
+		if ((lim = num_or(s, "maxLength", &p)), p && n > lim)
 			return err_set(err, "%s: longer than %g characters", place, lim);
 		jv pat = get(s, "pattern");
 		if (jv_get_kind(pat) == JV_KIND_STRING) {
@@ -337,9 +326,9 @@ static int validate_at(jv s, jv v, const char *at, struct err *err)
 	}
 	if (jv_get_kind(v) == JV_KIND_ARRAY) {
 		double n = jv_array_length(jv_copy(v)), lim;
-		if ((lim = num_or(s, "minItems", 0, &p)), p && n < lim)
+		if ((lim = num_or(s, "minItems", &p)), p && n < lim)
 			return err_set(err, "%s: fewer than %g items", place, lim);
-		if ((lim = num_or(s, "maxItems", 0, &p)), p && n > lim)
+		if ((lim = num_or(s, "maxItems", &p)), p && n > lim)
 			return err_set(err, "%s: more than %g items", place, lim);
 		jv items = get(s, "items");
 		if (jv_is_valid(items))

@@ -2455,15 +2455,16 @@ static struct tp_val int_round(struct rt *r, int line, int64_t i, int64_t n)
 	int64_t p = 1;
 	for (int64_t k = 0; k < -n; k++)
 		p *= 10;
-	int64_t m = i % p;
+	int64_t m = i % p, base, up_to;
 	if (m < 0)
 		m += p;
-	int64_t base = i - m; /* a multiple of p, at most i */
-	int up = m > p - m || (m == p - m && (base / p) % 2 != 0);
-	int64_t out;
-	if (__builtin_sub_overflow(i, m, &base) || (up && __builtin_add_overflow(base, p, &out)))
+	if (__builtin_sub_overflow(i, m, &base)) /* the multiple of p at or below i */
 		rt_err(r, line, "integer too large");
-	return tp_mk_int(up ? out : base);
+	if (!(m > p - m || (m == p - m && (base / p) % 2 != 0)))
+		return tp_mk_int(base);
+	if (__builtin_add_overflow(base, p, &up_to))
+		rt_err(r, line, "integer too large");
+	return tp_mk_int(up_to);
 }
 
 /* jinja2's int filter: int(value, base), else int(float(value)), else the default. */
@@ -2623,7 +2624,6 @@ static struct tp_val markup_filter(struct rt *r, struct frame *f, int line, cons
 		args_done(r, line, a, name);
 		return v;
 	}
-
 	if (!strcmp(name, "default") || !strcmp(name, "d")) { /* v itself, or (empty, boolean=true) the default */
 		struct tp_val x = filter_body(r, f, line, name, text, a);
 		x.markup = x.type == TP_STR && x.u.s.s == v.u.s.s && x.u.s.len == v.u.s.len ? 1 : x.markup;
@@ -2657,15 +2657,16 @@ static const char *read_fails(struct tp_val v, const char *name)
 	static const char *const not_iterable[] = {
 		[TP_NONE] = "'NoneType' object is not iterable", [TP_BOOL] = "'bool' object is not iterable",
 		[TP_INT] = "'int' object is not iterable", [TP_FLOAT] = "'float' object is not iterable"};
+	static const char *truth_first[] = {"map", "select", "reject", "selectattr", "rejectattr", NULL};
 	if (!strcmp(name, "items"))
 		return v.type == TP_DICT || v.type == TP_UNDEF ? NULL : "Can only get item pairs from a mapping.";
-	if (in_names(lazy, name) && v.type == TP_LIST && v.u.l->poison)
-		return v.u.l->poison; /* a generator of one that fails fails when read */
-	if (!in_names(lazy, name) || (unsigned)v.type >= sizeof not_iterable / sizeof *not_iterable ||
-	    !not_iterable[v.type])
+	if (!in_names(lazy, name))
 		return NULL;
-	if (!tp_truthy(v) && strcmp(name, "unique") && strcmp(name, "batch") && strcmp(name, "slice"))
-		return NULL; /* an empty generator */
+	if (v.type == TP_LIST)
+		return v.u.l->poison; /* a generator of one that fails fails when read */
+	if ((unsigned)v.type >= sizeof not_iterable / sizeof *not_iterable || !not_iterable[v.type] ||
+	    (!tp_truthy(v) && in_names(truth_first, name)))
+		return NULL; /* readable, or (a false value) an empty generator */
 	return not_iterable[v.type];
 }
 
