@@ -4,12 +4,14 @@
  *   ds-fmt --model M < pairs.jsonl > text.jsonl
  *
  * Only wiring lives here: input forms, validation, rendering and spans in
- * lib/chat, the Jinja engine in lib/template. A FILE (mapped) is cut into
- * byte ranges, in which one thread per CPU (the main one among them) finds
- * its lines and formats them; standard input is read in order by the main thread (which
- * also runs --jq), in batches of lines for the workers. The main thread
- * writes, warns about or stops at the batches' records in input order, so
- * the output is the same whatever the thread count.
+ * lib/chat, the Jinja engine in lib/template. A regular file (FILE, or
+ * standard input redirected from one) is mapped and cut into byte ranges,
+ * in which one thread per CPU (the main one among them) finds its lines and
+ * formats them; a pipe, and any input under --jq (which the main thread
+ * runs), is read in order by the main thread, in batches of lines for the
+ * workers. The main thread writes, warns about or stops at the batches'
+ * records in input order, so the output is the same whatever the thread
+ * count.
  */
 #include <pthread.h>
 #include <sched.h>

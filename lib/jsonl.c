@@ -1430,32 +1430,38 @@ void jsonl_block_release(struct jsonl_block *b)
 
 struct jsonl_reader *jsonl_open_mapped(const char *path, struct err *err)
 {
-	if (!path || !strcmp(path, "-"))
-		return jsonl_open(path, err);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int std = !path || !strcmp(path, "-");
+	int fd = std ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
 	struct stat st;
-	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 ||
+	/* standard input from its offset (a script may have read lines of it
+	 * before), mapped from the page that holds it */
+	off_t at = std ? lseek(fd, 0, SEEK_CUR) : 0;
+	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || at < 0 || st.st_size <= at ||
 	    (uintmax_t)st.st_size > SIZE_MAX / 2) { /* not a file to map: read, errors worded as jsonl_open's */
-		if (fd >= 0)
+		if (fd >= 0 && !std)
 			close(fd);
 		return jsonl_open(path, err);
 	}
-	size_t size = (size_t)st.st_size;
-	char *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-	close(fd);
+	off_t base = at - at % sysconf(_SC_PAGESIZE);
+	size_t size = (size_t)(st.st_size - base), skip = (size_t)(at - base);
+	char *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, base);
+	if (!std)
+		close(fd);
 	if (map == MAP_FAILED)
 		return jsonl_open(path, err);
+	if (std) /* read to its end, as a reader would leave it */
+		lseek(fd, st.st_size, SEEK_SET);
 	madvise(map, size, MADV_SEQUENTIAL);
-	struct jsonl_reader *r = jsonl_from_file(NULL, path);
+	struct jsonl_reader *r = jsonl_from_file(NULL, std ? "<stdin>" : path);
 	struct jsonl_block *b = r ? malloc(sizeof *b) : NULL;
 	if (!b) {
 		munmap(map, size);
 		free(r ? r->name : NULL), free(r);
-		err_sys(err, "%s: out of memory", path);
+		err_sys(err, "%s: out of memory", std ? "<stdin>" : path);
 		return NULL;
 	}
 	*b = (struct jsonl_block){.refs = 1, .cap = size, .map = map};
-	r->blk = b, r->buf = map, r->cap = size, r->end = size, r->eof = 1, r->mapped = 1;
+	r->blk = b, r->buf = map + skip, r->cap = r->end = size - skip, r->eof = 1, r->mapped = 1;
 	return r;
 }
 

@@ -29,7 +29,10 @@ struct jsonl_reader *jsonl_open(const char *path, struct err *err);
  * is copied, and jsonl_next_line's lines lie in the mapping, not
  * NUL-terminated. A file that shrinks while mapped raises SIGBUS where a
  * line past its new end is read: the caller catches it (msg_catch_bus).
- * Standard input and other files are read as jsonl_open reads them. */
+ * Standard input that is a regular file (a shell's < FILE) is mapped from
+ * where its reading stands, and left at its end; it must not have been
+ * read through stdin before. Pipes and other files are read as jsonl_open
+ * reads them. */
 struct jsonl_reader *jsonl_open_mapped(const char *path, struct err *err);
 struct jsonl_reader *jsonl_from_file(FILE *f, const char *name);
 void jsonl_close(struct jsonl_reader *r);

@@ -40,8 +40,9 @@ int err_wrap(struct err *err, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
 /* Tool side. msg_init() records the tool's name (basename of argv[0]) and
- * gives standard input and output megabyte buffers (not on a terminal): it
- * comes first in main, before any I/O. */
+ * gives standard input and output megabyte buffers (not on a terminal), and
+ * a pipe among them room for a megabyte: it comes first in main, before any
+ * I/O. */
 void msg_init(const char *argv0);
 const char *msg_prog(void);
 /* Display level: 0 silent, 1 errors, 2 warnings and results (default), 3 progress, 4 info. */

@@ -22,12 +22,14 @@ template, tokenizer_config.json and tokenizer.json's added tokens) and the rate
 without it. ds-fmt formats records on one worker thread per CPU it may run on
 (at most 16; the output is the same for any count); transformers uses one.
 A third line times ds-fmt with --threads 1: the ratio per thread, from which
-a machine with more cores can be judged. Each time is the best of
+a machine with more cores can be judged; the last, ds-fmt reading its input
+from a pipe, as in a shell pipeline. Each time is the best of
 BENCH_DSFMT_REPEAT runs (default 3), ds-fmt's and Python's alike: on a shared
 host the best run is the one least disturbed.
 """
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -93,6 +95,9 @@ def measure(t, label, base, tmp, n=None):
         print(f"{label:14s} ds-fmt failed ({p.returncode}): {p.stderr.decode(errors='replace')[:300]}")
         return
     to_file, _ = best(lambda: subprocess.run(t.dsfmt_cmd("-o", out, inp), capture_output=True))
+    # the input through a pipe, as in a shell pipeline (cat runs alongside)
+    piped_cmd = "cat " + shlex.quote(inp) + " | " + shlex.join(t.dsfmt_cmd("-o", os.devnull))
+    piped, _ = best(lambda: subprocess.run(piped_cmd, shell=True, capture_output=True))
     one = os.path.join(tmp, name + ".one.jsonl")
     with open(one, "w", encoding="utf-8") as f:
         f.write(json.dumps(recs[0], ensure_ascii=False) + "\n")
@@ -135,6 +140,8 @@ def measure(t, label, base, tmp, n=None):
           f"ratio per thread {theirs / ours1:6.1f}x (same work {same_work / ours1:.1f}x)", flush=True)
     print(f"{'':14s} ds-fmt writing its output to a file in {tmp} {N / to_file:8.0f} records/s ({to_file:.2f} s, "
           f"{os.path.getsize(out) / 1e6:.0f} MB)", flush=True)
+    print(f"{'':14s} ds-fmt reading a pipe (cat FILE | ds-fmt) {N / piped:8.0f} records/s ({piped:.2f} s)   "
+          f"ratio {theirs / piped:6.1f}x", flush=True)
 
 
 def main():

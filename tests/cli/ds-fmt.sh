@@ -375,12 +375,22 @@ with open(sys.argv[1], "w", encoding="utf-8", newline="") as f:
     f.write('{"messages":[{"role":"robot","content":"x"}]}\r\n')  # a bad record, the file's line 3061
     f.write(json.dumps({"id": "last", "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}))
 PY
-"$DS" --model "$Q" --skip-bad < "$T/ranges.jsonl" 2>&1 > "$T/want" | sed "s|<stdin>|$T/ranges.jsonl|" > "$T/want.err"
+cat "$T/ranges.jsonl" | "$DS" --model "$Q" --skip-bad 2>&1 > "$T/want" | sed "s|<stdin>|$T/ranges.jsonl|" > "$T/want.err"
 for n in 1 2 3; do
 	expect "ranges-$n" 0 "$DS" --model "$Q" --skip-bad --threads "$n" "$T/ranges.jsonl" && cmp -s "$T/out" "$T/want" &&
 		cmp -s "$T/err" "$T/want.err" && [ "$(wc -l < "$T/out")" -eq 3001 ] && stderr_has "ranges-$n" 'ranges.jsonl:3061: message 0' &&
 		ok "a 4 MB file in ranges, --threads $n: the pipe's output and warnings" || unreported "ranges-$n"
 done
+# standard input that is the file (< FILE) is mapped and cut so too
+expect ranges-stdin 0 "$DS" --model "$Q" --skip-bad --threads 2 < "$T/ranges.jsonl" && cmp -s "$T/out" "$T/want" &&
+	sed -i "s|<stdin>|$T/ranges.jsonl|" "$T/err" && cmp -s "$T/err" "$T/want.err" &&
+	ok "the same file as standard input: the pipe's output and warnings" || unreported ranges-stdin
+# from where a script's earlier read left standard input: the lines after it
+{ head -n 2000 > /dev/null; "$DS" --model "$Q" --skip-bad > "$T/out" 2> "$T/err"; } < "$T/ranges.jsonl"
+tail -n +2001 "$T/ranges.jsonl" | "$DS" --model "$Q" --skip-bad > "$T/want.tail" 2> "$T/want.tail.err"
+cmp -s "$T/out" "$T/want.tail" && cmp -s "$T/err" "$T/want.tail.err" && [ "$(wc -l < "$T/out")" -gt 1000 ] &&
+	grep -q '<stdin>:1061: message 0' "$T/err" && ok "standard input read from where a script left it" ||
+	notok ranges-offset "$(wc -l < "$T/out") lines; $(head -c 300 "$T/err")"
 expect ranges-stop 2 "$DS" --model "$Q" -o "$T/ranges.out" "$T/ranges.jsonl" && stderr_has ranges-stop 'ranges.jsonl:3061: message 0' &&
 	[ ! -e "$T/ranges.out" ] && ok "a bad record past the first ranges: its line, exit 2, no output" || unreported ranges-stop
 

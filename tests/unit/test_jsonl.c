@@ -570,6 +570,49 @@ static void test_mapped_shrinks(void)
 	jsonl_close(r);
 }
 
+/* Standard input that is a regular file is mapped from its offset (lines
+ * a script read before are not the reader's), at fresh offsets in and
+ * past the first pages; its offset is left at the end, as a reader leaves
+ * it; an offset at the end gives no line. */
+static void test_stdin_mapped(void)
+{
+	check_seed_init();
+	enum { N = 3000 };
+	size_t total = 0, start[N + 1];
+	char *data = malloc(N * 40);
+	for (int i = 0; i < N; i++) {
+		start[i] = total;
+		total += (size_t)sprintf(data + total, "{\"n\":%d,\"pad\":\"%.*s\"}\n", i, (int)rng_below(check_rng(), 12), "xxxxxxxxxxxx");
+	}
+	start[N] = total;
+	put("stdin.jsonl", data, total);
+	int saved = dup(STDIN_FILENO), fd = open(path, O_RDONLY);
+	CHECK(saved >= 0 && fd >= 0 && dup2(fd, STDIN_FILENO) == STDIN_FILENO, "cannot put the file on standard input");
+	for (int round = 0; round < 20 && !check_case_failed; round++) {
+		int first = round == 0 ? 0 : round == 1 ? N : (int)rng_below(check_rng(), N);
+		lseek(STDIN_FILENO, (off_t)start[first], SEEK_SET);
+		struct err err;
+		struct jsonl_reader *r = jsonl_open_mapped("-", &err);
+		const char *s, *line;
+		size_t n, len;
+		CHECK(r && !strcmp(jsonl_name(r), "<stdin>"), "name");
+		CHECK(r && (first == N || jsonl_mapped(r, &s, &n)), "from line %d: not mapped", first + 1);
+		CHECK(lseek(STDIN_FILENO, 0, SEEK_CUR) == (off_t)total, "the offset is not left at the end");
+		int k = first;
+		while (r && jsonl_next_line(r, &line, &len, &err) == 1 && k < N) {
+			if (len != start[k + 1] - start[k] - 1 || memcmp(line, data + start[k], len))
+				break;
+			k++;
+		}
+		CHECK(k == N, "from line %d: line %d differs", first + 1, k + 1);
+		CHECK(r && jsonl_line(r) == N - first, "from line %d: %ld lines counted", first + 1, r ? jsonl_line(r) : -1L);
+		jsonl_close(r);
+	}
+	dup2(saved, STDIN_FILENO);
+	close(saved), close(fd);
+	free(data);
+}
+
 /* A mapped file cut into random ranges, each range's lines found as
  * jsonl_lines_next finds them: together, every line jsonl_next_line gives,
  * once, in order, with its number (the ranges' counts added up). Lines of
@@ -1530,6 +1573,7 @@ int main(void)
 	RUN(test_held_blocks);
 	RUN(test_blocks_given_back);
 	RUN(test_mapped_shrinks);
+	RUN(test_stdin_mapped);
 	RUN(test_lines_in_ranges);
 	RUN(test_open_errors);
 	RUN(test_stdin_name_and_errf);
