@@ -203,27 +203,82 @@ __attribute__((target("avx2"))) static int utf8_valid_avx2(const unsigned char *
 #undef BEFORE
 #undef TABLE16
 
+/* The same check 64 bytes at a time where AVX-512 is: the bytes before each
+ * 16-byte lane are the lane before's (the block before's last, for the
+ * first), and the last block is loaded masked, zeros after it. */
+__attribute__((target("avx512f,avx512bw,bmi2"))) static int utf8_valid_avx512(const unsigned char *s, size_t n)
+{
+	const __m512i before_high = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)before_high_tab)),
+		      before_low = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)before_low_tab)),
+		      own_high = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)own_high_tab));
+	/* last_max_tab's top half: the limits of the last three bytes */
+	const __m512i last_max = _mm512_inserti64x4(_mm512_set1_epi8((char)0xFF),
+						    _mm256_loadu_si256((const __m256i *)(const void *)last_max_tab), 1);
+	const __m512i nibble = _mm512_set1_epi8(0x0F), b80 = _mm512_set1_epi8((char)0x80);
+	const __m512i third = _mm512_set1_epi8(0xE0 - 0x80), fourth = _mm512_set1_epi8(0xF0 - 0x80);
+	const __m512i lanes_before = _mm512_set_epi64(13, 12, 11, 10, 9, 8, 7, 6);
+	__m512i prev = _mm512_setzero_si512(), bad = prev, unfinished = prev;
+	for (size_t i = 0; i < n; i += 64) {
+		__m512i x = n - i >= 64 ? _mm512_loadu_si512(s + i) : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ull, (unsigned)(n - i)), s + i);
+		__m512i before = _mm512_permutex2var_epi64(prev, lanes_before, x);
+		__m512i p1 = _mm512_alignr_epi8(x, before, 15);
+		__m512i pairs = _mm512_and_si512(
+			_mm512_and_si512(_mm512_shuffle_epi8(before_high, _mm512_and_si512(_mm512_srli_epi16(p1, 4), nibble)),
+					 _mm512_shuffle_epi8(before_low, _mm512_and_si512(p1, nibble))),
+			_mm512_shuffle_epi8(own_high, _mm512_and_si512(_mm512_srli_epi16(x, 4), nibble)));
+		__m512i must = _mm512_and_si512(_mm512_or_si512(_mm512_subs_epu8(_mm512_alignr_epi8(x, before, 14), third),
+								_mm512_subs_epu8(_mm512_alignr_epi8(x, before, 13), fourth)),
+						b80);
+		bad = _mm512_ternarylogic_epi64(bad, must, pairs, 0xF6); /* bad | (must ^ pairs) */
+		unfinished = _mm512_subs_epu8(x, last_max);
+		prev = x;
+	}
+	bad = _mm512_or_si512(bad, unfinished);
+	return _mm512_test_epi64_mask(bad, bad) == 0;
+}
+
 /* glibc's own reading of the CPU, made at start-up for its string
  * functions: __builtin_cpu_supports would add a constructor that asks the
  * CPU again at every start, and in a virtual machine each cpuid is a trap. */
 #if __has_include(<sys/platform/x86.h>)
 #include <sys/platform/x86.h>
 #define CPU_AVX2() CPU_FEATURE_ACTIVE(AVX2)
+#define CPU_AVX512() (CPU_FEATURE_ACTIVE(AVX512F) && CPU_FEATURE_ACTIVE(AVX512BW) && CPU_FEATURE_ACTIVE(BMI2))
 #else
 #define CPU_AVX2() __builtin_cpu_supports("avx2")
+#define CPU_AVX512() (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("bmi2"))
 #endif
-static int have_avx2(void)
+static int simd_limit = 2; /* jsonl_simd_limit's */
+
+/* The vector instructions this CPU has, at most simd_limit: 0 (SSE2), 1
+ * AVX2, 2 AVX-512. */
+static int simd_level(void)
 {
-	static int state; /* 0 unknown, 1 yes, -1 no */
+	static int state; /* 0 unknown, else the CPU's level + 1 */
 	int st = __atomic_load_n(&state, __ATOMIC_RELAXED);
 	if (!st) {
-		st = CPU_AVX2() ? 1 : -1;
+		st = 1 + (CPU_AVX2() ? CPU_AVX512() ? 2 : 1 : 0);
 		__atomic_store_n(&state, st, __ATOMIC_RELAXED);
 	}
-	return st > 0;
+	int limit = __atomic_load_n(&simd_limit, __ATOMIC_RELAXED);
+	return st - 1 < limit ? st - 1 : limit;
 }
+static int have_avx2(void) { return simd_level() >= 1; }
+static int have_avx512(void) { return simd_level() >= 2; }
 #undef CPU_AVX2
+#undef CPU_AVX512
 #endif
+
+int jsonl_simd_limit(int level)
+{
+#ifdef HAVE_AVX2_PATH
+	__atomic_store_n(&simd_limit, level, __ATOMIC_RELAXED);
+	return simd_level();
+#else
+	(void)level;
+	return 0;
+#endif
+}
 
 /* Offset of the first byte that is not part of well-formed UTF-8 (RFC 3629:
  * no overlongs, no surrogates, nothing above U+10FFFF), or -1. jq would
@@ -232,9 +287,9 @@ static int have_avx2(void)
 static long bad_utf8_at(const unsigned char *s, size_t n)
 {
 #ifdef HAVE_AVX2_PATH
-	/* where AVX2 is, its check says whether; the offset of a bad byte
-	 * (rare) is then found below */
-	if (n >= 32 && have_avx2() && utf8_valid_avx2(s, n))
+	/* where AVX2 or AVX-512 is, its check says whether; the offset of a
+	 * bad byte (rare) is then found below */
+	if (n >= 64 && have_avx512() ? utf8_valid_avx512(s, n) : n >= 32 && have_avx2() && utf8_valid_avx2(s, n))
 		return -1;
 #endif
 	size_t i = 0;
@@ -656,6 +711,29 @@ __attribute__((target("avx2"))) static const char *string_stop_avx2(const char *
 	*hi |= (unsigned)_mm256_movemask_epi8(high);
 	return q;
 }
+
+/* The same, 64 bytes at a time where AVX-512 is. */
+__attribute__((target("avx512f,avx512bw"))) static const char *string_stop_avx512(const char *q, const char *end,
+										   unsigned *hi)
+{
+	const __m512i quote = _mm512_set1_epi8('"'), bslash = _mm512_set1_epi8('\\'), ctl = _mm512_set1_epi8(0x1f),
+		      tilde = _mm512_set1_epi8(0x7e);
+	uint64_t high = 0; /* bytes 7F and up */
+	for (; end - q >= 64; q += 64) {
+		__m512i x = _mm512_loadu_si512(q);
+		uint64_t m = _mm512_cmpeq_epi8_mask(x, quote) | _mm512_cmpeq_epi8_mask(x, bslash) |
+			     _mm512_cmple_epu8_mask(x, ctl);
+		uint64_t h = _mm512_cmpgt_epu8_mask(x, tilde);
+		if (m) {
+			high |= h & ((m & -m) - 1); /* before the stop */
+			q += __builtin_ctzll(m);
+			break;
+		}
+		high |= h;
+	}
+	*hi |= high != 0;
+	return q;
+}
 #endif
 
 /* The first quote, backslash or control byte in [q, end), or end: where a
@@ -666,7 +744,13 @@ static const char *string_stop(const char *q, const char *end, unsigned *high)
 {
 	unsigned hi = 0;
 #ifdef HAVE_AVX2_PATH
-	if (end - q >= 64 && have_avx2()) {
+	if (end - q >= 128 && have_avx512()) {
+		q = string_stop_avx512(q, end, &hi);
+		if (end - q >= 64) { /* at the stop */
+			*high |= hi;
+			return q;
+		}
+	} else if (end - q >= 64 && have_avx2()) {
 		q = string_stop_avx2(q, end, &hi);
 		if (end - q >= 32) { /* at the stop */
 			*high |= hi;

@@ -131,6 +131,11 @@ long jsonl_utf8_bad_at(const char *s, size_t n);
  * 1.6 (Debian's libjq) leaks the string. *why says which. Every JSON text this
  * project parses goes through it first. */
 long jsonl_unsafe_at(const char *s, size_t n, const char **why);
+/* Caps the vector instructions the scanners and the UTF-8 check use at
+ * level (0 SSE2, 1 AVX2, 2 AVX-512; 2 by default), so that a test can
+ * check each path the CPU has against the others; returns the level now
+ * used. Not for use while other threads scan. */
+int jsonl_simd_limit(int level);
 
 /* One JSON text: jsonl_unsafe_at first, then the parser records go through
  * (jq for what it does not take). The value, or invalid with a message

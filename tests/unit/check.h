@@ -34,15 +34,17 @@ static const char *check_case_name;
 		}                                                                \
 	} while (0)
 
-#define RUN(fn)                                                                  \
+#define RUN(fn) RUN_AS(fn, #fn)
+/* RUN under a name of the caller's (a case run once per setting). */
+#define RUN_AS(fn, name)                                                         \
 	do {                                                                     \
-		check_case_name = #fn;                                           \
+		check_case_name = (name);                                        \
 		check_case_failed = 0;                                           \
 		fn();                                                            \
 		if (check_case_failed)                                           \
 			check_failed_cases++;                                    \
 		else                                                             \
-			printf("ok - %s\n", #fn);                                \
+			printf("ok - %s\n", check_case_name);                     \
 		fflush(stdout);                                                  \
 	} while (0)
 

@@ -964,6 +964,56 @@ static void test_parsed_strings_are_jqs(void)
 	}
 }
 
+/* One odd piece at every offset of a string of 1 to 260 ASCII bytes
+ * (across the vector scans' blocks and their ends), alone or with an
+ * escape some bytes after it: bytes that are not UTF-8 are refused, before
+ * a stop as after one; the rest reads as jq reads it (a control byte is
+ * refused, but jq 1.6 reads 1F). */
+static void test_string_scan_at_every_offset(void)
+{
+	static const struct {
+		const char *s;
+		int bad; /* 1 not UTF-8, 2 a control byte */
+	} pieces[] = {{"\x1f", 2}, {"\x01", 2}, {"\xff", 1}, {"\xc3", 1}, {"\xed\xa0\x80", 1}, {"\xe2\x82", 1},
+		      {"\x7f", 0}, {"é", 0}, {"\xf0\x9f\x99\x82", 0}, {"\\n", 0}, {"\\u00e9", 0}, {"~", 0}};
+	char text[300];
+	for (size_t n = 1; n <= 260 && !check_case_failed; n++)
+		for (size_t k = 0; k < sizeof pieces / sizeof *pieces && !check_case_failed; k++)
+			for (size_t at = 0, pn = strlen(pieces[k].s); at + pn <= n && !check_case_failed; at++) {
+				text[0] = '"';
+				memset(text + 1, 'a', n);
+				memcpy(text + 1 + at, pieces[k].s, pn);
+				size_t esc = 1 + at + pn + (at * 7 + n) % 70; /* an escape after the piece, or none */
+				int with_escape = at % 2 && esc + 2 <= n + 1;
+				if (with_escape)
+					memcpy(text + esc, "\\t", 2);
+				text[n + 1] = '"';
+				jv got = jsonl_parse_value(text, n + 2);
+				/* the record parser's own reading: not a control byte, nor what is not UTF-8 */
+				char out[300];
+				const char *t;
+				size_t tn;
+				int ascii;
+				long taken = jsonl_string_decode(text, n + 2, out, &t, &tn, &ascii);
+				CHECK((taken > 0) == !pieces[k].bad && (taken <= 0 || ascii == (k == 11 && !with_escape)),
+				      "piece %zu at %zu of %zu bytes%s: the record parser's reading %ld, ascii %d", k, at, n,
+				      with_escape ? " (an escape after)" : "", taken, ascii);
+				if (pieces[k].bad == 1) {
+					CHECK(!jv_is_valid(got), "piece %zu at %zu of %zu bytes%s: read", k, at, n,
+					      with_escape ? " (an escape after)" : "");
+				} else {
+					jv ref = jv_parse_sized(text, (int)n + 2);
+					CHECK(jv_is_valid(got) == jv_is_valid(ref) &&
+						      (!jv_is_valid(got) || jv_equal(jv_copy(got), jv_copy(ref))),
+					      "piece %zu at %zu of %zu bytes%s: %s, jq's %s", k, at, n,
+					      with_escape ? " (an escape after)" : "", jv_is_valid(got) ? "read" : "refused",
+					      jv_is_valid(ref) ? "read" : "refused");
+					jv_free(ref);
+				}
+				jv_free(got);
+			}
+}
+
 /* jsonl_array_next gives each element of random arrays (as jq prints them,
  * and spaced out) as the text of the value jq has there; broken arrays end in
  * -1. */
@@ -1058,15 +1108,15 @@ static void test_utf8_offsets(void)
 }
 
 /* Every character, good and bad, at every offset of ASCII texts of 31 to
- * 129 bytes: across the 32-byte blocks of the vector check, at their ends,
- * before blocks all ASCII and at the text's end. */
+ * 200 bytes: across the 32- and 64-byte blocks of the vector checks, at
+ * their ends, before blocks all ASCII and at the text's end. */
 static void test_utf8_at_every_offset(void)
 {
 	static const char *pieces[] = {"\xd0\x9f", "\xe4\xb8\xad", "\xf0\x9f\x98\x80", "\xf4\x8f\xbf\xbf", "\xed\x9f\xbf",
 				       "\x80", "\xc1\xbf", "\xe0\x9f\xbf", "\xed\xa0\x80", "\xf0\x8f\xbf\xbf", "\xf4\x90\x80\x80",
 				       "\xf5\x80\x80\x80", "\xff", "\xd0", "\xe4\xb8", "\xf0\x9f\x98", "\xd0\x9f\x9f"};
-	char s[160];
-	for (size_t n = 31; n <= 129; n++)
+	char s[208];
+	for (size_t n = 31; n <= 200; n++)
 		for (size_t k = 0; k < sizeof pieces / sizeof *pieces; k++)
 			for (size_t at = 0; at + strlen(pieces[k]) <= n; at++) {
 				memset(s, 'a', n);
@@ -1582,7 +1632,6 @@ int main(void)
 	RUN(test_write_matches_jq);
 	RUN(test_write_numbers_match_jq);
 	RUN(test_put_string_matches_jq);
-	RUN(test_parsed_strings_are_jqs);
 	RUN(test_parse_memo);
 	RUN(test_put_integers);
 	RUN(test_locate);
@@ -1590,8 +1639,21 @@ int main(void)
 	RUN(test_array_next);
 	RUN(test_object_next);
 	RUN(test_is_json);
-	RUN(test_utf8_offsets);
-	RUN(test_utf8_at_every_offset);
+	/* the string scans and the UTF-8 check on each vector path this CPU has */
+	for (int level = jsonl_simd_limit(2); level >= 0; level--) {
+		static const char *const names[] = {"SSE2", "AVX2", "AVX-512"};
+		char name[4][96];
+		jsonl_simd_limit(level);
+		snprintf(name[0], sizeof name[0], "test_utf8_offsets (%s)", names[level]);
+		snprintf(name[1], sizeof name[1], "test_utf8_at_every_offset (%s)", names[level]);
+		snprintf(name[2], sizeof name[2], "test_parsed_strings_are_jqs (%s)", names[level]);
+		snprintf(name[3], sizeof name[3], "test_string_scan_at_every_offset (%s)", names[level]);
+		RUN_AS(test_utf8_offsets, name[0]);
+		RUN_AS(test_utf8_at_every_offset, name[1]);
+		RUN_AS(test_parsed_strings_are_jqs, name[2]);
+		RUN_AS(test_string_scan_at_every_offset, name[3]);
+	}
+	jsonl_simd_limit(2);
 	if (access("/dev/full", W_OK) == 0)
 		RUN(test_write_error);
 	else
