@@ -248,37 +248,40 @@ __attribute__((target("avx512f,avx512bw,bmi2"))) static int utf8_valid_avx512(co
 #define CPU_AVX2() __builtin_cpu_supports("avx2")
 #define CPU_AVX512() (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("bmi2"))
 #endif
-static int simd_limit = 2; /* jsonl_simd_limit's */
+static int cpu_simd(void) { return CPU_AVX2() ? CPU_AVX512() ? 2 : 1 : 0; }
 
-/* The vector instructions this CPU has, at most simd_limit: 0 (SSE2), 1
- * AVX2, 2 AVX-512. */
+/* The level in use + 1 (0: not yet read): the CPU's, or less where
+ * jsonl_simd_limit says so. */
+static int simd_state;
+
+/* The vector instructions used: 0 (SSE2), 1 AVX2, 2 AVX-512. */
 static int simd_level(void)
 {
-	static int state; /* 0 unknown, else the CPU's level + 1 */
-	int st = __atomic_load_n(&state, __ATOMIC_RELAXED);
+	int st = __atomic_load_n(&simd_state, __ATOMIC_RELAXED);
 	if (!st) {
-		st = 1 + (CPU_AVX2() ? CPU_AVX512() ? 2 : 1 : 0);
-		__atomic_store_n(&state, st, __ATOMIC_RELAXED);
+		st = 1 + cpu_simd();
+		__atomic_store_n(&simd_state, st, __ATOMIC_RELAXED);
 	}
-	int limit = __atomic_load_n(&simd_limit, __ATOMIC_RELAXED);
-	return st - 1 < limit ? st - 1 : limit;
+	return st - 1;
 }
 static int have_avx2(void) { return simd_level() >= 1; }
 static int have_avx512(void) { return simd_level() >= 2; }
-#undef CPU_AVX2
-#undef CPU_AVX512
-#endif
 
 int jsonl_simd_limit(int level)
 {
-#ifdef HAVE_AVX2_PATH
-	__atomic_store_n(&simd_limit, level, __ATOMIC_RELAXED);
+	int cpu = cpu_simd();
+	__atomic_store_n(&simd_state, 1 + (level < cpu ? level : cpu), __ATOMIC_RELAXED);
 	return simd_level();
+}
+#undef CPU_AVX2
+#undef CPU_AVX512
 #else
+int jsonl_simd_limit(int level)
+{
 	(void)level;
 	return 0;
-#endif
 }
+#endif
 
 /* Offset of the first byte that is not part of well-formed UTF-8 (RFC 3629:
  * no overlongs, no surrogates, nothing above U+10FFFF), or -1. jq would
@@ -289,7 +292,10 @@ static long bad_utf8_at(const unsigned char *s, size_t n)
 #ifdef HAVE_AVX2_PATH
 	/* where AVX2 or AVX-512 is, its check says whether; the offset of a
 	 * bad byte (rare) is then found below */
-	if (n >= 64 && have_avx512() ? utf8_valid_avx512(s, n) : n >= 32 && have_avx2() && utf8_valid_avx2(s, n))
+	int valid = n >= 64 && have_avx512() ? utf8_valid_avx512(s, n)
+		  : n >= 32 && have_avx2()   ? utf8_valid_avx2(s, n)
+					     : 0;
+	if (valid)
 		return -1;
 #endif
 	size_t i = 0;
@@ -1515,6 +1521,7 @@ void jsonl_block_release(struct jsonl_block *b)
 struct jsonl_reader *jsonl_open_mapped(const char *path, struct err *err)
 {
 	int std = !path || !strcmp(path, "-");
+	const char *name = std ? "<stdin>" : path;
 	int fd = std ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
 	struct stat st;
 	/* standard input from its offset (a script may have read lines of it
@@ -1536,12 +1543,12 @@ struct jsonl_reader *jsonl_open_mapped(const char *path, struct err *err)
 	if (std) /* read to its end, as a reader would leave it */
 		lseek(fd, st.st_size, SEEK_SET);
 	madvise(map, size, MADV_SEQUENTIAL);
-	struct jsonl_reader *r = jsonl_from_file(NULL, std ? "<stdin>" : path);
+	struct jsonl_reader *r = jsonl_from_file(NULL, name);
 	struct jsonl_block *b = r ? malloc(sizeof *b) : NULL;
 	if (!b) {
 		munmap(map, size);
 		free(r ? r->name : NULL), free(r);
-		err_sys(err, "%s: out of memory", std ? "<stdin>" : path);
+		err_sys(err, "%s: out of memory", name);
 		return NULL;
 	}
 	*b = (struct jsonl_block){.refs = 1, .cap = size, .map = map};
