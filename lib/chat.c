@@ -1418,28 +1418,45 @@ static int message_span(const struct tmpl_output *out, long i, size_t first, siz
 	return 0;
 }
 
+/* Whether run r holds content or tool-call bytes of one of the nmsg messages. */
+static int learned_run(const struct tmpl_output *out, size_t r, size_t nmsg)
+{
+	const struct tmpl_run *run = &out->runs[r];
+	return run->msg >= 0 && (size_t)run->msg < nmsg &&
+	       (run->origin == TMPL_MSG_CONTENT || run->origin == TMPL_MSG_TOOL_CALLS) && run->end > run->start;
+}
+
 int chat_spans(const struct tmpl_output *out, const unsigned char *trained, const long *body_start, int agp,
 	       size_t nmsg, const struct chat_markers *mk, long **spans, size_t *nspans, struct err *err)
 {
 	size_t cap = 2 * (out->nruns + nmsg + 1);
 	long *sp = malloc(cap * 2 * sizeof *sp);
-	size_t *first = malloc((nmsg + 1) * 2 * sizeof *first);
+	size_t *first = malloc((nmsg + 1) * 3 * sizeof *first);
 	if (!sp || !first) {
 		free(sp), free(first);
 		return err_sys(err, "out of memory");
 	}
-	size_t *last = first + nmsg + 1;
-	/* each message's first and last run of content or tool-call bytes, in one pass */
+	size_t *last = first + nmsg + 1, *turn_end = last + nmsg + 1;
+	/* each message's first run of content or tool-call bytes; the end of
+	 * the turn that printed it (the outermost, as a loop over the messages
+	 * may run inside another); its last run in that turn */
 	for (size_t i = 0; i < nmsg; i++)
-		first[i] = SIZE_MAX, last[i] = 0;
+		first[i] = SIZE_MAX, last[i] = 0, turn_end[i] = 0;
+	for (size_t r = 0; r < out->nruns; r++)
+		if (learned_run(out, r, nmsg) && first[out->runs[r].msg] == SIZE_MAX)
+			first[out->runs[r].msg] = r;
+	for (size_t k = 0; k < out->nturns; k++) {
+		const struct tmpl_turn *t = &out->turns[k];
+		if (t->msg < 0 || (size_t)t->msg >= nmsg || first[t->msg] == SIZE_MAX)
+			continue;
+		uint32_t at = out->runs[first[t->msg]].start;
+		if (t->start <= at && at < t->end && t->end > turn_end[t->msg])
+			turn_end[t->msg] = t->end;
+	}
 	for (size_t r = 0; r < out->nruns; r++) {
-		const struct tmpl_run *run = &out->runs[r];
-		if (run->msg >= 0 && (size_t)run->msg < nmsg &&
-		    (run->origin == TMPL_MSG_CONTENT || run->origin == TMPL_MSG_TOOL_CALLS) && run->end > run->start) {
-			if (first[run->msg] == SIZE_MAX)
-				first[run->msg] = r;
-			last[run->msg] = r;
-		}
+		size_t i = (size_t)out->runs[r].msg;
+		if (learned_run(out, r, nmsg) && (!turn_end[i] || out->runs[r].start < turn_end[i]))
+			last[i] = r;
 	}
 	size_t nsp = 0;
 	for (size_t i = 0; i < nmsg; i++) {

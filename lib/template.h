@@ -71,7 +71,19 @@ struct tmpl_output {
 	 * the places a rendering falls into its pieces. */
 	uint32_t *cuts;
 	size_t ncuts;
-	void *mem; /* the block holding runs, gen and cuts */
+	/* With runs: each turn of a loop over the messages that this rendering
+	 * ran (a prefix rendering's copied turns are not among them), in the
+	 * order the turns ended: the message it iterated and what it printed,
+	 * when it printed to the output (not into a capture or a macro's text).
+	 * A turn says which of a message's bytes are its own: a later turn may
+	 * print them again (gpt-oss names the last tool call in the header of
+	 * the tool's result). Not compared by tmpl_output_equal. */
+	struct tmpl_turn {
+		int32_t msg;
+		uint32_t start, end;
+	} *turns;
+	size_t nturns;
+	void *mem; /* the block holding runs, gen, cuts and turns */
 };
 
 /* Renders t with the context ctx (a jv object, consumed): messages, tools,

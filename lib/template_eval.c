@@ -148,6 +148,8 @@ struct rt {
 	size_t ngen, gcap;
 	uint32_t *cuts; /* see tmpl_output */
 	size_t ncuts, ccap;
+	struct tmpl_turn *turns; /* see tmpl_output */
+	size_t nturns, tcap;
 	struct tmpl_cache *cache; /* the context's, or NULL */
 	struct track *tk;         /* NULL unless recording or copying turns */
 	int text_only;            /* the output's runs are not asked for: copied turns leave theirs behind */
@@ -3936,6 +3938,17 @@ static void turn_end(struct rt *r, int flow)
 	t->clean = !k->taint && flow != FLOW_BREAK;
 }
 
+/* Keeps the turn of message msg that printed the output from at to its end. */
+static void message_turn(struct rt *r, int32_t msg, uint32_t at)
+{
+	if (r->nturns == r->tcap) {
+		size_t cap = r->tcap ? 2 * r->tcap : 16;
+		r->turns = tp_realloc(&r->a, r->turns, r->nturns * sizeof *r->turns, cap * sizeof *r->turns);
+		r->tcap = cap;
+	}
+	r->turns[r->nturns++] = (struct tmpl_turn){msg, at, (uint32_t)r->out->len};
+}
+
 static int exec_for(struct rt *r, struct frame *f, const struct tp_stmt *s, const struct tp_val *rec, int depth)
 {
 	struct tp_val it = rec ? *rec : eval(r, f, s->e);
@@ -3978,7 +3991,14 @@ static int exec_for(struct rt *r, struct frame *f, const struct tp_stmt *s, cons
 			frame_set(r, lf, s->names[0], items->v[i]);
 		else
 			assign(r, lf, s->line, s->target, items->v[i]);
+		/* a message's turn: its item is the message, printing to the output */
+		const struct tp_val *it = &items->v[i];
+		int mt = !r->text_only && r->out == r->main && it->type == TP_DICT && it->o.kind == TMPL_MSG_OTHER &&
+			 it->o.msg >= 0;
+		uint32_t at = (uint32_t)r->out->len;
 		int flow = exec_body(r, lf, s->body);
+		if (mt && r->out == r->main)
+			message_turn(r, it->o.msg, at);
 		if (turns)
 			turn_end(r, flow);
 		if (flow == FLOW_BREAK)
@@ -4565,8 +4585,8 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 		if (main_out.runs[i].o.var)
 			names_len += strlen(main_out.runs[i].o.var) + 1;
 	size_t runs_size = (nruns + 1) * sizeof *out->runs, gen_size = (r.ngen + 1) * sizeof *out->gen,
-	       cuts_size = (r.ncuts + 1) * sizeof *out->cuts;
-	char *block = malloc(runs_size + gen_size + cuts_size + names_len);
+	       cuts_size = (r.ncuts + 1) * sizeof *out->cuts, turns_size = (r.nturns + 1) * sizeof *out->turns;
+	char *block = malloc(runs_size + gen_size + cuts_size + turns_size + names_len);
 	if (!block) {
 		memset(out, 0, sizeof *out);
 		free(main_out.s);
@@ -4581,7 +4601,8 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 	out->runs = runs ? (struct tmpl_run *)(void *)block : NULL;
 	out->gen = (uint32_t(*)[2])(void *)(block + runs_size);
 	out->cuts = (uint32_t *)(void *)(block + runs_size + gen_size);
-	char *names = block + runs_size + gen_size + cuts_size;
+	out->turns = (struct tmpl_turn *)(void *)(block + runs_size + gen_size + cuts_size);
+	char *names = block + runs_size + gen_size + cuts_size + turns_size;
 	out->text = main_out.s;
 	out->text[main_out.len] = 0;
 	out->len = main_out.len;
@@ -4616,6 +4637,9 @@ static int render(const struct tmpl *t, const struct tmpl_ctx *c, size_t nmsg, i
 	if (r.ncuts)
 		memcpy(out->cuts, r.cuts, r.ncuts * sizeof *out->cuts);
 	out->ncuts = r.ncuts;
+	if (r.nturns)
+		memcpy(out->turns, r.turns, r.nturns * sizeof *out->turns);
+	out->nturns = r.nturns;
 	if (trace && *trace) { /* the trace's values live on in the rendering's arena */
 		(*trace)->a = r.a;
 		(*trace)->a.fail = NULL;

@@ -91,6 +91,9 @@ class Template:
         # (DeepSeek V3) names the token that does close it instead.
         self.eot_tool_call = entry.get("eot_tool_call")
         self.eots = [self.eot] + ([self.eot_tool_call] if self.eot_tool_call else [])
+        # A template that closes the last turn with one marker and the turns
+        # before it with another (gpt-oss: <|return|>, <|end|>) names the others.
+        self.eots += entry.get("eot_also", [])
         self.origin = entry["source"]["origin"]
         self.template_arg = None
         self.skip = None
@@ -144,7 +147,7 @@ class Template:
             # must be one special token, not pieces)
             have = {a["content"] for a in tj["added_tokens"]}
             nxt = max([a["id"] for a in tj["added_tokens"]] + list(tj["model"]["vocab"].values())) + 1
-            for s in sorted(set(self.tokens.values()) | set(self.eots)):
+            for s in sorted(set(self.tokens.values()) | set(self.eots) | set(entry.get("specials", []))):
                 if s not in have:
                     tj["added_tokens"].append({"id": nxt, "content": s, "single_word": False, "lstrip": False,
                                                "rstrip": False, "normalized": False, "special": True})

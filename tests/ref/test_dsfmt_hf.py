@@ -89,6 +89,10 @@ VALIDATION = re.compile(r"no assistant message to learn|empty content|conversati
 # Random contents may also leave a learned message with nothing printed (Qwen3 prints
 # only what follows </think>: "</think>\n" is nothing), which ds-fmt refuses too.
 VALIDATION_RANDOM = re.compile(VALIDATION.pattern + r"|the template does not print the assistant's content")
+# A template that prints only a message's first tool call (manifest drops_extra_calls:
+# gpt-oss) loses the second of parallel calls: ds-fmt must refuse those records, by its
+# round-trip check of each call's arguments, rather than train on half the turn.
+DROPPED_CALL = re.compile(r"tool call 1: the arguments the template printed do not parse back")
 RANDOM_VARIANTS = int(os.environ.get("DSFMT_HF_VARIANTS", "2"))
 failed = False
 
@@ -157,6 +161,10 @@ def compare_renders(t, records, got, refs, case, validation=VALIDATION):
     for r in records:
         st, want = refs[r["id"]]
         rec = got.get(r["id"])
+        drops = t.features.get("drops_extra_calls") and r["id"].startswith("tool-parallel")
+        if drops and rec is not None:
+            bad.append(f"{r['id']}: the template prints only the first tool call, yet ds-fmt wrote the record")
+            continue
         if st == "error":
             if rec is None:
                 n_both_fail += 1
@@ -165,7 +173,7 @@ def compare_renders(t, records, got, refs, case, validation=VALIDATION):
             continue
         if rec is None:
             reason = got.get(SKIP_REASONS, {}).get(r["id"], "(no reason on stderr)")
-            if validation.search(reason):
+            if validation.search(reason) or (drops and DROPPED_CALL.search(reason)):
                 refused.setdefault(reason, []).append(r["id"])
             else:
                 bad.append(f"{r['id']}: ds-fmt rejected it ({reason}); transformers renders {want[:160]!r}")
@@ -184,7 +192,7 @@ def compare_renders(t, records, got, refs, case, validation=VALIDATION):
     details = bad[:SHOW] + ([f"... and {len(bad) - SHOW} more"] if len(bad) > SHOW else [])
     if refused:
         n = sum(len(v) for v in refused.values())
-        say(f"skip - {case} {t.name}: {n} conversations that transformers renders are refused by ds-fmt's input validation")
+        say(f"skip - {case} {t.name}: {n} conversations that transformers renders are refused by ds-fmt's input checks")
         for reason, ids in sorted(refused.items()):
             say(f"    {len(ids)} x {reason}: {', '.join(ids[:6])}{' ...' if len(ids) > 6 else ''}")
     report(not bad, f"{case} {t.name}: {n_ok} byte-identical, {n_both_fail} rejected by both"

@@ -61,8 +61,12 @@ MODES = {
 # into the contents (Qwen3 and DeepSeek V3 split at </think>), and --system with Phi-4
 # mini, whose prefix renderings (it reads add_generation_prompt) are not the whole
 # rendering's beginning. Mistral's templates move the system prompt into the last user
-# message too, but never read the flag: their shapes are replayed.
-LOOKS = {"qwen3", "deepseek_v3", ("phi4_mini", "system")}
+# message too, but never read the flag: their shapes are replayed. SmolLM3 prints
+# content.lstrip("\n") and Granite 4 copies each content into a namespace; LFM2 and
+# DeepSeek V3.1 build the system prompt in a namespace (so only --system, which makes
+# every record have one, leaves no shape to replay).
+LOOKS = {"qwen3", "deepseek_v3", ("phi4_mini", "system"), "smollm3", "granite4", ("lfm2", "system"),
+         ("deepseek_v3_1", "system")}
 
 
 def run(cmd, path):

@@ -473,6 +473,56 @@ static void test_spans_generation(void)
 	free(spans);
 }
 
+/* gpt-oss's shape: the tool result's header names the last tool call again,
+ * in a later turn. Without the turns, message 1's bytes run into that header
+ * and its closer is the header's <|channel|>; with them, its turn ends at
+ * <|call|>. A turn that does not hold the message's first byte (a loop
+ * inside another, over later messages) is not its turn. */
+static void test_spans_later_turn(void)
+{
+	static const char *hs[] = {"<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|call|>", "<|return|>"};
+	static size_t hl[] = {9, 11, 11, 7, 8, 10};
+	const struct chat_markers hm = {hs, hl, 6, 6, NULL};
+	struct fake f;
+	memset(&f, 0, sizeof f);
+	fake_put(&f, "<|start|>user<|message|>", -1, TMPL_LITERAL);
+	fake_put(&f, "Hi", 0, TMPL_MSG_CONTENT);
+	fake_put(&f, "<|end|><|start|>assistant", -1, TMPL_LITERAL);
+	uint32_t t1 = (uint32_t)f.out.len; /* message 1's turn */
+	fake_put(&f, " to=functions.", -1, TMPL_LITERAL);
+	fake_put(&f, "f", 1, TMPL_MSG_TOOL_CALLS);
+	fake_put(&f, "<|channel|>commentary json<|message|>", -1, TMPL_LITERAL);
+	fake_put(&f, "{\"a\": 1}", 1, TMPL_MSG_TOOL_CALLS);
+	fake_put(&f, "<|call|>", -1, TMPL_LITERAL);
+	uint32_t t2 = (uint32_t)f.out.len; /* message 2's */
+	fake_put(&f, "<|start|>functions.", -1, TMPL_LITERAL);
+	fake_put(&f, "f", 1, TMPL_MSG_TOOL_CALLS);
+	fake_put(&f, " to=assistant<|channel|>commentary<|message|>", -1, TMPL_LITERAL);
+	fake_put(&f, "ok", 2, TMPL_MSG_CONTENT);
+	fake_put(&f, "<|end|>", -1, TMPL_LITERAL);
+	uint32_t t3 = (uint32_t)f.out.len;
+	struct tmpl_turn turns[] = {{2, t2 + 1, t2 + 9}, {1, t1, t2}, {2, t2, t3}};
+	unsigned char trained[3] = {0, 1, 0};
+	long *spans = NULL;
+	size_t nspans = 0;
+	struct err err = {0};
+	char buf[512];
+	CHECK(chat_spans(&f.out, trained, NULL, 1, 3, &hm, &spans, &nspans, &err) == 0, "%s", err.msg);
+	CHECK(nspans == 1 && strstr(span_text(&f, spans, 0, buf), "to=assistant<|channel|>"), "without turns: [%s]", buf);
+	free(spans);
+	f.out.turns = turns;
+	f.out.nturns = 3;
+	CHECK(chat_spans(&f.out, trained, NULL, 1, 3, &hm, &spans, &nspans, &err) == 0, "%s", err.msg);
+	CHECK(nspans == 1 && !strcmp(span_text(&f, spans, 0, buf), "f<|channel|>commentary json<|message|>{\"a\": 1}<|call|>"),
+	      "[%s]", buf);
+	free(spans);
+	/* only a turn that holds the first byte counts: one of message 1 after it is ignored */
+	turns[1] = (struct tmpl_turn){1, t2, t2 + 5};
+	CHECK(chat_spans(&f.out, trained, NULL, 1, 3, &hm, &spans, &nspans, &err) == 0, "%s", err.msg);
+	CHECK(nspans == 1 && strstr(span_text(&f, spans, 0, buf), "to=assistant<|channel|>"), "[%s]", buf);
+	free(spans);
+}
+
 /* A clone equals its source, keys in the same order, and shares no reference
  * count with it (what a worker thread relies on). */
 static void test_jv_clone(void)
@@ -507,6 +557,7 @@ int main(void)
 	RUN(test_markers_rank);
 	RUN(test_spans_no_marker);
 	RUN(test_spans_generation);
+	RUN(test_spans_later_turn);
 	RUN(test_jv_clone);
 	jd_arena_free(&ar);
 	return check_done();

@@ -99,6 +99,33 @@ static void test_chatml(void)
 	       "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nYo<|im_end|>\n<|im_start|>assistant\n");
 }
 
+/* The turns of loops over the messages: each iteration whose item is a
+ * message and that prints to the output, in the order they end (an inner
+ * loop's first); none from a capture or from a loop over other values. */
+static void test_message_turns(void)
+{
+	struct tmpl_output o;
+	struct err err;
+	const char *ctx = "{\"messages\": [{\"role\": \"system\", \"content\": \"S\"},"
+			  " {\"role\": \"user\", \"content\": \"u\"}, {\"role\": \"assistant\", \"content\": \"a\"}]}";
+	int rc = render("{% set c %}{% for m in messages %}{{ m.content }}{% endfor %}{% endset %}"
+			"{% for x in [1, 2] %}{{ x }}{% endfor %}"
+			"{% set loop_messages = messages[1:] %}{% for m in loop_messages %}<{{ m.content }}"
+			"{% for later in loop_messages[loop.index:] %}.{% endfor %}>{% endfor %}",
+			ctx, NULL, &o, &err);
+	CHECK(rc == 0, "%s", err.msg);
+	if (rc)
+		return;
+	CHECK(strcmp(o.text, "12<u.><a>") == 0, "got [%s]", o.text);
+	/* message 2 inside message 1's turn (2 to 6), then message 2's own (6 to 9) */
+	static const struct tmpl_turn want[] = {{2, 4, 5}, {1, 2, 6}, {2, 6, 9}};
+	CHECK(o.nturns == 3, "%zu turns", o.nturns);
+	for (size_t i = 0; i < o.nturns && i < 3; i++)
+		CHECK(o.turns[i].msg == want[i].msg && o.turns[i].start == want[i].start && o.turns[i].end == want[i].end,
+		      "turn %zu: message %d, %u to %u", i, o.turns[i].msg, o.turns[i].start, o.turns[i].end);
+	tmpl_output_free(&o);
+}
+
 /* The run holding byte offset at. */
 static const struct tmpl_run *run_at(const struct tmpl_output *o, uint32_t at)
 {
@@ -429,6 +456,7 @@ int main(void)
 	RUN(test_whitespace);
 	RUN(test_chatml);
 	RUN(test_provenance);
+	RUN(test_message_turns);
 	RUN(test_loop_features);
 	RUN(test_generation);
 	RUN(test_limits);
