@@ -1020,8 +1020,17 @@ static int markers_lengths(struct chat_model *m, struct err *err)
 	m->mk.len = malloc((m->mk.n + 1) * sizeof *m->mk.len);
 	if (!m->mk.len)
 		return err_sys(err, "out of memory");
-	for (size_t i = 0; i < m->mk.n; i++)
+	m->mk.stop = malloc((m->mk.n + 1) * sizeof *m->mk.stop);
+	if (!m->mk.stop)
+		return err_sys(err, "out of memory");
+	jv eos = obj_get(m->tokens, "eos_token");
+	for (size_t i = 0; i < m->mk.n; i++) {
 		m->mk.len[i] = strlen(m->mk.s[i]);
+		if (tokenizer_eog_text(m->mk.s[i], m->mk.len[i]) ||
+		    (jv_get_kind(eos) == JV_KIND_STRING && !strcmp(m->mk.s[i], jv_string_value(eos))))
+			m->mk.stop[m->mk.nstop++] = i;
+	}
+	jv_free(eos);
 	return chat_markers_rank(&m->mk, err);
 }
 
@@ -1072,10 +1081,13 @@ static jv probe_tools(void)
 
 /* Which argument form a template wants, found by rendering a probe
  * conversation with the arguments as an object: if the output holds them as
- * JSON, the template serializes them itself (| tojson), so it wants objects.
- * Otherwise the arguments as JSON text: if that text shows up, it wants
- * strings (an object would have been printed as a Python dict). A template
- * that prints neither gets objects, the form transformers documents. */
+ * JSON, the template serializes them itself (| tojson), so it wants objects;
+ * if it holds their value but not as Python prints a dict, the template
+ * prints them field by field (Gemma 4's key:<|"|>value<|"|>, Qwen3-Coder's
+ * <parameter=key>), so it wants objects too. Otherwise the arguments as JSON
+ * text: if that text shows up, it wants strings (an object would have been
+ * printed as a Python dict). A template that prints neither gets objects, the
+ * form transformers documents. */
 static void probe_args(const struct tmpl *t, jv tokens, enum chat_args *mode, int *json)
 {
 	static const char want_text[] = "{\"probe_key\": \"probe value\"}";
@@ -1106,11 +1118,17 @@ static void probe_args(const struct tmpl *t, jv tokens, enum chat_args *mode, in
 					 jv_copy(tokens));
 		struct tmpl_output out = {0};
 		struct err e = {0};
-		if (tmpl_render(t, ctx, NULL, &out, &e) == 0 && chat_json_find(out.text, out.len, &want)) {
+		int ok = tmpl_render(t, ctx, NULL, &out, &e) == 0;
+		if (ok && chat_json_find(out.text, out.len, &want)) {
 			*mode = pass % 2 == 0 ? CHAT_ARGS_OBJECT : CHAT_ARGS_STRING;
 			*json = 1;
 			tmpl_output_free(&out);
 			break;
+		}
+		if (ok && pass % 2 == 0 && memmem(out.text, out.len, "probe value", 11) &&
+		    !memmem(out.text, out.len, "'probe_key': 'probe value'", 26)) {
+			tmpl_output_free(&out);
+			break; /* objects, printed field by field */
 		}
 		tmpl_output_free(&out);
 	}
@@ -1287,6 +1305,7 @@ void chat_model_free(struct chat_model *m)
 	free(m->mk_store);
 	free(m->mk.len);
 	free(m->mk.maximal);
+	free(m->mk.stop);
 	free(m);
 }
 
@@ -1316,6 +1335,19 @@ static int marker_at(const char *text, size_t n, size_t p, const char *s, size_t
 			return 0;
 	}
 	return !memcmp(text + p, s, len);
+}
+
+/* The end of the longest marker that ends generation beginning at p and
+ * ending by lim, or 0. */
+static size_t stop_at(const struct tmpl_output *out, size_t p, size_t lim, const struct chat_markers *mk)
+{
+	size_t best = 0;
+	for (size_t j = 0; j < mk->nstop; j++) {
+		size_t k = mk->stop[j];
+		if (mk->len[k] > best && p + mk->len[k] <= lim && marker_at(out->text, out->len, p, mk->s[k], mk->len[k]))
+			best = mk->len[k];
+	}
+	return best ? p + best : 0;
 }
 
 /* The marker that closed the calling thread's last turn, and of which list. */
@@ -1388,6 +1420,11 @@ static int message_span(const struct tmpl_output *out, long i, size_t first, siz
 		cend = run->end;
 	}
 	long mend = -1;
+	for (size_t p = end; p < cend && mend < 0; p++) {
+		size_t e = stop_at(out, p, cend, mk);
+		if (e)
+			mend = (long)e;
+	}
 	for (int tier = 0; tier < 2 && mend < 0; tier++) {
 		size_t k0 = tier ? mk->nfirst : 0, k1 = tier ? mk->n : mk->nfirst;
 		for (size_t p = end; p < cend && mend < 0; p++) {
@@ -1426,6 +1463,34 @@ static int learned_run(const struct tmpl_output *out, size_t r, size_t nmsg)
 	       (run->origin == TMPL_MSG_CONTENT || run->origin == TMPL_MSG_TOOL_CALLS) && run->end > run->start;
 }
 
+/* Message i's last learned run, of first..last, before a marker that ends
+ * generation in the template text between them, where its turn (to
+ * turn_end) prints another message's content or tool calls after that
+ * marker: Gemma 4 follows a call with <|tool_response> and the results of
+ * the tool messages that follow, headed by the call's name. Else last. */
+static size_t last_before_stop(const struct tmpl_output *out, size_t i, size_t first, size_t last, size_t turn_end,
+			       size_t nmsg, const struct chat_markers *mk)
+{
+	size_t prev = first;
+	for (size_t r = first + 1; r < last; r++) {
+		const struct tmpl_run *run = &out->runs[r];
+		if (learned_run(out, r, nmsg) && (size_t)run->msg == i)
+			prev = r;
+		if (run->origin != TMPL_LITERAL && run->origin != TMPL_INPUT)
+			continue;
+		int stop = 0;
+		for (size_t p = run->start; p < run->end && !stop; p++)
+			stop = stop_at(out, p, run->end, mk) != 0;
+		if (!stop)
+			continue;
+		for (size_t q = r + 1; q < out->nruns && out->runs[q].start < turn_end; q++)
+			if (learned_run(out, q, nmsg) && (size_t)out->runs[q].msg != i)
+				return prev;
+		return last;
+	}
+	return last;
+}
+
 int chat_spans(const struct tmpl_output *out, const unsigned char *trained, const long *body_start, int agp,
 	       size_t nmsg, const struct chat_markers *mk, long **spans, size_t *nspans, struct err *err)
 {
@@ -1458,6 +1523,9 @@ int chat_spans(const struct tmpl_output *out, const unsigned char *trained, cons
 		if (learned_run(out, r, nmsg) && (!turn_end[i] || out->runs[r].start < turn_end[i]))
 			last[i] = r;
 	}
+	for (size_t i = 0; i < nmsg; i++)
+		if (trained[i] && turn_end[i] && mk->nstop)
+			last[i] = last_before_stop(out, i, first[i], last[i], turn_end[i], nmsg, mk);
 	size_t nsp = 0;
 	for (size_t i = 0; i < nmsg; i++) {
 		if (trained[i] && message_span(out, (long)i, first[i], last[i], body_start ? body_start[i] : -1, agp, mk, sp,

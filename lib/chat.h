@@ -157,6 +157,16 @@ struct chat_markers {
 	 * (chat_markers_rank): then where it begins no longer one can, and a
 	 * turn's closer is found without trying every marker (Llama 3 has 256) */
 	unsigned char *maximal;
+	/* The markers that end generation (nstop of them, by index): eos_token
+	 * and those llama.cpp takes for an end of generation. A turn's closer is
+	 * the first of these in its closing text, where one is (Command R7B
+	 * closes a turn with <|END_RESPONSE|><|END_OF_TURN_TOKEN|>, only the
+	 * latter stops it); and a message's learned bytes end before one that
+	 * template text between them holds (Gemma 4 prints a tool call, then
+	 * <|tool_response>, at which generation stops, then the results headed
+	 * by the call's name). */
+	size_t *stop;
+	size_t nstop;
 };
 /* Sets mk->maximal (malloc'd; the owner of mk frees it): 0, or -1 with err
  * set when out of memory. */
@@ -170,9 +180,11 @@ int chat_markers_rank(struct chat_markers *mk, struct err *err);
  * with the message's role after it is a header and is not used). For each
  * trained message: the bytes from the start of its body (when only template
  * text and the message's own bytes lie between) or else from its first
- * content/tool_calls byte, to its last content/tool_calls byte, then the
- * template text after it up to and including the first marker that begins
- * there. Spans start no earlier than the {% generation %} block holding the
+ * content/tool_calls byte, to its last content/tool_calls byte in its turn
+ * (out->turns; before a stop marker after which the turn prints another
+ * message's content), then the template text after it up to and including
+ * the first stop marker there, else the first marker (struct chat_markers).
+ * Spans start no earlier than the {% generation %} block holding the
  * first content byte; adjacent spans are merged, and every learned byte must
  * lie in a generation block when the template has them.
  * *spans is a new malloc'ed array of *nspans [start, end) pairs, ascending.

@@ -48,6 +48,9 @@ int tokenizer_gguf_added_of(const struct gguf *g, const char *name,
 			    int (*fn)(void *arg, uint32_t id, const char *s, size_t n, int special), void *arg,
 			    struct err *err);
 void tokenizer_free(struct tokenizer *tk);
+/* Whether s[0..n) is one of the token texts llama.cpp takes for an end of
+ * generation (<|im_end|>, <|eot_id|>, <end_of_turn>, <|call|> ...). */
+int tokenizer_eog_text(const char *s, size_t n);
 
 /* One encoding: ids[i] covers text bytes [offsets[i][0], offsets[i][1]). */
 struct tok_encoding {

@@ -179,6 +179,14 @@ static const char *const eog_texts[] = {
 	"<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
 	"<｜end▁of▁sentence｜>", "[e~[", NULL,
 };
+
+int tokenizer_eog_text(const char *s, size_t n)
+{
+	for (int k = 0; eog_texts[k]; k++)
+		if (strlen(eog_texts[k]) == n && !memcmp(eog_texts[k], s, n))
+			return 1;
+	return 0;
+}
 /* FIM markers: made control only when the file does not name that id itself. */
 static const struct {
 	const char *key;

@@ -64,9 +64,10 @@ MODES = {
 # message too, but never read the flag: their shapes are replayed. SmolLM3 prints
 # content.lstrip("\n") and Granite 4 copies each content into a namespace; LFM2 and
 # DeepSeek V3.1 build the system prompt in a namespace (so only --system, which makes
-# every record have one, leaves no shape to replay).
+# every record have one, leaves no shape to replay). MiniMax M2 splits at </think>,
+# Qwen3.5 passes each content through a macro, Gemma 4 through strip_thinking.
 LOOKS = {"qwen3", "deepseek_v3", ("phi4_mini", "system"), "smollm3", "granite4", ("lfm2", "system"),
-         ("deepseek_v3_1", "system")}
+         ("deepseek_v3_1", "system"), "minimax_m2", "qwen3_5", "gemma4"}
 
 
 def run(cmd, path):

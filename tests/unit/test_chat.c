@@ -523,6 +523,117 @@ static void test_spans_later_turn(void)
 	free(spans);
 }
 
+/* A turn's closer is the first marker that ends generation in its closing
+ * text, where one is (Command R7B: <|END_RESPONSE|><|END_OF_TURN_TOKEN|>,
+ * only the latter stops), else the first marker; Phi's "<|end|>\n" and eos
+ * stop at <|end|>. */
+static void test_spans_stop_closer(void)
+{
+	static const char *cs[] = {"<|END_RESPONSE|>", "<|END_OF_TURN_TOKEN|>", "<|START_OF_TURN_TOKEN|>", "<|USER_TOKEN|>",
+				   "<|end|>", "<|endoftext|>"};
+	static size_t cl[] = {16, 21, 23, 14, 7, 13};
+	static size_t stops[] = {1, 4, 5};
+	static const struct {
+		const char *closing, *learned;
+		size_t nstop;
+	} cases[] = {
+		{"<|END_RESPONSE|><|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|USER_TOKEN|>",
+		 "a<|END_RESPONSE|><|END_OF_TURN_TOKEN|>", 3},
+		{"<|END_RESPONSE|>\n<|END_OF_TURN_TOKEN|>", "a<|END_RESPONSE|>\n<|END_OF_TURN_TOKEN|>", 3},
+		{"<|END_RESPONSE|><|START_OF_TURN_TOKEN|><|USER_TOKEN|>", "a<|END_RESPONSE|>", 3},
+		{"x<|END_OF_TURN_TOKEN|>", "ax<|END_OF_TURN_TOKEN|>", 3},
+		{"<|end|>\n<|endoftext|>", "a<|end|>", 3},
+		{"<|end|><|endoftext|>", "a<|end|>", 3},
+		{"<|END_RESPONSE|><|END_OF_TURN_TOKEN|>", "a<|END_RESPONSE|>", 0},
+	};
+	for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+		struct chat_markers cm = {cs, cl, 6, 6, NULL, stops, cases[c].nstop};
+		struct fake f;
+		memset(&f, 0, sizeof f);
+		fake_put(&f, "U:", -1, TMPL_LITERAL);
+		fake_put(&f, "q", 0, TMPL_MSG_CONTENT);
+		fake_put(&f, "A:", -1, TMPL_LITERAL);
+		fake_put(&f, "a", 1, TMPL_MSG_CONTENT);
+		fake_put(&f, cases[c].closing, -1, TMPL_LITERAL);
+		fake_put(&f, "next", 2, TMPL_MSG_CONTENT);
+		unsigned char trained[3] = {0, 1, 0};
+		long *spans = NULL;
+		size_t nspans = 0;
+		struct err err = {0};
+		char buf[512];
+		CHECK(chat_spans(&f.out, trained, NULL, 1, 3, &cm, &spans, &nspans, &err) == 0, "%s", err.msg);
+		CHECK(nspans == 1 && !strcmp(span_text(&f, spans, 0, buf), cases[c].learned), "case %zu: [%s]", c, buf);
+		free(spans);
+	}
+}
+
+/* A message's learned bytes end at a marker that ends generation between
+ * them when its turn prints another message's content after it: Gemma 4
+ * inlines the tool's results after <|tool_response>, headed by the call's
+ * name. gpt-oss's analysis, <|end|>, then the call, in a turn of its own:
+ * all learned. */
+static void test_spans_stop_between(void)
+{
+	static const char *gs[] = {"<|\"|>", "<tool_call|>", "<|tool_response>", "<tool_response|>", "<turn|>", "<|end|>",
+				   "<|call|>"};
+	static size_t gl[] = {5, 12, 16, 16, 7, 7, 8};
+	static size_t stops[] = {2, 4, 5, 6};
+	const struct chat_markers gm = {gs, gl, 7, 7, NULL, stops, 4};
+	struct fake f;
+	memset(&f, 0, sizeof f);
+	fake_put(&f, "<|turn>model\n<|tool_call>call:", -1, TMPL_LITERAL);
+	uint32_t t0 = 0;
+	fake_put(&f, "check", 0, TMPL_MSG_TOOL_CALLS);
+	fake_put(&f, "{user_id:<|\"|>", -1, TMPL_LITERAL);
+	fake_put(&f, "u-42", 0, TMPL_MSG_TOOL_CALLS);
+	fake_put(&f, "<|\"|>}<tool_call|><|tool_response>response:", -1, TMPL_LITERAL);
+	fake_put(&f, "check", 0, TMPL_MSG_TOOL_CALLS);
+	fake_put(&f, "{value:<|\"|>", -1, TMPL_LITERAL);
+	fake_put(&f, "ok", 1, TMPL_MSG_CONTENT);
+	fake_put(&f, "<|\"|>}<tool_response|>", -1, TMPL_LITERAL);
+	uint32_t t1 = (uint32_t)f.out.len;
+	fake_put(&f, "Done.", 2, TMPL_MSG_CONTENT);
+	fake_put(&f, "<turn|>", -1, TMPL_LITERAL);
+	struct tmpl_turn turns[] = {{0, t0, t1}, {2, t1, (uint32_t)f.out.len}};
+	f.out.turns = turns;
+	f.out.nturns = 2;
+	unsigned char trained[3] = {1, 0, 1};
+	long *spans = NULL;
+	size_t nspans = 0;
+	struct err err = {0};
+	char buf[512];
+	CHECK(chat_spans(&f.out, trained, NULL, 1, 3, &gm, &spans, &nspans, &err) == 0, "%s", err.msg);
+	CHECK(nspans == 2 && !strcmp(span_text(&f, spans, 0, buf), "check{user_id:<|\"|>u-42<|\"|>}<tool_call|><|tool_response>"),
+	      "[%s]", buf);
+	CHECK(nspans == 2 && !strcmp(span_text(&f, spans, 1, buf), "Done.<turn|>"), "[%s]", buf);
+	free(spans);
+
+	memset(&f, 0, sizeof f);
+	fake_put(&f, "<|start|>assistant<|channel|>analysis<|message|>", -1, TMPL_LITERAL);
+	fake_put(&f, "think", 0, TMPL_MSG_CONTENT);
+	fake_put(&f, "<|end|><|start|>assistant to=functions.", -1, TMPL_LITERAL);
+	fake_put(&f, "f", 0, TMPL_MSG_TOOL_CALLS);
+	fake_put(&f, "<|channel|>commentary json<|message|>", -1, TMPL_LITERAL);
+	fake_put(&f, "{}", 0, TMPL_MSG_TOOL_CALLS);
+	fake_put(&f, "<|call|>", -1, TMPL_LITERAL);
+	t1 = (uint32_t)f.out.len;
+	fake_put(&f, "<|start|>functions.", -1, TMPL_LITERAL);
+	fake_put(&f, "f", 0, TMPL_MSG_TOOL_CALLS);
+	fake_put(&f, " to=assistant<|channel|>commentary<|message|>", -1, TMPL_LITERAL);
+	fake_put(&f, "ok", 1, TMPL_MSG_CONTENT);
+	fake_put(&f, "<|end|>", -1, TMPL_LITERAL);
+	struct tmpl_turn oturns[] = {{0, 0, t1}, {1, t1, (uint32_t)f.out.len}};
+	f.out.turns = oturns;
+	f.out.nturns = 2;
+	spans = NULL;
+	unsigned char otrained[2] = {1, 0};
+	CHECK(chat_spans(&f.out, otrained, NULL, 1, 2, &gm, &spans, &nspans, &err) == 0, "%s", err.msg);
+	CHECK(nspans == 1 && !strcmp(span_text(&f, spans, 0, buf),
+				     "think<|end|><|start|>assistant to=functions.f<|channel|>commentary json<|message|>{}<|call|>"),
+	      "[%s]", buf);
+	free(spans);
+}
+
 /* A clone equals its source, keys in the same order, and shares no reference
  * count with it (what a worker thread relies on). */
 static void test_jv_clone(void)
@@ -558,6 +669,8 @@ int main(void)
 	RUN(test_spans_no_marker);
 	RUN(test_spans_generation);
 	RUN(test_spans_later_turn);
+	RUN(test_spans_stop_closer);
+	RUN(test_spans_stop_between);
 	RUN(test_jv_clone);
 	jd_arena_free(&ar);
 	return check_done();
