@@ -1388,6 +1388,10 @@ static int message_span(const struct tmpl_output *out, long i, size_t first, siz
 		}
 		if (clean)
 			start = body;
+	} else if (body > start && body < (long)out->runs[first].end) {
+		/* The generation prompt ends inside the content: the content begins
+		 * with what the prompt already holds (Nemotron 3's "<think>\n"). */
+		start = body;
 	}
 	/* Inside a {% generation %} block, the block says where the turn starts. */
 	for (size_t g = 0; g < out->ngen; g++)

@@ -420,9 +420,14 @@ def check_random(t, records, refs, tmp, rng, have_tok):
     else:
         n_turns, n_checked, n_match, n_nc, n_missing, reasons, bad = check_spans_prefix(t, recs, refs_r, got)
         why = "; ".join(f"{v} {k}" for k, v in sorted(reasons.items()))
-        report(not bad and n_match > 0, f"spans-random {t.name} (prefix renders): {n_match}/{n_checked} checked turns "
-               f"agree, {n_nc} of {n_turns} not checkable" + (f" ({why})" if why else ""),
-               f"{len(bad)} conversations disagree" if bad else "no turn to check", bad[:SHOW])
+        if not bad and not n_checked and t.features.get("random_spans_unchecked"):
+            # the generation prompt ends with what only the fixed contents begin with
+            say(f"skip - spans-random {t.name} (prefix renders): no turn checkable, {n_nc} of {n_turns} not "
+                f"checkable ({why}); eot-label-random still checks every span's end")
+        else:
+            report(not bad and n_match > 0, f"spans-random {t.name} (prefix renders): {n_match}/{n_checked} checked turns "
+                   f"agree, {n_nc} of {n_turns} not checkable" + (f" ({why})" if why else ""),
+                   f"{len(bad)} conversations disagree" if bad else "no turn to check", bad[:SHOW])
     if have_tok:  # contents holding the markers' text: still the closer's marker ends each span
         ok, what, bad = check_eot_labels(t, got, tmp)
         report(ok, f"eot-label-random {t.name}: {t.eot} ends and is learned in each of {what}",

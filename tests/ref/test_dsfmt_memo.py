@@ -65,9 +65,10 @@ MODES = {
 # content.lstrip("\n") and Granite 4 copies each content into a namespace; LFM2 and
 # DeepSeek V3.1 build the system prompt in a namespace (so only --system, which makes
 # every record have one, leaves no shape to replay). MiniMax M2 splits at </think>,
-# Qwen3.5 passes each content through a macro, Gemma 4 through strip_thinking.
+# Qwen3.5 passes each content through a macro, Gemma 4 through strip_thinking;
+# Nemotron 3 looks for <think> in the content.
 LOOKS = {"qwen3", "deepseek_v3", ("phi4_mini", "system"), "smollm3", "granite4", ("lfm2", "system"),
-         ("deepseek_v3_1", "system"), "minimax_m2", "qwen3_5", "gemma4"}
+         ("deepseek_v3_1", "system"), "minimax_m2", "qwen3_5", "gemma4", "nemotron3_nano"}
 
 
 def run(cmd, path):

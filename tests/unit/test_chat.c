@@ -422,6 +422,22 @@ static void test_spans_body(void)
 	CHECK(chat_spans(&f.out, trained, NULL, 1, 2, &mk, &spans, &nspans, &err) == 0, "%s", err.msg);
 	CHECK(!strcmp(span_text(&f, spans, 0, buf), "a<|im_end|>"), "[%s]", buf);
 	free(spans);
+	/* a generation prompt that ends inside the content (Nemotron 3's
+	 * "<think>\n", with which the content begins): from there; past the
+	 * content's first run, not used */
+	memset(&f, 0, sizeof f);
+	fake_put(&f, "<|im_start|>assistant\n", -1, TMPL_LITERAL);
+	fake_put(&f, "<think>\nr</think>a", 0, TMPL_MSG_CONTENT);
+	fake_put(&f, "<|im_end|>", -1, TMPL_LITERAL);
+	unsigned char one[1] = {1};
+	long in_content[1] = {(long)strlen("<|im_start|>assistant\n<think>\n")};
+	CHECK(chat_spans(&f.out, one, in_content, 1, 1, &mk, &spans, &nspans, &err) == 0, "%s", err.msg);
+	CHECK(!strcmp(span_text(&f, spans, 0, buf), "r</think>a<|im_end|>"), "[%s]", buf);
+	free(spans);
+	in_content[0] = (long)f.out.len - 3;
+	CHECK(chat_spans(&f.out, one, in_content, 1, 1, &mk, &spans, &nspans, &err) == 0, "%s", err.msg);
+	CHECK(!strcmp(span_text(&f, spans, 0, buf), "<think>\nr</think>a<|im_end|>"), "[%s]", buf);
+	free(spans);
 }
 
 /* Markers are looked for only in the closing text right after the content:
