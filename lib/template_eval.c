@@ -3992,13 +3992,13 @@ static int exec_for(struct rt *r, struct frame *f, const struct tp_stmt *s, cons
 		else
 			assign(r, lf, s->line, s->target, items->v[i]);
 		/* a message's turn: its item is the message, printing to the output */
-		const struct tp_val *it = &items->v[i];
-		int mt = !r->text_only && r->out == r->main && it->type == TP_DICT && it->o.kind == TMPL_MSG_OTHER &&
-			 it->o.msg >= 0;
+		const struct tp_val *item = &items->v[i];
+		int mt = !r->text_only && r->out == r->main && item->type == TP_DICT && item->o.kind == TMPL_MSG_OTHER &&
+			 item->o.msg >= 0;
 		uint32_t at = (uint32_t)r->out->len;
 		int flow = exec_body(r, lf, s->body);
 		if (mt && r->out == r->main)
-			message_turn(r, it->o.msg, at);
+			message_turn(r, item->o.msg, at);
 		if (turns)
 			turn_end(r, flow);
 		if (flow == FLOW_BREAK)

@@ -187,6 +187,7 @@ int tokenizer_eog_text(const char *s, size_t n)
 			return 1;
 	return 0;
 }
+
 /* FIM markers: made control only when the file does not name that id itself. */
 static const struct {
 	const char *key;
