@@ -66,9 +66,12 @@ MODES = {
 # DeepSeek V3.1 build the system prompt in a namespace (so only --system, which makes
 # every record have one, leaves no shape to replay). MiniMax M2 splits at </think>,
 # Qwen3.5 passes each content through a macro, Gemma 4 through strip_thinking;
-# Nemotron 3 looks for <think> in the content.
+# Nemotron 3 looks for <think> in the content, MiniCPM5 and Step 3.5 for </think>,
+# Granite 4.1 copies it into a namespace as Granite 4 does; DeepSeek V4 builds the
+# system prompt in a namespace.
 LOOKS = {"qwen3", "deepseek_v3", ("phi4_mini", "system"), "smollm3", "granite4", ("lfm2", "system"),
-         ("deepseek_v3_1", "system"), "minimax_m2", "qwen3_5", "gemma4", "nemotron3_nano"}
+         ("deepseek_v3_1", "system"), "minimax_m2", "qwen3_5", "gemma4", "nemotron3_nano", "minicpm5",
+         "stepfun3_5", "granite4_1", ("deepseek_v4", "system")}
 
 
 def run(cmd, path):

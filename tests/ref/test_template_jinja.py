@@ -367,7 +367,7 @@ def public_templates():
         files = [e["source"]["file"] for e in json.load(f)["templates"] if e["source"]["kind"] == "file"]
     with open(os.path.join(here, "public.json"), encoding="utf-8") as f:
         files += [e["file"] for e in json.load(f)["templates"]]
-    for name in files:
+    for name in dict.fromkeys(files):  # once each: a manifest template may be listed in public.json too
         with open(os.path.join(here, name), encoding="utf-8", newline="") as f:
             yield name, f.read()
 
