@@ -1125,8 +1125,9 @@ static void probe_args(const struct tmpl *t, jv tokens, enum chat_args *mode, in
 			tmpl_output_free(&out);
 			break;
 		}
-		if (ok && pass % 2 == 0 && memmem(out.text, out.len, "probe value", 11) &&
-		    !memmem(out.text, out.len, "'probe_key': 'probe value'", 26)) {
+		static const char value[] = "probe value", repr[] = "'probe_key': 'probe value'";
+		if (ok && pass % 2 == 0 && memmem(out.text, out.len, value, sizeof value - 1) &&
+		    !memmem(out.text, out.len, repr, sizeof repr - 1)) {
 			tmpl_output_free(&out);
 			break; /* objects, printed field by field */
 		}

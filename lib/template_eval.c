@@ -3997,7 +3997,7 @@ static int exec_for(struct rt *r, struct frame *f, const struct tp_stmt *s, cons
 			 item->o.msg >= 0;
 		uint32_t at = (uint32_t)r->out->len;
 		int flow = exec_body(r, lf, s->body);
-		if (mt && r->out == r->main)
+		if (mt) /* a capture in the body gives the output back when it ends */
 			message_turn(r, item->o.msg, at);
 		if (turns)
 			turn_end(r, flow);
