@@ -506,6 +506,11 @@ struct fastp {
 	size_t nitems, citems, nmems, cmems;
 	char *scratch; /* where escaped strings are decoded */
 	size_t cscratch;
+	/* objects at depth keep_depth keep only the members named in keep
+	 * (the others are checked, not built); keep_depth 0: all kept */
+	const char *const *keep;
+	size_t nkeep;
+	int keep_depth;
 };
 
 /* The memo: for each of a few top-level keys, the text of its last long
@@ -1002,6 +1007,32 @@ static long dedup_members(struct jd_member *m, size_t n)
 	return (long)k;
 }
 
+static size_t scan_string(const char *s, size_t n);
+static int key_is(const char *s, size_t k, const char *key, size_t kn);
+
+/* Whether the member whose key string begins at p->s is one its object
+ * keeps (see struct fastp). */
+static int fp_kept(const struct fastp *p)
+{
+	if (p->check_only || p->depth != p->keep_depth)
+		return 1;
+	const char *q = p->s + 1;
+	while (q < p->end && *q != '"' && *q != '\\')
+		q++;
+	size_t kn = (size_t)(q - p->s - 1);
+	if (q < p->end && *q == '"') { /* a key as written: the usual case */
+		for (size_t i = 0; i < p->nkeep; i++)
+			if (p->keep[i][0] == (kn ? p->s[1] : 0) && !strncmp(p->keep[i], p->s + 1, kn) && !p->keep[i][kn])
+				return 1;
+		return 0;
+	}
+	size_t k = scan_string(p->s, (size_t)(p->end - p->s)); /* with escapes: compared decoded */
+	for (size_t i = 0; k && i < p->nkeep; i++)
+		if (key_is(p->s, k, p->keep[i], strlen(p->keep[i])))
+			return 1;
+	return 0;
+}
+
 static int fp_object(struct fastp *p, struct jd *out)
 {
 	p->s++;
@@ -1011,15 +1042,21 @@ static int fp_object(struct fastp *p, struct jd *out)
 		for (;;) {
 			struct jd_member m;
 			fp_ws(p);
-			if (p->s >= p->end || *p->s != '"' || fp_string(p, &m.key) < 0)
+			if (p->s >= p->end || *p->s != '"')
 				goto fail;
+			int kept = fp_kept(p), check_only = p->check_only;
+			p->check_only = check_only || !kept; /* a member not kept: its key and value only checked */
+			int rc = fp_string(p, &m.key);
 			fp_ws(p);
-			if (!fp_eat(p, ':'))
-				goto fail;
+			if (rc < 0 || !fp_eat(p, ':'))
+				rc = -1;
 			fp_ws(p);
-			if (fp_member(p, &m.key, &m.val) < 0)
+			if (rc == 0)
+				rc = fp_member(p, &m.key, &m.val);
+			p->check_only = check_only;
+			if (rc < 0)
 				goto fail;
-			if (!p->check_only) {
+			if (kept && !p->check_only) {
 				if (stack_room((void **)&p->mems, p->nmems, &p->cmems, sizeof *p->mems) < 0)
 					goto fail;
 				p->mems[p->nmems++] = m;
@@ -1221,19 +1258,32 @@ static int fp_value(struct fastp *p, struct jd *out)
 	}
 }
 
+/* p's text, one value with white space around it: 0, or -1. */
+static int fast_run(struct fastp *p, struct jd *out)
+{
+	int rc = fp_value(p, out);
+	fp_ws(p);
+	/* after true/false/null/a number jq wants a delimiter ("nullx" is an error) */
+	if (rc == 0 && p->s != p->end)
+		rc = -1;
+	free(p->items), free(p->mems), free(p->scratch);
+	return rc;
+}
+
 /* s[0..n): 0 with its one value (white space around it allowed) in a, or
  * -1 for jq to parse (after jsonl_unsafe_at) and to word the error. */
 static int fast_parse(const char *s, size_t n, struct jsonl_memo *memo, struct jd_arena *a, int check_only,
 		      struct jd *out)
 {
 	struct fastp p = {.s = s, .end = s + n, .memo = memo, .check_only = check_only, .a = a};
-	int rc = fp_value(&p, out);
-	fp_ws(&p);
-	/* after true/false/null/a number jq wants a delimiter ("nullx" is an error) */
-	if (rc == 0 && p.s != p.end)
-		rc = -1;
-	free(p.items), free(p.mems), free(p.scratch);
-	return rc;
+	return fast_run(&p, out);
+}
+
+int jsonl_parse_jd_keep(const char *s, size_t n, const char *const *keep, size_t nkeep, int depth,
+			struct jd_arena *a, struct jd *out)
+{
+	struct fastp p = {.s = s, .end = s + n, .a = a, .keep = keep, .nkeep = nkeep, .keep_depth = depth};
+	return n <= INT_MAX ? fast_run(&p, out) : -1;
 }
 
 int jsonl_is_direct(const char *s, size_t n)

@@ -144,6 +144,13 @@ jv jsonl_parse_value(const char *s, size_t n);
 /* jsonl_parse_value making a jd in a: 0, or -1 with err->msg the message
  * alone (jq's, or "<why> at byte N"). */
 int jsonl_parse_jd(const char *s, size_t n, struct jd_arena *a, struct jd *out, struct err *err);
+/* jsonl_parse_jd by the direct parser alone, where objects at depth depth
+ * (1: the text's own value) keep only the members named in keep[0..nkeep)
+ * (the others checked as jsonl_is_json checks, not built): for the few
+ * members wanted of a config of megabytes. 0, or -1 when the direct parser
+ * does not take the text (jsonl_parse_jd then says why). */
+int jsonl_parse_jd_keep(const char *s, size_t n, const char *const *keep, size_t nkeep, int depth,
+			struct jd_arena *a, struct jd *out);
 /* A jd as a new jv (numbers keep their float mark), and a jv (not consumed)
  * as a jd in a (0, or -1 when out of memory). */
 jv jsonl_jv_of(const struct jd *d);

@@ -1245,6 +1245,115 @@ static void test_object_next(void)
 	}
 }
 
+/* v with the members of its objects at depth depth (1: v itself) that keep
+ * does not name dropped, built with jq's own values: the reference of
+ * jsonl_parse_jd_keep. at: v's depth. */
+static jv keep_only(jv v, int depth, int at, const char *const *keep, size_t nkeep)
+{
+	if (jv_get_kind(v) == JV_KIND_ARRAY) {
+		jv out = jv_array();
+		jv_array_foreach(v, i, e) {
+			out = jv_array_append(out, keep_only(e, depth, at + 1, keep, nkeep));
+			(void)i;
+		}
+		jv_free(v);
+		return out;
+	}
+	if (jv_get_kind(v) != JV_KIND_OBJECT)
+		return v;
+	jv out = jv_object();
+	jv_object_foreach(v, k, e) {
+		int kept = at != depth;
+		for (size_t i = 0; i < nkeep && !kept; i++)
+			kept = !strcmp(jv_string_value(k), keep[i]);
+		if (kept)
+			out = jv_object_set(out, k, keep_only(e, depth, at + 1, keep, nkeep));
+		else
+			jv_free(k), jv_free(e);
+	}
+	jv_free(v);
+	return out;
+}
+
+/* jsonl_parse_jd_keep builds what jq parses, less the members not kept at
+ * the depth asked: random objects (keys escaped or not, repeated), alone or
+ * in arrays, compact and pretty, at depths 1 to 3; it takes numbers the
+ * direct parser leaves to jq only where they are not kept; and it never
+ * takes what jsonl_is_json refuses (the same texts, a byte deleted or
+ * replaced). */
+static void test_parse_jd_keep(void)
+{
+	unsigned seed = (unsigned)time(NULL);
+	srand(seed);
+	static const char *const keys[] = {"a", "content", "special", "k\\u00e9", "\\u0063ontent", "q\\\\", "", "contents"};
+	static const char *const keep[] = {"content", "special", "q\\"};
+	int refused = 0, dropped = 0;
+	for (int i = 0; i < 2000 && !check_case_failed; i++) {
+		char t[16384];
+		size_t n = 0;
+		int objects = i % 4 ? 1 + rand() % 4 : 1, in_array = i % 4 != 0;
+		n += (size_t)snprintf(t + n, sizeof t - n, in_array ? "[" : "");
+		for (int o = 0; o < objects; o++) {
+			n += (size_t)snprintf(t + n, sizeof t - n, "%s%s", o ? "," : "", i % 3 ? "{" : " {\n ");
+			int members = rand() % 6;
+			for (int k = 0; k < members; k++) {
+				jv d = jv_dump_string(random_value(2), i % 5 ? 0 : JV_PRINT_PRETTY);
+				n += (size_t)snprintf(t + n, sizeof t - n, "%s\"%s\"%s%s", k ? (i % 2 ? ", " : ",\n  ") : "",
+						      keys[rand() % 8], i % 2 ? ": " : ":", jv_string_value(d));
+				jv_free(d);
+			}
+			n += (size_t)snprintf(t + n, sizeof t - n, i % 3 ? "}" : "\n} ");
+		}
+		n += (size_t)snprintf(t + n, sizeof t - n, in_array ? "]" : "");
+		CHECK(n < sizeof t - 1, "seed %u text %d: the buffer is too small", seed, i);
+		int depth = 1 + rand() % 3;
+		jv want = keep_only(jv_parse_sized(t, (int)n), depth, 1, keep, 3);
+		struct jd_arena a = {0};
+		struct jd got;
+		int rc = jsonl_parse_jd_keep(t, n, keep, 3, depth, &a, &got);
+		jv gv = rc == 0 ? jsonl_jv_of(&got) : jv_invalid();
+		jv full = jv_parse_sized(t, (int)n);
+		dropped += rc == 0 && !jv_equal(jv_copy(gv), jv_copy(full));
+		jv_free(full);
+		CHECK(rc == 0 && jv_equal(jv_copy(gv), jv_copy(want)), "seed %u text %d depth %d: %d, not as jq: %s", seed,
+		      i, depth, rc, t);
+		jv_free(gv), jv_free(want);
+		char m[16384];
+		size_t at = (size_t)rand() % n, mn = n;
+		memcpy(m, t, n);
+		if (rand() % 2)
+			memmove(m + at, m + at + 1, n - at - 1), mn--;
+		else
+			m[at] = (char)(rand() % 256);
+		jd_arena_reset(&a);
+		int taken = jsonl_parse_jd_keep(m, mn, keep, 3, depth, &a, &got) == 0;
+		refused += !taken;
+		CHECK(!taken || jsonl_is_json(m, mn), "seed %u text %d: taken, but not JSON: %.*s", seed, i, (int)mn, m);
+		jd_arena_free(&a);
+	}
+	CHECK(refused > 100 && dropped > 100, "seed %u: %d broken texts refused, %d texts with members dropped (the "
+	      "cases are not exercised)", seed, refused, dropped);
+	static const struct {
+		const char *t;
+		int depth, rc;
+		const char *want;
+	} fixed[] = {{"{\"id\": 1000000000000000019884624838656, \"content\": \"x\"}", 1, 0, "{\"content\": \"x\"}"},
+		     {"{\"content\": 1000000000000000019884624838656}", 1, -1, NULL},
+		     {"[{\"special\": true, \"id\": [1, {\"content\": 2}]}, 3]", 2, 0, "[{\"special\": true}, 3]"},
+		     {"{\"a\": {\"content\": 1, \"b\": 2}, \"content\": {\"b\": 3}}", 2, 0, "{\"a\": {\"content\": 1}, \"content\": {}}"},
+		     {"{\"content\": 1, \"content\": 2}", 1, 0, "{\"content\": 2}"},
+		     {"{\"a\": 1,}", 1, -1, NULL}, {"{\"a\": nul}", 1, -1, NULL}, {"{\"a\": \"\\u0000\"}", 1, -1, NULL}};
+	for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) {
+		struct jd_arena a = {0};
+		struct jd got;
+		int rc = jsonl_parse_jd_keep(fixed[i].t, strlen(fixed[i].t), keep, 3, fixed[i].depth, &a, &got);
+		jv gv = rc == 0 ? jsonl_jv_of(&got) : jv_null();
+		jv want = fixed[i].want ? jv_parse(fixed[i].want) : jv_null();
+		CHECK(rc == fixed[i].rc && jv_equal(gv, want), "%s at depth %d: %d", fixed[i].t, fixed[i].depth, rc);
+		jd_arena_free(&a);
+	}
+}
+
 /* A long value (>= 256 bytes of JSON) of kind k: 0 array, 1 object, 2 string. */
 static jv long_value(int k)
 {
@@ -1640,6 +1749,7 @@ int main(void)
 	RUN(test_locate_halves);
 	RUN(test_array_next);
 	RUN(test_object_next);
+	RUN(test_parse_jd_keep);
 	RUN(test_is_json);
 	/* the string scans and the UTF-8 check on each vector path this CPU has */
 	for (int level = jsonl_simd_limit(2); level >= 0; level--) {
