@@ -1023,17 +1023,28 @@ static int markers_lengths(struct chat_model *m, struct err *err)
 	return chat_markers_rank(&m->mk, err);
 }
 
-static int cmp_marker(const void *a, const void *b, void *arg)
+/* A marker in the sort of chat_markers_rank: its first 8 bytes as a
+ * big-endian number (zeros past its end; a marker holds no NUL), which
+ * orders most pairs without a look at the text (Gemma 3 has 6,415). */
+struct ranked {
+	uint64_t head;
+	size_t k;
+};
+
+static int cmp_ranked(const void *a, const void *b, void *arg)
 {
+	const struct ranked *x = a, *y = b;
+	if (x->head != y->head)
+		return x->head < y->head ? -1 : 1;
 	const struct chat_markers *mk = arg;
-	size_t i = *(const size_t *)a, j = *(const size_t *)b, n = mk->len[i] < mk->len[j] ? mk->len[i] : mk->len[j];
-	int c = memcmp(mk->s[i], mk->s[j], n);
-	return c ? c : (mk->len[i] > mk->len[j]) - (mk->len[i] < mk->len[j]);
+	size_t li = mk->len[x->k], lj = mk->len[y->k];
+	int c = li > 8 && lj > 8 ? memcmp(mk->s[x->k] + 8, mk->s[y->k] + 8, (li < lj ? li : lj) - 8) : 0;
+	return c ? c : (li > lj) - (li < lj);
 }
 
 int chat_markers_rank(struct chat_markers *mk, struct err *err)
 {
-	size_t *ix = malloc((mk->n + 1) * sizeof *ix);
+	struct ranked *ix = malloc((mk->n + 1) * sizeof *ix);
 	mk->maximal = malloc(mk->n + 1);
 	if (!ix || !mk->maximal) {
 		free(ix), free(mk->maximal);
@@ -1043,15 +1054,19 @@ int chat_markers_rank(struct chat_markers *mk, struct err *err)
 	/* in byte order, the markers that begin with one follow it at once */
 	for (int tier = 0; tier < 2; tier++) {
 		size_t k0 = tier ? mk->nfirst : 0, k1 = tier ? mk->n : mk->nfirst;
-		for (size_t k = k0; k < k1; k++)
-			ix[k - k0] = k;
-		qsort_r(ix, k1 - k0, sizeof *ix, cmp_marker, mk);
+		for (size_t k = k0; k < k1; k++) {
+			uint64_t h = 0;
+			for (size_t i = 0; i < 8; i++)
+				h = h << 8 | (i < mk->len[k] ? (unsigned char)mk->s[k][i] : 0);
+			ix[k - k0] = (struct ranked){h, k};
+		}
+		qsort_r(ix, k1 - k0, sizeof *ix, cmp_ranked, mk);
 		for (size_t r = 0; r < k1 - k0; r++) {
-			size_t k = ix[r], q = r + 1; /* past copies of it, the next one */
-			while (q < k1 - k0 && mk->len[ix[q]] == mk->len[k] && !memcmp(mk->s[ix[q]], mk->s[k], mk->len[k]))
+			size_t k = ix[r].k, q = r + 1; /* past copies of it, the next one */
+			while (q < k1 - k0 && mk->len[ix[q].k] == mk->len[k] && !memcmp(mk->s[ix[q].k], mk->s[k], mk->len[k]))
 				q++;
-			mk->maximal[k] = !(q < k1 - k0 && mk->len[ix[q]] > mk->len[k] &&
-					   !memcmp(mk->s[ix[q]], mk->s[k], mk->len[k]));
+			mk->maximal[k] = !(q < k1 - k0 && mk->len[ix[q].k] > mk->len[k] &&
+					   !memcmp(mk->s[ix[q].k], mk->s[k], mk->len[k]));
 		}
 	}
 	free(ix);

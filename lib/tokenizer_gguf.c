@@ -173,19 +173,24 @@ static size_t utf8_char_len(unsigned char c)
 
 /* Token texts by which llama.cpp (load(), "auto-detect special tokens by
  * text") makes a token a control token whatever its stored type. */
-static const char *const eog_texts[] = {
-	"<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
-	"<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
-	"<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
-	"<｜end▁of▁sentence｜>", "[e~[", NULL,
+#define EOG(t) {t, sizeof t - 1}
+static const struct {
+	const char *s;
+	size_t n;
+} eog_texts[] = {
+	EOG("<|eot_id|>"), EOG("<|im_end|>"), EOG("<|end|>"), EOG("<|return|>"), EOG("<|call|>"), EOG("<|flush|>"),
+	EOG("<|calls|>"), EOG("<end_of_turn>"), EOG("<|endoftext|>"), EOG("</s>"), EOG("<|eom_id|>"), EOG("<EOT>"),
+	EOG("_<EOT>"), EOG("[EOT]"), EOG("[EOS]"), EOG("<|end_of_text|>"), EOG("<end_of_utterance>"), EOG("<eos>"),
+	EOG("<turn|>"), EOG("<|tool_response>"), EOG("<｜end▁of▁sentence｜>"), EOG("[e~["), {NULL, 0},
 };
+#undef EOG
 
 int tokenizer_eog_text(const char *s, size_t n)
 {
-	/* asked of every marker a model loads (Gemma 3 has 6,415): the first
-	 * byte rules out most texts before their length is counted */
-	for (int k = 0; n && eog_texts[k]; k++)
-		if (eog_texts[k][0] == s[0] && strlen(eog_texts[k]) == n && !memcmp(eog_texts[k], s, n))
+	/* asked of every marker a model loads (Gemma 3 has 6,415): the length
+	 * rules out most texts before a byte is compared */
+	for (int k = 0; eog_texts[k].s; k++)
+		if (eog_texts[k].n == n && !memcmp(eog_texts[k].s, s, n))
 			return 1;
 	return 0;
 }
@@ -343,8 +348,8 @@ static int conv_tokens(struct conv *c)
 	}
 
 	/* llama.cpp's retyping by text, in its order */
-	for (int k = 0; eog_texts[k]; k++) {
-		int64_t id = conv_id(c, eog_texts[k], strlen(eog_texts[k]));
+	for (int k = 0; eog_texts[k].s; k++) {
+		int64_t id = conv_id(c, eog_texts[k].s, eog_texts[k].n);
 		if (id >= 0)
 			c->attr[id] |= ATTR_CONTROL;
 	}

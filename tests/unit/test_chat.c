@@ -325,18 +325,20 @@ static void test_spans(void)
 }
 
 /* chat_markers_rank against a brute force over random marker sets (from two
- * letters, so that one often begins another); and the spans found with the
+ * letters, so that one often begins another; of 1 to 4 bytes and of 6 to 13,
+ * some with 7 bytes in common); and the spans found with the
  * ranks, whose closer hint must not shorten a marker another extends. */
 static void test_markers_rank(void)
 {
 	for (int round = 0; round < 200 && !check_case_failed; round++) {
-		char store[12][8];
+		char store[12][16];
 		const char *s[12];
 		size_t len[12], n = 2 + rng_below(check_rng(), 10);
 		for (size_t k = 0; k < n; k++) {
-			len[k] = 1 + rng_below(check_rng(), 4);
-			for (size_t i = 0; i < len[k]; i++)
-				store[k][i] = "ab"[rng_below(check_rng(), 2)];
+			/* short ones, and past the 8 bytes the sort compares first */
+			len[k] = round % 2 ? 1 + rng_below(check_rng(), 4) : 6 + rng_below(check_rng(), 8);
+			for (size_t i = 0; i < len[k]; i++) /* in one round of four, first bytes shared */
+				store[k][i] = round % 4 == 0 && i < 7 ? 'a' : "ab"[rng_below(check_rng(), 2)];
 			store[k][len[k]] = 0;
 			s[k] = store[k];
 		}
