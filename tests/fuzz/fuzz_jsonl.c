@@ -122,19 +122,16 @@ static void locate(const char *s, size_t n)
 		jv_free(whole);
 	}
 	/* the parse that builds only some members takes nothing the check
-	 * refuses; where it takes the text, jq's value less the others */
+	 * refuses, and everything the direct parser builds whole (it only
+	 * builds less) */
 	static const char *const keep[] = {"content", "special"};
+	int direct = jsonl_is_direct(s, n);
 	for (int depth = 1; depth <= 2; depth++) {
 		struct jd_arena ar = {0};
 		struct jd kd;
-		if (jsonl_parse_jd_keep(s, n, keep, 2, depth, &ar, &kd) == 0) {
-			if (!jsonl_is_json(s, n))
-				abort();
-			jv kv = jsonl_jv_of(&kd);
-			if (!jv_is_valid(kv))
-				abort();
-			jv_free(kv);
-		}
+		int taken = jsonl_parse_jd_keep(s, n, keep, 2, depth, &ar, &kd) == 0;
+		if ((taken && !jsonl_is_json(s, n)) || (direct && !taken))
+			abort();
 		jd_arena_free(&ar);
 	}
 	struct err e = {0};
