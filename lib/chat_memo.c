@@ -926,11 +926,11 @@ static const char *plain_key(const char *s, const char *end, const char **ks, si
 
 /* The string at s decoded at its own offset in m->dec: its text's length,
  * or -1 when the parser would not take it. */
-static long line_string(struct chat_memo *m, const char *s, const char *end, struct jd *out, int *ascii)
+static long line_string(struct chat_memo *m, const char *s, const char *end, struct jd *out, int *plain)
 {
 	const char *text;
 	size_t len;
-	long k = jsonl_string_decode(s, (size_t)(end - s), m->dec + (s - m->line), &text, &len, ascii);
+	long k = jsonl_string_decode(s, (size_t)(end - s), m->dec + (s - m->line), &text, &len, plain);
 	*out = (struct jd){.kind = JD_STRING, .n = (uint32_t)len, .u.s = text};
 	return k;
 }
@@ -941,14 +941,13 @@ static long line_string(struct chat_memo *m, const char *s, const char *end, str
 static long read_content(struct chat_memo *m, const char *s, const char *end, uint32_t i)
 {
 	struct jd *c = &m->lcontent[i];
-	int ascii;
+	int plain;
 	m->lbytes -= c->kind == JD_STRING ? c->n : 0;
-	long k = line_string(m, s, end, c, &ascii);
+	long k = line_string(m, s, end, c, &plain);
 	if (k <= 0)
 		return k;
 	m->lbytes += c->n;
-	/* no escape in the line, and no DEL (which a JSON string escapes) */
-	m->lplain[i] = ascii || (c->u.s == s + 1 && !memchr(c->u.s, 0x7f, c->n));
+	m->lplain[i] = (unsigned char)plain;
 	return k;
 }
 

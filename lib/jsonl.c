@@ -108,6 +108,10 @@ int jsonl_errf(const struct jsonl_reader *r, struct err *err, const char *fmt, .
 	return err_set(err, "%s:%ld: %s", r->name, r->recline, what);
 }
 
+/* What string_scan found in the bytes before the stop: a 7F (which a JSON
+ * string escapes), bytes that are not UTF-8. */
+enum { SCAN_DEL = 1, SCAN_BAD = 2 };
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define HAVE_AVX2_PATH 1
@@ -162,13 +166,28 @@ static const unsigned char last_max_tab[32] = {
 #define BEFORE(x, prev, k) _mm256_alignr_epi8(x, _mm256_permute2x128_si256(prev, x, 0x21), 16 - (k))
 #define TABLE16(t) _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(t)))
 
-__attribute__((target("avx2"))) static int utf8_valid_avx2(const unsigned char *s, size_t n)
+/* The errors of block x's bytes, each judged with the three before it
+ * (prev: the block before): zero where they are well-formed so far. */
+__attribute__((target("avx2"))) static inline __m256i utf8_errors_avx2(__m256i x, __m256i prev)
 {
 	const __m256i before_high = TABLE16(before_high_tab), before_low = TABLE16(before_low_tab),
 		      own_high = TABLE16(own_high_tab);
-	const __m256i last_max = _mm256_loadu_si256((const __m256i *)(const void *)last_max_tab);
 	const __m256i nibble = _mm256_set1_epi8(0x0F), b80 = _mm256_set1_epi8((char)0x80);
 	const __m256i third = _mm256_set1_epi8(0xE0 - 0x80), fourth = _mm256_set1_epi8(0xF0 - 0x80);
+	__m256i p1 = BEFORE(x, prev, 1);
+	__m256i pairs = _mm256_and_si256(
+		_mm256_and_si256(_mm256_shuffle_epi8(before_high, _mm256_and_si256(_mm256_srli_epi16(p1, 4), nibble)),
+				 _mm256_shuffle_epi8(before_low, _mm256_and_si256(p1, nibble))),
+		_mm256_shuffle_epi8(own_high, _mm256_and_si256(_mm256_srli_epi16(x, 4), nibble)));
+	__m256i must = _mm256_and_si256(
+		_mm256_or_si256(_mm256_subs_epu8(BEFORE(x, prev, 2), third), _mm256_subs_epu8(BEFORE(x, prev, 3), fourth)),
+		b80);
+	return _mm256_xor_si256(must, pairs);
+}
+
+__attribute__((target("avx2"))) static int utf8_valid_avx2(const unsigned char *s, size_t n)
+{
+	const __m256i last_max = _mm256_loadu_si256((const __m256i *)(const void *)last_max_tab);
 	__m256i prev = _mm256_setzero_si256(), bad = prev, unfinished = prev;
 	unsigned char tail[32];
 	for (size_t i = 0; i < n; i += 32) {
@@ -185,20 +204,58 @@ __attribute__((target("avx2"))) static int utf8_valid_avx2(const unsigned char *
 			prev = x;
 			continue;
 		}
-		__m256i p1 = BEFORE(x, prev, 1);
-		__m256i pairs = _mm256_and_si256(
-			_mm256_and_si256(_mm256_shuffle_epi8(before_high, _mm256_and_si256(_mm256_srli_epi16(p1, 4), nibble)),
-					 _mm256_shuffle_epi8(before_low, _mm256_and_si256(p1, nibble))),
-			_mm256_shuffle_epi8(own_high, _mm256_and_si256(_mm256_srli_epi16(x, 4), nibble)));
-		__m256i must = _mm256_and_si256(_mm256_or_si256(_mm256_subs_epu8(BEFORE(x, prev, 2), third),
-								_mm256_subs_epu8(BEFORE(x, prev, 3), fourth)),
-						b80);
-		bad = _mm256_or_si256(bad, _mm256_xor_si256(must, pairs));
+		bad = _mm256_or_si256(bad, utf8_errors_avx2(x, prev));
 		unfinished = _mm256_subs_epu8(x, last_max);
 		prev = x;
 	}
 	bad = _mm256_or_si256(bad, unfinished);
 	return _mm256_testz_si256(bad, bad);
+}
+
+/* string_scan where AVX2 is: the stop found and the bytes before it checked
+ * as UTF-8 in one pass, 32 at a time. The block that holds the stop is
+ * checked up to the stop, an ASCII byte, which a character may not cut;
+ * the bytes after it count as zeros. The last bytes of [q, end) are read
+ * padded with zeros, a control byte: a stop at end. */
+__attribute__((target("avx2"))) static const char *string_scan_avx2(const char *q, const char *end, unsigned *flags)
+{
+	static const unsigned char upto[64] = {
+		0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+		0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
+	const __m256i quote = _mm256_set1_epi8('"'), bslash = _mm256_set1_epi8('\\'), ctl = _mm256_set1_epi8(0x1f),
+		      del = _mm256_set1_epi8(0x7f);
+	const __m256i last_max = _mm256_loadu_si256((const __m256i *)(const void *)last_max_tab);
+	__m256i prev = _mm256_setzero_si256(), bad = prev, unfinished = prev, dels = prev;
+	unsigned m;
+	for (;; q += 32) {
+		__m256i x;
+		if (end - q >= 32) {
+			x = _mm256_loadu_si256((const __m256i *)(const void *)q);
+		} else {
+			unsigned char tail[32] = {0};
+			memcpy(tail, q, (size_t)(end - q));
+			x = _mm256_loadu_si256((const __m256i *)(const void *)tail);
+		}
+		m = (unsigned)_mm256_movemask_epi8(_mm256_or_si256(
+			_mm256_or_si256(_mm256_cmpeq_epi8(x, quote), _mm256_cmpeq_epi8(x, bslash)),
+			_mm256_cmpeq_epi8(_mm256_min_epu8(x, ctl), x)));
+		if (m) /* the stop and the bytes before it */
+			x = _mm256_and_si256(x, _mm256_loadu_si256((const __m256i *)(const void *)(upto + 31 - __builtin_ctz(m))));
+		dels = _mm256_or_si256(dels, _mm256_cmpeq_epi8(x, del));
+		unsigned h = (unsigned)_mm256_movemask_epi8(x);
+		if (h) {
+			bad = _mm256_or_si256(bad, utf8_errors_avx2(x, prev));
+			unfinished = _mm256_subs_epu8(x, last_max);
+		} else { /* ASCII: right unless the block before left a character unfinished */
+			bad = _mm256_or_si256(bad, unfinished);
+			unfinished = _mm256_setzero_si256();
+		}
+		if (m)
+			break;
+		prev = x;
+	}
+	*flags |= (_mm256_testz_si256(dels, dels) ? 0 : SCAN_DEL) | (_mm256_testz_si256(bad, bad) ? 0 : SCAN_BAD);
+	return q + __builtin_ctz(m);
 }
 #undef BEFORE
 #undef TABLE16
@@ -699,76 +756,13 @@ static jv string_checked(const char *s, size_t n)
 	return v;
 }
 
-#ifdef HAVE_AVX2_PATH
-/* string_stop's first part where AVX2 is, 32 bytes at a time: the stop,
- * or where 31 bytes or fewer are left, which string_stop goes on from. */
-__attribute__((target("avx2"))) static const char *string_stop_avx2(const char *q, const char *end, unsigned *hi)
-{
-	const __m256i quote = _mm256_set1_epi8('"'), bslash = _mm256_set1_epi8('\\'), ctl = _mm256_set1_epi8(0x1f),
-		      one = _mm256_set1_epi8(1);
-	__m256i high = _mm256_setzero_si256(); /* bytes 7F and up: their high bit once 1 is added, saturating */
-	for (; end - q >= 32; q += 32) {
-		__m256i x = _mm256_loadu_si256((const __m256i *)(const void *)q);
-		__m256i sp = _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(x, quote), _mm256_cmpeq_epi8(x, bslash)),
-					     _mm256_cmpeq_epi8(_mm256_min_epu8(x, ctl), x));
-		unsigned m = (unsigned)_mm256_movemask_epi8(sp);
-		if (m) {
-			*hi |= (unsigned)_mm256_movemask_epi8(_mm256_adds_epu8(x, one)) & ((m & -m) - 1); /* before the stop */
-			q += __builtin_ctz(m);
-			break;
-		}
-		high = _mm256_or_si256(high, _mm256_adds_epu8(x, one));
-	}
-	*hi |= (unsigned)_mm256_movemask_epi8(high);
-	return q;
-}
-
-/* The same, 64 bytes at a time where AVX-512 is. */
-__attribute__((target("avx512f,avx512bw"))) static const char *string_stop_avx512(const char *q, const char *end,
-										   unsigned *hi)
-{
-	const __m512i quote = _mm512_set1_epi8('"'), bslash = _mm512_set1_epi8('\\'), ctl = _mm512_set1_epi8(0x1f),
-		      tilde = _mm512_set1_epi8(0x7e);
-	uint64_t high = 0; /* bytes 7F and up */
-	for (; end - q >= 64; q += 64) {
-		__m512i x = _mm512_loadu_si512(q);
-		uint64_t m = _mm512_cmpeq_epi8_mask(x, quote) | _mm512_cmpeq_epi8_mask(x, bslash) |
-			     _mm512_cmple_epu8_mask(x, ctl);
-		uint64_t h = _mm512_cmpgt_epu8_mask(x, tilde);
-		if (m) {
-			high |= h & ((m & -m) - 1); /* before the stop */
-			q += __builtin_ctzll(m);
-			break;
-		}
-		high |= h;
-	}
-	*hi |= high != 0;
-	return q;
-}
-#endif
-
 /* The first quote, backslash or control byte in [q, end), or end: where a
- * plain run of a JSON string stops. *high is set when a byte before it is
- * 7F or above: a run without one is ASCII with no DEL, needs no UTF-8 check
- * and is written as it is. */
+ * plain run of a JSON string stops (string_scan's search where AVX2 is
+ * not). *high is set when a byte before it is 7F or above: a run without
+ * one is ASCII with no DEL and needs no UTF-8 check. */
 static const char *string_stop(const char *q, const char *end, unsigned *high)
 {
 	unsigned hi = 0;
-#ifdef HAVE_AVX2_PATH
-	if (end - q >= 128 && have_avx512()) {
-		q = string_stop_avx512(q, end, &hi);
-		if (end - q >= 64) { /* at the stop */
-			*high |= hi;
-			return q;
-		}
-	} else if (end - q >= 64 && have_avx2()) {
-		q = string_stop_avx2(q, end, &hi);
-		if (end - q >= 32) { /* at the stop */
-			*high |= hi;
-			return q;
-		}
-	}
-#endif
 #if defined(__SSE2__)
 	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\'), ctl = _mm_set1_epi8(0x1f),
 		      one = _mm_set1_epi8(1);
@@ -802,30 +796,51 @@ static const char *string_stop(const char *q, const char *end, unsigned *high)
 	return q;
 }
 
-long jsonl_string_decode(const char *s, size_t n, char *out, const char **text, size_t *len, int *ascii)
+/* The first quote, backslash or control byte in [q, end), or end, with
+ * what the bytes before it hold added to *flags (SCAN_*). */
+static const char *string_scan(const char *q, const char *end, unsigned *flags)
 {
-	if (ascii)
-		*ascii = 0;
+#ifdef HAVE_AVX2_PATH
+	if (have_avx2())
+		return string_scan_avx2(q, end, flags);
+#endif
+	unsigned high = 0;
+	const char *r = string_stop(q, end, &high);
+	if (high) {
+		*flags |= (memchr(q, 0x7f, (size_t)(r - q)) ? SCAN_DEL : 0) |
+			  (bad_utf8_at((const unsigned char *)q, (size_t)(r - q)) >= 0 ? SCAN_BAD : 0);
+	}
+	return r;
+}
+
+long jsonl_string_decode(const char *s, size_t n, char *out, const char **text, size_t *len, int *plain)
+{
+	if (plain)
+		*plain = 0;
 	if (!n)
 		return -1;
 	const char *end = s + n, *b = s + 1;
-	unsigned high = 0;
-	const char *q = string_stop(b, end, &high);
+	unsigned flags = 0;
+	const char *q = string_scan(b, end, &flags);
 	if (q < end && *q == '"') { /* no escapes: the common case */
-		if (high && bad_utf8_at((const unsigned char *)b, (size_t)(q - b)) >= 0)
+		if (flags & SCAN_BAD)
 			return -1;
 		*text = b, *len = (size_t)(q - b);
-		if (ascii)
-			*ascii = !high;
+		if (plain)
+			*plain = !(flags & SCAN_DEL);
 		return q + 1 - s;
 	}
 	if (!out)
 		return 0;
 	/* With escapes: the plain runs between them copied whole; an escape
-	 * of k bytes decodes to at most k, so out never passes what was read. */
+	 * of k bytes decodes to at most k, so out never passes what was read.
+	 * Escapes decode to whole characters: only the runs need checking, and
+	 * a run may not end inside one. */
 	char *o = out;
 	for (q = b;;) {
-		const char *r = string_stop(q, end, &high); /* escapes decode to UTF-8: only the runs need checking */
+		const char *r = string_scan(q, end, &flags);
+		if (flags & SCAN_BAD)
+			return -1;
 		memcpy(o, q, (size_t)(r - q));
 		o += r - q;
 		if (r >= end)
@@ -861,8 +876,6 @@ long jsonl_string_decode(const char *s, size_t n, char *out, const char **text, 
 		}
 		q++;
 	}
-	if (high && bad_utf8_at((const unsigned char *)out, (size_t)(o - out)) >= 0)
-		return -1;
 	*text = out, *len = (size_t)(o - out);
 	return q + 1 - s;
 }

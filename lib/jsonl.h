@@ -260,10 +260,10 @@ int jsonl_key_is(const char *s, size_t n, const char *key);
  * escape, else out, where at most that length is written (out NULL: 0 is
  * returned instead). -1 when the parser would not take it: it does not
  * end, holds a control byte or bytes that are not UTF-8, or an escape the
- * parser leaves to jq (\u0000, a lone surrogate). *ascii (NULL allowed)
- * says whether the text is s's own bytes, each below 7F: ASCII with no
- * byte a JSON string escapes. */
-long jsonl_string_decode(const char *s, size_t n, char *out, const char **text, size_t *len, int *ascii);
+ * parser leaves to jq (\u0000, a lone surrogate). *plain (NULL allowed)
+ * says whether the text is s's own bytes (no escape) and holds no byte a
+ * JSON string escapes (no 7F): written back, it is the same bytes. */
+long jsonl_string_decode(const char *s, size_t n, char *out, const char **text, size_t *len, int *plain);
 /* s[0..n) read as the record parser reads a number (0 with *out), or -1
  * when it is not one the parser takes itself (it would go to jq). */
 int jsonl_number_decode(const char *s, size_t n, struct jd *out);

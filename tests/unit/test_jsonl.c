@@ -964,56 +964,82 @@ static void test_parsed_strings_are_jqs(void)
 	}
 }
 
-/* One odd piece at every offset of a string of 1 to 260 ASCII bytes
- * (across the vector scans' blocks and their ends), alone or with an
- * escape some bytes after it: bytes that are not UTF-8 are refused, before
- * a stop as after one; the rest reads as jq reads it (a control byte is
- * refused, but jq 1.6 reads 1F). */
+/* One odd piece at every offset of a string of 1 to 260 bytes (across
+ * the vector scans' blocks and their ends), alone or with an escape some
+ * bytes after it, in ASCII or in two- and three-byte characters (Cyrillic,
+ * CJK): bytes that are not UTF-8 are refused, before a stop as after one,
+ * as are characters the piece cuts; the rest reads as jq reads it (a
+ * control byte is refused, but jq 1.6 reads 1F). */
+static long utf8proc_bad_at(const char *s, size_t n);
+
 static void test_string_scan_at_every_offset(void)
 {
-	static const struct {
-		const char *s;
-		int bad;   /* 1 not UTF-8, 2 a control byte */
-		int ascii; /* nothing a JSON string escapes, nothing past ASCII */
-	} pieces[] = {{"\x1f", 2, 0},	     {"\x01", 2, 0},		{"\xff", 1, 0},   {"\xc3", 1, 0},
-		      {"\xed\xa0\x80", 1, 0}, {"\xe2\x82", 1, 0},	{"\x7f", 0, 0},   {"é", 0, 0},
-		      {"\xf0\x9f\x99\x82", 0, 0}, {"\\n", 0, 0},		{"\\u00e9", 0, 0}, {"~", 0, 1}};
-	char text[300];
-	for (size_t n = 1; n <= 260 && !check_case_failed; n++)
-		for (size_t k = 0; k < sizeof pieces / sizeof *pieces && !check_case_failed; k++)
-			for (size_t at = 0, pn = strlen(pieces[k].s); at + pn <= n && !check_case_failed; at++) {
-				text[0] = '"';
-				memset(text + 1, 'a', n);
-				memcpy(text + 1 + at, pieces[k].s, pn);
-				size_t esc = 1 + at + pn + (at * 7 + n) % 70; /* an escape after the piece, or none */
-				int with_escape = at % 2 && esc + 2 <= n + 1;
-				if (with_escape)
-					memcpy(text + esc, "\\t", 2);
-				text[n + 1] = '"';
-				jv got = jsonl_parse_value(text, n + 2);
-				/* the record parser's own reading: not a control byte, nor what is not UTF-8 */
-				char out[300];
-				const char *t;
-				size_t tn;
-				int ascii;
-				long taken = jsonl_string_decode(text, n + 2, out, &t, &tn, &ascii);
-				CHECK((taken > 0) == !pieces[k].bad && (taken <= 0 || ascii == (pieces[k].ascii && !with_escape)),
-				      "piece %zu at %zu of %zu bytes%s: the record parser's reading %ld, ascii %d", k, at, n,
-				      with_escape ? " (an escape after)" : "", taken, ascii);
-				if (pieces[k].bad == 1) {
-					CHECK(!jv_is_valid(got), "piece %zu at %zu of %zu bytes%s: read", k, at, n,
-					      with_escape ? " (an escape after)" : "");
-				} else {
+	/* UTF-8 or not, the text with the piece in it says (a piece may end or
+	 * start a filler's character); a control byte is refused */
+	static const char *const pieces[] = {"\x1f", "\x01", "\xff", "\xc3", "\xed\xa0\x80", "\xe2\x82", "\x7f", "é",
+					     "\xf0\x9f\x99\x82", "\\n", "\\u00e9", "~", "\x80", "\xf4\x90\x80\x80",
+					     "\xe0\x9f\xbf"};
+	static const char *const fillers[] = {"a", "я", "語"};
+	char text[1100];
+	for (size_t fi = 0; fi < sizeof fillers / sizeof *fillers; fi++) {
+		size_t fl = strlen(fillers[fi]);
+		for (size_t n = 1; n <= 260 && !check_case_failed; n++)
+			for (size_t k = 0; k < sizeof pieces / sizeof *pieces && !check_case_failed; k++)
+				for (size_t at = 0, pn = strlen(pieces[k]); at + pn <= n && !check_case_failed; at++) {
+					/* n bytes: the filler's characters, the piece at byte at (a
+					 * character it lands in is cut: its bytes before, then after) */
+					text[0] = '"';
+					for (size_t i = 0; i < n; i++)
+						text[1 + i] = fillers[fi][i % fl];
+					memcpy(text + 1 + at, pieces[k], pn);
+					size_t esc = 1 + at + pn + (at * 7 + n) % 70; /* an escape after the piece, or none */
+					int with_escape = at % 2 && esc + 2 <= n + 1;
+					if (with_escape)
+						memcpy(text + esc, "\\t", 2);
+					text[n + 1] = '"';
 					jv ref = jv_parse_sized(text, (int)n + 2);
-					CHECK(jv_is_valid(got) == jv_is_valid(ref) &&
-						      (!jv_is_valid(got) || jv_equal(jv_copy(got), jv_copy(ref))),
-					      "piece %zu at %zu of %zu bytes%s: %s, jq's %s", k, at, n,
-					      with_escape ? " (an escape after)" : "", jv_is_valid(got) ? "read" : "refused",
-					      jv_is_valid(ref) ? "read" : "refused");
+					/* UTF-8 as utf8proc reads it: a cut character, a piece that is not */
+					int utf8 = utf8proc_bad_at(text, n + 2) < 0;
+					int control = pieces[k][0] > 0 && pieces[k][0] < 0x20;
+					int bad = !utf8 ? 1 : control ? 2 : 0;
+					/* nothing a JSON string escapes: no escape, no 7F */
+					int plain_ref = !memchr(text + 1, '\\', n) && !memchr(text + 1, 0x7f, n);
+					jv got = jsonl_parse_value(text, n + 2);
+					/* the record parser's own reading: not a control byte, nor what is not UTF-8 */
+					char out[1100];
+					const char *t;
+					size_t tn;
+					int plain;
+					long taken = jsonl_string_decode(text, n + 2, out, &t, &tn, &plain);
+					/* what follows the string on its line is not the string's: a 7F, a byte not UTF-8 */
+					memcpy(text + n + 2, "\x7f\xff", 2);
+					const char *t2;
+					size_t tn2;
+					int plain2;
+					long taken2 = jsonl_string_decode(text, n + 4, out + 550, &t2, &tn2, &plain2);
+					CHECK(taken2 == taken && (taken <= 0 || (tn2 == tn && plain2 == plain)),
+					      "filler %zu, piece %zu at %zu of %zu bytes: with bytes after the string %ld, %ld alone",
+					      fi, k, at, n, taken2, taken);
+					CHECK((taken > 0) == !bad && (taken <= 0 || plain == plain_ref),
+					      "filler %zu, piece %zu at %zu of %zu bytes%s: the record parser's reading %ld, plain %d",
+					      fi, k, at, n, with_escape ? " (an escape after)" : "", taken, plain);
+					if (bad == 1) {
+						CHECK(!jv_is_valid(got), "filler %zu, piece %zu at %zu of %zu bytes%s: read", fi, k, at,
+						      n, with_escape ? " (an escape after)" : "");
+					} else {
+						CHECK(jv_is_valid(got) == jv_is_valid(ref) &&
+							      (!jv_is_valid(got) || jv_equal(jv_copy(got), jv_copy(ref))),
+						      "filler %zu, piece %zu at %zu of %zu bytes%s: %s, jq's %s", fi, k, at, n,
+						      with_escape ? " (an escape after)" : "", jv_is_valid(got) ? "read" : "refused",
+						      jv_is_valid(ref) ? "read" : "refused");
+					}
+					CHECK(taken <= 0 || (tn == (size_t)jv_string_length_bytes(jv_copy(ref)) &&
+							     !memcmp(t, jv_string_value(ref), tn)),
+					      "filler %zu, piece %zu at %zu of %zu bytes: the text differs from jq's", fi, k, at, n);
 					jv_free(ref);
+					jv_free(got);
 				}
-				jv_free(got);
-			}
+	}
 }
 
 /* jsonl_array_next gives each element of random arrays (as jq prints them,
