@@ -148,8 +148,10 @@ static void format_item(struct worker *w, struct batch *b, struct item *it)
 	it->out = b->out.n;
 	struct jd rec;
 	if (it->len && chat_format_seen(w->m, &w->o, it->text, it->len, &b->out)) {
-		it->len = 0;
-	} else if (it->len) {
+		it->len = 0; /* a line: no records of --jq's to free */
+		return;
+	}
+	if (it->len) {
 		it->rc = jsonl_parse_record_jd(line_name(w, b), it->line, it->text, it->len, w->memo, &w->a, &rec,
 					       &it->err);
 		if (it->rc > 0)

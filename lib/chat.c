@@ -1946,7 +1946,6 @@ int chat_format_seen(const struct chat_model *m, const struct chat_opts *o, cons
 		return 0;
 	}
 	put_rest(b, spans, nspans, NULL, top, ntop); /* no array or object among them passes: see chat_format_line */
-	free(spans);
 	if (b->oom) {
 		b->n = start;
 		return 0;

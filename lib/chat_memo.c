@@ -108,6 +108,8 @@ struct chat_memo {
 	size_t atcap;
 	char *json; /* tojson's texts of the contents printed so */
 	size_t jcap;
+	long *spans; /* put_text's: the record's spans, as pairs */
+	size_t spcap;
 	const struct jd *msgs; /* the messages of the last key, */
 	const struct jd **content; /* and each one's content (a string), or NULL */
 	unsigned char *plain;      /* chat_memo_line_put's: put_text's plain */
@@ -224,6 +226,7 @@ void chat_memo_free(struct chat_memo *m)
 	free(m->dec);
 	free(m->lcontent);
 	free(m->lplain);
+	free(m->spans);
 	free(m->top);
 	free(m->holes);
 	free(m->at);
@@ -282,11 +285,23 @@ static void kvalue(struct chat_memo *m, const struct jd *v)
 
 /* What a trim, a truth test or chat's validation sees of a content:
  * empty, all white space (Python's), white space first, last. */
+/* Whether a character that begins with byte c is never white space to
+ * Python's str.strip: ASCII from '!', and the leads of characters none of
+ * which is (not C2: U+0085, U+00A0; E1: U+1680; E2: U+2000-U+205F; E3: U+3000). */
+static inline int never_space(unsigned char c)
+{
+	return (c > ' ' && c < 0x80) || (c >= 0xC3 && c <= 0xE0) || (c >= 0xE4 && c <= 0xF4);
+}
+
 static unsigned content_class(const struct jd *c)
 {
-	if (c->n && (unsigned char)c->u.s[0] > ' ' && (unsigned char)c->u.s[0] < 0x80 &&
-	    (unsigned char)c->u.s[c->n - 1] > ' ' && (unsigned char)c->u.s[c->n - 1] < 0x80)
-		return 0; /* a printable ASCII byte at each end: none of them */
+	if (c->n && never_space((unsigned char)c->u.s[0])) {
+		size_t k = c->n - 1; /* the last character's first byte (c is UTF-8) */
+		while (k > 0 && ((unsigned char)c->u.s[k] & 0xC0) == 0x80)
+			k--;
+		if (never_space((unsigned char)c->u.s[k]))
+			return 0; /* none of them */
+	}
 	size_t lo, hi;
 	tmpl_strip_span(c->u.s, c->n, &lo, &hi);
 	return (c->n == 0) | (lo == c->n) << 1 | (lo > 0) << 2 | (hi < c->n) << 3;
@@ -749,9 +764,10 @@ static int text_begins(const struct program *g, const struct apart *a, const str
 }
 
 /* The text of e's shape with m->content[j] (a string, or NULL) as message
- * j's content: chat_memo_put's and chat_memo_line_put's. With plain,
- * m->plain says of each content whether it holds no byte a JSON string
- * escapes, so that its bytes are copied as they are. */
+ * j's content: chat_memo_put's and chat_memo_line_put's; *spans is m's
+ * own array, until the next put. With plain, m->plain says of each
+ * content whether it holds no byte a JSON string escapes, so that its
+ * bytes are copied as they are. */
 static int put_text(struct chat_memo *m, struct memo_shape *e, int plain, size_t max_output, struct jsonl_buf *b,
 		    long **spans, size_t *nspans)
 {
@@ -826,9 +842,15 @@ static int put_text(struct chat_memo *m, struct memo_shape *e, int plain, size_t
 	for (uint32_t a = 0; a < g->napart; a++)
 		if (text_begins(g, &g->apart[a], content, ncontent, m->src, at))
 			return -1; /* the turn's start would be where the prefix ends */
-	long *sp = pos <= max_output ? malloc((2 * (size_t)g->nspans + 1) * sizeof *sp) : NULL;
-	if (!sp)
+	if (pos > max_output)
 		return -1;
+	if (2 * (size_t)g->nspans > m->spcap) {
+		long *sp = realloc(m->spans, 2 * (size_t)g->nspans * sizeof *sp);
+		if (!sp)
+			return -1;
+		m->spans = sp, m->spcap = 2 * (size_t)g->nspans;
+	}
+	long *sp = m->spans;
 	jsonl_put(b, "\"", 1);
 	for (uint32_t k = 0; k < g->npieces; k++) {
 		const struct piece *p = &g->pieces[k];
@@ -857,7 +879,17 @@ int chat_memo_put(struct chat_memo *m, struct memo_shape *e, const struct jd *ms
 			m->content[i] = content_of(msgs, (int32_t)i);
 		m->msgs = msgs, m->ncontent = msgs->n;
 	}
-	return put_text(m, e, 0, max_output, b, spans, nspans);
+	size_t start = b->n;
+	long *sp;
+	if (put_text(m, e, 0, max_output, b, &sp, nspans) < 0)
+		return -1;
+	if (!(*spans = malloc((2 * *nspans + 1) * sizeof **spans))) {
+		b->n = start;
+		m->stats.replayed--;
+		return -1;
+	}
+	memcpy(*spans, sp, 2 * *nspans * sizeof *sp);
+	return 0;
 }
 
 /* ---- lines ---- */
@@ -983,6 +1015,26 @@ static size_t number_len(const char *s, const char *end)
 	while (p < end && ((*p >= '0' && *p <= '9') || *p == '-' || *p == '+' || *p == '.' || *p == 'e' || *p == 'E'))
 		p++;
 	return (size_t)(p - s);
+}
+
+/* The number at s read into v as the parser reads it: its length, or 0.
+ * An integer of up to 15 digits (an id, a count) is read here; the rest
+ * as the parser reads them. */
+static size_t read_number(const char *s, const char *end, struct jd *v)
+{
+	const char *p = s + (s < end && *s == '-');
+	uint64_t x = 0;
+	const char *q = p;
+	while (q < end && q - p < 16 && *q >= '0' && *q <= '9')
+		x = 10 * x + (uint64_t)(*q++ - '0');
+	size_t nd = (size_t)(q - p);
+	if (nd && nd <= 15 && (*p != '0' || nd == 1) &&
+	    (q == end || !(*q == '.' || *q == 'e' || *q == 'E' || *q == '-' || *q == '+' || (*q >= '0' && *q <= '9')))) {
+		*v = jd_number(p > s ? -(double)x : (double)x, 0);
+		return (size_t)(q - s);
+	}
+	size_t n = number_len(s, end);
+	return n && jsonl_number_decode(s, n, v) == 0 ? n : 0;
 }
 
 /* A value of the key, passed over: its length, or 0. */
@@ -1159,8 +1211,8 @@ static int scan_line(struct chat_memo *m, const char *line, size_t len)
 			s += k;
 			continue;
 		}
-		if ((v = number_len(s, end))) {
-			if (jsonl_number_decode(s, v, &mb->val) < 0)
+		if (*s == '-' || (*s >= '0' && *s <= '9')) {
+			if (!(v = read_number(s, end, &mb->val)))
 				return -1;
 			hole(m, &flushed, s, s + v, 'n', 0, m->ntop - 1);
 			s += v;
@@ -1223,8 +1275,8 @@ static int match_line(struct chat_memo *m, const struct memo_line *l, const char
 			p += n - 2;
 			break;
 		case 'n': {
-			size_t v = number_len(p, end);
-			if (!v || jsonl_number_decode(p, v, &m->top[o->at].val) < 0)
+			size_t v = read_number(p, end, &m->top[o->at].val);
+			if (!v)
 				return -1;
 			p += v;
 			break;

@@ -98,7 +98,9 @@ void chat_memo_learn_end(struct chat_memo *m, struct memo_shape *e, struct memo_
  * than scanning their structure, hashing and looking the key up).
  *
  * chat_memo_line_put scans line[0..len) and writes its text as
- * chat_memo_put does, setting *top, *ntop to its top-level members but
+ * chat_memo_put does, but *spans is the memo's own array, valid until the
+ * next put (not malloc'd: one record after another, the line memo's
+ * records make no allocation); it sets *top, *ntop to its top-level members but
  * "messages" (strings, numbers, true, false and null as their values;
  * arrays and objects by their kind alone, unread), valid until the next
  * scan. -1 when the line is not one the memo takes or knows; then, once

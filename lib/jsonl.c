@@ -212,38 +212,55 @@ __attribute__((target("avx2"))) static int utf8_valid_avx2(const unsigned char *
 	return _mm256_testz_si256(bad, bad);
 }
 
+/* Bytes i < k of upto + 32 - k are FF, the rest 0: a block's first k bytes. */
+static const unsigned char upto[64] = {
+	0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+	0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
+
+/* The 32 bytes at q, those at end and after read as zeros (a control
+ * byte: a stop). Fewer than 32 left (at least one) are read whole where
+ * the 32 bytes lie in q's page (as glibc's string functions read: a page is
+ * mapped or not whole), else through a copy. */
+__attribute__((target("avx2"), no_sanitize_address)) static inline __m256i block_at(const char *q, const char *end)
+{
+	if (end - q >= 32)
+		return _mm256_loadu_si256((const __m256i *)(const void *)q);
+	if (q >= end) /* q may be the next page's first byte */
+		return _mm256_setzero_si256();
+	if (((uintptr_t)q & 4095) <= 4096 - 32)
+		return _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)q),
+					_mm256_loadu_si256((const __m256i *)(const void *)(upto + 32 - (end - q))));
+	unsigned char tail[32] = {0};
+	memcpy(tail, q, (size_t)(end - q));
+	return _mm256_loadu_si256((const __m256i *)(const void *)tail);
+}
+
+/* Where in block x a string's plain run stops: its quotes, backslashes and control bytes. */
+__attribute__((target("avx2"))) static inline unsigned stops_avx2(__m256i x)
+{
+	const __m256i quote = _mm256_set1_epi8('"'), bslash = _mm256_set1_epi8('\\'), ctl = _mm256_set1_epi8(0x1f);
+	return (unsigned)_mm256_movemask_epi8(_mm256_or_si256(
+		_mm256_or_si256(_mm256_cmpeq_epi8(x, quote), _mm256_cmpeq_epi8(x, bslash)),
+		_mm256_cmpeq_epi8(_mm256_min_epu8(x, ctl), x)));
+}
+
 /* string_scan where AVX2 is: the stop found and the bytes before it checked
  * as UTF-8 in one pass, 32 at a time. The block that holds the stop is
  * checked up to the stop, an ASCII byte, which a character may not cut;
- * the bytes after it count as zeros. The last bytes of [q, end) are read
- * padded with zeros, a control byte: a stop at end. */
-__attribute__((target("avx2"))) static const char *string_scan_avx2(const char *q, const char *end, unsigned *flags)
+ * the bytes after it count as zeros, as do those at end and after: a stop
+ * at end. */
+__attribute__((target("avx2"))) static const char *string_scan_avx2_long(const char *q, const char *end, unsigned *flags)
 {
-	static const unsigned char upto[64] = {
-		0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
-		0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
-	const __m256i quote = _mm256_set1_epi8('"'), bslash = _mm256_set1_epi8('\\'), ctl = _mm256_set1_epi8(0x1f),
-		      del = _mm256_set1_epi8(0x7f);
+	const __m256i del = _mm256_set1_epi8(0x7f);
 	const __m256i last_max = _mm256_loadu_si256((const __m256i *)(const void *)last_max_tab);
 	__m256i prev = _mm256_setzero_si256(), bad = prev, unfinished = prev, dels = prev;
 	unsigned m;
 	for (;; q += 32) {
-		__m256i x;
-		if (end - q >= 32) {
-			x = _mm256_loadu_si256((const __m256i *)(const void *)q);
-		} else {
-			unsigned char tail[32] = {0};
-			memcpy(tail, q, (size_t)(end - q));
-			x = _mm256_loadu_si256((const __m256i *)(const void *)tail);
-		}
-		m = (unsigned)_mm256_movemask_epi8(_mm256_or_si256(
-			_mm256_or_si256(_mm256_cmpeq_epi8(x, quote), _mm256_cmpeq_epi8(x, bslash)),
-			_mm256_cmpeq_epi8(_mm256_min_epu8(x, ctl), x)));
-		if (m) /* the stop and the bytes before it */
+		__m256i x = block_at(q, end);
+		if ((m = stops_avx2(x))) /* the stop and the bytes before it */
 			x = _mm256_and_si256(x, _mm256_loadu_si256((const __m256i *)(const void *)(upto + 31 - __builtin_ctz(m))));
 		dels = _mm256_or_si256(dels, _mm256_cmpeq_epi8(x, del));
-		unsigned h = (unsigned)_mm256_movemask_epi8(x);
-		if (h) {
+		if (_mm256_movemask_epi8(x)) {
 			bad = _mm256_or_si256(bad, utf8_errors_avx2(x, prev));
 			unfinished = _mm256_subs_epu8(x, last_max);
 		} else { /* ASCII: right unless the block before left a character unfinished */
@@ -255,6 +272,23 @@ __attribute__((target("avx2"))) static const char *string_scan_avx2(const char *
 		prev = x;
 	}
 	*flags |= (_mm256_testz_si256(dels, dels) ? 0 : SCAN_DEL) | (_mm256_testz_si256(bad, bad) ? 0 : SCAN_BAD);
+	return q + __builtin_ctz(m);
+}
+
+/* The common string first: one block, ASCII up to its stop (a key, a
+ * role, a short text), seen without the UTF-8 check's tables. */
+__attribute__((target("avx2"))) static inline const char *string_scan_avx2(const char *q, const char *end,
+									  unsigned *flags)
+{
+	__m256i x = block_at(q, end);
+	unsigned m = stops_avx2(x);
+	if (!m)
+		return string_scan_avx2_long(q, end, flags);
+	x = _mm256_and_si256(x, _mm256_loadu_si256((const __m256i *)(const void *)(upto + 31 - __builtin_ctz(m))));
+	if (_mm256_movemask_epi8(x))
+		return string_scan_avx2_long(q, end, flags);
+	__m256i dels = _mm256_cmpeq_epi8(x, _mm256_set1_epi8(0x7f));
+	*flags |= _mm256_testz_si256(dels, dels) ? 0 : SCAN_DEL;
 	return q + __builtin_ctz(m);
 }
 #undef BEFORE
@@ -311,15 +345,18 @@ static int cpu_simd(void) { return CPU_AVX2() ? CPU_AVX512() ? 2 : 1 : 0; }
  * jsonl_simd_limit says so. */
 static int simd_state;
 
+__attribute__((noinline)) static int simd_first(void)
+{
+	int st = 1 + cpu_simd();
+	__atomic_store_n(&simd_state, st, __ATOMIC_RELAXED);
+	return st;
+}
+
 /* The vector instructions used: 0 (SSE2), 1 AVX2, 2 AVX-512. */
-static int simd_level(void)
+static inline int simd_level(void)
 {
 	int st = __atomic_load_n(&simd_state, __ATOMIC_RELAXED);
-	if (!st) {
-		st = 1 + cpu_simd();
-		__atomic_store_n(&simd_state, st, __ATOMIC_RELAXED);
-	}
-	return st - 1;
+	return (st ? st : simd_first()) - 1;
 }
 static int have_avx2(void) { return simd_level() >= 1; }
 static int have_avx512(void) { return simd_level() >= 2; }

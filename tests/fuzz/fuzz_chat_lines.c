@@ -86,7 +86,7 @@ static void one_line(struct chat_memo *m, const struct tmpl *t, const char *line
 		}
 		chat_memo_line_learn(m, line, len, s, msgs, NULL);
 	}
-	free(got.p), free(want.p), free(sp);
+	free(got.p), free(want.p); /* sp is the memo's */
 	jd_arena_reset(a);
 }
 

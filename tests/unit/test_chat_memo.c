@@ -473,7 +473,7 @@ static int put_line(struct chat_memo *m, const struct tmpl *t, struct jd_arena *
 	} else {
 		learn_line(m, t, line, msgs, tools);
 	}
-	free(got.p), free(sp);
+	free(got.p); /* sp is the memo's */
 	return written;
 }
 
@@ -517,7 +517,29 @@ static void refuse_lines(struct chat_memo *m, const struct tmpl *t, struct jd_ar
 			if (jd_is(&btop[k].key, "id"))
 				jsonl_put_jd(&id, &btop[k].val);
 	CHECK(id.n == 20 && !memcmp(id.p, "-1234567890123456789", 20), "the id written %.*s", (int)id.n, id.p);
-	free(bb.p), free(bsp), free(id.p);
+	free(bb.p), free(id.p);
+	/* ids of each form a number takes, each written as its parse is (put_line compares) */
+	static const char *const ids[] = {"0", "-0", "9", "-9", "123456789012345", "-123456789012345", "1234567890123456",
+					  "1.5", "-0.0", "1e3", "2E-2", "10", "100000000000000"};
+	for (size_t k = 0; k < sizeof ids / sizeof *ids; k++) {
+		char line[256];
+		snprintf(line, sizeof line, "{\"id\": %s, \"messages\": " CONV("g", "h") ", \"src\": \"v\\n\", \"tools\": []}",
+			 ids[k]);
+		CHECK(put_line(m, t, a, line), "id %s: not written", ids[k]);
+	}
+	static const char *const not_numbers[] = {"05", "-", "1.", "+1", "1e", "--1", "1-2", "0x1"};
+	for (size_t k = 0; k < sizeof not_numbers / sizeof *not_numbers; k++) {
+		char line[256];
+		snprintf(line, sizeof line, "{\"id\": %s, \"messages\": " CONV("g", "h") ", \"src\": \"v\\n\", \"tools\": []}",
+			 not_numbers[k]);
+		struct jsonl_buf nb = {0};
+		long *nsp = NULL;
+		size_t nnsp = 0, nntop = 0;
+		const struct jd_member *ntop = NULL;
+		CHECK(chat_memo_line_put(m, line, strlen(line), NULL, 1 << 20, &nb, &nsp, &nnsp, &ntop, &nntop) < 0 && !nb.n,
+		      "id %s: written", not_numbers[k]);
+		free(nb.p);
+	}
 	for (size_t k = 0; k < sizeof refused / sizeof *refused; k++) {
 		CHECK(put_line(m, t, a, good) && put_line(m, t, a, good), "a line of the skeleton is not written");
 		struct jsonl_buf b = {0};
@@ -527,7 +549,7 @@ static void refuse_lines(struct chat_memo *m, const struct tmpl *t, struct jd_ar
 		CHECK(chat_memo_line_put(m, refused[k], strlen(refused[k]), NULL, 1 << 20, &b, &sp, &nsp, &top, &ntop) < 0 &&
 			      !b.n,
 		      "refused: %s", refused[k]);
-		free(b.p), free(sp);
+		free(b.p);
 	}
 }
 
@@ -646,7 +668,6 @@ static void test_lines_start_over(void)
 		} else {
 			learn_line(m, t, lines[k], msgs, tools);
 		}
-		free(sp), sp = NULL;
 	}
 	/* l2 learned afresh after the start over; l3, of its tool list, written from it */
 	CHECK(written == 1 << 2, "lines written: %#x, want line 3 alone", written);

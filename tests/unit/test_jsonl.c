@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 
 #include <utf8proc.h>
@@ -1042,6 +1043,46 @@ static void test_string_scan_at_every_offset(void)
 	}
 }
 
+/* Strings that end at the end of a page whose next page is not mapped
+ * (a mapped file's last page, a buffer's): each of 1 to 70 bytes, ASCII or
+ * not, closed or not, is read as in the middle of a buffer, and nothing
+ * past the page is read (it would fault). */
+static void test_string_scan_at_page_end(void)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	char *map = mmap(NULL, 2 * (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(map != MAP_FAILED && mprotect(map + page, (size_t)page, PROT_NONE) == 0, "two pages, the second unmapped");
+	if (map == MAP_FAILED)
+		return;
+	char *end = map + page, mid[200];
+	static const char *const fillers[] = {"a", "я", "a\\nb"};
+	for (size_t fi = 0; fi < sizeof fillers / sizeof *fillers && !check_case_failed; fi++)
+		for (size_t n = 1; n <= 70 && !check_case_failed; n++)
+			for (int closed = 0; closed < 2; closed++) {
+				/* '"', then n filler bytes (a character cut at the end is not UTF-8), then '"' or nothing */
+				size_t len = 1 + n + (size_t)closed;
+				char *s = end - len;
+				s[0] = '"';
+				for (size_t i = 0; i < n; i++)
+					s[1 + i] = fillers[fi][i % strlen(fillers[fi])];
+				if (closed)
+					end[-1] = '"';
+				memcpy(mid, s, len);
+				memset(mid + len, ' ', 64);
+				const char *t1, *t2;
+				size_t n1 = 0, n2 = 0;
+				int p1, p2;
+				char out1[200], out2[200];
+				long k1 = jsonl_string_decode(s, len, out1, &t1, &n1, &p1);
+				long k2 = jsonl_string_decode(mid, len, out2, &t2, &n2, &p2);
+				CHECK(k1 == k2 && (k1 <= 0 || (n1 == n2 && !memcmp(t1, t2, n1) && p1 == p2)),
+				      "filler %zu, %zu bytes%s at the page's end: %ld, in a buffer %ld", fi, n,
+				      closed ? ", closed" : "", k1, k2);
+				CHECK(closed || k1 <= 0, "filler %zu, %zu bytes: an unclosed string was read", fi, n);
+			}
+	munmap(map, 2 * (size_t)page);
+}
+
 /* jsonl_array_next gives each element of random arrays (as jq prints them,
  * and spaced out) as the text of the value jq has there; broken arrays end in
  * -1. */
@@ -1780,7 +1821,7 @@ int main(void)
 	/* the string scans and the UTF-8 check on each vector path this CPU has */
 	for (int level = jsonl_simd_limit(2); level >= 0; level--) {
 		static const char *const names[] = {"SSE2", "AVX2", "AVX-512"};
-		char name[4][96];
+		char name[5][96];
 		jsonl_simd_limit(level);
 		snprintf(name[0], sizeof name[0], "test_utf8_offsets (%s)", names[level]);
 		snprintf(name[1], sizeof name[1], "test_utf8_at_every_offset (%s)", names[level]);
@@ -1790,6 +1831,8 @@ int main(void)
 		RUN_AS(test_utf8_at_every_offset, name[1]);
 		RUN_AS(test_parsed_strings_are_jqs, name[2]);
 		RUN_AS(test_string_scan_at_every_offset, name[3]);
+		snprintf(name[4], sizeof name[4], "test_string_scan_at_page_end (%s)", names[level]);
+		RUN_AS(test_string_scan_at_page_end, name[4]);
 	}
 	jsonl_simd_limit(2);
 	if (access("/dev/full", W_OK) == 0)
