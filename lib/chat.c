@@ -493,7 +493,9 @@ struct chat_model {
 	struct tmpl *tool_use; /* the "tool_use" one of a list, used when tools are given */
 	jv tokens;             /* the special tokens map */
 	struct chat_markers mk;
-	char **mk_store;
+	const char **mk_store;   /* the markers' texts, in mk_text: one block for thousands (Gemma 3's) */
+	size_t *mk_len;
+	struct jd_arena mk_text;
 	enum chat_args args, args_tool_use;
 	int agp, agp_tool_use; /* the template honors add_generation_prompt */
 	int args_json, args_json_tool_use; /* the probe saw the template print arguments as JSON */
@@ -719,10 +721,28 @@ static int strs_add(char ***v, size_t *len, size_t *cap, const char *s, size_t n
 	return 0;
 }
 
-/* Keeps s (a new string of n bytes) as marker number m->mk.n. */
+/* Keeps a copy of s[0..n) (up to a NUL) as marker number m->mk.n. */
 static int marker_add(struct chat_model *m, size_t *cap, const char *s, size_t n, struct err *err)
 {
-	return strs_add(&m->mk_store, &m->mk.n, cap, s, n, err);
+	if (m->mk.n == *cap) {
+		size_t c = *cap ? 2 * *cap : 16;
+		const char **p = realloc(m->mk_store, c * sizeof *p);
+		if (p)
+			m->mk_store = p;
+		size_t *l = p ? realloc(m->mk_len, c * sizeof *l) : NULL;
+		if (!l)
+			return err_sys(err, "out of memory");
+		m->mk_len = l, *cap = c;
+	}
+	n = strnlen(s, n);
+	char *t = jd_alloc(&m->mk_text, n + 1);
+	if (!t)
+		return err_sys(err, "out of memory");
+	memcpy(t, s, n);
+	t[n] = 0;
+	m->mk_store[m->mk.n] = t, m->mk_len[m->mk.n] = n;
+	m->mk.n++;
+	return 0;
 }
 
 /* tokenizer.json's added_tokens, read on a thread of their own while the
@@ -961,10 +981,7 @@ static int load_markers(struct chat_model *m, const char *model, struct added *a
 			return -1;
 		if (rc > 0)
 			return markers_lengths(m, err);
-		for (size_t i = 0; i < m->mk.n; i++)
-			free(m->mk_store[i]);
-		free(m->mk_store);
-		m->mk_store = NULL;
+		jd_arena_reset(&m->mk_text);
 		m->mk.n = m->mk.nfirst = 0;
 	}
 	if (is_gguf(model))
@@ -1005,16 +1022,14 @@ static int load_markers(struct chat_model *m, const char *model, struct added *a
 
 static int markers_lengths(struct chat_model *m, struct err *err)
 {
-	m->mk.s = (const char **)m->mk_store;
-	m->mk.len = malloc((m->mk.n + 1) * sizeof *m->mk.len);
-	if (!m->mk.len)
+	if (!m->mk_len && !(m->mk_len = malloc(sizeof *m->mk_len)))
 		return err_sys(err, "out of memory");
+	m->mk.s = m->mk_store, m->mk.len = m->mk_len;
 	m->mk.stop = malloc((m->mk.n + 1) * sizeof *m->mk.stop);
 	if (!m->mk.stop)
 		return err_sys(err, "out of memory");
 	jv eos = obj_get(m->tokens, "eos_token");
 	for (size_t i = 0; i < m->mk.n; i++) {
-		m->mk.len[i] = strlen(m->mk.s[i]);
 		if (tokenizer_eog_text(m->mk.s[i], m->mk.len[i]) ||
 		    (jv_get_kind(eos) == JV_KIND_STRING && !strcmp(m->mk.s[i], jv_string_value(eos))))
 			m->mk.stop[m->mk.nstop++] = i;
@@ -1023,12 +1038,13 @@ static int markers_lengths(struct chat_model *m, struct err *err)
 	return chat_markers_rank(&m->mk, err);
 }
 
-/* A marker in the sort of chat_markers_rank: its first 8 bytes as a
- * big-endian number (zeros past its end; a marker holds no NUL), which
- * orders most pairs without a look at the text (Gemma 3 has 6,415). */
+/* A marker in the sort of chat_markers_rank: its first 16 bytes as two
+ * big-endian numbers (zeros past its end; a marker holds no NUL), which
+ * order nearly every pair without a look at the text (Gemma 3 has 6,415,
+ * "<unused0>" to "<unused6241>"). */
 struct ranked {
-	uint64_t head;
-	size_t k;
+	uint64_t head, next;
+	size_t k, len;
 };
 
 static int cmp_ranked(const void *a, const void *b, void *arg)
@@ -1036,10 +1052,21 @@ static int cmp_ranked(const void *a, const void *b, void *arg)
 	const struct ranked *x = a, *y = b;
 	if (x->head != y->head)
 		return x->head < y->head ? -1 : 1;
+	if (x->next != y->next)
+		return x->next < y->next ? -1 : 1;
 	const struct chat_markers *mk = arg;
-	size_t li = mk->len[x->k], lj = mk->len[y->k];
-	int c = li > 8 && lj > 8 ? memcmp(mk->s[x->k] + 8, mk->s[y->k] + 8, (li < lj ? li : lj) - 8) : 0;
+	size_t li = x->len, lj = y->len;
+	int c = li > 16 && lj > 16 ? memcmp(mk->s[x->k] + 16, mk->s[y->k] + 16, (li < lj ? li : lj) - 16) : 0;
 	return c ? c : (li > lj) - (li < lj);
+}
+
+/* Bytes [at, at + 8) of s[0..n) as a big-endian number, zeros past n. */
+static uint64_t be8(const char *s, size_t n, size_t at)
+{
+	uint64_t h = 0;
+	for (size_t i = at; i < at + 8; i++)
+		h = h << 8 | (i < n ? (unsigned char)s[i] : 0);
+	return h;
 }
 
 int chat_markers_rank(struct chat_markers *mk, struct err *err)
@@ -1054,12 +1081,8 @@ int chat_markers_rank(struct chat_markers *mk, struct err *err)
 	/* in byte order, the markers that begin with one follow it at once */
 	for (int tier = 0; tier < 2; tier++) {
 		size_t k0 = tier ? mk->nfirst : 0, k1 = tier ? mk->n : mk->nfirst;
-		for (size_t k = k0; k < k1; k++) {
-			uint64_t h = 0;
-			for (size_t i = 0; i < 8; i++)
-				h = h << 8 | (i < mk->len[k] ? (unsigned char)mk->s[k][i] : 0);
-			ix[k - k0] = (struct ranked){h, k};
-		}
+		for (size_t k = k0; k < k1; k++)
+			ix[k - k0] = (struct ranked){be8(mk->s[k], mk->len[k], 0), be8(mk->s[k], mk->len[k], 8), k, mk->len[k]};
 		qsort_r(ix, k1 - k0, sizeof *ix, cmp_ranked, mk);
 		for (size_t r = 0; r < k1 - k0; r++) {
 			size_t k = ix[r].k, q = r + 1; /* past copies of it, the next one */
@@ -1305,10 +1328,9 @@ void chat_model_free(struct chat_model *m)
 	tmpl_free(m->tmpl);
 	tmpl_free(m->tool_use);
 	jv_free(m->tokens);
-	for (size_t i = 0; i < m->mk.n; i++)
-		free(m->mk_store[i]);
 	free(m->mk_store);
-	free(m->mk.len);
+	free(m->mk_len);
+	jd_arena_free(&m->mk_text);
 	free(m->mk.maximal);
 	free(m->mk.stop);
 	free(m);

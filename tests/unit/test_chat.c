@@ -330,15 +330,17 @@ static void test_spans(void)
  * ranks, whose closer hint must not shorten a marker another extends. */
 static void test_markers_rank(void)
 {
-	for (int round = 0; round < 200 && !check_case_failed; round++) {
-		char store[12][16];
+	for (int round = 0; round < 1200 && !check_case_failed; round++) {
+		char store[12][24];
 		const char *s[12];
 		size_t len[12], n = 2 + rng_below(check_rng(), 10);
 		for (size_t k = 0; k < n; k++) {
-			/* short ones, and past the 8 bytes the sort compares first */
-			len[k] = round % 2 ? 1 + rng_below(check_rng(), 4) : 6 + rng_below(check_rng(), 8);
-			for (size_t i = 0; i < len[k]; i++) /* in one round of four, first bytes shared */
-				store[k][i] = round % 4 == 0 && i < 7 ? 'a' : "ab"[rng_below(check_rng(), 2)];
+			/* short ones, and past the 8 and 16 bytes the sort compares first */
+			len[k] = round % 2 ? 1 + rng_below(check_rng(), 4) : 6 + rng_below(check_rng(), 16);
+			/* in one round of four, first bytes shared: 7, 15 or 16 */
+			size_t shared = round % 4 ? 0 : (size_t[]){7, 15, 16}[(round / 4) % 3];
+			for (size_t i = 0; i < len[k]; i++)
+				store[k][i] = i < shared ? 'a' : "ab"[rng_below(check_rng(), 2)];
 			store[k][len[k]] = 0;
 			s[k] = store[k];
 		}
