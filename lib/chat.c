@@ -585,7 +585,7 @@ static int load_config(const char *path, jv *cfg, struct err *err)
 	struct jd_arena a = {0};
 	struct jd d;
 	int r = 0;
-	if (jsonl_parse_jd_keep(text, n, keep, sizeof keep / sizeof *keep, 1, &a, &d) == 0 && d.kind == JD_OBJECT) {
+	if (jsonl_parse_jd_keep(text, n, keep, sizeof keep / sizeof *keep, 1, &a, &d, NULL) == 0 && d.kind == JD_OBJECT) {
 		*cfg = jv_object();
 		for (uint32_t i = 0; i < d.n; i++)
 			*cfg = jv_object_set(*cfg, jv_string(d.u.members[i].key.u.s), jsonl_jv_of(&d.u.members[i].val));
@@ -763,15 +763,19 @@ struct added {
 
 /* The list of added tokens at s[0..n) (null: none) parsed into d->ar, of
  * each entry only the two members read (the rest checked, not built: a
- * third of the time of building all seven). 1, or 0 when it is not a JSON
- * array the direct parser takes (the tokenizer's loader then says why). */
-static int added_parse(struct added *d, const char *s, size_t n, struct jd *list)
+ * third of the time of building all seven). used NULL: s[0..n) is the
+ * list; else it begins s, and *used is set to its length. 1, or 0 when it
+ * is not a JSON array the direct parser takes (the tokenizer's loader then
+ * says why). */
+static int added_parse(struct added *d, const char *s, size_t n, struct jd *list, size_t *used)
 {
-	if (n == 4 && !memcmp(s, "null", 4))
-		s = "[]", n = 2;
 	static const char *const keep[] = {"content", "special"};
 	jd_arena_reset(&d->ar);
-	return jsonl_parse_jd_keep(s, n, keep, 2, 2, &d->ar, list) == 0 && list->kind == JD_ARRAY;
+	if (jsonl_parse_jd_keep(s, n, keep, 2, 2, &d->ar, list, used) < 0)
+		return 0;
+	if (list->kind == JD_NULL)
+		*list = (struct jd){.kind = JD_ARRAY};
+	return list->kind == JD_ARRAY;
 }
 
 /* jsonl_key_may_recur on a thread of its own. */
@@ -800,25 +804,32 @@ static void added_read(struct added *d)
 	if (wholefile_map(d->path, &map, &len, &ignored) < 0)
 		return;
 	const char *text = map;
-	size_t a = 0, b = 0;
-	size_t at = 0;
+	size_t a = 0, at = 0;
 	while (text && at < len && strchr(" \t\r\n", text[at]))
 		at++;
-	int found = text && at < len && text[at] == '{' ? jsonl_locate_first(text, len, "added_tokens", &a, &b) : -1;
+	int found = text && at < len && text[at] == '{' ? jsonl_locate_start(text, len, "added_tokens", &a) : -1;
 	if (found < 0) {
 		wholefile_unmap(map, len);
 		return;
 	}
-	/* The rest of the text (33 MB of Gemma 3's) is searched for a repeat of
-	 * the key while the first list is parsed; a repeated key means its last
+	/* The text from the list on (33 MB of Gemma 3's) is searched for a
+	 * repeat of the key while the first list is parsed (its end found by
+	 * the parse: one pass over it, not two); a repeated key means its last
 	 * value, which jsonl_locate then finds. */
 	struct recur_check rc = {0};
 	if (found)
-		rc.s = text + b, rc.n = len - b;
+		rc.s = text + a, rc.n = len - a;
 	pthread_t th;
 	int running = found && msg_thread_start(&th, recur_check_main, &rc) == 0;
 	struct jd list;
-	int ok = added_parse(d, found ? text + a : "[]", found ? b - a : 2, &list);
+	size_t used = 0;
+	int ok = found ? added_parse(d, text + a, len - a, &list, &used) : added_parse(d, "[]", 2, &list, NULL);
+	if (found && ok) { /* the member ends there, as jsonl_locate_first would have it */
+		size_t i = a + used;
+		while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n'))
+			i++;
+		ok = i < len && (text[i] == ',' || text[i] == '}');
+	}
 	if (running)
 		pthread_join(th, NULL);
 	else if (found)
@@ -829,7 +840,7 @@ static void added_read(struct added *d)
 		if (again < 0)
 			ok = 0;
 		else if (again && a2 != a)
-			ok = added_parse(d, text + a2, b2 - a2, &list);
+			ok = added_parse(d, text + a2, b2 - a2, &list, NULL);
 	}
 	wholefile_unmap(map, len);
 	uint32_t n = ok ? list.n : 0;

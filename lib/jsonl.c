@@ -1330,10 +1330,17 @@ static int fast_parse(const char *s, size_t n, struct jsonl_memo *memo, struct j
 }
 
 int jsonl_parse_jd_keep(const char *s, size_t n, const char *const *keep, size_t nkeep, int depth,
-			struct jd_arena *a, struct jd *out)
+			struct jd_arena *a, struct jd *out, size_t *used)
 {
 	struct fastp p = {.s = s, .end = s + n, .a = a, .keep = keep, .nkeep = nkeep, .keep_depth = depth};
-	return n <= INT_MAX ? fast_run(&p, out) : -1;
+	if (n > INT_MAX)
+		return -1;
+	if (!used)
+		return fast_run(&p, out);
+	int rc = fp_value(&p, out);
+	*used = (size_t)(p.s - s);
+	free(p.items), free(p.mems), free(p.scratch);
+	return rc;
 }
 
 int jsonl_is_direct(const char *s, size_t n)
@@ -2490,6 +2497,10 @@ static int scan_in(const char *s, size_t n, size_t i, const char *key, size_t kn
 				return -1;
 			i = scan_ws(s, n, i + 1);
 		}
+		if (hit && first == 2) { /* its start alone: the value not scanned */
+			*a = *b = i, *end = 0;
+			return 1;
+		}
 		size_t v = scan_value(s + i, n - i);
 		if (!v)
 			return -1;
@@ -2608,7 +2619,7 @@ static int locate(const char *s, size_t n, const char *path, int first, size_t *
 			size_t v = *a < n ? scan_value(s + *a, n - *a) : 0;
 			return v && scan_ws(s, n, *a + v) == n ? 0 : -1;
 		}
-		int r = scan_in(s, n, *a, idx < 0 ? key : NULL, kn, idx, first && !*p, &na, &nb, &end);
+		int r = scan_in(s, n, *a, idx < 0 ? key : NULL, kn, idx, !*p ? first : 0, &na, &nb, &end);
 		/* Only white space may follow the top-level value; where its scan
 		 * stopped early, it must at least end in its closing bracket. */
 		if (top && r >= 0 && end && scan_ws(s, n, end) != n)
@@ -2635,6 +2646,14 @@ int jsonl_locate_first(const char *s, size_t n, const char *key, size_t *a, size
 	if (!*key || strpbrk(key, ".[\"") || strlen(key) >= 256) /* not a plain name: the whole search */
 		return jsonl_locate(s, n, key, a, b);
 	return locate(s, n, key, 1, a, b);
+}
+
+int jsonl_locate_start(const char *s, size_t n, const char *key, size_t *a)
+{
+	size_t b;
+	if (!*key || strpbrk(key, ".[\"") || strlen(key) >= 256)
+		return jsonl_locate(s, n, key, a, &b);
+	return locate(s, n, key, 2, a, &b);
 }
 
 long jsonl_line_at(const char *s, size_t off)

@@ -147,10 +147,14 @@ int jsonl_parse_jd(const char *s, size_t n, struct jd_arena *a, struct jd *out, 
 /* jsonl_parse_jd by the direct parser alone, where objects at depth depth
  * (1: the text's own value) keep only the members named in keep[0..nkeep)
  * (the others checked as jsonl_is_json checks, not built): for the few
- * members wanted of a config of megabytes. 0, or -1 when the direct parser
- * does not take the text (jsonl_parse_jd then says why). */
+ * members wanted of a config of megabytes. used NULL: s[0..n) is the one
+ * value (white space around it allowed); else the value that begins s
+ * (after white space), *used set to the bytes up to its end, what follows
+ * not looked at (a value in a larger text, its end not yet known). 0, or
+ * -1 when the direct parser does not take the text (jsonl_parse_jd then
+ * says why). */
 int jsonl_parse_jd_keep(const char *s, size_t n, const char *const *keep, size_t nkeep, int depth,
-			struct jd_arena *a, struct jd *out);
+			struct jd_arena *a, struct jd *out, size_t *used);
 /* A jd as a new jv (numbers keep their float mark), and a jv (not consumed)
  * as a jd in a (0, or -1 when out of memory). */
 jv jsonl_jv_of(const struct jd *d);
@@ -240,6 +244,10 @@ int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b
  * jsonl_locate does); then jsonl_key_may_recur(s + *b, n - *b, key) says
  * whether a later member may name it again, which jsonl_locate answers. */
 int jsonl_locate_first(const char *s, size_t n, const char *key, size_t *a, size_t *b);
+/* Where the value of a top-level key's first member begins (*a), the value
+ * itself not scanned (its end is the caller's to find: a prefix parse);
+ * else as jsonl_locate_first. */
+int jsonl_locate_start(const char *s, size_t n, const char *key, size_t *a);
 /* Whether the JSON text s[0..n) may name key again: the rest-of-the-text
  * search of jsonl_locate, 1 when unsure (4 MB and more: on two threads). */
 int jsonl_key_may_recur(const char *s, size_t n, const char *key);

@@ -265,6 +265,24 @@ expect added-tokens-repeated 0 "$DS" --model "$T/rep" "$T/rep.jsonl" &&
 	sed -i 's/"added\\u005ftokens"/"other_key"/' "$T/rep/tokenizer.json" &&
 	expect added-tokens-first 2 "$DS" --model "$T/rep" "$T/rep.jsonl" && stderr_has added-tokens-first 'no end-of-turn marker' &&
 	ok "added_tokens repeated (escaped, after a large vocab): the last one's markers" || unreported added-tokens-repeated
+# The list is parsed from its start, its end found by the parse: the key
+# written in the list itself (a token "added_tokens") is still one list, a
+# null list is none, and a list not followed by ',' or '}' is not read.
+mkdir -p "$T/rep2"; cp "$T/rep/tokenizer_config.json" "$T/rep2/"
+python3 - "$T/rep2" <<'PY'
+import json, sys
+d = sys.argv[1]
+tokens = json.dumps([{"id": 1, "content": "added_tokens", "special": False}, {"id": 2, "content": "<|end|>", "special": True}])
+open(d + "/tokenizer.json", "w").write('{"version": "1.0", "added_tokens": %s , "model": {"type": "BPE", "vocab": {}, "merges": []}}\n' % tokens)
+open(d + "/null.json", "w").write('{"added_tokens": null, "model": {"type": "BPE", "vocab": {}, "merges": []}}\n')
+open(d + "/broken.json", "w").write('{"added_tokens": %s x, "model": {"type": "BPE", "vocab": {}, "merges": []}}\n' % tokens)
+PY
+expect added-tokens-in-list 0 "$DS" --model "$T/rep2" "$T/rep.jsonl" && [ "$(jq -c .train "$T/out")" = '[[8,16]]' ] &&
+	mv "$T/rep2/null.json" "$T/rep2/tokenizer.json" &&
+	expect added-tokens-null 2 "$DS" --model "$T/rep2" "$T/rep.jsonl" && stderr_has added-tokens-null 'no end-of-turn marker' &&
+	mv "$T/rep2/broken.json" "$T/rep2/tokenizer.json" &&
+	expect added-tokens-broken 2 "$DS" --model "$T/rep2" "$T/rep.jsonl" && stderr_has added-tokens-broken 'tokenizer\.json' &&
+	ok "added_tokens: the key inside the list, a null list, a list not followed by , or }" || unreported added-tokens-list
 
 # tokenizer_config.json: the members ds-fmt reads are parsed alone, the rest
 # (a large added_tokens_decoder here) only scanned past; a repeated member

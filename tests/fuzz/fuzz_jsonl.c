@@ -129,9 +129,19 @@ static void locate(const char *s, size_t n)
 	for (int depth = 1; depth <= 2; depth++) {
 		struct jd_arena ar = {0};
 		struct jd kd;
-		int taken = jsonl_parse_jd_keep(s, n, keep, 2, depth, &ar, &kd) == 0;
+		int taken = jsonl_parse_jd_keep(s, n, keep, 2, depth, &ar, &kd, NULL) == 0;
 		if ((taken && !jsonl_is_json(s, n)) || (direct && !taken))
 			abort();
+		/* as a prefix: a value the whole parse of its own bytes builds the same */
+		size_t used = 0;
+		struct jd pd, wd;
+		if (jsonl_parse_jd_keep(s, n, keep, 2, depth, &ar, &pd, &used) == 0) {
+			if (used > n || jsonl_parse_jd_keep(s, used, keep, 2, depth, &ar, &wd, NULL) < 0)
+				abort();
+			jv a = jsonl_jv_of(&pd), b = jsonl_jv_of(&wd);
+			if (!jv_equal(a, b))
+				abort();
+		}
 		jd_arena_free(&ar);
 	}
 	struct err e = {0};

@@ -1377,8 +1377,26 @@ static void test_parse_jd_keep(void)
 		jv want = keep_only(jv_parse_sized(t, (int)n), depth, 1, keep, 3);
 		struct jd_arena a = {0};
 		struct jd got;
-		int rc = jsonl_parse_jd_keep(t, n, keep, 3, depth, &a, &got);
+		int rc = jsonl_parse_jd_keep(t, n, keep, 3, depth, &a, &got, NULL);
 		jv gv = rc == 0 ? jsonl_jv_of(&got) : jv_invalid();
+		{ /* the same text as a prefix, more text after it: the same value, its length */
+			char pt[16400];
+			size_t lead = (size_t)(i % 3), used = 0;
+			memset(pt, ' ', lead);
+			memcpy(pt + lead, t, n);
+			memcpy(pt + lead + n, "], {\"x\": 1}", 12);
+			struct jd_arena pa = {0};
+			struct jd pg;
+			int prc = jsonl_parse_jd_keep(pt, lead + n + 12, keep, 3, depth, &pa, &pg, &used);
+			jv pv = prc == 0 ? jsonl_jv_of(&pg) : jv_invalid();
+			size_t vn = n; /* the value's end: before the white space after it */
+			while (vn > 0 && strchr(" \n\t\r", t[vn - 1]))
+				vn--;
+			CHECK(prc == 0 && used == lead + vn && jv_equal(jv_copy(pv), jv_copy(want)),
+			      "seed %u text %d: as a prefix %d, %zu bytes of %zu", seed, i, prc, used, lead + vn);
+			jv_free(pv);
+			jd_arena_free(&pa);
+		}
 		jv full = jv_parse_sized(t, (int)n);
 		dropped += rc == 0 && !jv_equal(jv_copy(gv), jv_copy(full));
 		jv_free(full);
@@ -1393,7 +1411,7 @@ static void test_parse_jd_keep(void)
 		else
 			m[at] = (char)(rand() % 256);
 		jd_arena_reset(&a);
-		int taken = jsonl_parse_jd_keep(m, mn, keep, 3, depth, &a, &got) == 0;
+		int taken = jsonl_parse_jd_keep(m, mn, keep, 3, depth, &a, &got, NULL) == 0;
 		refused += !taken;
 		CHECK(!taken || jsonl_is_json(m, mn), "seed %u text %d: taken, but not JSON: %.*s", seed, i, (int)mn, m);
 		jd_arena_free(&a);
@@ -1413,7 +1431,7 @@ static void test_parse_jd_keep(void)
 	for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) {
 		struct jd_arena a = {0};
 		struct jd got;
-		int rc = jsonl_parse_jd_keep(fixed[i].t, strlen(fixed[i].t), keep, 3, fixed[i].depth, &a, &got);
+		int rc = jsonl_parse_jd_keep(fixed[i].t, strlen(fixed[i].t), keep, 3, fixed[i].depth, &a, &got, NULL);
 		jv gv = rc == 0 ? jsonl_jv_of(&got) : jv_null();
 		jv want = fixed[i].want ? jv_parse(fixed[i].want) : jv_null();
 		CHECK(rc == fixed[i].rc && jv_equal(gv, want), "%s at depth %d: %d", fixed[i].t, fixed[i].depth, rc);
@@ -1766,6 +1784,19 @@ static void test_locate(void)
 		CHECK(frc == rc && (frc != 1 || may || jv_equal(jv_copy(first), jv_copy(want))),
 		      "seed %u case %d: %s: first rc %d, may recur %d in %s", seed, c, name, frc, may, doc);
 		settled += frc == 1 && !may;
+		/* Or its start alone, the value then parsed as a prefix of the rest:
+		 * the same value, ending where jsonl_locate_first's ends. */
+		size_t sa = 0, used = 0;
+		int src = jsonl_locate_start(doc, m, name, &sa);
+		struct jd_arena ar = {0};
+		struct jd pv;
+		int prc = src == 1 ? jsonl_parse_jd_keep(doc + sa, m - sa, NULL, 0, 0, &ar, &pv, &used) : -1;
+		jv pj = prc == 0 ? jsonl_jv_of(&pv) : jv_invalid();
+		CHECK(src == frc && (src != 1 || (sa == fa && prc == 0 && sa + used == fb && jv_equal(jv_copy(pj), jv_copy(first)))),
+		      "seed %u case %d: %s: start rc %d at %zu (%zu), prefix %d of %zu bytes (%zu) in %s", seed, c, name, src,
+		      sa, fa, prc, used, fb - fa, doc);
+		jv_free(pj);
+		jd_arena_free(&ar);
 		jv_free(first), jv_free(got), jv_free(want), jv_free(whole);
 	}
 	CHECK(settled > 0, "seed %u: no key found first without a possible repeat", seed);
