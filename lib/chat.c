@@ -493,9 +493,10 @@ struct chat_model {
 	struct tmpl *tool_use; /* the "tool_use" one of a list, used when tools are given */
 	jv tokens;             /* the special tokens map */
 	struct chat_markers mk;
-	const char **mk_store;   /* the markers' texts, in mk_text: one block for thousands (Gemma 3's) */
+	const char **mk_store;   /* the markers' texts, in mk_text (one block for thousands, */
 	size_t *mk_len;
 	struct jd_arena mk_text;
+	struct jd_arena mk_list; /* or in tokenizer.json's added tokens as parsed: Gemma 3 has 6,415) */
 	enum chat_args args, args_tool_use;
 	int agp, agp_tool_use; /* the template honors add_generation_prompt */
 	int args_json, args_json_tool_use; /* the probe saw the template print arguments as JSON */
@@ -721,8 +722,9 @@ static int strs_add(char ***v, size_t *len, size_t *cap, const char *s, size_t n
 	return 0;
 }
 
-/* Keeps a copy of s[0..n) (up to a NUL) as marker number m->mk.n. */
-static int marker_add(struct chat_model *m, size_t *cap, const char *s, size_t n, struct err *err)
+/* Keeps a copy of s[0..n) (up to a NUL) as marker number m->mk.n; or,
+ * with kept, s itself, a text of m->mk_list (n bytes, no NUL, one after). */
+static int marker_add(struct chat_model *m, size_t *cap, const char *s, size_t n, int kept, struct err *err)
 {
 	if (m->mk.n == *cap) {
 		size_t c = *cap ? 2 * *cap : 16;
@@ -734,13 +736,16 @@ static int marker_add(struct chat_model *m, size_t *cap, const char *s, size_t n
 			return err_sys(err, "out of memory");
 		m->mk_len = l, *cap = c;
 	}
-	n = strnlen(s, n);
-	char *t = jd_alloc(&m->mk_text, n + 1);
-	if (!t)
-		return err_sys(err, "out of memory");
-	memcpy(t, s, n);
-	t[n] = 0;
-	m->mk_store[m->mk.n] = t, m->mk_len[m->mk.n] = n;
+	if (!kept) {
+		n = strnlen(s, n);
+		char *t = jd_alloc(&m->mk_text, n + 1);
+		if (!t)
+			return err_sys(err, "out of memory");
+		memcpy(t, s, n);
+		t[n] = 0;
+		s = t;
+	}
+	m->mk_store[m->mk.n] = s, m->mk_len[m->mk.n] = n;
 	m->mk.n++;
 	return 0;
 }
@@ -922,20 +927,23 @@ static int markers_from_json(struct chat_model *m, struct added *d, struct err *
 		return err_sys(err, "out of memory");
 	if (!d->state)
 		return 0;
-	/* The special ones first, then eos_token, then the rest. */
+	/* The special ones first, then eos_token, then the rest. The contents
+	 * are the parse's (the direct parser takes no \u0000: a content is a
+	 * text of n bytes), kept with the model, not copied. */
 	size_t cap = 0;
 	int rc = 0;
 	for (int tier = 0; tier < 2 && rc == 0; tier++) {
 		for (uint32_t i = 0; i < d->n && rc == 0; i++)
-			if (d->first[i] && d->content[i]->n && d->content[i]->u.s[0] && d->special[i] == !tier)
-				rc = marker_add(m, &cap, d->content[i]->u.s, d->content[i]->n, err);
+			if (d->first[i] && d->content[i]->n && d->special[i] == !tier)
+				rc = marker_add(m, &cap, d->content[i]->u.s, d->content[i]->n, 1, err);
 		jv eos = obj_get(m->tokens, "eos_token");
 		if (tier == 0 && rc == 0 && jv_get_kind(eos) == JV_KIND_STRING && *jv_string_value(eos))
-			rc = marker_add(m, &cap, jv_string_value(eos), strlen(jv_string_value(eos)), err);
+			rc = marker_add(m, &cap, jv_string_value(eos), strlen(jv_string_value(eos)), 0, err);
 		jv_free(eos);
 		if (tier == 0)
 			m->mk.nfirst = m->mk.n;
 	}
+	m->mk_list = d->ar, d->ar = (struct jd_arena){0};
 	return rc < 0 ? -1 : 1;
 }
 
@@ -957,7 +965,7 @@ static int gguf_marker(void *arg, uint32_t id, const char *s, size_t n, int spec
 	(void)id;
 	if (n == 0 || !*s)
 		return 0;
-	return special ? marker_add(g->m, &g->cap, s, n, g->err) : strs_add(&g->rest, &g->nrest, &g->rest_cap, s, n, g->err);
+	return special ? marker_add(g->m, &g->cap, s, n, 0, g->err) : strs_add(&g->rest, &g->nrest, &g->rest_cap, s, n, g->err);
 }
 
 static int markers_from_gguf(struct chat_model *m, const char *path, struct err *err)
@@ -967,12 +975,12 @@ static int markers_from_gguf(struct chat_model *m, const char *path, struct err 
 			 : tokenizer_gguf_added(path, gguf_marker, &g, err);
 	jv eos = obj_get(m->tokens, "eos_token");
 	if (rc == 0 && jv_get_kind(eos) == JV_KIND_STRING && *jv_string_value(eos))
-		rc = marker_add(m, &g.cap, jv_string_value(eos), strlen(jv_string_value(eos)), err);
+		rc = marker_add(m, &g.cap, jv_string_value(eos), strlen(jv_string_value(eos)), 0, err);
 	jv_free(eos);
 	m->mk.nfirst = m->mk.n;
 	for (size_t i = 0; i < g.nrest; i++) {
 		if (rc == 0)
-			rc = marker_add(m, &g.cap, g.rest[i], strlen(g.rest[i]), err);
+			rc = marker_add(m, &g.cap, g.rest[i], strlen(g.rest[i]), 0, err);
 		free(g.rest[i]);
 	}
 	free(g.rest);
@@ -1019,7 +1027,7 @@ static int load_markers(struct chat_model *m, const char *model, struct added *a
 			else if (id == nv && tier == 0 && jv_get_kind(eos) == JV_KIND_STRING)
 				s = jv_string_value(eos);
 			if (s && *s)
-				rc = marker_add(m, &cap, s, strlen(s), err);
+				rc = marker_add(m, &cap, s, strlen(s), 0, err);
 		}
 		if (tier == 0)
 			m->mk.nfirst = m->mk.n;
@@ -1040,9 +1048,10 @@ static int markers_lengths(struct chat_model *m, struct err *err)
 	if (!m->mk.stop)
 		return err_sys(err, "out of memory");
 	jv eos = obj_get(m->tokens, "eos_token");
+	const char *es = jv_get_kind(eos) == JV_KIND_STRING ? jv_string_value(eos) : NULL;
+	size_t en = es ? strlen(es) : 0;
 	for (size_t i = 0; i < m->mk.n; i++) {
-		if (tokenizer_eog_text(m->mk.s[i], m->mk.len[i]) ||
-		    (jv_get_kind(eos) == JV_KIND_STRING && !strcmp(m->mk.s[i], jv_string_value(eos))))
+		if (tokenizer_eog_text(m->mk.s[i], m->mk.len[i]) || (es && m->mk.len[i] == en && !memcmp(m->mk.s[i], es, en)))
 			m->mk.stop[m->mk.nstop++] = i;
 	}
 	jv_free(eos);
@@ -1342,6 +1351,7 @@ void chat_model_free(struct chat_model *m)
 	free(m->mk_store);
 	free(m->mk_len);
 	jd_arena_free(&m->mk_text);
+	jd_arena_free(&m->mk_list);
 	free(m->mk.maximal);
 	free(m->mk.stop);
 	free(m);
