@@ -531,6 +531,8 @@ int main(int argc, char **argv)
 		if (msg_interrupted)
 			stopping = 2;
 		lines_before += b->lines;
+		if (b->range && b->to) /* the next range's start looks at the byte before it */
+			jsonl_mapped_done(in, b->to - 1);
 		head = b->order_next;
 		inflight--;
 		if (!head)

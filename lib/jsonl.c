@@ -32,6 +32,7 @@ struct jsonl_reader {
 	struct jsonl_block *lent[KEPT_BLOCKS]; /* blocks moved off while lent, kept to read into again */
 	int nlent;
 	int mapped; /* buf is the whole file, mapped: lines are not NUL-terminated */
+	size_t released; /* of a mapping, the bytes from its start unmapped (jsonl_mapped_done) */
 	char *buf;               /* blk's bytes, */
 	size_t cap, beg, end;    /* its size; the bytes not yet handed out: [beg, end) */
 	int eof;
@@ -1768,6 +1769,18 @@ int jsonl_mapped(const struct jsonl_reader *r, const char **s, size_t *n)
 		return 0;
 	*s = r->buf, *n = r->end;
 	return 1;
+}
+
+void jsonl_mapped_done(struct jsonl_reader *r, size_t upto)
+{
+	if (!r->mapped)
+		return;
+	size_t page = (size_t)sysconf(_SC_PAGESIZE), base = (size_t)(r->buf - r->blk->map); /* r->buf: past the skip */
+	size_t lo = r->released, hi = (base + (upto < r->end ? upto : r->end)) / page * page;
+	if (hi > lo && hi - lo >= (4 << 20)) {
+		munmap(r->blk->map + lo, hi - lo);
+		r->released = hi;
+	}
 }
 
 enum { LINES_AHEAD = 4096 };

@@ -1,6 +1,8 @@
 /* jsonl: records, blank lines, CRLF, and every kind of bad line with its exact line number. */
+#include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -681,6 +683,44 @@ static void test_lines_in_ranges(void)
 	size_t size;
 	CHECK(r && !jsonl_mapped(r, &s, &size), "standard input is read, not mapped");
 	jsonl_close(r);
+}
+
+/* A mapped file read in ranges as ds-fmt reads it, each range's bytes
+ * given back once its lines are read (all but the byte before the next
+ * range, which the next range's start looks at): every line is the one a
+ * second reader reads, and the pages given back are no longer mapped. */
+static void test_mapped_done(void)
+{
+	size_t cap = 12 << 20, n = 0;
+	char *text = malloc(cap);
+	CHECK(text != NULL, "memory");
+	if (!text)
+		return;
+	for (long i = 0; n + 200 < cap; i++)
+		n += (size_t)snprintf(text + n, cap - n, "{\"id\": %ld, \"text\": \"%.*s\"}\n", i, (int)(i % 150),
+				      "the quick brown fox jumps over the lazy dog, the quick brown fox jumps over the lazy dog, "
+				      "the quick brown fox jumps over the lazy dog, the quick brown fox jumps");
+	put("done.jsonl", text, n);
+	struct err err;
+	struct jsonl_reader *r = jsonl_open_mapped(path, &err), *r2 = jsonl_open_mapped(path, &err);
+	const char *s = NULL, *s2 = NULL, *line, *want;
+	size_t size = 0, size2 = 0, len, wlen;
+	CHECK(r && r2 && jsonl_mapped(r, &s, &size) && jsonl_mapped(r2, &s2, &size2) && size == n, "mapped");
+	int bad = !s || !s2;
+	for (size_t from = 0; from < size && !bad; from += 64 << 10) {
+		struct jsonl_lines g;
+		jsonl_lines_start(&g, s, size, from, from + (64 << 10));
+		while (!bad && jsonl_lines_next(&g, &line, &len))
+			bad = jsonl_next_line(r2, &want, &wlen, &err) != 1 || wlen != len || memcmp(line, want, len);
+		CHECK(!bad, "range at %zu: a line differs from the reader's", from);
+		jsonl_mapped_done(r, from + (64 << 10) - 1);
+	}
+	unsigned char vec[1];
+	long page = sysconf(_SC_PAGESIZE);
+	const char *first = (const char *)((uintptr_t)s / (uintptr_t)page * (uintptr_t)page);
+	CHECK(!bad && mincore((void *)first, (size_t)page, vec) < 0 && errno == ENOMEM,
+	      "the first page is still mapped after the whole file was read");
+	jsonl_close(r2), jsonl_close(r), free(text);
 }
 
 static void test_open_errors(void)
@@ -1834,6 +1874,7 @@ int main(void)
 	RUN(test_mapped_shrinks);
 	RUN(test_stdin_mapped);
 	RUN(test_lines_in_ranges);
+	RUN(test_mapped_done);
 	RUN(test_open_errors);
 	RUN(test_stdin_name_and_errf);
 	RUN(test_empty_inputs);
