@@ -340,7 +340,18 @@ static int kv_read_value(struct gguf *g, struct rd *r, struct gguf_kv *kv)
 		kv->arr = n ? (void *)at : (void *)empty_array;
 		kv->sbase = r->p + r->pos;
 		uint64_t start = r->pos;
-		for (uint64_t i = 0; i < n; i++) {
+		/* a vocabulary's 100k strings in a tight loop; the first that does
+		 * not fit is read again below, for its message */
+		const uint8_t *base = r->p + start, *q = base, *end = r->p + r->size;
+		uint64_t i = 0;
+		for (uint64_t len; i < n && end - q >= 8; i++, q += 8 + len) {
+			memcpy(&len, q, 8);
+			if (len > (uint64_t)(end - q - 8) || (uint64_t)(q + 8 - base) > UINT32_MAX)
+				break;
+			at[i] = (uint32_t)(q + 8 - base);
+		}
+		r->pos = (uint64_t)(q - r->p);
+		for (; i < n; i++) {
 			uint64_t len;
 			if (rd_str_len(r, &len, "string") < 0)
 				return err_wrap(r->err, "element %" PRIu64, i);
