@@ -283,8 +283,6 @@ static void kvalue(struct chat_memo *m, const struct jd *v)
 	}
 }
 
-/* What a trim, a truth test or chat's validation sees of a content:
- * empty, all white space (Python's), white space first, last. */
 /* Whether a character that begins with byte c is never white space to
  * Python's str.strip: ASCII from '!', and the leads of characters none of
  * which is (not C2: U+0085, U+00A0; E1: U+1680; E2: U+2000-U+205F; E3: U+3000). */
@@ -293,6 +291,8 @@ static inline int never_space(unsigned char c)
 	return (c > ' ' && c < 0x80) || (c >= 0xC3 && c <= 0xE0) || (c >= 0xE4 && c <= 0xF4);
 }
 
+/* What a trim, a truth test or chat's validation sees of a content:
+ * empty, all white space (Python's), white space first, last. */
 static unsigned content_class(const struct jd *c)
 {
 	if (c->n && never_space((unsigned char)c->u.s[0])) {
@@ -888,7 +888,8 @@ int chat_memo_put(struct chat_memo *m, struct memo_shape *e, const struct jd *ms
 		m->stats.replayed--;
 		return -1;
 	}
-	memcpy(*spans, sp, 2 * *nspans * sizeof *sp);
+	if (*nspans)
+		memcpy(*spans, sp, 2 * *nspans * sizeof *sp);
 	return 0;
 }
 
