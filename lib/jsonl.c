@@ -1073,8 +1073,8 @@ static int fp_kept(const struct fastp *p)
 	size_t kn = (size_t)(q - p->s - 1);
 	if (q < p->end && *q == '"') { /* a key as written: the usual case */
 		for (size_t i = 0; i < p->nkeep; i++)
-			if (p->keep[i][0] == (kn ? p->s[1] : 0) && !strncmp(p->keep[i], p->s + 1, kn) && !p->keep[i][kn])
-				return 1;
+			if (p->keep[i][0] == (kn ? p->s[1] : 0) && strlen(p->keep[i]) == kn && !memcmp(p->keep[i], p->s + 1, kn))
+				return 1; /* lengths compared first: a key may hold a NUL (then it is not JSON) */
 		return 0;
 	}
 	size_t k = scan_string(p->s, (size_t)(p->end - p->s)); /* with escapes: compared decoded */
