@@ -797,6 +797,14 @@ static void *recur_check_main(void *arg)
 	return NULL;
 }
 
+/* Past the JSON white space of text[at..len). */
+static size_t past_ws(const char *text, size_t at, size_t len)
+{
+	while (at < len && (text[at] == ' ' || text[at] == '\t' || text[at] == '\r' || text[at] == '\n'))
+		at++;
+	return at;
+}
+
 static void added_read(struct added *d)
 {
 	/* mapped, not read: of tens of megabytes only the added tokens are parsed,
@@ -809,9 +817,7 @@ static void added_read(struct added *d)
 	if (wholefile_map(d->path, &map, &len, &ignored) < 0)
 		return;
 	const char *text = map;
-	size_t a = 0, at = 0;
-	while (text && at < len && strchr(" \t\r\n", text[at]))
-		at++;
+	size_t a = 0, at = text ? past_ws(text, 0, len) : 0;
 	int found = text && at < len && text[at] == '{' ? jsonl_locate_start(text, len, "added_tokens", &a) : -1;
 	if (found < 0) {
 		wholefile_unmap(map, len);
@@ -829,10 +835,8 @@ static void added_read(struct added *d)
 	struct jd list;
 	size_t used = 0;
 	int ok = found ? added_parse(d, text + a, len - a, &list, &used) : added_parse(d, "[]", 2, &list, NULL);
-	if (found && ok) { /* the member ends there, as jsonl_locate_first would have it */
-		size_t i = a + used;
-		while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n'))
-			i++;
+	if (found && ok) { /* the member ends there, as jsonl_locate would have it */
+		size_t i = past_ws(text, a + used, len);
 		ok = i < len && (text[i] == ',' || text[i] == '}');
 	}
 	if (running)

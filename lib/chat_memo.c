@@ -1018,26 +1018,6 @@ static size_t number_len(const char *s, const char *end)
 	return (size_t)(p - s);
 }
 
-/* The number at s read into v as the parser reads it: its length, or 0.
- * An integer of up to 15 digits (an id, a count) is read here; the rest
- * as the parser reads them. */
-static size_t read_number(const char *s, const char *end, struct jd *v)
-{
-	const char *p = s + (s < end && *s == '-');
-	uint64_t x = 0;
-	const char *q = p;
-	while (q < end && q - p < 16 && *q >= '0' && *q <= '9')
-		x = 10 * x + (uint64_t)(*q++ - '0');
-	size_t nd = (size_t)(q - p);
-	if (nd && nd <= 15 && (*p != '0' || nd == 1) &&
-	    (q == end || !(*q == '.' || *q == 'e' || *q == 'E' || *q == '-' || *q == '+' || (*q >= '0' && *q <= '9')))) {
-		*v = jd_number(p > s ? -(double)x : (double)x, 0);
-		return (size_t)(q - s);
-	}
-	size_t n = number_len(s, end);
-	return n && jsonl_number_decode(s, n, v) == 0 ? n : 0;
-}
-
 /* A value of the key, passed over: its length, or 0. */
 static size_t pass_value(const char *s, const char *end)
 {
@@ -1212,8 +1192,8 @@ static int scan_line(struct chat_memo *m, const char *line, size_t len)
 			s += k;
 			continue;
 		}
-		if (*s == '-' || (*s >= '0' && *s <= '9')) {
-			if (!(v = read_number(s, end, &mb->val)))
+		if ((v = number_len(s, end))) {
+			if (jsonl_number_decode(s, v, &mb->val) < 0)
 				return -1;
 			hole(m, &flushed, s, s + v, 'n', 0, m->ntop - 1);
 			s += v;
@@ -1276,8 +1256,8 @@ static int match_line(struct chat_memo *m, const struct memo_line *l, const char
 			p += n - 2;
 			break;
 		case 'n': {
-			size_t v = read_number(p, end, &m->top[o->at].val);
-			if (!v)
+			size_t v = number_len(p, end);
+			if (!v || jsonl_number_decode(p, v, &m->top[o->at].val) < 0)
 				return -1;
 			p += v;
 			break;

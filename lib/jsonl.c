@@ -250,7 +250,7 @@ __attribute__((target("avx2"))) static inline unsigned stops_avx2(__m256i x)
  * checked up to the stop, an ASCII byte, which a character may not cut;
  * the bytes after it count as zeros, as do those at end and after: a stop
  * at end. */
-__attribute__((target("avx2"))) static const char *string_scan_avx2_long(const char *q, const char *end, unsigned *flags)
+__attribute__((target("avx2"))) static const char *string_scan_avx2(const char *q, const char *end, unsigned *flags)
 {
 	const __m256i del = _mm256_set1_epi8(0x7f);
 	const __m256i last_max = _mm256_loadu_si256((const __m256i *)(const void *)last_max_tab);
@@ -276,22 +276,6 @@ __attribute__((target("avx2"))) static const char *string_scan_avx2_long(const c
 	return q + __builtin_ctz(m);
 }
 
-/* The common string first: one block, ASCII up to its stop (a key, a
- * role, a short text), seen without the UTF-8 check's tables. */
-__attribute__((target("avx2"))) static inline const char *string_scan_avx2(const char *q, const char *end,
-									  unsigned *flags)
-{
-	__m256i x = block_at(q, end);
-	unsigned m = stops_avx2(x);
-	if (!m)
-		return string_scan_avx2_long(q, end, flags);
-	x = _mm256_and_si256(x, _mm256_loadu_si256((const __m256i *)(const void *)(upto + 31 - __builtin_ctz(m))));
-	if (_mm256_movemask_epi8(x))
-		return string_scan_avx2_long(q, end, flags);
-	__m256i dels = _mm256_cmpeq_epi8(x, _mm256_set1_epi8(0x7f));
-	*flags |= _mm256_testz_si256(dels, dels) ? 0 : SCAN_DEL;
-	return q + __builtin_ctz(m);
-}
 #undef BEFORE
 #undef TABLE16
 
@@ -1275,6 +1259,18 @@ static int fp_number(struct fastp *p, struct jd *out)
 
 int jsonl_number_decode(const char *s, size_t n, struct jd *out)
 {
+	/* an integer of up to 15 digits (an id, a count) read here, as fp_number reads it */
+	size_t neg = n && *s == '-', nd = n - neg;
+	if (nd && nd <= 15 && (s[neg] != '0' || nd == 1)) {
+		uint64_t x = 0;
+		size_t i = neg;
+		while (i < n && s[i] >= '0' && s[i] <= '9')
+			x = 10 * x + (uint64_t)(s[i++] - '0');
+		if (i == n) {
+			*out = jd_number(neg ? -(double)x : (double)x, 0);
+			return 0;
+		}
+	}
 	struct fastp p = {.s = s, .end = s + n};
 	return fp_number(&p, out) == 0 && p.s == p.end ? 0 : -1;
 }
@@ -2487,7 +2483,7 @@ static int key_may_recur(const char *s, size_t n, const char *key, size_t kn)
 /* In the container at s[*i] ('{' or '['): the value of the last member named
  * key (an object) or element number idx (an array; key NULL) into [*a, *b).
  * Returns 1, 0 when there is none, -1 when the scan finds no valid container. */
-static int scan_in(const char *s, size_t n, size_t i, const char *key, size_t kn, long idx, int first, size_t *a,
+static int scan_in(const char *s, size_t n, size_t i, const char *key, size_t kn, long idx, int start, size_t *a,
 		   size_t *b, size_t *end)
 {
 	int obj = s[i] == '{', found = 0;
@@ -2510,7 +2506,7 @@ static int scan_in(const char *s, size_t n, size_t i, const char *key, size_t kn
 				return -1;
 			i = scan_ws(s, n, i + 1);
 		}
-		if (hit && first == 2) { /* its start alone: the value not scanned */
+		if (hit && start) { /* its start alone: the value not scanned */
 			*a = *b = i, *end = 0;
 			return 1;
 		}
@@ -2521,7 +2517,7 @@ static int scan_in(const char *s, size_t n, size_t i, const char *key, size_t kn
 			*a = i, *b = i + v, found = 1;
 		i = scan_ws(s, n, i + v);
 		if (hit && i < n && (s[i] == ',' || s[i] == (obj ? '}' : ']')) &&
-		    (!obj || first || !key_may_recur(s + i, n - i, key, kn))) {
+		    (!obj || !key_may_recur(s + i, n - i, key, kn))) {
 			*end = 0; /* not scanned to its end */
 			return 1;
 		}
@@ -2588,8 +2584,9 @@ int jsonl_key_is(const char *s, size_t n, const char *key) { return key_is(s, n,
 
 int jsonl_key_may_recur(const char *s, size_t n, const char *key) { return key_may_recur(s, n, key, strlen(key)); }
 
-/* jsonl_locate; first: the last key's first member, not searched for again. */
-static int locate(const char *s, size_t n, const char *path, int first, size_t *a, size_t *b)
+/* jsonl_locate; start: where the last key's first member's value begins,
+ * the value not scanned, the rest not searched for the key again. */
+static int locate(const char *s, size_t n, const char *path, int start, size_t *a, size_t *b)
 {
 	size_t i = scan_ws(s, n, 0);
 	if (!*path) { /* the whole text: one value, then only white space */
@@ -2632,7 +2629,7 @@ static int locate(const char *s, size_t n, const char *path, int first, size_t *
 			size_t v = *a < n ? scan_value(s + *a, n - *a) : 0;
 			return v && scan_ws(s, n, *a + v) == n ? 0 : -1;
 		}
-		int r = scan_in(s, n, *a, idx < 0 ? key : NULL, kn, idx, !*p ? first : 0, &na, &nb, &end);
+		int r = scan_in(s, n, *a, idx < 0 ? key : NULL, kn, idx, start && !*p, &na, &nb, &end);
 		/* Only white space may follow the top-level value; where its scan
 		 * stopped early, it must at least end in its closing bracket. */
 		if (top && r >= 0 && end && scan_ws(s, n, end) != n)
@@ -2654,19 +2651,12 @@ static int locate(const char *s, size_t n, const char *path, int first, size_t *
 
 int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b) { return locate(s, n, path, 0, a, b); }
 
-int jsonl_locate_first(const char *s, size_t n, const char *key, size_t *a, size_t *b)
-{
-	if (!*key || strpbrk(key, ".[\"") || strlen(key) >= 256) /* not a plain name: the whole search */
-		return jsonl_locate(s, n, key, a, b);
-	return locate(s, n, key, 1, a, b);
-}
-
 int jsonl_locate_start(const char *s, size_t n, const char *key, size_t *a)
 {
 	size_t b;
-	if (!*key || strpbrk(key, ".[\"") || strlen(key) >= 256)
+	if (!*key || strpbrk(key, ".[\"") || strlen(key) >= 256) /* not a plain name: the whole search */
 		return jsonl_locate(s, n, key, a, &b);
-	return locate(s, n, key, 2, a, &b);
+	return locate(s, n, key, 1, a, &b);
 }
 
 long jsonl_line_at(const char *s, size_t off)

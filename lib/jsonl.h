@@ -245,14 +245,12 @@ int jsonl_reserve(struct jsonl_buf *b, size_t more);
  * second on a thread of its own, joined before the answer. */
 int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b);
 /* jsonl_locate of a top-level key in two steps, for a caller with work to
- * do meanwhile: the value of the key's first member, the rest of the text
- * not searched for it (a key that is not a plain name is searched as
- * jsonl_locate does); then jsonl_key_may_recur(s + *b, n - *b, key) says
- * whether a later member may name it again, which jsonl_locate answers. */
-int jsonl_locate_first(const char *s, size_t n, const char *key, size_t *a, size_t *b);
-/* Where the value of a top-level key's first member begins (*a), the value
- * itself not scanned (its end is the caller's to find: a prefix parse);
- * else as jsonl_locate_first. */
+ * do meanwhile: where the value of the key's first member begins (*a), the
+ * value itself not scanned (its end is the caller's to find: a prefix
+ * parse, jsonl_parse_jd_keep's used) and the rest of the text not searched
+ * for the key (a key that is not a plain name is searched as jsonl_locate
+ * does); then jsonl_key_may_recur(s + end, n - end, key) says whether a
+ * later member may name it again, which jsonl_locate answers. */
 int jsonl_locate_start(const char *s, size_t n, const char *key, size_t *a);
 /* Whether the JSON text s[0..n) may name key again: the rest-of-the-text
  * search of jsonl_locate, 1 when unsure (4 MB and more: on two threads). */

@@ -75,7 +75,8 @@ static int next_both(struct jsonl_reader *r, struct jsonl_memo *memo, struct jd_
 }
 
 /* jsonl_locate on the whole input: in bounds, and what it finds is one
- * value; jsonl_locate_first's value is the same where no repeat may follow. */
+ * value; jsonl_locate_start's, parsed as a prefix, is the same where no
+ * repeat may follow. */
 static void locate(const char *s, size_t n)
 {
 	static const char *const paths[] = {"", "a", "a[0]", "a.b[1].c", "added_tokens", "\"x y\"[2].k"};
@@ -86,15 +87,29 @@ static void locate(const char *s, size_t n)
 			abort();
 		if (rc == 1 && jsonl_line_at(s, a) < 1)
 			abort();
-		/* in two steps: the first member, jsonl_locate's answer unless a
+		/* in two steps: where the first member's value starts, the value
+		 * parsed as a prefix of the rest: jsonl_locate's answer unless a
 		 * repeat may follow */
-		size_t fa = 0, fb = 0;
-		int frc = jsonl_locate_first(s, n, paths[i], &fa, &fb);
-		if (frc == 1 && !(fa < fb && fb <= n))
+		size_t fa = 0, used = 0;
+		int frc = jsonl_locate_start(s, n, paths[i], &fa);
+		if (frc == 1 && fa >= n)
 			abort();
-		int may = frc == 1 && jsonl_key_may_recur(s + fb, n - fb, paths[i]);
-		if (frc == 1 && !may ? rc != 1 || a != fa || b != fb : frc != 1 && rc != frc)
+		struct jd_arena ar = {0};
+		struct jd v;
+		if (frc == 1 && jsonl_parse_jd_keep(s + fa, n - fa, NULL, 0, 0, &ar, &v, &used) == 0) {
+			size_t fb = fa + used, e = fb;
+			if (fb > n)
+				abort();
+			while (e < n && strchr(" \t\r\n", s[e]) && s[e])
+				e++;
+			/* the member must end there, as the caller checks */
+			int ends = e < n && (s[e] == ',' || s[e] == '}');
+			if (ends && !jsonl_key_may_recur(s + fb, n - fb, paths[i]) && (rc != 1 || a != fa || b != fb))
+				abort();
+		} else if (frc != 1 && rc != frc) {
 			abort();
+		}
+		jd_arena_free(&ar);
 	}
 	/* the elements of an array, each in bounds and after the last */
 	size_t at = 0, a = 0, b = 0, last = 0;
