@@ -28,13 +28,15 @@
 enum jd_kind { JD_NULL, JD_FALSE, JD_TRUE, JD_NUMBER, JD_STRING, JD_ARRAY, JD_OBJECT };
 
 struct jd_member;
+/* 16 bytes: returned in two registers, not built on the stack and read back
+ * (a byte stored, then 16 read over it, stalls the load). */
 struct jd {
-	uint8_t kind;     /* enum jd_kind */
-	uint8_t is_float; /* JD_NUMBER: written with a fraction or an exponent */
-	uint8_t shared;   /* the value of a jd_shared block (jd_shared_of) */
-	uint8_t exact;    /* JD_NUMBER: the integer is u.i, not u.num */
-	uint8_t rounded;  /* JD_NUMBER: an integer past 64 bits, which u.num (jq's) rounds */
-	uint32_t n;       /* bytes of a string, items of an array, members of an object */
+	uint8_t kind;         /* enum jd_kind */
+	uint8_t is_float : 1; /* JD_NUMBER: written with a fraction or an exponent */
+	uint8_t shared : 1;   /* the value of a jd_shared block (jd_shared_of) */
+	uint8_t exact : 1;    /* JD_NUMBER: the integer is u.i, not u.num */
+	uint8_t rounded : 1;  /* JD_NUMBER: an integer past 64 bits, which u.num (jq's) rounds */
+	uint32_t n;           /* bytes of a string, items of an array, members of an object */
 	union {
 		double num;
 		int64_t i;

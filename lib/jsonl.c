@@ -245,20 +245,69 @@ __attribute__((target("avx2"))) static inline unsigned stops_avx2(__m256i x)
 		_mm256_cmpeq_epi8(_mm256_min_epu8(x, ctl), x)));
 }
 
+/* What string_scan_avx2 carries from block to block: the block before
+ * (for the characters that cross into the next), the errors and DELs seen,
+ * and whether the last block left a character unfinished. */
+struct scan_state {
+	__m256i prev, bad, unfinished, dels;
+};
+
+/* A run of 128 bytes or more with no stop in its first block, 128 bytes a
+ * step: where the first step with a stop begins (or fewer than 128 are
+ * left). The ASCII test is taken over all four blocks: on mixed text (Latin
+ * and Cyrillic) a test per block is mispredicted often, and over four it is
+ * taken or not for long stretches (8 KB of such text: 8.5 -> 10.2 GB/s,
+ * ASCII 12.6 -> 32 GB/s). Apart from the short strings' path, which would
+ * otherwise spill its registers. */
+__attribute__((target("avx2"), noinline)) static const char *scan_steps_avx2(const char *q, const char *end,
+									   struct scan_state *st)
+{
+	const __m256i del = _mm256_set1_epi8(0x7f);
+	const __m256i last_max = _mm256_loadu_si256((const __m256i *)(const void *)last_max_tab);
+	__m256i prev = st->prev, bad = st->bad, unfinished = st->unfinished, dels = st->dels;
+	for (; end - q >= 128; q += 128) {
+		const __m256i *v = (const __m256i *)(const void *)q;
+		__m256i a = _mm256_loadu_si256(v), b = _mm256_loadu_si256(v + 1), c = _mm256_loadu_si256(v + 2),
+			d = _mm256_loadu_si256(v + 3);
+		if (stops_avx2(a) | stops_avx2(b) | stops_avx2(c) | stops_avx2(d))
+			break;
+		dels = _mm256_or_si256(dels, _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(a, del), _mm256_cmpeq_epi8(b, del)),
+							     _mm256_or_si256(_mm256_cmpeq_epi8(c, del), _mm256_cmpeq_epi8(d, del))));
+		if (_mm256_movemask_epi8(_mm256_or_si256(_mm256_or_si256(a, b), _mm256_or_si256(c, d)))) {
+			bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_or_si256(utf8_errors_avx2(a, prev), utf8_errors_avx2(b, a)),
+								   _mm256_or_si256(utf8_errors_avx2(c, b), utf8_errors_avx2(d, c))));
+			unfinished = _mm256_subs_epu8(d, last_max);
+		} else { /* ASCII: right unless the block before left a character unfinished */
+			bad = _mm256_or_si256(bad, unfinished);
+			unfinished = _mm256_setzero_si256();
+		}
+		prev = d;
+	}
+	st->prev = prev, st->bad = bad, st->unfinished = unfinished, st->dels = dels;
+	return q;
+}
+
 /* string_scan where AVX2 is: the stop found and the bytes before it checked
- * as UTF-8 in one pass, 32 at a time. The block that holds the stop is
- * checked up to the stop, an ASCII byte, which a character may not cut;
- * the bytes after it count as zeros, as do those at end and after: a stop
- * at end. */
+ * as UTF-8 in one pass, 32 at a time (a long run first 128 a step). The
+ * block that holds the stop is checked up to the stop, an ASCII byte, which
+ * a character may not cut; the bytes after it count as zeros, as do those
+ * at end and after: a stop at end. */
 __attribute__((target("avx2"))) static const char *string_scan_avx2(const char *q, const char *end, unsigned *flags)
 {
 	const __m256i del = _mm256_set1_epi8(0x7f);
 	const __m256i last_max = _mm256_loadu_si256((const __m256i *)(const void *)last_max_tab);
+	__m256i x = block_at(q, end);
+	unsigned m = stops_avx2(x);
 	__m256i prev = _mm256_setzero_si256(), bad = prev, unfinished = prev, dels = prev;
-	unsigned m;
-	for (;; q += 32) {
-		__m256i x = block_at(q, end);
-		if ((m = stops_avx2(x))) /* the stop and the bytes before it */
+	if (!m && end - q >= 128) {
+		struct scan_state st = {prev, bad, unfinished, dels};
+		q = scan_steps_avx2(q, end, &st);
+		prev = st.prev, bad = st.bad, unfinished = st.unfinished, dels = st.dels;
+		x = block_at(q, end);
+		m = stops_avx2(x);
+	}
+	for (;;) {
+		if (m) /* the stop and the bytes before it */
 			x = _mm256_and_si256(x, _mm256_loadu_si256((const __m256i *)(const void *)(upto + 31 - __builtin_ctz(m))));
 		dels = _mm256_or_si256(dels, _mm256_cmpeq_epi8(x, del));
 		if (_mm256_movemask_epi8(x)) {
@@ -271,6 +320,9 @@ __attribute__((target("avx2"))) static const char *string_scan_avx2(const char *
 		if (m)
 			break;
 		prev = x;
+		q += 32;
+		x = block_at(q, end);
+		m = stops_avx2(x);
 	}
 	*flags |= (_mm256_testz_si256(dels, dels) ? 0 : SCAN_DEL) | (_mm256_testz_si256(bad, bad) ? 0 : SCAN_BAD);
 	return q + __builtin_ctz(m);
