@@ -32,7 +32,6 @@ struct jsonl_reader {
 	struct jsonl_block *lent[KEPT_BLOCKS]; /* blocks moved off while lent, kept to read into again */
 	int nlent;
 	int mapped; /* buf is the whole file, mapped: lines are not NUL-terminated */
-	size_t released; /* of a mapping, the bytes from its start unmapped (jsonl_mapped_done) */
 	char *buf;               /* blk's bytes, */
 	size_t cap, beg, end;    /* its size; the bytes not yet handed out: [beg, end) */
 	int eof;
@@ -1654,6 +1653,8 @@ struct jsonl_block {
 	int refs;
 	size_t cap;
 	char *map; /* a mapped file's bytes (cap of them), unmapped at the end; else data */
+	size_t released; /* of the map, the bytes from its start unmapped already (jsonl_mapped_done): the
+			  * end unmaps only the rest, as others' mappings may lie where those were */
 	char data[];
 };
 
@@ -1668,8 +1669,8 @@ struct jsonl_block *jsonl_block_ref(struct jsonl_block *b)
 void jsonl_block_release(struct jsonl_block *b)
 {
 	if (b && --b->refs == 0) {
-		if (b->map)
-			munmap(b->map, b->cap);
+		if (b->map && b->cap > b->released)
+			munmap(b->map + b->released, b->cap - b->released);
 		free(b);
 	}
 }
@@ -1824,10 +1825,10 @@ void jsonl_mapped_done(struct jsonl_reader *r, size_t upto)
 	if (!r->mapped)
 		return;
 	size_t page = (size_t)sysconf(_SC_PAGESIZE), base = (size_t)(r->buf - r->blk->map); /* r->buf: past the skip */
-	size_t lo = r->released, hi = (base + (upto < r->end ? upto : r->end)) / page * page;
+	size_t lo = r->blk->released, hi = (base + (upto < r->end ? upto : r->end)) / page * page;
 	if (hi > lo && hi - lo >= (4 << 20)) {
 		munmap(r->blk->map + lo, hi - lo);
-		r->released = hi;
+		r->blk->released = hi;
 	}
 }
 

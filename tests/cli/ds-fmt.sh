@@ -394,7 +394,7 @@ with open(sys.argv[1], "w", encoding="utf-8", newline="") as f:
     f.write(json.dumps({"id": "last", "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}))
 PY
 cat "$T/ranges.jsonl" | "$DS" --model "$Q" --skip-bad 2>&1 > "$T/want" | sed "s|<stdin>|$T/ranges.jsonl|" > "$T/want.err"
-for n in 1 2 3; do
+for n in 1 2 3 16; do
 	expect "ranges-$n" 0 "$DS" --model "$Q" --skip-bad --threads "$n" "$T/ranges.jsonl" && cmp -s "$T/out" "$T/want" &&
 		cmp -s "$T/err" "$T/want.err" && [ "$(wc -l < "$T/out")" -eq 3001 ] && stderr_has "ranges-$n" 'ranges.jsonl:3061: message 0' &&
 		ok "a 4 MB file in ranges, --threads $n: the pipe's output and warnings" || unreported "ranges-$n"

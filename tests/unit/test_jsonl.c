@@ -720,7 +720,17 @@ static void test_mapped_done(void)
 	const char *first = (const char *)((uintptr_t)s / (uintptr_t)page * (uintptr_t)page);
 	CHECK(!bad && mincore((void *)first, (size_t)page, vec) < 0 && errno == ENOMEM,
 	      "the first page is still mapped after the whole file was read");
+	/* What the process maps next may lie where those pages were (malloc's
+	 * large blocks do): the reader's end must leave it mapped. */
+	void *other = bad ? MAP_FAILED
+			  : mmap((void *)first, (size_t)page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+				 -1, 0);
+	CHECK(other == (void *)first, "no mapping could be placed where the released pages were");
 	jsonl_close(r2), jsonl_close(r), free(text);
+	if (other != MAP_FAILED) {
+		CHECK(mincore(other, (size_t)page, vec) == 0, "jsonl_close unmapped a mapping made after the pages were released");
+		munmap(other, (size_t)page);
+	}
 }
 
 static void test_open_errors(void)
