@@ -641,6 +641,7 @@ struct fastp {
 	const char *const *keep;
 	size_t nkeep;
 	int keep_depth;
+	struct shape *shape; /* NULL: objects are not read against the last one (see fp_shaped) */
 };
 
 /* The memo: for each of a few top-level keys, the text of its last long
@@ -1334,6 +1335,132 @@ static int fp_word(struct fastp *p, const char *w, size_t n)
 	return 1;
 }
 
+/* The elements of a long list are often objects of one shape, written
+ * alike: tokenizer.json's added tokens, tokenizer_config.json's
+ * added_tokens_decoder (6,415 each in Gemma 3's, pretty-printed). The last
+ * flat object parsed below the top level (no array or object in it, each
+ * key once) is kept as a shape: its text around the values (keys, white
+ * space, punctuation), compared whole, and each value's kind. An object
+ * at the same depth is first read against it, each value parsed where it
+ * stands; where every piece matches, it is the object fp_object makes of
+ * those bytes (the same keys, in the same order, kept or only checked as
+ * they were), else it is parsed as any other and becomes the shape. Only
+ * for texts of shape_min bytes or more: a record's line has few objects
+ * of a shape, and its parse keeps its one-pass cost. */
+enum { SHAPE_MEMBERS = 16 };
+struct shape {
+	int depth;      /* of the object (its members'); 0: none yet */
+	int check_only; /* the object was only checked */
+	uint32_t n;
+	const char *text; /* the object learned from, where its pieces are compared */
+	struct {
+		uint32_t off, len; /* the text before the value, in text */
+		char kind;         /* '"' a string, 'w' true, false or null, '0' a number */
+		uint8_t kept;      /* built (not only checked), its key built as key */
+		struct jd key;
+	} v[SHAPE_MEMBERS];
+	uint32_t tail_off, tail_len; /* after the last value, to the closing brace */
+};
+
+static size_t shape_min = 64 << 10;
+
+size_t jsonl_shape_min(size_t bytes)
+{
+	size_t was = shape_min;
+	shape_min = bytes;
+	return was;
+}
+
+static int fp_kept(const struct fastp *p);
+static size_t scan_string(const char *s, size_t n);
+static int is_json_space(char c);
+
+/* The object just parsed from s0 to p->s into obj, as the shape; left
+ * without one where it is not flat, has more than SHAPE_MEMBERS members
+ * or repeats a kept key. The text is valid JSON: fp_object took it. */
+static void shape_learn(struct fastp *p, const char *s0, const struct jd *obj)
+{
+	struct shape *t = p->shape;
+	const char *q = s0 + 1, *end = p->s, *lit = s0;
+	uint32_t n = 0, k = 0, built = obj->kind == JD_OBJECT ? obj->n : 0;
+	t->depth = 0;
+	for (;;) {
+		while (is_json_space(*q))
+			q++;
+		if (*q == '}' || n == SHAPE_MEMBERS)
+			break; /* {} (no values to read), or too many */
+		const char *key = q;
+		q += scan_string(q, (size_t)(end - q));
+		while (is_json_space(*q))
+			q++;
+		for (q++; is_json_space(*q); q++) /* past the ':' */
+			;
+		char kind = *q == '"' ? '"' : *q == 't' || *q == 'f' || *q == 'n' ? 'w' : *q == '{' || *q == '[' ? 0 : '0';
+		size_t vl = kind == '"' ? scan_string(q, (size_t)(end - q)) : kind == 'w' ? (*q == 'f' ? 5 : 4) : 0;
+		while (kind == '0' && !is_json_space(q[vl]) && q[vl] != ',' && q[vl] != '}')
+			vl++;
+		p->s = key; /* fp_kept reads the key there */
+		int kept = kind && fp_kept(p) && !p->check_only;
+		if (!kind || (kept && k == built))
+			break; /* not flat; a repeated key (fewer members than keys) */
+		t->v[n].off = (uint32_t)(lit - s0), t->v[n].len = (uint32_t)(q - lit), t->v[n].kind = kind;
+		t->v[n].kept = (uint8_t)kept;
+		t->v[n].key = kept ? obj->u.members[k++].key : jd_null();
+		n++;
+		q += vl, lit = q;
+		while (is_json_space(*q))
+			q++;
+		if (*q == '}') { /* the end: the shape, if every member built was seen */
+			if (k == built) {
+				t->tail_off = (uint32_t)(lit - s0), t->tail_len = (uint32_t)(end - lit);
+				t->text = s0, t->n = n, t->check_only = p->check_only, t->depth = p->depth;
+			}
+			break;
+		}
+		q++; /* ',' */
+	}
+	p->s = end;
+}
+
+/* The object at p->s read against the shape: 1 with it in out, 0 where a
+ * piece differs (p->s where it was), -1 out of memory. */
+static int fp_shaped(struct fastp *p, struct jd *out)
+{
+	const struct shape *t = p->shape;
+	const char *s0 = p->s;
+	struct jd_member m[SHAPE_MEMBERS];
+	uint32_t k = 0;
+	int co = p->check_only;
+	for (uint32_t i = 0; i < t->n; i++) {
+		if ((size_t)(p->end - p->s) <= t->v[i].len || memcmp(p->s, t->text + t->v[i].off, t->v[i].len))
+			goto differs;
+		p->s += t->v[i].len;
+		char c = *p->s, kind = t->v[i].kind;
+		if (kind == '"' ? c != '"' : kind == 'w' ? c != 't' && c != 'f' && c != 'n' : c != '-' && (c < '0' || c > '9'))
+			goto differs;
+		struct jd v;
+		p->check_only = co || !t->v[i].kept;
+		int rc = kind == '"' ? fp_string(p, &v) : kind == 'w' ? fp_value(p, &v) : fp_number(p, &v);
+		p->check_only = co;
+		if (rc < 0)
+			goto differs; /* fp_object says what is wrong */
+		if (t->v[i].kept)
+			m[k++] = (struct jd_member){t->v[i].key, v};
+	}
+	if ((size_t)(p->end - p->s) < t->tail_len || memcmp(p->s, t->text + t->tail_off, t->tail_len))
+		goto differs;
+	p->s += t->tail_len;
+	*out = (struct jd){.kind = co ? JD_NULL : JD_OBJECT, .n = k};
+	const void *members;
+	if (parts_to_arena(p, m, 0, k, sizeof *m, &members) < 0)
+		return -1;
+	out->u.members = members;
+	return 1;
+differs:
+	p->s = s0;
+	return 0;
+}
+
 static int fp_value(struct fastp *p, struct jd *out)
 {
 	fp_ws(p);
@@ -1346,7 +1473,17 @@ static int fp_value(struct fastp *p, struct jd *out)
 	case '[':
 		if (++p->depth > FASTP_MAX_DEPTH)
 			return -1;
-		rc = *p->s == '{' ? fp_object(p, out) : fp_array(p, out);
+		if (*p->s == '[') {
+			rc = fp_array(p, out);
+		} else if (p->shape && p->depth > 1) { /* the top level's members go through the memo */
+			const char *s0 = p->s;
+			rc = p->shape->depth == p->depth && p->shape->check_only == p->check_only ? fp_shaped(p, out) : 0;
+			if (rc == 0 && (rc = fp_object(p, out)) == 0)
+				shape_learn(p, s0, out);
+			rc = rc < 0 ? -1 : 0;
+		} else {
+			rc = fp_object(p, out);
+		}
 		p->depth--;
 		return rc;
 	case 't': *out = jd_bool(1); return fp_word(p, "true", 4) ? 0 : -1;
@@ -1373,14 +1510,17 @@ static int fast_run(struct fastp *p, struct jd *out)
 static int fast_parse(const char *s, size_t n, struct jsonl_memo *memo, struct jd_arena *a, int check_only,
 		      struct jd *out)
 {
-	struct fastp p = {.s = s, .end = s + n, .memo = memo, .check_only = check_only, .a = a};
+	struct shape shape = {0};
+	struct fastp p = {.s = s, .end = s + n, .memo = memo, .check_only = check_only, .a = a, .shape = n >= shape_min ? &shape : NULL};
 	return fast_run(&p, out);
 }
 
 int jsonl_parse_jd_keep(const char *s, size_t n, const char *const *keep, size_t nkeep, int depth,
 			struct jd_arena *a, struct jd *out, size_t *used)
 {
-	struct fastp p = {.s = s, .end = s + n, .a = a, .keep = keep, .nkeep = nkeep, .keep_depth = depth};
+	struct shape shape = {0};
+	struct fastp p = {.s = s, .end = s + n, .a = a, .keep = keep, .nkeep = nkeep, .keep_depth = depth,
+			  .shape = n >= shape_min ? &shape : NULL};
 	if (n > INT_MAX)
 		return -1;
 	if (!used)

@@ -142,6 +142,10 @@ long jsonl_unsafe_at(const char *s, size_t n, const char **why);
  * check each path the CPU has against the others; returns the level now
  * used. Not for use while other threads scan. */
 int jsonl_simd_limit(int level);
+/* Texts of at least bytes (64 KiB by default) are parsed reading each object
+ * against the last one of its shape; returns the size before. For a test
+ * to check both ways against each other; not while other threads parse. */
+size_t jsonl_shape_min(size_t bytes);
 
 /* One JSON text: jsonl_unsafe_at first, then the parser records go through
  * (jq for what it does not take). The value, or invalid with a message

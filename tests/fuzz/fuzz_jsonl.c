@@ -147,6 +147,16 @@ static void locate(const char *s, size_t n)
 		int taken = jsonl_parse_jd_keep(s, n, keep, 2, depth, &ar, &kd, NULL) == 0;
 		if ((taken && !jsonl_is_json(s, n)) || (direct && !taken))
 			abort();
+		/* objects read against the last one of their shape (done for long
+		 * texts): what a parse without shapes gives, value and length */
+		size_t was = jsonl_shape_min(0), su = 0, nu = 0;
+		struct jd sd, nd;
+		int sr = jsonl_parse_jd_keep(s, n, keep, 2, depth, &ar, &sd, &su), sj = jsonl_is_json(s, n);
+		jsonl_shape_min(SIZE_MAX);
+		int nr = jsonl_parse_jd_keep(s, n, keep, 2, depth, &ar, &nd, &nu), nj = jsonl_is_json(s, n);
+		jsonl_shape_min(was);
+		if (sr != nr || su != nu || sj != nj || (sr == 0 && !jv_equal(jsonl_jv_of(&sd), jsonl_jv_of(&nd))))
+			abort();
 		/* as a prefix: a value the whole parse of its own bytes builds the same */
 		size_t used = 0;
 		struct jd pd, wd;

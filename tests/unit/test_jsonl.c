@@ -1300,6 +1300,132 @@ static void test_is_json(void)
 	}
 }
 
+/* Whether the trees a and b are the same to the byte: kinds, flags,
+ * numbers' bits, strings, keys, in order. */
+static int same_jd(const struct jd *a, const struct jd *b)
+{
+	if (a->kind != b->kind || a->n != b->n || a->is_float != b->is_float || a->exact != b->exact ||
+	    a->rounded != b->rounded)
+		return 0;
+	switch (a->kind) {
+	case JD_NUMBER: return !memcmp(&a->u, &b->u, sizeof a->u);
+	case JD_STRING: return !memcmp(a->u.s, b->u.s, a->n + 1);
+	case JD_ARRAY:
+		for (uint32_t i = 0; i < a->n; i++)
+			if (!same_jd(&a->u.items[i], &b->u.items[i]))
+				return 0;
+		return 1;
+	case JD_OBJECT:
+		for (uint32_t i = 0; i < a->n; i++)
+			if (!same_jd(&a->u.members[i].key, &b->u.members[i].key) || !same_jd(&a->u.members[i].val, &b->u.members[i].val))
+				return 0;
+		return 1;
+	default: return 1;
+	}
+}
+
+/* A value for a member of the objects test_shapes repeats: mostly of its
+ * kind (k: '"', 'w', '0'), at times another or a container; where bad,
+ * once in 200 not JSON. */
+static size_t shape_value(char *t, size_t cap, char k, int bad)
+{
+	static const char *const strings[] = {"\"<pad>\"", "\"<unused12>\"", "\"съешь\"", "\"a\\\"b\"", "\"\\u00e9\\n\"",
+					      "\"\"", "\"\\ud83d\\ude00\"", "\"tab\there\"", "\"\\x\"", "\"open", "1\"", "x\""};
+	static const char *const words[] = {"true", "false", "null", "nul", "truex", "True"};
+	static const char *const numbers[] = {"0",  "17", "-3", "262144", "1.5", "-0.0", "1e3", "2E-2",
+					      "01", "-",  "1.", "12345678901234567890123" /* JSON, but left to jq */};
+	int r = rand() % 20, wrong = bad && rand() % 200 == 0;
+	if (r == 0)
+		return (size_t)snprintf(t, cap, "%s", rand() % 2 ? "{\"x\": [1, 2]}" : "[]");
+	if (r == 1)
+		k = "\"w0"[rand() % 3];
+	if (k == '"')
+		return (size_t)snprintf(t, cap, "%s", strings[wrong ? 7 + rand() % 5 : rand() % 7]);
+	if (k == 'w')
+		return (size_t)snprintf(t, cap, "%s", words[wrong ? 3 + rand() % 3 : rand() % 3]);
+	return (size_t)snprintf(t, cap, "%s", numbers[wrong ? 8 + rand() % 4 : rand() % 8]);
+}
+
+/* Long lists of objects of one shape, as tokenizer files hold them, are
+ * read against the last object (past jsonl_shape_min's size): the same
+ * trees, to the byte, and the same refusals as without it, built or only
+ * checked, whatever is kept at whichever depth, the list in an array or
+ * an object's members, with members that change kind, keys that change
+ * or repeat, containers and broken values among them. */
+static void test_shapes(void)
+{
+	unsigned seed = (unsigned)time(NULL);
+	srand(seed);
+	static const char *const keys[] = {"id", "content", "special", "lstrip", "c\\u006fntent", "content"};
+	static const char *const keep[] = {"content", "special", "q"};
+	static const char *const gaps[] = {"", " ", "\n    ", "\n      ", "\t"};
+	size_t cap = 1 << 20, was = jsonl_shape_min(0);
+	char *t = malloc(cap);
+	int shaped = 0, refused = 0;
+	for (int i = 0; i < 500 && t && !check_case_failed; i++) {
+		size_t n = 0;
+		int nmem = 1 + rand() % 6, in_object = i % 3 == 0, nested = i % 4 == 0;
+		char kinds[8], key[8];
+		for (int k = 0; k < nmem; k++)
+			kinds[k] = "\"w0"[rand() % 3], key[k] = (char)(rand() % (i % 5 ? 4 : 6));
+		const char *gap = gaps[rand() % 5];
+		n += (size_t)snprintf(t + n, cap - n, "%s%s", nested ? "{\"v\": 1, \"list\": " : "", in_object ? "{" : "[");
+		size_t list = n - 1;
+		int count = 1 + rand() % 400;
+		for (int e = 0; e < count && n + 4096 < cap; e++) {
+			if (rand() % 40 == 0) /* a new shape from here on */
+				kinds[rand() % nmem] = "\"w0"[rand() % 3], key[rand() % nmem] = (char)(rand() % 6);
+			if (in_object)
+				n += (size_t)snprintf(t + n, cap - n, "%s%s\"%d\": ", e ? "," : "", gap, e);
+			else
+				n += (size_t)snprintf(t + n, cap - n, "%s%s", e ? "," : "", gap);
+			n += (size_t)snprintf(t + n, cap - n, "{");
+			int m = rand() % 50 ? nmem : rand() % 8; /* at times fewer or more members */
+			for (int k = 0; k < m; k++) {
+				n += (size_t)snprintf(t + n, cap - n, "%s%s  \"%s\":%s", k ? "," : "", gap, keys[(int)key[k % nmem]],
+						      rand() % 60 ? " " : "");
+				n += shape_value(t + n, cap - n, kinds[k % nmem], i % 2);
+			}
+			n += (size_t)snprintf(t + n, cap - n, "%s}", m ? gap : "");
+			if (i % 2 && rand() % 3000 == 0) /* a missing comma, a stray byte */
+				t[n++] = rand() % 2 ? ' ' : 'x';
+		}
+		n += (size_t)snprintf(t + n, cap - n, "%s%s", gap, in_object ? "}" : "]");
+		if (nested && 3 * (n - list) + 64 < cap - n) {
+			/* the same list again where it is kept at depth 1 ("content"),
+			 * and one deeper: its objects are read against a shape learned
+			 * where they were only checked, or at another depth */
+			size_t ln = n - list;
+			n += (size_t)snprintf(t + n, cap - n, ", \"content\": ");
+			memmove(t + n, t + list, ln), n += ln;
+			n += (size_t)snprintf(t + n, cap - n, ", \"q\": [");
+			memmove(t + n, t + list, ln), n += ln;
+			n += (size_t)snprintf(t + n, cap - n, "]");
+		}
+		n += (size_t)snprintf(t + n, cap - n, "%s", nested ? "}" : "");
+		int depth = 1 + rand() % 4;
+		struct jd_arena a1 = {0}, a2 = {0};
+		struct jd v1, v2;
+		size_t u1 = 0, u2 = 0;
+		jsonl_shape_min(0);
+		int r1 = jsonl_parse_jd_keep(t, n, keep, 3, depth, &a1, &v1, i % 2 ? &u1 : NULL);
+		int c1 = jsonl_is_json(t, n), d1 = jsonl_is_direct(t, n);
+		jsonl_shape_min(SIZE_MAX);
+		int r2 = jsonl_parse_jd_keep(t, n, keep, 3, depth, &a2, &v2, i % 2 ? &u2 : NULL);
+		int c2 = jsonl_is_json(t, n), d2 = jsonl_is_direct(t, n);
+		CHECK(r1 == r2 && u1 == u2 && c1 == c2 && d1 == d2 && (r1 < 0 || same_jd(&v1, &v2)),
+		      "seed %u text %d (depth %d): with shapes %d %zu %d %d, without %d %zu %d %d", seed, i, depth, r1, u1, c1,
+		      d1, r2, u2, c2, d2);
+		shaped += r1 == 0, refused += r1 < 0;
+		jd_arena_free(&a1), jd_arena_free(&a2);
+	}
+	CHECK(shaped > 30 && refused > 30, "seed %u: %d texts parsed, %d refused (a case is not exercised)", seed, shaped,
+	      refused);
+	printf("# %d texts parsed, %d refused\n", shaped, refused);
+	jsonl_shape_min(was);
+	free(t);
+}
+
 /* jsonl_object_next gives each member of random objects (as jq prints them,
  * compact and pretty), keys escaped or not, in order, and stops at broken ones. */
 static void test_object_next(void)
@@ -1895,6 +2021,7 @@ int main(void)
 	RUN(test_object_next);
 	RUN(test_parse_jd_keep);
 	RUN(test_is_json);
+	RUN(test_shapes);
 	/* the string scans and the UTF-8 check on each vector path this CPU has */
 	for (int level = jsonl_simd_limit(2); level >= 0; level--) {
 		static const char *const names[] = {"SSE2", "AVX2", "AVX-512"};
