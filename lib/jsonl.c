@@ -256,8 +256,8 @@ struct scan_state {
  * left). The ASCII test is taken over all four blocks: on mixed text (Latin
  * and Cyrillic) a test per block is mispredicted often, and over four it is
  * taken or not for long stretches (8 KB of such text: 8.5 -> 10.2 GB/s,
- * ASCII 12.6 -> 32 GB/s). Apart from the short strings' path, which would
- * otherwise spill its registers. */
+ * ASCII 12.6 -> 32 GB/s). A function of its own: inlined, it made the
+ * short strings' path spill its registers. */
 __attribute__((target("avx2"), noinline)) static const char *scan_steps_avx2(const char *q, const char *end,
 									   struct scan_state *st)
 {
