@@ -1372,52 +1372,33 @@ size_t jsonl_shape_min(size_t bytes)
 }
 
 static int fp_kept(const struct fastp *p);
-static size_t scan_string(const char *s, size_t n);
-static int is_json_space(char c);
+static int container_next(const char *s, size_t n, int obj, size_t *at, size_t *ka, size_t *kb, size_t *a, size_t *b);
 
 /* The object just parsed from s0 to p->s into obj, as the shape; left
- * without one where it is not flat, has more than SHAPE_MEMBERS members
- * or repeats a kept key. The text is valid JSON: fp_object took it. */
+ * without one where it is empty or not flat, has more than SHAPE_MEMBERS
+ * members or repeats a kept key. */
 static void shape_learn(struct fastp *p, const char *s0, const struct jd *obj)
 {
 	struct shape *t = p->shape;
-	const char *q = s0 + 1, *end = p->s, *lit = s0;
+	const char *end = p->s;
+	size_t len = (size_t)(end - s0), at = 0, ka, kb, a, b, lit = 0;
 	uint32_t n = 0, k = 0, built = obj->kind == JD_OBJECT ? obj->n : 0;
+	int r;
 	t->depth = 0;
-	for (;;) {
-		while (is_json_space(*q))
-			q++;
-		if (*q == '}' || n == SHAPE_MEMBERS)
-			break; /* {} (no values to read), or too many */
-		const char *key = q;
-		q += scan_string(q, (size_t)(end - q));
-		while (is_json_space(*q))
-			q++;
-		for (q++; is_json_space(*q); q++) /* past the ':' */
-			;
-		char kind = *q == '"' ? '"' : *q == 't' || *q == 'f' || *q == 'n' ? 'w' : *q == '{' || *q == '[' ? 0 : '0';
-		size_t vl = kind == '"' ? scan_string(q, (size_t)(end - q)) : kind == 'w' ? (*q == 'f' ? 5 : 4) : 0;
-		while (kind == '0' && !is_json_space(q[vl]) && q[vl] != ',' && q[vl] != '}')
-			vl++;
-		p->s = key; /* fp_kept reads the key there */
+	while ((r = container_next(s0, len, 1, &at, &ka, &kb, &a, &b)) > 0 && n < SHAPE_MEMBERS) {
+		char c = s0[a], kind = c == '"' ? '"' : c == 't' || c == 'f' || c == 'n' ? 'w' : c == '{' || c == '[' ? 0 : '0';
+		p->s = s0 + ka; /* fp_kept reads the key there */
 		int kept = kind && fp_kept(p) && !p->check_only;
 		if (!kind || (kept && k == built))
 			break; /* not flat; a repeated key (fewer members than keys) */
-		t->v[n].off = (uint32_t)(lit - s0), t->v[n].len = (uint32_t)(q - lit), t->v[n].kind = kind;
+		t->v[n].off = (uint32_t)lit, t->v[n].len = (uint32_t)(a - lit), t->v[n].kind = kind;
 		t->v[n].kept = (uint8_t)kept;
 		t->v[n].key = kept ? obj->u.members[k++].key : jd_null();
-		n++;
-		q += vl, lit = q;
-		while (is_json_space(*q))
-			q++;
-		if (*q == '}') { /* the end: the shape, if every member built was seen */
-			if (k == built) {
-				t->tail_off = (uint32_t)(lit - s0), t->tail_len = (uint32_t)(end - lit);
-				t->text = s0, t->n = n, t->check_only = p->check_only, t->depth = p->depth;
-			}
-			break;
-		}
-		q++; /* ',' */
+		n++, lit = b;
+	}
+	if (r == 0 && n) { /* every member seen (a kept key repeated stops the loop: k never passes built) */
+		t->tail_off = (uint32_t)lit, t->tail_len = (uint32_t)(len - lit);
+		t->text = s0, t->n = n, t->check_only = p->check_only, t->depth = p->depth;
 	}
 	p->s = end;
 }
@@ -1477,10 +1458,10 @@ static int fp_value(struct fastp *p, struct jd *out)
 			rc = fp_array(p, out);
 		} else if (p->shape && p->depth > 1) { /* the top level's members go through the memo */
 			const char *s0 = p->s;
-			rc = p->shape->depth == p->depth && p->shape->check_only == p->check_only ? fp_shaped(p, out) : 0;
-			if (rc == 0 && (rc = fp_object(p, out)) == 0)
+			int shaped = p->shape->depth == p->depth && p->shape->check_only == p->check_only ? fp_shaped(p, out) : 0;
+			rc = shaped < 0 ? -1 : shaped ? 0 : fp_object(p, out);
+			if (!shaped && rc == 0)
 				shape_learn(p, s0, out);
-			rc = rc < 0 ? -1 : 0;
 		} else {
 			rc = fp_object(p, out);
 		}
