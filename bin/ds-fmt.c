@@ -100,6 +100,9 @@ struct pool {
 	struct batch *todo, *todo_tail;
 	struct batch *awaited; /* the batch the main thread waits for: only its end wakes it */
 	int quit;
+	int last; /* no batch comes after those queued: a worker leaves when there is none */
+	struct worker *w; /* all nw of them, w[0] the main thread's */
+	int nw;
 	const char *name; /* the input's name, for messages */
 	const char *map;  /* a mapped input's bytes, size of them */
 	size_t size;
@@ -107,12 +110,14 @@ struct pool {
 
 struct worker {
 	pthread_t th;
+	int id, started; /* started by worker id / 2 (w[1] by the main thread), th set */
 	struct pool *p;
 	struct chat_model *m; /* the thread's own copies of every shared jv */
 	struct chat_opts o;
 	struct jd_shared *tools; /* --tools, the thread's own copy (o.tools is its value) */
 	struct jsonl_memo *memo; /* the tool list most records repeat, parsed once */
 	struct jd_arena a;       /* the record being formatted and what is made from it */
+	struct chat_memo_stats memo_stats; /* what its memo of shapes saved, kept when the rest is freed */
 };
 
 /* The input's name for a message of the batch's line: NULL in a range,
@@ -237,16 +242,35 @@ static struct batch *pool_take(struct pool *p)
 	return b;
 }
 
+/* Frees what the worker made and was given, by its own thread (the jv
+ * and jd_shared reference counts are its alone); its memo's stats stay. */
+static void worker_free(struct worker *w)
+{
+	w->memo_stats = chat_model_memo_stats(w->m);
+	chat_model_free(w->m);
+	jsonl_memo_free(w->memo);
+	jd_arena_free(&w->a);
+	jd_shared_unref(w->tools);
+	jv_free(w->o.vars);
+	w->m = NULL, w->memo = NULL, w->tools = NULL, w->o.vars = jv_null();
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
 	struct pool *p = w->p;
+	/* Each worker starts two more, so that the threads start side by side,
+	 * not one after another on the main thread. A worker that cannot be
+	 * started is done without: the others take its share. */
+	for (int c = 2 * w->id; c <= 2 * w->id + 1 && c < p->nw; c++)
+		p->w[c].started = msg_thread_start(&p->w[c].th, worker_main, &p->w[c]) == 0;
 	for (;;) {
 		pthread_mutex_lock(&p->mu);
-		while (!p->quit && !p->todo)
+		while (!p->quit && !p->todo && !p->last)
 			pthread_cond_wait(&p->work, &p->mu);
-		if (p->quit) {
+		if (p->quit || !p->todo) {
 			pthread_mutex_unlock(&p->mu);
+			worker_free(w);
 			tmpl_thread_release();
 			return NULL;
 		}
@@ -291,14 +315,19 @@ static void pool_wait(struct pool *p, struct batch *b, struct worker *self)
 	pthread_mutex_unlock(&p->mu);
 }
 
-/* Workers: as many as asked, else one per CPU this process may run on. */
-static int thread_count(int asked)
+/* Workers: as many as asked, else one per CPU this process may run on;
+ * for a mapped input of size bytes (else 0), one per range at most. */
+static int thread_count(int asked, size_t size)
 {
-	if (asked > 0)
-		return asked;
+	int n = asked;
 	cpu_set_t set;
-	int n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
-	return n < 1 ? 1 : n > DEFAULT_THREADS ? DEFAULT_THREADS : n;
+	if (n <= 0)
+		n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+	if (asked <= 0 && n > DEFAULT_THREADS)
+		n = DEFAULT_THREADS;
+	if (size && (size_t)n > (size + RANGE - 1) / RANGE)
+		n = (int)((size + RANGE - 1) / RANGE);
+	return n < 1 ? 1 : n;
 }
 
 static void batch_release_blocks(struct batch *b)
@@ -445,8 +474,8 @@ int main(int argc, char **argv)
 
 	msg_catch_signals();
 
-	/* The workers' copies are made here, before any thread runs: even
-	 * jv_copy of a shared value is a write. */
+	/* The workers' copies of the shared values are made here, before any
+	 * thread runs: even jv_copy of a shared value is a write. */
 	struct pool pool = {.name = jsonl_name(in)};
 	int ranges = !jq && jsonl_mapped(in, &pool.map, &pool.size); /* else lines read here */
 	size_t range_at = 0;
@@ -454,10 +483,10 @@ int main(int argc, char **argv)
 	pthread_mutex_init(&pool.mu, NULL);
 	pthread_cond_init(&pool.work, NULL);
 	pthread_cond_init(&pool.done, NULL);
-	int nw = thread_count((int)opt_int(&r, "threads", 0));
+	int nw = thread_count((int)opt_int(&r, "threads", 0), ranges ? pool.size : 0);
 	struct worker w[MAX_THREADS];
 	for (int i = 0; i < nw; i++) {
-		w[i] = (struct worker){.p = &pool, .o = o};
+		w[i] = (struct worker){.id = i, .p = &pool, .o = o};
 		w[i].m = chat_model_for_thread(m, &err);
 		msg_die_if(!w[i].m, &err);
 		if (!(w[i].memo = jsonl_memo_new()))
@@ -468,9 +497,9 @@ int main(int argc, char **argv)
 		w[i].o.vars = chat_jv_clone(jv_copy(o.vars));
 	}
 	/* w[0] is the main thread's own; SIGINT and SIGTERM stay the main thread's, to interrupt its read */
-	for (int i = 1; i < nw; i++)
-		if (msg_thread_start(&w[i].th, worker_main, &w[i]) < 0)
-			msg_die(EXIT_RUNTIME, "cannot start a thread");
+	pool.w = w, pool.nw = nw;
+	if (nw > 1)
+		w[1].started = msg_thread_start(&w[1].th, worker_main, &w[1]) == 0;
 
 	struct progress prog;
 	progress_start(&prog, "records", 0, opt_progress(&r));
@@ -493,6 +522,12 @@ int main(int argc, char **argv)
 				head = b;
 			inflight++;
 			tail = b;
+		}
+		if (eof && !pool.last) { /* the workers leave as the queue empties */
+			pthread_mutex_lock(&pool.mu);
+			pool.last = 1;
+			pthread_cond_broadcast(&pool.work);
+			pthread_mutex_unlock(&pool.mu);
 		}
 		if (!head)
 			break;
@@ -544,8 +579,12 @@ int main(int argc, char **argv)
 	pool.quit = 1;
 	pthread_cond_broadcast(&pool.work);
 	pthread_mutex_unlock(&pool.mu);
-	for (int i = 1; i < nw; i++)
-		pthread_join(w[i].th, NULL);
+	for (int i = 1; i < nw; i++) /* each after the one that started it, which set started */
+		if (w[i].started)
+			pthread_join(w[i].th, NULL);
+	for (int i = 0; i < nw; i++) /* the started ones freed theirs */
+		if (i == 0 || !w[i].started)
+			worker_free(&w[i]);
 	if (stopping == 1)
 		msg_die_err(&stop);
 	progress_end(&prog);
@@ -558,20 +597,13 @@ int main(int argc, char **argv)
 	if (opt_progress(&r) > 0) { /* what the memo of shapes saved */
 		struct chat_memo_stats t = {0};
 		for (int i = 0; i < nw; i++) {
-			struct chat_memo_stats s = chat_model_memo_stats(w[i].m);
+			struct chat_memo_stats s = w[i].memo_stats;
 			t.replayed += s.replayed, t.unparsed += s.unparsed, t.learned += s.learned, t.refused += s.refused;
 		}
 		fprintf(stderr,
 			"%s: %llu records written from %llu shapes learned; %llu shapes rendered every time; "
 			"%llu lines not parsed\n",
 			msg_prog(), t.replayed, t.learned, t.refused, t.unparsed);
-	}
-	for (int i = 0; i < nw; i++) {
-		chat_model_free(w[i].m);
-		jsonl_memo_free(w[i].memo);
-		jd_arena_free(&w[i].a);
-		jd_shared_unref(w[i].tools);
-		jv_free(w[i].o.vars);
 	}
 	while (spare) {
 		struct batch *b = spare;

@@ -146,22 +146,25 @@ struct chat_memo {
 
 enum { INDEX_BYTES = 2 * MAX_ENTRIES * sizeof(uint32_t) };
 
-struct chat_memo *chat_memo_new(void)
+struct chat_memo *chat_memo_new(void) { return calloc(1, sizeof(struct chat_memo)); }
+
+/* The tables, made at the memo's first use, by the thread that uses it
+ * (a memo made for a thread that gets no record costs nothing): 0, or -1. */
+static int tables_made(struct chat_memo *m)
 {
-	struct chat_memo *m = calloc(1, sizeof *m);
-	if (!m)
-		return NULL;
-	m->tab = malloc(MAX_ENTRIES * sizeof *m->tab);
-	m->lines = malloc(MAX_ENTRIES * sizeof *m->lines);
-	m->tab_index = malloc(INDEX_BYTES);
-	m->lines_index = malloc(INDEX_BYTES);
-	if (!m->tab || !m->lines || !m->tab_index || !m->lines_index) {
-		chat_memo_free(m);
-		return NULL;
+	if (m->tab)
+		return 0;
+	struct memo_shape *tab = malloc(MAX_ENTRIES * sizeof *tab);
+	struct memo_line *lines = malloc(MAX_ENTRIES * sizeof *lines);
+	uint32_t *tab_index = malloc(INDEX_BYTES), *lines_index = malloc(INDEX_BYTES);
+	if (!tab || !lines || !tab_index || !lines_index) {
+		free(tab), free(lines), free(tab_index), free(lines_index);
+		return -1;
 	}
-	memset(m->tab_index, 0, INDEX_BYTES); /* written, not calloc's: see the tables */
-	memset(m->lines_index, 0, INDEX_BYTES);
-	return m;
+	memset(tab_index, 0, INDEX_BYTES); /* written, not calloc's: see the tables */
+	memset(lines_index, 0, INDEX_BYTES);
+	m->tab = tab, m->lines = lines, m->tab_index = tab_index, m->lines_index = lines_index;
+	return 0;
 }
 
 static void aparts_free(struct apart *a, uint32_t n)
@@ -376,7 +379,7 @@ static int content_room(struct chat_memo *m, size_t n)
 
 struct memo_shape *chat_memo_find(struct chat_memo *m, const void *t, const struct jd *msgs, const struct jd *tools)
 {
-	if (!m || msgs->kind != JD_ARRAY)
+	if (!m || msgs->kind != JD_ARRAY || tables_made(m) < 0)
 		return NULL;
 	m->key.n = 0, m->key.oom = 0, m->msgs = NULL;
 	if (!kroom(m, 64))
@@ -1322,7 +1325,7 @@ static int line_program(struct chat_memo *m, struct memo_line *l)
 int chat_memo_line_put(struct chat_memo *m, const char *line, size_t len, const char *system, size_t max_output,
 		       struct jsonl_buf *b, long **spans, size_t *nspans, const struct jd_member **top, size_t *ntop)
 {
-	if (!m)
+	if (!m || tables_made(m) < 0)
 		return -1;
 	const struct memo_line *l = NULL;
 	if (m->run && match_line(m, &m->lines[m->last_line - 1], line, len) == 0) {

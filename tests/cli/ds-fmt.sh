@@ -399,6 +399,14 @@ for n in 1 2 3 16; do
 		cmp -s "$T/err" "$T/want.err" && [ "$(wc -l < "$T/out")" -eq 3001 ] && stderr_has "ranges-$n" 'ranges.jsonl:3061: message 0' &&
 		ok "a 4 MB file in ranges, --threads $n: the pipe's output and warnings" || unreported "ranges-$n"
 done
+# --progress's memo figures add up every worker's (each frees its own memo
+# when it leaves): a record is written from a shape or renders one learned,
+# whatever the thread count; the four lines of ~600 KB are rendered.
+memo_sum() { sed -n 's/.*: \([0-9]*\) records written from \([0-9]*\) shapes learned;.*/\1 \2/p' "$T/err" | awk '{print $1 + $2}'; }
+expect memo-sum-1 0 "$DS" --model "$Q" --skip-bad --threads 1 --progress -o /dev/null "$T/ranges.jsonl" && one=$(memo_sum) &&
+	expect memo-sum-16 0 "$DS" --model "$Q" --skip-bad --threads 16 --progress -o /dev/null "$T/ranges.jsonl" &&
+	[ "$one" = 2997 ] && [ "$(memo_sum)" = 2997 ] &&
+	ok "--progress: the memo's figures of 16 workers add up (2997 records)" || notok memo-sum "1 thread: $one, 16: $(memo_sum)"
 # standard input that is the file (< FILE) is mapped and cut so too
 expect ranges-stdin 0 "$DS" --model "$Q" --skip-bad --threads 2 < "$T/ranges.jsonl" && cmp -s "$T/out" "$T/want" &&
 	sed -i "s|<stdin>|$T/ranges.jsonl|" "$T/err" && cmp -s "$T/err" "$T/want.err" &&
