@@ -52,7 +52,7 @@ static const struct opt opts[] = {
 	 .repeat = 1},
 	{"skip-bad", 0, OPT_FLAG, NULL, "skip and count bad records instead of stopping"},
 	{"no-memo", 0, OPT_FLAG, NULL, "parse and render every record, even one of a line or shape seen before (the output is the same)"},
-	{"threads", 0, OPT_INT, "N", "threads that format records, the main one included (default 0: one per CPU, at most 16)", .min = 0, .max = MAX_THREADS},
+	{"threads", 0, OPT_INT, "N", "threads that format records, the main one included (default 0: one per CPU, at most 16; a file: at most one per 64 KiB)", .min = 0, .max = MAX_THREADS},
 	{"output", 'o', OPT_STRING, "FILE", "write here (atomically) instead of standard output"},
 	OPT_COMMON_ROWS,
 	{0},
