@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -2584,36 +2585,64 @@ static int recur_scan(const char *s, const char *from, const char *to, const cha
 }
 
 /* A text of megabytes (a tokenizer.json past its added_tokens) is scanned
- * in two halves at once: start-up waits on it, and the other core idles. */
-enum { RECUR_HALVES = 4 << 20 };
+ * in parts at once, one per CPU the process may use and of RECUR_PART
+ * bytes at least: start-up waits on it, and the other cores idle. */
+enum { RECUR_PART = 2 << 20, RECUR_PARTS = 16 };
 
-struct recur_half {
+static int recur_parts_fixed; /* 0: by size and CPUs */
+
+int jsonl_recur_parts(int parts)
+{
+	int was = recur_parts_fixed;
+	recur_parts_fixed = parts < 0 ? 0 : parts > RECUR_PARTS ? RECUR_PARTS : parts;
+	return was;
+}
+
+struct recur_part {
 	const char *s, *from, *to, *end, *q, *key;
 	size_t qn, r, kn;
-	int found;
+	int found, running;
+	pthread_t th;
 };
 
-static void *recur_half_main(void *arg)
+static void *recur_part_main(void *arg)
 {
-	struct recur_half *h = arg;
-	h->found = recur_scan(h->s, h->from, h->to, h->end, h->q, h->qn, h->r, h->key, h->kn);
+	struct recur_part *p = arg;
+	p->found = recur_scan(p->s, p->from, p->to, p->end, p->q, p->qn, p->r, p->key, p->kn);
 	return NULL;
 }
 
-/* recur_scan of s..end in two halves, the second on a thread: 1 with
- * *found set, or 0 when no thread could start. */
-static int recur_halves(const char *s, const char *end, const char *q, size_t qn, size_t r, const char *key, size_t kn,
-			int *found)
+/* recur_scan of s..end, its parts after the first on threads of their own
+ * (a part whose thread cannot start is scanned here). */
+static int recur_in_parts(const char *s, const char *end, const char *q, size_t qn, size_t r, const char *key,
+			  size_t kn)
 {
-	const char *mid = s + (end - s) / 2;
-	struct recur_half h = {s, mid, end, end, q, key, qn, r, kn, 0};
-	pthread_t th;
-	if (msg_thread_start(&th, recur_half_main, &h) < 0)
-		return 0;
-	int first = recur_scan(s, s, mid, end, q, qn, r, key, kn);
-	pthread_join(th, NULL);
-	*found = first || h.found;
-	return 1;
+	size_t n = (size_t)(end - s), k = n / RECUR_PART;
+	cpu_set_t set;
+	size_t cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? (size_t)CPU_COUNT(&set) : 1;
+	if (k > cpus)
+		k = cpus;
+	if (k > RECUR_PARTS)
+		k = RECUR_PARTS;
+	if (recur_parts_fixed)
+		k = (size_t)recur_parts_fixed;
+	if (k < 2)
+		return recur_scan(s, s, end, end, q, qn, r, key, kn);
+	struct recur_part part[RECUR_PARTS];
+	for (size_t i = 0; i < k; i++) {
+		part[i] = (struct recur_part){s, s + n * i / k, s + n * (i + 1) / k, end, q, key, qn, r, kn, 0, 0};
+		if (i > 0)
+			part[i].running = msg_thread_start(&part[i].th, recur_part_main, &part[i]) == 0;
+	}
+	int found = 0;
+	for (size_t i = 0; i < k; i++) {
+		if (part[i].running)
+			pthread_join(part[i].th, NULL);
+		else
+			recur_part_main(&part[i]);
+		found |= part[i].found;
+	}
+	return found;
 }
 
 /* Whether the JSON text s[0..n) may name the key key[0..kn) again: it holds
@@ -2648,10 +2677,7 @@ static int key_may_recur(const char *s, size_t n, const char *key, size_t kn)
 				return 1;
 		return 0;
 	}
-	int found;
-	if (n < RECUR_HALVES || !recur_halves(s, end, q, qn, r, key, kn, &found))
-		return recur_scan(s, s, end, end, q, qn, r, key, kn);
-	return found;
+	return recur_in_parts(s, end, q, qn, r, key, kn);
 }
 
 /* In the container at s[*i] ('{' or '['): the value of the last member named

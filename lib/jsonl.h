@@ -245,8 +245,8 @@ int jsonl_reserve(struct jsonl_buf *b, size_t more);
  * escape of one of its characters follows) and at an array's element: the
  * rest is then only checked to end in the closing bracket. For JSON the
  * answer is the same; text broken past that point is not seen to be. The
- * rest of a text of 4 MB or more is searched for the key in two halves, the
- * second on a thread of its own, joined before the answer. */
+ * rest of a text of 4 MB or more is searched for the key in parts at once,
+ * on threads joined before the answer (jsonl_key_may_recur). */
 int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b);
 /* jsonl_locate of a top-level key in two steps, for a caller with work to
  * do meanwhile: where the value of the key's first member begins (*a), the
@@ -257,8 +257,14 @@ int jsonl_locate(const char *s, size_t n, const char *path, size_t *a, size_t *b
  * later member may name it again, which jsonl_locate answers. */
 int jsonl_locate_start(const char *s, size_t n, const char *key, size_t *a);
 /* Whether the JSON text s[0..n) may name key again: the rest-of-the-text
- * search of jsonl_locate, 1 when unsure (4 MB and more: on two threads). */
+ * search of jsonl_locate, 1 when unsure (4 MB and more: in parts of 2 MB
+ * or more on as many threads as CPUs, at most 16). */
 int jsonl_key_may_recur(const char *s, size_t n, const char *key);
+/* Makes jsonl_key_may_recur cut every text into parts (1 to 16) parts,
+ * whatever its size and the CPUs (0: as by default); returns the number
+ * set before. For a test to cut texts where it chooses; not while other
+ * threads scan. */
+int jsonl_recur_parts(int parts);
 /* The elements of the JSON array s[0..n) one by one, scanned as jsonl_locate
  * scans: *at starts at 0; each call sets s[*a, *b) to the next element and
  * returns 1, then 0 after the last, or -1 when the text is not an array as far

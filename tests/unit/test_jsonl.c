@@ -1772,38 +1772,71 @@ static void test_parse_memo(void)
 		jv_free(pool[i]);
 }
 
-/* A text of megabytes is scanned for a repeat of the key in two halves at
- * once: a repeat written plainly or with an escape at every offset around
- * the halves' border is found, and a text without one gives the first value. */
-static void test_locate_halves(void)
+/* The text after a key's first value is scanned for a repeat of the key in
+ * parts at once (of 2 MB or more, one per CPU; 5 MB: two on a machine of two
+ * CPUs or more), or cut as jsonl_recur_parts says. Around every border
+ * between parts, at every offset: a repeat written plainly or with an
+ * escape is found and its value given; an escape whose backslashes begin
+ * in the part before is one, and a backslash escaped there is none; a text
+ * without a repeat gives the first value. */
+static void test_locate_parts(void)
 {
-	enum { N = 5 << 20 };
-	char *t = malloc(N + 1);
-	const char *head = "{\"added_tokens\": [1], \"pad\": \"", *keys[] = {"\"added_tokens\"", "\"added\\u005ftokens\""};
+	static const struct {
+		size_t n;
+		int parts, k, border[3]; /* parts 0: as by default (k of them), and the borders tried */
+	} cut[] = {{5 << 20, 0, 2, {1}}, {40 << 10, 3, 3, {1, 2}}, {40 << 10, 16, 16, {15}}};
+	static const struct {
+		const char *text; /* at the border, in the pad string, or (a key) as a member after it */
+		int key, may;
+	} form[] = {
+		{"\"added_tokens\"", 1, 1},
+		{"\"added\\u005ftokens\"", 1, 1},
+		{"x\\u005f", 0, 1},       /* \u005f: an escape, of '_' */
+		{"\\\\u005f", 0, 0},     /* \\ then u005f */
+		{"\\\\\\u005f", 0, 1}, /* \\ then \u005f */
+		{"", 0, 0},
+	};
+	const char *head = "{\"added_tokens\": [1], \"pad\": \"";
 	size_t hn = strlen(head), S = hn - strlen(", \"pad\": \""); /* the scan for a repeat starts at the ',' */
-	size_t mid = S + (N - S) / 2;
-	for (int form = 0; form < 3 && !check_case_failed; form++)
-		for (int shift = -24; shift <= 8 && !check_case_failed; shift++) {
-			const char *key = keys[form == 1];
-			size_t at = (size_t)((long)mid + shift); /* where the repeated key begins */
-			memcpy(t, head, hn);
-			memset(t + hn, 'a', N - hn);
-			size_t k = at - 3; /* the pad string ends, then ", " */
-			memcpy(t + k, "\", ", 3);
-			k += 3;
-			if (form < 2) {
-				memcpy(t + k, key, strlen(key));
-				k += strlen(key);
-				memcpy(t + k, ": [2]", 5), k += 5;
-			}
-			memset(t + k, ' ', N - 1 - k); /* the rest white space, then the end */
-			t[N - 1] = '}';
-			size_t a, b;
-			int rc = jsonl_locate(t, N, "added_tokens", &a, &b);
-			const char *want = form < 2 ? "[2]" : "[1]";
-			CHECK(rc == 1 && b - a == 3 && !memcmp(t + a, want, 3), "form %d, key at the border %+d: %d '%.*s'", form,
-			      shift, rc, rc == 1 ? (int)(b - a) : 0, rc == 1 ? t + a : "");
-		}
+	char *t = malloc(5 << 20);
+	for (size_t c = 0; c < sizeof cut / sizeof *cut && !check_case_failed; c++) {
+		int was = jsonl_recur_parts(cut[c].parts);
+		size_t n = cut[c].n;
+		for (int j = 0; j < 3 && cut[c].border[j] && !check_case_failed; j++)
+			for (size_t f = 0; f < sizeof form / sizeof *form && !check_case_failed; f++)
+				for (int shift = -16; shift <= 4 && !check_case_failed; shift++) {
+					int i = cut[c].border[j];
+					size_t border = S + (n - S) * (size_t)i / (size_t)cut[c].k;
+					size_t at = (size_t)((long)border + shift), len = strlen(form[f].text);
+					memcpy(t, head, hn);
+					memset(t + hn, 'a', n - hn);
+					size_t k = at;
+					if (form[f].key) { /* the pad string ends before it, then ", " */
+						memcpy(t + at - 3, "\", ", 3);
+						memcpy(t + k, form[f].text, len);
+						k += len;
+						memcpy(t + k, ": [2]", 5), k += 5;
+					} else { /* the end of the pad string */
+						memcpy(t + k, form[f].text, len);
+						k += len;
+						t[k++] = '"';
+					}
+					memset(t + k, ' ', n - 1 - k); /* the rest white space, then the end */
+					t[n - 1] = '}';
+					int may = jsonl_key_may_recur(t + S, n - S, "added_tokens");
+					CHECK(may == form[f].may, "%zu bytes in %d parts, '%s' at border %d %+d: may recur %d",
+					      n, cut[c].parts, form[f].text, i, shift, may);
+					if (form[f].may && !form[f].key) /* jsonl_locate parses it whole: not the point here */
+						continue;
+					size_t a, b;
+					int rc = jsonl_locate(t, n, "added_tokens", &a, &b);
+					const char *want = form[f].key ? "[2]" : "[1]";
+					CHECK(rc == 1 && b - a == 3 && !memcmp(t + a, want, 3),
+					      "%zu bytes in %d parts, '%s' at border %d %+d: %d '%.*s'", n, cut[c].parts,
+					      form[f].text, i, shift, rc, rc == 1 ? (int)(b - a) : 0, rc == 1 ? t + a : "");
+				}
+		jsonl_recur_parts(was);
+	}
 	free(t);
 }
 
@@ -2016,7 +2049,7 @@ int main(void)
 	RUN(test_parse_memo);
 	RUN(test_put_integers);
 	RUN(test_locate);
-	RUN(test_locate_halves);
+	RUN(test_locate_parts);
 	RUN(test_array_next);
 	RUN(test_object_next);
 	RUN(test_parse_jd_keep);
