@@ -1093,9 +1093,33 @@ static uint64_t be8(const char *s, size_t n, size_t at)
 	return h;
 }
 
+/* ix[0..n) in the order of cmp_ranked, through tmp (as long): a merge sort
+ * whose comparisons are inlined, which qsort_r's cannot be (Gemma 3's 6,406
+ * markers of one tier: 0.55 ms with qsort_r). */
+static void sort_ranked(struct ranked *ix, struct ranked *tmp, size_t n, const struct chat_markers *mk)
+{
+	struct ranked *from = ix, *to = tmp;
+	for (size_t w = 1; w < n; w *= 2) {
+		for (size_t lo = 0; lo < n; lo += 2 * w) {
+			size_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
+			size_t i = lo, j = mid, k = lo;
+			while (i < mid && j < hi)
+				to[k++] = cmp_ranked(&from[j], &from[i], (void *)mk) < 0 ? from[j++] : from[i++];
+			while (i < mid)
+				to[k++] = from[i++];
+			while (j < hi)
+				to[k++] = from[j++];
+		}
+		struct ranked *t = from;
+		from = to, to = t;
+	}
+	if (from != ix)
+		memcpy(ix, from, n * sizeof *ix);
+}
+
 int chat_markers_rank(struct chat_markers *mk, struct err *err)
 {
-	struct ranked *ix = malloc((mk->n + 1) * sizeof *ix);
+	struct ranked *ix = malloc(2 * (mk->n + 1) * sizeof *ix), *tmp = ix + mk->n + 1;
 	mk->maximal = malloc(mk->n + 1);
 	if (!ix || !mk->maximal) {
 		free(ix), free(mk->maximal);
@@ -1107,7 +1131,7 @@ int chat_markers_rank(struct chat_markers *mk, struct err *err)
 		size_t k0 = tier ? mk->nfirst : 0, k1 = tier ? mk->n : mk->nfirst;
 		for (size_t k = k0; k < k1; k++)
 			ix[k - k0] = (struct ranked){be8(mk->s[k], mk->len[k], 0), be8(mk->s[k], mk->len[k], 8), k, mk->len[k]};
-		qsort_r(ix, k1 - k0, sizeof *ix, cmp_ranked, mk);
+		sort_ranked(ix, tmp, k1 - k0, mk);
 		for (size_t r = 0; r < k1 - k0; r++) {
 			size_t k = ix[r].k, q = r + 1; /* past copies of it, the next one */
 			while (q < k1 - k0 && mk->len[ix[q].k] == mk->len[k] && !memcmp(mk->s[ix[q].k], mk->s[k], mk->len[k]))

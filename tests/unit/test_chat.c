@@ -324,6 +324,9 @@ static void test_spans(void)
 	free(spans);
 }
 
+static int cmp_store(const void *a, const void *b) { return strcmp(a, b); }
+static int cmp_store_reversed(const void *a, const void *b) { return strcmp(b, a); }
+
 /* chat_markers_rank against a brute force over random marker sets (from two
  * letters, so that one often begins another; of 1 to 4 bytes and of 6 to 13,
  * some with 7 bytes in common); and the spans found with the
@@ -331,9 +334,9 @@ static void test_spans(void)
 static void test_markers_rank(void)
 {
 	for (int round = 0; round < 1200 && !check_case_failed; round++) {
-		char store[12][24];
-		const char *s[12];
-		size_t len[12], n = 2 + rng_below(check_rng(), 10);
+		char store[40][24]; /* up to 40: the merge sort's runs of 1 to 32 */
+		const char *s[40];
+		size_t len[40], n = 2 + rng_below(check_rng(), round % 5 ? 10 : 38);
 		for (size_t k = 0; k < n; k++) {
 			/* short ones, and past the 8 and 16 bytes the sort compares first */
 			len[k] = round % 2 ? 1 + rng_below(check_rng(), 4) : 6 + rng_below(check_rng(), 16);
@@ -342,8 +345,21 @@ static void test_markers_rank(void)
 			for (size_t i = 0; i < len[k]; i++)
 				store[k][i] = i < shared ? 'a' : "ab"[rng_below(check_rng(), 2)];
 			store[k][len[k]] = 0;
-			s[k] = store[k];
 		}
+		/* in some rounds two chains, each marker of one beginning the next
+		 * (only the longest of each is maximal), in a random order */
+		if (round % 7 == 6)
+			for (size_t k = 0; k < n; k++) {
+				size_t j = rng_below(check_rng(), k + 1), lj = k / 2 + 1;
+				memmove(store[k], store[j], sizeof *store);
+				memset(store[j], "ab"[k % 2], lj);
+				store[j][lj] = 0;
+			}
+		/* in one round of three, already in order, or in the reverse order */
+		else if (round % 3 == 1 || round % 3 == 2)
+			qsort(store, n, sizeof *store, round % 3 == 1 ? cmp_store : cmp_store_reversed);
+		for (size_t k = 0; k < n; k++)
+			s[k] = store[k], len[k] = strlen(store[k]);
 		struct chat_markers m = {s, len, n, rng_below(check_rng(), n + 1), NULL};
 		struct err err = {0};
 		CHECK(chat_markers_rank(&m, &err) == 0, "%s", err.msg);
