@@ -14,7 +14,6 @@
  * count.
  */
 #include <pthread.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -319,15 +318,10 @@ static void pool_wait(struct pool *p, struct batch *b, struct worker *self)
  * for a mapped input of size bytes (else 0), one per range at most. */
 static int thread_count(int asked, size_t size)
 {
-	int n = asked;
-	cpu_set_t set;
-	if (n <= 0)
-		n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
-	if (asked <= 0 && n > DEFAULT_THREADS)
-		n = DEFAULT_THREADS;
+	int n = asked > 0 ? asked : msg_cpus() < DEFAULT_THREADS ? msg_cpus() : DEFAULT_THREADS;
 	if (size && (size_t)n > (size + RANGE - 1) / RANGE)
 		n = (int)((size + RANGE - 1) / RANGE);
-	return n < 1 ? 1 : n;
+	return n;
 }
 
 static void batch_release_blocks(struct batch *b)

@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <sched.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -2621,10 +2620,8 @@ static int recur_in_parts(const char *s, const char *end, const char *q, size_t 
 			  size_t kn)
 {
 	size_t n = (size_t)(end - s), k = n / RECUR_PART;
-	cpu_set_t set;
-	size_t cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? (size_t)CPU_COUNT(&set) : 1;
-	if (k > cpus)
-		k = cpus;
+	if (k > (size_t)msg_cpus())
+		k = (size_t)msg_cpus();
 	if (k > RECUR_PARTS)
 		k = RECUR_PARTS;
 	if (recur_parts_fixed)

@@ -260,7 +260,7 @@ int jsonl_locate_start(const char *s, size_t n, const char *key, size_t *a);
  * search of jsonl_locate, 1 when unsure (4 MB and more: in parts of 2 MB
  * or more on as many threads as CPUs, at most 16). */
 int jsonl_key_may_recur(const char *s, size_t n, const char *key);
-/* Makes jsonl_key_may_recur cut every text into parts (1 to 16) parts,
+/* Makes jsonl_key_may_recur cut every text into `parts` pieces (1 to 16),
  * whatever its size and the CPUs (0: as by default); returns the number
  * set before. For a test to cut texts where it chooses; not while other
  * threads scan. */

@@ -246,6 +246,13 @@ int msg_thread_start(pthread_t *th, void *(*fn)(void *), void *arg)
 	return rc;
 }
 
+int msg_cpus(void)
+{
+	cpu_set_t set;
+	int n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+	return n < 1 ? 1 : n;
+}
+
 void msg_catch_signals(void)
 {
 	struct sigaction sa = {.sa_handler = on_signal};

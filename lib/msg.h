@@ -74,5 +74,7 @@ void msg_catch_bus(const char *name);
  * the process may use one, and may then move. 0, or -1 when no thread could
  * start. */
 int msg_thread_start(pthread_t *th, void *(*fn)(void *), void *arg);
+/* The CPUs this process may run on (its affinity), at least 1. */
+int msg_cpus(void);
 
 #endif

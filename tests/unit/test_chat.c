@@ -328,7 +328,7 @@ static int cmp_store(const void *a, const void *b) { return strcmp(a, b); }
 static int cmp_store_reversed(const void *a, const void *b) { return strcmp(b, a); }
 
 /* chat_markers_rank against a brute force over random marker sets (from two
- * letters, so that one often begins another; of 1 to 4 bytes and of 6 to 13,
+ * letters, so that one often begins another; of 1 to 4 bytes and of 6 to 21,
  * some with 7 bytes in common); and the spans found with the
  * ranks, whose closer hint must not shorten a marker another extends. */
 static void test_markers_rank(void)
@@ -355,7 +355,7 @@ static void test_markers_rank(void)
 				memset(store[j], "ab"[k % 2], lj);
 				store[j][lj] = 0;
 			}
-		/* in one round of three, already in order, or in the reverse order */
+		/* in two rounds of three, already in order, or in the reverse order */
 		else if (round % 3 == 1 || round % 3 == 2)
 			qsort(store, n, sizeof *store, round % 3 == 1 ? cmp_store : cmp_store_reversed);
 		for (size_t k = 0; k < n; k++)
