@@ -13,6 +13,7 @@
  * records in input order, so the output is the same whatever the thread
  * count.
  */
+#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,7 @@
                           * flight stay in cache (256 KiB: 3-8% slower on the bench's sets, 16 KiB: 4-10%) */
 #define MAX_THREADS 64
 #define DEFAULT_THREADS 16 /* most a default run uses */
+#define TOP_PAD (4 << 20)  /* bytes a malloc arena grows by at least: see main */
 
 static const struct opt opts[] = {
 	{"model", 'm', OPT_STRING, "M", "model folder (tokenizer.json, tokenizer_config.json; or a single .gguf) or GGUF file"},
@@ -422,6 +424,15 @@ int main(int argc, char **argv)
 {
 	msg_init(argv[0]);
 	msg_atexit(outfile_abort_all);
+#ifdef M_TOP_PAD
+	/* Each worker gets a malloc arena of its own, which glibc grows a few
+	 * pages at a time, each step an mprotect that holds the address space's
+	 * lock against every other thread's page faults: 380 calls with 16
+	 * workers on the 20-turn set. Growing by 4 MiB makes it 40, and that
+	 * run 7.7 -> 5.4 ms on 16 cores; pages are still only touched as used.
+	 * (Setting it also fixes the size malloc maps apart at 128 KiB.) */
+	mallopt(M_TOP_PAD, TOP_PAD);
+#endif
 	struct err err = {0};
 	struct opt_result r;
 	int status = opt_start(opts, argc, argv, usage, about, DSFMT_VERSION, &r);
