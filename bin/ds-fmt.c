@@ -469,18 +469,12 @@ int main(int argc, char **argv)
 		jq = chat_jq_new(opt_str(&r, "jq", NULL), &err);
 		msg_die_if(!jq, &err);
 	}
-	struct chat_model *m = chat_model_load(model, opt_str(&r, "template", NULL), &err);
-	msg_die_if(!m, &err);
 	struct jsonl_reader *in = jsonl_open_mapped(input, &err);
 	msg_die_if(!in, &err);
 	msg_catch_bus(jsonl_name(in));
-	struct outfile *out = outfile_open(opt_str(&r, "output", "-"), 0, &err);
-	msg_die_if(!out, &err);
 
-	msg_catch_signals();
-
-	/* The workers' copies of the shared values are made here, before any
-	 * thread runs: even jv_copy of a shared value is a write. */
+	/* The workers start now and wait for batches while the model loads:
+	 * starting 15 of them takes a millisecond or more on 16 cores. */
 	struct pool pool = {.name = jsonl_name(in)};
 	int ranges = !jq && jsonl_mapped(in, &pool.map, &pool.size); /* else lines read here */
 	size_t range_at = 0;
@@ -490,8 +484,25 @@ int main(int argc, char **argv)
 	pthread_cond_init(&pool.done, NULL);
 	int nw = thread_count((int)opt_int(&r, "threads", 0), ranges ? pool.size : 0);
 	struct worker w[MAX_THREADS];
-	for (int i = 0; i < nw; i++) {
+	for (int i = 0; i < nw; i++)
 		w[i] = (struct worker){.id = i, .p = &pool, .o = o};
+	/* w[0] is the main thread's own; SIGINT and SIGTERM stay the main thread's, to interrupt its read */
+	pool.w = w, pool.nw = nw;
+	if (nw > 1)
+		w[1].started = msg_thread_start(&w[1].th, worker_main, &w[1]) == 0;
+
+	struct chat_model *m = chat_model_load(model, opt_str(&r, "template", NULL), &err);
+	msg_die_if(!m, &err);
+	struct outfile *out = outfile_open(opt_str(&r, "output", "-"), 0, &err);
+	msg_die_if(!out, &err);
+
+	msg_catch_signals();
+
+	/* The workers' copies of the shared values are made here: even jv_copy
+	 * of a shared value is a write. A worker reads its copies only once it
+	 * has taken a batch or been told to leave, under the pool's lock: after
+	 * they are made. */
+	for (int i = 0; i < nw; i++) {
 		w[i].m = chat_model_for_thread(m, &err);
 		msg_die_if(!w[i].m, &err);
 		if (!(w[i].memo = jsonl_memo_new()))
@@ -501,10 +512,6 @@ int main(int argc, char **argv)
 		w[i].o.tools = w[i].tools ? jd_shared_value(w[i].tools) : NULL;
 		w[i].o.vars = chat_jv_clone(jv_copy(o.vars));
 	}
-	/* w[0] is the main thread's own; SIGINT and SIGTERM stay the main thread's, to interrupt its read */
-	pool.w = w, pool.nw = nw;
-	if (nw > 1)
-		w[1].started = msg_thread_start(&w[1].th, worker_main, &w[1]) == 0;
 
 	struct progress prog;
 	progress_start(&prog, "records", 0, opt_progress(&r));
