@@ -35,6 +35,8 @@
 #define MAX_THREADS 64
 #define DEFAULT_THREADS 16 /* most a default run uses */
 #define TOP_PAD (4 << 20)  /* bytes a malloc arena grows by at least: see main */
+#define AHEAD 4 /* batches in flight per worker: one slow batch (a shape learned) holds up the
+                 * writing, and the others run on meanwhile (2: 10-20% slower on 16 cores) */
 
 static const struct opt opts[] = {
 	{"model", 'm', OPT_STRING, "M", "model folder (tokenizer.json, tokenizer_config.json; or a single .gguf) or GGUF file"},
@@ -521,7 +523,7 @@ int main(int argc, char **argv)
 	struct err stop = {0};
 	int stopping = 0; /* 1: die with stop; 2: interrupted */
 	while (!stopping) {
-		while (!eof && !msg_interrupted && inflight < 2 * nw + 1) {
+		while (!eof && !msg_interrupted && inflight < AHEAD * nw + 1) {
 			struct batch *b = ranges ? range_batch(&range_at, pool.size, &eof) : read_batch(in, jq, &eof);
 			if (!b->n && !b->range) {
 				batch_recycle(b);
