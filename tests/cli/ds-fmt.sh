@@ -428,6 +428,13 @@ expect skip-bad 0 "$DS" --model "$Q" --skip-bad "$T/skip.jsonl" && [ "$(wc -l < 
 # Usage errors.
 expect no-model 2 "$DS" "$T/chat.jsonl" && stderr_has no-model '--model is required' && ok "--model is required" || unreported no-model
 expect missing-model 2 "$DS" --model "$T/nowhere" "$T/chat.jsonl" && stderr_has missing-model 'nowhere' && ok "a missing model is named" || unreported missing-model
+# The workers start before the model loads: a bad model still stops ds-fmt
+# with its message and no output while they wait. The input is opened first.
+expect missing-model-workers 2 "$DS" --model "$T/nowhere" --threads 16 -o "$T/mm.out" "$T/ranges.jsonl" &&
+	stderr_has missing-model-workers 'nowhere' && [ ! -e "$T/mm.out" ] &&
+	ok "a missing model with 16 workers started: named, exit 2, no output" || unreported missing-model-workers
+expect missing-input 1 "$DS" --model "$T/nowhere" "$T/absent.jsonl" && stderr_has missing-input 'absent\.jsonl' &&
+	ok "a missing input is named (exit 1, as I/O), before the model" || unreported missing-input
 expect bad-choice 2 "$DS" --model "$Q" --train-turns some && stderr_has bad-choice 'all\|last' && ok "bad choice" || unreported bad-choice
 expect missing-tools 2 "$DS" --model "$Q" --tools "$T/none.json" "$T/chat.jsonl" && stderr_has missing-tools 'none\.json' && ok "a missing --tools file is named" || unreported missing-tools
 finish
