@@ -322,10 +322,11 @@ static void pool_wait(struct pool *p, struct batch *b, struct worker *self)
  * for a mapped input of size bytes (else 0), one per range at most. */
 static int thread_count(int asked, size_t size)
 {
-	int n = asked > 0 ? asked : msg_cpus() < DEFAULT_THREADS ? msg_cpus() : DEFAULT_THREADS;
-	if (size && (size_t)n > (size + RANGE - 1) / RANGE)
-		n = (int)((size + RANGE - 1) / RANGE);
-	return n;
+	int n = asked > 0 ? asked : msg_cpus();
+	if (asked <= 0 && n > DEFAULT_THREADS)
+		n = DEFAULT_THREADS;
+	size_t ranges = (size + RANGE - 1) / RANGE;
+	return size && (size_t)n > ranges ? (int)ranges : n;
 }
 
 static void batch_release_blocks(struct batch *b)

@@ -2619,9 +2619,9 @@ static void *recur_part_main(void *arg)
 static int recur_in_parts(const char *s, const char *end, const char *q, size_t qn, size_t r, const char *key,
 			  size_t kn)
 {
-	size_t n = (size_t)(end - s), k = n / RECUR_PART;
-	if (k > (size_t)msg_cpus())
-		k = (size_t)msg_cpus();
+	size_t n = (size_t)(end - s), k = n / RECUR_PART, cpus = (size_t)msg_cpus();
+	if (k > cpus)
+		k = cpus;
 	if (k > RECUR_PARTS)
 		k = RECUR_PARTS;
 	if (recur_parts_fixed)
